@@ -1,0 +1,165 @@
+//! `headscale-sim`: a stand-in for the Headscale control server, for tests and `headwarden demo`.
+//!
+//! It behaves like real Headscale (0.26–0.30) in everything headwarden touches and shares no
+//! code with headwarden's domain modules, so a bug in headwarden cannot hide in a shared helper.
+//!
+//! - `serve -c config.yaml`: reads real config keys and `HEADSCALE_*` overrides, opens SQLite,
+//!   applies the `database_versions` rules and one migration per minor, serves `/health`,
+//!   `/version` (0.27+), `/key?v=`, and `/api/v1/{user,node}` on TCP (Bearer) and the unix socket.
+//! - `version [-o json]`, `users list -o json`, `nodes list -o json`: the CLI (over the socket).
+//! - `debug seed --users N --nodes-per-user M`: acts as clients registering nodes.
+//! - `github-feed`, `make-release`, `keygen`, `testbed`: test fixtures (see `fixtures.rs`).
+//!
+//! The release identity (`--release`) and fault mode (`--fault`) are baked into each release's
+//! launcher script, so a "release" is a small shell script that execs this binary.
+
+mod fixtures;
+mod server;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(name = "headscale", about = "headscale stand-in (simulation)")]
+struct Cli {
+    /// The Headscale release this binary pretends to be.
+    #[arg(long, global = true, default_value = "0.26.1", env = "HEADSCALE_SIM_RELEASE")]
+    release: String,
+    /// Fault mode: none, crash, never-healthy, drop-rows, noise-key, slow-start, prod-crash.
+    #[arg(long, global = true, default_value = "none", env = "HEADSCALE_SIM_FAULT")]
+    fault: String,
+    /// File counting `serve` starts (used by the `prod-crash` fault).
+    #[arg(long, global = true)]
+    start_counter: Option<PathBuf>,
+    /// Config file.
+    #[arg(short = 'c', long = "config", global = true)]
+    config: Option<PathBuf>,
+    /// Output format (`json`).
+    #[arg(short = 'o', long = "output", global = true)]
+    output: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the server.
+    Serve,
+    /// Print the version.
+    Version,
+    /// Users.
+    Users {
+        #[command(subcommand)]
+        cmd: ListCmd,
+    },
+    /// Nodes.
+    Nodes {
+        #[command(subcommand)]
+        cmd: ListCmd,
+    },
+    /// Simulated clients.
+    Debug {
+        #[command(subcommand)]
+        cmd: DebugCmd,
+    },
+    /// Test fixture: a local server speaking the GitHub releases API.
+    GithubFeed {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: String,
+        /// Where to write the bound address.
+        #[arg(long)]
+        addr_file: PathBuf,
+    },
+    /// Test fixture: build a release (launcher, checksums.txt, optional minisign signature).
+    MakeRelease(fixtures::MakeRelease),
+    /// Test fixture: create an unencrypted minisign key pair.
+    Keygen {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Test fixture: lay out a production instance (config, service script, launcher).
+    Testbed(fixtures::Testbed),
+}
+
+#[derive(Subcommand, Debug)]
+enum ListCmd {
+    List,
+    Create { name: String },
+}
+
+#[derive(Subcommand, Debug)]
+enum DebugCmd {
+    Seed {
+        #[arg(long, default_value_t = 3)]
+        users: u32,
+        #[arg(long, default_value_t = 2)]
+        nodes_per_user: u32,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("FTL cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(run(cli));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("FTL {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let release = server::SimVersion::parse(&cli.release)?;
+    match cli.command {
+        Command::Serve => {
+            let config = server::load_config(cli.config.as_deref())?;
+            server::serve(release, &cli.fault, cli.start_counter.as_deref(), config).await
+        }
+        Command::Version => {
+            if cli.output.as_deref() == Some("json") {
+                println!("{}", server::version_json(&release));
+            } else {
+                println!("v{}", release.text);
+            }
+            Ok(())
+        }
+        Command::Users { cmd } => {
+            let config = server::load_config(cli.config.as_deref())?;
+            match cmd {
+                ListCmd::List => server::cli_get(&config, "/api/v1/user", "users").await,
+                ListCmd::Create { name } => server::cli_post(&config, &format!("/api/v1/user?name={name}")).await,
+            }
+        }
+        Command::Nodes { cmd } => {
+            let config = server::load_config(cli.config.as_deref())?;
+            match cmd {
+                ListCmd::List => server::cli_get(&config, "/api/v1/node", "nodes").await,
+                ListCmd::Create { .. } => anyhow::bail!("use `debug seed` to register nodes"),
+            }
+        }
+        Command::Debug { cmd: DebugCmd::Seed { users, nodes_per_user } } => {
+            let config = server::load_config(cli.config.as_deref())?;
+            server::cli_post(&config, &format!("/api/v1/debug/seed?users={users}&nodes_per_user={nodes_per_user}")).await
+        }
+        Command::GithubFeed { dir, listen, addr_file } => fixtures::github_feed(dir, listen, addr_file).await,
+        Command::MakeRelease(args) => fixtures::make_release(args),
+        Command::Keygen { out } => fixtures::keygen(&out),
+        Command::Testbed(args) => fixtures::testbed(args),
+    }
+}

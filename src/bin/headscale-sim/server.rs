@@ -1,0 +1,538 @@
+//! The simulated Headscale server and its CLI client.
+//!
+//! Behaviour copied from upstream facts (shared/HEADSCALE.md): config keys and `HEADSCALE_*`
+//! overrides, fatal deprecated keys per version, "initial DERPMap is empty" without an offline
+//! DERP source, the `database_versions` minor-step rules, WAL mode, `/health` body and content
+//! type, `/version` from 0.27, `/key?v=` capability rules, protojson shapes under `/api/v1`.
+
+use std::future::IntoFuture;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use rusqlite::{params, Connection, OptionalExtension};
+use serde_json::{json, Value as Json_};
+use serde_yaml_ng::Value;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[derive(Debug, Clone)]
+pub struct SimVersion {
+    pub major: u64,
+    pub minor: u64,
+    pub patch: u64,
+    pub text: String,
+}
+
+impl SimVersion {
+    pub fn parse(s: &str) -> Result<Self> {
+        let text = s.trim_start_matches('v').to_string();
+        let core = text.split('-').next().unwrap_or("");
+        let parts: Vec<u64> = core
+            .split('.')
+            .map(|p| p.parse::<u64>())
+            .collect::<Result<_, _>>()
+            .with_context(|| format!("bad release version {s:?}"))?;
+        if parts.len() != 3 {
+            bail!("bad release version {s:?}");
+        }
+        Ok(Self { major: parts[0], minor: parts[1], patch: parts[2], text })
+    }
+    fn at_least(&self, major: u64, minor: u64) -> bool {
+        (self.major, self.minor) >= (major, minor)
+    }
+}
+
+pub fn version_json(v: &SimVersion) -> Json_ {
+    json!({
+        "version": format!("v{}", v.text),
+        "commit": "simulated",
+        "buildTime": "2026-01-01T00:00:00Z",
+        "go": {"version": "go1.25", "os": std::env::consts::OS, "arch": "amd64"},
+        "dirty": false,
+    })
+}
+
+/// Parsed config with `HEADSCALE_*` environment overrides applied on lookup.
+pub struct Config {
+    pub path: PathBuf,
+    root: Value,
+}
+
+impl Config {
+    pub fn get(&self, key: &str) -> Option<Value> {
+        let env_key = format!("HEADSCALE_{}", key.to_uppercase().replace('.', "_"));
+        if let Ok(v) = std::env::var(&env_key) {
+            return Some(Value::String(v));
+        }
+        let mut cur = &self.root;
+        for part in key.split('.') {
+            cur = cur.get(part)?;
+        }
+        Some(cur.clone())
+    }
+    pub fn str(&self, key: &str) -> Option<String> {
+        match self.get(key)? {
+            Value::String(s) => Some(s),
+            Value::Number(n) => Some(n.to_string()),
+            Value::Bool(b) => Some(b.to_string()),
+            _ => None,
+        }
+    }
+    fn present(&self, key: &str) -> bool {
+        let mut cur = &self.root;
+        for part in key.split('.') {
+            match cur.get(part) {
+                Some(v) => cur = v,
+                None => return false,
+            }
+        }
+        true
+    }
+    fn path_of(&self, key: &str) -> Result<PathBuf> {
+        let p = self.str(key).filter(|s| !s.is_empty()).ok_or_else(|| anyhow!("config key {key} is required"))?;
+        Ok(PathBuf::from(p))
+    }
+}
+
+pub fn load_config(path: Option<&Path>) -> Result<Config> {
+    let path = match path {
+        Some(p) => p.to_path_buf(),
+        None => match std::env::var_os("HEADSCALE_CONFIG") {
+            Some(p) => PathBuf::from(p),
+            None => PathBuf::from("/etc/headscale/config.yaml"),
+        },
+    };
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading config {}", path.display()))?;
+    let root: Value = serde_yaml_ng::from_str(&text).with_context(|| format!("parsing config {}", path.display()))?;
+    Ok(Config { path, root })
+}
+
+struct AppState {
+    db: Mutex<Connection>,
+    version: SimVersion,
+    never_healthy: bool,
+    noise_public: String,
+}
+
+type Shared = Arc<AppState>;
+
+pub async fn serve(version: SimVersion, fault: &str, start_counter: Option<&Path>, config: Config) -> Result<()> {
+    if fault == "crash" {
+        bail!("simulated crash at start (fault mode `crash`)");
+    }
+    if let Some(counter) = start_counter {
+        let n: u64 = std::fs::read_to_string(counter).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0) + 1;
+        std::fs::write(counter, n.to_string())?;
+        if fault == "prod-crash" && n >= 2 {
+            bail!("simulated crash at start number {n} (fault mode `prod-crash`)");
+        }
+    }
+    validate_config(&version, &config)?;
+
+    let noise_path = config.path_of("noise.private_key_path")?;
+    let noise_private = load_or_create_noise_key(&noise_path, fault == "noise-key")?;
+    let noise_public = format!("mkey:{}", hex::encode(Sha256::digest(noise_private.as_bytes())));
+
+    let db_type = config.str("database.type").unwrap_or_else(|| "sqlite".into());
+    if db_type != "sqlite" && db_type != "sqlite3" {
+        bail!("the stand-in only supports database.type sqlite, got {db_type:?}");
+    }
+    let db_path = config.path_of("database.sqlite.path")?;
+    let conn = open_and_migrate(&db_path, &version, fault == "drop-rows")?;
+
+    if fault == "slow-start" {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+
+    let state: Shared = Arc::new(AppState {
+        db: Mutex::new(conn),
+        version: version.clone(),
+        never_healthy: fault == "never-healthy",
+        noise_public,
+    });
+
+    let listen = config.str("listen_addr").unwrap_or_else(|| "127.0.0.1:8080".into());
+    let tcp = tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("listening on {listen}"))?;
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(axum::serve(tcp, router(state.clone(), true)).into_future());
+
+    if let Some(metrics) = config.str("metrics_listen_addr").filter(|s| !s.is_empty()) {
+        let l = tokio::net::TcpListener::bind(&metrics).await.with_context(|| format!("listening on {metrics}"))?;
+        let app = Router::new().route("/metrics", get(|| async { "# HELP headscale_up simulated\nheadscale_up 1\n" }));
+        tasks.spawn(axum::serve(l, app).into_future());
+    }
+    // gRPC: only ≤0.29 and only with TLS or grpc_allow_insecure; the stand-in holds the port
+    // (so port clashes are real) but does not speak gRPC yet.
+    if !version.at_least(0, 30) && config.str("grpc_allow_insecure").as_deref() == Some("true") {
+        if let Some(addr) = config.str("grpc_listen_addr").filter(|s| !s.is_empty()) {
+            let l = tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("listening on {addr}"))?;
+            tasks.spawn(axum::serve(l, Router::new()).into_future());
+        }
+    }
+    let socket = config.path_of("unix_socket").unwrap_or_else(|_| PathBuf::from("/var/run/headscale/headscale.sock"));
+    let _ = std::fs::remove_file(&socket); // upstream deletes a stale socket at start
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let ul = tokio::net::UnixListener::bind(&socket).with_context(|| format!("binding unix socket {}", socket.display()))?;
+    tasks.spawn(axum::serve(ul, router(state.clone(), false)).into_future());
+    eprintln!("INF headscale v{} listening on {listen}, socket {}", version.text, socket.display());
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+        r = tasks.join_next() => { eprintln!("ERR listener stopped: {r:?}"); }
+    }
+    // Graceful stop: checkpoint the WAL so the database file is complete on disk.
+    if let Ok(db) = state.db.lock() {
+        let _ = db.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);");
+    }
+    let _ = std::fs::remove_file(&socket);
+    eprintln!("INF headscale stopped");
+    Ok(())
+}
+
+fn validate_config(v: &SimVersion, c: &Config) -> Result<()> {
+    let server_url = c.str("server_url").unwrap_or_default();
+    if !(server_url.starts_with("http://") || server_url.starts_with("https://")) {
+        bail!("server_url must start with https:// or http://");
+    }
+    if v.at_least(0, 29) && c.present("randomize_client_port") {
+        bail!("randomize_client_port has been removed, configure randomizeClientPort in the policy instead");
+    }
+    if v.at_least(0, 29) && c.present("oidc.expiry") {
+        bail!("oidc.expiry has been removed, use node.expiry instead");
+    }
+    if v.at_least(0, 26) && c.present("oidc.strip_email_domain") {
+        bail!("oidc.strip_email_domain has been removed");
+    }
+    // DERP: this sandbox is offline, so derp.urls never load; a map needs paths or the embedded server.
+    let paths: Vec<String> = match c.get("derp.paths") {
+        Some(Value::Sequence(s)) => s.iter().filter_map(|v| v.as_str().map(String::from)).collect(),
+        _ => vec![],
+    };
+    let embedded = c.str("derp.server.enabled").as_deref() == Some("true");
+    let mut regions = 0;
+    for p in &paths {
+        let text = std::fs::read_to_string(p).with_context(|| format!("loading DERP map {p}"))?;
+        let map: Value = serde_yaml_ng::from_str(&text).with_context(|| format!("parsing DERP map {p}"))?;
+        regions += map.get("regions").and_then(|r| r.as_mapping()).map_or(0, |m| m.len());
+    }
+    if regions == 0 && !embedded {
+        bail!("initial DERPMap is empty, Headscale requires at least one entry");
+    }
+    Ok(())
+}
+
+fn load_or_create_noise_key(path: &Path, replace: bool) -> Result<String> {
+    if !replace {
+        if let Ok(text) = std::fs::read_to_string(path) {
+            return Ok(text.trim().to_string());
+        }
+    }
+    let mut seed = Sha256::new();
+    seed.update(format!("{:?}{}", std::time::SystemTime::now(), std::process::id()));
+    let key = format!("privkey:{}", hex::encode(seed.finalize()));
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(path, &key).with_context(|| format!("writing noise key {}", path.display()))?;
+    Ok(key)
+}
+
+const MIGRATIONS: &[(u64, &str)] = &[
+    (27, "ALTER TABLE nodes ADD COLUMN last_seen TEXT;"),
+    (28, "ALTER TABLE nodes ADD COLUMN tags TEXT NOT NULL DEFAULT '[]';"),
+    (29, "UPDATE nodes SET expiry = NULL WHERE expiry LIKE '0001-01-01%';"),
+    (30, "CREATE TABLE IF NOT EXISTS policies (id INTEGER PRIMARY KEY, data TEXT);"),
+];
+
+fn open_and_migrate(path: &Path, v: &SimVersion, drop_rows: bool) -> Result<Connection> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let conn = Connection::open(path).with_context(|| format!("opening database {}", path.display()))?;
+    conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA busy_timeout=5000; PRAGMA foreign_keys=ON;")?;
+    let fresh: bool = conn
+        .query_row("SELECT count(*) FROM sqlite_master WHERE name='users'", [], |r| r.get::<_, i64>(0))?
+        == 0;
+    if fresh {
+        conn.execute_batch(
+            "CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT UNIQUE NOT NULL, created_at TEXT NOT NULL);
+             CREATE TABLE nodes (id INTEGER PRIMARY KEY, machine_key TEXT NOT NULL, node_key TEXT NOT NULL,
+                hostname TEXT NOT NULL, given_name TEXT NOT NULL, user_id INTEGER REFERENCES users(id),
+                ipv4 TEXT, created_at TEXT NOT NULL, expiry TEXT);
+             CREATE TABLE api_keys (id INTEGER PRIMARY KEY, prefix TEXT UNIQUE, hash TEXT, expiration TEXT, created_at TEXT);
+             CREATE TABLE database_versions (id INTEGER PRIMARY KEY CHECK (id = 1), version TEXT, updated_at TEXT);
+             CREATE TABLE migrations (id TEXT PRIMARY KEY);",
+        )?;
+        for (minor, sql) in MIGRATIONS {
+            if v.minor >= *minor {
+                conn.execute_batch(sql)?;
+                conn.execute("INSERT INTO migrations (id) VALUES (?1)", params![format!("0.{minor}")])?;
+            }
+        }
+    } else {
+        let stored: Option<String> = conn
+            .query_row("SELECT version FROM database_versions WHERE id = 1", [], |r| r.get(0))
+            .optional()?;
+        if let Some(stored) = stored.filter(|s| !s.is_empty()) {
+            let s = SimVersion::parse(&stored)?;
+            if s.major != v.major {
+                bail!("database version v{} and binary v{} differ in major version", s.text, v.text);
+            }
+            if v.minor > s.minor + 1 {
+                bail!(
+                    "upgrading more than one minor version at a time is not supported, please upgrade to the latest v{}.{}.x release first",
+                    s.major,
+                    s.minor + 1
+                );
+            }
+            if v.minor < s.minor {
+                bail!("downgrading to a previous minor version is not supported");
+            }
+        }
+        let tx = conn.unchecked_transaction()?;
+        for (minor, sql) in MIGRATIONS {
+            let id = format!("0.{minor}");
+            let done: bool = tx.query_row("SELECT count(*) FROM migrations WHERE id = ?1", params![id], |r| r.get::<_, i64>(0))? > 0;
+            if v.minor >= *minor && !done {
+                tx.execute_batch(sql).with_context(|| format!("migration {id}"))?;
+                tx.execute("INSERT INTO migrations (id) VALUES (?1)", params![id])?;
+                if drop_rows {
+                    // The fault: a migration that silently loses data.
+                    tx.execute("DELETE FROM nodes WHERE id % 2 = 0", [])?;
+                }
+            }
+        }
+        tx.commit()?;
+    }
+    conn.execute(
+        "INSERT INTO database_versions (id, version, updated_at) VALUES (1, ?1, ?2)
+         ON CONFLICT(id) DO UPDATE SET version = excluded.version, updated_at = excluded.updated_at",
+        params![format!("v{}", v.text), now_rfc3339()],
+    )?;
+    Ok(conn)
+}
+
+fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+fn router(state: Shared, tcp: bool) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/version", get(version_handler))
+        .route("/key", get(key_handler))
+        .route("/api/v1/user", get(list_users).post(create_user))
+        .route("/api/v1/node", get(list_nodes))
+        .route("/api/v1/health", get(api_health))
+        .route("/api/v1/debug/seed", post(seed))
+        .layer(axum::middleware::from_fn(move |req: axum::extract::Request, next: axum::middleware::Next| async move {
+            // TCP API requests need a Bearer API key; the unix socket is trusted (as upstream).
+            if tcp && req.uri().path().starts_with("/api/") {
+                let ok = req
+                    .headers()
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|v| v.starts_with("Bearer ") && v.len() > 7);
+                if !ok {
+                    return (StatusCode::UNAUTHORIZED, "Unauthorized").into_response();
+                }
+            }
+            next.run(req).await
+        }))
+        .with_state(state)
+}
+
+async fn health(State(s): State<Shared>) -> Response {
+    let db_ok = s.db.lock().map(|db| db.query_row("SELECT 1", [], |r| r.get::<_, i64>(0)).is_ok()).unwrap_or(false);
+    let mut headers = HeaderMap::new();
+    headers.insert("content-type", "application/health+json; charset=utf-8".parse().expect("static header"));
+    if s.never_healthy || !db_ok {
+        return (StatusCode::INTERNAL_SERVER_ERROR, headers, r#"{"status":"fail"}"#).into_response();
+    }
+    (StatusCode::OK, headers, r#"{"status":"pass"}"#).into_response()
+}
+
+async fn api_health(State(s): State<Shared>) -> Response {
+    Json(json!({"databaseConnectivity": !s.never_healthy})).into_response()
+}
+
+async fn version_handler(State(s): State<Shared>) -> Response {
+    if !s.version.at_least(0, 27) {
+        return (StatusCode::NOT_FOUND, "404 page not found").into_response();
+    }
+    Json(version_json(&s.version)).into_response()
+}
+
+async fn key_handler(State(s): State<Shared>, Query(q): Query<std::collections::HashMap<String, String>>) -> Response {
+    let Some(v) = q.get("v") else {
+        return (StatusCode::BAD_REQUEST, "capability version must be set").into_response();
+    };
+    let Ok(v) = v.parse::<u32>() else {
+        return (StatusCode::BAD_REQUEST, "invalid capability version").into_response();
+    };
+    if v < 39 {
+        return (StatusCode::OK, "").into_response();
+    }
+    Json(json!({"legacyPublicKey": format!("mkey:{}", "0".repeat(64)), "publicKey": s.noise_public})).into_response()
+}
+
+fn user_json(id: i64, name: &str, created: &str) -> Json_ {
+    json!({"id": id.to_string(), "name": name, "createdAt": created})
+}
+
+async fn list_users(State(s): State<Shared>) -> Result<Json<Json_>, AppError> {
+    let db = s.db.lock().map_err(|_| AppError("db lock poisoned".into()))?;
+    let mut stmt = db.prepare("SELECT id, name, created_at FROM users ORDER BY id")?;
+    let users: Vec<Json_> = stmt
+        .query_map([], |r| Ok(user_json(r.get(0)?, &r.get::<_, String>(1)?, &r.get::<_, String>(2)?)))?
+        .collect::<Result<_, _>>()?;
+    Ok(Json(json!({ "users": users })))
+}
+
+async fn create_user(State(s): State<Shared>, Query(q): Query<std::collections::HashMap<String, String>>) -> Result<Json<Json_>, AppError> {
+    let name = q.get("name").cloned().unwrap_or_default();
+    let db = s.db.lock().map_err(|_| AppError("db lock poisoned".into()))?;
+    let now = now_rfc3339();
+    db.execute("INSERT INTO users (name, created_at) VALUES (?1, ?2)", params![name, now])?;
+    Ok(Json(json!({"user": user_json(db.last_insert_rowid(), &name, &now)})))
+}
+
+async fn list_nodes(State(s): State<Shared>) -> Result<Json<Json_>, AppError> {
+    let db = s.db.lock().map_err(|_| AppError("db lock poisoned".into()))?;
+    let has_tags = s.version.at_least(0, 28);
+    let mut stmt = db.prepare(
+        "SELECT n.id, n.machine_key, n.node_key, n.hostname, n.given_name, n.ipv4, n.created_at, n.expiry, u.id, u.name, u.created_at
+         FROM nodes n LEFT JOIN users u ON u.id = n.user_id ORDER BY n.id",
+    )?;
+    let nodes: Vec<Json_> = stmt
+        .query_map([], |r| {
+            let mut node = json!({
+                "id": r.get::<_, i64>(0)?.to_string(),
+                "machineKey": r.get::<_, String>(1)?,
+                "nodeKey": r.get::<_, String>(2)?,
+                "name": r.get::<_, String>(3)?,
+                "givenName": r.get::<_, String>(4)?,
+                "ipAddresses": [r.get::<_, Option<String>>(5)?.unwrap_or_default()],
+                "createdAt": r.get::<_, String>(6)?,
+                "registerMethod": "REGISTER_METHOD_AUTH_KEY",
+                "online": false,
+                "user": user_json(r.get::<_, Option<i64>>(8)?.unwrap_or(0), &r.get::<_, Option<String>>(9)?.unwrap_or_default(), &r.get::<_, Option<String>>(10)?.unwrap_or_default()),
+            });
+            if let Some(exp) = r.get::<_, Option<String>>(7)? {
+                node["expiry"] = json!(exp);
+            }
+            if has_tags {
+                node["tags"] = json!([]);
+            }
+            Ok(node)
+        })?
+        .collect::<Result<_, _>>()?;
+    Ok(Json(json!({ "nodes": nodes })))
+}
+
+async fn seed(State(s): State<Shared>, Query(q): Query<std::collections::HashMap<String, String>>) -> Result<Json<Json_>, AppError> {
+    let users: u64 = q.get("users").and_then(|v| v.parse().ok()).unwrap_or(3);
+    let per: u64 = q.get("nodes_per_user").and_then(|v| v.parse().ok()).unwrap_or(2);
+    let mut db = s.db.lock().map_err(|_| AppError("db lock poisoned".into()))?;
+    let tx = db.transaction()?;
+    let now = now_rfc3339();
+    let base: i64 = tx.query_row("SELECT coalesce(max(id), 0) FROM users", [], |r| r.get(0))?;
+    let mut created = 0u64;
+    for u in 0..users {
+        let name = format!("user{}", base as u64 + u + 1);
+        tx.execute("INSERT INTO users (name, created_at) VALUES (?1, ?2)", params![name, now])?;
+        let uid = tx.last_insert_rowid();
+        for n in 0..per {
+            let host = format!("{name}-node{}", n + 1);
+            let mk = format!("mkey:{}", hex::encode(Sha256::digest(format!("m{uid}-{n}"))));
+            let nk = format!("nodekey:{}", hex::encode(Sha256::digest(format!("n{uid}-{n}"))));
+            let count: i64 = tx.query_row("SELECT count(*) FROM nodes", [], |r| r.get(0))?;
+            let ip = format!("100.64.{}.{}", (count + 1) / 250, (count + 1) % 250 + 1);
+            tx.execute(
+                "INSERT INTO nodes (machine_key, node_key, hostname, given_name, user_id, ipv4, created_at) VALUES (?1, ?2, ?3, ?3, ?4, ?5, ?6)",
+                params![mk, nk, host, uid, ip, now],
+            )?;
+            created += 1;
+        }
+    }
+    tx.commit()?;
+    Ok(Json(json!({"users": users, "nodes": created})))
+}
+
+struct AppError(String);
+
+impl<E: std::fmt::Display> From<E> for AppError {
+    fn from(e: E) -> Self {
+        AppError(e.to_string())
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({"code": 13, "message": self.0, "details": []}))).into_response()
+    }
+}
+
+/// Minimal HTTP/1.0 over the unix socket, as the CLI's transport.
+async fn socket_request(config: &Config, method: &str, path: &str) -> Result<Json_> {
+    let socket = config.path_of("unix_socket")?;
+    let mut stream = tokio::net::UnixStream::connect(&socket)
+        .await
+        .with_context(|| format!("connecting to headscale on {}; is it running?", socket.display()))?;
+    let req = format!("{method} {path} HTTP/1.0\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n");
+    stream.write_all(req.as_bytes()).await?;
+    let mut buf = Vec::new();
+    stream.read_to_end(&mut buf).await?;
+    let text = String::from_utf8_lossy(&buf);
+    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| anyhow!("malformed response"))?;
+    if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
+        bail!("request failed: {}", head.lines().next().unwrap_or(""));
+    }
+    Ok(serde_json::from_str(body)?)
+}
+
+/// Like upstream's `-o json`: Go's encoding of the proto structs (snake_case, numeric ids).
+fn go_json(v: Json_) -> Json_ {
+    match v {
+        Json_::Object(map) => Json_::Object(
+            map.into_iter()
+                .map(|(k, v)| {
+                    let snake: String = k
+                        .chars()
+                        .flat_map(|c| if c.is_ascii_uppercase() { vec!['_', c.to_ascii_lowercase()] } else { vec![c] })
+                        .collect();
+                    let v = if snake == "id" { v.as_str().and_then(|s| s.parse::<u64>().ok()).map_or(v, Json_::from) } else { go_json(v) };
+                    (snake, v)
+                })
+                .collect(),
+        ),
+        Json_::Array(a) => Json_::Array(a.into_iter().map(go_json).collect()),
+        other => other,
+    }
+}
+
+pub async fn cli_get(config: &Config, path: &str, field: &str) -> Result<()> {
+    let v = socket_request(config, "GET", path).await?;
+    let list = v.get(field).cloned().unwrap_or(Json_::Array(vec![]));
+    println!("{}", serde_json::to_string_pretty(&go_json(list))?);
+    Ok(())
+}
+
+pub async fn cli_post(config: &Config, path: &str) -> Result<()> {
+    let v = socket_request(config, "POST", path).await?;
+    println!("{}", serde_json::to_string_pretty(&go_json(v))?);
+    Ok(())
+}
