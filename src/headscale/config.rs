@@ -1,0 +1,209 @@
+//! Headscale's config file: the keys headwarden reads, and the derivation of a staging config.
+//!
+//! A staging instance must not collide with production: every listener, the unix socket, the
+//! database and the noise key move into `state_dir/staging`; DERP comes from an offline map
+//! (Headscale refuses to start with an empty DERP map); update checks and ACME are off.
+//! Production's noise key is *copied* so the staging instance presents the same public key,
+//! which is what the noise-key smoke check compares.
+
+use std::path::{Path, PathBuf};
+
+use serde_yaml_ng::{Mapping, Value};
+
+#[derive(Debug, thiserror::Error)]
+pub enum HeadscaleConfigError {
+    #[error("cannot read Headscale config {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("Headscale config {path} is not valid YAML: {detail}")]
+    Parse { path: PathBuf, detail: String },
+    #[error("Headscale config {path}: {detail}")]
+    Unsupported { path: PathBuf, detail: String },
+}
+
+/// What headwarden needs to know about a Headscale instance's config.
+#[derive(Debug, Clone)]
+pub struct HeadscaleConfig {
+    pub path: PathBuf,
+    pub root: Value,
+    pub listen_addr: String,
+    pub unix_socket: PathBuf,
+    pub database_path: PathBuf,
+    pub noise_key_path: PathBuf,
+}
+
+fn get<'a>(root: &'a Value, key: &str) -> Option<&'a Value> {
+    key.split('.').try_fold(root, |cur, part| cur.get(part))
+}
+
+fn get_str(root: &Value, key: &str) -> Option<String> {
+    match get(root, key)? {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+impl HeadscaleConfig {
+    pub fn load(path: &Path) -> Result<Self, HeadscaleConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| HeadscaleConfigError::Read { path: path.to_path_buf(), source })?;
+        Self::parse(path, &text)
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<Self, HeadscaleConfigError> {
+        let root: Value = serde_yaml_ng::from_str(text).map_err(|e| HeadscaleConfigError::Parse { path: path.to_path_buf(), detail: e.to_string() })?;
+        let unsupported = |detail: String| HeadscaleConfigError::Unsupported { path: path.to_path_buf(), detail };
+        let db_type = get_str(&root, "database.type").unwrap_or_else(|| "sqlite".into());
+        if db_type != "sqlite" && db_type != "sqlite3" {
+            return Err(unsupported(format!(
+                "database.type is {db_type:?}; headwarden stages and backs up SQLite only (upstream discourages Postgres)"
+            )));
+        }
+        let required = |key: &str, default: &str| get_str(&root, key).filter(|s| !s.is_empty()).unwrap_or_else(|| default.to_string());
+        Ok(Self {
+            path: path.to_path_buf(),
+            listen_addr: required("listen_addr", "127.0.0.1:8080"),
+            unix_socket: PathBuf::from(required("unix_socket", "/var/run/headscale/headscale.sock")),
+            database_path: PathBuf::from(required("database.sqlite.path", "/var/lib/headscale/db.sqlite")),
+            noise_key_path: PathBuf::from(required("noise.private_key_path", "/var/lib/headscale/noise_private.key")),
+            root,
+        })
+    }
+
+    /// Base URL for HTTP checks: the listen address, with a wildcard host replaced by loopback.
+    pub fn http_base(&self) -> String {
+        base_url(&self.listen_addr)
+    }
+}
+
+pub fn base_url(listen_addr: &str) -> String {
+    let addr = listen_addr
+        .replace("0.0.0.0:", "127.0.0.1:")
+        .replace("[::]:", "[::1]:");
+    let addr = if addr.starts_with(':') { format!("127.0.0.1{addr}") } else { addr };
+    format!("http://{addr}")
+}
+
+/// Where a staging instance lives and listens.
+#[derive(Debug, Clone)]
+pub struct StagingLayout {
+    pub dir: PathBuf,
+    pub http_port: u16,
+    pub metrics_port: u16,
+    pub grpc_port: u16,
+    pub derp_map: PathBuf,
+}
+
+impl StagingLayout {
+    pub fn database(&self) -> PathBuf {
+        self.dir.join("db.sqlite")
+    }
+    pub fn noise_key(&self) -> PathBuf {
+        self.dir.join("noise_private.key")
+    }
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("headscale.sock")
+    }
+    pub fn config(&self) -> PathBuf {
+        self.dir.join("config.yaml")
+    }
+}
+
+fn set(root: &mut Value, key: &str, value: Value) {
+    let mut cur = root;
+    let parts: Vec<&str> = key.split('.').collect();
+    for (i, part) in parts.iter().enumerate() {
+        if !cur.is_mapping() {
+            *cur = Value::Mapping(Mapping::new());
+        }
+        let Value::Mapping(map) = cur else { return };
+        let k = Value::String((*part).to_string());
+        if i == parts.len() - 1 {
+            map.insert(k, value);
+            return;
+        }
+        cur = map.entry(k).or_insert_with(|| Value::Mapping(Mapping::new()));
+    }
+}
+
+/// Deep-merges `overlay` into `base` (maps merge; anything else replaces).
+pub fn merge(base: &mut Value, overlay: &Value) {
+    match (base, overlay) {
+        (Value::Mapping(b), Value::Mapping(o)) => {
+            for (k, v) in o {
+                match b.get_mut(k) {
+                    Some(existing) => merge(existing, v),
+                    None => {
+                        b.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+        }
+        (b, o) => *b = o.clone(),
+    }
+}
+
+/// Production's config with everything that could collide moved into the staging layout.
+pub fn derive_staging(prod: &HeadscaleConfig, layout: &StagingLayout, overlay: Option<&Value>) -> Value {
+    let mut v = prod.root.clone();
+    let s = |x: String| Value::String(x);
+    set(&mut v, "server_url", s(format!("http://127.0.0.1:{}", layout.http_port)));
+    set(&mut v, "listen_addr", s(format!("127.0.0.1:{}", layout.http_port)));
+    set(&mut v, "metrics_listen_addr", s(format!("127.0.0.1:{}", layout.metrics_port)));
+    set(&mut v, "grpc_listen_addr", s(format!("127.0.0.1:{}", layout.grpc_port)));
+    set(&mut v, "grpc_allow_insecure", Value::Bool(false));
+    set(&mut v, "unix_socket", s(layout.socket().display().to_string()));
+    set(&mut v, "unix_socket_permission", s("0700".into()));
+    set(&mut v, "database.type", s("sqlite".into()));
+    set(&mut v, "database.sqlite.path", s(layout.database().display().to_string()));
+    set(&mut v, "noise.private_key_path", s(layout.noise_key().display().to_string()));
+    set(&mut v, "derp.server.enabled", Value::Bool(false));
+    set(&mut v, "derp.urls", Value::Sequence(vec![]));
+    set(&mut v, "derp.paths", Value::Sequence(vec![s(layout.derp_map.display().to_string())]));
+    set(&mut v, "derp.auto_update_enabled", Value::Bool(false));
+    set(&mut v, "disable_check_updates", Value::Bool(true));
+    set(&mut v, "tls_letsencrypt_hostname", s(String::new()));
+    set(&mut v, "tls_cert_path", s(String::new()));
+    set(&mut v, "tls_key_path", s(String::new()));
+    set(&mut v, "cli.address", s(String::new()));
+    if let Some(o) = overlay {
+        merge(&mut v, o);
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn staging_moves_every_shared_resource() {
+        let prod = HeadscaleConfig::parse(
+            Path::new("/etc/headscale/config.yaml"),
+            "server_url: https://hs.example.com\nlisten_addr: 0.0.0.0:443\nmetrics_listen_addr: 127.0.0.1:9090\nunix_socket: /var/run/headscale/headscale.sock\ndatabase:\n  type: sqlite\n  sqlite:\n    path: /var/lib/headscale/db.sqlite\nnoise:\n  private_key_path: /var/lib/headscale/noise_private.key\ntls_letsencrypt_hostname: hs.example.com\nderp:\n  urls: [https://controlplane.tailscale.com/derpmap/default]\n",
+        )
+        .expect("parse");
+        assert_eq!(prod.http_base(), "http://127.0.0.1:443");
+        let layout = StagingLayout { dir: "/s".into(), http_port: 1, metrics_port: 2, grpc_port: 3, derp_map: "/s/derp.yaml".into() };
+        let overlay: Value = serde_yaml_ng::from_str("log:\n  level: debug\n").expect("yaml");
+        let staged = HeadscaleConfig::parse(Path::new("/s/config.yaml"), &serde_yaml_ng::to_string(&derive_staging(&prod, &layout, Some(&overlay))).expect("ser"))
+            .expect("reparse");
+        assert_eq!(staged.listen_addr, "127.0.0.1:1");
+        assert_eq!(staged.database_path, PathBuf::from("/s/db.sqlite"));
+        assert_eq!(staged.unix_socket, PathBuf::from("/s/headscale.sock"));
+        assert_eq!(staged.noise_key_path, PathBuf::from("/s/noise_private.key"));
+        assert_eq!(get_str(&staged.root, "tls_letsencrypt_hostname").as_deref(), Some(""));
+        assert_eq!(get_str(&staged.root, "log.level").as_deref(), Some("debug"));
+        assert_eq!(get_str(&staged.root, "database.sqlite.path").as_deref(), Some("/s/db.sqlite"));
+    }
+
+    #[test]
+    fn postgres_is_refused_with_reason() {
+        let e = HeadscaleConfig::parse(Path::new("c.yaml"), "database:\n  type: postgres\n").expect_err("postgres");
+        assert!(e.to_string().contains("postgres"));
+    }
+}

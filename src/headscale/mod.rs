@@ -1,0 +1,50 @@
+//! The only module that knows Headscale's formats: config keys, CLI JSON, HTTP endpoints.
+//!
+//! Version differences handled here (shared/HEADSCALE.md): `/version` exists from 0.27 (older
+//! servers are asked through `headscale version`); CLI JSON is Go's encoding of the protobuf
+//! structs (snake_case, numeric ids) while REST is protojson (camelCase, ids as strings) — both
+//! are accepted; `/key?v=` needs a capability version ≥ 39 to return the Noise key.
+
+pub mod cli;
+pub mod config;
+pub mod http;
+
+use semver::Version;
+
+/// A user as far as data parity cares.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+pub struct UserRef {
+    pub id: u64,
+    pub name: String,
+}
+
+/// A node as far as data parity cares: identity and owner.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+pub struct NodeRef {
+    pub id: u64,
+    pub machine_key: String,
+    pub user: String,
+}
+
+/// Parses "v0.29.2", "0.29.2", "headscale version v0.29.2" or `{"version": "v0.29.2"}`.
+pub fn parse_version_text(text: &str) -> Option<Version> {
+    if let Ok(v) = serde_json::from_str::<serde_json::Value>(text) {
+        if let Some(s) = v.get("version").and_then(|s| s.as_str()) {
+            return parse_version_text(s);
+        }
+    }
+    text.split_whitespace().find_map(|w| Version::parse(w.trim_start_matches('v')).ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_texts() {
+        assert_eq!(parse_version_text("v0.29.2\n"), Some(Version::new(0, 29, 2)));
+        assert_eq!(parse_version_text("headscale version v0.26.1"), Some(Version::new(0, 26, 1)));
+        assert_eq!(parse_version_text(r#"{"version":"v0.28.0","commit":"x"}"#), Some(Version::new(0, 28, 0)));
+        assert_eq!(parse_version_text("dev"), None);
+    }
+}

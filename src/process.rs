@@ -1,0 +1,135 @@
+//! The only place that spawns processes or reads the environment.
+//!
+//! Children of headwarden never inherit `HEADSCALE_*` variables: Headscale reads every config key
+//! from them, so a stray `HEADSCALE_DATABASE_SQLITE_PATH` in an admin's shell could point a
+//! staging instance at the production database.
+
+use std::ffi::OsStr;
+use std::path::Path;
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use tokio::process::{Child, Command};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    #[error("cannot run {program}")]
+    Spawn {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{program} did not finish within {}s", timeout.as_secs())]
+    Timeout { program: String, timeout: Duration },
+}
+
+#[derive(Debug)]
+pub struct Output {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Output {
+    pub fn success(&self) -> bool {
+        self.status.success()
+    }
+    /// The last lines of stderr (or stdout), for error messages.
+    pub fn tail(&self) -> String {
+        let text = if self.stderr.trim().is_empty() { &self.stdout } else { &self.stderr };
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(5)..].join(" | ")
+    }
+}
+
+fn clean_command<S: AsRef<OsStr>>(program: S) -> Command {
+    let mut cmd = Command::new(program);
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("HEADSCALE_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.stdin(Stdio::null());
+    cmd
+}
+
+/// Runs argv to completion with a timeout (the child is killed on timeout).
+pub async fn run(argv: &[String], timeout: Duration) -> Result<Output, ProcessError> {
+    let program = argv.first().cloned().unwrap_or_default();
+    let mut cmd = clean_command(&program);
+    cmd.args(&argv[1.min(argv.len())..]).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+    let child = cmd.spawn().map_err(|source| ProcessError::Spawn { program: program.clone(), source })?;
+    match tokio::time::timeout(timeout, child.wait_with_output()).await {
+        Ok(Ok(out)) => Ok(Output {
+            status: out.status,
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }),
+        Ok(Err(source)) => Err(ProcessError::Spawn { program, source }),
+        Err(_) => Err(ProcessError::Timeout { program, timeout }),
+    }
+}
+
+/// Starts a long-running child (a staging server) with output appended to `log`.
+pub fn spawn_logged(program: &Path, args: &[&str], log: &Path) -> Result<Child, ProcessError> {
+    let name = program.display().to_string();
+    let err = |source| ProcessError::Spawn { program: name.clone(), source };
+    let out = std::fs::OpenOptions::new().create(true).append(true).open(log).map_err(err)?;
+    let errf = out.try_clone().map_err(err)?;
+    let mut cmd = clean_command(program);
+    cmd.args(args).stdout(out).stderr(errf).kill_on_drop(true);
+    cmd.spawn().map_err(err)
+}
+
+/// Sends SIGTERM, waits up to `grace`, then SIGKILL.
+pub async fn terminate(child: &mut Child, grace: Duration) {
+    if let Some(pid) = child.id() {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
+        if tokio::time::timeout(grace, child.wait()).await.is_ok() {
+            return;
+        }
+    }
+    let _ = child.kill().await;
+}
+
+/// Terminates a process by pid when its command line contains `marker` (guards against pid reuse).
+pub fn terminate_pid_if(pid: u32, marker: &str) -> bool {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+    if !cmdline.contains(marker) {
+        return false;
+    }
+    let pid = nix::unistd::Pid::from_raw(pid as i32);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    for _ in 0..100 {
+        if nix::sys::signal::kill(pid, None).is_err() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+    true
+}
+
+/// Log filter from `HEADWARDEN_LOG` (tracing `EnvFilter` syntax).
+pub fn log_filter_env() -> Option<String> {
+    std::env::var("HEADWARDEN_LOG").ok()
+}
+
+/// Whether stderr is a terminal (progress bars only then).
+pub fn stderr_is_tty() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal()
+}
+
+/// Whether systemd's journal is our stderr (then no timestamps: journald adds its own).
+pub fn stderr_is_journal() -> bool {
+    std::env::var_os("JOURNAL_STREAM").is_some()
+}
+
+/// Path of the headscale-sim binary shipped next to this executable (for `demo`).
+pub fn sibling_binary(name: &str) -> Option<std::path::PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let p = exe.parent()?.join(name);
+    p.exists().then_some(p)
+}

@@ -1,0 +1,52 @@
+//! The run lock: one headwarden run at a time per state directory.
+//!
+//! `state_dir/lock` is held with an exclusive advisory lock (flock) for the whole run, so the
+//! kernel releases it even when headwarden is SIGKILLed. The file's content names the holder
+//! (pid, command, start time) for the "locked" error message; it is informational only.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error("another headwarden run holds the lock {path}: {holder}")]
+    Held { path: PathBuf, holder: String },
+    #[error("cannot open lock file {path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Held for the life of the value.
+#[derive(Debug)]
+pub struct RunLock {
+    _file: File,
+}
+
+impl RunLock {
+    pub fn acquire(state_dir: &Path, command: &str) -> Result<RunLock, LockError> {
+        let path = state_dir.join("lock");
+        let io = |source| LockError::Io { path: path.clone(), source };
+        std::fs::create_dir_all(state_dir).map_err(io)?;
+        let mut file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(io)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                let holder = if holder.trim().is_empty() { "unknown holder".to_string() } else { holder.trim().to_string() };
+                return Err(LockError::Held { path, holder });
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
+        }
+        let now = time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
+        file.set_len(0).map_err(io)?;
+        file.seek(SeekFrom::Start(0)).map_err(io)?;
+        write!(file, "pid {} (headwarden {command}) since {now}", std::process::id()).map_err(io)?;
+        file.flush().map_err(io)?;
+        Ok(RunLock { _file: file })
+    }
+}

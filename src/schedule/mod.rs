@@ -1,0 +1,87 @@
+//! Scheduling: cron expressions for the daemon and timer modes, and the run lock.
+//!
+//! Admins write standard 5-field crontab lines (or `@daily`-style names); the `cron` crate wants
+//! a seconds field, so [`cron_to_schedule`] translates before parsing.
+
+pub mod lock;
+
+use std::str::FromStr;
+
+/// Parses a standard crontab expression (5 fields, or `@hourly`, `@daily`, `@weekly`, `@monthly`,
+/// `@yearly`) into a `cron::Schedule`.
+pub fn cron_to_schedule(expr: &str) -> Result<cron::Schedule, String> {
+    let e = expr.trim();
+    let six = match e {
+        "@hourly" => "0 0 * * * *".to_string(),
+        "@daily" | "@midnight" => "0 0 0 * * *".to_string(),
+        "@weekly" => "0 0 0 * * Sun".to_string(),
+        "@monthly" => "0 0 0 1 * *".to_string(),
+        "@yearly" | "@annually" => "0 0 0 1 1 *".to_string(),
+        _ => {
+            let fields: Vec<&str> = e.split_whitespace().collect();
+            if fields.len() != 5 {
+                return Err(format!(
+                    "invalid cron expression {expr:?}: expected 5 fields (minute hour day-of-month month day-of-week), found {}",
+                    fields.len()
+                ));
+            }
+            // crontab counts Sunday as 0 (and 7); the cron crate counts 1-7 from Sunday.
+            let dow = fields[4]
+                .split(',')
+                .map(|part| shift_dow(part))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|m| format!("invalid cron expression {expr:?}: {m}"))?
+                .join(",");
+            format!("0 {} {} {} {} {}", fields[0], fields[1], fields[2], fields[3], dow)
+        }
+    };
+    cron::Schedule::from_str(&six).map_err(|err| format!("invalid cron expression {expr:?}: {err}"))
+}
+
+fn shift_dow(part: &str) -> Result<String, String> {
+    let (range, step) = match part.split_once('/') {
+        Some((r, s)) => (r, Some(s)),
+        None => (part, None),
+    };
+    let map = |s: &str| -> Result<String, String> {
+        match s.parse::<u8>() {
+            Ok(n @ 0..=7) => Ok(((n % 7) + 1).to_string()),
+            Ok(n) => Err(format!("day of week {n} is out of range 0-7")),
+            Err(_) => Ok(s.to_string()),
+        }
+    };
+    let range = match range.split_once('-') {
+        Some((a, b)) => {
+            // `1-7` in crontab ends on Sunday; keep ranges monotonic by mapping 7 to 7 (Saturday+1).
+            let end = if b == "7" { "7".to_string() } else { map(b)? };
+            format!("{}-{}", map(a)?, end)
+        }
+        None => map(range)?,
+    };
+    Ok(match step {
+        Some(s) => format!("{range}/{s}"),
+        None => range,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crontab_expressions() {
+        for ok in ["0 4 * * *", "30 9 * * 1", "*/15 * * * *", "@daily", "0 0 * * 0", "0 3 * * 1-5"] {
+            assert!(cron_to_schedule(ok).is_ok(), "{ok}");
+        }
+        for bad in ["0 4 * *", "61 * * * *", "0 4 * * 9", "banana", ""] {
+            assert!(cron_to_schedule(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn monday_means_monday() {
+        let s = cron_to_schedule("30 9 * * 1").expect("valid");
+        let next = s.upcoming(chrono::Utc).next().expect("a next time");
+        assert_eq!(next.format("%a").to_string(), "Mon");
+    }
+}

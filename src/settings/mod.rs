@@ -1,0 +1,262 @@
+//! Configuration: raw YAML structs (`deny_unknown_fields`) resolved once into an immutable
+//! [`Settings`] that is passed explicitly. Errors name the file, the key and the line, with a hint.
+//!
+//! Value types that can be checked while parsing (durations, semver requirements, versions,
+//! cron expressions) are parsed inside deserialization, so serde's location (line, column) and
+//! key path come with the error. File checks happen in [`resolve`], which finds the key's line.
+
+mod raw;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use semver::{Version, VersionReq};
+
+pub use raw::{parse_duration, DurationValue};
+
+/// Default location of the config file.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/headwarden/headwarden.yaml";
+
+/// A secret (token, API key, webhook URL): never printed, not even by `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Channel {
+    Stable,
+    Prerelease,
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub source: PathBuf,
+    pub state_dir: PathBuf,
+    pub release: ReleaseSettings,
+    pub headscale: HeadscaleSettings,
+    pub staging: StagingSettings,
+    pub smoke: SmokeSettings,
+    pub keys: KeySettings,
+    pub notify: Vec<NotifyTarget>,
+    pub schedule: ScheduleSettings,
+}
+
+#[derive(Debug, Clone)]
+pub struct ReleaseSettings {
+    pub owner: String,
+    pub repo: String,
+    pub api_url: String,
+    pub token: Option<Secret>,
+    pub channel: Channel,
+    pub constraint: VersionReq,
+    pub min_age: Duration,
+    pub skip: Vec<Version>,
+    pub pin: Option<Version>,
+    pub require_signature: bool,
+    /// Base64 minisign public key ("RW…").
+    pub minisign_public_key: Option<String>,
+    pub allow_insecure_http: bool,
+    pub keep_versions: usize,
+    pub max_asset_size: u64,
+}
+
+#[derive(Debug, Clone)]
+pub enum ServiceSettings {
+    Systemd { unit: String },
+    Command { start: Vec<String>, stop: Vec<String>, status: Option<Vec<String>> },
+}
+
+#[derive(Debug, Clone)]
+pub struct HeadscaleSettings {
+    pub binary: PathBuf,
+    pub config: PathBuf,
+    pub service: ServiceSettings,
+    pub api_url: String,
+    pub api_key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct StagingSettings {
+    pub overlay: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SmokeCheck {
+    Health,
+    Version,
+    NoiseKey,
+    DataParity,
+}
+
+#[derive(Debug, Clone)]
+pub struct SmokeSettings {
+    pub timeout: Duration,
+    pub checks: Vec<SmokeCheck>,
+    pub commands: Vec<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enforce {
+    Remind,
+    Expire,
+}
+
+#[derive(Debug, Clone)]
+pub struct KeySettings {
+    pub max_age: Duration,
+    pub remind_before: Vec<Duration>,
+    pub grace: Duration,
+    pub enforce: Enforce,
+    pub exempt_tags: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NotifyTarget {
+    pub url: Secret,
+    pub events: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ScheduleSettings {
+    pub upgrade: Option<String>,
+    pub keys: Option<String>,
+    pub audit: Option<String>,
+    pub timezone: Option<String>,
+}
+
+/// A configuration error: file, key, line, what is wrong, and what to do.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}{}: {message}", location(*.line, key))]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub key: Option<String>,
+    pub line: Option<usize>,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+fn location(line: Option<usize>, key: &Option<String>) -> String {
+    let mut s = String::new();
+    if let Some(l) = line {
+        s.push_str(&format!(":{l}"));
+    }
+    if let Some(k) = key {
+        s.push_str(&format!(" (key `{k}`)"));
+    }
+    s
+}
+
+impl ConfigError {
+    pub fn hint(&self) -> Option<&str> {
+        self.hint.as_deref()
+    }
+}
+
+/// Reads, parses and resolves the config file.
+pub fn load(path: &Path) -> Result<Settings, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: path.to_path_buf(),
+        key: None,
+        line: None,
+        message: format!("cannot read config: {e}"),
+        hint: Some(format!("create it (see headwarden.example.yaml) or pass --config; the default is {DEFAULT_CONFIG_PATH}")),
+    })?;
+    parse(path, &text)
+}
+
+/// Parses and resolves config text; `path` is used for messages and relative paths.
+pub fn parse(path: &Path, text: &str) -> Result<Settings, ConfigError> {
+    let raw: raw::RawConfig = serde_yaml_ng::from_str(text).map_err(|e| {
+        let line = e.location().map(|l| l.line());
+        let msg = e.to_string();
+        // serde_yaml_ng prefixes nested errors with the key path ("release.min_age: …").
+        let (key, message) = match msg.split_once(": ") {
+            Some((k, m)) if !k.contains(' ') && !k.is_empty() => (Some(k.to_string()), m.to_string()),
+            _ => (None, msg.clone()),
+        };
+        let message = strip_location(&message);
+        let hint = if message.contains("unknown field") {
+            Some("check the spelling against headwarden.example.yaml; unknown keys are refused so typos cannot pass silently".to_string())
+        } else if message.contains("duration") {
+            Some("durations are a number and a unit: 60s, 15m, 12h, 3d, 2w".to_string())
+        } else if message.contains("semver") || message.contains("version") {
+            Some("versions look like 0.29.2; constraints like \">=0.26, <1.0\"".to_string())
+        } else {
+            None
+        };
+        ConfigError { file: path.to_path_buf(), key, line, message, hint }
+    })?;
+    raw::resolve(path, text, raw)
+}
+
+fn strip_location(msg: &str) -> String {
+    match msg.rfind(" at line ") {
+        Some(i) => msg[..i].to_string(),
+        None => msg.to_string(),
+    }
+}
+
+/// 1-based line of the first occurrence of `key:` in the text (for errors found after parsing).
+pub(crate) fn line_of(text: &str, key: &str) -> Option<usize> {
+    let leaf = key.rsplit('.').next().unwrap_or(key);
+    text.lines()
+        .position(|l| {
+            let t = l.trim_start().trim_start_matches("- ");
+            t.starts_with(&format!("{leaf}:"))
+        })
+        .map(|i| i + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "state_dir: /tmp/hw\nheadscale:\n  binary: /usr/local/bin/headscale\n  config: /etc/headscale/config.yaml\n";
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let s = parse(Path::new("hw.yaml"), MINIMAL).expect("valid");
+        assert_eq!(s.release.owner, "juanfont");
+        assert_eq!(s.release.min_age, Duration::from_secs(3 * 86400));
+        assert_eq!(s.keys.max_age, Duration::from_secs(90 * 86400));
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let text = format!("{MINIMAL}release:\n  chanel: stable\n");
+        let e = parse(Path::new("hw.yaml"), &text).expect_err("unknown key");
+        let shown = e.to_string();
+        assert!(shown.starts_with("hw.yaml:6"), "{shown}");
+        assert!(shown.contains("chanel"), "{shown}");
+        assert!(e.hint().is_some());
+    }
+
+    #[test]
+    fn bad_duration_and_constraint() {
+        let e = parse(Path::new("c.yaml"), &format!("{MINIMAL}release:\n  min_age: 3 parsecs\n")).expect_err("bad");
+        assert!(e.to_string().contains("c.yaml:6"), "{e}");
+        assert!(e.to_string().contains("release.min_age"), "{e}");
+        let e = parse(Path::new("c.yaml"), &format!("{MINIMAL}release:\n  constraint: \">=banana\"\n")).expect_err("bad");
+        assert!(e.to_string().contains("c.yaml:6"), "{e}");
+    }
+
+    #[test]
+    fn secret_debug_is_redacted() {
+        assert_eq!(format!("{:?}", Secret::new("ghp_abc")), "Secret(***)");
+    }
+}

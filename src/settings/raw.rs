@@ -1,0 +1,432 @@
+//! Raw YAML shapes (exactly the file's keys) and the one `resolve` step into `Settings`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use semver::{Version, VersionReq};
+use serde::{Deserialize, Deserializer};
+
+use super::{
+    line_of, Channel, ConfigError, Enforce, HeadscaleSettings, KeySettings, NotifyTarget, ReleaseSettings,
+    ScheduleSettings, Secret, ServiceSettings, Settings, SmokeCheck, SmokeSettings, StagingSettings,
+};
+
+/// Parses `60s`, `15m`, `12h`, `3d`, `2w` (and sums like `1d12h`).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Err("empty duration".into());
+    }
+    let mut total: u64 = 0;
+    let mut num = String::new();
+    for c in s.chars() {
+        if c.is_ascii_digit() {
+            num.push(c);
+            continue;
+        }
+        let unit = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86400,
+            'w' => 7 * 86400,
+            _ => return Err(format!("invalid duration {s:?}: unknown unit {c:?}")),
+        };
+        let n: u64 = num.parse().map_err(|_| format!("invalid duration {s:?}: a unit needs a number before it"))?;
+        total = n.checked_mul(unit).and_then(|v| total.checked_add(v)).ok_or_else(|| format!("invalid duration {s:?}: too large"))?;
+        num.clear();
+    }
+    if !num.is_empty() {
+        return Err(format!("invalid duration {s:?}: missing unit (s, m, h, d, w)"));
+    }
+    Ok(Duration::from_secs(total))
+}
+
+/// A duration parsed during deserialization, so errors carry a location.
+#[derive(Debug, Clone, Copy)]
+pub struct DurationValue(pub Duration);
+
+impl<'de> Deserialize<'de> for DurationValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        parse_duration(&s).map(DurationValue).map_err(serde::de::Error::custom)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct ReqValue(VersionReq);
+
+impl<'de> Deserialize<'de> for ReqValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        VersionReq::parse(&s).map(ReqValue).map_err(|e| serde::de::Error::custom(format!("invalid semver requirement {s:?}: {e}")))
+    }
+}
+
+#[derive(Debug, Clone)]
+struct VersionValue(Version);
+
+impl<'de> Deserialize<'de> for VersionValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Version::parse(s.trim_start_matches('v'))
+            .map(VersionValue)
+            .map_err(|e| serde::de::Error::custom(format!("invalid version {s:?}: {e}")))
+    }
+}
+
+#[derive(Debug, Clone)]
+struct CronValue(String);
+
+impl<'de> Deserialize<'de> for CronValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        crate::schedule::cron_to_schedule(&s).map_err(serde::de::Error::custom)?;
+        Ok(CronValue(s))
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    state_dir: Option<PathBuf>,
+    #[serde(default)]
+    release: RawRelease,
+    headscale: RawHeadscale,
+    #[serde(default)]
+    staging: RawStaging,
+    #[serde(default)]
+    smoke: RawSmoke,
+    #[serde(default)]
+    keys: RawKeys,
+    #[serde(default)]
+    notify: Vec<RawNotify>,
+    #[serde(default)]
+    schedule: RawSchedule,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawRelease {
+    repo: Option<String>,
+    api_url: Option<String>,
+    token_file: Option<PathBuf>,
+    channel: Option<String>,
+    constraint: Option<ReqValue>,
+    min_age: Option<DurationValue>,
+    skip: Vec<VersionValue>,
+    pin: Option<VersionValue>,
+    require_signature: bool,
+    minisign_public_key: Option<String>,
+    allow_insecure_http: bool,
+    keep_versions: Option<usize>,
+    max_asset_size_mb: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHeadscale {
+    binary: Option<PathBuf>,
+    config: Option<PathBuf>,
+    #[serde(default)]
+    service: RawService,
+    #[serde(default)]
+    api: RawApi,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawService {
+    kind: Option<String>,
+    unit: Option<String>,
+    start: Vec<String>,
+    stop: Vec<String>,
+    status: Vec<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawApi {
+    url: Option<String>,
+    api_key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawStaging {
+    overlay: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawSmoke {
+    timeout: Option<DurationValue>,
+    checks: Option<Vec<String>>,
+    commands: Vec<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawKeys {
+    max_age: Option<DurationValue>,
+    remind_before: Option<Vec<DurationValue>>,
+    grace: Option<DurationValue>,
+    enforce: Option<String>,
+    exempt_tags: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNotify {
+    url: String,
+    #[serde(default)]
+    events: Vec<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawSchedule {
+    upgrade: Option<CronValue>,
+    keys: Option<CronValue>,
+    audit: Option<CronValue>,
+    timezone: Option<String>,
+}
+
+struct Ctx<'a> {
+    file: &'a Path,
+    text: &'a str,
+}
+
+impl Ctx<'_> {
+    fn err(&self, key: &str, message: impl Into<String>, hint: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: self.file.to_path_buf(),
+            key: Some(key.to_string()),
+            line: line_of(self.text, key),
+            message: message.into(),
+            hint: Some(hint.into()).filter(|h: &String| !h.is_empty()),
+        }
+    }
+    /// Relative paths are relative to the config file's directory.
+    fn path(&self, p: PathBuf) -> PathBuf {
+        if p.is_absolute() {
+            p
+        } else {
+            self.file.parent().unwrap_or(Path::new(".")).join(p)
+        }
+    }
+    fn read_secret_file(&self, key: &str, p: &Path, check_mode: bool) -> Result<Secret, ConfigError> {
+        use std::os::unix::fs::PermissionsExt;
+        let meta = std::fs::metadata(p)
+            .map_err(|e| self.err(key, format!("cannot read {}: {e}", p.display()), "create the file or remove the key"))?;
+        if check_mode && meta.permissions().mode() & 0o077 != 0 {
+            return Err(self.err(
+                key,
+                format!("{} is readable by group or others", p.display()),
+                format!("chmod 600 {}", p.display()),
+            ));
+        }
+        let text = std::fs::read_to_string(p)
+            .map_err(|e| self.err(key, format!("cannot read {}: {e}", p.display()), "check the file's permissions"))?;
+        let value = text.trim();
+        if value.is_empty() {
+            return Err(self.err(key, format!("{} is empty", p.display()), "put the secret on the file's first line"));
+        }
+        Ok(Secret::new(value))
+    }
+}
+
+fn is_loopback_url(url: &str) -> bool {
+    let rest = url.split_once("://").map_or("", |(_, r)| r);
+    let host = rest.split(['/', '?']).next().unwrap_or("");
+    let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
+    let host = if host.starts_with('[') { host.split(']').next().unwrap_or("").trim_start_matches('[') } else { host.split(':').next().unwrap_or("") };
+    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+pub(crate) fn url_allowed(url: &str, allow_insecure_http: bool) -> bool {
+    url.starts_with("https://") || (allow_insecure_http && url.starts_with("http://") && is_loopback_url(url))
+}
+
+pub(super) fn resolve(file: &Path, text: &str, raw: RawConfig) -> Result<Settings, ConfigError> {
+    let cx = Ctx { file, text };
+    let state_dir = cx.path(raw.state_dir.unwrap_or_else(|| PathBuf::from("/var/lib/headwarden")));
+
+    let r = raw.release;
+    let repo = r.repo.unwrap_or_else(|| "juanfont/headscale".into());
+    let (owner, name) = repo
+        .split_once('/')
+        .filter(|(o, n)| !o.is_empty() && !n.is_empty() && !n.contains('/'))
+        .ok_or_else(|| cx.err("release.repo", format!("invalid repository {repo:?}"), "write it as owner/name, e.g. juanfont/headscale"))?;
+    let api_url = r.api_url.unwrap_or_else(|| "https://api.github.com".into()).trim_end_matches('/').to_string();
+    if !url_allowed(&api_url, r.allow_insecure_http) {
+        return Err(cx.err(
+            "release.api_url",
+            format!("{api_url} is not https"),
+            "use https; plain http is only accepted for loopback addresses with release.allow_insecure_http: true",
+        ));
+    }
+    let token = match r.token_file {
+        Some(p) => Some(cx.read_secret_file("release.token_file", &cx.path(p), true)?),
+        None => None,
+    };
+    let channel = match r.channel.as_deref().unwrap_or("stable") {
+        "stable" => Channel::Stable,
+        "prerelease" => Channel::Prerelease,
+        other => return Err(cx.err("release.channel", format!("unknown channel {other:?}"), "use stable or prerelease")),
+    };
+    let minisign_public_key = match r.minisign_public_key {
+        None => None,
+        Some(k) if k.trim_start().starts_with("RW") => Some(k.trim().to_string()),
+        Some(p) => {
+            let path = cx.path(PathBuf::from(&p));
+            let content = std::fs::read_to_string(&path).map_err(|e| {
+                cx.err("release.minisign_public_key", format!("cannot read {}: {e}", path.display()), "give the key itself (RW…) or the path of a minisign .pub file")
+            })?;
+            let key = content
+                .lines()
+                .map(str::trim)
+                .find(|l| l.starts_with("RW"))
+                .ok_or_else(|| cx.err("release.minisign_public_key", format!("{} holds no minisign public key", path.display()), "a .pub file has a comment line and a line starting with RW"))?;
+            Some(key.to_string())
+        }
+    };
+    if let Some(k) = &minisign_public_key {
+        if minisign_verify::PublicKey::from_base64(k).is_err() {
+            return Err(cx.err("release.minisign_public_key", "not a valid minisign public key", "copy the RW… line from the signer's .pub file"));
+        }
+    }
+    if r.require_signature && minisign_public_key.is_none() {
+        return Err(cx.err("release.require_signature", "require_signature is true but no minisign_public_key is set", "set release.minisign_public_key"));
+    }
+    let release = ReleaseSettings {
+        owner: owner.to_string(),
+        repo: name.to_string(),
+        api_url,
+        token,
+        channel,
+        constraint: r.constraint.map(|c| c.0).unwrap_or_else(|| VersionReq::parse(">=0.26, <1.0").unwrap_or(VersionReq::STAR)),
+        min_age: r.min_age.map_or(Duration::from_secs(3 * 86400), |d| d.0),
+        skip: r.skip.into_iter().map(|v| v.0).collect(),
+        pin: r.pin.map(|v| v.0),
+        require_signature: r.require_signature,
+        minisign_public_key,
+        allow_insecure_http: r.allow_insecure_http,
+        keep_versions: r.keep_versions.unwrap_or(3).max(2),
+        max_asset_size: r.max_asset_size_mb.unwrap_or(512) * 1024 * 1024,
+    };
+
+    let h = raw.headscale;
+    let service = match h.service.kind.as_deref().unwrap_or("systemd") {
+        "systemd" => ServiceSettings::Systemd { unit: h.service.unit.unwrap_or_else(|| "headscale.service".into()) },
+        "command" => {
+            if h.service.start.is_empty() || h.service.stop.is_empty() {
+                return Err(cx.err("headscale.service", "kind: command needs start and stop argv lists", "e.g. start: [/usr/local/sbin/hs-ctl, start]"));
+            }
+            ServiceSettings::Command {
+                start: h.service.start,
+                stop: h.service.stop,
+                status: Some(h.service.status).filter(|s| !s.is_empty()),
+            }
+        }
+        other => return Err(cx.err("headscale.service.kind", format!("unknown service kind {other:?}"), "use systemd or command")),
+    };
+    let api_url = h.api.url.unwrap_or_else(|| "unix:///var/run/headscale/headscale.sock".into());
+    if !(api_url.starts_with("unix://") || api_url.starts_with("https://") || api_url.starts_with("http://")) {
+        return Err(cx.err("headscale.api.url", format!("unsupported API address {api_url:?}"), "use unix:///path/to.sock or https://host"));
+    }
+    let headscale = HeadscaleSettings {
+        binary: cx.path(h.binary.unwrap_or_else(|| PathBuf::from("/usr/local/bin/headscale"))),
+        config: cx.path(h.config.unwrap_or_else(|| PathBuf::from("/etc/headscale/config.yaml"))),
+        service,
+        api_url,
+        api_key_file: h.api.api_key_file.map(|p| cx.path(p)),
+    };
+
+    let checks = match raw.smoke.checks {
+        None => vec![SmokeCheck::Health, SmokeCheck::Version, SmokeCheck::NoiseKey, SmokeCheck::DataParity],
+        Some(list) => list
+            .iter()
+            .map(|c| match c.as_str() {
+                "health" => Ok(SmokeCheck::Health),
+                "version" => Ok(SmokeCheck::Version),
+                "noise_key" => Ok(SmokeCheck::NoiseKey),
+                "data_parity" => Ok(SmokeCheck::DataParity),
+                other => Err(cx.err("smoke.checks", format!("unknown check {other:?}"), "known checks: health, version, noise_key, data_parity")),
+            })
+            .collect::<Result<_, _>>()?,
+    };
+    if raw.smoke.commands.iter().any(Vec::is_empty) {
+        return Err(cx.err("smoke.commands", "an empty command", "each command is an argv list, e.g. [tailscale, ping, -c, '1', node]"));
+    }
+    let smoke = SmokeSettings { timeout: raw.smoke.timeout.map_or(Duration::from_secs(60), |d| d.0), checks, commands: raw.smoke.commands };
+
+    let k = raw.keys;
+    let keys = KeySettings {
+        max_age: k.max_age.map_or(Duration::from_secs(90 * 86400), |d| d.0),
+        remind_before: k.remind_before.map_or_else(
+            || vec![Duration::from_secs(14 * 86400), Duration::from_secs(7 * 86400), Duration::from_secs(86400)],
+            |v| v.into_iter().map(|d| d.0).collect(),
+        ),
+        grace: k.grace.map_or(Duration::from_secs(7 * 86400), |d| d.0),
+        enforce: match k.enforce.as_deref().unwrap_or("remind") {
+            "remind" => Enforce::Remind,
+            "expire" => Enforce::Expire,
+            other => return Err(cx.err("keys.enforce", format!("unknown enforcement {other:?}"), "use remind or expire")),
+        },
+        exempt_tags: k.exempt_tags.unwrap_or_else(|| vec!["tag:server".into()]),
+    };
+
+    let notify = raw
+        .notify
+        .into_iter()
+        .map(|n| {
+            if !n.url.contains("://") {
+                return Err(cx.err("notify.url", "a notification URL needs a scheme", "e.g. slack://…, discord://…, ntfy://…, https://…"));
+            }
+            Ok(NotifyTarget { url: Secret::new(n.url), events: n.events })
+        })
+        .collect::<Result<_, _>>()?;
+
+    let schedule = ScheduleSettings {
+        upgrade: raw.schedule.upgrade.map(|c| c.0),
+        keys: raw.schedule.keys.map(|c| c.0),
+        audit: raw.schedule.audit.map(|c| c.0),
+        timezone: raw.schedule.timezone,
+    };
+
+    let staging = StagingSettings { overlay: raw.staging.overlay.map(|p| cx.path(p)) };
+    if let Some(o) = &staging.overlay {
+        if !o.exists() {
+            return Err(cx.err("staging.overlay", format!("{} does not exist", o.display()), "create it or remove staging.overlay"));
+        }
+    }
+    Ok(Settings { source: file.to_path_buf(), state_dir, release, headscale, staging, smoke, keys, notify, schedule })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        for (input, secs) in [("60s", 60), ("15m", 900), ("3d", 259200), ("90d", 7776000), ("1d12h", 129600), ("2w", 1209600)] {
+            assert_eq!(parse_duration(input), Ok(Duration::from_secs(secs)), "{input}");
+        }
+        for bad in ["", "3", "d", "3x", "-1d", "99999999999999999999w"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn loopback_urls() {
+        assert!(url_allowed("http://127.0.0.1:8080/x", true));
+        assert!(url_allowed("http://localhost/x", true));
+        assert!(url_allowed("http://[::1]:9/x", true));
+        assert!(!url_allowed("http://127.0.0.1:8080/x", false));
+        assert!(!url_allowed("http://example.com/x", true));
+        assert!(!url_allowed("http://127.0.0.1.evil.com/x", true));
+        assert!(!url_allowed("http://user@evil.com/x", true));
+        assert!(url_allowed("https://api.github.com", false));
+    }
+}

@@ -1,0 +1,398 @@
+//! The state store: `state_dir/state.db` (SQLite), the only module with SQL.
+//!
+//! Holds runs and their journaled steps (the crash-recovery record), installed versions,
+//! backups, seen releases (and which are bad), and the release feed's ETag cache. The schema
+//! has its own version (`PRAGMA user_version`) and forward-only migrations in [`MIGRATIONS`].
+//!
+//! Also home to the SQLite *file* operations on Headscale's database (online copy through the
+//! backup API, integrity check, WAL-aware restore), so all SQLite knowledge lives here.
+
+pub mod sqlite_files;
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::Serialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("state store {path}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("state store {path} has schema version {found}, newer than this headwarden understands ({known})")]
+    TooNew { path: PathBuf, found: i64, known: i64 },
+    #[error("state store query failed")]
+    Sql(#[from] rusqlite::Error),
+}
+
+/// Forward-only schema migrations; index + 1 is the schema version they produce.
+const MIGRATIONS: &[&str] = &[
+    // 1: runs, journal, installs, backups, releases, feed cache
+    "CREATE TABLE runs (
+        id INTEGER PRIMARY KEY,
+        kind TEXT NOT NULL,
+        started_at INTEGER NOT NULL,
+        finished_at INTEGER,
+        outcome TEXT,
+        from_version TEXT,
+        to_version TEXT,
+        detail TEXT,
+        pid INTEGER
+     );
+     CREATE TABLE steps (
+        id INTEGER PRIMARY KEY,
+        run_id INTEGER NOT NULL REFERENCES runs(id),
+        hop INTEGER NOT NULL,
+        name TEXT NOT NULL,
+        data TEXT NOT NULL DEFAULT '{}',
+        status TEXT NOT NULL,
+        message TEXT,
+        started_at INTEGER NOT NULL,
+        finished_at INTEGER,
+        elapsed_ms INTEGER
+     );
+     CREATE INDEX steps_run ON steps(run_id, id);
+     CREATE TABLE installs (
+        version TEXT PRIMARY KEY,
+        path TEXT NOT NULL,
+        sha256 TEXT NOT NULL,
+        installed_at INTEGER NOT NULL
+     );
+     CREATE TABLE backups (
+        id INTEGER PRIMARY KEY,
+        run_id INTEGER NOT NULL REFERENCES runs(id),
+        hop INTEGER NOT NULL,
+        version TEXT NOT NULL,
+        to_version TEXT NOT NULL,
+        dir TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        verified INTEGER NOT NULL DEFAULT 0
+     );
+     CREATE TABLE releases (
+        tag TEXT PRIMARY KEY,
+        first_seen INTEGER NOT NULL,
+        status TEXT NOT NULL DEFAULT 'seen',
+        reason TEXT
+     );
+     CREATE TABLE feed_cache (
+        url TEXT PRIMARY KEY,
+        etag TEXT,
+        body TEXT NOT NULL,
+        fetched_at INTEGER NOT NULL
+     );",
+];
+
+pub struct Store {
+    conn: Connection,
+}
+
+pub type RunId = i64;
+pub type StepId = i64;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RunRow {
+    pub id: RunId,
+    pub kind: String,
+    pub started_at: i64,
+    pub finished_at: Option<i64>,
+    pub outcome: Option<String>,
+    pub from_version: Option<String>,
+    pub to_version: Option<String>,
+    pub detail: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StepRow {
+    pub id: StepId,
+    pub run_id: RunId,
+    pub hop: i64,
+    pub name: String,
+    pub data: serde_json::Value,
+    pub status: String,
+    pub message: Option<String>,
+    pub elapsed_ms: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BackupRow {
+    pub id: i64,
+    pub run_id: RunId,
+    pub hop: i64,
+    /// The production version the backup was taken from.
+    pub version: String,
+    /// The version that was being installed.
+    pub to_version: String,
+    pub dir: String,
+    pub created_at: i64,
+    pub verified: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct InstallRow {
+    pub version: String,
+    pub path: String,
+    pub sha256: String,
+    pub installed_at: i64,
+}
+
+pub fn now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
+impl Store {
+    /// Opens (creating and migrating) `state_dir/state.db`.
+    pub fn open(state_dir: &Path) -> Result<Store, StateError> {
+        let path = state_dir.join("state.db");
+        let open_err = |source| StateError::Open { path: path.clone(), source };
+        if let Err(e) = std::fs::create_dir_all(state_dir) {
+            return Err(open_err(rusqlite::Error::ToSqlConversionFailure(Box::new(e))));
+        }
+        let conn = Connection::open(&path).map_err(open_err)?;
+        conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000; PRAGMA foreign_keys=ON;")
+            .map_err(open_err)?;
+        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(open_err)?;
+        let known = MIGRATIONS.len() as i64;
+        if version > known {
+            return Err(StateError::TooNew { path, found: version, known });
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            let tx = conn.unchecked_transaction().map_err(open_err)?;
+            tx.execute_batch(sql).map_err(open_err)?;
+            tx.pragma_update(None, "user_version", (i + 1) as i64).map_err(open_err)?;
+            tx.commit().map_err(open_err)?;
+        }
+        Ok(Store { conn })
+    }
+
+    pub fn schema_version(&self) -> Result<i64, StateError> {
+        Ok(self.conn.query_row("PRAGMA user_version", [], |r| r.get(0))?)
+    }
+
+    // ---- runs and the journal ----
+
+    pub fn begin_run(&self, kind: &str, from: Option<&str>, to: Option<&str>) -> Result<RunId, StateError> {
+        self.conn.execute(
+            "INSERT INTO runs (kind, started_at, from_version, to_version, pid) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![kind, now(), from, to, std::process::id()],
+        )?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    pub fn finish_run(&self, run: RunId, outcome: &str, detail: &str) -> Result<(), StateError> {
+        self.conn.execute(
+            "UPDATE runs SET finished_at = ?2, outcome = ?3, detail = ?4 WHERE id = ?1",
+            params![run, now(), outcome, detail],
+        )?;
+        Ok(())
+    }
+
+    pub fn set_run_versions(&self, run: RunId, from: &str, to: &str) -> Result<(), StateError> {
+        self.conn.execute("UPDATE runs SET from_version = ?2, to_version = ?3 WHERE id = ?1", params![run, from, to])?;
+        Ok(())
+    }
+
+    /// Journals that a step is about to act. Durable before the step runs (synchronous=FULL).
+    pub fn step_start(&self, run: RunId, hop: i64, name: &str, data: &serde_json::Value) -> Result<StepId, StateError> {
+        self.conn.execute(
+            "INSERT INTO steps (run_id, hop, name, data, status, started_at) VALUES (?1, ?2, ?3, ?4, 'started', ?5)",
+            params![run, hop, name, data.to_string(), now()],
+        )?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    pub fn step_finish(&self, step: StepId, ok: bool, message: &str, elapsed_ms: u128) -> Result<(), StateError> {
+        self.conn.execute(
+            "UPDATE steps SET status = ?2, message = ?3, finished_at = ?4, elapsed_ms = ?5 WHERE id = ?1",
+            params![step, if ok { "done" } else { "failed" }, message, now(), elapsed_ms as i64],
+        )?;
+        Ok(())
+    }
+
+    pub fn step_update_data(&self, step: StepId, data: &serde_json::Value) -> Result<(), StateError> {
+        self.conn.execute("UPDATE steps SET data = ?2 WHERE id = ?1", params![step, data.to_string()])?;
+        Ok(())
+    }
+
+    pub fn open_runs(&self) -> Result<Vec<RunRow>, StateError> {
+        self.query_runs("WHERE outcome IS NULL ORDER BY id", [])
+    }
+
+    pub fn recent_runs(&self, limit: i64) -> Result<Vec<RunRow>, StateError> {
+        self.query_runs("ORDER BY id DESC LIMIT ?1", [limit])
+    }
+
+    fn query_runs<P: rusqlite::Params>(&self, tail: &str, p: P) -> Result<Vec<RunRow>, StateError> {
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT id, kind, started_at, finished_at, outcome, from_version, to_version, detail FROM runs {tail}"
+        ))?;
+        let rows = stmt
+            .query_map(p, |r| {
+                Ok(RunRow {
+                    id: r.get(0)?,
+                    kind: r.get(1)?,
+                    started_at: r.get(2)?,
+                    finished_at: r.get(3)?,
+                    outcome: r.get(4)?,
+                    from_version: r.get(5)?,
+                    to_version: r.get(6)?,
+                    detail: r.get(7)?,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    pub fn steps(&self, run: RunId) -> Result<Vec<StepRow>, StateError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id, run_id, hop, name, data, status, message, elapsed_ms FROM steps WHERE run_id = ?1 ORDER BY id")?;
+        let rows = stmt
+            .query_map([run], |r| {
+                let data: String = r.get(4)?;
+                Ok(StepRow {
+                    id: r.get(0)?,
+                    run_id: r.get(1)?,
+                    hop: r.get(2)?,
+                    name: r.get(3)?,
+                    data: serde_json::from_str(&data).unwrap_or(serde_json::Value::Null),
+                    status: r.get(5)?,
+                    message: r.get(6)?,
+                    elapsed_ms: r.get(7)?,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    // ---- installs ----
+
+    pub fn record_install(&self, version: &str, path: &Path, sha256: &str) -> Result<(), StateError> {
+        self.conn.execute(
+            "INSERT INTO installs (version, path, sha256, installed_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT(version) DO UPDATE SET path = excluded.path, sha256 = excluded.sha256, installed_at = excluded.installed_at",
+            params![version, path.to_string_lossy(), sha256, now()],
+        )?;
+        Ok(())
+    }
+
+    pub fn installs(&self) -> Result<Vec<InstallRow>, StateError> {
+        let mut stmt = self.conn.prepare("SELECT version, path, sha256, installed_at FROM installs ORDER BY installed_at DESC, version DESC")?;
+        let rows = stmt
+            .query_map([], |r| Ok(InstallRow { version: r.get(0)?, path: r.get(1)?, sha256: r.get(2)?, installed_at: r.get(3)? }))?
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    pub fn forget_install(&self, version: &str) -> Result<(), StateError> {
+        self.conn.execute("DELETE FROM installs WHERE version = ?1", [version])?;
+        Ok(())
+    }
+
+    // ---- backups ----
+
+    pub fn record_backup(&self, run: RunId, hop: i64, version: &str, to_version: &str, dir: &Path, verified: bool) -> Result<i64, StateError> {
+        self.conn.execute(
+            "INSERT INTO backups (run_id, hop, version, to_version, dir, created_at, verified) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![run, hop, version, to_version, dir.to_string_lossy(), now(), verified],
+        )?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    pub fn backups(&self) -> Result<Vec<BackupRow>, StateError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id, run_id, hop, version, to_version, dir, created_at, verified FROM backups ORDER BY id DESC")?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(BackupRow {
+                    id: r.get(0)?,
+                    run_id: r.get(1)?,
+                    hop: r.get(2)?,
+                    version: r.get(3)?,
+                    to_version: r.get(4)?,
+                    dir: r.get(5)?,
+                    created_at: r.get(6)?,
+                    verified: r.get(7)?,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    // ---- releases ----
+
+    pub fn mark_release_seen(&self, tag: &str) -> Result<bool, StateError> {
+        let n = self
+            .conn
+            .execute("INSERT INTO releases (tag, first_seen) VALUES (?1, ?2) ON CONFLICT(tag) DO NOTHING", params![tag, now()])?;
+        Ok(n > 0)
+    }
+
+    pub fn mark_release_bad(&self, tag: &str, reason: &str) -> Result<(), StateError> {
+        self.conn.execute(
+            "INSERT INTO releases (tag, first_seen, status, reason) VALUES (?1, ?2, 'bad', ?3)
+             ON CONFLICT(tag) DO UPDATE SET status = 'bad', reason = excluded.reason",
+            params![tag, now(), reason],
+        )?;
+        Ok(())
+    }
+
+    /// Tags recorded as bad, with the reason.
+    pub fn bad_releases(&self) -> Result<Vec<(String, String)>, StateError> {
+        let mut stmt = self.conn.prepare("SELECT tag, coalesce(reason, '') FROM releases WHERE status = 'bad' ORDER BY tag")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    // ---- feed cache ----
+
+    pub fn feed_cache(&self, url: &str) -> Result<Option<(Option<String>, String)>, StateError> {
+        Ok(self
+            .conn
+            .query_row("SELECT etag, body FROM feed_cache WHERE url = ?1", [url], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?)
+    }
+
+    pub fn store_feed_cache(&self, url: &str, etag: Option<&str>, body: &str) -> Result<(), StateError> {
+        self.conn.execute(
+            "INSERT INTO feed_cache (url, etag, body, fetched_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT(url) DO UPDATE SET etag = excluded.etag, body = excluded.body, fetched_at = excluded.fetched_at",
+            params![url, etag, body, now()],
+        )?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrates_and_reopens() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = Store::open(dir.path()).expect("open");
+        assert_eq!(s.schema_version().expect("v"), MIGRATIONS.len() as i64);
+        let run = s.begin_run("upgrade", Some("0.26.1"), Some("0.27.1")).expect("run");
+        let step = s.step_start(run, 0, "stop", &serde_json::json!({"a": 1})).expect("step");
+        drop(s);
+        let s = Store::open(dir.path()).expect("reopen");
+        assert_eq!(s.open_runs().expect("runs").len(), 1);
+        s.step_finish(step, true, "ok", 5).expect("finish");
+        s.finish_run(run, "upgraded", "").expect("finish run");
+        assert!(s.open_runs().expect("runs").is_empty());
+        assert_eq!(s.steps(run).expect("steps")[0].status, "done");
+    }
+
+    #[test]
+    fn refuses_newer_schema() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        drop(Store::open(dir.path()).expect("open"));
+        let c = Connection::open(dir.path().join("state.db")).expect("raw");
+        c.pragma_update(None, "user_version", 99).expect("set");
+        drop(c);
+        assert!(matches!(Store::open(dir.path()), Err(StateError::TooNew { .. })));
+    }
+}
