@@ -1,2 +1,397 @@
-//! CLI.
-pub fn main() -> std::process::ExitCode { std::process::ExitCode::SUCCESS }
+//! The command line: clap derive (doc comments are the help text), thin wrappers over the domain
+//! functions in `pipeline`, `deploy` and `state`. Data goes to stdout (`--json` for stable
+//! output), logs and progress to stderr. Errors print as a chain with a hint.
+
+mod demo;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use semver::Version;
+
+use crate::exit;
+use crate::pipeline::{self, PipelineError, UpgradeOptions, UpgradeOutcome};
+use crate::schedule::lock::{LockError, RunLock};
+use crate::settings::{self, ConfigError, Settings};
+use crate::state::Store;
+
+#[derive(Parser, Debug)]
+#[command(name = "headwarden", version, about = "Keeps a self-hosted Headscale server patched, safely")]
+pub struct Cli {
+    /// Config file.
+    #[arg(long, global = true, default_value = settings::DEFAULT_CONFIG_PATH)]
+    config: PathBuf,
+    /// Print machine-readable JSON on stdout.
+    #[arg(long, global = true)]
+    json: bool,
+    /// More log output (repeat for more).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// Only errors on stderr.
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Show what an upgrade would do and why; changes nothing.
+    Check {
+        /// Plan towards this version.
+        #[arg(long)]
+        to: Option<Version>,
+    },
+    /// Upgrade production: verify, stage on a copy of the database, smoke-test, promote.
+    Upgrade {
+        /// Target version (cooldown does not apply; other policy does).
+        #[arg(long)]
+        to: Option<Version>,
+        /// Do not ask for confirmation on a terminal.
+        #[arg(long)]
+        yes: bool,
+        /// Plan and print, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Allow a patch downgrade within the running minor version.
+        #[arg(long)]
+        allow_downgrade: bool,
+    },
+    /// Restore the backup taken before the last upgrade (or the upgrade away from --to) and its binary.
+    Rollback {
+        #[arg(long)]
+        to: Option<Version>,
+    },
+    /// Production version and health, interrupted runs, installed versions, backups.
+    Status,
+    /// Past runs and their journaled steps.
+    History {
+        #[arg(long, default_value_t = 20)]
+        limit: i64,
+    },
+    /// Configuration commands.
+    Config {
+        #[command(subcommand)]
+        cmd: ConfigCmd,
+    },
+    /// Run the whole pipeline against a local Headscale stand-in (a simulation; touches nothing else).
+    Demo {
+        /// Keep the demo directory and leave nothing running.
+        #[arg(long)]
+        keep: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ConfigCmd {
+    /// Parse and validate the config file.
+    Check,
+}
+
+/// Errors with their exit code and hint.
+pub struct Failure {
+    code: u8,
+    error: anyhow::Error,
+    hint: Option<String>,
+}
+
+impl<E: Into<anyhow::Error>> From<E> for Failure {
+    fn from(e: E) -> Self {
+        let error = e.into();
+        let (code, hint) = if let Some(c) = error.downcast_ref::<ConfigError>() {
+            (exit::USAGE, c.hint().map(String::from))
+        } else if let Some(l) = error.downcast_ref::<LockError>() {
+            (exit::LOCKED, matches!(l, LockError::Held { .. }).then(|| "wait for it to finish; a run killed with SIGKILL releases the lock by itself".to_string()))
+        } else if let Some(p) = error.downcast_ref::<PipelineError>() {
+            (exit::FAILURE, p.hint())
+        } else {
+            (exit::FAILURE, None)
+        };
+        Failure { code, error, hint }
+    }
+}
+
+/// `a: b: c` from an error and its sources.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let t = c.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(&cli);
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::FAILURE);
+        }
+    };
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    match rt.block_on(run(cli)) {
+        Ok(code) => ExitCode::from(code),
+        Err(f) => {
+            eprintln!("error: {}", f.error);
+            for cause in f.error.chain().skip(1) {
+                eprintln!("  Caused by: {cause}");
+            }
+            if let Some(h) = f.hint {
+                eprintln!("hint: {h}");
+            }
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+fn init_tracing(cli: &Cli) {
+    let default = if cli.quiet {
+        "error"
+    } else {
+        match cli.verbose {
+            0 => "warn,headwarden=info",
+            1 => "info,headwarden=debug",
+            _ => "debug",
+        }
+    };
+    let filter = crate::process::log_filter_env()
+        .and_then(|f| tracing_subscriber::EnvFilter::try_new(f).ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);
+    if crate::process::stderr_is_journal() {
+        builder.without_time().with_ansi(false).init();
+    } else {
+        builder.with_ansi(crate::process::stderr_is_tty()).init();
+    }
+}
+
+fn load(cli: &Cli) -> Result<Settings, Failure> {
+    Ok(settings::load(&cli.config)?)
+}
+
+fn print_json<T: serde::Serialize>(v: &T) -> Result<(), Failure> {
+    println!("{}", serde_json::to_string_pretty(v).map_err(anyhow::Error::from)?);
+    Ok(())
+}
+
+async fn run(cli: Cli) -> Result<u8, Failure> {
+    match &cli.command {
+        Command::Config { cmd: ConfigCmd::Check } => {
+            let s = load(&cli)?;
+            if cli.json {
+                print_json(&serde_json::json!({"ok": true, "file": s.source}))?;
+            } else {
+                println!("{}: ok", s.source.display());
+                println!("  state_dir: {}", s.state_dir.display());
+                println!("  release feed: {}/{} at {}", s.release.owner, s.release.repo, s.release.api_url);
+                println!("  headscale: {} with {}", s.headscale.binary.display(), s.headscale.config.display());
+                if s.release.token.is_some() {
+                    println!("  github token: set (not shown)");
+                }
+            }
+            Ok(exit::OK)
+        }
+        Command::Check { to } => {
+            let s = load(&cli)?;
+            let store = Store::open(&s.state_dir)?;
+            let opts = UpgradeOptions { to: to.clone(), ..Default::default() };
+            let report = pipeline::check(&s, &store, &opts).await?;
+            if cli.json {
+                print_json(&report)?;
+            } else {
+                let p = &report.plan;
+                println!("production runs {}", report.current);
+                println!(
+                    "release feed: {} ({} request{}, rate limit remaining: {})",
+                    if report.feed_not_modified { "unchanged since last poll (304)" } else { "fetched" },
+                    report.feed_requests,
+                    if report.feed_requests == 1 { "" } else { "s" },
+                    report.rate_remaining.map_or("unknown".to_string(), |r| r.to_string())
+                );
+                match (&p.blocked, p.hops.is_empty()) {
+                    (Some(reason), _) => println!("blocked: {reason}"),
+                    (None, true) => println!("up to date: nothing to do"),
+                    (None, false) => {
+                        let path: Vec<String> = p.hops.iter().map(|h| h.version.to_string()).collect();
+                        println!("plan: {} -> {}", report.current, path.join(" -> "));
+                        println!("  (Headscale cannot skip a minor version: one hop per minor, newest patch of each)");
+                    }
+                }
+                for n in &p.notes {
+                    println!("  skipped {n}");
+                }
+            }
+            Ok(exit::OK)
+        }
+        Command::Upgrade { to, yes, dry_run, allow_downgrade } => {
+            let s = load(&cli)?;
+            let _lock = RunLock::acquire(&s.state_dir, "upgrade")?;
+            let store = Store::open(&s.state_dir)?;
+            let opts = UpgradeOptions { to: to.clone(), dry_run: *dry_run, allow_downgrade: *allow_downgrade, progress: crate::process::stderr_is_tty() };
+            if !yes && !dry_run && std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+                let report = pipeline::check(&s, &store, &opts).await?;
+                if report.plan.hops.is_empty() {
+                    println!("nothing to do ({})", report.plan.blocked.unwrap_or_else(|| "up to date".into()));
+                    return Ok(exit::OK);
+                }
+                let path: Vec<String> = report.plan.hops.iter().map(|h| h.version.to_string()).collect();
+                eprint!("upgrade production {} -> {}? [y/N] ", report.current, path.join(" -> "));
+                let mut answer = String::new();
+                let _ = std::io::stdin().read_line(&mut answer);
+                if !answer.trim().eq_ignore_ascii_case("y") {
+                    println!("cancelled");
+                    return Ok(exit::OK);
+                }
+            }
+            let quiet = cli.json;
+            let say = move |line: &str| {
+                if !quiet {
+                    println!("{line}");
+                }
+            };
+            let outcome = pipeline::upgrade(&s, &store, &opts, &say).await?;
+            if cli.json {
+                print_json(&outcome)?;
+            }
+            Ok(match outcome {
+                UpgradeOutcome::NothingToDo { current, notes } => {
+                    if !cli.json {
+                        println!("production runs {current}; nothing to do");
+                        for n in notes {
+                            println!("  skipped {n}");
+                        }
+                    }
+                    exit::OK
+                }
+                UpgradeOutcome::Blocked { reason, .. } => {
+                    if !cli.json {
+                        println!("blocked: {reason}");
+                    }
+                    exit::OK
+                }
+                UpgradeOutcome::DryRun { .. } => exit::OK,
+                UpgradeOutcome::Upgraded { from, to, .. } => {
+                    if !cli.json {
+                        println!("upgraded {from} -> {to}");
+                    }
+                    exit::OK
+                }
+                UpgradeOutcome::StagingFailed { .. } => exit::FAILURE,
+                UpgradeOutcome::RolledBack { .. } => exit::ROLLED_BACK,
+                UpgradeOutcome::RollbackFailed { failed, reason, rollback_error, backup } => {
+                    eprintln!("error: {failed} failed on production ({reason}) and the rollback failed too: {rollback_error}");
+                    if let Some(b) = backup {
+                        eprintln!("hint: the verified pre-upgrade backup is in {b}: stop headscale, copy db.sqlite, noise_private.key and config.yaml back, point the binary at the previous version, start");
+                    }
+                    exit::ROLLBACK_FAILED
+                }
+            })
+        }
+        Command::Rollback { to } => {
+            let s = load(&cli)?;
+            let _lock = RunLock::acquire(&s.state_dir, "rollback")?;
+            let store = Store::open(&s.state_dir)?;
+            let say = |line: &str| println!("{line}");
+            let v = pipeline::rollback(&s, &store, to.as_ref(), &say).await?;
+            println!("production restored to {v}");
+            Ok(exit::OK)
+        }
+        Command::Status => {
+            let s = load(&cli)?;
+            let store = Store::open(&s.state_dir)?;
+            status(&cli, &s, &store).await
+        }
+        Command::History { limit } => {
+            let s = load(&cli)?;
+            let store = Store::open(&s.state_dir)?;
+            let runs = store.recent_runs(*limit)?;
+            if cli.json {
+                let detailed: Vec<serde_json::Value> = runs
+                    .iter()
+                    .map(|r| serde_json::json!({"run": r, "steps": store.steps(r.id).unwrap_or_default()}))
+                    .collect();
+                return print_json(&detailed).map(|()| exit::OK);
+            }
+            for r in runs {
+                println!(
+                    "run {} {} {} -> {}: {} {}",
+                    r.id,
+                    r.kind,
+                    r.from_version.as_deref().unwrap_or("?"),
+                    r.to_version.as_deref().unwrap_or("?"),
+                    r.outcome.as_deref().unwrap_or("INTERRUPTED"),
+                    r.detail.as_deref().unwrap_or("")
+                );
+                for st in store.steps(r.id)? {
+                    println!(
+                        "    hop {} {:<14} {:<8} {:>6} ms  {}",
+                        st.hop,
+                        st.name,
+                        st.status,
+                        st.elapsed_ms.unwrap_or(0),
+                        st.message.unwrap_or_default()
+                    );
+                }
+            }
+            Ok(exit::OK)
+        }
+        Command::Demo { keep } => demo::run(*keep).await,
+    }
+}
+
+async fn status(cli: &Cli, s: &Settings, store: &Store) -> Result<u8, Failure> {
+    let current = pipeline::current_version(s).await.map(|v| v.to_string()).unwrap_or_else(|e| format!("unknown ({e})"));
+    let target = crate::deploy::current_target(&s.headscale.binary);
+    let health = match crate::deploy::production_config(s) {
+        Ok(c) => {
+            let client = crate::headscale::http::client(std::time::Duration::from_secs(5));
+            match crate::headscale::http::health(&client, &c.http_base()).await {
+                Ok(()) => "healthy".to_string(),
+                Err(e) => format!("unhealthy: {e}"),
+            }
+        }
+        Err(e) => format!("unknown: {e}"),
+    };
+    let open = store.open_runs()?;
+    let last = store.recent_runs(1)?;
+    let installs = store.installs()?;
+    let backups = store.backups()?;
+    let bad = store.bad_releases()?;
+    if cli.json {
+        print_json(&serde_json::json!({
+            "production": {"version": current, "binary": s.headscale.binary, "target": target, "health": health},
+            "interrupted_runs": open,
+            "last_run": last.first(),
+            "installed": installs,
+            "backups": backups,
+            "bad_releases": bad,
+            "state_schema": store.schema_version()?,
+        }))?;
+        return Ok(exit::OK);
+    }
+    println!("production: {current} ({health})");
+    println!("  binary {} -> {}", s.headscale.binary.display(), target.display());
+    for r in &open {
+        println!("INTERRUPTED run {} ({} {} -> {}): the next upgrade/rollback finishes it", r.id, r.kind, r.from_version.as_deref().unwrap_or("?"), r.to_version.as_deref().unwrap_or("?"));
+    }
+    if let Some(r) = last.first() {
+        println!("last run: {} {} -> {}: {}", r.kind, r.from_version.as_deref().unwrap_or("?"), r.to_version.as_deref().unwrap_or("?"), r.outcome.as_deref().unwrap_or("in progress"));
+    }
+    println!("installed: {}", installs.iter().map(|i| i.version.clone()).collect::<Vec<_>>().join(", "));
+    for b in backups.iter().take(5) {
+        println!("backup: before {} -> {} in {}", b.version, b.to_version, b.dir);
+    }
+    for (tag, reason) in bad {
+        println!("bad release: {tag}: {reason}");
+    }
+    Ok(exit::OK)
+}

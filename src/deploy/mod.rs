@@ -1,1 +1,147 @@
-//! tmp
+//! Deployment: the only module that touches the production binary path, the production database
+//! or the service. Install layout, service control, staging instances, and (in `transaction`)
+//! promotion, rollback and crash recovery.
+//!
+//! Layout under `state_dir`:
+//! ```text
+//! versions/<version>/headscale   installed binaries (0755); headscale.binary is a symlink to one
+//! downloads/                     0700; verified downloads land here before install
+//! backups/run<id>-hop<n>-<ver>/  db.sqlite (integrity-checked), config.yaml, noise_private.key
+//! staging/                       the staging instance: config, db copy, socket, logs
+//! ```
+
+pub mod service;
+pub mod staging;
+pub mod transaction;
+
+use std::path::{Path, PathBuf};
+
+use semver::Version;
+
+use crate::headscale::config::HeadscaleConfig;
+use crate::settings::Settings;
+use crate::state::Store;
+use crate::verify::Verified;
+
+pub use service::Service;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    #[error("{what} {path}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
+    #[error(transparent)]
+    Sqlite(#[from] crate::state::sqlite_files::SqliteFileError),
+    #[error(transparent)]
+    Config(#[from] crate::headscale::config::HeadscaleConfigError),
+    #[error("{0}")]
+    Other(String),
+}
+
+pub(crate) fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> DeployError + 'a {
+    move |source| DeployError::Io { what, path: path.to_path_buf(), source }
+}
+
+/// A binary installed under `versions/`, ready to be staged or promoted.
+#[derive(Debug, Clone)]
+pub struct Installed {
+    pub version: Version,
+    pub path: PathBuf,
+}
+
+pub fn versions_dir(s: &Settings) -> PathBuf {
+    s.state_dir.join("versions")
+}
+
+pub fn downloads_dir(s: &Settings) -> PathBuf {
+    s.state_dir.join("downloads")
+}
+
+pub fn version_path(s: &Settings, v: &Version) -> PathBuf {
+    versions_dir(s).join(v.to_string()).join("headscale")
+}
+
+/// Moves a verified download into `versions/<v>/headscale` (0755) and records it.
+pub fn install(s: &Settings, store: &Store, verified: Verified) -> Result<Installed, DeployError> {
+    use std::os::unix::fs::PermissionsExt;
+    let target = version_path(s, verified.version());
+    let dir = target.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(io_err("creating", dir))?;
+    let tmp = dir.join(".headscale.installing");
+    std::fs::copy(verified.path(), &tmp).map_err(io_err("installing into", &tmp))?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).map_err(io_err("chmod", &tmp))?;
+    std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(io_err("fsync", &tmp))?;
+    std::fs::rename(&tmp, &target).map_err(io_err("installing", &target))?;
+    let _ = std::fs::remove_file(verified.path());
+    store.record_install(&verified.version().to_string(), &target, verified.sha256())?;
+    Ok(Installed { version: verified.version().clone(), path: target })
+}
+
+/// Where the production binary path points now (itself when it is not a symlink).
+pub fn current_target(binary: &Path) -> PathBuf {
+    match std::fs::read_link(binary) {
+        Ok(t) if t.is_absolute() => t,
+        Ok(t) => binary.parent().unwrap_or(Path::new("/")).join(t),
+        Err(_) => binary.to_path_buf(),
+    }
+}
+
+/// Atomically points the production binary path at `target` (symlink + rename over).
+pub fn switch_binary(binary: &Path, target: &Path) -> Result<(), DeployError> {
+    let dir = binary.parent().unwrap_or(Path::new("/"));
+    let tmp = dir.join(format!(".{}.headwarden-switch", binary.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()));
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(target, &tmp).map_err(io_err("creating symlink", &tmp))?;
+    std::fs::rename(&tmp, binary).map_err(io_err("switching", binary))?;
+    let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
+    Ok(())
+}
+
+/// Makes sure the running version's binary lives under `versions/` so a rollback can return to
+/// it even when production's binary path is still the plain file an admin installed.
+pub fn adopt_current(s: &Settings, store: &Store, current: &Version) -> Result<PathBuf, DeployError> {
+    let binary = &s.headscale.binary;
+    let target = current_target(binary);
+    if target.starts_with(versions_dir(s)) {
+        return Ok(target);
+    }
+    let dest = version_path(s, current);
+    if !dest.exists() {
+        let dir = dest.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir).map_err(io_err("creating", dir))?;
+        let tmp = dir.join(".headscale.adopting");
+        std::fs::copy(&target, &tmp).map_err(io_err("copying the running binary", &target))?;
+        std::fs::rename(&tmp, &dest).map_err(io_err("adopting", &dest))?;
+        let sha = crate::verify::sha256_file(&dest).map_err(io_err("hashing", &dest))?;
+        store.record_install(&current.to_string(), &dest, &sha)?;
+    }
+    Ok(dest)
+}
+
+/// Keeps the newest `keep` installed versions, never removing `protect`ed paths.
+pub fn prune_versions(s: &Settings, store: &Store, protect: &[PathBuf]) -> Result<Vec<String>, DeployError> {
+    let mut removed = Vec::new();
+    for row in store.installs()?.into_iter().skip(s.release.keep_versions) {
+        let path = PathBuf::from(&row.path);
+        if protect.contains(&path) {
+            continue;
+        }
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        store.forget_install(&row.version)?;
+        removed.push(row.version);
+    }
+    Ok(removed)
+}
+
+/// Production's Headscale config.
+pub fn production_config(s: &Settings) -> Result<HeadscaleConfig, DeployError> {
+    Ok(HeadscaleConfig::load(&s.headscale.config)?)
+}

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use semver::{Version, VersionReq};
 
-pub use raw::{parse_duration, DurationValue};
+pub use raw::{parse_duration, url_allowed, DurationValue};
 
 /// Default location of the config file.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/headwarden/headwarden.yaml";
@@ -181,21 +181,26 @@ pub fn load(path: &Path) -> Result<Settings, ConfigError> {
 
 /// Parses and resolves config text; `path` is used for messages and relative paths.
 pub fn parse(path: &Path, text: &str) -> Result<Settings, ConfigError> {
-    let raw: raw::RawConfig = serde_yaml_ng::from_str(text).map_err(|e| {
-        let line = e.location().map(|l| l.line());
-        let msg = e.to_string();
-        // serde_yaml_ng prefixes nested errors with the key path ("release.min_age: …").
-        let (key, message) = match msg.split_once(": ") {
-            Some((k, m)) if !k.contains(' ') && !k.is_empty() => (Some(k.to_string()), m.to_string()),
-            _ => (None, msg.clone()),
+    let de = serde_yaml_ng::Deserializer::from_str(text);
+    let raw: raw::RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = e.path().to_string();
+        let key = (key != "." && !key.is_empty()).then_some(key);
+        let inner = e.into_inner();
+        let line = inner.location().map(|l| l.line());
+        let message = strip_location(&inner.to_string());
+        // serde_yaml_ng may prefix the message with the parent key ("release: …").
+        let message = match message.split_once(": ") {
+            Some((k, m)) if !k.contains(' ') && !k.is_empty() => m.to_string(),
+            _ => message,
         };
-        let message = strip_location(&message);
         let hint = if message.contains("unknown field") {
             Some("check the spelling against headwarden.example.yaml; unknown keys are refused so typos cannot pass silently".to_string())
         } else if message.contains("duration") {
             Some("durations are a number and a unit: 60s, 15m, 12h, 3d, 2w".to_string())
         } else if message.contains("semver") || message.contains("version") {
             Some("versions look like 0.29.2; constraints like \">=0.26, <1.0\"".to_string())
+        } else if message.contains("cron") {
+            Some("use 5-field crontab syntax (minute hour day month weekday) or @daily".to_string())
         } else {
             None
         };

@@ -244,7 +244,7 @@ fn is_loopback_url(url: &str) -> bool {
     host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
-pub(crate) fn url_allowed(url: &str, allow_insecure_http: bool) -> bool {
+pub fn url_allowed(url: &str, allow_insecure_http: bool) -> bool {
     url.starts_with("https://") || (allow_insecure_http && url.starts_with("http://") && is_loopback_url(url))
 }
 

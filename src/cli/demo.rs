@@ -1,0 +1,117 @@
+//! `headwarden demo`: the real pipeline against the local Headscale stand-in, loopback only.
+//!
+//! 1. A temp directory holds a "production" stand-in on 0.26.1 with users and nodes, a minisign
+//!    key, and a local GitHub releases API publishing 0.27.1 and 0.28.0 (good).
+//! 2. Upgrade: plan 0.26.1 -> 0.27.1 -> 0.28.0, verify, stage, promote.
+//! 3. Publish 0.28.1, which passes staging but crashes on production: promote, fail, roll back.
+//! 4. Publish 0.29.0, whose migration drops nodes: staging catches it; production is not touched.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::Failure;
+use crate::exit;
+use crate::pipeline::{self, UpgradeOptions, UpgradeOutcome};
+use crate::state::Store;
+
+fn sim_cmd(sim: &Path, args: &[&str]) -> Vec<String> {
+    std::iter::once(sim.display().to_string()).chain(args.iter().map(|s| s.to_string())).collect()
+}
+
+async fn sim(sim: &Path, args: &[&str]) -> Result<String, Failure> {
+    let out = crate::process::run(&sim_cmd(sim, args), Duration::from_secs(60)).await?;
+    if !out.success() {
+        return Err(anyhow::anyhow!("headscale-sim {} failed: {}", args.join(" "), out.tail()).into());
+    }
+    Ok(out.stdout.trim().to_string())
+}
+
+pub async fn run(keep: bool) -> Result<u8, Failure> {
+    let sim_bin = crate::process::sibling_binary("headscale-sim")
+        .ok_or_else(|| anyhow::anyhow!("headscale-sim not found next to headwarden; build both with `cargo build`"))?;
+    let tmp = tempfile::Builder::new().prefix("headwarden-demo-").tempdir()?;
+    let root = tmp.path().to_path_buf();
+    println!("== headwarden demo: a SIMULATION on 127.0.0.1 with a Headscale stand-in (headscale-sim) ==");
+    println!("   directory: {}", root.display());
+    let d = |p: &str| root.join(p).display().to_string();
+
+    let pubkey = sim(&sim_bin, &["keygen", "--out", &d("keys")]).await?;
+    for v in ["0.27.1", "0.28.0"] {
+        sim(&sim_bin, &["make-release", "--feed", &d("feed"), "--version", v, "--sign", &d("keys/minisign.key")]).await?;
+    }
+    sim(&sim_bin, &["testbed", "--dir", &d("prod"), "--version", "0.26.1", "--start", "--users", "3", "--nodes-per-user", "2"]).await?;
+    println!("-- production stand-in 0.26.1 started with 3 users and 6 nodes; feed publishes v0.27.1 and v0.28.0 (signed)");
+
+    let feed_log = root.join("feed.log");
+    let addr_file = root.join("feed.addr");
+    let mut feed = crate::process::spawn_logged(&sim_bin, &["github-feed", "--dir", &d("feed"), "--addr-file", &addr_file.display().to_string()], &feed_log)?;
+    let mut addr = String::new();
+    for _ in 0..500 {
+        if let Ok(a) = std::fs::read_to_string(&addr_file) {
+            addr = a;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let config_path = root.join("headwarden.yaml");
+    std::fs::write(&config_path, demo_config(&root, &addr, &pubkey))?;
+    let settings = crate::settings::load(&config_path)?;
+    let store = Store::open(&settings.state_dir)?;
+    let say = |line: &str| println!("   {line}");
+    let opts = UpgradeOptions::default();
+
+    let result: Result<u8, Failure> = async {
+        println!("\n-- step 1: check (changes nothing)");
+        let report = pipeline::check(&settings, &store, &opts).await?;
+        let path: Vec<String> = report.plan.hops.iter().map(|h| h.version.to_string()).collect();
+        println!("   production runs {}; plan: {}", report.current, path.join(" -> "));
+
+        println!("\n-- step 2: upgrade (two hops, each staged on a copy of production's database first)");
+        let out = pipeline::upgrade(&settings, &store, &opts, &say).await?;
+        describe(&out);
+
+        println!("\n-- step 3: v0.28.1 is published; it passes staging but crashes when started on production");
+        sim(&sim_bin, &["make-release", "--feed", &d("feed"), "--version", "0.28.1", "--fault", "prod-crash", "--sign", &d("keys/minisign.key")]).await?;
+        let out = pipeline::upgrade(&settings, &store, &opts, &say).await?;
+        describe(&out);
+
+        println!("\n-- step 4: v0.29.0 is published; its migration silently drops nodes");
+        sim(&sim_bin, &["make-release", "--feed", &d("feed"), "--version", "0.29.0", "--fault", "drop-rows", "--sign", &d("keys/minisign.key")]).await?;
+        let out = pipeline::upgrade(&settings, &store, &opts, &say).await?;
+        describe(&out);
+
+        let config = crate::deploy::production_config(&settings)?;
+        let p = pipeline::prod(&settings, &store, &config);
+        let base = crate::smoke::baseline(&p.target(), Duration::from_secs(10)).await.map_err(|e| anyhow::anyhow!(e))?;
+        let now = pipeline::current_version(&settings).await?;
+        println!("\n== result: production runs {now}, healthy, {} users and {} nodes (same as before the demo)", base.users.len(), base.nodes.len());
+        println!("   journal: `headwarden --config {} history`", config_path.display());
+        Ok(exit::OK)
+    }
+    .await;
+
+    let _ = crate::process::run(&[root.join("prod/service.sh").display().to_string(), "stop".into()], Duration::from_secs(30)).await;
+    crate::process::terminate(&mut feed, Duration::from_secs(2)).await;
+    if keep {
+        let kept: PathBuf = tmp.keep();
+        println!("kept {}", kept.display());
+    }
+    result
+}
+
+fn describe(out: &UpgradeOutcome) {
+    match out {
+        UpgradeOutcome::Upgraded { from, to, .. } => println!("   => upgraded {from} -> {to}"),
+        UpgradeOutcome::RolledBack { failed, now, .. } => println!("   => {failed} failed on production and was ROLLED BACK; production is on {now} with its data"),
+        UpgradeOutcome::StagingFailed { version, .. } => println!("   => {version} REJECTED on staging; production untouched"),
+        UpgradeOutcome::NothingToDo { current, .. } => println!("   => {current}: nothing to do"),
+        other => println!("   => {other:?}"),
+    }
+}
+
+fn demo_config(root: &Path, feed_addr: &str, pubkey: &str) -> String {
+    let r = root.display();
+    format!(
+        "# generated by `headwarden demo`\nstate_dir: {r}/state\nrelease:\n  repo: juanfont/headscale\n  api_url: http://{feed_addr}\n  allow_insecure_http: true\n  channel: stable\n  constraint: \">=0.26, <1.0\"\n  min_age: 1d\n  require_signature: true\n  minisign_public_key: {pubkey}\nheadscale:\n  binary: {r}/prod/bin/headscale\n  config: {r}/prod/etc/config.yaml\n  service:\n    kind: command\n    start: [{r}/prod/service.sh, start]\n    stop: [{r}/prod/service.sh, stop]\n    status: [{r}/prod/service.sh, status]\n  api:\n    url: unix://{r}/prod/run/headscale.sock\nsmoke:\n  timeout: 15s\n"
+    )
+}

@@ -1,0 +1,56 @@
+//! Service control for production: systemd through `systemctl`, or admin-given start/stop argv
+//! for hosts without systemd (and for tests).
+
+use std::time::Duration;
+
+use crate::process;
+use crate::settings::ServiceSettings;
+
+const SERVICE_TIMEOUT: Duration = Duration::from_secs(120);
+
+#[derive(Debug, Clone)]
+pub struct Service {
+    settings: ServiceSettings,
+}
+
+impl Service {
+    pub fn new(settings: &ServiceSettings) -> Self {
+        Self { settings: settings.clone() }
+    }
+
+    async fn run(&self, action: &str) -> Result<(), String> {
+        let argv: Vec<String> = match (&self.settings, action) {
+            (ServiceSettings::Systemd { unit }, _) => vec!["systemctl".into(), action.into(), unit.clone()],
+            (ServiceSettings::Command { start, .. }, "start") => start.clone(),
+            (ServiceSettings::Command { stop, .. }, "stop") => stop.clone(),
+            (ServiceSettings::Command { status: Some(status), .. }, "is-active") => status.clone(),
+            (ServiceSettings::Command { .. }, _) => return Ok(()),
+        };
+        let out = process::run(&argv, SERVICE_TIMEOUT).await.map_err(|e| e.to_string())?;
+        if out.success() {
+            Ok(())
+        } else {
+            Err(format!("`{}` exited with {}: {}", argv.join(" "), out.status.code().unwrap_or(-1), out.tail()))
+        }
+    }
+
+    pub async fn stop(&self) -> Result<(), String> {
+        self.run("stop").await
+    }
+
+    pub async fn start(&self) -> Result<(), String> {
+        self.run("start").await
+    }
+
+    /// `Ok` while the service runs (or when there is no way to ask).
+    pub async fn is_running(&self) -> Result<(), String> {
+        self.run("is-active").await
+    }
+
+    pub fn describe(&self) -> String {
+        match &self.settings {
+            ServiceSettings::Systemd { unit } => format!("systemd unit {unit}"),
+            ServiceSettings::Command { .. } => "service commands".to_string(),
+        }
+    }
+}

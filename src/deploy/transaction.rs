@@ -1,0 +1,294 @@
+//! Promotion to production as a journaled transaction, its rollback, and crash recovery.
+//!
+//! Promotion of one hop (every step is journaled *before* it acts):
+//! 1. `stop`    stop production through the service manager (no writes are lost after this)
+//! 2. `backup`  online copy of the stopped database + `PRAGMA integrity_check`, config, noise key
+//! 3. `switch`  point the binary symlink at the new version (atomic rename); data: from/to
+//! 4. `start`   start the service; poll `/health` every 10 ms until healthy or timeout
+//! 5. `smoke`   the smoke checks against production and the pre-upgrade baseline
+//! 6. `commit`
+//!
+//! Any failure after `stop` runs [`rollback`]: stop, restore database (WAL-aware) + noise key +
+//! config from the backup, switch the symlink back, start, verify healthy.
+//!
+//! Recovery ([`recover`]) reads an unfinished run's journal after a crash or SIGKILL:
+//! `smoke` done → commit; `switch` journaled → rollback from that hop's backup; only `stop`
+//! journaled → start the old version; nothing journaled → nothing was touched. Orphaned staging
+//! children recorded in `stage_start` are stopped. Production ends old-and-intact or new-and-healthy.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::deploy::{current_target, io_err, switch_binary, DeployError, Installed, Service};
+use crate::headscale::config::HeadscaleConfig;
+use crate::settings::Settings;
+use crate::smoke::{self, Baseline, Target};
+use crate::state::{sqlite_files, RunId, StepRow, Store};
+
+#[derive(Debug)]
+pub enum HopOutcome {
+    Promoted { timings: Vec<(String, u128)> },
+    RolledBack { reason: String },
+    RollbackFailed { reason: String, rollback_error: String, backup: Option<PathBuf> },
+}
+
+pub struct Prod<'a> {
+    pub settings: &'a Settings,
+    pub store: &'a Store,
+    pub config: &'a HeadscaleConfig,
+    pub service: Service,
+}
+
+impl Prod<'_> {
+    pub fn target(&self) -> Target {
+        Target {
+            name: "production",
+            base_url: self.config.http_base(),
+            binary: self.settings.headscale.binary.clone(),
+            config: self.settings.headscale.config.clone(),
+        }
+    }
+
+    async fn step<T>(
+        &self,
+        run: RunId,
+        hop: i64,
+        name: &str,
+        data: serde_json::Value,
+        timings: &mut Vec<(String, u128)>,
+        f: impl std::future::Future<Output = Result<T, String>>,
+    ) -> Result<T, String> {
+        let id = self.store.step_start(run, hop, name, &data).map_err(|e| e.to_string())?;
+        let t = Instant::now();
+        let r = f.await;
+        let ms = t.elapsed().as_millis();
+        timings.push((name.to_string(), ms));
+        let msg = match &r {
+            Ok(_) => "ok".to_string(),
+            Err(e) => e.clone(),
+        };
+        self.store.step_finish(id, r.is_ok(), &msg, ms).map_err(|e| e.to_string())?;
+        r
+    }
+
+    pub async fn wait_healthy(&self) -> Result<Duration, String> {
+        smoke::wait_healthy(&self.config.http_base(), self.settings.smoke.timeout, || Ok(())).await
+    }
+}
+
+pub fn backup_dir(s: &Settings, run: RunId, hop: i64, from: &str) -> PathBuf {
+    s.state_dir.join("backups").join(format!("run{run}-hop{hop}-{from}"))
+}
+
+/// Stopped production → verified backup directory.
+pub fn take_backup(config: &HeadscaleConfig, dir: &Path) -> Result<(), DeployError> {
+    crate::verify::create_private_dir(dir).map_err(io_err("creating", dir))?;
+    sqlite_files::online_copy(&config.database_path, &dir.join("db.sqlite"))?;
+    sqlite_files::integrity_check(&dir.join("db.sqlite"))?;
+    std::fs::copy(&config.path, dir.join("config.yaml")).map_err(io_err("backing up", &config.path))?;
+    if config.noise_key_path.exists() {
+        std::fs::copy(&config.noise_key_path, dir.join("noise_private.key")).map_err(io_err("backing up", &config.noise_key_path))?;
+    }
+    Ok(())
+}
+
+fn restore_backup(config: &HeadscaleConfig, dir: &Path) -> Result<(), DeployError> {
+    sqlite_files::integrity_check(&dir.join("db.sqlite"))?;
+    sqlite_files::restore(&dir.join("db.sqlite"), &config.database_path)?;
+    let key = dir.join("noise_private.key");
+    if key.exists() {
+        std::fs::copy(&key, &config.noise_key_path).map_err(io_err("restoring", &config.noise_key_path))?;
+    }
+    let cfg = dir.join("config.yaml");
+    if cfg.exists() {
+        let tmp = config.path.with_extension("headwarden-restore");
+        std::fs::copy(&cfg, &tmp).map_err(io_err("restoring", &config.path))?;
+        std::fs::rename(&tmp, &config.path).map_err(io_err("restoring", &config.path))?;
+    }
+    Ok(())
+}
+
+/// Promotes one hop. `baseline` was captured from healthy production just before.
+pub async fn promote_hop(p: &Prod<'_>, run: RunId, hop: i64, from: &str, old_target: &Path, to: &Installed, baseline: &Baseline) -> HopOutcome {
+    let mut timings = Vec::new();
+    let s = p.settings;
+    let bdir = backup_dir(s, run, hop, from);
+    let stopped = p.step(run, hop, "stop", json!({"service": p.service.describe()}), &mut timings, p.service.stop()).await;
+    if let Err(e) = stopped {
+        // Production may still run the old version: make sure it is up, touch nothing else.
+        let _ = p.service.start().await;
+        return HopOutcome::RolledBack { reason: format!("stopping production failed: {e}") };
+    }
+    let backup = p
+        .step(run, hop, "backup", json!({"dir": bdir}), &mut timings, async {
+            take_backup(p.config, &bdir).map_err(|e| crate::cli::error_chain(&e))?;
+            p.store.record_backup(run, hop, from, &to.version.to_string(), &bdir, true).map_err(|e| e.to_string())?;
+            Ok(())
+        })
+        .await;
+    let result: Result<(), String> = async {
+        backup?;
+        p.step(run, hop, "switch", json!({"from": old_target, "to": to.path}), &mut timings, async {
+            switch_binary(&s.headscale.binary, &to.path).map_err(|e| crate::cli::error_chain(&e))
+        })
+        .await?;
+        p.step(run, hop, "start", json!({}), &mut timings, async {
+            p.service.start().await?;
+            p.wait_healthy().await.map(|_| ())
+        })
+        .await?;
+        p.step(run, hop, "smoke", json!({}), &mut timings, async {
+            let report = smoke::run(&p.target(), &to.version, baseline, &s.smoke).await;
+            if report.passed() {
+                Ok(())
+            } else {
+                Err(report.failures())
+            }
+        })
+        .await?;
+        Ok(())
+    }
+    .await;
+    match result {
+        Ok(()) => {
+            let _ = p.store.step_start(run, hop, "commit", &json!({})).and_then(|id| p.store.step_finish(id, true, "committed", 0));
+            HopOutcome::Promoted { timings }
+        }
+        Err(reason) => {
+            let has_backup = bdir.join("db.sqlite").exists();
+            match rollback(p, run, hop, &reason, has_backup.then_some(bdir.as_path()), Some(old_target)).await {
+                Ok(()) => HopOutcome::RolledBack { reason },
+                Err(rollback_error) => HopOutcome::RollbackFailed { reason, rollback_error, backup: has_backup.then_some(bdir) },
+            }
+        }
+    }
+}
+
+/// Restores production to the pre-hop state: old binary, old database, old noise key and config.
+pub async fn rollback(p: &Prod<'_>, run: RunId, hop: i64, reason: &str, backup: Option<&Path>, old_target: Option<&Path>) -> Result<(), String> {
+    let mut timings = Vec::new();
+    tracing::warn!(run, hop, reason, "rolling back production");
+    p.step(run, hop, "rollback", json!({"reason": reason, "backup": backup, "to": old_target}), &mut timings, async {
+        if let Err(e) = p.service.stop().await {
+            tracing::warn!(error = %e, "stopping production before rollback failed; continuing");
+        }
+        if let Some(dir) = backup {
+            restore_backup(p.config, dir).map_err(|e| crate::cli::error_chain(&e))?;
+        }
+        if let Some(t) = old_target {
+            if current_target(&p.settings.headscale.binary) != t {
+                switch_binary(&p.settings.headscale.binary, t).map_err(|e| crate::cli::error_chain(&e))?;
+            }
+        }
+        p.service.start().await?;
+        p.wait_healthy().await.map(|_| ())
+    })
+    .await
+}
+
+/// What recovery did with one interrupted run.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Recovered {
+    pub run: RunId,
+    pub outcome: String,
+    pub detail: String,
+}
+
+/// Journal steps that act on production (the others — download, stage_* — touch only state_dir).
+const PRODUCTION_STEPS: &[&str] = &["stop", "backup", "switch", "start", "smoke", "commit", "rollback", "safety_backup", "manual_rollback"];
+
+fn last<'a>(steps: &'a [StepRow], hop: i64, name: &str) -> Option<&'a StepRow> {
+    steps.iter().rev().find(|st| st.hop == hop && st.name == name)
+}
+
+/// Finishes every interrupted run found in the journal.
+pub async fn recover(p: &Prod<'_>) -> Result<Vec<Recovered>, DeployError> {
+    let mut out = Vec::new();
+    for run in p.store.open_runs()? {
+        let steps = p.store.steps(run.id)?;
+        for st in steps.iter().filter(|st| st.name == "stage_start") {
+            if let (Some(pid), Some(marker)) = (st.data.get("pid").and_then(|v| v.as_u64()), st.data.get("marker").and_then(|v| v.as_str())) {
+                if crate::process::terminate_pid_if(pid as u32, marker) {
+                    tracing::warn!(pid, "stopped an orphaned staging instance");
+                }
+            }
+        }
+        let prod_steps: Vec<&StepRow> = steps.iter().filter(|st| PRODUCTION_STEPS.contains(&st.name.as_str())).collect();
+        let hop = prod_steps.last().map_or(0, |st| st.hop);
+        let (outcome, detail) = if run.kind == "rollback" && !prod_steps.is_empty() {
+            match last(&steps, hop, "manual_rollback").filter(|st| st.status == "done") {
+                Some(_) => ("rolled_back".to_string(), "manual rollback had completed".to_string()),
+                None => {
+                    let st = last(&steps, hop, "manual_rollback");
+                    let backup = st.and_then(|st| st.data.get("backup")).and_then(|v| v.as_str()).map(PathBuf::from);
+                    let target = st.and_then(|st| st.data.get("to")).and_then(|v| v.as_str()).map(PathBuf::from);
+                    match rollback(p, run.id, hop, "finishing an interrupted rollback", backup.as_deref(), target.as_deref()).await {
+                        Ok(()) => ("rolled_back".into(), "finished the interrupted manual rollback".into()),
+                        Err(e) => ("rollback_failed".into(), e),
+                    }
+                }
+            }
+        } else if last(&steps, hop, "commit").is_some() {
+            ("upgraded".into(), "the promotion had committed".into())
+        } else if last(&steps, hop, "smoke").is_some_and(|st| st.status == "done") {
+            let _ = p.store.step_start(run.id, hop, "commit", &json!({"recovered": true})).and_then(|id| p.store.step_finish(id, true, "committed by recovery", 0));
+            ("upgraded".into(), "promotion had passed its smoke checks; committed".into())
+        } else if let Some(sw) = last(&steps, hop, "switch") {
+            let backup = last(&steps, hop, "backup").and_then(|st| st.data.get("dir")).and_then(|v| v.as_str()).map(PathBuf::from);
+            let from = sw.data.get("from").and_then(|v| v.as_str()).map(PathBuf::from);
+            match rollback(p, run.id, hop, "recovering an interrupted promotion", backup.as_deref(), from.as_deref()).await {
+                Ok(()) => ("rolled_back".into(), "interrupted after the switch; restored the backup and the previous binary".into()),
+                Err(e) => ("rollback_failed".into(), e),
+            }
+        } else if let Some(rb) = last(&steps, hop, "rollback") {
+            let backup = rb.data.get("backup").and_then(|v| v.as_str()).map(PathBuf::from);
+            let to = rb.data.get("to").and_then(|v| v.as_str()).map(PathBuf::from);
+            match rollback(p, run.id, hop, "finishing an interrupted rollback", backup.as_deref(), to.as_deref()).await {
+                Ok(()) => ("rolled_back".into(), "finished an interrupted rollback".into()),
+                Err(e) => ("rollback_failed".into(), e),
+            }
+        } else if last(&steps, hop, "stop").is_some() {
+            // Stopped (maybe backed up) but nothing switched: the old version on untouched data.
+            let started = async {
+                p.service.start().await?;
+                p.wait_healthy().await.map(|_| ())
+            }
+            .await;
+            match started {
+                Ok(()) => ("aborted".into(), "interrupted before the switch; restarted the unchanged production".into()),
+                Err(e) => ("failed".into(), format!("restarting production failed: {e}")),
+            }
+        } else {
+            ("aborted".into(), "interrupted before production was touched".into())
+        };
+        p.store.finish_run(run.id, &outcome, &format!("recovered: {detail}"))?;
+        tracing::warn!(run = run.id, outcome = %outcome, detail = %detail, "recovered an interrupted run");
+        out.push(Recovered { run: run.id, outcome, detail });
+    }
+    Ok(out)
+}
+
+/// `headwarden rollback`: restore the backup taken before an upgrade and its binary.
+pub async fn manual_rollback(p: &Prod<'_>, run: RunId, backup: &crate::state::BackupRow) -> Result<(), String> {
+    let s = p.settings;
+    let target = crate::deploy::version_path(s, &semver::Version::parse(&backup.version).map_err(|e| e.to_string())?);
+    if !target.exists() {
+        return Err(format!("the binary for {} is no longer installed at {}", backup.version, target.display()));
+    }
+    let dir = PathBuf::from(&backup.dir);
+    let mut timings = Vec::new();
+    // Keep what is being replaced, so the rollback itself can be undone by hand.
+    let safety = s.state_dir.join("backups").join(format!("run{run}-before-rollback"));
+    p.step(run, 0, "stop", json!({}), &mut timings, p.service.stop()).await?;
+    p.step(run, 0, "safety_backup", json!({"dir": safety}), &mut timings, async { take_backup(p.config, &safety).map_err(|e| crate::cli::error_chain(&e)) })
+        .await?;
+    p.step(run, 0, "manual_rollback", json!({"backup": dir, "to": target}), &mut timings, async {
+        restore_backup(p.config, &dir).map_err(|e| crate::cli::error_chain(&e))?;
+        switch_binary(&s.headscale.binary, &target).map_err(|e| crate::cli::error_chain(&e))?;
+        p.service.start().await?;
+        p.wait_healthy().await.map(|_| ())
+    })
+    .await
+}
