@@ -73,8 +73,32 @@ impl Prod<'_> {
         r
     }
 
+    /// Polls `/health`; meanwhile asks the service manager every 200 ms whether the service is
+    /// still running, so a crash at start fails fast instead of waiting out the timeout.
     pub async fn wait_healthy(&self) -> Result<Duration, String> {
-        smoke::wait_healthy(&self.config.http_base(), self.settings.smoke.timeout, || Ok(())).await
+        let dead = std::sync::Arc::new(std::sync::Mutex::new(None::<String>));
+        let watcher = {
+            let dead = dead.clone();
+            let service = self.service.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    if let Err(e) = service.is_running().await {
+                        if let Ok(mut d) = dead.lock() {
+                            *d = Some(e);
+                        }
+                        return;
+                    }
+                }
+            })
+        };
+        let r = smoke::wait_healthy(&self.config.http_base(), self.settings.smoke.timeout, || match dead.lock().ok().and_then(|d| d.clone()) {
+            Some(e) => Err(format!("the service is not running: {e}")),
+            None => Ok(()),
+        })
+        .await;
+        watcher.abort();
+        r
     }
 }
 

@@ -156,7 +156,10 @@ pub fn plan(current: &Version, releases: &[Release], policy: &Policy, bad: &Hash
 
     // Every series strictly between current and target must be visited.
     let mut hops = Vec::new();
-    for (&s, _) in known_series.range((current.major, current.minor + 1)..series(&target.version)) {
+    let first_between = (current.major, current.minor + 1);
+    let between: Vec<(u64, u64)> =
+        if first_between < series(&target.version) { known_series.range(first_between..series(&target.version)).map(|(k, _)| *k).collect() } else { vec![] };
+    for s in between {
         let best = eligible.iter().filter(|r| series(&r.version) == s && r.version.pre.is_empty()).max_by(|a, b| a.version.cmp(&b.version));
         match best {
             Some(r) => hops.push(Hop { version: r.version.clone(), tag: r.tag.clone() }),
@@ -241,6 +244,9 @@ mod tests {
         check("0.26.1", policy(), &[], &["0.27.1", "0.28.0", "0.29.1"], false);
         check("0.29.1", policy(), &[], &[], false);
         check("0.29.2", policy(), &[], &[], false);
+        // A patch within the running minor is a single hop.
+        check("0.29.0", policy(), &[], &["0.29.1"], false);
+        check("0.28.0", policy(), &[], &["0.29.1"], false);
     }
 
     #[test]

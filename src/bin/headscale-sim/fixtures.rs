@@ -370,7 +370,7 @@ pub fn testbed(a: Testbed) -> Result<()> {
     );
     std::fs::write(d.join("etc/config.yaml"), config)?;
     let service = format!(
-        "#!/bin/sh\n# Service manager stand-in for tests (what systemctl does on a real host).\nD='{d}'\ncase \"$1\" in\n  start)\n    \"$D/bin/headscale\" serve -c \"$D/etc/config.yaml\" >>\"$D/headscale.log\" 2>&1 &\n    echo $! > \"$D/headscale.pid\" ;;\n  stop)\n    [ -f \"$D/headscale.pid\" ] || exit 0\n    pid=$(cat \"$D/headscale.pid\")\n    kill \"$pid\" 2>/dev/null || true\n    while kill -0 \"$pid\" 2>/dev/null; do sleep 0.02; done\n    rm -f \"$D/headscale.pid\" ;;\n  status)\n    [ -f \"$D/headscale.pid\" ] && kill -0 \"$(cat \"$D/headscale.pid\")\" 2>/dev/null ;;\nesac\n",
+        "#!/bin/sh\n# Service manager stand-in for tests (what systemctl does on a real host).\nD='{d}'\ncase \"$1\" in\n  start)\n    \"$D/bin/headscale\" serve -c \"$D/etc/config.yaml\" >>\"$D/headscale.log\" 2>&1 &\n    echo $! > \"$D/headscale.pid\" ;;\n  stop)\n    [ -f \"$D/headscale.pid\" ] || exit 0\n    pid=$(cat \"$D/headscale.pid\")\n    kill \"$pid\" 2>/dev/null || true\n    # An exited child of ours may linger as a zombie until init reaps it: that counts as stopped.\n    while kill -0 \"$pid\" 2>/dev/null && [ \"$(awk '{{print $3}}' /proc/$pid/stat 2>/dev/null)\" != Z ]; do sleep 0.01; done\n    rm -f \"$D/headscale.pid\" ;;\n  status)\n    [ -f \"$D/headscale.pid\" ] || exit 3\n    pid=$(cat \"$D/headscale.pid\")\n    kill -0 \"$pid\" 2>/dev/null && [ \"$(awk '{{print $3}}' /proc/$pid/stat 2>/dev/null)\" != Z ] ;;\nesac\n",
         d = d.display()
     );
     std::fs::write(d.join("service.sh"), service)?;

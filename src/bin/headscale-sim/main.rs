@@ -115,6 +115,8 @@ fn main() -> ExitCode {
         }
     };
     let result = rt.block_on(run(cli));
+    // Do not wait for idle runtime threads: a stopped server exits at once, like upstream's.
+    rt.shutdown_timeout(std::time::Duration::from_millis(50));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
