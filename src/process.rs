@@ -133,3 +133,13 @@ pub fn sibling_binary(name: &str) -> Option<std::path::PathBuf> {
     let p = exe.parent()?.join(name);
     p.exists().then_some(p)
 }
+
+/// Fault injection for the crash-safety tests: when `HEADWARDEN_CRASH_AT` equals `point`
+/// (e.g. `switch:before`), headwarden sends itself SIGKILL — a real, uncatchable kill at a
+/// journaled step. Unset in production; the variable is documented as test-only.
+pub fn crash_point(point: &str) {
+    if std::env::var("HEADWARDEN_CRASH_AT").is_ok_and(|v| v == point) {
+        tracing::warn!(point, "HEADWARDEN_CRASH_AT: killing this process");
+        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+    }
+}

@@ -91,6 +91,7 @@ pub async fn stage(
         let mut child = process::spawn_logged(&hop.path, &["serve", "-c", &config_arg], &log).map_err(|e| DeployError::Other(e.to_string()))?;
         let pid = child.id().unwrap_or(0);
         let step = store.step_start(run, i as i64, "stage_start", &serde_json::json!({"version": hop.version.to_string(), "pid": pid, "marker": config_arg}))?;
+        crate::process::crash_point("stage_start:after");
         let t = std::time::Instant::now();
         tracing::info!(version = %hop.version, pid, url = %base_url, "staging instance starting");
         let health = smoke::wait_healthy(&base_url, s.smoke.timeout, || match child.try_wait() {

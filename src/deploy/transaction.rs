@@ -61,8 +61,10 @@ impl Prod<'_> {
         f: impl std::future::Future<Output = Result<T, String>>,
     ) -> Result<T, String> {
         let id = self.store.step_start(run, hop, name, &data).map_err(|e| e.to_string())?;
+        crate::process::crash_point(&format!("{name}:before"));
         let t = Instant::now();
         let r = f.await;
+        crate::process::crash_point(&format!("{name}:after"));
         let ms = t.elapsed().as_millis();
         timings.push((name.to_string(), ms));
         let msg = match &r {

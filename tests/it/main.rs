@@ -1,1 +1,5 @@
+//! Integration tests: the real `headwarden` and `headscale-sim` binaries in temp sandboxes,
+//! talking over 127.0.0.1 only (a local GitHub releases API, stand-in Headscale instances).
 
+mod support;
+mod upgrade;

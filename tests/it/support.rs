@@ -1,0 +1,164 @@
+//! The sandbox: a production stand-in (testbed), a local release feed, a minisign key, and a
+//! headwarden config pointing at them. Dropping it stops every process it started.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const HW: &str = env!("CARGO_BIN_EXE_headwarden");
+pub const SIM: &str = env!("CARGO_BIN_EXE_headscale-sim");
+
+pub struct Sandbox {
+    pub dir: tempfile::TempDir,
+    feed: Child,
+    pub feed_addr: String,
+    pub pubkey: String,
+    pub extra_release: String,
+}
+
+pub fn sim(args: &[&str]) -> String {
+    let out = Command::new(SIM).args(args).output().expect("run headscale-sim");
+    assert!(out.status.success(), "headscale-sim {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+impl Sandbox {
+    pub fn new(prod_version: &str) -> Sandbox {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = |s: &str| dir.path().join(s).display().to_string();
+        let pubkey = sim(&["keygen", "--out", &p("keys")]);
+        sim(&["testbed", "--dir", &p("prod"), "--version", prod_version, "--start", "--users", "3", "--nodes-per-user", "2"]);
+        std::fs::create_dir_all(dir.path().join("feed/releases")).expect("feed dir");
+        let addr_file = dir.path().join("feed.addr");
+        let feed = Command::new(SIM)
+            .args(["github-feed", "--dir", &p("feed"), "--addr-file", &addr_file.display().to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("feed");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let feed_addr = loop {
+            if let Ok(a) = std::fs::read_to_string(&addr_file) {
+                break a;
+            }
+            assert!(Instant::now() < deadline, "feed did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let sb = Sandbox { dir, feed, feed_addr, pubkey, extra_release: String::new() };
+        sb.write_config();
+        sb
+    }
+
+    pub fn path(&self, s: &str) -> PathBuf {
+        self.dir.path().join(s)
+    }
+
+    /// Publishes a signed release with an optional fault.
+    pub fn release(&self, version: &str, fault: &str) {
+        self.release_with(version, fault, Some("keys/minisign.key"));
+    }
+
+    pub fn release_with(&self, version: &str, fault: &str, key: Option<&str>) {
+        let feed = self.path("feed").display().to_string();
+        let mut args = vec!["make-release", "--feed", &feed, "--version", version, "--fault", fault];
+        let key_path = key.map(|k| self.path(k).display().to_string());
+        if let Some(k) = &key_path {
+            args.extend(["--sign", k]);
+        }
+        sim(&args);
+    }
+
+    pub fn asset_path(&self, version: &str) -> PathBuf {
+        let arch = if cfg!(target_arch = "aarch64") { "arm64" } else { "amd64" };
+        self.path(&format!("feed/releases/v{version}/assets/headscale_{version}_linux_{arch}"))
+    }
+
+    pub fn edit_meta(&self, version: &str, f: impl FnOnce(&mut serde_json::Value)) {
+        let p = self.path(&format!("feed/releases/v{version}/release.json"));
+        let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p).expect("meta")).expect("json");
+        f(&mut v);
+        std::fs::write(&p, v.to_string()).expect("write meta");
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.path("headwarden.yaml")
+    }
+
+    pub fn write_config(&self) {
+        let r = self.dir.path().display();
+        let text = format!(
+            "state_dir: {r}/state\nrelease:\n  api_url: http://{addr}\n  allow_insecure_http: true\n  min_age: 1d\n  minisign_public_key: {key}\n{extra}headscale:\n  binary: {r}/prod/bin/headscale\n  config: {r}/prod/etc/config.yaml\n  service:\n    kind: command\n    start: [{r}/prod/service.sh, start]\n    stop: [{r}/prod/service.sh, stop]\n    status: [{r}/prod/service.sh, status]\nsmoke:\n  timeout: 5s\n",
+            addr = self.feed_addr,
+            key = self.pubkey,
+            extra = self.extra_release
+        );
+        std::fs::write(self.config_path(), text).expect("config");
+    }
+
+    pub fn hw(&self, args: &[&str]) -> Output {
+        self.hw_env(args, &[])
+    }
+
+    pub fn hw_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let cfg = self.config_path().display().to_string();
+        let mut cmd = Command::new(HW);
+        cmd.args(["--config", &cfg]).args(args).stdin(Stdio::null()).env_remove("HEADWARDEN_CRASH_AT");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().expect("run headwarden")
+    }
+
+    pub fn prod_version(&self) -> String {
+        let out = Command::new(self.path("prod/bin/headscale")).arg("version").output().expect("version");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    fn prod_cli(&self, what: &str) -> serde_json::Value {
+        let cfg = self.path("prod/etc/config.yaml").display().to_string();
+        let out = Command::new(self.path("prod/bin/headscale")).args(["-c", &cfg, what, "list", "-o", "json"]).output().expect("list");
+        assert!(out.status.success(), "{what} list: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("json")
+    }
+
+    /// Users and nodes of production, as identities (fields stable across versions).
+    pub fn dump(&self) -> Vec<String> {
+        let mut v = Vec::new();
+        for u in self.prod_cli("users").as_array().expect("users") {
+            v.push(format!("user {} {}", u["id"], u["name"]));
+        }
+        for n in self.prod_cli("nodes").as_array().expect("nodes") {
+            v.push(format!("node {} {} {} {}", n["id"], n["machine_key"], n["node_key"], n["user"]["name"]));
+        }
+        v
+    }
+
+    pub fn status_json(&self) -> serde_json::Value {
+        let out = self.hw(&["status", "--json"]);
+        assert!(out.status.success(), "status: {}", text(&out));
+        serde_json::from_slice(&out.stdout).expect("status json")
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        let _ = Command::new(self.path("prod/service.sh")).arg("stop").status();
+        let _ = self.feed.kill();
+        let _ = self.feed.wait();
+        // Staging children are stopped by headwarden; make sure none outlives a failed test.
+        let _ = Command::new("pkill").args(["-f", &self.path("state/staging").display().to_string()]).status();
+    }
+}
+
+pub fn text(o: &Output) -> String {
+    format!("exit {:?}\n--- stdout\n{}\n--- stderr\n{}", o.status.code(), String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+pub fn code(o: &Output) -> i32 {
+    o.status.code().unwrap_or(-1)
+}
+
+#[allow(dead_code)]
+pub fn exists(p: &Path) -> bool {
+    p.exists()
+}
