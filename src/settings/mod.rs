@@ -186,7 +186,8 @@ pub fn parse(path: &Path, text: &str) -> Result<Settings, ConfigError> {
         let key = e.path().to_string();
         let key = (key != "." && !key.is_empty()).then_some(key);
         let inner = e.into_inner();
-        let line = inner.location().map(|l| l.line());
+        // serde reports custom errors at the enclosing mapping; the key's own line is better.
+        let line = key.as_deref().and_then(|k| line_of(text, k)).or_else(|| inner.location().map(|l| l.line()));
         let message = strip_location(&inner.to_string());
         // serde_yaml_ng may prefix the message with the parent key ("release: …").
         let message = match message.split_once(": ") {
@@ -216,15 +217,22 @@ fn strip_location(msg: &str) -> String {
     }
 }
 
-/// 1-based line of the first occurrence of `key:` in the text (for errors found after parsing).
+/// 1-based line of `key` (a dotted path) in the text: each segment is searched for after the
+/// line of the previous one, so `headscale.api.url` does not match `notify[0].url`.
 pub(crate) fn line_of(text: &str, key: &str) -> Option<usize> {
-    let leaf = key.rsplit('.').next().unwrap_or(key);
-    text.lines()
-        .position(|l| {
-            let t = l.trim_start().trim_start_matches("- ");
-            t.starts_with(&format!("{leaf}:"))
-        })
-        .map(|i| i + 1)
+    let lines: Vec<&str> = text.lines().collect();
+    let mut from = 0;
+    let mut found = None;
+    for seg in key.split('.').filter(|s| !s.is_empty() && !s.starts_with('[')) {
+        let seg = seg.split('[').next().unwrap_or(seg);
+        let i = (from..lines.len()).find(|&i| {
+            let t = lines[i].trim_start().trim_start_matches("- ");
+            t.starts_with(&format!("{seg}:"))
+        })?;
+        found = Some(i + 1);
+        from = i + 1;
+    }
+    found
 }
 
 #[cfg(test)]
