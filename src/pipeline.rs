@@ -40,13 +40,39 @@ pub struct CheckReport {
 #[derive(Debug, Serialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum UpgradeOutcome {
-    NothingToDo { current: Version, notes: Vec<String> },
-    Blocked { current: Version, reason: String },
-    DryRun { plan: Plan },
-    Upgraded { from: Version, to: Version, hops: Vec<String>, timings: Vec<Vec<(String, u128)>> },
-    StagingFailed { version: String, reason: String },
-    RolledBack { from: Version, now: Version, failed: String, reason: String },
-    RollbackFailed { failed: String, reason: String, rollback_error: String, backup: Option<String> },
+    NothingToDo {
+        current: Version,
+        notes: Vec<String>,
+    },
+    Blocked {
+        current: Version,
+        reason: String,
+    },
+    DryRun {
+        plan: Plan,
+    },
+    Upgraded {
+        from: Version,
+        to: Version,
+        hops: Vec<String>,
+        timings: Vec<Vec<(String, u128)>>,
+    },
+    StagingFailed {
+        version: String,
+        reason: String,
+    },
+    RolledBack {
+        from: Version,
+        now: Version,
+        failed: String,
+        reason: String,
+    },
+    RollbackFailed {
+        failed: String,
+        reason: String,
+        rollback_error: String,
+        backup: Option<String>,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -75,9 +101,17 @@ impl PipelineError {
     pub fn hint(&self) -> Option<String> {
         match self {
             PipelineError::Feed(e) => e.hint().map(String::from),
-            PipelineError::ProductionUnhealthy(_) => Some("headwarden only upgrades a healthy server; fix production first, then run again".into()),
-            PipelineError::Verify(_) => Some("the release was recorded as bad and will be skipped; `headwarden status` lists it".into()),
-            PipelineError::CurrentVersion { .. } => Some("check headscale.binary in the config; `<binary> version` must work".into()),
+            PipelineError::ProductionUnhealthy(_) => Some(
+                "headwarden only upgrades a healthy server; fix production first, then run again"
+                    .into(),
+            ),
+            PipelineError::Verify(_) => Some(
+                "the release was recorded as bad and will be skipped; `headwarden status` lists it"
+                    .into(),
+            ),
+            PipelineError::CurrentVersion { .. } => {
+                Some("check headscale.binary in the config; `<binary> version` must work".into())
+            }
             _ => None,
         }
     }
@@ -95,14 +129,26 @@ pub fn policy(s: &Settings, opts: &UpgradeOptions) -> Policy {
     }
 }
 
-pub fn prod<'a>(s: &'a Settings, store: &'a Store, config: &'a crate::headscale::config::HeadscaleConfig) -> Prod<'a> {
-    Prod { settings: s, store, config, service: Service::new(&s.headscale.service) }
+pub fn prod<'a>(
+    s: &'a Settings,
+    store: &'a Store,
+    config: &'a crate::headscale::config::HeadscaleConfig,
+) -> Prod<'a> {
+    Prod {
+        settings: s,
+        store,
+        config,
+        service: Service::new(&s.headscale.service),
+    }
 }
 
 pub async fn current_version(s: &Settings) -> Result<Version, PipelineError> {
     hs_cli::binary_version(&s.headscale.binary, std::time::Duration::from_secs(30))
         .await
-        .map_err(|source| PipelineError::CurrentVersion { binary: s.headscale.binary.display().to_string(), source })
+        .map_err(|source| PipelineError::CurrentVersion {
+            binary: s.headscale.binary.display().to_string(),
+            source,
+        })
 }
 
 /// Finishes interrupted runs (crash recovery); safe to call at the start of every locked command.
@@ -114,9 +160,19 @@ pub async fn recover(s: &Settings, store: &Store) -> Result<Vec<Recovered>, Pipe
     Ok(transaction::recover(&prod(s, store, &config)).await?)
 }
 
-async fn fetch_and_plan(s: &Settings, store: &Store, opts: &UpgradeOptions) -> Result<(CheckReport, Vec<Release>), PipelineError> {
+async fn fetch_and_plan(
+    s: &Settings,
+    store: &Store,
+    opts: &UpgradeOptions,
+) -> Result<(CheckReport, Vec<Release>), PipelineError> {
     let current = current_version(s).await?;
-    let FeedResult { releases, not_modified, requests, rate_remaining, ignored } = feed::fetch(&s.release, store).await?;
+    let FeedResult {
+        releases,
+        not_modified,
+        requests,
+        rate_remaining,
+        ignored,
+    } = feed::fetch(&s.release, store).await?;
     let mut new_releases = Vec::new();
     for r in &releases {
         if store.mark_release_seen(&r.tag)? {
@@ -124,21 +180,50 @@ async fn fetch_and_plan(s: &Settings, store: &Store, opts: &UpgradeOptions) -> R
         }
     }
     let bad: HashMap<String, String> = store.bad_releases()?.into_iter().collect();
-    let plan = plan::plan(&current, &releases, &policy(s, opts), &bad, crate::state::now());
-    Ok((CheckReport { current, plan, feed_not_modified: not_modified, feed_requests: requests, rate_remaining, ignored, new_releases }, releases))
+    let plan = plan::plan(
+        &current,
+        &releases,
+        &policy(s, opts),
+        &bad,
+        crate::state::now(),
+    );
+    Ok((
+        CheckReport {
+            current,
+            plan,
+            feed_not_modified: not_modified,
+            feed_requests: requests,
+            rate_remaining,
+            ignored,
+            new_releases,
+        },
+        releases,
+    ))
 }
 
 /// `headwarden check`: what would happen. Reads the feed (updating its cache) and changes nothing else.
-pub async fn check(s: &Settings, store: &Store, opts: &UpgradeOptions) -> Result<CheckReport, PipelineError> {
+pub async fn check(
+    s: &Settings,
+    store: &Store,
+    opts: &UpgradeOptions,
+) -> Result<CheckReport, PipelineError> {
     Ok(fetch_and_plan(s, store, opts).await?.0)
 }
 
 /// Progress callback: one line per notable step (the CLI prints them; the demo narrates them).
 pub type Say<'a> = &'a (dyn Fn(&str) + Sync);
 
-pub async fn upgrade(s: &Settings, store: &Store, opts: &UpgradeOptions, say: Say<'_>) -> Result<UpgradeOutcome, PipelineError> {
+pub async fn upgrade(
+    s: &Settings,
+    store: &Store,
+    opts: &UpgradeOptions,
+    say: Say<'_>,
+) -> Result<UpgradeOutcome, PipelineError> {
     for r in recover(s, store).await? {
-        say(&format!("recovered interrupted run {}: {} ({})", r.run, r.outcome, r.detail));
+        say(&format!(
+            "recovered interrupted run {}: {} ({})",
+            r.run, r.outcome, r.detail
+        ));
     }
     let (report, releases) = fetch_and_plan(s, store, opts).await?;
     let plan = report.plan;
@@ -147,21 +232,39 @@ pub async fn upgrade(s: &Settings, store: &Store, opts: &UpgradeOptions, say: Sa
         return Ok(UpgradeOutcome::Blocked { current, reason });
     }
     if plan.is_noop() {
-        return Ok(UpgradeOutcome::NothingToDo { current, notes: plan.notes });
+        return Ok(UpgradeOutcome::NothingToDo {
+            current,
+            notes: plan.notes,
+        });
     }
     let path: Vec<String> = plan.hops.iter().map(|h| h.version.to_string()).collect();
-    say(&format!("plan: {current} -> {} (one minor at a time)", path.join(" -> ")));
+    say(&format!(
+        "plan: {current} -> {} (one minor at a time)",
+        path.join(" -> ")
+    ));
     if opts.dry_run {
         return Ok(UpgradeOutcome::DryRun { plan });
     }
-    let target = plan.hops.last().map(|h| h.version.to_string()).unwrap_or_default();
+    let target = plan
+        .hops
+        .last()
+        .map(|h| h.version.to_string())
+        .unwrap_or_default();
     let run = store.begin_run("upgrade", Some(&current.to_string()), Some(&target))?;
     let result = upgrade_run(s, store, opts, say, run, &current, &plan, &releases).await;
     let (outcome, detail) = match &result {
         Ok(UpgradeOutcome::Upgraded { to, .. }) => ("upgraded", format!("now on {to}")),
-        Ok(UpgradeOutcome::StagingFailed { version, reason }) => ("staging_failed", format!("{version}: {reason}")),
-        Ok(UpgradeOutcome::RolledBack { failed, reason, .. }) => ("rolled_back", format!("{failed}: {reason}")),
-        Ok(UpgradeOutcome::RollbackFailed { failed, rollback_error, .. }) => ("rollback_failed", format!("{failed}: {rollback_error}")),
+        Ok(UpgradeOutcome::StagingFailed { version, reason }) => {
+            ("staging_failed", format!("{version}: {reason}"))
+        }
+        Ok(UpgradeOutcome::RolledBack { failed, reason, .. }) => {
+            ("rolled_back", format!("{failed}: {reason}"))
+        }
+        Ok(UpgradeOutcome::RollbackFailed {
+            failed,
+            rollback_error,
+            ..
+        }) => ("rollback_failed", format!("{failed}: {rollback_error}")),
         Ok(_) => ("ok", String::new()),
         Err(e) => ("failed", crate::cli::error_chain(e)),
     };
@@ -169,7 +272,10 @@ pub async fn upgrade(s: &Settings, store: &Store, opts: &UpgradeOptions, say: Sa
     result
 }
 
-#[expect(clippy::too_many_arguments, reason = "one call site; the arguments are the run's context")]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one call site; the arguments are the run's context"
+)]
 async fn upgrade_run(
     s: &Settings,
     store: &Store,
@@ -185,13 +291,41 @@ async fn upgrade_run(
     downloader.progress = opts.progress;
     let mut installed: Vec<Installed> = Vec::new();
     for (i, hop) in plan.hops.iter().enumerate() {
-        let release = releases.iter().find(|r| r.tag == hop.tag).ok_or_else(|| PipelineError::Other(format!("{} vanished from the feed", hop.tag)))?;
-        let step = store.step_start(run, i as i64, "download", &serde_json::json!({"tag": hop.tag}))?;
+        let release = releases
+            .iter()
+            .find(|r| r.tag == hop.tag)
+            .ok_or_else(|| PipelineError::Other(format!("{} vanished from the feed", hop.tag)))?;
+        let step = store.step_start(
+            run,
+            i as i64,
+            "download",
+            &serde_json::json!({"tag": hop.tag}),
+        )?;
         let t = std::time::Instant::now();
-        match downloader.fetch_verified(release, &deploy::downloads_dir(s)).await {
+        match downloader
+            .fetch_verified(release, &deploy::downloads_dir(s))
+            .await
+        {
             Ok(v) => {
-                store.step_finish(step, true, &format!("sha256 {}{}", v.sha256(), if v.signed() { ", signature ok" } else { "" }), t.elapsed().as_millis())?;
-                say(&format!("verified {}: sha256 matches checksums.txt and the asset digest{}", hop.tag, if v.signed() { "; minisign signature valid" } else { "" }));
+                store.step_finish(
+                    step,
+                    true,
+                    &format!(
+                        "sha256 {}{}",
+                        v.sha256(),
+                        if v.signed() { ", signature ok" } else { "" }
+                    ),
+                    t.elapsed().as_millis(),
+                )?;
+                say(&format!(
+                    "verified {}: sha256 matches checksums.txt and the asset digest{}",
+                    hop.tag,
+                    if v.signed() {
+                        "; minisign signature valid"
+                    } else {
+                        ""
+                    }
+                ));
                 installed.push(deploy::install(s, store, v)?);
             }
             Err(e) => {
@@ -207,9 +341,21 @@ async fn upgrade_run(
     // 2. Baseline from healthy production.
     let config = deploy::production_config(s)?;
     let p = prod(s, store, &config);
-    smoke::wait_healthy(&config.http_base(), std::time::Duration::from_secs(5), || Ok(())).await.map_err(PipelineError::ProductionUnhealthy)?;
-    let baseline = smoke::baseline(&p.target(), s.smoke.timeout).await.map_err(PipelineError::ProductionUnhealthy)?;
-    say(&format!("production {current}: healthy, {} users, {} nodes", baseline.users.len(), baseline.nodes.len()));
+    smoke::wait_healthy(
+        &config.http_base(),
+        std::time::Duration::from_secs(5),
+        || Ok(()),
+    )
+    .await
+    .map_err(PipelineError::ProductionUnhealthy)?;
+    let baseline = smoke::baseline(&p.target(), s.smoke.timeout)
+        .await
+        .map_err(PipelineError::ProductionUnhealthy)?;
+    say(&format!(
+        "production {current}: healthy, {} users, {} nodes",
+        baseline.users.len(),
+        baseline.nodes.len()
+    ));
 
     // 3. Every hop on staging, on a copy of production's database.
     match staging::stage(s, store, run, &config, &installed, &baseline).await? {
@@ -219,11 +365,25 @@ async fn upgrade_run(
                     say(&format!("  staging check {}: {}", c.check, c.detail));
                 }
             }
-            say(&format!("staging passed for {}", installed.iter().map(|i| i.version.to_string()).collect::<Vec<_>>().join(", ")));
+            say(&format!(
+                "staging passed for {}",
+                installed
+                    .iter()
+                    .map(|i| i.version.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
         }
-        StageOutcome::Failed { version, reason, .. } => {
-            store.mark_release_bad(&format!("v{version}"), &format!("failed on staging: {reason}"))?;
-            say(&format!("staging REJECTED {version}: {reason}; production was not touched"));
+        StageOutcome::Failed {
+            version, reason, ..
+        } => {
+            store.mark_release_bad(
+                &format!("v{version}"),
+                &format!("failed on staging: {reason}"),
+            )?;
+            say(&format!(
+                "staging REJECTED {version}: {reason}; production was not touched"
+            ));
             return Ok(UpgradeOutcome::StagingFailed { version, reason });
         }
     }
@@ -235,26 +395,60 @@ async fn upgrade_run(
     let mut baseline = baseline;
     for (i, hop) in installed.iter().enumerate() {
         if i > 0 {
-            baseline = smoke::baseline(&p.target(), s.smoke.timeout).await.map_err(PipelineError::ProductionUnhealthy)?;
+            baseline = smoke::baseline(&p.target(), s.smoke.timeout)
+                .await
+                .map_err(PipelineError::ProductionUnhealthy)?;
         }
-        say(&format!("promoting {from} -> {} on production", hop.version));
-        match transaction::promote_hop(&p, run, i as i64, &from.to_string(), &old_target, hop, &baseline).await {
+        say(&format!(
+            "promoting {from} -> {} on production",
+            hop.version
+        ));
+        match transaction::promote_hop(
+            &p,
+            run,
+            i as i64,
+            &from.to_string(),
+            &old_target,
+            hop,
+            &baseline,
+        )
+        .await
+        {
             HopOutcome::Promoted { timings } => {
                 say(&format!(
                     "production now on {} ({})",
                     hop.version,
-                    timings.iter().map(|(n, ms)| format!("{n} {ms} ms")).collect::<Vec<_>>().join(", ")
+                    timings
+                        .iter()
+                        .map(|(n, ms)| format!("{n} {ms} ms"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ));
                 all_timings.push(timings);
                 from = hop.version.clone();
                 old_target = hop.path.clone();
             }
             HopOutcome::RolledBack { reason } => {
-                store.mark_release_bad(&format!("v{}", hop.version), &format!("failed on production: {reason}"))?;
-                say(&format!("production FAILED on {}: {reason}; rolled back to {from} with its database", hop.version));
-                return Ok(UpgradeOutcome::RolledBack { from: current.clone(), now: from, failed: hop.version.to_string(), reason });
+                store.mark_release_bad(
+                    &format!("v{}", hop.version),
+                    &format!("failed on production: {reason}"),
+                )?;
+                say(&format!(
+                    "production FAILED on {}: {reason}; rolled back to {from} with its database",
+                    hop.version
+                ));
+                return Ok(UpgradeOutcome::RolledBack {
+                    from: current.clone(),
+                    now: from,
+                    failed: hop.version.to_string(),
+                    reason,
+                });
             }
-            HopOutcome::RollbackFailed { reason, rollback_error, backup } => {
+            HopOutcome::RollbackFailed {
+                reason,
+                rollback_error,
+                backup,
+            } => {
                 return Ok(UpgradeOutcome::RollbackFailed {
                     failed: hop.version.to_string(),
                     reason,
@@ -266,32 +460,57 @@ async fn upgrade_run(
     }
     let protect = vec![old_target.clone(), deploy::version_path(s, current)];
     let _ = deploy::prune_versions(s, store, &protect);
-    Ok(UpgradeOutcome::Upgraded { from: current.clone(), to: from, hops: installed.iter().map(|i| i.version.to_string()).collect(), timings: all_timings })
+    Ok(UpgradeOutcome::Upgraded {
+        from: current.clone(),
+        to: from,
+        hops: installed.iter().map(|i| i.version.to_string()).collect(),
+        timings: all_timings,
+    })
 }
 
 /// `headwarden rollback [--to V]`: restores the backup taken before the newest committed upgrade
 /// (or before the upgrade away from V) and that version's binary.
-pub async fn rollback(s: &Settings, store: &Store, to: Option<&Version>, say: Say<'_>) -> Result<String, PipelineError> {
+pub async fn rollback(
+    s: &Settings,
+    store: &Store,
+    to: Option<&Version>,
+    say: Say<'_>,
+) -> Result<String, PipelineError> {
     for r in recover(s, store).await? {
-        say(&format!("recovered interrupted run {}: {} ({})", r.run, r.outcome, r.detail));
+        say(&format!(
+            "recovered interrupted run {}: {} ({})",
+            r.run, r.outcome, r.detail
+        ));
     }
     let backups = store.backups()?;
     let committed = |b: &&crate::state::BackupRow| {
-        store.steps(b.run_id).map(|st| st.iter().any(|x| x.hop == b.hop && x.name == "commit")).unwrap_or(false)
+        store
+            .steps(b.run_id)
+            .map(|st| st.iter().any(|x| x.hop == b.hop && x.name == "commit"))
+            .unwrap_or(false)
     };
     let backup = match to {
-        Some(v) => backups.iter().filter(committed).find(|b| b.version == v.to_string()),
+        Some(v) => backups
+            .iter()
+            .filter(committed)
+            .find(|b| b.version == v.to_string()),
         None => backups.iter().find(committed),
     }
-    .ok_or_else(|| PipelineError::Other(match to {
-        Some(v) => format!("no backup taken before an upgrade away from {v}"),
-        None => "no completed upgrade to roll back".to_string(),
-    }))?
+    .ok_or_else(|| {
+        PipelineError::Other(match to {
+            Some(v) => format!("no backup taken before an upgrade away from {v}"),
+            None => "no completed upgrade to roll back".to_string(),
+        })
+    })?
     .clone();
     let current = current_version(s).await?;
     let config = deploy::production_config(s)?;
     let p = prod(s, store, &config);
-    let run = store.begin_run("rollback", Some(&current.to_string()), Some(&backup.version))?;
+    let run = store.begin_run(
+        "rollback",
+        Some(&current.to_string()),
+        Some(&backup.version),
+    )?;
     say(&format!(
         "rolling back {current} -> {} using the backup from before that upgrade ({}); changes made since then are lost (a safety copy is kept)",
         backup.version, backup.dir

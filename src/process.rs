@@ -36,7 +36,11 @@ impl Output {
     }
     /// The last lines of stderr (or stdout), for error messages.
     pub fn tail(&self) -> String {
-        let text = if self.stderr.trim().is_empty() { &self.stdout } else { &self.stderr };
+        let text = if self.stderr.trim().is_empty() {
+            &self.stdout
+        } else {
+            &self.stderr
+        };
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(5)..].join(" | ")
     }
@@ -57,8 +61,14 @@ fn clean_command<S: AsRef<OsStr>>(program: S) -> Command {
 pub async fn run(argv: &[String], timeout: Duration) -> Result<Output, ProcessError> {
     let program = argv.first().cloned().unwrap_or_default();
     let mut cmd = clean_command(&program);
-    cmd.args(&argv[1.min(argv.len())..]).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
-    let child = cmd.spawn().map_err(|source| ProcessError::Spawn { program: program.clone(), source })?;
+    cmd.args(&argv[1.min(argv.len())..])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let child = cmd.spawn().map_err(|source| ProcessError::Spawn {
+        program: program.clone(),
+        source,
+    })?;
     match tokio::time::timeout(timeout, child.wait_with_output()).await {
         Ok(Ok(out)) => Ok(Output {
             status: out.status,
@@ -73,8 +83,15 @@ pub async fn run(argv: &[String], timeout: Duration) -> Result<Output, ProcessEr
 /// Starts a long-running child (a staging server) with output appended to `log`.
 pub fn spawn_logged(program: &Path, args: &[&str], log: &Path) -> Result<Child, ProcessError> {
     let name = program.display().to_string();
-    let err = |source| ProcessError::Spawn { program: name.clone(), source };
-    let out = std::fs::OpenOptions::new().create(true).append(true).open(log).map_err(err)?;
+    let err = |source| ProcessError::Spawn {
+        program: name.clone(),
+        source,
+    };
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(err)?;
     let errf = out.try_clone().map_err(err)?;
     let mut cmd = clean_command(program);
     cmd.args(args).stdout(out).stderr(errf).kill_on_drop(true);
@@ -84,7 +101,10 @@ pub fn spawn_logged(program: &Path, args: &[&str], log: &Path) -> Result<Child, 
 /// Sends SIGTERM, waits up to `grace`, then SIGKILL.
 pub async fn terminate(child: &mut Child, grace: Duration) {
     if let Some(pid) = child.id() {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
         if tokio::time::timeout(grace, child.wait()).await.is_ok() {
             return;
         }

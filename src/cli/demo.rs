@@ -15,21 +15,28 @@ use crate::pipeline::{self, UpgradeOptions, UpgradeOutcome};
 use crate::state::Store;
 
 fn sim_cmd(sim: &Path, args: &[&str]) -> Vec<String> {
-    std::iter::once(sim.display().to_string()).chain(args.iter().map(|s| s.to_string())).collect()
+    std::iter::once(sim.display().to_string())
+        .chain(args.iter().map(|s| s.to_string()))
+        .collect()
 }
 
 async fn sim(sim: &Path, args: &[&str]) -> Result<String, Failure> {
     let out = crate::process::run(&sim_cmd(sim, args), Duration::from_secs(60)).await?;
     if !out.success() {
-        return Err(anyhow::anyhow!("headscale-sim {} failed: {}", args.join(" "), out.tail()).into());
+        return Err(
+            anyhow::anyhow!("headscale-sim {} failed: {}", args.join(" "), out.tail()).into(),
+        );
     }
     Ok(out.stdout.trim().to_string())
 }
 
 pub async fn run(keep: bool) -> Result<u8, Failure> {
-    let sim_bin = crate::process::sibling_binary("headscale-sim")
-        .ok_or_else(|| anyhow::anyhow!("headscale-sim not found next to headwarden; build both with `cargo build`"))?;
-    let tmp = tempfile::Builder::new().prefix("headwarden-demo-").tempdir()?;
+    let sim_bin = crate::process::sibling_binary("headscale-sim").ok_or_else(|| {
+        anyhow::anyhow!("headscale-sim not found next to headwarden; build both with `cargo build`")
+    })?;
+    let tmp = tempfile::Builder::new()
+        .prefix("headwarden-demo-")
+        .tempdir()?;
     let root = tmp.path().to_path_buf();
     println!("== headwarden demo: a SIMULATION on 127.0.0.1 with a Headscale stand-in (headscale-sim) ==");
     println!("   directory: {}", root.display());
@@ -37,14 +44,51 @@ pub async fn run(keep: bool) -> Result<u8, Failure> {
 
     let pubkey = sim(&sim_bin, &["keygen", "--out", &d("keys")]).await?;
     for v in ["0.27.1", "0.28.0"] {
-        sim(&sim_bin, &["make-release", "--feed", &d("feed"), "--version", v, "--sign", &d("keys/minisign.key")]).await?;
+        sim(
+            &sim_bin,
+            &[
+                "make-release",
+                "--feed",
+                &d("feed"),
+                "--version",
+                v,
+                "--sign",
+                &d("keys/minisign.key"),
+            ],
+        )
+        .await?;
     }
-    sim(&sim_bin, &["testbed", "--dir", &d("prod"), "--version", "0.26.1", "--start", "--users", "3", "--nodes-per-user", "2"]).await?;
+    sim(
+        &sim_bin,
+        &[
+            "testbed",
+            "--dir",
+            &d("prod"),
+            "--version",
+            "0.26.1",
+            "--start",
+            "--users",
+            "3",
+            "--nodes-per-user",
+            "2",
+        ],
+    )
+    .await?;
     println!("-- production stand-in 0.26.1 started with 3 users and 6 nodes; feed publishes v0.27.1 and v0.28.0 (signed)");
 
     let feed_log = root.join("feed.log");
     let addr_file = root.join("feed.addr");
-    let mut feed = crate::process::spawn_logged(&sim_bin, &["github-feed", "--dir", &d("feed"), "--addr-file", &addr_file.display().to_string()], &feed_log)?;
+    let mut feed = crate::process::spawn_logged(
+        &sim_bin,
+        &[
+            "github-feed",
+            "--dir",
+            &d("feed"),
+            "--addr-file",
+            &addr_file.display().to_string(),
+        ],
+        &feed_log,
+    )?;
     let mut addr = String::new();
     for _ in 0..500 {
         if let Ok(a) = std::fs::read_to_string(&addr_file) {
@@ -90,7 +134,14 @@ pub async fn run(keep: bool) -> Result<u8, Failure> {
     }
     .await;
 
-    let _ = crate::process::run(&[root.join("prod/service.sh").display().to_string(), "stop".into()], Duration::from_secs(30)).await;
+    let _ = crate::process::run(
+        &[
+            root.join("prod/service.sh").display().to_string(),
+            "stop".into(),
+        ],
+        Duration::from_secs(30),
+    )
+    .await;
     crate::process::terminate(&mut feed, Duration::from_secs(2)).await;
     if keep {
         let kept: PathBuf = tmp.keep();

@@ -17,7 +17,11 @@ use crate::settings::{self, ConfigError, Settings};
 use crate::state::Store;
 
 #[derive(Parser, Debug)]
-#[command(name = "headwarden", version, about = "Keeps a self-hosted Headscale server patched, safely")]
+#[command(
+    name = "headwarden",
+    version,
+    about = "Keeps a self-hosted Headscale server patched, safely"
+)]
 pub struct Cli {
     /// Config file.
     #[arg(long, global = true, default_value = settings::DEFAULT_CONFIG_PATH)]
@@ -130,7 +134,11 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(&cli);
-    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -166,7 +174,10 @@ fn init_tracing(cli: &Cli) {
     let filter = crate::process::log_filter_env()
         .and_then(|f| tracing_subscriber::EnvFilter::try_new(f).ok())
         .unwrap_or_else(|| tracing_subscriber::EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
     if crate::process::stderr_is_journal() {
         builder.without_time().with_ansi(false).init();
     } else {
@@ -179,21 +190,33 @@ fn load(cli: &Cli) -> Result<Settings, Failure> {
 }
 
 fn print_json<T: serde::Serialize>(v: &T) -> Result<(), Failure> {
-    println!("{}", serde_json::to_string_pretty(v).map_err(anyhow::Error::from)?);
+    println!(
+        "{}",
+        serde_json::to_string_pretty(v).map_err(anyhow::Error::from)?
+    );
     Ok(())
 }
 
 async fn run(cli: Cli) -> Result<u8, Failure> {
     match &cli.command {
-        Command::Config { cmd: ConfigCmd::Check } => {
+        Command::Config {
+            cmd: ConfigCmd::Check,
+        } => {
             let s = load(&cli)?;
             if cli.json {
                 print_json(&serde_json::json!({"ok": true, "file": s.source}))?;
             } else {
                 println!("{}: ok", s.source.display());
                 println!("  state_dir: {}", s.state_dir.display());
-                println!("  release feed: {}/{} at {}", s.release.owner, s.release.repo, s.release.api_url);
-                println!("  headscale: {} with {}", s.headscale.binary.display(), s.headscale.config.display());
+                println!(
+                    "  release feed: {}/{} at {}",
+                    s.release.owner, s.release.repo, s.release.api_url
+                );
+                println!(
+                    "  headscale: {} with {}",
+                    s.headscale.binary.display(),
+                    s.headscale.config.display()
+                );
                 if s.release.token.is_some() {
                     println!("  github token: set (not shown)");
                 }
@@ -203,7 +226,10 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Check { to } => {
             let s = load(&cli)?;
             let store = Store::open(&s.state_dir)?;
-            let opts = UpgradeOptions { to: to.clone(), ..Default::default() };
+            let opts = UpgradeOptions {
+                to: to.clone(),
+                ..Default::default()
+            };
             let report = pipeline::check(&s, &store, &opts).await?;
             if cli.json {
                 print_json(&report)?;
@@ -212,16 +238,23 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                 println!("production runs {}", report.current);
                 println!(
                     "release feed: {} ({} request{}, rate limit remaining: {})",
-                    if report.feed_not_modified { "unchanged since last poll (304)" } else { "fetched" },
+                    if report.feed_not_modified {
+                        "unchanged since last poll (304)"
+                    } else {
+                        "fetched"
+                    },
                     report.feed_requests,
                     if report.feed_requests == 1 { "" } else { "s" },
-                    report.rate_remaining.map_or("unknown".to_string(), |r| r.to_string())
+                    report
+                        .rate_remaining
+                        .map_or("unknown".to_string(), |r| r.to_string())
                 );
                 match (&p.blocked, p.hops.is_empty()) {
                     (Some(reason), _) => println!("blocked: {reason}"),
                     (None, true) => println!("up to date: nothing to do"),
                     (None, false) => {
-                        let path: Vec<String> = p.hops.iter().map(|h| h.version.to_string()).collect();
+                        let path: Vec<String> =
+                            p.hops.iter().map(|h| h.version.to_string()).collect();
                         println!("plan: {} -> {}", report.current, path.join(" -> "));
                         println!("  (Headscale cannot skip a minor version: one hop per minor, newest patch of each)");
                     }
@@ -232,19 +265,41 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             }
             Ok(exit::OK)
         }
-        Command::Upgrade { to, yes, dry_run, allow_downgrade } => {
+        Command::Upgrade {
+            to,
+            yes,
+            dry_run,
+            allow_downgrade,
+        } => {
             let s = load(&cli)?;
             let _lock = RunLock::acquire(&s.state_dir, "upgrade")?;
             let store = Store::open(&s.state_dir)?;
-            let opts = UpgradeOptions { to: to.clone(), dry_run: *dry_run, allow_downgrade: *allow_downgrade, progress: crate::process::stderr_is_tty() };
+            let opts = UpgradeOptions {
+                to: to.clone(),
+                dry_run: *dry_run,
+                allow_downgrade: *allow_downgrade,
+                progress: crate::process::stderr_is_tty(),
+            };
             if !yes && !dry_run && std::io::IsTerminal::is_terminal(&std::io::stdin()) {
                 let report = pipeline::check(&s, &store, &opts).await?;
                 if report.plan.hops.is_empty() {
-                    println!("nothing to do ({})", report.plan.blocked.unwrap_or_else(|| "up to date".into()));
+                    println!(
+                        "nothing to do ({})",
+                        report.plan.blocked.unwrap_or_else(|| "up to date".into())
+                    );
                     return Ok(exit::OK);
                 }
-                let path: Vec<String> = report.plan.hops.iter().map(|h| h.version.to_string()).collect();
-                eprint!("upgrade production {} -> {}? [y/N] ", report.current, path.join(" -> "));
+                let path: Vec<String> = report
+                    .plan
+                    .hops
+                    .iter()
+                    .map(|h| h.version.to_string())
+                    .collect();
+                eprint!(
+                    "upgrade production {} -> {}? [y/N] ",
+                    report.current,
+                    path.join(" -> ")
+                );
                 let mut answer = String::new();
                 let _ = std::io::stdin().read_line(&mut answer);
                 if !answer.trim().eq_ignore_ascii_case("y") {
@@ -287,7 +342,12 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                 }
                 UpgradeOutcome::StagingFailed { .. } => exit::FAILURE,
                 UpgradeOutcome::RolledBack { .. } => exit::ROLLED_BACK,
-                UpgradeOutcome::RollbackFailed { failed, reason, rollback_error, backup } => {
+                UpgradeOutcome::RollbackFailed {
+                    failed,
+                    reason,
+                    rollback_error,
+                    backup,
+                } => {
                     eprintln!("error: {failed} failed on production ({reason}) and the rollback failed too: {rollback_error}");
                     if let Some(b) = backup {
                         eprintln!("hint: the verified pre-upgrade backup is in {b}: stop headscale, copy db.sqlite, noise_private.key and config.yaml back, point the binary at the previous version, start");
@@ -349,7 +409,10 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
 }
 
 async fn status(cli: &Cli, s: &Settings, store: &Store) -> Result<u8, Failure> {
-    let current = pipeline::current_version(s).await.map(|v| v.to_string()).unwrap_or_else(|e| format!("unknown ({e})"));
+    let current = pipeline::current_version(s)
+        .await
+        .map(|v| v.to_string())
+        .unwrap_or_else(|e| format!("unknown ({e})"));
     let target = crate::deploy::current_target(&s.headscale.binary);
     let health = match crate::deploy::production_config(s) {
         Ok(c) => {
@@ -379,16 +442,42 @@ async fn status(cli: &Cli, s: &Settings, store: &Store) -> Result<u8, Failure> {
         return Ok(exit::OK);
     }
     println!("production: {current} ({health})");
-    println!("  binary {} -> {}", s.headscale.binary.display(), target.display());
+    println!(
+        "  binary {} -> {}",
+        s.headscale.binary.display(),
+        target.display()
+    );
     for r in &open {
-        println!("INTERRUPTED run {} ({} {} -> {}): the next upgrade/rollback finishes it", r.id, r.kind, r.from_version.as_deref().unwrap_or("?"), r.to_version.as_deref().unwrap_or("?"));
+        println!(
+            "INTERRUPTED run {} ({} {} -> {}): the next upgrade/rollback finishes it",
+            r.id,
+            r.kind,
+            r.from_version.as_deref().unwrap_or("?"),
+            r.to_version.as_deref().unwrap_or("?")
+        );
     }
     if let Some(r) = last.first() {
-        println!("last run: {} {} -> {}: {}", r.kind, r.from_version.as_deref().unwrap_or("?"), r.to_version.as_deref().unwrap_or("?"), r.outcome.as_deref().unwrap_or("in progress"));
+        println!(
+            "last run: {} {} -> {}: {}",
+            r.kind,
+            r.from_version.as_deref().unwrap_or("?"),
+            r.to_version.as_deref().unwrap_or("?"),
+            r.outcome.as_deref().unwrap_or("in progress")
+        );
     }
-    println!("installed: {}", installs.iter().map(|i| i.version.clone()).collect::<Vec<_>>().join(", "));
+    println!(
+        "installed: {}",
+        installs
+            .iter()
+            .map(|i| i.version.clone())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     for b in backups.iter().take(5) {
-        println!("backup: before {} -> {} in {}", b.version, b.to_version, b.dir);
+        println!(
+            "backup: before {} -> {} in {}",
+            b.version, b.to_version, b.dir
+        );
     }
     for (tag, reason) in bad {
         println!("bad release: {tag}: {reason}");

@@ -44,8 +44,15 @@ pub enum DeployError {
     Other(String),
 }
 
-pub(crate) fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> DeployError + 'a {
-    move |source| DeployError::Io { what, path: path.to_path_buf(), source }
+pub(crate) fn io_err<'a>(
+    what: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> DeployError + 'a {
+    move |source| DeployError::Io {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// A binary installed under `versions/`, ready to be staged or promoted.
@@ -75,12 +82,18 @@ pub fn install(s: &Settings, store: &Store, verified: Verified) -> Result<Instal
     std::fs::create_dir_all(dir).map_err(io_err("creating", dir))?;
     let tmp = dir.join(".headscale.installing");
     std::fs::copy(verified.path(), &tmp).map_err(io_err("installing into", &tmp))?;
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).map_err(io_err("chmod", &tmp))?;
-    std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(io_err("fsync", &tmp))?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))
+        .map_err(io_err("chmod", &tmp))?;
+    std::fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(io_err("fsync", &tmp))?;
     std::fs::rename(&tmp, &target).map_err(io_err("installing", &target))?;
     let _ = std::fs::remove_file(verified.path());
     store.record_install(&verified.version().to_string(), &target, verified.sha256())?;
-    Ok(Installed { version: verified.version().clone(), path: target })
+    Ok(Installed {
+        version: verified.version().clone(),
+        path: target,
+    })
 }
 
 /// Where the production binary path points now (itself when it is not a symlink).
@@ -95,7 +108,13 @@ pub fn current_target(binary: &Path) -> PathBuf {
 /// Atomically points the production binary path at `target` (symlink + rename over).
 pub fn switch_binary(binary: &Path, target: &Path) -> Result<(), DeployError> {
     let dir = binary.parent().unwrap_or(Path::new("/"));
-    let tmp = dir.join(format!(".{}.headwarden-switch", binary.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()));
+    let tmp = dir.join(format!(
+        ".{}.headwarden-switch",
+        binary
+            .file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default()
+    ));
     let _ = std::fs::remove_file(&tmp);
     std::os::unix::fs::symlink(target, &tmp).map_err(io_err("creating symlink", &tmp))?;
     std::fs::rename(&tmp, binary).map_err(io_err("switching", binary))?;
@@ -105,7 +124,11 @@ pub fn switch_binary(binary: &Path, target: &Path) -> Result<(), DeployError> {
 
 /// Makes sure the running version's binary lives under `versions/` so a rollback can return to
 /// it even when production's binary path is still the plain file an admin installed.
-pub fn adopt_current(s: &Settings, store: &Store, current: &Version) -> Result<PathBuf, DeployError> {
+pub fn adopt_current(
+    s: &Settings,
+    store: &Store,
+    current: &Version,
+) -> Result<PathBuf, DeployError> {
     let binary = &s.headscale.binary;
     let target = current_target(binary);
     if target.starts_with(versions_dir(s)) {
@@ -125,7 +148,11 @@ pub fn adopt_current(s: &Settings, store: &Store, current: &Version) -> Result<P
 }
 
 /// Keeps the newest `keep` installed versions, never removing `protect`ed paths.
-pub fn prune_versions(s: &Settings, store: &Store, protect: &[PathBuf]) -> Result<Vec<String>, DeployError> {
+pub fn prune_versions(
+    s: &Settings,
+    store: &Store,
+    protect: &[PathBuf],
+) -> Result<Vec<String>, DeployError> {
     let mut removed = Vec::new();
     for row in store.installs()?.into_iter().skip(s.release.keep_versions) {
         let path = PathBuf::from(&row.path);

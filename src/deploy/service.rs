@@ -15,22 +15,39 @@ pub struct Service {
 
 impl Service {
     pub fn new(settings: &ServiceSettings) -> Self {
-        Self { settings: settings.clone() }
+        Self {
+            settings: settings.clone(),
+        }
     }
 
     async fn run(&self, action: &str) -> Result<(), String> {
         let argv: Vec<String> = match (&self.settings, action) {
-            (ServiceSettings::Systemd { unit }, _) => vec!["systemctl".into(), action.into(), unit.clone()],
+            (ServiceSettings::Systemd { unit }, _) => {
+                vec!["systemctl".into(), action.into(), unit.clone()]
+            }
             (ServiceSettings::Command { start, .. }, "start") => start.clone(),
             (ServiceSettings::Command { stop, .. }, "stop") => stop.clone(),
-            (ServiceSettings::Command { status: Some(status), .. }, "is-active") => status.clone(),
+            (
+                ServiceSettings::Command {
+                    status: Some(status),
+                    ..
+                },
+                "is-active",
+            ) => status.clone(),
             (ServiceSettings::Command { .. }, _) => return Ok(()),
         };
-        let out = process::run(&argv, SERVICE_TIMEOUT).await.map_err(|e| e.to_string())?;
+        let out = process::run(&argv, SERVICE_TIMEOUT)
+            .await
+            .map_err(|e| e.to_string())?;
         if out.success() {
             Ok(())
         } else {
-            Err(format!("`{}` exited with {}: {}", argv.join(" "), out.status.code().unwrap_or(-1), out.tail()))
+            Err(format!(
+                "`{}` exited with {}: {}",
+                argv.join(" "),
+                out.status.code().unwrap_or(-1),
+                out.tail()
+            ))
         }
     }
 

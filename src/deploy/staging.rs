@@ -29,12 +29,19 @@ pub fn staging_dir(s: &Settings) -> PathBuf {
 pub enum StageOutcome {
     Passed(Vec<Report>),
     /// The candidate failed on staging; production was not touched.
-    Failed { version: String, reason: String, reports: Vec<Report> },
+    Failed {
+        version: String,
+        reason: String,
+        reports: Vec<Report>,
+    },
 }
 
 fn free_port() -> Result<u16, DeployError> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(io_err("binding a free port on", Path::new("127.0.0.1")))?;
-    l.local_addr().map(|a| a.port()).map_err(io_err("reading the port of", Path::new("127.0.0.1")))
+    let l = std::net::TcpListener::bind("127.0.0.1:0")
+        .map_err(io_err("binding a free port on", Path::new("127.0.0.1")))?;
+    l.local_addr()
+        .map(|a| a.port())
+        .map_err(io_err("reading the port of", Path::new("127.0.0.1")))
 }
 
 fn log_tail(path: &Path) -> String {
@@ -60,20 +67,39 @@ pub async fn stage(
     std::fs::write(&derp, OFFLINE_DERP_MAP).map_err(io_err("writing", &derp))?;
     let overlay = match &s.staging.overlay {
         Some(p) => Some(
-            serde_yaml_ng::from_str::<serde_yaml_ng::Value>(&std::fs::read_to_string(p).map_err(io_err("reading", p))?)
-                .map_err(|e| DeployError::Other(format!("staging overlay {}: {e}", p.display())))?,
+            serde_yaml_ng::from_str::<serde_yaml_ng::Value>(
+                &std::fs::read_to_string(p).map_err(io_err("reading", p))?,
+            )
+            .map_err(|e| DeployError::Other(format!("staging overlay {}: {e}", p.display())))?,
         ),
         None => None,
     };
-    let mut layout = StagingLayout { dir: dir.clone(), http_port: 0, metrics_port: 0, grpc_port: 0, derp_map: derp };
+    let mut layout = StagingLayout {
+        dir: dir.clone(),
+        http_port: 0,
+        metrics_port: 0,
+        grpc_port: 0,
+        derp_map: derp,
+    };
 
-    let step = store.step_start(run, 0, "stage_copy", &serde_json::json!({"from": prod.database_path}))?;
+    let step = store.step_start(
+        run,
+        0,
+        "stage_copy",
+        &serde_json::json!({"from": prod.database_path}),
+    )?;
     let t = std::time::Instant::now();
     sqlite_files::online_copy(&prod.database_path, &layout.database())?;
     if prod.noise_key_path.exists() {
-        std::fs::copy(&prod.noise_key_path, layout.noise_key()).map_err(io_err("copying the noise key", &prod.noise_key_path))?;
+        std::fs::copy(&prod.noise_key_path, layout.noise_key())
+            .map_err(io_err("copying the noise key", &prod.noise_key_path))?;
     }
-    store.step_finish(step, true, "copied production database and noise key", t.elapsed().as_millis())?;
+    store.step_finish(
+        step,
+        true,
+        "copied production database and noise key",
+        t.elapsed().as_millis(),
+    )?;
 
     let mut reports = Vec::new();
     for (i, hop) in hops.iter().enumerate() {
@@ -82,41 +108,73 @@ pub async fn stage(
         layout.grpc_port = free_port()?;
         let config = derive_staging(prod, &layout, overlay.as_ref());
         let config_path = layout.config();
-        let text = serde_yaml_ng::to_string(&config).map_err(|e| DeployError::Other(format!("serialising staging config: {e}")))?;
+        let text = serde_yaml_ng::to_string(&config)
+            .map_err(|e| DeployError::Other(format!("serialising staging config: {e}")))?;
         std::fs::write(&config_path, text).map_err(io_err("writing", &config_path))?;
         let log = dir.join(format!("headscale-{}.log", hop.version));
         let base_url = format!("http://127.0.0.1:{}", layout.http_port);
 
         let config_arg = config_path.display().to_string();
-        let mut child = process::spawn_logged(&hop.path, &["serve", "-c", &config_arg], &log).map_err(|e| DeployError::Other(e.to_string()))?;
+        let mut child = process::spawn_logged(&hop.path, &["serve", "-c", &config_arg], &log)
+            .map_err(|e| DeployError::Other(e.to_string()))?;
         let pid = child.id().unwrap_or(0);
         let step = store.step_start(run, i as i64, "stage_start", &serde_json::json!({"version": hop.version.to_string(), "pid": pid, "marker": config_arg}))?;
         crate::process::crash_point("stage_start:after");
         let t = std::time::Instant::now();
         tracing::info!(version = %hop.version, pid, url = %base_url, "staging instance starting");
         let health = smoke::wait_healthy(&base_url, s.smoke.timeout, || match child.try_wait() {
-            Ok(Some(status)) => Err(format!("staging process exited ({status}): {}", log_tail(&log))),
+            Ok(Some(status)) => Err(format!(
+                "staging process exited ({status}): {}",
+                log_tail(&log)
+            )),
             _ => Ok(()),
         })
         .await;
         if let Err(reason) = health {
             process::terminate(&mut child, Duration::from_secs(5)).await;
             store.step_finish(step, false, &reason, t.elapsed().as_millis())?;
-            return Ok(StageOutcome::Failed { version: hop.version.to_string(), reason: format!("did not become healthy: {reason}"), reports });
+            return Ok(StageOutcome::Failed {
+                version: hop.version.to_string(),
+                reason: format!("did not become healthy: {reason}"),
+                reports,
+            });
         }
         store.step_finish(step, true, "healthy", t.elapsed().as_millis())?;
 
-        let step = store.step_start(run, i as i64, "stage_smoke", &serde_json::json!({"version": hop.version.to_string()}))?;
+        let step = store.step_start(
+            run,
+            i as i64,
+            "stage_smoke",
+            &serde_json::json!({"version": hop.version.to_string()}),
+        )?;
         let t = std::time::Instant::now();
-        let target = Target { name: "staging", base_url, binary: hop.path.clone(), config: config_path.clone() };
+        let target = Target {
+            name: "staging",
+            base_url,
+            binary: hop.path.clone(),
+            config: config_path.clone(),
+        };
         let report = smoke::run(&target, &hop.version, baseline, &s.smoke).await;
         process::terminate(&mut child, Duration::from_secs(10)).await;
         let passed = report.passed();
         let failures = report.failures();
-        store.step_finish(step, passed, if passed { "all checks passed" } else { &failures }, t.elapsed().as_millis())?;
+        store.step_finish(
+            step,
+            passed,
+            if passed {
+                "all checks passed"
+            } else {
+                &failures
+            },
+            t.elapsed().as_millis(),
+        )?;
         reports.push(report);
         if !passed {
-            return Ok(StageOutcome::Failed { version: hop.version.to_string(), reason: failures, reports });
+            return Ok(StageOutcome::Failed {
+                version: hop.version.to_string(),
+                reason: failures,
+                reports,
+            });
         }
     }
     Ok(StageOutcome::Passed(reports))

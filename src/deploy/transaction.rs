@@ -29,9 +29,17 @@ use crate::state::{sqlite_files, RunId, StepRow, Store};
 
 #[derive(Debug)]
 pub enum HopOutcome {
-    Promoted { timings: Vec<(String, u128)> },
-    RolledBack { reason: String },
-    RollbackFailed { reason: String, rollback_error: String, backup: Option<PathBuf> },
+    Promoted {
+        timings: Vec<(String, u128)>,
+    },
+    RolledBack {
+        reason: String,
+    },
+    RollbackFailed {
+        reason: String,
+        rollback_error: String,
+        backup: Option<PathBuf>,
+    },
 }
 
 pub struct Prod<'a> {
@@ -60,7 +68,10 @@ impl Prod<'_> {
         timings: &mut Vec<(String, u128)>,
         f: impl std::future::Future<Output = Result<T, String>>,
     ) -> Result<T, String> {
-        let id = self.store.step_start(run, hop, name, &data).map_err(|e| e.to_string())?;
+        let id = self
+            .store
+            .step_start(run, hop, name, &data)
+            .map_err(|e| e.to_string())?;
         crate::process::crash_point(&format!("{name}:before"));
         let t = Instant::now();
         let r = f.await;
@@ -71,7 +82,9 @@ impl Prod<'_> {
             Ok(_) => "ok".to_string(),
             Err(e) => e.clone(),
         };
-        self.store.step_finish(id, r.is_ok(), &msg, ms).map_err(|e| e.to_string())?;
+        self.store
+            .step_finish(id, r.is_ok(), &msg, ms)
+            .map_err(|e| e.to_string())?;
         r
     }
 
@@ -94,10 +107,14 @@ impl Prod<'_> {
                 }
             })
         };
-        let r = smoke::wait_healthy(&self.config.http_base(), self.settings.smoke.timeout, || match dead.lock().ok().and_then(|d| d.clone()) {
-            Some(e) => Err(format!("the service is not running: {e}")),
-            None => Ok(()),
-        })
+        let r = smoke::wait_healthy(
+            &self.config.http_base(),
+            self.settings.smoke.timeout,
+            || match dead.lock().ok().and_then(|d| d.clone()) {
+                Some(e) => Err(format!("the service is not running: {e}")),
+                None => Ok(()),
+            },
+        )
         .await;
         watcher.abort();
         r
@@ -105,7 +122,9 @@ impl Prod<'_> {
 }
 
 pub fn backup_dir(s: &Settings, run: RunId, hop: i64, from: &str) -> PathBuf {
-    s.state_dir.join("backups").join(format!("run{run}-hop{hop}-{from}"))
+    s.state_dir
+        .join("backups")
+        .join(format!("run{run}-hop{hop}-{from}"))
 }
 
 /// Stopped production → verified backup directory.
@@ -113,9 +132,11 @@ pub fn take_backup(config: &HeadscaleConfig, dir: &Path) -> Result<(), DeployErr
     crate::verify::create_private_dir(dir).map_err(io_err("creating", dir))?;
     sqlite_files::online_copy(&config.database_path, &dir.join("db.sqlite"))?;
     sqlite_files::integrity_check(&dir.join("db.sqlite"))?;
-    std::fs::copy(&config.path, dir.join("config.yaml")).map_err(io_err("backing up", &config.path))?;
+    std::fs::copy(&config.path, dir.join("config.yaml"))
+        .map_err(io_err("backing up", &config.path))?;
     if config.noise_key_path.exists() {
-        std::fs::copy(&config.noise_key_path, dir.join("noise_private.key")).map_err(io_err("backing up", &config.noise_key_path))?;
+        std::fs::copy(&config.noise_key_path, dir.join("noise_private.key"))
+            .map_err(io_err("backing up", &config.noise_key_path))?;
     }
     Ok(())
 }
@@ -125,7 +146,8 @@ fn restore_backup(config: &HeadscaleConfig, dir: &Path) -> Result<(), DeployErro
     sqlite_files::restore(&dir.join("db.sqlite"), &config.database_path)?;
     let key = dir.join("noise_private.key");
     if key.exists() {
-        std::fs::copy(&key, &config.noise_key_path).map_err(io_err("restoring", &config.noise_key_path))?;
+        std::fs::copy(&key, &config.noise_key_path)
+            .map_err(io_err("restoring", &config.noise_key_path))?;
     }
     let cfg = dir.join("config.yaml");
     if cfg.exists() {
@@ -137,28 +159,64 @@ fn restore_backup(config: &HeadscaleConfig, dir: &Path) -> Result<(), DeployErro
 }
 
 /// Promotes one hop. `baseline` was captured from healthy production just before.
-pub async fn promote_hop(p: &Prod<'_>, run: RunId, hop: i64, from: &str, old_target: &Path, to: &Installed, baseline: &Baseline) -> HopOutcome {
+pub async fn promote_hop(
+    p: &Prod<'_>,
+    run: RunId,
+    hop: i64,
+    from: &str,
+    old_target: &Path,
+    to: &Installed,
+    baseline: &Baseline,
+) -> HopOutcome {
     let mut timings = Vec::new();
     let s = p.settings;
     let bdir = backup_dir(s, run, hop, from);
-    let stopped = p.step(run, hop, "stop", json!({"service": p.service.describe()}), &mut timings, p.service.stop()).await;
+    let stopped = p
+        .step(
+            run,
+            hop,
+            "stop",
+            json!({"service": p.service.describe()}),
+            &mut timings,
+            p.service.stop(),
+        )
+        .await;
     if let Err(e) = stopped {
         // Production may still run the old version: make sure it is up, touch nothing else.
         let _ = p.service.start().await;
-        return HopOutcome::RolledBack { reason: format!("stopping production failed: {e}") };
+        return HopOutcome::RolledBack {
+            reason: format!("stopping production failed: {e}"),
+        };
     }
     let backup = p
-        .step(run, hop, "backup", json!({"dir": bdir}), &mut timings, async {
-            take_backup(p.config, &bdir).map_err(|e| crate::cli::error_chain(&e))?;
-            p.store.record_backup(run, hop, from, &to.version.to_string(), &bdir, true).map_err(|e| e.to_string())?;
-            Ok(())
-        })
+        .step(
+            run,
+            hop,
+            "backup",
+            json!({"dir": bdir}),
+            &mut timings,
+            async {
+                take_backup(p.config, &bdir).map_err(|e| crate::cli::error_chain(&e))?;
+                p.store
+                    .record_backup(run, hop, from, &to.version.to_string(), &bdir, true)
+                    .map_err(|e| e.to_string())?;
+                Ok(())
+            },
+        )
         .await;
     let result: Result<(), String> = async {
         backup?;
-        p.step(run, hop, "switch", json!({"from": old_target, "to": to.path}), &mut timings, async {
-            switch_binary(&s.headscale.binary, &to.path).map_err(|e| crate::cli::error_chain(&e))
-        })
+        p.step(
+            run,
+            hop,
+            "switch",
+            json!({"from": old_target, "to": to.path}),
+            &mut timings,
+            async {
+                switch_binary(&s.headscale.binary, &to.path)
+                    .map_err(|e| crate::cli::error_chain(&e))
+            },
+        )
         .await?;
         p.step(run, hop, "start", json!({}), &mut timings, async {
             p.service.start().await?;
@@ -179,21 +237,44 @@ pub async fn promote_hop(p: &Prod<'_>, run: RunId, hop: i64, from: &str, old_tar
     .await;
     match result {
         Ok(()) => {
-            let _ = p.store.step_start(run, hop, "commit", &json!({})).and_then(|id| p.store.step_finish(id, true, "committed", 0));
+            let _ = p
+                .store
+                .step_start(run, hop, "commit", &json!({}))
+                .and_then(|id| p.store.step_finish(id, true, "committed", 0));
             HopOutcome::Promoted { timings }
         }
         Err(reason) => {
             let has_backup = bdir.join("db.sqlite").exists();
-            match rollback(p, run, hop, &reason, has_backup.then_some(bdir.as_path()), Some(old_target)).await {
+            match rollback(
+                p,
+                run,
+                hop,
+                &reason,
+                has_backup.then_some(bdir.as_path()),
+                Some(old_target),
+            )
+            .await
+            {
                 Ok(()) => HopOutcome::RolledBack { reason },
-                Err(rollback_error) => HopOutcome::RollbackFailed { reason, rollback_error, backup: has_backup.then_some(bdir) },
+                Err(rollback_error) => HopOutcome::RollbackFailed {
+                    reason,
+                    rollback_error,
+                    backup: has_backup.then_some(bdir),
+                },
             }
         }
     }
 }
 
 /// Restores production to the pre-hop state: old binary, old database, old noise key and config.
-pub async fn rollback(p: &Prod<'_>, run: RunId, hop: i64, reason: &str, backup: Option<&Path>, old_target: Option<&Path>) -> Result<(), String> {
+pub async fn rollback(
+    p: &Prod<'_>,
+    run: RunId,
+    hop: i64,
+    reason: &str,
+    backup: Option<&Path>,
+    old_target: Option<&Path>,
+) -> Result<(), String> {
     let mut timings = Vec::new();
     tracing::warn!(run, hop, reason, "rolling back production");
     p.step(run, hop, "rollback", json!({"reason": reason, "backup": backup, "to": old_target}), &mut timings, async {
@@ -223,10 +304,23 @@ pub struct Recovered {
 }
 
 /// Journal steps that act on production (the others — download, stage_* — touch only state_dir).
-const PRODUCTION_STEPS: &[&str] = &["stop", "backup", "switch", "start", "smoke", "commit", "rollback", "safety_backup", "manual_rollback"];
+const PRODUCTION_STEPS: &[&str] = &[
+    "stop",
+    "backup",
+    "switch",
+    "start",
+    "smoke",
+    "commit",
+    "rollback",
+    "safety_backup",
+    "manual_rollback",
+];
 
 fn last<'a>(steps: &'a [StepRow], hop: i64, name: &str) -> Option<&'a StepRow> {
-    steps.iter().rev().find(|st| st.hop == hop && st.name == name)
+    steps
+        .iter()
+        .rev()
+        .find(|st| st.hop == hop && st.name == name)
 }
 
 /// Finishes every interrupted run found in the journal.
@@ -235,23 +329,50 @@ pub async fn recover(p: &Prod<'_>) -> Result<Vec<Recovered>, DeployError> {
     for run in p.store.open_runs()? {
         let steps = p.store.steps(run.id)?;
         for st in steps.iter().filter(|st| st.name == "stage_start") {
-            if let (Some(pid), Some(marker)) = (st.data.get("pid").and_then(|v| v.as_u64()), st.data.get("marker").and_then(|v| v.as_str())) {
+            if let (Some(pid), Some(marker)) = (
+                st.data.get("pid").and_then(|v| v.as_u64()),
+                st.data.get("marker").and_then(|v| v.as_str()),
+            ) {
                 if crate::process::terminate_pid_if(pid as u32, marker) {
                     tracing::warn!(pid, "stopped an orphaned staging instance");
                 }
             }
         }
-        let prod_steps: Vec<&StepRow> = steps.iter().filter(|st| PRODUCTION_STEPS.contains(&st.name.as_str())).collect();
+        let prod_steps: Vec<&StepRow> = steps
+            .iter()
+            .filter(|st| PRODUCTION_STEPS.contains(&st.name.as_str()))
+            .collect();
         let hop = prod_steps.last().map_or(0, |st| st.hop);
         let (outcome, detail) = if run.kind == "rollback" && !prod_steps.is_empty() {
             match last(&steps, hop, "manual_rollback").filter(|st| st.status == "done") {
-                Some(_) => ("rolled_back".to_string(), "manual rollback had completed".to_string()),
+                Some(_) => (
+                    "rolled_back".to_string(),
+                    "manual rollback had completed".to_string(),
+                ),
                 None => {
                     let st = last(&steps, hop, "manual_rollback");
-                    let backup = st.and_then(|st| st.data.get("backup")).and_then(|v| v.as_str()).map(PathBuf::from);
-                    let target = st.and_then(|st| st.data.get("to")).and_then(|v| v.as_str()).map(PathBuf::from);
-                    match rollback(p, run.id, hop, "finishing an interrupted rollback", backup.as_deref(), target.as_deref()).await {
-                        Ok(()) => ("rolled_back".into(), "finished the interrupted manual rollback".into()),
+                    let backup = st
+                        .and_then(|st| st.data.get("backup"))
+                        .and_then(|v| v.as_str())
+                        .map(PathBuf::from);
+                    let target = st
+                        .and_then(|st| st.data.get("to"))
+                        .and_then(|v| v.as_str())
+                        .map(PathBuf::from);
+                    match rollback(
+                        p,
+                        run.id,
+                        hop,
+                        "finishing an interrupted rollback",
+                        backup.as_deref(),
+                        target.as_deref(),
+                    )
+                    .await
+                    {
+                        Ok(()) => (
+                            "rolled_back".into(),
+                            "finished the interrupted manual rollback".into(),
+                        ),
                         Err(e) => ("rollback_failed".into(), e),
                     }
                 }
@@ -259,20 +380,66 @@ pub async fn recover(p: &Prod<'_>) -> Result<Vec<Recovered>, DeployError> {
         } else if last(&steps, hop, "commit").is_some() {
             ("upgraded".into(), "the promotion had committed".into())
         } else if last(&steps, hop, "smoke").is_some_and(|st| st.status == "done") {
-            let _ = p.store.step_start(run.id, hop, "commit", &json!({"recovered": true})).and_then(|id| p.store.step_finish(id, true, "committed by recovery", 0));
-            ("upgraded".into(), "promotion had passed its smoke checks; committed".into())
+            let _ = p
+                .store
+                .step_start(run.id, hop, "commit", &json!({"recovered": true}))
+                .and_then(|id| p.store.step_finish(id, true, "committed by recovery", 0));
+            (
+                "upgraded".into(),
+                "promotion had passed its smoke checks; committed".into(),
+            )
         } else if let Some(sw) = last(&steps, hop, "switch") {
-            let backup = last(&steps, hop, "backup").and_then(|st| st.data.get("dir")).and_then(|v| v.as_str()).map(PathBuf::from);
-            let from = sw.data.get("from").and_then(|v| v.as_str()).map(PathBuf::from);
-            match rollback(p, run.id, hop, "recovering an interrupted promotion", backup.as_deref(), from.as_deref()).await {
-                Ok(()) => ("rolled_back".into(), "interrupted after the switch; restored the backup and the previous binary".into()),
+            let backup = last(&steps, hop, "backup")
+                .and_then(|st| st.data.get("dir"))
+                .and_then(|v| v.as_str())
+                .map(PathBuf::from);
+            let from = sw
+                .data
+                .get("from")
+                .and_then(|v| v.as_str())
+                .map(PathBuf::from);
+            match rollback(
+                p,
+                run.id,
+                hop,
+                "recovering an interrupted promotion",
+                backup.as_deref(),
+                from.as_deref(),
+            )
+            .await
+            {
+                Ok(()) => (
+                    "rolled_back".into(),
+                    "interrupted after the switch; restored the backup and the previous binary"
+                        .into(),
+                ),
                 Err(e) => ("rollback_failed".into(), e),
             }
         } else if let Some(rb) = last(&steps, hop, "rollback") {
-            let backup = rb.data.get("backup").and_then(|v| v.as_str()).map(PathBuf::from);
-            let to = rb.data.get("to").and_then(|v| v.as_str()).map(PathBuf::from);
-            match rollback(p, run.id, hop, "finishing an interrupted rollback", backup.as_deref(), to.as_deref()).await {
-                Ok(()) => ("rolled_back".into(), "finished an interrupted rollback".into()),
+            let backup = rb
+                .data
+                .get("backup")
+                .and_then(|v| v.as_str())
+                .map(PathBuf::from);
+            let to = rb
+                .data
+                .get("to")
+                .and_then(|v| v.as_str())
+                .map(PathBuf::from);
+            match rollback(
+                p,
+                run.id,
+                hop,
+                "finishing an interrupted rollback",
+                backup.as_deref(),
+                to.as_deref(),
+            )
+            .await
+            {
+                Ok(()) => (
+                    "rolled_back".into(),
+                    "finished an interrupted rollback".into(),
+                ),
                 Err(e) => ("rollback_failed".into(), e),
             }
         } else if last(&steps, hop, "stop").is_some() {
@@ -283,38 +450,81 @@ pub async fn recover(p: &Prod<'_>) -> Result<Vec<Recovered>, DeployError> {
             }
             .await;
             match started {
-                Ok(()) => ("aborted".into(), "interrupted before the switch; restarted the unchanged production".into()),
-                Err(e) => ("failed".into(), format!("restarting production failed: {e}")),
+                Ok(()) => (
+                    "aborted".into(),
+                    "interrupted before the switch; restarted the unchanged production".into(),
+                ),
+                Err(e) => (
+                    "failed".into(),
+                    format!("restarting production failed: {e}"),
+                ),
             }
         } else {
-            ("aborted".into(), "interrupted before production was touched".into())
+            (
+                "aborted".into(),
+                "interrupted before production was touched".into(),
+            )
         };
-        p.store.finish_run(run.id, &outcome, &format!("recovered: {detail}"))?;
+        p.store
+            .finish_run(run.id, &outcome, &format!("recovered: {detail}"))?;
         tracing::warn!(run = run.id, outcome = %outcome, detail = %detail, "recovered an interrupted run");
-        out.push(Recovered { run: run.id, outcome, detail });
+        out.push(Recovered {
+            run: run.id,
+            outcome,
+            detail,
+        });
     }
     Ok(out)
 }
 
 /// `headwarden rollback`: restore the backup taken before an upgrade and its binary.
-pub async fn manual_rollback(p: &Prod<'_>, run: RunId, backup: &crate::state::BackupRow) -> Result<(), String> {
+pub async fn manual_rollback(
+    p: &Prod<'_>,
+    run: RunId,
+    backup: &crate::state::BackupRow,
+) -> Result<(), String> {
     let s = p.settings;
-    let target = crate::deploy::version_path(s, &semver::Version::parse(&backup.version).map_err(|e| e.to_string())?);
+    let target = crate::deploy::version_path(
+        s,
+        &semver::Version::parse(&backup.version).map_err(|e| e.to_string())?,
+    );
     if !target.exists() {
-        return Err(format!("the binary for {} is no longer installed at {}", backup.version, target.display()));
+        return Err(format!(
+            "the binary for {} is no longer installed at {}",
+            backup.version,
+            target.display()
+        ));
     }
     let dir = PathBuf::from(&backup.dir);
     let mut timings = Vec::new();
     // Keep what is being replaced, so the rollback itself can be undone by hand.
-    let safety = s.state_dir.join("backups").join(format!("run{run}-before-rollback"));
-    p.step(run, 0, "stop", json!({}), &mut timings, p.service.stop()).await?;
-    p.step(run, 0, "safety_backup", json!({"dir": safety}), &mut timings, async { take_backup(p.config, &safety).map_err(|e| crate::cli::error_chain(&e)) })
+    let safety = s
+        .state_dir
+        .join("backups")
+        .join(format!("run{run}-before-rollback"));
+    p.step(run, 0, "stop", json!({}), &mut timings, p.service.stop())
         .await?;
-    p.step(run, 0, "manual_rollback", json!({"backup": dir, "to": target}), &mut timings, async {
-        restore_backup(p.config, &dir).map_err(|e| crate::cli::error_chain(&e))?;
-        switch_binary(&s.headscale.binary, &target).map_err(|e| crate::cli::error_chain(&e))?;
-        p.service.start().await?;
-        p.wait_healthy().await.map(|_| ())
-    })
+    p.step(
+        run,
+        0,
+        "safety_backup",
+        json!({"dir": safety}),
+        &mut timings,
+        async { take_backup(p.config, &safety).map_err(|e| crate::cli::error_chain(&e)) },
+    )
+    .await?;
+    p.step(
+        run,
+        0,
+        "manual_rollback",
+        json!({"backup": dir, "to": target}),
+        &mut timings,
+        async {
+            restore_backup(p.config, &dir).map_err(|e| crate::cli::error_chain(&e))?;
+            switch_binary(&s.headscale.binary, &target).map_err(|e| crate::cli::error_chain(&e))?;
+            p.service.start().await?;
+            p.wait_healthy().await.map(|_| ())
+        },
+    )
     .await
 }

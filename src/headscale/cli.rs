@@ -21,16 +21,31 @@ pub enum CliError {
     Output { command: String, detail: String },
 }
 
-async fn run_json(binary: &Path, config: &Path, args: &[&str], timeout: Duration) -> Result<Value, CliError> {
-    let mut argv = vec![binary.display().to_string(), "-c".into(), config.display().to_string()];
+async fn run_json(
+    binary: &Path,
+    config: &Path,
+    args: &[&str],
+    timeout: Duration,
+) -> Result<Value, CliError> {
+    let mut argv = vec![
+        binary.display().to_string(),
+        "-c".into(),
+        config.display().to_string(),
+    ];
     argv.extend(args.iter().map(|s| s.to_string()));
     argv.extend(["-o".to_string(), "json".to_string()]);
     let command = format!("headscale {}", args.join(" "));
     let out = process::run(&argv, timeout).await?;
     if !out.success() {
-        return Err(CliError::Failed { command, detail: out.tail() });
+        return Err(CliError::Failed {
+            command,
+            detail: out.tail(),
+        });
     }
-    serde_json::from_str(&out.stdout).map_err(|e| CliError::Output { command, detail: e.to_string() })
+    serde_json::from_str(&out.stdout).map_err(|e| CliError::Output {
+        command,
+        detail: e.to_string(),
+    })
 }
 
 /// The version a binary reports (`headscale version`, JSON when supported).
@@ -38,9 +53,15 @@ pub async fn binary_version(binary: &Path, timeout: Duration) -> Result<Version,
     let argv = vec![binary.display().to_string(), "version".to_string()];
     let out = process::run(&argv, timeout).await?;
     if !out.success() {
-        return Err(CliError::Failed { command: "headscale version".into(), detail: out.tail() });
+        return Err(CliError::Failed {
+            command: "headscale version".into(),
+            detail: out.tail(),
+        });
     }
-    parse_version_text(&out.stdout).ok_or_else(|| CliError::Output { command: "headscale version".into(), detail: out.stdout.trim().to_string() })
+    parse_version_text(&out.stdout).ok_or_else(|| CliError::Output {
+        command: "headscale version".into(),
+        detail: out.stdout.trim().to_string(),
+    })
 }
 
 fn id_of(v: &Value) -> Option<u64> {
@@ -66,17 +87,30 @@ fn list(v: Value, wrapper: &str) -> Vec<Value> {
     }
 }
 
-pub async fn list_users(binary: &Path, config: &Path, timeout: Duration) -> Result<Vec<UserRef>, CliError> {
+pub async fn list_users(
+    binary: &Path,
+    config: &Path,
+    timeout: Duration,
+) -> Result<Vec<UserRef>, CliError> {
     let v = run_json(binary, config, &["users", "list"], timeout).await?;
     let mut users: Vec<UserRef> = list(v, "users")
         .iter()
-        .filter_map(|u| Some(UserRef { id: id_of(u)?, name: u.get("name")?.as_str()?.to_string() }))
+        .filter_map(|u| {
+            Some(UserRef {
+                id: id_of(u)?,
+                name: u.get("name")?.as_str()?.to_string(),
+            })
+        })
         .collect();
     users.sort();
     Ok(users)
 }
 
-pub async fn list_nodes(binary: &Path, config: &Path, timeout: Duration) -> Result<Vec<NodeRef>, CliError> {
+pub async fn list_nodes(
+    binary: &Path,
+    config: &Path,
+    timeout: Duration,
+) -> Result<Vec<NodeRef>, CliError> {
     let v = run_json(binary, config, &["nodes", "list"], timeout).await?;
     let mut nodes: Vec<NodeRef> = list(v, "nodes")
         .iter()
@@ -84,7 +118,12 @@ pub async fn list_nodes(binary: &Path, config: &Path, timeout: Duration) -> Resu
             Some(NodeRef {
                 id: id_of(n)?,
                 machine_key: field(n, "machine_key", "machineKey")?.as_str()?.to_string(),
-                user: n.get("user").and_then(|u| u.get("name")).and_then(|s| s.as_str()).unwrap_or("").to_string(),
+                user: n
+                    .get("user")
+                    .and_then(|u| u.get("name"))
+                    .and_then(|s| s.as_str())
+                    .unwrap_or("")
+                    .to_string(),
             })
         })
         .collect();

@@ -50,26 +50,49 @@ fn get_str(root: &Value, key: &str) -> Option<String> {
 
 impl HeadscaleConfig {
     pub fn load(path: &Path) -> Result<Self, HeadscaleConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| HeadscaleConfigError::Read { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| HeadscaleConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
         Self::parse(path, &text)
     }
 
     pub fn parse(path: &Path, text: &str) -> Result<Self, HeadscaleConfigError> {
-        let root: Value = serde_yaml_ng::from_str(text).map_err(|e| HeadscaleConfigError::Parse { path: path.to_path_buf(), detail: e.to_string() })?;
-        let unsupported = |detail: String| HeadscaleConfigError::Unsupported { path: path.to_path_buf(), detail };
+        let root: Value =
+            serde_yaml_ng::from_str(text).map_err(|e| HeadscaleConfigError::Parse {
+                path: path.to_path_buf(),
+                detail: e.to_string(),
+            })?;
+        let unsupported = |detail: String| HeadscaleConfigError::Unsupported {
+            path: path.to_path_buf(),
+            detail,
+        };
         let db_type = get_str(&root, "database.type").unwrap_or_else(|| "sqlite".into());
         if db_type != "sqlite" && db_type != "sqlite3" {
             return Err(unsupported(format!(
                 "database.type is {db_type:?}; headwarden stages and backs up SQLite only (upstream discourages Postgres)"
             )));
         }
-        let required = |key: &str, default: &str| get_str(&root, key).filter(|s| !s.is_empty()).unwrap_or_else(|| default.to_string());
+        let required = |key: &str, default: &str| {
+            get_str(&root, key)
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| default.to_string())
+        };
         Ok(Self {
             path: path.to_path_buf(),
             listen_addr: required("listen_addr", "127.0.0.1:8080"),
-            unix_socket: PathBuf::from(required("unix_socket", "/var/run/headscale/headscale.sock")),
-            database_path: PathBuf::from(required("database.sqlite.path", "/var/lib/headscale/db.sqlite")),
-            noise_key_path: PathBuf::from(required("noise.private_key_path", "/var/lib/headscale/noise_private.key")),
+            unix_socket: PathBuf::from(required(
+                "unix_socket",
+                "/var/run/headscale/headscale.sock",
+            )),
+            database_path: PathBuf::from(required(
+                "database.sqlite.path",
+                "/var/lib/headscale/db.sqlite",
+            )),
+            noise_key_path: PathBuf::from(required(
+                "noise.private_key_path",
+                "/var/lib/headscale/noise_private.key",
+            )),
             root,
         })
     }
@@ -84,7 +107,11 @@ pub fn base_url(listen_addr: &str) -> String {
     let addr = listen_addr
         .replace("0.0.0.0:", "127.0.0.1:")
         .replace("[::]:", "[::1]:");
-    let addr = if addr.starts_with(':') { format!("127.0.0.1{addr}") } else { addr };
+    let addr = if addr.starts_with(':') {
+        format!("127.0.0.1{addr}")
+    } else {
+        addr
+    };
     format!("http://{addr}")
 }
 
@@ -126,7 +153,9 @@ fn set(root: &mut Value, key: &str, value: Value) {
             map.insert(k, value);
             return;
         }
-        cur = map.entry(k).or_insert_with(|| Value::Mapping(Mapping::new()));
+        cur = map
+            .entry(k)
+            .or_insert_with(|| Value::Mapping(Mapping::new()));
     }
 }
 
@@ -148,22 +177,58 @@ pub fn merge(base: &mut Value, overlay: &Value) {
 }
 
 /// Production's config with everything that could collide moved into the staging layout.
-pub fn derive_staging(prod: &HeadscaleConfig, layout: &StagingLayout, overlay: Option<&Value>) -> Value {
+pub fn derive_staging(
+    prod: &HeadscaleConfig,
+    layout: &StagingLayout,
+    overlay: Option<&Value>,
+) -> Value {
     let mut v = prod.root.clone();
     let s = |x: String| Value::String(x);
-    set(&mut v, "server_url", s(format!("http://127.0.0.1:{}", layout.http_port)));
-    set(&mut v, "listen_addr", s(format!("127.0.0.1:{}", layout.http_port)));
-    set(&mut v, "metrics_listen_addr", s(format!("127.0.0.1:{}", layout.metrics_port)));
-    set(&mut v, "grpc_listen_addr", s(format!("127.0.0.1:{}", layout.grpc_port)));
+    set(
+        &mut v,
+        "server_url",
+        s(format!("http://127.0.0.1:{}", layout.http_port)),
+    );
+    set(
+        &mut v,
+        "listen_addr",
+        s(format!("127.0.0.1:{}", layout.http_port)),
+    );
+    set(
+        &mut v,
+        "metrics_listen_addr",
+        s(format!("127.0.0.1:{}", layout.metrics_port)),
+    );
+    set(
+        &mut v,
+        "grpc_listen_addr",
+        s(format!("127.0.0.1:{}", layout.grpc_port)),
+    );
     set(&mut v, "grpc_allow_insecure", Value::Bool(false));
-    set(&mut v, "unix_socket", s(layout.socket().display().to_string()));
+    set(
+        &mut v,
+        "unix_socket",
+        s(layout.socket().display().to_string()),
+    );
     set(&mut v, "unix_socket_permission", s("0700".into()));
     set(&mut v, "database.type", s("sqlite".into()));
-    set(&mut v, "database.sqlite.path", s(layout.database().display().to_string()));
-    set(&mut v, "noise.private_key_path", s(layout.noise_key().display().to_string()));
+    set(
+        &mut v,
+        "database.sqlite.path",
+        s(layout.database().display().to_string()),
+    );
+    set(
+        &mut v,
+        "noise.private_key_path",
+        s(layout.noise_key().display().to_string()),
+    );
     set(&mut v, "derp.server.enabled", Value::Bool(false));
     set(&mut v, "derp.urls", Value::Sequence(vec![]));
-    set(&mut v, "derp.paths", Value::Sequence(vec![s(layout.derp_map.display().to_string())]));
+    set(
+        &mut v,
+        "derp.paths",
+        Value::Sequence(vec![s(layout.derp_map.display().to_string())]),
+    );
     set(&mut v, "derp.auto_update_enabled", Value::Bool(false));
     set(&mut v, "disable_check_updates", Value::Bool(true));
     set(&mut v, "tls_letsencrypt_hostname", s(String::new()));
@@ -188,22 +253,39 @@ mod tests {
         )
         .expect("parse");
         assert_eq!(prod.http_base(), "http://127.0.0.1:443");
-        let layout = StagingLayout { dir: "/s".into(), http_port: 1, metrics_port: 2, grpc_port: 3, derp_map: "/s/derp.yaml".into() };
+        let layout = StagingLayout {
+            dir: "/s".into(),
+            http_port: 1,
+            metrics_port: 2,
+            grpc_port: 3,
+            derp_map: "/s/derp.yaml".into(),
+        };
         let overlay: Value = serde_yaml_ng::from_str("log:\n  level: debug\n").expect("yaml");
-        let staged = HeadscaleConfig::parse(Path::new("/s/config.yaml"), &serde_yaml_ng::to_string(&derive_staging(&prod, &layout, Some(&overlay))).expect("ser"))
-            .expect("reparse");
+        let staged = HeadscaleConfig::parse(
+            Path::new("/s/config.yaml"),
+            &serde_yaml_ng::to_string(&derive_staging(&prod, &layout, Some(&overlay)))
+                .expect("ser"),
+        )
+        .expect("reparse");
         assert_eq!(staged.listen_addr, "127.0.0.1:1");
         assert_eq!(staged.database_path, PathBuf::from("/s/db.sqlite"));
         assert_eq!(staged.unix_socket, PathBuf::from("/s/headscale.sock"));
         assert_eq!(staged.noise_key_path, PathBuf::from("/s/noise_private.key"));
-        assert_eq!(get_str(&staged.root, "tls_letsencrypt_hostname").as_deref(), Some(""));
+        assert_eq!(
+            get_str(&staged.root, "tls_letsencrypt_hostname").as_deref(),
+            Some("")
+        );
         assert_eq!(get_str(&staged.root, "log.level").as_deref(), Some("debug"));
-        assert_eq!(get_str(&staged.root, "database.sqlite.path").as_deref(), Some("/s/db.sqlite"));
+        assert_eq!(
+            get_str(&staged.root, "database.sqlite.path").as_deref(),
+            Some("/s/db.sqlite")
+        );
     }
 
     #[test]
     fn postgres_is_refused_with_reason() {
-        let e = HeadscaleConfig::parse(Path::new("c.yaml"), "database:\n  type: postgres\n").expect_err("postgres");
+        let e = HeadscaleConfig::parse(Path::new("c.yaml"), "database:\n  type: postgres\n")
+            .expect_err("postgres");
         assert!(e.to_string().contains("postgres"));
     }
 }

@@ -14,7 +14,11 @@ pub enum HttpError {
     #[error("{url}: {detail}")]
     Request { url: String, detail: String },
     #[error("{url} answered HTTP {status}: {body}")]
-    Status { url: String, status: u16, body: String },
+    Status {
+        url: String,
+        status: u16,
+        body: String,
+    },
 }
 
 pub fn client(timeout: Duration) -> reqwest::Client {
@@ -27,9 +31,19 @@ pub fn client(timeout: Duration) -> reqwest::Client {
 }
 
 async fn get(client: &reqwest::Client, url: String) -> Result<(u16, String), HttpError> {
-    let resp = client.get(&url).send().await.map_err(|e| HttpError::Request { url: url.clone(), detail: chain(&e) })?;
+    let resp = client
+        .get(&url)
+        .send()
+        .await
+        .map_err(|e| HttpError::Request {
+            url: url.clone(),
+            detail: chain(&e),
+        })?;
     let status = resp.status().as_u16();
-    let body = resp.text().await.map_err(|e| HttpError::Request { url: url.clone(), detail: chain(&e) })?;
+    let body = resp.text().await.map_err(|e| HttpError::Request {
+        url: url.clone(),
+        detail: chain(&e),
+    })?;
     Ok((status, body))
 }
 
@@ -49,11 +63,16 @@ pub async fn health(client: &reqwest::Client, base: &str) -> Result<(), HttpErro
     let url = format!("{base}/health");
     let (status, body) = get(client, url.clone()).await?;
     let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-    let pass = v.get("status").and_then(|s| s.as_str()) == Some("pass") || v.get("healthy").and_then(|s| s.as_str()) == Some("ok");
+    let pass = v.get("status").and_then(|s| s.as_str()) == Some("pass")
+        || v.get("healthy").and_then(|s| s.as_str()) == Some("ok");
     if status == 200 && pass {
         Ok(())
     } else {
-        Err(HttpError::Status { url, status, body: body.chars().take(200).collect() })
+        Err(HttpError::Status {
+            url,
+            status,
+            body: body.chars().take(200).collect(),
+        })
     }
 }
 
@@ -62,9 +81,19 @@ pub async fn version(client: &reqwest::Client, base: &str) -> Result<Option<Vers
     let url = format!("{base}/version");
     let (status, body) = get(client, url.clone()).await?;
     match status {
-        200 => parse_version_text(&body).map(Some).ok_or(HttpError::Status { url, status, body: body.chars().take(200).collect() }),
+        200 => parse_version_text(&body)
+            .map(Some)
+            .ok_or(HttpError::Status {
+                url,
+                status,
+                body: body.chars().take(200).collect(),
+            }),
         404 => Ok(None),
-        _ => Err(HttpError::Status { url, status, body: body.chars().take(200).collect() }),
+        _ => Err(HttpError::Status {
+            url,
+            status,
+            body: body.chars().take(200).collect(),
+        }),
     }
 }
 
@@ -75,6 +104,10 @@ pub async fn noise_key(client: &reqwest::Client, base: &str) -> Result<String, H
     let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
     match (status, v.get("publicKey").and_then(|k| k.as_str())) {
         (200, Some(k)) => Ok(k.to_string()),
-        _ => Err(HttpError::Status { url, status, body: body.chars().take(200).collect() }),
+        _ => Err(HttpError::Status {
+            url,
+            status,
+            body: body.chars().take(200).collect(),
+        }),
     }
 }

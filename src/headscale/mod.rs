@@ -33,7 +33,8 @@ pub fn parse_version_text(text: &str) -> Option<Version> {
             return parse_version_text(s);
         }
     }
-    text.split_whitespace().find_map(|w| Version::parse(w.trim_start_matches('v')).ok())
+    text.split_whitespace()
+        .find_map(|w| Version::parse(w.trim_start_matches('v')).ok())
 }
 
 #[cfg(test)]
@@ -42,9 +43,18 @@ mod tests {
 
     #[test]
     fn version_texts() {
-        assert_eq!(parse_version_text("v0.29.2\n"), Some(Version::new(0, 29, 2)));
-        assert_eq!(parse_version_text("headscale version v0.26.1"), Some(Version::new(0, 26, 1)));
-        assert_eq!(parse_version_text(r#"{"version":"v0.28.0","commit":"x"}"#), Some(Version::new(0, 28, 0)));
+        assert_eq!(
+            parse_version_text("v0.29.2\n"),
+            Some(Version::new(0, 29, 2))
+        );
+        assert_eq!(
+            parse_version_text("headscale version v0.26.1"),
+            Some(Version::new(0, 26, 1))
+        );
+        assert_eq!(
+            parse_version_text(r#"{"version":"v0.28.0","commit":"x"}"#),
+            Some(Version::new(0, 28, 0))
+        );
         assert_eq!(parse_version_text("dev"), None);
     }
 }

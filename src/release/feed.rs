@@ -84,12 +84,18 @@ struct WireAsset {
 }
 
 pub fn feed_url(s: &ReleaseSettings) -> String {
-    format!("{}/repos/{}/{}/releases?per_page=100", s.api_url, s.owner, s.repo)
+    format!(
+        "{}/repos/{}/{}/releases?per_page=100",
+        s.api_url, s.owner, s.repo
+    )
 }
 
 pub async fn fetch(settings: &ReleaseSettings, store: &Store) -> Result<FeedResult, FeedError> {
     let url = feed_url(settings);
-    let unreachable = |detail: String| FeedError::Unreachable { url: url.clone(), detail };
+    let unreachable = |detail: String| FeedError::Unreachable {
+        url: url.clone(),
+        detail,
+    };
     let mut builder = octocrab::Octocrab::builder()
         .base_uri(settings.api_url.as_str())
         .map_err(|e| unreachable(e.to_string()))?
@@ -107,8 +113,14 @@ pub async fn fetch(settings: &ReleaseSettings, store: &Store) -> Result<FeedResu
         attempt += 1;
         requests += 1;
         let mut h = HeaderMap::new();
-        h.insert(http::header::ACCEPT, http::HeaderValue::from_static("application/vnd.github+json"));
-        h.insert("x-github-api-version", http::HeaderValue::from_static("2022-11-28"));
+        h.insert(
+            http::header::ACCEPT,
+            http::HeaderValue::from_static("application/vnd.github+json"),
+        );
+        h.insert(
+            "x-github-api-version",
+            http::HeaderValue::from_static("2022-11-28"),
+        );
         if let Some(etag) = cached.as_ref().and_then(|(e, _)| e.as_deref()) {
             if let Ok(v) = http::HeaderValue::from_str(etag) {
                 h.insert(http::header::IF_NONE_MATCH, v);
@@ -130,7 +142,10 @@ pub async fn fetch(settings: &ReleaseSettings, store: &Store) -> Result<FeedResu
         let headers = response.headers().clone();
         if let Some(wait) = rate_limit_wait(status, &headers) {
             if attempt > RETRIES || wait > MAX_RATE_WAIT {
-                return Err(FeedError::RateLimited { url: url.clone(), reset: describe_reset(&headers, wait) });
+                return Err(FeedError::RateLimited {
+                    url: url.clone(),
+                    reset: describe_reset(&headers, wait),
+                });
             }
             tracing::warn!(url = %url, status, wait_ms = wait.as_millis() as u64, "release feed rate limited, waiting");
             tokio::time::sleep(wait).await;
@@ -138,36 +153,71 @@ pub async fn fetch(settings: &ReleaseSettings, store: &Store) -> Result<FeedResu
         }
         if status >= 500 {
             if attempt > RETRIES {
-                return Err(FeedError::Status { url: url.clone(), status });
+                return Err(FeedError::Status {
+                    url: url.clone(),
+                    status,
+                });
             }
             tracing::warn!(url = %url, status, attempt, "release feed server error, retrying");
             tokio::time::sleep(backoff(attempt)).await;
             continue;
         }
-        let body = if status == 304 { String::new() } else { client.body_to_string(response).await.map_err(|e| unreachable(error_chain(&e)))? };
+        let body = if status == 304 {
+            String::new()
+        } else {
+            client
+                .body_to_string(response)
+                .await
+                .map_err(|e| unreachable(error_chain(&e)))?
+        };
         break (status, headers, body);
     };
-    let rate_remaining = headers.get("x-ratelimit-remaining").and_then(|v| v.to_str().ok()).and_then(|s| s.parse().ok());
+    let rate_remaining = headers
+        .get("x-ratelimit-remaining")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.parse().ok());
 
     let (not_modified, body) = match status {
         304 => match cached {
             Some((_, body)) => (true, body),
-            None => return Err(FeedError::Malformed { url, detail: "304 Not Modified without a cached copy".into() }),
+            None => {
+                return Err(FeedError::Malformed {
+                    url,
+                    detail: "304 Not Modified without a cached copy".into(),
+                })
+            }
         },
         200 => {
             if body.len() > MAX_BODY {
-                return Err(FeedError::Malformed { url, detail: format!("response of {} bytes exceeds the {MAX_BODY}-byte limit", body.len()) });
+                return Err(FeedError::Malformed {
+                    url,
+                    detail: format!(
+                        "response of {} bytes exceeds the {MAX_BODY}-byte limit",
+                        body.len()
+                    ),
+                });
             }
             (false, body)
         }
         other => return Err(FeedError::Status { url, status: other }),
     };
-    let (releases, ignored) = parse_releases(&body).map_err(|detail| FeedError::Malformed { url: url.clone(), detail })?;
+    let (releases, ignored) = parse_releases(&body).map_err(|detail| FeedError::Malformed {
+        url: url.clone(),
+        detail,
+    })?;
     if !not_modified {
-        let etag = headers.get(http::header::ETAG).and_then(|v| v.to_str().ok());
+        let etag = headers
+            .get(http::header::ETAG)
+            .and_then(|v| v.to_str().ok());
         store.store_feed_cache(&url, etag, &body)?;
     }
-    Ok(FeedResult { releases, not_modified, requests, rate_remaining, ignored })
+    Ok(FeedResult {
+        releases,
+        not_modified,
+        requests,
+        rate_remaining,
+        ignored,
+    })
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -186,8 +236,16 @@ fn backoff(attempt: u32) -> Duration {
 }
 
 fn rate_limit_wait(status: u16, headers: &HeaderMap) -> Option<Duration> {
-    let get = |k: &str| headers.get(k).and_then(|v| v.to_str().ok()).and_then(|s| s.trim().parse::<u64>().ok());
-    if status == 429 || (status == 403 && (get("retry-after").is_some() || get("x-ratelimit-remaining") == Some(0))) {
+    let get = |k: &str| {
+        headers
+            .get(k)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|s| s.trim().parse::<u64>().ok())
+    };
+    if status == 429
+        || (status == 403
+            && (get("retry-after").is_some() || get("x-ratelimit-remaining") == Some(0)))
+    {
         if let Some(secs) = get("retry-after") {
             return Some(Duration::from_secs(secs));
         }
@@ -201,15 +259,22 @@ fn rate_limit_wait(status: u16, headers: &HeaderMap) -> Option<Duration> {
 }
 
 fn describe_reset(headers: &HeaderMap, wait: Duration) -> String {
-    let reset = headers.get("x-ratelimit-reset").and_then(|v| v.to_str().ok()).and_then(|s| s.parse::<i64>().ok());
+    let reset = headers
+        .get("x-ratelimit-reset")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.parse::<i64>().ok());
     match reset.and_then(|r| time::OffsetDateTime::from_unix_timestamp(r).ok()) {
-        Some(t) => t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+        Some(t) => t
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default(),
         None => format!("{}s from now", wait.as_secs()),
     }
 }
 
 fn parse_time(s: &str) -> Option<i64> {
-    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok().map(|t| t.unix_timestamp())
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .ok()
+        .map(|t| t.unix_timestamp())
 }
 
 /// Wire JSON to domain releases (pure; the fuzz/property tests target this).
@@ -232,8 +297,16 @@ pub fn parse_releases(body: &str) -> Result<(Vec<Release>, Vec<String>), String>
         };
         let mut assets = Vec::new();
         for a in w.assets {
-            if a.name.is_empty() || a.name.contains('/') || a.name.contains('\\') || a.name.contains("..") || a.name.starts_with('.') {
-                ignored.push(format!("{}: asset with hostile name {:?}", w.tag_name, a.name));
+            if a.name.is_empty()
+                || a.name.contains('/')
+                || a.name.contains('\\')
+                || a.name.contains("..")
+                || a.name.starts_with('.')
+            {
+                ignored.push(format!(
+                    "{}: asset with hostile name {:?}",
+                    w.tag_name, a.name
+                ));
                 continue;
             }
             assets.push(Asset {
@@ -286,8 +359,15 @@ mod tests {
         assert_eq!(rate_limit_wait(500, &h), None);
         let mut h = HeaderMap::new();
         h.insert("x-ratelimit-remaining", "0".parse().expect("h"));
-        h.insert("x-ratelimit-reset", (crate::state::now() + 3600).to_string().parse().expect("h"));
+        h.insert(
+            "x-ratelimit-reset",
+            (crate::state::now() + 3600).to_string().parse().expect("h"),
+        );
         assert!(rate_limit_wait(403, &h).expect("wait") > MAX_RATE_WAIT);
-        assert_eq!(rate_limit_wait(403, &HeaderMap::new()), None, "a plain 403 is not a rate limit");
+        assert_eq!(
+            rate_limit_wait(403, &HeaderMap::new()),
+            None,
+            "a plain 403 is not a rate limit"
+        );
     }
 }

@@ -44,7 +44,9 @@ impl Release {
     /// Assets needed to install are all present and uploaded.
     pub fn assets_ready(&self) -> bool {
         let name = self.host_asset_name();
-        [name.as_str(), "checksums.txt"].iter().all(|n| self.asset(n).is_some_and(|a| a.uploaded))
+        [name.as_str(), "checksums.txt"]
+            .iter()
+            .all(|n| self.asset(n).is_some_and(|a| a.uploaded))
     }
 }
 
@@ -54,7 +56,11 @@ pub fn host_asset_name(tag: &str) -> String {
         "aarch64" => "arm64",
         other => other,
     };
-    format!("headscale_{}_{}_{arch}", tag.trim_start_matches('v'), std::env::consts::OS)
+    format!(
+        "headscale_{}_{}_{arch}",
+        tag.trim_start_matches('v'),
+        std::env::consts::OS
+    )
 }
 
 /// Strict tag parsing: `vMAJOR.MINOR.PATCH` with an optional `-alpha|beta|rc[.]N` suffix
@@ -66,13 +72,21 @@ pub fn parse_tag(tag: &str) -> Option<Version> {
         None => (rest, None),
     };
     let nums: Vec<&str> = core.split('.').collect();
-    if nums.len() != 3 || nums.iter().any(|n| n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) || (n.len() > 1 && n.starts_with('0'))) {
+    if nums.len() != 3
+        || nums.iter().any(|n| {
+            n.is_empty()
+                || !n.bytes().all(|b| b.is_ascii_digit())
+                || (n.len() > 1 && n.starts_with('0'))
+        })
+    {
         return None;
     }
     let pre = match pre {
         None => semver::Prerelease::EMPTY,
         Some(p) => {
-            let kind = ["alpha", "beta", "rc"].into_iter().find(|k| p.starts_with(k))?;
+            let kind = ["alpha", "beta", "rc"]
+                .into_iter()
+                .find(|k| p.starts_with(k))?;
             let num = p[kind.len()..].trim_start_matches('.');
             if num.is_empty() || !num.bytes().all(|b| b.is_ascii_digit()) {
                 return None;
@@ -80,7 +94,11 @@ pub fn parse_tag(tag: &str) -> Option<Version> {
             semver::Prerelease::new(&format!("{kind}.{num}")).ok()?
         }
     };
-    let mut v = Version::new(nums[0].parse().ok()?, nums[1].parse().ok()?, nums[2].parse().ok()?);
+    let mut v = Version::new(
+        nums[0].parse().ok()?,
+        nums[1].parse().ok()?,
+        nums[2].parse().ok()?,
+    );
     v.pre = pre;
     Some(v)
 }
@@ -99,9 +117,25 @@ mod tests {
             ("v1.0.0", "1.0.0"),
         ];
         for (tag, v) in ok {
-            assert_eq!(parse_tag(tag).map(|x| x.to_string()).as_deref(), Some(v), "{tag}");
+            assert_eq!(
+                parse_tag(tag).map(|x| x.to_string()).as_deref(),
+                Some(v),
+                "{tag}"
+            );
         }
-        for bad in ["0.29.2", "v0.28-fix", "backup/v0.1", "v0.23.0-alpha4-docker-ko-test1", "upstream/v0.12.4", "tmp-prerework", "v0.29", "v01.2.3", "v0.29.2-dev", "v0.29.2-rc", "v0.29.2 "] {
+        for bad in [
+            "0.29.2",
+            "v0.28-fix",
+            "backup/v0.1",
+            "v0.23.0-alpha4-docker-ko-test1",
+            "upstream/v0.12.4",
+            "tmp-prerework",
+            "v0.29",
+            "v01.2.3",
+            "v0.29.2-dev",
+            "v0.29.2-rc",
+            "v0.29.2 ",
+        ] {
             assert_eq!(parse_tag(bad), None, "{bad}");
         }
     }

@@ -63,7 +63,13 @@ fn fmt_remaining(secs: i64) -> String {
 }
 
 /// `bad` maps tags to the reason they were recorded as bad.
-pub fn plan(current: &Version, releases: &[Release], policy: &Policy, bad: &HashMap<String, String>, now: i64) -> Plan {
+pub fn plan(
+    current: &Version,
+    releases: &[Release],
+    policy: &Policy,
+    bad: &HashMap<String, String>,
+    now: i64,
+) -> Plan {
     let mut notes = Vec::new();
     let mut eligible: Vec<&Release> = Vec::new();
     let mut known_series: BTreeMap<(u64, u64), ()> = BTreeMap::new();
@@ -81,7 +87,10 @@ pub fn plan(current: &Version, releases: &[Release], policy: &Policy, bad: &Hash
         }
         let base = Version::new(v.major, v.minor, v.patch);
         if !policy.constraint.matches(&base) {
-            notes.push(format!("{}: outside constraint {}", r.tag, policy.constraint));
+            notes.push(format!(
+                "{}: outside constraint {}",
+                r.tag, policy.constraint
+            ));
             continue;
         }
         if policy.skip.contains(v) {
@@ -100,7 +109,11 @@ pub fn plan(current: &Version, releases: &[Release], policy: &Policy, bad: &Hash
         if let Some(published) = r.published_at {
             let ready_at = published + policy.min_age_secs;
             if ready_at > now && !explicit {
-                notes.push(format!("{}: in cooldown for another {} (release.min_age)", r.tag, fmt_remaining(ready_at - now)));
+                notes.push(format!(
+                    "{}: in cooldown for another {} (release.min_age)",
+                    r.tag,
+                    fmt_remaining(ready_at - now)
+                ));
                 continue;
             }
         }
@@ -112,7 +125,11 @@ pub fn plan(current: &Version, releases: &[Release], policy: &Policy, bad: &Hash
         Some(w) => match eligible.iter().find(|r| &r.version == w) {
             Some(r) => Some(*r),
             None => {
-                let why = if releases.iter().any(|r| &r.version == w) { "not eligible (see notes)" } else { "not in the release feed" };
+                let why = if releases.iter().any(|r| &r.version == w) {
+                    "not eligible (see notes)"
+                } else {
+                    "not in the release feed"
+                };
                 return Plan {
                     current: current.clone(),
                     target: Some(w.clone()),
@@ -122,17 +139,36 @@ pub fn plan(current: &Version, releases: &[Release], policy: &Policy, bad: &Hash
                 };
             }
         },
-        None => eligible.iter().filter(|r| r.version > *current).max_by(|a, b| a.version.cmp(&b.version)).copied(),
+        None => eligible
+            .iter()
+            .filter(|r| r.version > *current)
+            .max_by(|a, b| a.version.cmp(&b.version))
+            .copied(),
     };
     let Some(target) = target else {
-        return Plan { current: current.clone(), target: None, hops: vec![], notes, blocked: None };
+        return Plan {
+            current: current.clone(),
+            target: None,
+            hops: vec![],
+            notes,
+            blocked: None,
+        };
     };
     if target.version == *current {
-        return Plan { current: current.clone(), target: Some(target.version.clone()), hops: vec![], notes, blocked: None };
+        return Plan {
+            current: current.clone(),
+            target: Some(target.version.clone()),
+            hops: vec![],
+            notes,
+            blocked: None,
+        };
     }
     if target.version < *current {
         let blocked = if !policy.allow_downgrade {
-            Some(format!("{} is older than the running {current}; pass --allow-downgrade", target.version))
+            Some(format!(
+                "{} is older than the running {current}; pass --allow-downgrade",
+                target.version
+            ))
         } else if series(&target.version) != series(current) {
             Some(format!(
                 "downgrading from {current} to {} crosses a minor version, which Headscale refuses; use `headwarden rollback` to restore the backup taken before the upgrade",
@@ -141,8 +177,21 @@ pub fn plan(current: &Version, releases: &[Release], policy: &Policy, bad: &Hash
         } else {
             None
         };
-        let hops = if blocked.is_none() { vec![Hop { version: target.version.clone(), tag: target.tag.clone() }] } else { vec![] };
-        return Plan { current: current.clone(), target: Some(target.version.clone()), hops, notes, blocked };
+        let hops = if blocked.is_none() {
+            vec![Hop {
+                version: target.version.clone(),
+                tag: target.tag.clone(),
+            }]
+        } else {
+            vec![]
+        };
+        return Plan {
+            current: current.clone(),
+            target: Some(target.version.clone()),
+            hops,
+            notes,
+            blocked,
+        };
     }
     if target.version.major != current.major {
         return Plan {
@@ -157,12 +206,24 @@ pub fn plan(current: &Version, releases: &[Release], policy: &Policy, bad: &Hash
     // Every series strictly between current and target must be visited.
     let mut hops = Vec::new();
     let first_between = (current.major, current.minor + 1);
-    let between: Vec<(u64, u64)> =
-        if first_between < series(&target.version) { known_series.range(first_between..series(&target.version)).map(|(k, _)| *k).collect() } else { vec![] };
+    let between: Vec<(u64, u64)> = if first_between < series(&target.version) {
+        known_series
+            .range(first_between..series(&target.version))
+            .map(|(k, _)| *k)
+            .collect()
+    } else {
+        vec![]
+    };
     for s in between {
-        let best = eligible.iter().filter(|r| series(&r.version) == s && r.version.pre.is_empty()).max_by(|a, b| a.version.cmp(&b.version));
+        let best = eligible
+            .iter()
+            .filter(|r| series(&r.version) == s && r.version.pre.is_empty())
+            .max_by(|a, b| a.version.cmp(&b.version));
         match best {
-            Some(r) => hops.push(Hop { version: r.version.clone(), tag: r.tag.clone() }),
+            Some(r) => hops.push(Hop {
+                version: r.version.clone(),
+                tag: r.tag.clone(),
+            }),
             None => {
                 return Plan {
                     current: current.clone(),
@@ -177,8 +238,17 @@ pub fn plan(current: &Version, releases: &[Release], policy: &Policy, bad: &Hash
             }
         }
     }
-    hops.push(Hop { version: target.version.clone(), tag: target.tag.clone() });
-    Plan { current: current.clone(), target: Some(target.version.clone()), hops, notes, blocked: None }
+    hops.push(Hop {
+        version: target.version.clone(),
+        tag: target.tag.clone(),
+    });
+    Plan {
+        current: current.clone(),
+        target: Some(target.version.clone()),
+        hops,
+        notes,
+        blocked: None,
+    }
 }
 
 #[cfg(test)]
@@ -190,7 +260,13 @@ mod tests {
     const NOW: i64 = 1_800_000_000;
 
     fn rel(tag: &str, age_days: i64) -> Release {
-        let asset = |name: String| Asset { name, size: 1, sha256: None, url: String::new(), uploaded: true };
+        let asset = |name: String| Asset {
+            name,
+            size: 1,
+            sha256: None,
+            url: String::new(),
+            uploaded: true,
+        };
         Release {
             tag: tag.to_string(),
             version: super::super::parse_tag(tag).expect("tag"),
@@ -231,8 +307,17 @@ mod tests {
     }
 
     fn check(current: &str, policy: Policy, bad: &[&str], expected_hops: &[&str], blocked: bool) {
-        let bad: HashMap<String, String> = bad.iter().map(|t| (t.to_string(), "test".to_string())).collect();
-        let p = plan(&Version::parse(current).expect("v"), &feed(), &policy, &bad, NOW);
+        let bad: HashMap<String, String> = bad
+            .iter()
+            .map(|t| (t.to_string(), "test".to_string()))
+            .collect();
+        let p = plan(
+            &Version::parse(current).expect("v"),
+            &feed(),
+            &policy,
+            &bad,
+            NOW,
+        );
         let hops: Vec<String> = p.hops.iter().map(|h| h.version.to_string()).collect();
         assert_eq!(hops, expected_hops, "from {current}: {p:#?}");
         assert_eq!(p.blocked.is_some(), blocked, "{p:#?}");
@@ -241,7 +326,13 @@ mod tests {
     #[test]
     fn one_minor_at_a_time_latest_patch_respecting_cooldown() {
         // 0.29.2 is 1 day old (cooldown 3d), so the target is 0.29.1.
-        check("0.26.1", policy(), &[], &["0.27.1", "0.28.0", "0.29.1"], false);
+        check(
+            "0.26.1",
+            policy(),
+            &[],
+            &["0.27.1", "0.28.0", "0.29.1"],
+            false,
+        );
         check("0.29.1", policy(), &[], &[], false);
         check("0.29.2", policy(), &[], &[], false);
         // A patch within the running minor is a single hop.
@@ -251,46 +342,90 @@ mod tests {
 
     #[test]
     fn explicit_target_ignores_cooldown_only() {
-        let p = Policy { target: Some(Version::new(0, 29, 2)), ..policy() };
+        let p = Policy {
+            target: Some(Version::new(0, 29, 2)),
+            ..policy()
+        };
         check("0.26.1", p, &[], &["0.27.1", "0.28.0", "0.29.2"], false);
-        let p = Policy { target: Some(Version::new(0, 28, 0)), skip: vec![Version::new(0, 28, 0)], ..policy() };
+        let p = Policy {
+            target: Some(Version::new(0, 28, 0)),
+            skip: vec![Version::new(0, 28, 0)],
+            ..policy()
+        };
         check("0.26.1", p, &[], &[], true);
     }
 
     #[test]
     fn skip_bad_and_constraint() {
-        let p = Policy { skip: vec![Version::new(0, 27, 1)], ..policy() };
+        let p = Policy {
+            skip: vec![Version::new(0, 27, 1)],
+            ..policy()
+        };
         check("0.26.1", p, &[], &["0.27.0", "0.28.0", "0.29.1"], false);
         check("0.26.1", policy(), &["v0.28.0"], &[], true);
-        let p = Policy { constraint: VersionReq::parse("<0.28").expect("req"), ..policy() };
+        let p = Policy {
+            constraint: VersionReq::parse("<0.28").expect("req"),
+            ..policy()
+        };
         check("0.26.1", p, &[], &["0.27.1"], false);
     }
 
     #[test]
     fn pin_holds_and_channel_prerelease() {
-        let p = Policy { pin: Some(Version::new(0, 27, 1)), ..policy() };
+        let p = Policy {
+            pin: Some(Version::new(0, 27, 1)),
+            ..policy()
+        };
         check("0.27.1", p.clone(), &[], &[], false);
         check("0.26.0", p, &[], &["0.27.1"], false);
-        let p = Policy { channel: Channel::Prerelease, min_age_secs: 0, ..policy() };
+        let p = Policy {
+            channel: Channel::Prerelease,
+            min_age_secs: 0,
+            ..policy()
+        };
         // Prereleases may be targets but intermediate hops stay on stable patches.
         check("0.27.1", p, &[], &["0.28.0", "0.29.2"], false);
     }
 
     #[test]
     fn downgrades() {
-        let p = Policy { target: Some(Version::new(0, 29, 0)), ..policy() };
+        let p = Policy {
+            target: Some(Version::new(0, 29, 0)),
+            ..policy()
+        };
         check("0.29.1", p.clone(), &[], &[], true);
-        check("0.29.1", Policy { allow_downgrade: true, ..p }, &[], &["0.29.0"], false);
-        let p = Policy { target: Some(Version::new(0, 28, 0)), allow_downgrade: true, ..policy() };
+        check(
+            "0.29.1",
+            Policy {
+                allow_downgrade: true,
+                ..p
+            },
+            &[],
+            &["0.29.0"],
+            false,
+        );
+        let p = Policy {
+            target: Some(Version::new(0, 28, 0)),
+            allow_downgrade: true,
+            ..policy()
+        };
         check("0.29.1", p, &[], &[], true);
     }
 
     #[test]
     fn pending_assets_are_retried_not_failed() {
         let mut f = feed();
-        f.iter_mut().filter(|r| r.tag == "v0.29.1").for_each(|r| r.assets.retain(|a| a.name != "checksums.txt"));
+        f.iter_mut()
+            .filter(|r| r.tag == "v0.29.1")
+            .for_each(|r| r.assets.retain(|a| a.name != "checksums.txt"));
         let p = plan(&Version::new(0, 29, 0), &f, &policy(), &HashMap::new(), NOW);
         assert!(p.hops.is_empty() && p.blocked.is_none());
-        assert!(p.notes.iter().any(|n| n.contains("v0.29.1") && n.contains("will retry")), "{:?}", p.notes);
+        assert!(
+            p.notes
+                .iter()
+                .any(|n| n.contains("v0.29.1") && n.contains("will retry")),
+            "{:?}",
+            p.notes
+        );
     }
 }

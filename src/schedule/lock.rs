@@ -29,23 +29,43 @@ pub struct RunLock {
 impl RunLock {
     pub fn acquire(state_dir: &Path, command: &str) -> Result<RunLock, LockError> {
         let path = state_dir.join("lock");
-        let io = |source| LockError::Io { path: path.clone(), source };
+        let io = |source| LockError::Io {
+            path: path.clone(),
+            source,
+        };
         std::fs::create_dir_all(state_dir).map_err(io)?;
-        let mut file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(io)?;
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io)?;
         match file.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
                 let mut holder = String::new();
                 let _ = file.read_to_string(&mut holder);
-                let holder = if holder.trim().is_empty() { "unknown holder".to_string() } else { holder.trim().to_string() };
+                let holder = if holder.trim().is_empty() {
+                    "unknown holder".to_string()
+                } else {
+                    holder.trim().to_string()
+                };
                 return Err(LockError::Held { path, holder });
             }
             Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
         }
-        let now = time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
+        let now = time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
         file.set_len(0).map_err(io)?;
         file.seek(SeekFrom::Start(0)).map_err(io)?;
-        write!(file, "pid {} (headwarden {command}) since {now}", std::process::id()).map_err(io)?;
+        write!(
+            file,
+            "pid {} (headwarden {command}) since {now}",
+            std::process::id()
+        )
+        .map_err(io)?;
         file.flush().map_err(io)?;
         Ok(RunLock { _file: file })
     }

@@ -28,11 +28,14 @@ pub fn cron_to_schedule(expr: &str) -> Result<cron::Schedule, String> {
             // crontab counts Sunday as 0 (and 7); the cron crate counts 1-7 from Sunday.
             let dow = fields[4]
                 .split(',')
-                .map(|part| shift_dow(part))
+                .map(shift_dow)
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|m| format!("invalid cron expression {expr:?}: {m}"))?
                 .join(",");
-            format!("0 {} {} {} {} {}", fields[0], fields[1], fields[2], fields[3], dow)
+            format!(
+                "0 {} {} {} {} {}",
+                fields[0], fields[1], fields[2], fields[3], dow
+            )
         }
     };
     cron::Schedule::from_str(&six).map_err(|err| format!("invalid cron expression {expr:?}: {err}"))
@@ -70,7 +73,14 @@ mod tests {
 
     #[test]
     fn crontab_expressions() {
-        for ok in ["0 4 * * *", "30 9 * * 1", "*/15 * * * *", "@daily", "0 0 * * 0", "0 3 * * 1-5"] {
+        for ok in [
+            "0 4 * * *",
+            "30 9 * * 1",
+            "*/15 * * * *",
+            "@daily",
+            "0 0 * * 0",
+            "0 3 * * 1-5",
+        ] {
             assert!(cron_to_schedule(ok).is_ok(), "{ok}");
         }
         for bad in ["0 4 * *", "61 * * * *", "0 4 * * 9", "banana", ""] {

@@ -77,8 +77,14 @@ pub struct ReleaseSettings {
 
 #[derive(Debug, Clone)]
 pub enum ServiceSettings {
-    Systemd { unit: String },
-    Command { start: Vec<String>, stop: Vec<String>, status: Option<Vec<String>> },
+    Systemd {
+        unit: String,
+    },
+    Command {
+        start: Vec<String>,
+        stop: Vec<String>,
+        status: Option<Vec<String>>,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -223,7 +229,10 @@ pub(crate) fn line_of(text: &str, key: &str) -> Option<usize> {
     let lines: Vec<&str> = text.lines().collect();
     let mut from = 0;
     let mut found = None;
-    for seg in key.split('.').filter(|s| !s.is_empty() && !s.starts_with('[')) {
+    for seg in key
+        .split('.')
+        .filter(|s| !s.is_empty() && !s.starts_with('['))
+    {
         let seg = seg.split('[').next().unwrap_or(seg);
         let i = (from..lines.len()).find(|&i| {
             let t = lines[i].trim_start().trim_start_matches("- ");
@@ -261,15 +270,34 @@ mod tests {
 
     #[test]
     fn bad_duration_and_constraint() {
-        let e = parse(Path::new("c.yaml"), &format!("{MINIMAL}release:\n  min_age: 3 parsecs\n")).expect_err("bad");
+        let e = parse(
+            Path::new("c.yaml"),
+            &format!("{MINIMAL}release:\n  min_age: 3 parsecs\n"),
+        )
+        .expect_err("bad");
         assert!(e.to_string().contains("c.yaml:6"), "{e}");
         assert!(e.to_string().contains("release.min_age"), "{e}");
-        let e = parse(Path::new("c.yaml"), &format!("{MINIMAL}release:\n  constraint: \">=banana\"\n")).expect_err("bad");
+        let e = parse(
+            Path::new("c.yaml"),
+            &format!("{MINIMAL}release:\n  constraint: \">=banana\"\n"),
+        )
+        .expect_err("bad");
         assert!(e.to_string().contains("c.yaml:6"), "{e}");
     }
 
     #[test]
     fn secret_debug_is_redacted() {
         assert_eq!(format!("{:?}", Secret::new("ghp_abc")), "Secret(***)");
+    }
+}
+
+#[cfg(test)]
+mod example_tests {
+    #[test]
+    fn the_example_config_parses() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("headwarden.example.yaml");
+        let s = super::load(&path).expect("headwarden.example.yaml must stay valid");
+        assert_eq!(s.release.owner, "juanfont");
+        assert_eq!(s.smoke.checks.len(), 4);
     }
 }

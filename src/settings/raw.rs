@@ -7,8 +7,9 @@ use semver::{Version, VersionReq};
 use serde::{Deserialize, Deserializer};
 
 use super::{
-    line_of, Channel, ConfigError, Enforce, HeadscaleSettings, KeySettings, NotifyTarget, ReleaseSettings,
-    ScheduleSettings, Secret, ServiceSettings, Settings, SmokeCheck, SmokeSettings, StagingSettings,
+    line_of, Channel, ConfigError, Enforce, HeadscaleSettings, KeySettings, NotifyTarget,
+    ReleaseSettings, ScheduleSettings, Secret, ServiceSettings, Settings, SmokeCheck,
+    SmokeSettings, StagingSettings,
 };
 
 /// Parses `60s`, `15m`, `12h`, `3d`, `2w` (and sums like `1d12h`).
@@ -32,12 +33,19 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             'w' => 7 * 86400,
             _ => return Err(format!("invalid duration {s:?}: unknown unit {c:?}")),
         };
-        let n: u64 = num.parse().map_err(|_| format!("invalid duration {s:?}: a unit needs a number before it"))?;
-        total = n.checked_mul(unit).and_then(|v| total.checked_add(v)).ok_or_else(|| format!("invalid duration {s:?}: too large"))?;
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("invalid duration {s:?}: a unit needs a number before it"))?;
+        total = n
+            .checked_mul(unit)
+            .and_then(|v| total.checked_add(v))
+            .ok_or_else(|| format!("invalid duration {s:?}: too large"))?;
         num.clear();
     }
     if !num.is_empty() {
-        return Err(format!("invalid duration {s:?}: missing unit (s, m, h, d, w)"));
+        return Err(format!(
+            "invalid duration {s:?}: missing unit (s, m, h, d, w)"
+        ));
     }
     Ok(Duration::from_secs(total))
 }
@@ -49,7 +57,9 @@ pub struct DurationValue(pub Duration);
 impl<'de> Deserialize<'de> for DurationValue {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        parse_duration(&s).map(DurationValue).map_err(serde::de::Error::custom)
+        parse_duration(&s)
+            .map(DurationValue)
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -59,7 +69,9 @@ struct ReqValue(VersionReq);
 impl<'de> Deserialize<'de> for ReqValue {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        VersionReq::parse(&s).map(ReqValue).map_err(|e| serde::de::Error::custom(format!("invalid semver requirement {s:?}: {e}")))
+        VersionReq::parse(&s)
+            .map(ReqValue)
+            .map_err(|e| serde::de::Error::custom(format!("invalid semver requirement {s:?}: {e}")))
     }
 }
 
@@ -215,10 +227,20 @@ impl Ctx<'_> {
             self.file.parent().unwrap_or(Path::new(".")).join(p)
         }
     }
-    fn read_secret_file(&self, key: &str, p: &Path, check_mode: bool) -> Result<Secret, ConfigError> {
+    fn read_secret_file(
+        &self,
+        key: &str,
+        p: &Path,
+        check_mode: bool,
+    ) -> Result<Secret, ConfigError> {
         use std::os::unix::fs::PermissionsExt;
-        let meta = std::fs::metadata(p)
-            .map_err(|e| self.err(key, format!("cannot read {}: {e}", p.display()), "create the file or remove the key"))?;
+        let meta = std::fs::metadata(p).map_err(|e| {
+            self.err(
+                key,
+                format!("cannot read {}: {e}", p.display()),
+                "create the file or remove the key",
+            )
+        })?;
         if check_mode && meta.permissions().mode() & 0o077 != 0 {
             return Err(self.err(
                 key,
@@ -226,11 +248,20 @@ impl Ctx<'_> {
                 format!("chmod 600 {}", p.display()),
             ));
         }
-        let text = std::fs::read_to_string(p)
-            .map_err(|e| self.err(key, format!("cannot read {}: {e}", p.display()), "check the file's permissions"))?;
+        let text = std::fs::read_to_string(p).map_err(|e| {
+            self.err(
+                key,
+                format!("cannot read {}: {e}", p.display()),
+                "check the file's permissions",
+            )
+        })?;
         let value = text.trim();
         if value.is_empty() {
-            return Err(self.err(key, format!("{} is empty", p.display()), "put the secret on the file's first line"));
+            return Err(self.err(
+                key,
+                format!("{} is empty", p.display()),
+                "put the secret on the file's first line",
+            ));
         }
         Ok(Secret::new(value))
     }
@@ -240,25 +271,46 @@ fn is_loopback_url(url: &str) -> bool {
     let rest = url.split_once("://").map_or("", |(_, r)| r);
     let host = rest.split(['/', '?']).next().unwrap_or("");
     let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
-    let host = if host.starts_with('[') { host.split(']').next().unwrap_or("").trim_start_matches('[') } else { host.split(':').next().unwrap_or("") };
-    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    let host = if host.starts_with('[') {
+        host.split(']').next().unwrap_or("").trim_start_matches('[')
+    } else {
+        host.split(':').next().unwrap_or("")
+    };
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 pub fn url_allowed(url: &str, allow_insecure_http: bool) -> bool {
-    url.starts_with("https://") || (allow_insecure_http && url.starts_with("http://") && is_loopback_url(url))
+    url.starts_with("https://")
+        || (allow_insecure_http && url.starts_with("http://") && is_loopback_url(url))
 }
 
 pub(super) fn resolve(file: &Path, text: &str, raw: RawConfig) -> Result<Settings, ConfigError> {
     let cx = Ctx { file, text };
-    let state_dir = cx.path(raw.state_dir.unwrap_or_else(|| PathBuf::from("/var/lib/headwarden")));
+    let state_dir = cx.path(
+        raw.state_dir
+            .unwrap_or_else(|| PathBuf::from("/var/lib/headwarden")),
+    );
 
     let r = raw.release;
     let repo = r.repo.unwrap_or_else(|| "juanfont/headscale".into());
     let (owner, name) = repo
         .split_once('/')
         .filter(|(o, n)| !o.is_empty() && !n.is_empty() && !n.contains('/'))
-        .ok_or_else(|| cx.err("release.repo", format!("invalid repository {repo:?}"), "write it as owner/name, e.g. juanfont/headscale"))?;
-    let api_url = r.api_url.unwrap_or_else(|| "https://api.github.com".into()).trim_end_matches('/').to_string();
+        .ok_or_else(|| {
+            cx.err(
+                "release.repo",
+                format!("invalid repository {repo:?}"),
+                "write it as owner/name, e.g. juanfont/headscale",
+            )
+        })?;
+    let api_url = r
+        .api_url
+        .unwrap_or_else(|| "https://api.github.com".into())
+        .trim_end_matches('/')
+        .to_string();
     if !url_allowed(&api_url, r.allow_insecure_http) {
         return Err(cx.err(
             "release.api_url",
@@ -273,7 +325,13 @@ pub(super) fn resolve(file: &Path, text: &str, raw: RawConfig) -> Result<Setting
     let channel = match r.channel.as_deref().unwrap_or("stable") {
         "stable" => Channel::Stable,
         "prerelease" => Channel::Prerelease,
-        other => return Err(cx.err("release.channel", format!("unknown channel {other:?}"), "use stable or prerelease")),
+        other => {
+            return Err(cx.err(
+                "release.channel",
+                format!("unknown channel {other:?}"),
+                "use stable or prerelease",
+            ))
+        }
     };
     let minisign_public_key = match r.minisign_public_key {
         None => None,
@@ -281,23 +339,41 @@ pub(super) fn resolve(file: &Path, text: &str, raw: RawConfig) -> Result<Setting
         Some(p) => {
             let path = cx.path(PathBuf::from(&p));
             let content = std::fs::read_to_string(&path).map_err(|e| {
-                cx.err("release.minisign_public_key", format!("cannot read {}: {e}", path.display()), "give the key itself (RW…) or the path of a minisign .pub file")
+                cx.err(
+                    "release.minisign_public_key",
+                    format!("cannot read {}: {e}", path.display()),
+                    "give the key itself (RW…) or the path of a minisign .pub file",
+                )
             })?;
             let key = content
                 .lines()
                 .map(str::trim)
                 .find(|l| l.starts_with("RW"))
-                .ok_or_else(|| cx.err("release.minisign_public_key", format!("{} holds no minisign public key", path.display()), "a .pub file has a comment line and a line starting with RW"))?;
+                .ok_or_else(|| {
+                    cx.err(
+                        "release.minisign_public_key",
+                        format!("{} holds no minisign public key", path.display()),
+                        "a .pub file has a comment line and a line starting with RW",
+                    )
+                })?;
             Some(key.to_string())
         }
     };
     if let Some(k) = &minisign_public_key {
         if minisign_verify::PublicKey::from_base64(k).is_err() {
-            return Err(cx.err("release.minisign_public_key", "not a valid minisign public key", "copy the RW… line from the signer's .pub file"));
+            return Err(cx.err(
+                "release.minisign_public_key",
+                "not a valid minisign public key",
+                "copy the RW… line from the signer's .pub file",
+            ));
         }
     }
     if r.require_signature && minisign_public_key.is_none() {
-        return Err(cx.err("release.require_signature", "require_signature is true but no minisign_public_key is set", "set release.minisign_public_key"));
+        return Err(cx.err(
+            "release.require_signature",
+            "require_signature is true but no minisign_public_key is set",
+            "set release.minisign_public_key",
+        ));
     }
     let release = ReleaseSettings {
         owner: owner.to_string(),
@@ -305,7 +381,10 @@ pub(super) fn resolve(file: &Path, text: &str, raw: RawConfig) -> Result<Setting
         api_url,
         token,
         channel,
-        constraint: r.constraint.map(|c| c.0).unwrap_or_else(|| VersionReq::parse(">=0.26, <1.0").unwrap_or(VersionReq::STAR)),
+        constraint: r
+            .constraint
+            .map(|c| c.0)
+            .unwrap_or_else(|| VersionReq::parse(">=0.26, <1.0").unwrap_or(VersionReq::STAR)),
         min_age: r.min_age.map_or(Duration::from_secs(3 * 86400), |d| d.0),
         skip: r.skip.into_iter().map(|v| v.0).collect(),
         pin: r.pin.map(|v| v.0),
@@ -318,10 +397,16 @@ pub(super) fn resolve(file: &Path, text: &str, raw: RawConfig) -> Result<Setting
 
     let h = raw.headscale;
     let service = match h.service.kind.as_deref().unwrap_or("systemd") {
-        "systemd" => ServiceSettings::Systemd { unit: h.service.unit.unwrap_or_else(|| "headscale.service".into()) },
+        "systemd" => ServiceSettings::Systemd {
+            unit: h.service.unit.unwrap_or_else(|| "headscale.service".into()),
+        },
         "command" => {
             if h.service.start.is_empty() || h.service.stop.is_empty() {
-                return Err(cx.err("headscale.service", "kind: command needs start and stop argv lists", "e.g. start: [/usr/local/sbin/hs-ctl, start]"));
+                return Err(cx.err(
+                    "headscale.service",
+                    "kind: command needs start and stop argv lists",
+                    "e.g. start: [/usr/local/sbin/hs-ctl, start]",
+                ));
             }
             ServiceSettings::Command {
                 start: h.service.start,
@@ -329,22 +414,49 @@ pub(super) fn resolve(file: &Path, text: &str, raw: RawConfig) -> Result<Setting
                 status: Some(h.service.status).filter(|s| !s.is_empty()),
             }
         }
-        other => return Err(cx.err("headscale.service.kind", format!("unknown service kind {other:?}"), "use systemd or command")),
+        other => {
+            return Err(cx.err(
+                "headscale.service.kind",
+                format!("unknown service kind {other:?}"),
+                "use systemd or command",
+            ))
+        }
     };
-    let api_url = h.api.url.unwrap_or_else(|| "unix:///var/run/headscale/headscale.sock".into());
-    if !(api_url.starts_with("unix://") || api_url.starts_with("https://") || api_url.starts_with("http://")) {
-        return Err(cx.err("headscale.api.url", format!("unsupported API address {api_url:?}"), "use unix:///path/to.sock or https://host"));
+    let api_url = h
+        .api
+        .url
+        .unwrap_or_else(|| "unix:///var/run/headscale/headscale.sock".into());
+    if !(api_url.starts_with("unix://")
+        || api_url.starts_with("https://")
+        || api_url.starts_with("http://"))
+    {
+        return Err(cx.err(
+            "headscale.api.url",
+            format!("unsupported API address {api_url:?}"),
+            "use unix:///path/to.sock or https://host",
+        ));
     }
     let headscale = HeadscaleSettings {
-        binary: cx.path(h.binary.unwrap_or_else(|| PathBuf::from("/usr/local/bin/headscale"))),
-        config: cx.path(h.config.unwrap_or_else(|| PathBuf::from("/etc/headscale/config.yaml"))),
+        binary: cx.path(
+            h.binary
+                .unwrap_or_else(|| PathBuf::from("/usr/local/bin/headscale")),
+        ),
+        config: cx.path(
+            h.config
+                .unwrap_or_else(|| PathBuf::from("/etc/headscale/config.yaml")),
+        ),
         service,
         api_url,
         api_key_file: h.api.api_key_file.map(|p| cx.path(p)),
     };
 
     let checks = match raw.smoke.checks {
-        None => vec![SmokeCheck::Health, SmokeCheck::Version, SmokeCheck::NoiseKey, SmokeCheck::DataParity],
+        None => vec![
+            SmokeCheck::Health,
+            SmokeCheck::Version,
+            SmokeCheck::NoiseKey,
+            SmokeCheck::DataParity,
+        ],
         Some(list) => list
             .iter()
             .map(|c| match c.as_str() {
@@ -352,27 +464,51 @@ pub(super) fn resolve(file: &Path, text: &str, raw: RawConfig) -> Result<Setting
                 "version" => Ok(SmokeCheck::Version),
                 "noise_key" => Ok(SmokeCheck::NoiseKey),
                 "data_parity" => Ok(SmokeCheck::DataParity),
-                other => Err(cx.err("smoke.checks", format!("unknown check {other:?}"), "known checks: health, version, noise_key, data_parity")),
+                other => Err(cx.err(
+                    "smoke.checks",
+                    format!("unknown check {other:?}"),
+                    "known checks: health, version, noise_key, data_parity",
+                )),
             })
             .collect::<Result<_, _>>()?,
     };
     if raw.smoke.commands.iter().any(Vec::is_empty) {
-        return Err(cx.err("smoke.commands", "an empty command", "each command is an argv list, e.g. [tailscale, ping, -c, '1', node]"));
+        return Err(cx.err(
+            "smoke.commands",
+            "an empty command",
+            "each command is an argv list, e.g. [tailscale, ping, -c, '1', node]",
+        ));
     }
-    let smoke = SmokeSettings { timeout: raw.smoke.timeout.map_or(Duration::from_secs(60), |d| d.0), checks, commands: raw.smoke.commands };
+    let smoke = SmokeSettings {
+        timeout: raw.smoke.timeout.map_or(Duration::from_secs(60), |d| d.0),
+        checks,
+        commands: raw.smoke.commands,
+    };
 
     let k = raw.keys;
     let keys = KeySettings {
         max_age: k.max_age.map_or(Duration::from_secs(90 * 86400), |d| d.0),
         remind_before: k.remind_before.map_or_else(
-            || vec![Duration::from_secs(14 * 86400), Duration::from_secs(7 * 86400), Duration::from_secs(86400)],
+            || {
+                vec![
+                    Duration::from_secs(14 * 86400),
+                    Duration::from_secs(7 * 86400),
+                    Duration::from_secs(86400),
+                ]
+            },
             |v| v.into_iter().map(|d| d.0).collect(),
         ),
         grace: k.grace.map_or(Duration::from_secs(7 * 86400), |d| d.0),
         enforce: match k.enforce.as_deref().unwrap_or("remind") {
             "remind" => Enforce::Remind,
             "expire" => Enforce::Expire,
-            other => return Err(cx.err("keys.enforce", format!("unknown enforcement {other:?}"), "use remind or expire")),
+            other => {
+                return Err(cx.err(
+                    "keys.enforce",
+                    format!("unknown enforcement {other:?}"),
+                    "use remind or expire",
+                ))
+            }
         },
         exempt_tags: k.exempt_tags.unwrap_or_else(|| vec!["tag:server".into()]),
     };
@@ -382,9 +518,16 @@ pub(super) fn resolve(file: &Path, text: &str, raw: RawConfig) -> Result<Setting
         .into_iter()
         .map(|n| {
             if !n.url.contains("://") {
-                return Err(cx.err("notify.url", "a notification URL needs a scheme", "e.g. slack://…, discord://…, ntfy://…, https://…"));
+                return Err(cx.err(
+                    "notify.url",
+                    "a notification URL needs a scheme",
+                    "e.g. slack://…, discord://…, ntfy://…, https://…",
+                ));
             }
-            Ok(NotifyTarget { url: Secret::new(n.url), events: n.events })
+            Ok(NotifyTarget {
+                url: Secret::new(n.url),
+                events: n.events,
+            })
         })
         .collect::<Result<_, _>>()?;
 
@@ -395,13 +538,29 @@ pub(super) fn resolve(file: &Path, text: &str, raw: RawConfig) -> Result<Setting
         timezone: raw.schedule.timezone,
     };
 
-    let staging = StagingSettings { overlay: raw.staging.overlay.map(|p| cx.path(p)) };
+    let staging = StagingSettings {
+        overlay: raw.staging.overlay.map(|p| cx.path(p)),
+    };
     if let Some(o) = &staging.overlay {
         if !o.exists() {
-            return Err(cx.err("staging.overlay", format!("{} does not exist", o.display()), "create it or remove staging.overlay"));
+            return Err(cx.err(
+                "staging.overlay",
+                format!("{} does not exist", o.display()),
+                "create it or remove staging.overlay",
+            ));
         }
     }
-    Ok(Settings { source: file.to_path_buf(), state_dir, release, headscale, staging, smoke, keys, notify, schedule })
+    Ok(Settings {
+        source: file.to_path_buf(),
+        state_dir,
+        release,
+        headscale,
+        staging,
+        smoke,
+        keys,
+        notify,
+        schedule,
+    })
 }
 
 #[cfg(test)]
@@ -410,8 +569,19 @@ mod tests {
 
     #[test]
     fn durations() {
-        for (input, secs) in [("60s", 60), ("15m", 900), ("3d", 259200), ("90d", 7776000), ("1d12h", 129600), ("2w", 1209600)] {
-            assert_eq!(parse_duration(input), Ok(Duration::from_secs(secs)), "{input}");
+        for (input, secs) in [
+            ("60s", 60),
+            ("15m", 900),
+            ("3d", 259200),
+            ("90d", 7776000),
+            ("1d12h", 129600),
+            ("2w", 1209600),
+        ] {
+            assert_eq!(
+                parse_duration(input),
+                Ok(Duration::from_secs(secs)),
+                "{input}"
+            );
         }
         for bad in ["", "3", "d", "3x", "-1d", "99999999999999999999w"] {
             assert!(parse_duration(bad).is_err(), "{bad}");

@@ -46,7 +46,12 @@ impl Report {
         self.results.iter().all(|r| r.ok)
     }
     pub fn failures(&self) -> String {
-        self.results.iter().filter(|r| !r.ok).map(|r| format!("{}: {}", r.check, r.detail)).collect::<Vec<_>>().join("; ")
+        self.results
+            .iter()
+            .filter(|r| !r.ok)
+            .map(|r| format!("{}: {}", r.check, r.detail))
+            .collect::<Vec<_>>()
+            .join("; ")
     }
 }
 
@@ -54,13 +59,25 @@ impl Report {
 pub async fn baseline(t: &Target, timeout: Duration) -> Result<Baseline, String> {
     let client = http::client(timeout);
     let noise_key = http::noise_key(&client, &t.base_url).await.ok();
-    let users = cli::list_users(&t.binary, &t.config, timeout).await.map_err(|e| e.to_string())?;
-    let nodes = cli::list_nodes(&t.binary, &t.config, timeout).await.map_err(|e| e.to_string())?;
-    Ok(Baseline { noise_key, users, nodes })
+    let users = cli::list_users(&t.binary, &t.config, timeout)
+        .await
+        .map_err(|e| e.to_string())?;
+    let nodes = cli::list_nodes(&t.binary, &t.config, timeout)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(Baseline {
+        noise_key,
+        users,
+        nodes,
+    })
 }
 
 /// Polls `/health` every 10 ms until it passes, `alive` reports the process gone, or the deadline.
-pub async fn wait_healthy(base_url: &str, timeout: Duration, mut alive: impl FnMut() -> Result<(), String>) -> Result<Duration, String> {
+pub async fn wait_healthy(
+    base_url: &str,
+    timeout: Duration,
+    mut alive: impl FnMut() -> Result<(), String>,
+) -> Result<Duration, String> {
     let start = Instant::now();
     let client = http::client(Duration::from_secs(2));
     let mut last = String::from("no answer yet");
@@ -75,15 +92,29 @@ pub async fn wait_healthy(base_url: &str, timeout: Duration, mut alive: impl FnM
     Err(format!("not healthy after {}s: {last}", timeout.as_secs()))
 }
 
-pub async fn run(t: &Target, expected: &Version, base: &Baseline, settings: &SmokeSettings) -> Report {
+pub async fn run(
+    t: &Target,
+    expected: &Version,
+    base: &Baseline,
+    settings: &SmokeSettings,
+) -> Report {
     let timeout = settings.timeout;
     let client = http::client(timeout.min(Duration::from_secs(10)));
     let mut results = Vec::new();
     for check in &settings.checks {
         let start = Instant::now();
         let (name, outcome): (&str, Result<String, String>) = match check {
-            SmokeCheck::Health => ("health", http::health(&client, &t.base_url).await.map(|()| "/health passes".to_string()).map_err(|e| e.to_string())),
-            SmokeCheck::Version => ("version", check_version(&client, t, expected, timeout).await),
+            SmokeCheck::Health => (
+                "health",
+                http::health(&client, &t.base_url)
+                    .await
+                    .map(|()| "/health passes".to_string())
+                    .map_err(|e| e.to_string()),
+            ),
+            SmokeCheck::Version => (
+                "version",
+                check_version(&client, t, expected, timeout).await,
+            ),
             SmokeCheck::NoiseKey => ("noise_key", check_noise(&client, t, base).await),
             SmokeCheck::DataParity => ("data_parity", check_parity(t, base, timeout).await),
         };
@@ -98,7 +129,11 @@ pub async fn run(t: &Target, expected: &Version, base: &Baseline, settings: &Smo
         let start = Instant::now();
         let outcome = match crate::process::run(argv, timeout).await {
             Ok(o) if o.success() => Ok("exit 0".to_string()),
-            Ok(o) => Err(format!("exit {}: {}", o.status.code().unwrap_or(-1), o.tail())),
+            Ok(o) => Err(format!(
+                "exit {}: {}",
+                o.status.code().unwrap_or(-1),
+                o.tail()
+            )),
             Err(e) => Err(e.to_string()),
         };
         results.push(CheckResult {
@@ -108,14 +143,27 @@ pub async fn run(t: &Target, expected: &Version, base: &Baseline, settings: &Smo
             elapsed_ms: start.elapsed().as_millis(),
         });
     }
-    Report { target: t.name.to_string(), results }
+    Report {
+        target: t.name.to_string(),
+        results,
+    }
 }
 
-async fn check_version(client: &reqwest::Client, t: &Target, expected: &Version, timeout: Duration) -> Result<String, String> {
-    let reported = match http::version(client, &t.base_url).await.map_err(|e| e.to_string())? {
+async fn check_version(
+    client: &reqwest::Client,
+    t: &Target,
+    expected: &Version,
+    timeout: Duration,
+) -> Result<String, String> {
+    let reported = match http::version(client, &t.base_url)
+        .await
+        .map_err(|e| e.to_string())?
+    {
         Some(v) => v,
         // Before 0.27 there is no /version: ask the binary that was started.
-        None => cli::binary_version(&t.binary, timeout).await.map_err(|e| e.to_string())?,
+        None => cli::binary_version(&t.binary, timeout)
+            .await
+            .map_err(|e| e.to_string())?,
     };
     if &reported == expected {
         Ok(format!("reports {reported}"))
@@ -124,22 +172,48 @@ async fn check_version(client: &reqwest::Client, t: &Target, expected: &Version,
     }
 }
 
-async fn check_noise(client: &reqwest::Client, t: &Target, base: &Baseline) -> Result<String, String> {
-    let key = http::noise_key(client, &t.base_url).await.map_err(|e| e.to_string())?;
+async fn check_noise(
+    client: &reqwest::Client,
+    t: &Target,
+    base: &Baseline,
+) -> Result<String, String> {
+    let key = http::noise_key(client, &t.base_url)
+        .await
+        .map_err(|e| e.to_string())?;
     match &base.noise_key {
         Some(k) if *k == key => Ok("Noise public key unchanged".to_string()),
-        Some(k) => Err(format!("Noise public key changed from {k} to {key}: every client would fail its handshake")),
+        Some(k) => Err(format!(
+            "Noise public key changed from {k} to {key}: every client would fail its handshake"
+        )),
         None => Ok("no baseline key to compare (served one now)".to_string()),
     }
 }
 
 async fn check_parity(t: &Target, base: &Baseline, timeout: Duration) -> Result<String, String> {
-    let users = cli::list_users(&t.binary, &t.config, timeout).await.map_err(|e| e.to_string())?;
-    let nodes = cli::list_nodes(&t.binary, &t.config, timeout).await.map_err(|e| e.to_string())?;
-    let missing_users: Vec<String> = base.users.iter().filter(|u| !users.contains(u)).map(|u| format!("{} (id {})", u.name, u.id)).collect();
-    let missing_nodes: Vec<String> = base.nodes.iter().filter(|n| !nodes.contains(n)).map(|n| format!("id {}", n.id)).collect();
+    let users = cli::list_users(&t.binary, &t.config, timeout)
+        .await
+        .map_err(|e| e.to_string())?;
+    let nodes = cli::list_nodes(&t.binary, &t.config, timeout)
+        .await
+        .map_err(|e| e.to_string())?;
+    let missing_users: Vec<String> = base
+        .users
+        .iter()
+        .filter(|u| !users.contains(u))
+        .map(|u| format!("{} (id {})", u.name, u.id))
+        .collect();
+    let missing_nodes: Vec<String> = base
+        .nodes
+        .iter()
+        .filter(|n| !nodes.contains(n))
+        .map(|n| format!("id {}", n.id))
+        .collect();
     if missing_users.is_empty() && missing_nodes.is_empty() {
-        Ok(format!("{} users and {} nodes all present", base.users.len(), base.nodes.len()))
+        Ok(format!(
+            "{} users and {} nodes all present",
+            base.users.len(),
+            base.nodes.len()
+        ))
     } else {
         let sample = |v: &[String]| v.iter().take(5).cloned().collect::<Vec<_>>().join(", ");
         Err(format!(

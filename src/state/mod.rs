@@ -23,7 +23,11 @@ pub enum StateError {
         source: rusqlite::Error,
     },
     #[error("state store {path} has schema version {found}, newer than this headwarden understands ({known})")]
-    TooNew { path: PathBuf, found: i64, known: i64 },
+    TooNew {
+        path: PathBuf,
+        found: i64,
+        known: i64,
+    },
     #[error("state store query failed")]
     Sql(#[from] rusqlite::Error),
 }
@@ -139,41 +143,62 @@ pub struct InstallRow {
 }
 
 pub fn now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 impl Store {
     /// Opens (creating and migrating) `state_dir/state.db`.
     pub fn open(state_dir: &Path) -> Result<Store, StateError> {
         let path = state_dir.join("state.db");
-        let open_err = |source| StateError::Open { path: path.clone(), source };
+        let open_err = |source| StateError::Open {
+            path: path.clone(),
+            source,
+        };
         if let Err(e) = std::fs::create_dir_all(state_dir) {
-            return Err(open_err(rusqlite::Error::ToSqlConversionFailure(Box::new(e))));
+            return Err(open_err(rusqlite::Error::ToSqlConversionFailure(Box::new(
+                e,
+            ))));
         }
         let conn = Connection::open(&path).map_err(open_err)?;
         conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000; PRAGMA foreign_keys=ON;")
             .map_err(open_err)?;
-        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(open_err)?;
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(open_err)?;
         let known = MIGRATIONS.len() as i64;
         if version > known {
-            return Err(StateError::TooNew { path, found: version, known });
+            return Err(StateError::TooNew {
+                path,
+                found: version,
+                known,
+            });
         }
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
             let tx = conn.unchecked_transaction().map_err(open_err)?;
             tx.execute_batch(sql).map_err(open_err)?;
-            tx.pragma_update(None, "user_version", (i + 1) as i64).map_err(open_err)?;
+            tx.pragma_update(None, "user_version", (i + 1) as i64)
+                .map_err(open_err)?;
             tx.commit().map_err(open_err)?;
         }
         Ok(Store { conn })
     }
 
     pub fn schema_version(&self) -> Result<i64, StateError> {
-        Ok(self.conn.query_row("PRAGMA user_version", [], |r| r.get(0))?)
+        Ok(self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))?)
     }
 
     // ---- runs and the journal ----
 
-    pub fn begin_run(&self, kind: &str, from: Option<&str>, to: Option<&str>) -> Result<RunId, StateError> {
+    pub fn begin_run(
+        &self,
+        kind: &str,
+        from: Option<&str>,
+        to: Option<&str>,
+    ) -> Result<RunId, StateError> {
         self.conn.execute(
             "INSERT INTO runs (kind, started_at, from_version, to_version, pid) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![kind, now(), from, to, std::process::id()],
@@ -190,12 +215,21 @@ impl Store {
     }
 
     pub fn set_run_versions(&self, run: RunId, from: &str, to: &str) -> Result<(), StateError> {
-        self.conn.execute("UPDATE runs SET from_version = ?2, to_version = ?3 WHERE id = ?1", params![run, from, to])?;
+        self.conn.execute(
+            "UPDATE runs SET from_version = ?2, to_version = ?3 WHERE id = ?1",
+            params![run, from, to],
+        )?;
         Ok(())
     }
 
     /// Journals that a step is about to act. Durable before the step runs (synchronous=FULL).
-    pub fn step_start(&self, run: RunId, hop: i64, name: &str, data: &serde_json::Value) -> Result<StepId, StateError> {
+    pub fn step_start(
+        &self,
+        run: RunId,
+        hop: i64,
+        name: &str,
+        data: &serde_json::Value,
+    ) -> Result<StepId, StateError> {
         self.conn.execute(
             "INSERT INTO steps (run_id, hop, name, data, status, started_at) VALUES (?1, ?2, ?3, ?4, 'started', ?5)",
             params![run, hop, name, data.to_string(), now()],
@@ -203,7 +237,13 @@ impl Store {
         Ok(self.conn.last_insert_rowid())
     }
 
-    pub fn step_finish(&self, step: StepId, ok: bool, message: &str, elapsed_ms: u128) -> Result<(), StateError> {
+    pub fn step_finish(
+        &self,
+        step: StepId,
+        ok: bool,
+        message: &str,
+        elapsed_ms: u128,
+    ) -> Result<(), StateError> {
         self.conn.execute(
             "UPDATE steps SET status = ?2, message = ?3, finished_at = ?4, elapsed_ms = ?5 WHERE id = ?1",
             params![step, if ok { "done" } else { "failed" }, message, now(), elapsed_ms as i64],
@@ -211,8 +251,15 @@ impl Store {
         Ok(())
     }
 
-    pub fn step_update_data(&self, step: StepId, data: &serde_json::Value) -> Result<(), StateError> {
-        self.conn.execute("UPDATE steps SET data = ?2 WHERE id = ?1", params![step, data.to_string()])?;
+    pub fn step_update_data(
+        &self,
+        step: StepId,
+        data: &serde_json::Value,
+    ) -> Result<(), StateError> {
+        self.conn.execute(
+            "UPDATE steps SET data = ?2 WHERE id = ?1",
+            params![step, data.to_string()],
+        )?;
         Ok(())
     }
 
@@ -269,7 +316,12 @@ impl Store {
 
     // ---- installs ----
 
-    pub fn record_install(&self, version: &str, path: &Path, sha256: &str) -> Result<(), StateError> {
+    pub fn record_install(
+        &self,
+        version: &str,
+        path: &Path,
+        sha256: &str,
+    ) -> Result<(), StateError> {
         self.conn.execute(
             "INSERT INTO installs (version, path, sha256, installed_at) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT(version) DO UPDATE SET path = excluded.path, sha256 = excluded.sha256, installed_at = excluded.installed_at",
@@ -281,19 +333,35 @@ impl Store {
     pub fn installs(&self) -> Result<Vec<InstallRow>, StateError> {
         let mut stmt = self.conn.prepare("SELECT version, path, sha256, installed_at FROM installs ORDER BY installed_at DESC, version DESC")?;
         let rows = stmt
-            .query_map([], |r| Ok(InstallRow { version: r.get(0)?, path: r.get(1)?, sha256: r.get(2)?, installed_at: r.get(3)? }))?
+            .query_map([], |r| {
+                Ok(InstallRow {
+                    version: r.get(0)?,
+                    path: r.get(1)?,
+                    sha256: r.get(2)?,
+                    installed_at: r.get(3)?,
+                })
+            })?
             .collect::<Result<_, _>>()?;
         Ok(rows)
     }
 
     pub fn forget_install(&self, version: &str) -> Result<(), StateError> {
-        self.conn.execute("DELETE FROM installs WHERE version = ?1", [version])?;
+        self.conn
+            .execute("DELETE FROM installs WHERE version = ?1", [version])?;
         Ok(())
     }
 
     // ---- backups ----
 
-    pub fn record_backup(&self, run: RunId, hop: i64, version: &str, to_version: &str, dir: &Path, verified: bool) -> Result<i64, StateError> {
+    pub fn record_backup(
+        &self,
+        run: RunId,
+        hop: i64,
+        version: &str,
+        to_version: &str,
+        dir: &Path,
+        verified: bool,
+    ) -> Result<i64, StateError> {
         self.conn.execute(
             "INSERT INTO backups (run_id, hop, version, to_version, dir, created_at, verified) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             params![run, hop, version, to_version, dir.to_string_lossy(), now(), verified],
@@ -325,9 +393,10 @@ impl Store {
     // ---- releases ----
 
     pub fn mark_release_seen(&self, tag: &str) -> Result<bool, StateError> {
-        let n = self
-            .conn
-            .execute("INSERT INTO releases (tag, first_seen) VALUES (?1, ?2) ON CONFLICT(tag) DO NOTHING", params![tag, now()])?;
+        let n = self.conn.execute(
+            "INSERT INTO releases (tag, first_seen) VALUES (?1, ?2) ON CONFLICT(tag) DO NOTHING",
+            params![tag, now()],
+        )?;
         Ok(n > 0)
     }
 
@@ -342,8 +411,12 @@ impl Store {
 
     /// Tags recorded as bad, with the reason.
     pub fn bad_releases(&self) -> Result<Vec<(String, String)>, StateError> {
-        let mut stmt = self.conn.prepare("SELECT tag, coalesce(reason, '') FROM releases WHERE status = 'bad' ORDER BY tag")?;
-        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?;
+        let mut stmt = self.conn.prepare(
+            "SELECT tag, coalesce(reason, '') FROM releases WHERE status = 'bad' ORDER BY tag",
+        )?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
         Ok(rows)
     }
 
@@ -352,11 +425,20 @@ impl Store {
     pub fn feed_cache(&self, url: &str) -> Result<Option<(Option<String>, String)>, StateError> {
         Ok(self
             .conn
-            .query_row("SELECT etag, body FROM feed_cache WHERE url = ?1", [url], |r| Ok((r.get(0)?, r.get(1)?)))
+            .query_row(
+                "SELECT etag, body FROM feed_cache WHERE url = ?1",
+                [url],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
             .optional()?)
     }
 
-    pub fn store_feed_cache(&self, url: &str, etag: Option<&str>, body: &str) -> Result<(), StateError> {
+    pub fn store_feed_cache(
+        &self,
+        url: &str,
+        etag: Option<&str>,
+        body: &str,
+    ) -> Result<(), StateError> {
         self.conn.execute(
             "INSERT INTO feed_cache (url, etag, body, fetched_at) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT(url) DO UPDATE SET etag = excluded.etag, body = excluded.body, fetched_at = excluded.fetched_at",
@@ -375,8 +457,12 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let s = Store::open(dir.path()).expect("open");
         assert_eq!(s.schema_version().expect("v"), MIGRATIONS.len() as i64);
-        let run = s.begin_run("upgrade", Some("0.26.1"), Some("0.27.1")).expect("run");
-        let step = s.step_start(run, 0, "stop", &serde_json::json!({"a": 1})).expect("step");
+        let run = s
+            .begin_run("upgrade", Some("0.26.1"), Some("0.27.1"))
+            .expect("run");
+        let step = s
+            .step_start(run, 0, "stop", &serde_json::json!({"a": 1}))
+            .expect("step");
         drop(s);
         let s = Store::open(dir.path()).expect("reopen");
         assert_eq!(s.open_runs().expect("runs").len(), 1);
@@ -393,6 +479,9 @@ mod tests {
         let c = Connection::open(dir.path().join("state.db")).expect("raw");
         c.pragma_update(None, "user_version", 99).expect("set");
         drop(c);
-        assert!(matches!(Store::open(dir.path()), Err(StateError::TooNew { .. })));
+        assert!(matches!(
+            Store::open(dir.path()),
+            Err(StateError::TooNew { .. })
+        ));
     }
 }

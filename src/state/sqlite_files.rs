@@ -32,17 +32,30 @@ pub enum SqliteFileError {
 
 /// Consistent copy of `src` (possibly in use) into a new file `dst`.
 pub fn online_copy(src: &Path, dst: &Path) -> Result<(), SqliteFileError> {
-    let err = |source| SqliteFileError::Copy { from: src.to_path_buf(), to: dst.to_path_buf(), source };
-    let source = Connection::open_with_flags(src, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX).map_err(err)?;
-    source.busy_timeout(std::time::Duration::from_secs(10)).map_err(err)?;
+    let err = |source| SqliteFileError::Copy {
+        from: src.to_path_buf(),
+        to: dst.to_path_buf(),
+        source,
+    };
+    let source = Connection::open_with_flags(
+        src,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(err)?;
+    source
+        .busy_timeout(std::time::Duration::from_secs(10))
+        .map_err(err)?;
     let _ = std::fs::remove_file(dst);
     let mut dest = Connection::open(dst).map_err(err)?;
     {
         let backup = rusqlite::backup::Backup::new(&source, &mut dest).map_err(err)?;
-        backup.run_to_completion(1024, std::time::Duration::from_millis(5), None).map_err(err)?;
+        backup
+            .run_to_completion(1024, std::time::Duration::from_millis(5), None)
+            .map_err(err)?;
     }
     // The copy is a standalone file: no WAL, fully on disk.
-    dest.execute_batch("PRAGMA journal_mode=DELETE;").map_err(err)?;
+    dest.execute_batch("PRAGMA journal_mode=DELETE;")
+        .map_err(err)?;
     drop(dest);
     if let Ok(f) = std::fs::File::open(dst) {
         let _ = f.sync_all();
@@ -52,9 +65,15 @@ pub fn online_copy(src: &Path, dst: &Path) -> Result<(), SqliteFileError> {
 
 /// `PRAGMA integrity_check` on a (backup) file; Ok only for the single row "ok".
 pub fn integrity_check(path: &Path) -> Result<(), SqliteFileError> {
-    let fail = |detail: String| SqliteFileError::Integrity { path: path.to_path_buf(), detail };
-    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(|e| fail(e.to_string()))?;
-    let mut stmt = conn.prepare("PRAGMA integrity_check").map_err(|e| fail(e.to_string()))?;
+    let fail = |detail: String| SqliteFileError::Integrity {
+        path: path.to_path_buf(),
+        detail,
+    };
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(|e| fail(e.to_string()))?;
+    let mut stmt = conn
+        .prepare("PRAGMA integrity_check")
+        .map_err(|e| fail(e.to_string()))?;
     let rows: Vec<String> = stmt
         .query_map([], |r| r.get(0))
         .map_err(|e| fail(e.to_string()))?
@@ -69,10 +88,16 @@ pub fn integrity_check(path: &Path) -> Result<(), SqliteFileError> {
 
 /// Replaces the stopped database `target` with `backup` (see the module docs for the order).
 pub fn restore(backup: &Path, target: &Path) -> Result<(), SqliteFileError> {
-    let err = |source| SqliteFileError::Restore { from: backup.to_path_buf(), to: target.to_path_buf(), source };
+    let err = |source| SqliteFileError::Restore {
+        from: backup.to_path_buf(),
+        to: target.to_path_buf(),
+        source,
+    };
     let tmp = sibling(target, ".headwarden-restore");
     std::fs::copy(backup, &tmp).map_err(err)?;
-    std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(err)?;
+    std::fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(err)?;
     for suffix in ["-wal", "-shm"] {
         match std::fs::remove_file(sibling(target, suffix)) {
             Ok(()) => {}
@@ -107,14 +132,24 @@ mod tests {
         let copy = dir.path().join("copy.sqlite");
         online_copy(&db, &copy).expect("copy");
         integrity_check(&copy).expect("intact");
-        let n: i64 = Connection::open(&copy).expect("o").query_row("SELECT count(*) FROM t", [], |r| r.get(0)).expect("q");
+        let n: i64 = Connection::open(&copy)
+            .expect("o")
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .expect("q");
         assert_eq!(n, 2);
-        live.execute_batch("INSERT INTO t VALUES (3);").expect("more");
+        live.execute_batch("INSERT INTO t VALUES (3);")
+            .expect("more");
         // Simulate a stopped server that left a WAL behind, then restore.
         std::mem::forget(live);
         restore(&copy, &db).expect("restore");
-        let n: i64 = Connection::open(&db).expect("o").query_row("SELECT count(*) FROM t", [], |r| r.get(0)).expect("q");
-        assert_eq!(n, 2, "the stale WAL frame must not be replayed over the restored file");
+        let n: i64 = Connection::open(&db)
+            .expect("o")
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .expect("q");
+        assert_eq!(
+            n, 2,
+            "the stale WAL frame must not be replayed over the restored file"
+        );
     }
 
     #[test]

@@ -32,20 +32,34 @@ pub enum VerifyError {
     #[error("{tag}: checksums.txt is malformed: {detail}")]
     MalformedChecksums { tag: String, detail: String },
     #[error("{name}: sha256 {actual} does not match checksums.txt ({expected})")]
-    ChecksumMismatch { name: String, expected: String, actual: String },
+    ChecksumMismatch {
+        name: String,
+        expected: String,
+        actual: String,
+    },
     #[error("{name}: sha256 {actual} does not match GitHub's asset digest ({expected})")]
-    DigestMismatch { name: String, expected: String, actual: String },
+    DigestMismatch {
+        name: String,
+        expected: String,
+        actual: String,
+    },
     #[error("{name}: unsupported or malformed asset digest {digest:?}")]
     BadDigest { name: String, digest: String },
     #[error("{name}: downloaded {actual} bytes, the release lists {expected}")]
-    SizeMismatch { name: String, expected: u64, actual: u64 },
+    SizeMismatch {
+        name: String,
+        expected: u64,
+        actual: u64,
+    },
     #[error("{name}: larger than the {limit}-byte limit")]
     TooLarge { name: String, limit: u64 },
     #[error("{tag}: no minisign signature, and release.require_signature is true")]
     Unsigned { tag: String },
     #[error("{name}: minisign signature does not verify: {detail}")]
     BadSignature { name: String, detail: String },
-    #[error("refusing to download {url}: only https (or http to loopback with allow_insecure_http)")]
+    #[error(
+        "refusing to download {url}: only https (or http to loopback with allow_insecure_http)"
+    )]
     InsecureUrl { url: String },
     #[error("downloading {url}: {detail}")]
     Download { url: String, detail: String },
@@ -60,7 +74,10 @@ pub enum VerifyError {
 impl VerifyError {
     /// Failures that mean the release itself is bad (record it), not a transient problem.
     pub fn release_is_bad(&self) -> bool {
-        !matches!(self, VerifyError::Download { .. } | VerifyError::Io { .. } | VerifyError::InsecureUrl { .. })
+        !matches!(
+            self,
+            VerifyError::Download { .. } | VerifyError::Io { .. } | VerifyError::InsecureUrl { .. }
+        )
     }
 }
 
@@ -117,21 +134,35 @@ impl Downloader {
             .redirect(policy)
             .build()
             .unwrap_or_else(|_| reqwest::Client::new());
-        Self { client, settings: settings.clone(), progress: false }
+        Self {
+            client,
+            settings: settings.clone(),
+            progress: false,
+        }
     }
 
     fn check_url(&self, url: &str) -> Result<(), VerifyError> {
         if crate::settings::url_allowed(url, self.settings.allow_insecure_http) {
             Ok(())
         } else {
-            Err(VerifyError::InsecureUrl { url: url.to_string() })
+            Err(VerifyError::InsecureUrl {
+                url: url.to_string(),
+            })
         }
     }
 
     async fn fetch_small(&self, url: &str, limit: u64) -> Result<Vec<u8>, VerifyError> {
         self.check_url(url)?;
-        let err = |detail: String| VerifyError::Download { url: url.to_string(), detail };
-        let mut resp = self.client.get(url).send().await.map_err(|e| err(e.to_string()))?;
+        let err = |detail: String| VerifyError::Download {
+            url: url.to_string(),
+            detail,
+        };
+        let mut resp = self
+            .client
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| err(e.to_string()))?;
         if !resp.status().is_success() {
             return Err(err(format!("HTTP {}", resp.status())));
         }
@@ -146,39 +177,77 @@ impl Downloader {
     }
 
     /// Downloads and verifies the host binary of `release` into `dir`.
-    pub async fn fetch_verified(&self, release: &Release, dir: &Path) -> Result<Verified, VerifyError> {
+    pub async fn fetch_verified(
+        &self,
+        release: &Release,
+        dir: &Path,
+    ) -> Result<Verified, VerifyError> {
         let tag = release.tag.clone();
         let name = release.host_asset_name();
-        let asset = release.asset(&name).ok_or_else(|| VerifyError::MissingAsset { tag: tag.clone(), name: name.clone() })?;
-        let sums_asset = release
-            .asset("checksums.txt")
-            .ok_or_else(|| VerifyError::MissingAsset { tag: tag.clone(), name: "checksums.txt".into() })?;
+        let asset = release
+            .asset(&name)
+            .ok_or_else(|| VerifyError::MissingAsset {
+                tag: tag.clone(),
+                name: name.clone(),
+            })?;
+        let sums_asset =
+            release
+                .asset("checksums.txt")
+                .ok_or_else(|| VerifyError::MissingAsset {
+                    tag: tag.clone(),
+                    name: "checksums.txt".into(),
+                })?;
         let sums = self.fetch_small(&sums_asset.url, 1024 * 1024).await?;
-        let sums = String::from_utf8(sums).map_err(|_| VerifyError::MalformedChecksums { tag: tag.clone(), detail: "not UTF-8".into() })?;
+        let sums = String::from_utf8(sums).map_err(|_| VerifyError::MalformedChecksums {
+            tag: tag.clone(),
+            detail: "not UTF-8".into(),
+        })?;
         let expected = checksum_for(&sums, &name)
-            .map_err(|detail| VerifyError::MalformedChecksums { tag: tag.clone(), detail })?
-            .ok_or_else(|| VerifyError::MissingChecksum { tag: tag.clone(), name: name.clone() })?;
+            .map_err(|detail| VerifyError::MalformedChecksums {
+                tag: tag.clone(),
+                detail,
+            })?
+            .ok_or_else(|| VerifyError::MissingChecksum {
+                tag: tag.clone(),
+                name: name.clone(),
+            })?;
         let digest = match &asset.sha256 {
             None => None,
-            Some(d) => Some(parse_digest(d).ok_or_else(|| VerifyError::BadDigest { name: name.clone(), digest: d.clone() })?),
+            Some(d) => Some(parse_digest(d).ok_or_else(|| VerifyError::BadDigest {
+                name: name.clone(),
+                digest: d.clone(),
+            })?),
         };
 
         // Signatures.
         let key = match &self.settings.minisign_public_key {
-            Some(k) => Some(minisign_verify::PublicKey::from_base64(k).map_err(|e| VerifyError::BadSignature { name: name.clone(), detail: e.to_string() })?),
+            Some(k) => Some(minisign_verify::PublicKey::from_base64(k).map_err(|e| {
+                VerifyError::BadSignature {
+                    name: name.clone(),
+                    detail: e.to_string(),
+                }
+            })?),
             None => None,
         };
         let mut asset_sig = None;
         let mut signed = false;
         if let Some(key) = &key {
-            let bad = |n: &str, e: minisign_verify::Error| VerifyError::BadSignature { name: n.to_string(), detail: e.to_string() };
+            let bad = |n: &str, e: minisign_verify::Error| VerifyError::BadSignature {
+                name: n.to_string(),
+                detail: e.to_string(),
+            };
             if let Some(a) = release.asset(&format!("{name}.minisig")) {
-                let text = String::from_utf8_lossy(&self.fetch_small(&a.url, 64 * 1024).await?).into_owned();
-                asset_sig = Some(minisign_verify::Signature::decode(&text).map_err(|e| bad(&name, e))?);
+                let text = String::from_utf8_lossy(&self.fetch_small(&a.url, 64 * 1024).await?)
+                    .into_owned();
+                asset_sig =
+                    Some(minisign_verify::Signature::decode(&text).map_err(|e| bad(&name, e))?);
             } else if let Some(a) = release.asset("checksums.txt.minisig") {
-                let text = String::from_utf8_lossy(&self.fetch_small(&a.url, 64 * 1024).await?).into_owned();
-                let sig = minisign_verify::Signature::decode(&text).map_err(|e| bad("checksums.txt", e))?;
-                key.verify(sums.as_bytes(), &sig, false).map_err(|e| bad("checksums.txt", e))?;
+                let text = String::from_utf8_lossy(&self.fetch_small(&a.url, 64 * 1024).await?)
+                    .into_owned();
+                let sig = minisign_verify::Signature::decode(&text)
+                    .map_err(|e| bad("checksums.txt", e))?;
+                key.verify(sums.as_bytes(), &sig, false)
+                    .map_err(|e| bad("checksums.txt", e))?;
                 signed = true;
             }
             if asset_sig.is_none() && !signed && self.settings.require_signature {
@@ -187,11 +256,22 @@ impl Downloader {
         }
 
         // Stream the binary.
-        let io = |source| VerifyError::Io { path: dir.to_path_buf(), source };
+        let io = |source| VerifyError::Io {
+            path: dir.to_path_buf(),
+            source,
+        };
         create_private_dir(dir).map_err(io)?;
         self.check_url(&asset.url)?;
-        let derr = |detail: String| VerifyError::Download { url: asset.url.clone(), detail };
-        let mut resp = self.client.get(&asset.url).send().await.map_err(|e| derr(e.to_string()))?;
+        let derr = |detail: String| VerifyError::Download {
+            url: asset.url.clone(),
+            detail,
+        };
+        let mut resp = self
+            .client
+            .get(&asset.url)
+            .send()
+            .await
+            .map_err(|e| derr(e.to_string()))?;
         if !resp.status().is_success() {
             return Err(derr(format!("HTTP {}", resp.status())));
         }
@@ -199,17 +279,27 @@ impl Downloader {
         if asset.size > limit || resp.content_length().is_some_and(|l| l > limit) {
             return Err(VerifyError::TooLarge { name, limit });
         }
-        let mut tmp = tempfile::Builder::new().prefix(".partial-").tempfile_in(dir).map_err(io)?;
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".partial-")
+            .tempfile_in(dir)
+            .map_err(io)?;
         let mut sha = Sha256::new();
         let mut stream_verifier = match (&key, &asset_sig) {
-            (Some(k), Some(s)) => Some(k.verify_stream(s).map_err(|e| VerifyError::BadSignature { name: name.clone(), detail: e.to_string() })?),
+            (Some(k), Some(s)) => {
+                Some(k.verify_stream(s).map_err(|e| VerifyError::BadSignature {
+                    name: name.clone(),
+                    detail: e.to_string(),
+                })?)
+            }
             _ => None,
         };
         let bar = self.progress.then(|| {
             let b = indicatif::ProgressBar::new(asset.size);
             b.set_style(
-                indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}")
-                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                indicatif::ProgressStyle::with_template(
+                    "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
             );
             b.set_message(name.clone());
             b
@@ -219,7 +309,11 @@ impl Downloader {
             let chunk = match resp.chunk().await {
                 Ok(Some(c)) => c,
                 Ok(None) => break,
-                Err(e) => return Err(derr(format!("transfer interrupted after {total} bytes: {e}"))),
+                Err(e) => {
+                    return Err(derr(format!(
+                        "transfer interrupted after {total} bytes: {e}"
+                    )))
+                }
             };
             total += chunk.len() as u64;
             if total > limit {
@@ -239,30 +333,54 @@ impl Downloader {
         }
         tmp.as_file().sync_all().map_err(io)?;
         if total != asset.size {
-            return Err(VerifyError::SizeMismatch { name, expected: asset.size, actual: total });
+            return Err(VerifyError::SizeMismatch {
+                name,
+                expected: asset.size,
+                actual: total,
+            });
         }
         let actual = hex::encode(sha.finalize());
         if actual != expected {
-            return Err(VerifyError::ChecksumMismatch { name, expected, actual });
+            return Err(VerifyError::ChecksumMismatch {
+                name,
+                expected,
+                actual,
+            });
         }
         if let Some(d) = digest {
             if d != actual {
-                return Err(VerifyError::DigestMismatch { name, expected: d, actual });
+                return Err(VerifyError::DigestMismatch {
+                    name,
+                    expected: d,
+                    actual,
+                });
             }
         }
         if let Some(mut v) = stream_verifier {
-            v.finalize().map_err(|e| VerifyError::BadSignature { name: name.clone(), detail: e.to_string() })?;
+            v.finalize().map_err(|e| VerifyError::BadSignature {
+                name: name.clone(),
+                detail: e.to_string(),
+            })?;
             signed = true;
         }
         let final_path = dir.join(&name);
         tmp.persist(&final_path).map_err(|e| io(e.error))?;
-        Ok(Verified { version: release.version.clone(), tag: release.tag.clone(), path: final_path, sha256: actual, signed })
+        Ok(Verified {
+            version: release.version.clone(),
+            tag: release.tag.clone(),
+            path: final_path,
+            sha256: actual,
+            signed,
+        })
     }
 }
 
 pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
 }
 
@@ -293,7 +411,8 @@ pub fn checksum_for(text: &str, name: &str) -> Result<Option<String>, String> {
 /// GitHub's asset digest `sha256:<hex>` → hex.
 pub fn parse_digest(d: &str) -> Option<String> {
     let hex = d.strip_prefix("sha256:")?;
-    (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then(|| hex.to_ascii_lowercase())
+    (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+        .then(|| hex.to_ascii_lowercase())
 }
 
 /// sha256 of a file, streamed (used by benchmarks and the installed-binary check).
@@ -320,10 +439,20 @@ mod tests {
 
     #[test]
     fn checksum_lines() {
-        let text = format!("{H}  headscale_0.29.2_linux_amd64\n{H}  headscale_0.29.2_linux_arm64\n");
-        assert_eq!(checksum_for(&text, "headscale_0.29.2_linux_amd64"), Ok(Some(H.to_string())));
-        assert_eq!(checksum_for(&text, "headscale_0.29.2_darwin_amd64"), Ok(None));
-        assert_eq!(checksum_for(&format!("{H} *x\n"), "x"), Ok(Some(H.to_string())));
+        let text =
+            format!("{H}  headscale_0.29.2_linux_amd64\n{H}  headscale_0.29.2_linux_arm64\n");
+        assert_eq!(
+            checksum_for(&text, "headscale_0.29.2_linux_amd64"),
+            Ok(Some(H.to_string()))
+        );
+        assert_eq!(
+            checksum_for(&text, "headscale_0.29.2_darwin_amd64"),
+            Ok(None)
+        );
+        assert_eq!(
+            checksum_for(&format!("{H} *x\n"), "x"),
+            Ok(Some(H.to_string()))
+        );
         assert!(checksum_for("zz  x\n", "x").is_err());
         assert!(checksum_for(&format!("{H}  x\n{H}  x\n"), "x").is_err());
         assert!(checksum_for("garbage", "x").is_err());

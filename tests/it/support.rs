@@ -17,8 +17,15 @@ pub struct Sandbox {
 }
 
 pub fn sim(args: &[&str]) -> String {
-    let out = Command::new(SIM).args(args).output().expect("run headscale-sim");
-    assert!(out.status.success(), "headscale-sim {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(SIM)
+        .args(args)
+        .output()
+        .expect("run headscale-sim");
+    assert!(
+        out.status.success(),
+        "headscale-sim {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
@@ -27,11 +34,28 @@ impl Sandbox {
         let dir = tempfile::tempdir().expect("tempdir");
         let p = |s: &str| dir.path().join(s).display().to_string();
         let pubkey = sim(&["keygen", "--out", &p("keys")]);
-        sim(&["testbed", "--dir", &p("prod"), "--version", prod_version, "--start", "--users", "3", "--nodes-per-user", "2"]);
+        sim(&[
+            "testbed",
+            "--dir",
+            &p("prod"),
+            "--version",
+            prod_version,
+            "--start",
+            "--users",
+            "3",
+            "--nodes-per-user",
+            "2",
+        ]);
         std::fs::create_dir_all(dir.path().join("feed/releases")).expect("feed dir");
         let addr_file = dir.path().join("feed.addr");
         let feed = Command::new(SIM)
-            .args(["github-feed", "--dir", &p("feed"), "--addr-file", &addr_file.display().to_string()])
+            .args([
+                "github-feed",
+                "--dir",
+                &p("feed"),
+                "--addr-file",
+                &addr_file.display().to_string(),
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -44,7 +68,13 @@ impl Sandbox {
             assert!(Instant::now() < deadline, "feed did not start");
             std::thread::sleep(Duration::from_millis(10));
         };
-        let sb = Sandbox { dir, feed, feed_addr, pubkey, extra_release: String::new() };
+        let sb = Sandbox {
+            dir,
+            feed,
+            feed_addr,
+            pubkey,
+            extra_release: String::new(),
+        };
         sb.write_config();
         sb
     }
@@ -60,7 +90,15 @@ impl Sandbox {
 
     pub fn release_with(&self, version: &str, fault: &str, key: Option<&str>) {
         let feed = self.path("feed").display().to_string();
-        let mut args = vec!["make-release", "--feed", &feed, "--version", version, "--fault", fault];
+        let mut args = vec![
+            "make-release",
+            "--feed",
+            &feed,
+            "--version",
+            version,
+            "--fault",
+            fault,
+        ];
         let key_path = key.map(|k| self.path(k).display().to_string());
         if let Some(k) = &key_path {
             args.extend(["--sign", k]);
@@ -69,13 +107,20 @@ impl Sandbox {
     }
 
     pub fn asset_path(&self, version: &str) -> PathBuf {
-        let arch = if cfg!(target_arch = "aarch64") { "arm64" } else { "amd64" };
-        self.path(&format!("feed/releases/v{version}/assets/headscale_{version}_linux_{arch}"))
+        let arch = if cfg!(target_arch = "aarch64") {
+            "arm64"
+        } else {
+            "amd64"
+        };
+        self.path(&format!(
+            "feed/releases/v{version}/assets/headscale_{version}_linux_{arch}"
+        ))
     }
 
     pub fn edit_meta(&self, version: &str, f: impl FnOnce(&mut serde_json::Value)) {
         let p = self.path(&format!("feed/releases/v{version}/release.json"));
-        let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p).expect("meta")).expect("json");
+        let mut v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&p).expect("meta")).expect("json");
         f(&mut v);
         std::fs::write(&p, v.to_string()).expect("write meta");
     }
@@ -102,7 +147,10 @@ impl Sandbox {
     pub fn hw_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
         let cfg = self.config_path().display().to_string();
         let mut cmd = Command::new(HW);
-        cmd.args(["--config", &cfg]).args(args).stdin(Stdio::null()).env_remove("HEADWARDEN_CRASH_AT");
+        cmd.args(["--config", &cfg])
+            .args(args)
+            .stdin(Stdio::null())
+            .env_remove("HEADWARDEN_CRASH_AT");
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -110,14 +158,24 @@ impl Sandbox {
     }
 
     pub fn prod_version(&self) -> String {
-        let out = Command::new(self.path("prod/bin/headscale")).arg("version").output().expect("version");
+        let out = Command::new(self.path("prod/bin/headscale"))
+            .arg("version")
+            .output()
+            .expect("version");
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
     fn prod_cli(&self, what: &str) -> serde_json::Value {
         let cfg = self.path("prod/etc/config.yaml").display().to_string();
-        let out = Command::new(self.path("prod/bin/headscale")).args(["-c", &cfg, what, "list", "-o", "json"]).output().expect("list");
-        assert!(out.status.success(), "{what} list: {}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new(self.path("prod/bin/headscale"))
+            .args(["-c", &cfg, what, "list", "-o", "json"])
+            .output()
+            .expect("list");
+        assert!(
+            out.status.success(),
+            "{what} list: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice(&out.stdout).expect("json")
     }
 
@@ -128,7 +186,10 @@ impl Sandbox {
             v.push(format!("user {} {}", u["id"], u["name"]));
         }
         for n in self.prod_cli("nodes").as_array().expect("nodes") {
-            v.push(format!("node {} {} {} {}", n["id"], n["machine_key"], n["node_key"], n["user"]["name"]));
+            v.push(format!(
+                "node {} {} {} {}",
+                n["id"], n["machine_key"], n["node_key"], n["user"]["name"]
+            ));
         }
         v
     }
@@ -142,16 +203,25 @@ impl Sandbox {
 
 impl Drop for Sandbox {
     fn drop(&mut self) {
-        let _ = Command::new(self.path("prod/service.sh")).arg("stop").status();
+        let _ = Command::new(self.path("prod/service.sh"))
+            .arg("stop")
+            .status();
         let _ = self.feed.kill();
         let _ = self.feed.wait();
         // Staging children are stopped by headwarden; make sure none outlives a failed test.
-        let _ = Command::new("pkill").args(["-f", &self.path("state/staging").display().to_string()]).status();
+        let _ = Command::new("pkill")
+            .args(["-f", &self.path("state/staging").display().to_string()])
+            .status();
     }
 }
 
 pub fn text(o: &Output) -> String {
-    format!("exit {:?}\n--- stdout\n{}\n--- stderr\n{}", o.status.code(), String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 pub fn code(o: &Output) -> i32 {

@@ -11,12 +11,19 @@ fn happy_path_single_hop() {
     let out = sb.hw(&["upgrade", "--yes"]);
     assert_eq!(code(&out), 0, "{}", text(&out));
     assert_eq!(sb.prod_version(), "v0.28.0");
-    assert_eq!(sb.dump(), before, "users and nodes unchanged by the upgrade");
+    assert_eq!(
+        sb.dump(),
+        before,
+        "users and nodes unchanged by the upgrade"
+    );
     // The binary path is now a symlink into versions/.
     let target = std::fs::read_link(sb.path("prod/bin/headscale")).expect("symlink");
     assert!(target.ends_with("versions/0.28.0/headscale"), "{target:?}");
     let status = sb.status_json();
-    assert!(status["interrupted_runs"].as_array().expect("runs").is_empty());
+    assert!(status["interrupted_runs"]
+        .as_array()
+        .expect("runs")
+        .is_empty());
     assert_eq!(status["backups"].as_array().expect("backups").len(), 1);
 }
 
@@ -28,7 +35,11 @@ fn happy_path_multi_hop_one_minor_at_a_time_then_manual_rollback() {
     }
     let check = sb.hw(&["check"]);
     assert_eq!(code(&check), 0, "{}", text(&check));
-    assert!(String::from_utf8_lossy(&check.stdout).contains("plan: 0.26.1 -> 0.27.1 -> 0.28.0"), "{}", text(&check));
+    assert!(
+        String::from_utf8_lossy(&check.stdout).contains("plan: 0.26.1 -> 0.27.1 -> 0.28.0"),
+        "{}",
+        text(&check)
+    );
     assert_eq!(sb.prod_version(), "v0.26.1", "check changes nothing");
     let before = sb.dump();
     let out = sb.hw(&["upgrade", "--yes"]);
@@ -55,11 +66,18 @@ fn assert_refused_at(sb: &Sandbox, expect_in_stderr: &str, before_install: bool)
     let before = sb.dump();
     let out = sb.hw(&["upgrade", "--yes"]);
     assert_eq!(code(&out), 1, "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stderr).contains(expect_in_stderr), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(expect_in_stderr),
+        "{}",
+        text(&out)
+    );
     assert_eq!(sb.prod_version(), "v0.27.1", "production untouched");
     assert_eq!(sb.dump(), before);
     if before_install {
-        assert!(!sb.path("state/versions/0.28.0").exists(), "nothing installed");
+        assert!(
+            !sb.path("state/versions/0.28.0").exists(),
+            "nothing installed"
+        );
     }
 }
 
@@ -73,15 +91,25 @@ fn checksum_mismatch_is_refused_and_recorded_bad() {
     std::fs::write(&asset, bytes).expect("tamper");
     assert_refused(&sb, "does not match checksums.txt");
     let status = sb.status_json();
-    assert!(status["bad_releases"].to_string().contains("v0.28.0"), "{status}");
+    assert!(
+        status["bad_releases"].to_string().contains("v0.28.0"),
+        "{status}"
+    );
 }
 
 #[test]
 fn digest_mismatch_is_refused() {
     let sb = Sandbox::new("0.27.1");
     sb.release("0.28.0", "none");
-    let name = sb.asset_path("0.28.0").file_name().expect("n").to_string_lossy().to_string();
-    sb.edit_meta("0.28.0", |m| m["digests"] = serde_json::json!({ name: format!("sha256:{}", "ab".repeat(32)) }));
+    let name = sb
+        .asset_path("0.28.0")
+        .file_name()
+        .expect("n")
+        .to_string_lossy()
+        .to_string();
+    sb.edit_meta("0.28.0", |m| {
+        m["digests"] = serde_json::json!({ name: format!("sha256:{}", "ab".repeat(32)) })
+    });
     assert_refused(&sb, "does not match GitHub's asset digest");
 }
 
@@ -97,7 +125,11 @@ fn unsigned_release_is_refused_when_signatures_are_required() {
 #[test]
 fn foreign_signature_is_refused() {
     let sb = Sandbox::new("0.27.1");
-    sim(&["keygen", "--out", &sb.path("otherkeys").display().to_string()]);
+    sim(&[
+        "keygen",
+        "--out",
+        &sb.path("otherkeys").display().to_string(),
+    ]);
     sb.release_with("0.28.0", "none", Some("otherkeys/minisign.key"));
     assert_refused(&sb, "minisign signature does not verify");
 }
@@ -106,10 +138,17 @@ fn foreign_signature_is_refused() {
 fn truncated_download_is_refused() {
     let sb = Sandbox::new("0.27.1");
     sb.release("0.28.0", "none");
-    let name = sb.asset_path("0.28.0").file_name().expect("n").to_string_lossy().to_string();
+    let name = sb
+        .asset_path("0.28.0")
+        .file_name()
+        .expect("n")
+        .to_string_lossy()
+        .to_string();
     sb.edit_meta("0.28.0", |m| m["truncate"] = serde_json::json!([name]));
     assert_refused(&sb, "downloading http://127.0.0.1");
-    let downloads = std::fs::read_dir(sb.path("state/downloads")).map(|d| d.count()).unwrap_or(0);
+    let downloads = std::fs::read_dir(sb.path("state/downloads"))
+        .map(|d| d.count())
+        .unwrap_or(0);
     assert_eq!(downloads, 0, "no partial file left behind");
 }
 
@@ -119,7 +158,10 @@ fn staging_never_healthy_leaves_production_alone() {
     sb.release("0.28.0", "never-healthy");
     assert_refused_at(&sb, "", false);
     let h = String::from_utf8_lossy(&sb.hw(&["history"]).stdout).to_string();
-    assert!(h.contains("staging_failed") && h.contains("not healthy"), "{h}");
+    assert!(
+        h.contains("staging_failed") && h.contains("not healthy"),
+        "{h}"
+    );
 }
 
 #[test]
@@ -129,7 +171,11 @@ fn staging_migration_dropping_nodes_is_caught_by_parity() {
     let before = sb.dump();
     let out = sb.hw(&["upgrade", "--yes"]);
     assert_eq!(code(&out), 1, "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("nodes missing after migration"), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("nodes missing after migration"),
+        "{}",
+        text(&out)
+    );
     assert_eq!(sb.prod_version(), "v0.27.1");
     assert_eq!(sb.dump(), before);
 }
@@ -144,7 +190,10 @@ fn production_failure_after_switch_rolls_back_binary_and_data() {
     assert_eq!(code(&out), 3, "rolled-back exit code\n{}", text(&out));
     assert_eq!(sb.prod_version(), "v0.27.1");
     assert_eq!(sb.dump(), before);
-    assert_eq!(std::fs::read(sb.path("prod/lib/noise_private.key")).expect("key"), noise_before);
+    assert_eq!(
+        std::fs::read(sb.path("prod/lib/noise_private.key")).expect("key"),
+        noise_before
+    );
     // The database is back at the old minor: the old binary started on it.
     let status = sb.status_json();
     assert!(status["production"]["health"] == "healthy", "{status}");
@@ -156,7 +205,11 @@ fn changed_noise_key_is_caught_on_staging() {
     sb.release("0.28.0", "noise-key");
     let out = sb.hw(&["upgrade", "--yes"]);
     assert_eq!(code(&out), 1, "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("Noise public key changed"), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("Noise public key changed"),
+        "{}",
+        text(&out)
+    );
     assert_eq!(sb.prod_version(), "v0.27.1");
 }
 
@@ -178,20 +231,44 @@ fn sigkill_at_every_journaled_step_then_recovery() {
         sb.release("0.28.0", "none");
         let before = sb.dump();
         let out = sb.hw_env(&["upgrade", "--yes"], &[("HEADWARDEN_CRASH_AT", point)]);
-        assert_eq!(out.status.code(), None, "{point}: killed by a signal\n{}", text(&out));
+        assert_eq!(
+            out.status.code(),
+            None,
+            "{point}: killed by a signal\n{}",
+            text(&out)
+        );
         // A fresh invocation finds the interrupted run and finishes it.
         let status = sb.hw(&["status"]);
-        assert!(String::from_utf8_lossy(&status.stdout).contains("INTERRUPTED"), "{point}: {}", text(&status));
+        assert!(
+            String::from_utf8_lossy(&status.stdout).contains("INTERRUPTED"),
+            "{point}: {}",
+            text(&status)
+        );
         let out = sb.hw(&["upgrade", "--yes"]);
         assert!(matches!(code(&out), 0 | 1 | 3), "{point}: {}", text(&out));
         let v = sb.prod_version();
         assert!(v == "v0.27.1" || v == "v0.28.0", "{point}: never half: {v}");
         assert_eq!(sb.dump(), before, "{point}: data intact");
         let status = sb.status_json();
-        assert!(status["interrupted_runs"].as_array().expect("runs").is_empty(), "{point}: {status}");
-        assert_eq!(status["production"]["health"], "healthy", "{point}: {status}");
-        let orphans = std::process::Command::new("pgrep").args(["-f", &sb.path("state/staging").display().to_string()]).output().expect("pgrep");
-        assert!(orphans.stdout.is_empty(), "{point}: orphaned staging process");
+        assert!(
+            status["interrupted_runs"]
+                .as_array()
+                .expect("runs")
+                .is_empty(),
+            "{point}: {status}"
+        );
+        assert_eq!(
+            status["production"]["health"], "healthy",
+            "{point}: {status}"
+        );
+        let orphans = std::process::Command::new("pgrep")
+            .args(["-f", &sb.path("state/staging").display().to_string()])
+            .output()
+            .expect("pgrep");
+        assert!(
+            orphans.stdout.is_empty(),
+            "{point}: orphaned staging process"
+        );
     }
 }
 
@@ -199,12 +276,25 @@ fn sigkill_at_every_journaled_step_then_recovery() {
 fn concurrent_run_is_refused_with_locked_exit_code() {
     let sb = Sandbox::new("0.27.1");
     std::fs::create_dir_all(sb.path("state")).expect("state");
-    let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(sb.path("state/lock")).expect("lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(sb.path("state/lock"))
+        .expect("lock");
     f.try_lock().expect("take the lock as another run would");
-    std::fs::write(sb.path("state/lock"), "pid 4242 (headwarden upgrade) since 2026-11-23T00:00:00Z").expect("holder");
+    std::fs::write(
+        sb.path("state/lock"),
+        "pid 4242 (headwarden upgrade) since 2026-11-23T00:00:00Z",
+    )
+    .expect("holder");
     let out = sb.hw(&["upgrade", "--yes"]);
     assert_eq!(code(&out), 4, "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("pid 4242"), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("pid 4242"),
+        "{}",
+        text(&out)
+    );
     drop(f);
     let out = sb.hw(&["upgrade", "--yes"]);
     assert_eq!(code(&out), 0, "{}", text(&out));
@@ -219,15 +309,27 @@ fn feed_500_then_429_then_304() {
     std::fs::write(sb.path("feed/inject"), "500\n429 1\n").expect("inject");
     let out = sb.hw(&["check"]);
     assert_eq!(code(&out), 0, "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("unchanged since last poll (304)"), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("unchanged since last poll (304)"),
+        "{}",
+        text(&out)
+    );
     let log = std::fs::read_to_string(sb.path("feed/requests.log")).expect("log");
-    let statuses: Vec<&str> = log.lines().filter(|l| l.starts_with("/releases")).map(|l| l.split(' ').nth(1).unwrap_or("")).collect();
+    let statuses: Vec<&str> = log
+        .lines()
+        .filter(|l| l.starts_with("/releases"))
+        .map(|l| l.split(' ').nth(1).unwrap_or(""))
+        .collect();
     assert_eq!(statuses, ["200", "500", "429", "304"]);
     // A rate limit that resets far in the future is a clear error, not a hang.
     std::fs::write(sb.path("feed/inject"), "403 3600\n").expect("inject");
     let out = sb.hw(&["check"]);
     assert_eq!(code(&out), 1, "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("rate limited until"), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("rate limited until"),
+        "{}",
+        text(&out)
+    );
 }
 
 #[test]
@@ -236,15 +338,24 @@ fn config_errors_point_at_file_and_line() {
     let cfg = sb.config_path();
     let original = std::fs::read_to_string(&cfg).expect("cfg");
     for (bad, needle) in [
-        (original.replace("  min_age: 1d\n", "  min_age: 1d\n  chanel: stable\n"), ":6"),
+        (
+            original.replace("  min_age: 1d\n", "  min_age: 1d\n  chanel: stable\n"),
+            ":6",
+        ),
         (original.replace("min_age: 1d", "min_age: 3 parsecs"), ":5"),
-        (original.replace("min_age: 1d", "min_age: 1d\n  constraint: \">=banana\""), ":6"),
+        (
+            original.replace("min_age: 1d", "min_age: 1d\n  constraint: \">=banana\""),
+            ":6",
+        ),
     ] {
         std::fs::write(&cfg, &bad).expect("write");
         let out = sb.hw(&["config", "check"]);
         assert_eq!(code(&out), 2, "{}", text(&out));
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains(&format!("{}{needle}", cfg.display())), "{needle}: {err}");
+        assert!(
+            err.contains(&format!("{}{needle}", cfg.display())),
+            "{needle}: {err}"
+        );
         assert!(err.contains("hint:"), "{err}");
     }
     std::fs::write(&cfg, original).expect("restore");

@@ -50,9 +50,15 @@ struct Feed {
 }
 
 pub async fn github_feed(dir: PathBuf, listen: String, addr_file: PathBuf) -> Result<()> {
-    let listener = tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("binding {listen}"))?;
+    let listener = tokio::net::TcpListener::bind(&listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
     let addr = listener.local_addr()?.to_string();
-    let feed = Arc::new(Feed { dir, addr: addr.clone(), remaining: std::sync::Mutex::new(5000) });
+    let feed = Arc::new(Feed {
+        dir,
+        addr: addr.clone(),
+        remaining: std::sync::Mutex::new(5000),
+    });
     let app = Router::new()
         .route("/repos/{owner}/{repo}/releases", get(list_releases))
         .route("/download/{tag}/{name}", get(download))
@@ -66,7 +72,11 @@ pub async fn github_feed(dir: PathBuf, listen: String, addr_file: PathBuf) -> Re
 }
 
 fn log_request(feed: &Feed, path: &str, status: u16) {
-    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(feed.dir.join("requests.log")) {
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(feed.dir.join("requests.log"))
+    {
         let _ = writeln!(f, "{path} {status}");
     }
 }
@@ -82,7 +92,9 @@ fn next_injection(feed: &Feed) -> Option<String> {
 }
 
 fn now_secs() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 async fn list_releases(State(feed): State<Arc<Feed>>, headers: HeaderMap) -> Response {
@@ -93,10 +105,18 @@ async fn list_releases(State(feed): State<Arc<Feed>>, headers: HeaderMap) -> Res
         let arg: u64 = parts.next().and_then(|s| s.parse().ok()).unwrap_or(1);
         let resp = match code {
             "500" => (StatusCode::INTERNAL_SERVER_ERROR, "server error").into_response(),
-            "429" => (StatusCode::TOO_MANY_REQUESTS, [("retry-after", arg.to_string())], r#"{"message":"too many requests"}"#).into_response(),
+            "429" => (
+                StatusCode::TOO_MANY_REQUESTS,
+                [("retry-after", arg.to_string())],
+                r#"{"message":"too many requests"}"#,
+            )
+                .into_response(),
             "403" => (
                 StatusCode::FORBIDDEN,
-                [("x-ratelimit-remaining", "0".to_string()), ("x-ratelimit-reset", (now_secs() + arg).to_string())],
+                [
+                    ("x-ratelimit-remaining", "0".to_string()),
+                    ("x-ratelimit-reset", (now_secs() + arg).to_string()),
+                ],
                 r#"{"message":"API rate limit exceeded"}"#,
             )
                 .into_response(),
@@ -110,12 +130,22 @@ async fn list_releases(State(feed): State<Arc<Feed>>, headers: HeaderMap) -> Res
         Ok(b) => b,
         Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     };
-    let etag = format!("\"{}\"", &hex::encode(Sha256::digest(body.as_bytes()))[..16]);
+    let etag = format!(
+        "\"{}\"",
+        &hex::encode(Sha256::digest(body.as_bytes()))[..16]
+    );
     let remaining = *feed.remaining.lock().expect("feed counter");
     if headers.get("if-none-match").and_then(|v| v.to_str().ok()) == Some(etag.as_str()) {
         // 304s are free on GitHub: the remaining count does not move.
         log_request(&feed, path, 304);
-        return (StatusCode::NOT_MODIFIED, [("etag", etag), ("x-ratelimit-remaining", remaining.to_string())]).into_response();
+        return (
+            StatusCode::NOT_MODIFIED,
+            [
+                ("etag", etag),
+                ("x-ratelimit-remaining", remaining.to_string()),
+            ],
+        )
+            .into_response();
     }
     let remaining = {
         let mut r = feed.remaining.lock().expect("feed counter");
@@ -140,11 +170,14 @@ async fn list_releases(State(feed): State<Arc<Feed>>, headers: HeaderMap) -> Res
 fn render_releases(feed: &Feed) -> Result<String> {
     let mut out = Vec::new();
     let dir = feed.dir.join("releases");
-    let mut entries: Vec<_> = std::fs::read_dir(&dir).map(|d| d.filter_map(|e| e.ok()).collect()).unwrap_or_default();
+    let mut entries: Vec<_> = std::fs::read_dir(&dir)
+        .map(|d| d.filter_map(|e| e.ok()).collect())
+        .unwrap_or_default();
     entries.sort_by_key(|e| e.file_name());
     for (i, entry) in entries.iter().enumerate() {
         let tag = entry.file_name().to_string_lossy().to_string();
-        let meta: ReleaseMeta = serde_json::from_str(&std::fs::read_to_string(entry.path().join("release.json"))?)?;
+        let meta: ReleaseMeta =
+            serde_json::from_str(&std::fs::read_to_string(entry.path().join("release.json"))?)?;
         let mut assets = Vec::new();
         let mut names: Vec<_> = std::fs::read_dir(entry.path().join("assets"))
             .map(|d| d.filter_map(|e| e.ok()).collect())
@@ -165,7 +198,10 @@ fn render_releases(feed: &Feed) -> Result<String> {
             match meta.digests.get(&name) {
                 Some(d) if d.is_empty() => {}
                 Some(d) => asset["digest"] = json!(d),
-                None => asset["digest"] = json!(format!("sha256:{}", hex::encode(Sha256::digest(&bytes)))),
+                None => {
+                    asset["digest"] =
+                        json!(format!("sha256:{}", hex::encode(Sha256::digest(&bytes))))
+                }
             }
             assets.push(asset);
         }
@@ -187,7 +223,10 @@ fn render_releases(feed: &Feed) -> Result<String> {
     Ok(serde_json::to_string(&out)?)
 }
 
-async fn download(State(feed): State<Arc<Feed>>, UrlPath((tag, name)): UrlPath<(String, String)>) -> Response {
+async fn download(
+    State(feed): State<Arc<Feed>>,
+    UrlPath((tag, name)): UrlPath<(String, String)>,
+) -> Response {
     let rel = feed.dir.join("releases").join(&tag);
     let path = rel.join("assets").join(&name);
     if name.contains('/') || tag.contains('/') || name.contains("..") || tag.contains("..") {
@@ -197,8 +236,10 @@ async fn download(State(feed): State<Arc<Feed>>, UrlPath((tag, name)): UrlPath<(
         log_request(&feed, &format!("/download/{tag}/{name}"), 404);
         return (StatusCode::NOT_FOUND, "Not Found").into_response();
     };
-    let meta: ReleaseMeta =
-        std::fs::read_to_string(rel.join("release.json")).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
+    let meta: ReleaseMeta = std::fs::read_to_string(rel.join("release.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default();
     log_request(&feed, &format!("/download/{tag}/{name}"), 200);
     if meta.truncate.contains(&name) {
         // Promise the full length, send half, then fail the stream: the connection drops.
@@ -210,20 +251,32 @@ async fn download(State(feed): State<Arc<Feed>>, UrlPath((tag, name)): UrlPath<(
             .body(Body::from_stream(stream))
             .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response());
     }
-    (StatusCode::OK, [("content-type", "application/octet-stream")], bytes).into_response()
+    (
+        StatusCode::OK,
+        [("content-type", "application/octet-stream")],
+        bytes,
+    )
+        .into_response()
 }
 
-fn futures_stream(first: Vec<u8>) -> impl futures_core::Stream<Item = Result<Vec<u8>, std::io::Error>> {
+fn futures_stream(
+    first: Vec<u8>,
+) -> impl futures_core::Stream<Item = Result<Vec<u8>, std::io::Error>> {
     struct S(Option<Vec<u8>>, bool);
     impl futures_core::Stream for S {
         type Item = Result<Vec<u8>, std::io::Error>;
-        fn poll_next(mut self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<Option<Self::Item>> {
+        fn poll_next(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Self::Item>> {
             if let Some(b) = self.0.take() {
                 return std::task::Poll::Ready(Some(Ok(b)));
             }
             if !self.1 {
                 self.1 = true;
-                return std::task::Poll::Ready(Some(Err(std::io::Error::other("simulated connection drop"))));
+                return std::task::Poll::Ready(Some(Err(std::io::Error::other(
+                    "simulated connection drop",
+                ))));
             }
             std::task::Poll::Ready(None)
         }
@@ -288,17 +341,30 @@ pub fn make_release(a: MakeRelease) -> Result<()> {
     std::fs::write(assets.join(&source), format!("source of {tag}\n"))?;
     let mut lines: Vec<(String, String)> = [&name, &source]
         .iter()
-        .map(|n| Ok(((*n).clone(), hex::encode(Sha256::digest(std::fs::read(assets.join(n))?)))))
+        .map(|n| {
+            Ok((
+                (*n).clone(),
+                hex::encode(Sha256::digest(std::fs::read(assets.join(n))?)),
+            ))
+        })
         .collect::<Result<_>>()?;
     lines.sort();
     let checksums: String = lines.iter().map(|(n, h)| format!("{h}  {n}\n")).collect();
     std::fs::write(assets.join("checksums.txt"), &checksums)?;
     if let Some(sk_path) = &a.sign {
         // The fixture stores the raw (unencrypted) secret key as hex; see `keygen`.
-        let sk = minisign::SecretKey::from_bytes(&hex::decode(std::fs::read_to_string(sk_path)?.trim())?)?;
+        let sk = minisign::SecretKey::from_bytes(&hex::decode(
+            std::fs::read_to_string(sk_path)?.trim(),
+        )?)?;
         for file in [name.as_str(), "checksums.txt"] {
             let data = std::fs::read(assets.join(file))?;
-            let sig = minisign::sign(None, &sk, std::io::Cursor::new(data), Some(&format!("file:{file}")), None)?;
+            let sig = minisign::sign(
+                None,
+                &sk,
+                std::io::Cursor::new(data),
+                Some(&format!("file:{file}")),
+                None,
+            )?;
             std::fs::write(assets.join(format!("{file}.minisig")), sig.to_string())?;
         }
     }
@@ -310,7 +376,10 @@ pub fn make_release(a: MakeRelease) -> Result<()> {
         body: a.body,
         ..Default::default()
     };
-    std::fs::write(rel.join("release.json"), serde_json::to_string_pretty(&meta)?)?;
+    std::fs::write(
+        rel.join("release.json"),
+        serde_json::to_string_pretty(&meta)?,
+    )?;
     println!("{}", assets.join(&name).display());
     Ok(())
 }
@@ -342,7 +411,9 @@ pub struct Testbed {
 }
 
 fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 /// Lays out `dir` like a Headscale host: bin/headscale (launcher), etc/config.yaml,
@@ -356,7 +427,10 @@ pub fn testbed(a: Testbed) -> Result<()> {
         std::fs::create_dir_all(d.join(sub))?;
     }
     let launcher = d.join("bin/headscale");
-    std::fs::write(&launcher, launcher_script(&a.version, "none", &d.join("starts"))?)?;
+    std::fs::write(
+        &launcher,
+        launcher_script(&a.version, "none", &d.join("starts"))?,
+    )?;
     set_mode(&launcher, 0o755)?;
     std::fs::write(
         d.join("derp.yaml"),
@@ -376,7 +450,9 @@ pub fn testbed(a: Testbed) -> Result<()> {
     std::fs::write(d.join("service.sh"), service)?;
     set_mode(&d.join("service.sh"), 0o755)?;
     if a.start {
-        let status = std::process::Command::new(d.join("service.sh")).arg("start").status()?;
+        let status = std::process::Command::new(d.join("service.sh"))
+            .arg("start")
+            .status()?;
         if !status.success() {
             bail!("service.sh start failed");
         }
@@ -384,13 +460,26 @@ pub fn testbed(a: Testbed) -> Result<()> {
         let sock = d.join("run/headscale.sock");
         while !sock.exists() {
             if std::time::Instant::now() > deadline {
-                bail!("production stand-in did not start; see {}", d.join("headscale.log").display());
+                bail!(
+                    "production stand-in did not start; see {}",
+                    d.join("headscale.log").display()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
         let out = std::process::Command::new(&launcher)
-            .args(["-c", &d.join("etc/config.yaml").to_string_lossy(), "debug", "seed"])
-            .args(["--users", &a.users.to_string(), "--nodes-per-user", &a.nodes_per_user.to_string()])
+            .args([
+                "-c",
+                &d.join("etc/config.yaml").to_string_lossy(),
+                "debug",
+                "seed",
+            ])
+            .args([
+                "--users",
+                &a.users.to_string(),
+                "--nodes-per-user",
+                &a.nodes_per_user.to_string(),
+            ])
             .output()?;
         if !out.status.success() {
             bail!("seeding failed: {}", String::from_utf8_lossy(&out.stderr));

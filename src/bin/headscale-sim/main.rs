@@ -25,10 +25,20 @@ use clap::{Parser, Subcommand};
 #[command(name = "headscale", about = "headscale stand-in (simulation)")]
 struct Cli {
     /// The Headscale release this binary pretends to be.
-    #[arg(long, global = true, default_value = "0.26.1", env = "HEADSCALE_SIM_RELEASE")]
+    #[arg(
+        long,
+        global = true,
+        default_value = "0.26.1",
+        env = "HEADSCALE_SIM_RELEASE"
+    )]
     release: String,
     /// Fault mode: none, crash, never-healthy, drop-rows, noise-key, slow-start, prod-crash.
-    #[arg(long, global = true, default_value = "none", env = "HEADSCALE_SIM_FAULT")]
+    #[arg(
+        long,
+        global = true,
+        default_value = "none",
+        env = "HEADSCALE_SIM_FAULT"
+    )]
     fault: String,
     /// File counting `serve` starts (used by the `prod-crash` fault).
     #[arg(long, global = true)]
@@ -145,7 +155,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let config = server::load_config(cli.config.as_deref())?;
             match cmd {
                 ListCmd::List => server::cli_get(&config, "/api/v1/user", "users").await,
-                ListCmd::Create { name } => server::cli_post(&config, &format!("/api/v1/user?name={name}")).await,
+                ListCmd::Create { name } => {
+                    server::cli_post(&config, &format!("/api/v1/user?name={name}")).await
+                }
             }
         }
         Command::Nodes { cmd } => {
@@ -155,11 +167,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 ListCmd::Create { .. } => anyhow::bail!("use `debug seed` to register nodes"),
             }
         }
-        Command::Debug { cmd: DebugCmd::Seed { users, nodes_per_user } } => {
+        Command::Debug {
+            cmd:
+                DebugCmd::Seed {
+                    users,
+                    nodes_per_user,
+                },
+        } => {
             let config = server::load_config(cli.config.as_deref())?;
-            server::cli_post(&config, &format!("/api/v1/debug/seed?users={users}&nodes_per_user={nodes_per_user}")).await
+            server::cli_post(
+                &config,
+                &format!("/api/v1/debug/seed?users={users}&nodes_per_user={nodes_per_user}"),
+            )
+            .await
         }
-        Command::GithubFeed { dir, listen, addr_file } => fixtures::github_feed(dir, listen, addr_file).await,
+        Command::GithubFeed {
+            dir,
+            listen,
+            addr_file,
+        } => fixtures::github_feed(dir, listen, addr_file).await,
         Command::MakeRelease(args) => fixtures::make_release(args),
         Command::Keygen { out } => fixtures::keygen(&out),
         Command::Testbed(args) => fixtures::testbed(args),

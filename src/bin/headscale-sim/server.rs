@@ -26,7 +26,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 pub struct SimVersion {
     pub major: u64,
     pub minor: u64,
-    pub patch: u64,
     pub text: String,
 }
 
@@ -42,7 +41,11 @@ impl SimVersion {
         if parts.len() != 3 {
             bail!("bad release version {s:?}");
         }
-        Ok(Self { major: parts[0], minor: parts[1], patch: parts[2], text })
+        Ok(Self {
+            major: parts[0],
+            minor: parts[1],
+            text,
+        })
     }
     fn at_least(&self, major: u64, minor: u64) -> bool {
         (self.major, self.minor) >= (major, minor)
@@ -61,7 +64,6 @@ pub fn version_json(v: &SimVersion) -> Json_ {
 
 /// Parsed config with `HEADSCALE_*` environment overrides applied on lookup.
 pub struct Config {
-    pub path: PathBuf,
     root: Value,
 }
 
@@ -96,7 +98,10 @@ impl Config {
         true
     }
     fn path_of(&self, key: &str) -> Result<PathBuf> {
-        let p = self.str(key).filter(|s| !s.is_empty()).ok_or_else(|| anyhow!("config key {key} is required"))?;
+        let p = self
+            .str(key)
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| anyhow!("config key {key} is required"))?;
         Ok(PathBuf::from(p))
     }
 }
@@ -109,9 +114,11 @@ pub fn load_config(path: Option<&Path>) -> Result<Config> {
             None => PathBuf::from("/etc/headscale/config.yaml"),
         },
     };
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading config {}", path.display()))?;
-    let root: Value = serde_yaml_ng::from_str(&text).with_context(|| format!("parsing config {}", path.display()))?;
-    Ok(Config { path, root })
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("reading config {}", path.display()))?;
+    let root: Value = serde_yaml_ng::from_str(&text)
+        .with_context(|| format!("parsing config {}", path.display()))?;
+    Ok(Config { root })
 }
 
 struct AppState {
@@ -123,12 +130,21 @@ struct AppState {
 
 type Shared = Arc<AppState>;
 
-pub async fn serve(version: SimVersion, fault: &str, start_counter: Option<&Path>, config: Config) -> Result<()> {
+pub async fn serve(
+    version: SimVersion,
+    fault: &str,
+    start_counter: Option<&Path>,
+    config: Config,
+) -> Result<()> {
     if fault == "crash" {
         bail!("simulated crash at start (fault mode `crash`)");
     }
     if let Some(counter) = start_counter {
-        let n: u64 = std::fs::read_to_string(counter).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0) + 1;
+        let n: u64 = std::fs::read_to_string(counter)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0)
+            + 1;
         std::fs::write(counter, n.to_string())?;
         if fault == "prod-crash" && n >= 2 {
             bail!("simulated crash at start number {n} (fault mode `prod-crash`)");
@@ -138,9 +154,14 @@ pub async fn serve(version: SimVersion, fault: &str, start_counter: Option<&Path
 
     let noise_path = config.path_of("noise.private_key_path")?;
     let noise_private = load_or_create_noise_key(&noise_path, fault == "noise-key")?;
-    let noise_public = format!("mkey:{}", hex::encode(Sha256::digest(noise_private.as_bytes())));
+    let noise_public = format!(
+        "mkey:{}",
+        hex::encode(Sha256::digest(noise_private.as_bytes()))
+    );
 
-    let db_type = config.str("database.type").unwrap_or_else(|| "sqlite".into());
+    let db_type = config
+        .str("database.type")
+        .unwrap_or_else(|| "sqlite".into());
     if db_type != "sqlite" && db_type != "sqlite3" {
         bail!("the stand-in only supports database.type sqlite, got {db_type:?}");
     }
@@ -158,32 +179,50 @@ pub async fn serve(version: SimVersion, fault: &str, start_counter: Option<&Path
         noise_public,
     });
 
-    let listen = config.str("listen_addr").unwrap_or_else(|| "127.0.0.1:8080".into());
-    let tcp = tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("listening on {listen}"))?;
+    let listen = config
+        .str("listen_addr")
+        .unwrap_or_else(|| "127.0.0.1:8080".into());
+    let tcp = tokio::net::TcpListener::bind(&listen)
+        .await
+        .with_context(|| format!("listening on {listen}"))?;
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(axum::serve(tcp, router(state.clone(), true)).into_future());
 
     if let Some(metrics) = config.str("metrics_listen_addr").filter(|s| !s.is_empty()) {
-        let l = tokio::net::TcpListener::bind(&metrics).await.with_context(|| format!("listening on {metrics}"))?;
-        let app = Router::new().route("/metrics", get(|| async { "# HELP headscale_up simulated\nheadscale_up 1\n" }));
+        let l = tokio::net::TcpListener::bind(&metrics)
+            .await
+            .with_context(|| format!("listening on {metrics}"))?;
+        let app = Router::new().route(
+            "/metrics",
+            get(|| async { "# HELP headscale_up simulated\nheadscale_up 1\n" }),
+        );
         tasks.spawn(axum::serve(l, app).into_future());
     }
     // gRPC: only ≤0.29 and only with TLS or grpc_allow_insecure; the stand-in holds the port
     // (so port clashes are real) but does not speak gRPC yet.
     if !version.at_least(0, 30) && config.str("grpc_allow_insecure").as_deref() == Some("true") {
         if let Some(addr) = config.str("grpc_listen_addr").filter(|s| !s.is_empty()) {
-            let l = tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("listening on {addr}"))?;
+            let l = tokio::net::TcpListener::bind(&addr)
+                .await
+                .with_context(|| format!("listening on {addr}"))?;
             tasks.spawn(axum::serve(l, Router::new()).into_future());
         }
     }
-    let socket = config.path_of("unix_socket").unwrap_or_else(|_| PathBuf::from("/var/run/headscale/headscale.sock"));
+    let socket = config
+        .path_of("unix_socket")
+        .unwrap_or_else(|_| PathBuf::from("/var/run/headscale/headscale.sock"));
     let _ = std::fs::remove_file(&socket); // upstream deletes a stale socket at start
     if let Some(dir) = socket.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let ul = tokio::net::UnixListener::bind(&socket).with_context(|| format!("binding unix socket {}", socket.display()))?;
+    let ul = tokio::net::UnixListener::bind(&socket)
+        .with_context(|| format!("binding unix socket {}", socket.display()))?;
     tasks.spawn(axum::serve(ul, router(state.clone(), false)).into_future());
-    eprintln!("INF headscale v{} listening on {listen}, socket {}", version.text, socket.display());
+    eprintln!(
+        "INF headscale v{} listening on {listen}, socket {}",
+        version.text,
+        socket.display()
+    );
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
@@ -216,15 +255,22 @@ fn validate_config(v: &SimVersion, c: &Config) -> Result<()> {
     }
     // DERP: this sandbox is offline, so derp.urls never load; a map needs paths or the embedded server.
     let paths: Vec<String> = match c.get("derp.paths") {
-        Some(Value::Sequence(s)) => s.iter().filter_map(|v| v.as_str().map(String::from)).collect(),
+        Some(Value::Sequence(s)) => s
+            .iter()
+            .filter_map(|v| v.as_str().map(String::from))
+            .collect(),
         _ => vec![],
     };
     let embedded = c.str("derp.server.enabled").as_deref() == Some("true");
     let mut regions = 0;
     for p in &paths {
         let text = std::fs::read_to_string(p).with_context(|| format!("loading DERP map {p}"))?;
-        let map: Value = serde_yaml_ng::from_str(&text).with_context(|| format!("parsing DERP map {p}"))?;
-        regions += map.get("regions").and_then(|r| r.as_mapping()).map_or(0, |m| m.len());
+        let map: Value =
+            serde_yaml_ng::from_str(&text).with_context(|| format!("parsing DERP map {p}"))?;
+        regions += map
+            .get("regions")
+            .and_then(|r| r.as_mapping())
+            .map_or(0, |m| m.len());
     }
     if regions == 0 && !embedded {
         bail!("initial DERPMap is empty, Headscale requires at least one entry");
@@ -239,7 +285,11 @@ fn load_or_create_noise_key(path: &Path, replace: bool) -> Result<String> {
         }
     }
     let mut seed = Sha256::new();
-    seed.update(format!("{:?}{}", std::time::SystemTime::now(), std::process::id()));
+    seed.update(format!(
+        "{:?}{}",
+        std::time::SystemTime::now(),
+        std::process::id()
+    ));
     let key = format!("privkey:{}", hex::encode(seed.finalize()));
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
@@ -250,20 +300,34 @@ fn load_or_create_noise_key(path: &Path, replace: bool) -> Result<String> {
 
 const MIGRATIONS: &[(u64, &str)] = &[
     (27, "ALTER TABLE nodes ADD COLUMN last_seen TEXT;"),
-    (28, "ALTER TABLE nodes ADD COLUMN tags TEXT NOT NULL DEFAULT '[]';"),
-    (29, "UPDATE nodes SET expiry = NULL WHERE expiry LIKE '0001-01-01%';"),
-    (30, "CREATE TABLE IF NOT EXISTS policies (id INTEGER PRIMARY KEY, data TEXT);"),
+    (
+        28,
+        "ALTER TABLE nodes ADD COLUMN tags TEXT NOT NULL DEFAULT '[]';",
+    ),
+    (
+        29,
+        "UPDATE nodes SET expiry = NULL WHERE expiry LIKE '0001-01-01%';",
+    ),
+    (
+        30,
+        "CREATE TABLE IF NOT EXISTS policies (id INTEGER PRIMARY KEY, data TEXT);",
+    ),
 ];
 
 fn open_and_migrate(path: &Path, v: &SimVersion, drop_rows: bool) -> Result<Connection> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let conn = Connection::open(path).with_context(|| format!("opening database {}", path.display()))?;
-    conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA busy_timeout=5000; PRAGMA foreign_keys=ON;")?;
-    let fresh: bool = conn
-        .query_row("SELECT count(*) FROM sqlite_master WHERE name='users'", [], |r| r.get::<_, i64>(0))?
-        == 0;
+    let conn =
+        Connection::open(path).with_context(|| format!("opening database {}", path.display()))?;
+    conn.execute_batch(
+        "PRAGMA journal_mode=WAL; PRAGMA busy_timeout=5000; PRAGMA foreign_keys=ON;",
+    )?;
+    let fresh: bool = conn.query_row(
+        "SELECT count(*) FROM sqlite_master WHERE name='users'",
+        [],
+        |r| r.get::<_, i64>(0),
+    )? == 0;
     if fresh {
         conn.execute_batch(
             "CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT UNIQUE NOT NULL, created_at TEXT NOT NULL);
@@ -277,17 +341,28 @@ fn open_and_migrate(path: &Path, v: &SimVersion, drop_rows: bool) -> Result<Conn
         for (minor, sql) in MIGRATIONS {
             if v.minor >= *minor {
                 conn.execute_batch(sql)?;
-                conn.execute("INSERT INTO migrations (id) VALUES (?1)", params![format!("0.{minor}")])?;
+                conn.execute(
+                    "INSERT INTO migrations (id) VALUES (?1)",
+                    params![format!("0.{minor}")],
+                )?;
             }
         }
     } else {
         let stored: Option<String> = conn
-            .query_row("SELECT version FROM database_versions WHERE id = 1", [], |r| r.get(0))
+            .query_row(
+                "SELECT version FROM database_versions WHERE id = 1",
+                [],
+                |r| r.get(0),
+            )
             .optional()?;
         if let Some(stored) = stored.filter(|s| !s.is_empty()) {
             let s = SimVersion::parse(&stored)?;
             if s.major != v.major {
-                bail!("database version v{} and binary v{} differ in major version", s.text, v.text);
+                bail!(
+                    "database version v{} and binary v{} differ in major version",
+                    s.text,
+                    v.text
+                );
             }
             if v.minor > s.minor + 1 {
                 bail!(
@@ -303,9 +378,14 @@ fn open_and_migrate(path: &Path, v: &SimVersion, drop_rows: bool) -> Result<Conn
         let tx = conn.unchecked_transaction()?;
         for (minor, sql) in MIGRATIONS {
             let id = format!("0.{minor}");
-            let done: bool = tx.query_row("SELECT count(*) FROM migrations WHERE id = ?1", params![id], |r| r.get::<_, i64>(0))? > 0;
+            let done: bool = tx.query_row(
+                "SELECT count(*) FROM migrations WHERE id = ?1",
+                params![id],
+                |r| r.get::<_, i64>(0),
+            )? > 0;
             if v.minor >= *minor && !done {
-                tx.execute_batch(sql).with_context(|| format!("migration {id}"))?;
+                tx.execute_batch(sql)
+                    .with_context(|| format!("migration {id}"))?;
                 tx.execute("INSERT INTO migrations (id) VALUES (?1)", params![id])?;
                 if drop_rows {
                     // The fault: a migration that silently loses data.
@@ -338,29 +418,44 @@ fn router(state: Shared, tcp: bool) -> Router {
         .route("/api/v1/node", get(list_nodes))
         .route("/api/v1/health", get(api_health))
         .route("/api/v1/debug/seed", post(seed))
-        .layer(axum::middleware::from_fn(move |req: axum::extract::Request, next: axum::middleware::Next| async move {
-            // TCP API requests need a Bearer API key; the unix socket is trusted (as upstream).
-            if tcp && req.uri().path().starts_with("/api/") {
-                let ok = req
-                    .headers()
-                    .get("authorization")
-                    .and_then(|v| v.to_str().ok())
-                    .is_some_and(|v| v.starts_with("Bearer ") && v.len() > 7);
-                if !ok {
-                    return (StatusCode::UNAUTHORIZED, "Unauthorized").into_response();
+        .layer(axum::middleware::from_fn(
+            move |req: axum::extract::Request, next: axum::middleware::Next| async move {
+                // TCP API requests need a Bearer API key; the unix socket is trusted (as upstream).
+                if tcp && req.uri().path().starts_with("/api/") {
+                    let ok = req
+                        .headers()
+                        .get("authorization")
+                        .and_then(|v| v.to_str().ok())
+                        .is_some_and(|v| v.starts_with("Bearer ") && v.len() > 7);
+                    if !ok {
+                        return (StatusCode::UNAUTHORIZED, "Unauthorized").into_response();
+                    }
                 }
-            }
-            next.run(req).await
-        }))
+                next.run(req).await
+            },
+        ))
         .with_state(state)
 }
 
 async fn health(State(s): State<Shared>) -> Response {
-    let db_ok = s.db.lock().map(|db| db.query_row("SELECT 1", [], |r| r.get::<_, i64>(0)).is_ok()).unwrap_or(false);
+    let db_ok =
+        s.db.lock()
+            .map(|db| db.query_row("SELECT 1", [], |r| r.get::<_, i64>(0)).is_ok())
+            .unwrap_or(false);
     let mut headers = HeaderMap::new();
-    headers.insert("content-type", "application/health+json; charset=utf-8".parse().expect("static header"));
+    headers.insert(
+        "content-type",
+        "application/health+json; charset=utf-8"
+            .parse()
+            .expect("static header"),
+    );
     if s.never_healthy || !db_ok {
-        return (StatusCode::INTERNAL_SERVER_ERROR, headers, r#"{"status":"fail"}"#).into_response();
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            headers,
+            r#"{"status":"fail"}"#,
+        )
+            .into_response();
     }
     (StatusCode::OK, headers, r#"{"status":"pass"}"#).into_response()
 }
@@ -376,7 +471,10 @@ async fn version_handler(State(s): State<Shared>) -> Response {
     Json(version_json(&s.version)).into_response()
 }
 
-async fn key_handler(State(s): State<Shared>, Query(q): Query<std::collections::HashMap<String, String>>) -> Response {
+async fn key_handler(
+    State(s): State<Shared>,
+    Query(q): Query<std::collections::HashMap<String, String>>,
+) -> Response {
     let Some(v) = q.get("v") else {
         return (StatusCode::BAD_REQUEST, "capability version must be set").into_response();
     };
@@ -386,7 +484,10 @@ async fn key_handler(State(s): State<Shared>, Query(q): Query<std::collections::
     if v < 39 {
         return (StatusCode::OK, "").into_response();
     }
-    Json(json!({"legacyPublicKey": format!("mkey:{}", "0".repeat(64)), "publicKey": s.noise_public})).into_response()
+    Json(
+        json!({"legacyPublicKey": format!("mkey:{}", "0".repeat(64)), "publicKey": s.noise_public}),
+    )
+    .into_response()
 }
 
 fn user_json(id: i64, name: &str, created: &str) -> Json_ {
@@ -394,24 +495,44 @@ fn user_json(id: i64, name: &str, created: &str) -> Json_ {
 }
 
 async fn list_users(State(s): State<Shared>) -> Result<Json<Json_>, AppError> {
-    let db = s.db.lock().map_err(|_| AppError("db lock poisoned".into()))?;
+    let db =
+        s.db.lock()
+            .map_err(|_| AppError("db lock poisoned".into()))?;
     let mut stmt = db.prepare("SELECT id, name, created_at FROM users ORDER BY id")?;
     let users: Vec<Json_> = stmt
-        .query_map([], |r| Ok(user_json(r.get(0)?, &r.get::<_, String>(1)?, &r.get::<_, String>(2)?)))?
+        .query_map([], |r| {
+            Ok(user_json(
+                r.get(0)?,
+                &r.get::<_, String>(1)?,
+                &r.get::<_, String>(2)?,
+            ))
+        })?
         .collect::<Result<_, _>>()?;
     Ok(Json(json!({ "users": users })))
 }
 
-async fn create_user(State(s): State<Shared>, Query(q): Query<std::collections::HashMap<String, String>>) -> Result<Json<Json_>, AppError> {
+async fn create_user(
+    State(s): State<Shared>,
+    Query(q): Query<std::collections::HashMap<String, String>>,
+) -> Result<Json<Json_>, AppError> {
     let name = q.get("name").cloned().unwrap_or_default();
-    let db = s.db.lock().map_err(|_| AppError("db lock poisoned".into()))?;
+    let db =
+        s.db.lock()
+            .map_err(|_| AppError("db lock poisoned".into()))?;
     let now = now_rfc3339();
-    db.execute("INSERT INTO users (name, created_at) VALUES (?1, ?2)", params![name, now])?;
-    Ok(Json(json!({"user": user_json(db.last_insert_rowid(), &name, &now)})))
+    db.execute(
+        "INSERT INTO users (name, created_at) VALUES (?1, ?2)",
+        params![name, now],
+    )?;
+    Ok(Json(
+        json!({"user": user_json(db.last_insert_rowid(), &name, &now)}),
+    ))
 }
 
 async fn list_nodes(State(s): State<Shared>) -> Result<Json<Json_>, AppError> {
-    let db = s.db.lock().map_err(|_| AppError("db lock poisoned".into()))?;
+    let db =
+        s.db.lock()
+            .map_err(|_| AppError("db lock poisoned".into()))?;
     let has_tags = s.version.at_least(0, 28);
     let mut stmt = db.prepare(
         "SELECT n.id, n.machine_key, n.node_key, n.hostname, n.given_name, n.ipv4, n.created_at, n.expiry, u.id, u.name, u.created_at
@@ -443,22 +564,39 @@ async fn list_nodes(State(s): State<Shared>) -> Result<Json<Json_>, AppError> {
     Ok(Json(json!({ "nodes": nodes })))
 }
 
-async fn seed(State(s): State<Shared>, Query(q): Query<std::collections::HashMap<String, String>>) -> Result<Json<Json_>, AppError> {
+async fn seed(
+    State(s): State<Shared>,
+    Query(q): Query<std::collections::HashMap<String, String>>,
+) -> Result<Json<Json_>, AppError> {
     let users: u64 = q.get("users").and_then(|v| v.parse().ok()).unwrap_or(3);
-    let per: u64 = q.get("nodes_per_user").and_then(|v| v.parse().ok()).unwrap_or(2);
-    let mut db = s.db.lock().map_err(|_| AppError("db lock poisoned".into()))?;
+    let per: u64 = q
+        .get("nodes_per_user")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
+    let mut db =
+        s.db.lock()
+            .map_err(|_| AppError("db lock poisoned".into()))?;
     let tx = db.transaction()?;
     let now = now_rfc3339();
     let base: i64 = tx.query_row("SELECT coalesce(max(id), 0) FROM users", [], |r| r.get(0))?;
     let mut created = 0u64;
     for u in 0..users {
         let name = format!("user{}", base as u64 + u + 1);
-        tx.execute("INSERT INTO users (name, created_at) VALUES (?1, ?2)", params![name, now])?;
+        tx.execute(
+            "INSERT INTO users (name, created_at) VALUES (?1, ?2)",
+            params![name, now],
+        )?;
         let uid = tx.last_insert_rowid();
         for n in 0..per {
             let host = format!("{name}-node{}", n + 1);
-            let mk = format!("mkey:{}", hex::encode(Sha256::digest(format!("m{uid}-{n}"))));
-            let nk = format!("nodekey:{}", hex::encode(Sha256::digest(format!("n{uid}-{n}"))));
+            let mk = format!(
+                "mkey:{}",
+                hex::encode(Sha256::digest(format!("m{uid}-{n}")))
+            );
+            let nk = format!(
+                "nodekey:{}",
+                hex::encode(Sha256::digest(format!("n{uid}-{n}")))
+            );
             let count: i64 = tx.query_row("SELECT count(*) FROM nodes", [], |r| r.get(0))?;
             let ip = format!("100.64.{}.{}", (count + 1) / 250, (count + 1) % 250 + 1);
             tx.execute(
@@ -482,7 +620,11 @@ impl<E: std::fmt::Display> From<E> for AppError {
 
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
-        (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({"code": 13, "message": self.0, "details": []}))).into_response()
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Json(json!({"code": 13, "message": self.0, "details": []})),
+        )
+            .into_response()
     }
 }
 
@@ -491,13 +633,20 @@ async fn socket_request(config: &Config, method: &str, path: &str) -> Result<Jso
     let socket = config.path_of("unix_socket")?;
     let mut stream = tokio::net::UnixStream::connect(&socket)
         .await
-        .with_context(|| format!("connecting to headscale on {}; is it running?", socket.display()))?;
+        .with_context(|| {
+            format!(
+                "connecting to headscale on {}; is it running?",
+                socket.display()
+            )
+        })?;
     let req = format!("{method} {path} HTTP/1.0\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n");
     stream.write_all(req.as_bytes()).await?;
     let mut buf = Vec::new();
     stream.read_to_end(&mut buf).await?;
     let text = String::from_utf8_lossy(&buf);
-    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| anyhow!("malformed response"))?;
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| anyhow!("malformed response"))?;
     if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
         bail!("request failed: {}", head.lines().next().unwrap_or(""));
     }
@@ -512,9 +661,21 @@ fn go_json(v: Json_) -> Json_ {
                 .map(|(k, v)| {
                     let snake: String = k
                         .chars()
-                        .flat_map(|c| if c.is_ascii_uppercase() { vec!['_', c.to_ascii_lowercase()] } else { vec![c] })
+                        .flat_map(|c| {
+                            if c.is_ascii_uppercase() {
+                                vec!['_', c.to_ascii_lowercase()]
+                            } else {
+                                vec![c]
+                            }
+                        })
                         .collect();
-                    let v = if snake == "id" { v.as_str().and_then(|s| s.parse::<u64>().ok()).map_or(v, Json_::from) } else { go_json(v) };
+                    let v = if snake == "id" {
+                        v.as_str()
+                            .and_then(|s| s.parse::<u64>().ok())
+                            .map_or(v, Json_::from)
+                    } else {
+                        go_json(v)
+                    };
                     (snake, v)
                 })
                 .collect(),
