@@ -323,6 +323,36 @@ fn last<'a>(steps: &'a [StepRow], hop: i64, name: &str) -> Option<&'a StepRow> {
         .find(|st| st.hop == hop && st.name == name)
 }
 
+/// A path recorded in a journal step's data.
+fn path_in(step: Option<&StepRow>, key: &str) -> Option<PathBuf> {
+    step.and_then(|st| st.data.get(key))
+        .and_then(|v| v.as_str())
+        .map(PathBuf::from)
+}
+
+async fn finish_rollback(
+    p: &Prod<'_>,
+    run: RunId,
+    hop: i64,
+    backup: Option<PathBuf>,
+    to: Option<PathBuf>,
+    done: &str,
+) -> (String, String) {
+    match rollback(
+        p,
+        run,
+        hop,
+        "recovering an interrupted run",
+        backup.as_deref(),
+        to.as_deref(),
+    )
+    .await
+    {
+        Ok(()) => ("rolled_back".into(), done.to_string()),
+        Err(e) => ("rollback_failed".into(), e),
+    }
+}
+
 /// Finishes every interrupted run found in the journal.
 pub async fn recover(p: &Prod<'_>) -> Result<Vec<Recovered>, DeployError> {
     let mut out = Vec::new();
@@ -344,38 +374,20 @@ pub async fn recover(p: &Prod<'_>) -> Result<Vec<Recovered>, DeployError> {
             .collect();
         let hop = prod_steps.last().map_or(0, |st| st.hop);
         let (outcome, detail) = if run.kind == "rollback" && !prod_steps.is_empty() {
-            match last(&steps, hop, "manual_rollback").filter(|st| st.status == "done") {
-                Some(_) => (
-                    "rolled_back".to_string(),
-                    "manual rollback had completed".to_string(),
-                ),
-                None => {
-                    let st = last(&steps, hop, "manual_rollback");
-                    let backup = st
-                        .and_then(|st| st.data.get("backup"))
-                        .and_then(|v| v.as_str())
-                        .map(PathBuf::from);
-                    let target = st
-                        .and_then(|st| st.data.get("to"))
-                        .and_then(|v| v.as_str())
-                        .map(PathBuf::from);
-                    match rollback(
-                        p,
-                        run.id,
-                        hop,
-                        "finishing an interrupted rollback",
-                        backup.as_deref(),
-                        target.as_deref(),
-                    )
-                    .await
-                    {
-                        Ok(()) => (
-                            "rolled_back".into(),
-                            "finished the interrupted manual rollback".into(),
-                        ),
-                        Err(e) => ("rollback_failed".into(), e),
-                    }
-                }
+            let st = last(&steps, hop, "manual_rollback");
+            if st.is_some_and(|st| st.status == "done") {
+                ("rolled_back".into(), "manual rollback had completed".into())
+            } else {
+                let (backup, to) = (path_in(st, "backup"), path_in(st, "to"));
+                finish_rollback(
+                    p,
+                    run.id,
+                    hop,
+                    backup,
+                    to,
+                    "finished the interrupted manual rollback",
+                )
+                .await
             }
         } else if last(&steps, hop, "commit").is_some() {
             ("upgraded".into(), "the promotion had committed".into())
@@ -389,59 +401,21 @@ pub async fn recover(p: &Prod<'_>) -> Result<Vec<Recovered>, DeployError> {
                 "promotion had passed its smoke checks; committed".into(),
             )
         } else if let Some(sw) = last(&steps, hop, "switch") {
-            let backup = last(&steps, hop, "backup")
-                .and_then(|st| st.data.get("dir"))
-                .and_then(|v| v.as_str())
-                .map(PathBuf::from);
-            let from = sw
-                .data
-                .get("from")
-                .and_then(|v| v.as_str())
-                .map(PathBuf::from);
-            match rollback(
-                p,
-                run.id,
-                hop,
-                "recovering an interrupted promotion",
-                backup.as_deref(),
-                from.as_deref(),
-            )
-            .await
-            {
-                Ok(()) => (
-                    "rolled_back".into(),
-                    "interrupted after the switch; restored the backup and the previous binary"
-                        .into(),
-                ),
-                Err(e) => ("rollback_failed".into(), e),
-            }
+            let backup = path_in(last(&steps, hop, "backup"), "dir");
+            let detail =
+                "interrupted after the switch; restored the backup and the previous binary";
+            finish_rollback(p, run.id, hop, backup, path_in(Some(sw), "from"), detail).await
         } else if let Some(rb) = last(&steps, hop, "rollback") {
-            let backup = rb
-                .data
-                .get("backup")
-                .and_then(|v| v.as_str())
-                .map(PathBuf::from);
-            let to = rb
-                .data
-                .get("to")
-                .and_then(|v| v.as_str())
-                .map(PathBuf::from);
-            match rollback(
+            let (backup, to) = (path_in(Some(rb), "backup"), path_in(Some(rb), "to"));
+            finish_rollback(
                 p,
                 run.id,
                 hop,
-                "finishing an interrupted rollback",
-                backup.as_deref(),
-                to.as_deref(),
+                backup,
+                to,
+                "finished an interrupted rollback",
             )
             .await
-            {
-                Ok(()) => (
-                    "rolled_back".into(),
-                    "finished an interrupted rollback".into(),
-                ),
-                Err(e) => ("rollback_failed".into(), e),
-            }
         } else if last(&steps, hop, "stop").is_some() {
             // Stopped (maybe backed up) but nothing switched: the old version on untouched data.
             let started = async {

@@ -33,6 +33,9 @@ pub struct HeadscaleConfig {
     pub unix_socket: PathBuf,
     pub database_path: PathBuf,
     pub noise_key_path: PathBuf,
+    /// Headscale terminates TLS itself (cert files or Let's Encrypt): check it through server_url.
+    pub serves_tls: bool,
+    pub server_url: String,
 }
 
 fn get<'a>(root: &'a Value, key: &str) -> Option<&'a Value> {
@@ -93,13 +96,25 @@ impl HeadscaleConfig {
                 "noise.private_key_path",
                 "/var/lib/headscale/noise_private.key",
             )),
+            serves_tls: !get_str(&root, "tls_cert_path")
+                .unwrap_or_default()
+                .is_empty()
+                || !get_str(&root, "tls_letsencrypt_hostname")
+                    .unwrap_or_default()
+                    .is_empty(),
+            server_url: required("server_url", "").trim_end_matches('/').to_string(),
             root,
         })
     }
 
-    /// Base URL for HTTP checks: the listen address, with a wildcard host replaced by loopback.
+    /// Base URL for HTTP checks: the listen address (wildcard host replaced by loopback), or
+    /// `server_url` when Headscale itself serves TLS (its certificate names that host).
     pub fn http_base(&self) -> String {
-        base_url(&self.listen_addr)
+        if self.serves_tls && self.server_url.starts_with("https://") {
+            self.server_url.clone()
+        } else {
+            base_url(&self.listen_addr)
+        }
     }
 }
 
@@ -252,7 +267,11 @@ mod tests {
             "server_url: https://hs.example.com\nlisten_addr: 0.0.0.0:443\nmetrics_listen_addr: 127.0.0.1:9090\nunix_socket: /var/run/headscale/headscale.sock\ndatabase:\n  type: sqlite\n  sqlite:\n    path: /var/lib/headscale/db.sqlite\nnoise:\n  private_key_path: /var/lib/headscale/noise_private.key\ntls_letsencrypt_hostname: hs.example.com\nderp:\n  urls: [https://controlplane.tailscale.com/derpmap/default]\n",
         )
         .expect("parse");
-        assert_eq!(prod.http_base(), "http://127.0.0.1:443");
+        assert_eq!(
+            prod.http_base(),
+            "https://hs.example.com",
+            "Headscale serves TLS itself"
+        );
         let layout = StagingLayout {
             dir: "/s".into(),
             http_port: 1,
@@ -268,6 +287,11 @@ mod tests {
         )
         .expect("reparse");
         assert_eq!(staged.listen_addr, "127.0.0.1:1");
+        assert_eq!(
+            staged.http_base(),
+            "http://127.0.0.1:1",
+            "staging serves plain http on loopback"
+        );
         assert_eq!(staged.database_path, PathBuf::from("/s/db.sqlite"));
         assert_eq!(staged.unix_socket, PathBuf::from("/s/headscale.sock"));
         assert_eq!(staged.noise_key_path, PathBuf::from("/s/noise_private.key"));

@@ -37,25 +37,14 @@ async fn get(client: &reqwest::Client, url: String) -> Result<(u16, String), Htt
         .await
         .map_err(|e| HttpError::Request {
             url: url.clone(),
-            detail: chain(&e),
+            detail: crate::cli::error_chain(&e),
         })?;
     let status = resp.status().as_u16();
     let body = resp.text().await.map_err(|e| HttpError::Request {
         url: url.clone(),
-        detail: chain(&e),
+        detail: crate::cli::error_chain(&e),
     })?;
     Ok((status, body))
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 /// `/health` passes: 200 with `{"status":"pass"}` (or the pre-0.16 `{"healthy":"ok"}`).

@@ -131,9 +131,9 @@ pub async fn fetch(settings: &ReleaseSettings, store: &Store) -> Result<FeedResu
             Ok(r) => r,
             Err(e) => {
                 if attempt > RETRIES {
-                    return Err(unreachable(error_chain(&e)));
+                    return Err(unreachable(crate::cli::error_chain(&e)));
                 }
-                tracing::warn!(url = %url, attempt, error = %error_chain(&e), "release feed unreachable, retrying");
+                tracing::warn!(url = %url, attempt, error = %crate::cli::error_chain(&e), "release feed unreachable, retrying");
                 tokio::time::sleep(backoff(attempt)).await;
                 continue;
             }
@@ -168,7 +168,7 @@ pub async fn fetch(settings: &ReleaseSettings, store: &Store) -> Result<FeedResu
             client
                 .body_to_string(response)
                 .await
-                .map_err(|e| unreachable(error_chain(&e)))?
+                .map_err(|e| unreachable(crate::cli::error_chain(&e)))?
         };
         break (status, headers, body);
     };
@@ -218,17 +218,6 @@ pub async fn fetch(settings: &ReleaseSettings, store: &Store) -> Result<FeedResu
         rate_remaining,
         ignored,
     })
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 fn backoff(attempt: u32) -> Duration {

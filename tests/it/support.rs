@@ -89,6 +89,10 @@ impl Sandbox {
     }
 
     pub fn release_with(&self, version: &str, fault: &str, key: Option<&str>) {
+        self.release_args(version, fault, key, &[]);
+    }
+
+    pub fn release_args(&self, version: &str, fault: &str, key: Option<&str>, extra: &[&str]) {
         let feed = self.path("feed").display().to_string();
         let mut args = vec![
             "make-release",
@@ -99,6 +103,7 @@ impl Sandbox {
             "--fault",
             fault,
         ];
+        args.extend_from_slice(extra);
         let key_path = key.map(|k| self.path(k).display().to_string());
         if let Some(k) = &key_path {
             args.extend(["--sign", k]);

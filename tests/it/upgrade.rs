@@ -362,3 +362,117 @@ fn config_errors_point_at_file_and_line() {
     let out = sb.hw(&["config", "check"]);
     assert_eq!(code(&out), 0, "{}", text(&out));
 }
+
+#[test]
+fn check_explains_cooldown_prereleases_and_dry_run_changes_nothing() {
+    let sb = Sandbox::new("0.27.1");
+    sb.release("0.28.0", "none");
+    sb.release_args(
+        "0.29.0",
+        "none",
+        Some("keys/minisign.key"),
+        &["--age-days", "0"],
+    );
+    sb.release_args(
+        "0.30.0-beta.1",
+        "none",
+        Some("keys/minisign.key"),
+        &["--prerelease"],
+    );
+    let out = sb.hw(&["check"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("plan: 0.27.1 -> 0.28.0"), "{}", text(&out));
+    assert!(
+        stdout.contains("v0.29.0: in cooldown for another"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        stdout.contains("v0.30.0-beta.1: prerelease (channel is stable)"),
+        "{}",
+        text(&out)
+    );
+    let json = sb.hw(&["check", "--json", "--to", "0.29.0"]);
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).expect("json");
+    let hops: Vec<&str> = v["plan"]["hops"]
+        .as_array()
+        .expect("hops")
+        .iter()
+        .filter_map(|h| h["version"].as_str())
+        .collect();
+    assert_eq!(
+        hops,
+        ["0.28.0", "0.29.0"],
+        "an explicit target skips the cooldown, not the minor steps"
+    );
+    let out = sb.hw(&["upgrade", "--dry-run"]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert_eq!(sb.prod_version(), "v0.27.1");
+    assert!(
+        !sb.path("state/versions").exists(),
+        "dry run downloads nothing"
+    );
+}
+
+#[test]
+fn github_token_is_used_but_never_printed_and_must_be_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut sb = Sandbox::new("0.27.1");
+    sb.release("0.28.0", "none");
+    let token = "ghp_SECRETtoken0123456789abcdefghijklmnop";
+    let token_file = sb.path("github-token");
+    std::fs::write(&token_file, format!("{token}\n")).expect("token");
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    sb.extra_release = format!("  token_file: {}\n", token_file.display());
+    sb.write_config();
+    let out = sb.hw(&["config", "check"]);
+    assert_eq!(
+        code(&out),
+        2,
+        "a world-readable token is refused\n{}",
+        text(&out)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("chmod 600"),
+        "{}",
+        text(&out)
+    );
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    for args in [
+        &["config", "check"][..],
+        &["-vv", "check"],
+        &["-vv", "upgrade", "--yes"],
+        &["status", "--json"],
+        &["history", "--json"],
+    ] {
+        let out = sb.hw(args);
+        assert!(out.status.success(), "{args:?}: {}", text(&out));
+        assert!(
+            !text(&out).contains("SECRETtoken"),
+            "{args:?} leaked the token:\n{}",
+            text(&out)
+        );
+    }
+    let auth =
+        std::fs::read_to_string(sb.path("feed/auth.log")).expect("feed records auth headers");
+    assert!(
+        auth.lines().all(|l| l == "bearer"),
+        "every feed request carried the token: {auth}"
+    );
+}
+
+#[test]
+fn insecure_feed_url_is_refused() {
+    let sb = Sandbox::new("0.27.1");
+    let cfg = std::fs::read_to_string(sb.config_path())
+        .expect("cfg")
+        .replace("  allow_insecure_http: true\n", "");
+    std::fs::write(sb.config_path(), cfg).expect("write");
+    let out = sb.hw(&["check"]);
+    assert_eq!(code(&out), 2, "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is not https"),
+        "{}",
+        text(&out)
+    );
+}

@@ -7,6 +7,7 @@
 //! feed/inject                        one fault per line, consumed by successive list requests:
 //!                                    500 | 429 <retry-after-secs> | 403 <reset-in-secs> | malformed
 //! feed/requests.log                  one line per request: "<path> <status>"
+//! feed/auth.log                      per list request: bearer | other | none
 //! ```
 
 use std::collections::BTreeMap;
@@ -99,6 +100,19 @@ fn now_secs() -> u64 {
 
 async fn list_releases(State(feed): State<Arc<Feed>>, headers: HeaderMap) -> Response {
     let path = "/releases";
+    // Record whether the client authenticated (never the token itself).
+    let auth = match headers.get("authorization").and_then(|v| v.to_str().ok()) {
+        Some(v) if v.starts_with("Bearer ") && v.len() > 7 => "bearer",
+        Some(_) => "other",
+        None => "none",
+    };
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(feed.dir.join("auth.log"))
+    {
+        let _ = writeln!(f, "{auth}");
+    }
     if let Some(inj) = next_injection(&feed) {
         let mut parts = inj.split_whitespace();
         let code = parts.next().unwrap_or("");
