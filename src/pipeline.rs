@@ -35,6 +35,8 @@ pub struct CheckReport {
     pub rate_remaining: Option<u64>,
     pub ignored: Vec<String>,
     pub new_releases: Vec<String>,
+    /// Keys in production's Headscale config that a planned version refuses to start with.
+    pub config_problems: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -47,6 +49,11 @@ pub enum UpgradeOutcome {
     Blocked {
         current: Version,
         reason: String,
+    },
+    /// Production's config has keys a planned version refuses to start with.
+    ConfigIncompatible {
+        current: Version,
+        problems: Vec<String>,
     },
     DryRun {
         plan: Plan,
@@ -187,6 +194,23 @@ async fn fetch_and_plan(
         &bad,
         crate::state::now(),
     );
+    let prod_config = deploy::production_config(s)?;
+    let mut config_problems = Vec::new();
+    for hop in &plan.hops {
+        for p in crate::headscale::config::incompatibilities(&prod_config, &hop.version) {
+            let line = format!(
+                "{}: `{}` stops Headscale {} from starting (since {}): {}",
+                prod_config.path.display(),
+                p.key,
+                hop.version,
+                p.since,
+                p.fix
+            );
+            if !config_problems.contains(&line) {
+                config_problems.push(line);
+            }
+        }
+    }
     Ok((
         CheckReport {
             current,
@@ -196,6 +220,7 @@ async fn fetch_and_plan(
             rate_remaining,
             ignored,
             new_releases,
+            config_problems,
         },
         releases,
     ))
@@ -230,6 +255,12 @@ pub async fn upgrade(
     let current = report.current.clone();
     if let Some(reason) = plan.blocked.clone() {
         return Ok(UpgradeOutcome::Blocked { current, reason });
+    }
+    if !report.config_problems.is_empty() {
+        return Ok(UpgradeOutcome::ConfigIncompatible {
+            current,
+            problems: report.config_problems,
+        });
     }
     if plan.is_noop() {
         return Ok(UpgradeOutcome::NothingToDo {
@@ -340,6 +371,7 @@ async fn upgrade_run(
 
     // 2. Baseline from healthy production.
     let config = deploy::production_config(s)?;
+    deploy::check_backup_space(s, &config)?;
     let p = prod(s, store, &config);
     smoke::wait_healthy(
         &config.http_base(),

@@ -262,6 +262,9 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                 for n in &p.notes {
                     println!("  skipped {n}");
                 }
+                for c in &report.config_problems {
+                    println!("  config: {c}");
+                }
             }
             Ok(exit::OK)
         }
@@ -334,6 +337,13 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                     exit::OK
                 }
                 UpgradeOutcome::DryRun { .. } => exit::OK,
+                UpgradeOutcome::ConfigIncompatible { problems, .. } => {
+                    for p in &problems {
+                        eprintln!("error: {p}");
+                    }
+                    eprintln!("hint: fix production's Headscale config first (compare with the new release's config-example.yaml); nothing was changed");
+                    exit::FAILURE
+                }
                 UpgradeOutcome::Upgraded { from, to, .. } => {
                     if !cli.json {
                         println!("upgraded {from} -> {to}");

@@ -172,3 +172,29 @@ pub fn prune_versions(
 pub fn production_config(s: &Settings) -> Result<HeadscaleConfig, DeployError> {
     Ok(HeadscaleConfig::load(&s.headscale.config)?)
 }
+
+/// Refuses to start a promotion that could not finish its backup: the state directory's file
+/// system needs room for two copies of the database (backup + staging copy) plus slack.
+pub fn check_backup_space(s: &Settings, config: &HeadscaleConfig) -> Result<(), DeployError> {
+    let db = &config.database_path;
+    let size = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
+    let mut wal = db.as_os_str().to_owned();
+    wal.push("-wal");
+    let needed = 2 * (size(db) + size(Path::new(&wal))) + 16 * 1024 * 1024;
+    let stat = nix::sys::statvfs::statvfs(&s.state_dir).map_err(|e| {
+        DeployError::Other(format!(
+            "cannot read free space of {}: {e}",
+            s.state_dir.display()
+        ))
+    })?;
+    let available = stat.blocks_available() as u64 * stat.fragment_size() as u64;
+    if available < needed {
+        return Err(DeployError::Other(format!(
+            "not enough free space in {} for the backup: {} MiB needed, {} MiB available; production was not touched",
+            s.state_dir.display(),
+            needed / (1024 * 1024),
+            available / (1024 * 1024)
+        )));
+    }
+    Ok(())
+}

@@ -313,3 +313,103 @@ mod tests {
         assert!(e.to_string().contains("postgres"));
     }
 }
+
+/// A config problem that makes a given Headscale version refuse to start.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Incompatibility {
+    pub key: String,
+    pub since: semver::Version,
+    pub fix: String,
+}
+
+/// Config keys that stop a release from starting (upstream's deprecator and CHANGELOG; see
+/// shared/HEADSCALE.md §4). Checked before anything is downloaded, so an admin hears "change
+/// this key" instead of reading a failed staging log.
+pub fn incompatibilities(cfg: &HeadscaleConfig, target: &semver::Version) -> Vec<Incompatibility> {
+    let present = |key: &str| get(&cfg.root, key).is_some();
+    let at_least = |minor: u64| (target.major, target.minor) >= (0, minor);
+    let mut out = Vec::new();
+    let mut add = |key: &str, minor: u64, fix: &str| {
+        out.push(Incompatibility {
+            key: key.to_string(),
+            since: semver::Version::new(0, minor, 0),
+            fix: fix.to_string(),
+        })
+    };
+    if at_least(23) {
+        for (old, new) in [
+            ("dns_config", "dns"),
+            ("acl_policy_path", "policy.path"),
+            ("db_type", "database.type"),
+            ("db_path", "database.sqlite.path"),
+            ("ip_prefixes", "prefixes"),
+        ] {
+            if present(old) && !present(new) {
+                add(old, 23, &format!("renamed to `{new}`"));
+            }
+        }
+    }
+    if at_least(26) {
+        for key in ["oidc.strip_email_domain", "oidc.map_legacy_users"] {
+            if present(key) {
+                add(key, 26, "removed; delete the key");
+            }
+        }
+        let override_local =
+            get_str(&cfg.root, "dns.override_local_dns").is_none_or(|v| v == "true");
+        let has_global = matches!(get(&cfg.root, "dns.nameservers.global"), Some(Value::Sequence(s)) if !s.is_empty());
+        if override_local && !has_global {
+            add(
+                "dns.nameservers.global",
+                26,
+                "required when dns.override_local_dns is true (its default); add nameservers or set override_local_dns: false",
+            );
+        }
+    }
+    if at_least(29) {
+        if present("randomize_client_port") {
+            add(
+                "randomize_client_port",
+                29,
+                "fatal even when false; delete it and set `randomizeClientPort` at the top level of the policy instead",
+            );
+        }
+        if present("oidc.expiry") {
+            add("oidc.expiry", 29, "removed; use node.expiry");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod incompatibility_tests {
+    use super::*;
+
+    fn cfg(text: &str) -> HeadscaleConfig {
+        HeadscaleConfig::parse(Path::new("c.yaml"), text).expect("parse")
+    }
+
+    #[test]
+    fn known_breaking_keys_per_target() {
+        let base = "dns:\n  nameservers:\n    global: [1.1.1.1]\n";
+        let c = cfg(&format!("{base}randomize_client_port: false\n"));
+        assert!(incompatibilities(&c, &semver::Version::new(0, 28, 0)).is_empty());
+        let found = incompatibilities(&c, &semver::Version::new(0, 29, 2));
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].key, "randomize_client_port");
+        let c = cfg("dns:\n  override_local_dns: true\n");
+        assert_eq!(
+            incompatibilities(&c, &semver::Version::new(0, 26, 0))[0].key,
+            "dns.nameservers.global"
+        );
+        let c = cfg("dns:\n  override_local_dns: false\n");
+        assert!(incompatibilities(&c, &semver::Version::new(0, 26, 0)).is_empty());
+        let c = cfg(&format!(
+            "{base}acl_policy_path: /etc/headscale/acl.hujson\n"
+        ));
+        assert_eq!(
+            incompatibilities(&c, &semver::Version::new(0, 27, 0))[0].key,
+            "acl_policy_path"
+        );
+    }
+}

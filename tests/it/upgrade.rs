@@ -476,3 +476,33 @@ fn insecure_feed_url_is_refused() {
         text(&out)
     );
 }
+
+#[test]
+fn config_keys_fatal_in_the_target_block_the_upgrade_before_anything_happens() {
+    let sb = Sandbox::new("0.28.0");
+    sb.release("0.29.0", "none");
+    let cfg = sb.path("prod/etc/config.yaml");
+    let original = std::fs::read_to_string(&cfg).expect("cfg");
+    std::fs::write(&cfg, format!("{original}randomize_client_port: false\n")).expect("write");
+    let check = sb.hw(&["check"]);
+    assert!(
+        String::from_utf8_lossy(&check.stdout)
+            .contains("`randomize_client_port` stops Headscale 0.29.0 from starting"),
+        "{}",
+        text(&check)
+    );
+    let out = sb.hw(&["upgrade", "--yes"]);
+    assert_eq!(code(&out), 1, "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("randomizeClientPort"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(sb.prod_version(), "v0.28.0");
+    assert!(!sb.path("state/versions").exists(), "nothing downloaded");
+    // Without the key, the same upgrade goes through.
+    std::fs::write(&cfg, original).expect("restore");
+    let out = sb.hw(&["upgrade", "--yes"]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert_eq!(sb.prod_version(), "v0.29.0");
+}
