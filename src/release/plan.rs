@@ -97,15 +97,22 @@ pub fn plan(
             notes.push(format!("{}: listed in release.skip", r.tag));
             continue;
         }
-        if let Some(reason) = bad.get(&r.tag) {
-            notes.push(format!("{}: recorded as bad ({reason})", r.tag));
-            continue;
-        }
         if !r.assets_ready() {
             notes.push(format!("{}: assets not published yet (binary or checksums.txt missing or still uploading); will retry", r.tag));
             continue;
         }
         let explicit = policy.target.as_ref() == Some(v) || policy.pin.as_ref() == Some(v);
+        if let Some(reason) = bad.get(&r.tag) {
+            // A bad mark stops automatic retries; naming the version (`--to`) retries it, and
+            // verification and staging run again as always.
+            if policy.target.as_ref() != Some(v) {
+                notes.push(format!(
+                    "{}: recorded as bad ({reason}); retry with --to {v}",
+                    r.tag
+                ));
+                continue;
+            }
+        }
         if let Some(published) = r.published_at {
             let ready_at = published + policy.min_age_secs;
             if ready_at > now && !explicit {
@@ -363,6 +370,11 @@ mod tests {
         };
         check("0.26.1", p, &[], &["0.27.0", "0.28.0", "0.29.1"], false);
         check("0.26.1", policy(), &["v0.28.0"], &[], true);
+        let p = Policy {
+            target: Some(Version::new(0, 28, 0)),
+            ..policy()
+        };
+        check("0.27.1", p, &["v0.28.0"], &["0.28.0"], false);
         let p = Policy {
             constraint: VersionReq::parse("<0.28").expect("req"),
             ..policy()

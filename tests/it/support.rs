@@ -14,6 +14,8 @@ pub struct Sandbox {
     pub feed_addr: String,
     pub pubkey: String,
     pub extra_release: String,
+    /// Appended under `smoke:`.
+    pub extra_smoke: String,
 }
 
 pub fn sim(args: &[&str]) -> String {
@@ -74,6 +76,7 @@ impl Sandbox {
             feed_addr,
             pubkey,
             extra_release: String::new(),
+            extra_smoke: String::new(),
         };
         sb.write_config();
         sb
@@ -137,10 +140,11 @@ impl Sandbox {
     pub fn write_config(&self) {
         let r = self.dir.path().display();
         let text = format!(
-            "state_dir: {r}/state\nrelease:\n  api_url: http://{addr}\n  allow_insecure_http: true\n  min_age: 1d\n  minisign_public_key: {key}\n{extra}headscale:\n  binary: {r}/prod/bin/headscale\n  config: {r}/prod/etc/config.yaml\n  service:\n    kind: command\n    start: [{r}/prod/service.sh, start]\n    stop: [{r}/prod/service.sh, stop]\n    status: [{r}/prod/service.sh, status]\nsmoke:\n  timeout: 5s\n",
+            "state_dir: {r}/state\nrelease:\n  api_url: http://{addr}\n  allow_insecure_http: true\n  min_age: 1d\n  minisign_public_key: {key}\n{extra}headscale:\n  binary: {r}/prod/bin/headscale\n  config: {r}/prod/etc/config.yaml\n  service:\n    kind: command\n    start: [{r}/prod/service.sh, start]\n    stop: [{r}/prod/service.sh, stop]\n    status: [{r}/prod/service.sh, status]\nsmoke:\n  timeout: 5s\n{smoke}",
             addr = self.feed_addr,
             key = self.pubkey,
-            extra = self.extra_release
+            extra = self.extra_release,
+            smoke = self.extra_smoke
         );
         std::fs::write(self.config_path(), text).expect("config");
     }

@@ -506,3 +506,108 @@ fn config_keys_fatal_in_the_target_block_the_upgrade_before_anything_happens() {
     assert_eq!(code(&out), 0, "{}", text(&out));
     assert_eq!(sb.prod_version(), "v0.29.0");
 }
+
+#[test]
+fn signed_checksums_file_is_enough_and_its_tampering_or_garbling_is_caught() {
+    let mut sb = Sandbox::new("0.27.1");
+    sb.extra_release = "  require_signature: true\n".into();
+    sb.write_config();
+    sb.release("0.28.0", "none");
+    sb.release("0.29.0", "none");
+    // 0.28.0: only checksums.txt is signed (the asset's own .minisig is removed).
+    let sig = sb
+        .asset_path("0.28.0")
+        .with_extension("")
+        .display()
+        .to_string();
+    let asset_sig = format!("{}.minisig", sb.asset_path("0.28.0").display());
+    std::fs::remove_file(&asset_sig).expect("remove asset signature");
+    let out = sb.hw(&["upgrade", "--yes", "--to", "0.28.0"]);
+    assert_eq!(
+        code(&out),
+        0,
+        "a signed checksums.txt binds the asset by sha256\n{}",
+        text(&out)
+    );
+    assert_eq!(sb.prod_version(), "v0.28.0");
+    // 0.29.0: garbled asset signature.
+    let asset_sig = format!("{}.minisig", sb.asset_path("0.29.0").display());
+    std::fs::write(
+        &asset_sig,
+        "untrusted comment: x\nRWgarbage\ntrusted comment: y\nzzz\n",
+    )
+    .expect("garble");
+    let out = sb.hw(&["upgrade", "--yes"]);
+    assert_eq!(code(&out), 1, "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("minisign signature does not verify"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(sb.prod_version(), "v0.28.0");
+}
+
+#[test]
+fn checksums_file_changed_after_signing_is_refused() {
+    let mut sb = Sandbox::new("0.27.1");
+    sb.extra_release = "  require_signature: true\n".into();
+    sb.write_config();
+    sb.release("0.28.0", "none");
+    std::fs::remove_file(format!("{}.minisig", sb.asset_path("0.28.0").display())).expect("rm");
+    let sums = sb.path("feed/releases/v0.28.0/assets/checksums.txt");
+    let text_ = std::fs::read_to_string(&sums).expect("sums");
+    std::fs::write(&sums, format!("{text_}{}  extra_file\n", "0".repeat(64))).expect("append");
+    let out = sb.hw(&["upgrade", "--yes"]);
+    assert_eq!(code(&out), 1, "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("checksums.txt: minisign signature does not verify"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn custom_smoke_commands_gate_staging() {
+    let mut sb = Sandbox::new("0.27.1");
+    sb.release("0.28.0", "none");
+    sb.extra_smoke = "  commands:\n    - [sh, -c, 'exit 7']\n".into();
+    sb.write_config();
+    let out = sb.hw(&["upgrade", "--yes"]);
+    assert_eq!(code(&out), 1, "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("exit 7"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(sb.prod_version(), "v0.27.1");
+    sb.extra_smoke = "  commands:\n    - [sh, -c, 'exit 0']\n".into();
+    sb.write_config();
+    // The failed staging run recorded the release as bad: automatic runs leave it alone…
+    let out = sb.hw(&["upgrade", "--yes"]);
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(stdout.contains("retry with --to 0.28.0"), "{}", text(&out));
+    assert_eq!(sb.prod_version(), "v0.27.1");
+    // …and naming it retries it (staging runs again, now passing).
+    let out = sb.hw(&["upgrade", "--yes", "--to", "0.28.0"]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert_eq!(sb.prod_version(), "v0.28.0");
+}
+
+#[test]
+fn pending_assets_are_retried_later() {
+    let sb = Sandbox::new("0.27.1");
+    sb.release("0.28.0", "none");
+    sb.edit_meta("0.28.0", |m| m["pending"] = serde_json::json!(true));
+    let out = sb.hw(&["upgrade", "--yes"]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("assets not published yet"),
+        "{}",
+        text(&out)
+    );
+    sb.edit_meta("0.28.0", |m| m["pending"] = serde_json::json!(false));
+    let out = sb.hw(&["upgrade", "--yes"]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert_eq!(sb.prod_version(), "v0.28.0");
+}
