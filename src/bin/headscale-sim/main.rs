@@ -13,6 +13,7 @@
 //! The release identity (`--release`) and fault mode (`--fault`) are baked into each release's
 //! launcher script, so a "release" is a small shell script that execs this binary.
 
+mod api;
 mod fixtures;
 mod server;
 
@@ -103,11 +104,39 @@ enum ListCmd {
 
 #[derive(Subcommand, Debug)]
 enum DebugCmd {
+    /// Register users with nodes (as clients would).
     Seed {
         #[arg(long, default_value_t = 3)]
         users: u32,
         #[arg(long, default_value_t = 2)]
         nodes_per_user: u32,
+        /// Pretend the nodes registered this many days ago.
+        #[arg(long, default_value_t = 0)]
+        age_days: i64,
+        /// Node expiry this many days from now (negative: already expired); none by default.
+        #[arg(long, allow_hyphen_values = true)]
+        expiry_days: Option<i64>,
+        /// Comma-separated tags for the nodes.
+        #[arg(long, default_value = "")]
+        tags: String,
+        /// User name prefix.
+        #[arg(long, default_value = "user")]
+        prefix: String,
+    },
+    /// `tailscale up --auth-key KEY`: register (or re-key, same machine key) a node.
+    Register {
+        #[arg(long)]
+        auth_key: String,
+        #[arg(long, default_value = "node")]
+        hostname: String,
+        #[arg(long)]
+        machine_key: Option<String>,
+    },
+    /// Create an API key (what `headscale apikeys create` does).
+    Apikey {
+        /// RFC 3339 expiration.
+        #[arg(long)]
+        expiration: Option<String>,
     },
 }
 
@@ -167,19 +196,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 ListCmd::Create { .. } => anyhow::bail!("use `debug seed` to register nodes"),
             }
         }
-        Command::Debug {
-            cmd:
-                DebugCmd::Seed {
-                    users,
-                    nodes_per_user,
-                },
-        } => {
+        Command::Debug { cmd } => {
             let config = server::load_config(cli.config.as_deref())?;
-            server::cli_post(
-                &config,
-                &format!("/api/v1/debug/seed?users={users}&nodes_per_user={nodes_per_user}"),
-            )
-            .await
+            let path = match cmd {
+                DebugCmd::Seed { users, nodes_per_user, age_days, expiry_days, tags, prefix } => format!(
+                    "/api/v1/debug/seed?users={users}&nodes_per_user={nodes_per_user}&age_days={age_days}{}&tags={tags}&prefix={prefix}",
+                    expiry_days.map(|d| format!("&expiry_days={d}")).unwrap_or_default()
+                ),
+                DebugCmd::Register { auth_key, hostname, machine_key } => format!(
+                    "/api/v1/debug/register?auth_key={auth_key}&hostname={hostname}{}",
+                    machine_key.map(|m| format!("&machine_key={m}")).unwrap_or_default()
+                ),
+                DebugCmd::Apikey { expiration } => {
+                    return server::cli_post_json(&config, "/api/v1/debug/apikey", &serde_json::json!({"expiration": expiration})).await;
+                }
+            };
+            server::cli_post(&config, &path).await
         }
         Command::GithubFeed {
             dir,

@@ -26,6 +26,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 pub struct SimVersion {
     pub major: u64,
     pub minor: u64,
+    pub patch: u64,
     pub text: String,
 }
 
@@ -41,11 +42,7 @@ impl SimVersion {
         if parts.len() != 3 {
             bail!("bad release version {s:?}");
         }
-        Ok(Self {
-            major: parts[0],
-            minor: parts[1],
-            text,
-        })
+        Ok(Self { major: parts[0], minor: parts[1], patch: parts[2], text })
     }
     fn at_least(&self, major: u64, minor: u64) -> bool {
         (self.major, self.minor) >= (major, minor)
@@ -121,14 +118,14 @@ pub fn load_config(path: Option<&Path>) -> Result<Config> {
     Ok(Config { root })
 }
 
-struct AppState {
-    db: Mutex<Connection>,
-    version: SimVersion,
+pub struct AppState {
+    pub db: Mutex<Connection>,
+    pub version: SimVersion,
     never_healthy: bool,
     noise_public: String,
 }
 
-type Shared = Arc<AppState>;
+pub type Shared = Arc<AppState>;
 
 pub async fn serve(
     version: SimVersion,
@@ -299,10 +296,10 @@ fn load_or_create_noise_key(path: &Path, replace: bool) -> Result<String> {
 }
 
 const MIGRATIONS: &[(u64, &str)] = &[
-    (27, "ALTER TABLE nodes ADD COLUMN last_seen TEXT;"),
+    (27, "CREATE INDEX IF NOT EXISTS idx_nodes_machine_key ON nodes(machine_key);"),
     (
         28,
-        "ALTER TABLE nodes ADD COLUMN tags TEXT NOT NULL DEFAULT '[]';",
+        "ALTER TABLE nodes ADD COLUMN approved_routes TEXT NOT NULL DEFAULT '[]';",
     ),
     (
         29,
@@ -333,8 +330,12 @@ fn open_and_migrate(path: &Path, v: &SimVersion, drop_rows: bool) -> Result<Conn
             "CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT UNIQUE NOT NULL, created_at TEXT NOT NULL);
              CREATE TABLE nodes (id INTEGER PRIMARY KEY, machine_key TEXT NOT NULL, node_key TEXT NOT NULL,
                 hostname TEXT NOT NULL, given_name TEXT NOT NULL, user_id INTEGER REFERENCES users(id),
-                ipv4 TEXT, created_at TEXT NOT NULL, expiry TEXT);
-             CREATE TABLE api_keys (id INTEGER PRIMARY KEY, prefix TEXT UNIQUE, hash TEXT, expiration TEXT, created_at TEXT);
+                ipv4 TEXT, created_at TEXT NOT NULL, expiry TEXT, last_seen TEXT,
+                tags TEXT NOT NULL DEFAULT '[]', register_method TEXT);
+             CREATE TABLE api_keys (id INTEGER PRIMARY KEY, prefix TEXT UNIQUE, hash TEXT, expiration TEXT, created_at TEXT, last_seen TEXT);
+             CREATE TABLE pre_auth_keys (id INTEGER PRIMARY KEY, user_id INTEGER REFERENCES users(id), key TEXT UNIQUE NOT NULL,
+                reusable INTEGER NOT NULL, ephemeral INTEGER NOT NULL, used INTEGER NOT NULL, expiration TEXT NOT NULL,
+                created_at TEXT NOT NULL, acl_tags TEXT NOT NULL DEFAULT '[]');
              CREATE TABLE database_versions (id INTEGER PRIMARY KEY CHECK (id = 1), version TEXT, updated_at TEXT);
              CREATE TABLE migrations (id TEXT PRIMARY KEY);",
         )?;
@@ -403,7 +404,7 @@ fn open_and_migrate(path: &Path, v: &SimVersion, drop_rows: bool) -> Result<Conn
     Ok(conn)
 }
 
-fn now_rfc3339() -> String {
+pub fn now_rfc3339() -> String {
     time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
@@ -415,26 +416,49 @@ fn router(state: Shared, tcp: bool) -> Router {
         .route("/version", get(version_handler))
         .route("/key", get(key_handler))
         .route("/api/v1/user", get(list_users).post(create_user))
-        .route("/api/v1/node", get(list_nodes))
         .route("/api/v1/health", get(api_health))
         .route("/api/v1/debug/seed", post(seed))
-        .layer(axum::middleware::from_fn(
-            move |req: axum::extract::Request, next: axum::middleware::Next| async move {
-                // TCP API requests need a Bearer API key; the unix socket is trusted (as upstream).
-                if tcp && req.uri().path().starts_with("/api/") {
-                    let ok = req
-                        .headers()
-                        .get("authorization")
-                        .and_then(|v| v.to_str().ok())
-                        .is_some_and(|v| v.starts_with("Bearer ") && v.len() > 7);
-                    if !ok {
-                        return (StatusCode::UNAUTHORIZED, "Unauthorized").into_response();
-                    }
-                }
-                next.run(req).await
-            },
+        .merge(crate::api::routes())
+        .layer(axum::middleware::from_fn_with_state(
+            (state.clone(), tcp),
+            authenticate,
         ))
         .with_state(state)
+}
+
+/// TCP API requests need a valid, unexpired Bearer API key; the unix socket is trusted (as
+/// upstream). The debug endpoints (acting as a client) exist on the socket only.
+async fn authenticate(
+    State((state, tcp)): State<(Shared, bool)>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let path = req.uri().path();
+    if tcp && path.starts_with("/api/") {
+        if path.starts_with("/api/v1/debug/") {
+            return (StatusCode::NOT_FOUND, "404 page not found").into_response();
+        }
+        let token = req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("")
+            .to_string();
+        let valid = !token.is_empty()
+            && state.db.lock().is_ok_and(|db| {
+                let now = now_rfc3339();
+                db.execute(
+                    "UPDATE api_keys SET last_seen = ?2 WHERE hash = ?1 AND (expiration IS NULL OR expiration > ?2)",
+                    params![crate::api::hash(&token), now],
+                )
+                .is_ok_and(|n| n == 1)
+            });
+        if !valid {
+            return (StatusCode::UNAUTHORIZED, "Unauthorized").into_response();
+        }
+    }
+    next.run(req).await
 }
 
 async fn health(State(s): State<Shared>) -> Response {
@@ -529,41 +553,6 @@ async fn create_user(
     ))
 }
 
-async fn list_nodes(State(s): State<Shared>) -> Result<Json<Json_>, AppError> {
-    let db =
-        s.db.lock()
-            .map_err(|_| AppError("db lock poisoned".into()))?;
-    let has_tags = s.version.at_least(0, 28);
-    let mut stmt = db.prepare(
-        "SELECT n.id, n.machine_key, n.node_key, n.hostname, n.given_name, n.ipv4, n.created_at, n.expiry, u.id, u.name, u.created_at
-         FROM nodes n LEFT JOIN users u ON u.id = n.user_id ORDER BY n.id",
-    )?;
-    let nodes: Vec<Json_> = stmt
-        .query_map([], |r| {
-            let mut node = json!({
-                "id": r.get::<_, i64>(0)?.to_string(),
-                "machineKey": r.get::<_, String>(1)?,
-                "nodeKey": r.get::<_, String>(2)?,
-                "name": r.get::<_, String>(3)?,
-                "givenName": r.get::<_, String>(4)?,
-                "ipAddresses": [r.get::<_, Option<String>>(5)?.unwrap_or_default()],
-                "createdAt": r.get::<_, String>(6)?,
-                "registerMethod": "REGISTER_METHOD_AUTH_KEY",
-                "online": false,
-                "user": user_json(r.get::<_, Option<i64>>(8)?.unwrap_or(0), &r.get::<_, Option<String>>(9)?.unwrap_or_default(), &r.get::<_, Option<String>>(10)?.unwrap_or_default()),
-            });
-            if let Some(exp) = r.get::<_, Option<String>>(7)? {
-                node["expiry"] = json!(exp);
-            }
-            if has_tags {
-                node["tags"] = json!([]);
-            }
-            Ok(node)
-        })?
-        .collect::<Result<_, _>>()?;
-    Ok(Json(json!({ "nodes": nodes })))
-}
-
 async fn seed(
     State(s): State<Shared>,
     Query(q): Query<std::collections::HashMap<String, String>>,
@@ -578,39 +567,43 @@ async fn seed(
             .map_err(|_| AppError("db lock poisoned".into()))?;
     let tx = db.transaction()?;
     let now = now_rfc3339();
+    let fmt = |t: time::OffsetDateTime| t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
+    // Simulated history: nodes registered `age_days` ago, expiring in `expiry_days` (may be negative).
+    let age_days: i64 = q.get("age_days").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let created = fmt(time::OffsetDateTime::now_utc() - time::Duration::days(age_days));
+    let expiry: Option<String> = q
+        .get("expiry_days")
+        .and_then(|v| v.parse::<i64>().ok())
+        .map(|d| fmt(time::OffsetDateTime::now_utc() + time::Duration::days(d)));
+    let tags: Vec<&str> = q.get("tags").map(|t| t.split(',').filter(|x| !x.is_empty()).collect()).unwrap_or_default();
+    let tags_json = serde_json::to_string(&tags)?;
+    let prefix = q.get("prefix").cloned().unwrap_or_else(|| "user".into());
     let base: i64 = tx.query_row("SELECT coalesce(max(id), 0) FROM users", [], |r| r.get(0))?;
-    let mut created = 0u64;
+    let mut count: i64 = tx.query_row("SELECT coalesce(max(id), 0) FROM nodes", [], |r| r.get(0))?;
+    let mut created_nodes = 0u64;
     for u in 0..users {
-        let name = format!("user{}", base as u64 + u + 1);
-        tx.execute(
-            "INSERT INTO users (name, created_at) VALUES (?1, ?2)",
-            params![name, now],
-        )?;
+        let name = format!("{prefix}{}", base as u64 + u + 1);
+        tx.execute("INSERT INTO users (name, created_at) VALUES (?1, ?2)", params![name, now])?;
         let uid = tx.last_insert_rowid();
         for n in 0..per {
             let host = format!("{name}-node{}", n + 1);
-            let mk = format!(
-                "mkey:{}",
-                hex::encode(Sha256::digest(format!("m{uid}-{n}")))
-            );
-            let nk = format!(
-                "nodekey:{}",
-                hex::encode(Sha256::digest(format!("n{uid}-{n}")))
-            );
-            let count: i64 = tx.query_row("SELECT count(*) FROM nodes", [], |r| r.get(0))?;
-            let ip = format!("100.64.{}.{}", (count + 1) / 250, (count + 1) % 250 + 1);
+            let mk = format!("mkey:{}", hex::encode(Sha256::digest(format!("m{uid}-{n}"))));
+            let nk = format!("nodekey:{}", hex::encode(Sha256::digest(format!("n{uid}-{n}"))));
+            count += 1;
+            let ip = format!("100.{}.{}.{}", 64 + count / 62500, (count / 250) % 250, count % 250 + 1);
             tx.execute(
-                "INSERT INTO nodes (machine_key, node_key, hostname, given_name, user_id, ipv4, created_at) VALUES (?1, ?2, ?3, ?3, ?4, ?5, ?6)",
-                params![mk, nk, host, uid, ip, now],
+                "INSERT INTO nodes (machine_key, node_key, hostname, given_name, user_id, ipv4, created_at, expiry, last_seen, tags)
+                 VALUES (?1, ?2, ?3, ?3, ?4, ?5, ?6, ?7, ?6, ?8)",
+                params![mk, nk, host, uid, ip, created, expiry, tags_json],
             )?;
-            created += 1;
+            created_nodes += 1;
         }
     }
     tx.commit()?;
-    Ok(Json(json!({"users": users, "nodes": created})))
+    Ok(Json(json!({"users": users, "nodes": created_nodes})))
 }
 
-struct AppError(String);
+pub struct AppError(pub String);
 
 impl<E: std::fmt::Display> From<E> for AppError {
     fn from(e: E) -> Self {
@@ -630,6 +623,10 @@ impl IntoResponse for AppError {
 
 /// Minimal HTTP/1.0 over the unix socket, as the CLI's transport.
 async fn socket_request(config: &Config, method: &str, path: &str) -> Result<Json_> {
+    socket_request_body(config, method, path, "").await
+}
+
+async fn socket_request_body(config: &Config, method: &str, path: &str, body: &str) -> Result<Json_> {
     let socket = config.path_of("unix_socket")?;
     let mut stream = tokio::net::UnixStream::connect(&socket)
         .await
@@ -639,7 +636,10 @@ async fn socket_request(config: &Config, method: &str, path: &str) -> Result<Jso
                 socket.display()
             )
         })?;
-    let req = format!("{method} {path} HTTP/1.0\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n");
+    let req = format!(
+        "{method} {path} HTTP/1.0\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
     stream.write_all(req.as_bytes()).await?;
     let mut buf = Vec::new();
     stream.read_to_end(&mut buf).await?;
@@ -648,7 +648,7 @@ async fn socket_request(config: &Config, method: &str, path: &str) -> Result<Jso
         .split_once("\r\n\r\n")
         .ok_or_else(|| anyhow!("malformed response"))?;
     if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
-        bail!("request failed: {}", head.lines().next().unwrap_or(""));
+        bail!("request failed: {}: {}", head.lines().next().unwrap_or(""), body.trim());
     }
     Ok(serde_json::from_str(body)?)
 }
@@ -695,5 +695,11 @@ pub async fn cli_get(config: &Config, path: &str, field: &str) -> Result<()> {
 pub async fn cli_post(config: &Config, path: &str) -> Result<()> {
     let v = socket_request(config, "POST", path).await?;
     println!("{}", serde_json::to_string_pretty(&go_json(v))?);
+    Ok(())
+}
+
+pub async fn cli_post_json(config: &Config, path: &str, body: &Json_) -> Result<()> {
+    let v = socket_request_body(config, "POST", path, &body.to_string()).await?;
+    println!("{}", serde_json::to_string_pretty(&v)?);
     Ok(())
 }
