@@ -7,6 +7,7 @@
 //! - [`deploy`]: install layout, staging instance, promotion transaction, rollback, recovery.
 //! - [`smoke`]: checks against a running instance.
 //! - [`headscale`]: the only module that knows Headscale's config keys, CLI and HTTP shapes.
+//! - [`keys`]: node-key rotation: the pure planner and the executor (reminders, one-time keys, enforcement).
 //! - [`state`]: the SQLite state store and journal; the only module with SQL.
 //! - [`schedule`]: cron parsing and the run lock.
 //! - [`process`]: the only place that spawns processes or reads the environment.
@@ -17,6 +18,7 @@ pub mod cli;
 pub mod deploy;
 pub mod exit;
 pub mod headscale;
+pub mod keys;
 pub mod pipeline;
 pub mod process;
 pub mod release;

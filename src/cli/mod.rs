@@ -74,6 +74,11 @@ enum Command {
         #[arg(long, default_value_t = 20)]
         limit: i64,
     },
+    /// Node-key rotation.
+    Keys {
+        #[command(subcommand)]
+        cmd: KeysCmd,
+    },
     /// Configuration commands.
     Config {
         #[command(subcommand)]
@@ -85,6 +90,16 @@ enum Command {
         #[arg(long)]
         keep: bool,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum KeysCmd {
+    /// Every node's key state, deadline and next action; changes nothing.
+    Plan,
+    /// Run the key job once: reminders with one-time keys, rotation detection, enforcement, audit.
+    Run,
+    /// Start a rotation for one node now (id, hostname or given name).
+    Rotate { node: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -109,6 +124,10 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
             (exit::LOCKED, matches!(l, LockError::Held { .. }).then(|| "wait for it to finish; a run killed with SIGKILL releases the lock by itself".to_string()))
         } else if let Some(p) = error.downcast_ref::<PipelineError>() {
             (exit::FAILURE, p.hint())
+        } else if let Some(k) = error.downcast_ref::<crate::keys::KeysError>() {
+            (exit::FAILURE, k.hint())
+        } else if let Some(a) = error.downcast_ref::<crate::headscale::api::ApiError>() {
+            (exit::FAILURE, a.hint())
         } else {
             (exit::FAILURE, None)
         };
@@ -415,6 +434,78 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             Ok(exit::OK)
         }
         Command::Demo { keep } => demo::run(*keep).await,
+        Command::Keys { cmd } => keys_command(&cli, cmd).await,
+    }
+}
+
+async fn keys_command(cli: &Cli, cmd: &KeysCmd) -> Result<u8, Failure> {
+    use crate::keys::plan::{Action, KeyState};
+    let s = load(cli)?;
+    let store = Store::open(&s.state_dir)?;
+    let api = crate::headscale::api::ApiClient::connect(&s).await?;
+    match cmd {
+        KeysCmd::Plan => {
+            let plans = crate::keys::plan_now(&s, &store, &api).await?;
+            if cli.json {
+                return print_json(&plans).map(|()| exit::OK);
+            }
+            println!("Headscale {} — {} nodes", api.version, plans.len());
+            println!("{:>5}  {:<24} {:<14} {:<18} {:<21} next action", "id", "node", "user", "state", "deadline");
+            for p in &plans {
+                let state = match &p.state {
+                    KeyState::Ok => "ok".to_string(),
+                    KeyState::DueSoon { stage } => format!("due-soon (stage {stage})"),
+                    KeyState::InGrace => "in-grace".into(),
+                    KeyState::Overdue => "overdue".into(),
+                    KeyState::Rotated => "rotated".into(),
+                    KeyState::Exempt { reason } => format!("exempt ({reason})"),
+                    KeyState::AlreadyExpired => "already expired".into(),
+                };
+                let action = match &p.action {
+                    Action::None => "-".to_string(),
+                    Action::Remind { stage } => format!("remind (stage {stage}) with a one-time key"),
+                    Action::Expire => "expire node".into(),
+                    Action::RecordRotation => "record rotation".into(),
+                };
+                let deadline = p
+                    .deadline
+                    .and_then(|d| time::OffsetDateTime::from_unix_timestamp(d).ok())
+                    .map(|d| format!("{}-{:02}-{:02}", d.year(), d.month() as u8, d.day()))
+                    .unwrap_or_else(|| "-".into());
+                let flag = if p.never_expires { " [never expires in Headscale]" } else { "" };
+                println!("{:>5}  {:<24} {:<14} {:<18} {:<21} {action}{flag}", p.node_id, p.name, p.user, state, deadline);
+            }
+            Ok(exit::OK)
+        }
+        KeysCmd::Run => {
+            let _lock = RunLock::acquire_keys(&s.state_dir, "keys run")?;
+            let quiet = cli.json;
+            let say = move |line: &str| {
+                if !quiet {
+                    println!("{line}");
+                }
+            };
+            let report = crate::keys::run(&s, &store, &api, &say).await?;
+            if cli.json {
+                print_json(&report)?;
+            } else {
+                println!(
+                    "key job: {} reminder(s), {} rotation(s), {} node(s) expired, {} stale duplicate(s) removed, {} one-time key(s) retired",
+                    report.reminders.len(),
+                    report.rotated.len(),
+                    report.expired.len(),
+                    report.duplicates_removed.len(),
+                    report.keys_retired
+                );
+            }
+            Ok(exit::OK)
+        }
+        KeysCmd::Rotate { node } => {
+            let _lock = RunLock::acquire_keys(&s.state_dir, "keys rotate")?;
+            let name = crate::keys::rotate(&s, &store, &api, node).await?;
+            println!("rotation started for {name}: a one-time key was minted and the reminder queued for its owner");
+            Ok(exit::OK)
+        }
     }
 }
 

@@ -5,6 +5,7 @@
 //! structs (snake_case, numeric ids) while REST is protojson (camelCase, ids as strings) — both
 //! are accepted; `/key?v=` needs a capability version ≥ 39 to return the Noise key.
 
+pub mod api;
 pub mod cli;
 pub mod config;
 pub mod http;

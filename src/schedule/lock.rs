@@ -27,8 +27,18 @@ pub struct RunLock {
 }
 
 impl RunLock {
+    /// The upgrade lock (`state_dir/lock`).
     pub fn acquire(state_dir: &Path, command: &str) -> Result<RunLock, LockError> {
-        let path = state_dir.join("lock");
+        Self::acquire_file(state_dir, "lock", command)
+    }
+
+    /// The key job's own lock (`state_dir/keys.lock`): it runs beside upgrades, never twice.
+    pub fn acquire_keys(state_dir: &Path, command: &str) -> Result<RunLock, LockError> {
+        Self::acquire_file(state_dir, "keys.lock", command)
+    }
+
+    fn acquire_file(state_dir: &Path, file: &str, command: &str) -> Result<RunLock, LockError> {
+        let path = state_dir.join(file);
         let io = |source| LockError::Io {
             path: path.clone(),
             source,

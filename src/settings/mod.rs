@@ -129,6 +129,17 @@ pub struct KeySettings {
     pub grace: Duration,
     pub enforce: Enforce,
     pub exempt_tags: Vec<String>,
+    pub exempt_users: Vec<String>,
+    /// Node names (hostname or given name).
+    pub exempt_nodes: Vec<String>,
+    /// max_age per tag (the shortest applies when a node has several).
+    pub per_tag: Vec<(String, Duration)>,
+    /// Lifetime of a minted one-time pre-auth key.
+    pub key_lifetime: Duration,
+    /// Delete the old entry when the same machine re-registers as a new node.
+    pub remove_stale_duplicates: bool,
+    /// Node audit: report nodes not seen for this long.
+    pub inactive_after: Duration,
 }
 
 #[derive(Debug, Clone)]

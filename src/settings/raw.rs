@@ -185,6 +185,12 @@ struct RawKeys {
     grace: Option<DurationValue>,
     enforce: Option<String>,
     exempt_tags: Option<Vec<String>>,
+    exempt_users: Vec<String>,
+    exempt_nodes: Vec<String>,
+    per_tag: std::collections::BTreeMap<String, DurationValue>,
+    key_lifetime: Option<DurationValue>,
+    remove_stale_duplicates: bool,
+    inactive_after: Option<DurationValue>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -511,7 +517,19 @@ pub(super) fn resolve(file: &Path, text: &str, raw: RawConfig) -> Result<Setting
             }
         },
         exempt_tags: k.exempt_tags.unwrap_or_else(|| vec!["tag:server".into()]),
+        exempt_users: k.exempt_users,
+        exempt_nodes: k.exempt_nodes,
+        per_tag: k.per_tag.into_iter().map(|(t, d)| (t, d.0)).collect(),
+        key_lifetime: k.key_lifetime.map_or(Duration::from_secs(7 * 86400), |d| d.0),
+        remove_stale_duplicates: k.remove_stale_duplicates,
+        inactive_after: k.inactive_after.map_or(Duration::from_secs(30 * 86400), |d| d.0),
     };
+    if keys.max_age.is_zero() {
+        return Err(cx.err("keys.max_age", "max_age must be longer than zero", "e.g. max_age: 90d"));
+    }
+    if keys.remind_before.iter().any(|r| *r >= keys.max_age) {
+        return Err(cx.err("keys.remind_before", "a reminder stage is not shorter than max_age", "stages count back from the deadline, e.g. [14d, 7d, 1d] with max_age: 90d"));
+    }
 
     let notify = raw
         .notify

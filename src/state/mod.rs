@@ -87,6 +87,40 @@ const MIGRATIONS: &[&str] = &[
         body TEXT NOT NULL,
         fetched_at INTEGER NOT NULL
      );",
+    // 2: the key job: observations, reminders sent, minted pre-auth keys, notification outbox
+    "CREATE TABLE key_observations (
+        node_id INTEGER PRIMARY KEY,
+        machine_key TEXT NOT NULL,
+        node_key TEXT NOT NULL,
+        registered_at INTEGER NOT NULL,
+        seen_at INTEGER NOT NULL
+     );
+     CREATE TABLE key_reminders (
+        node_id INTEGER NOT NULL,
+        deadline INTEGER NOT NULL,
+        stage INTEGER NOT NULL,
+        sent_at INTEGER NOT NULL,
+        PRIMARY KEY (node_id, deadline, stage)
+     );
+     CREATE TABLE minted_keys (
+        id INTEGER PRIMARY KEY,
+        node_id INTEGER NOT NULL,
+        key_id INTEGER NOT NULL,
+        user_id INTEGER,
+        user_name TEXT,
+        secret TEXT,
+        expires_at INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        state TEXT NOT NULL DEFAULT 'active'
+     );
+     CREATE TABLE outbox (
+        id INTEGER PRIMARY KEY,
+        event TEXT NOT NULL,
+        severity TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        state TEXT NOT NULL DEFAULT 'pending'
+     );",
 ];
 
 pub struct Store {
@@ -140,6 +174,35 @@ pub struct InstallRow {
     pub path: String,
     pub sha256: String,
     pub installed_at: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct KeyObservation {
+    pub node_id: i64,
+    pub machine_key: String,
+    pub node_key: String,
+    pub registered_at: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct MintedKey {
+    pub node_id: i64,
+    pub key_id: i64,
+    pub user_id: Option<i64>,
+    pub user_name: Option<String>,
+    /// Kept only for servers before 0.28, which expire keys by user + full key.
+    pub secret: Option<String>,
+    pub expires_at: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct OutboxRow {
+    pub id: i64,
+    pub event: String,
+    pub severity: String,
+    pub payload: serde_json::Value,
+    pub created_at: i64,
+    pub state: String,
 }
 
 pub fn now() -> i64 {
@@ -416,6 +479,109 @@ impl Store {
         )?;
         let rows = stmt
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    // ---- key job ----
+
+    pub fn key_observations(&self) -> Result<Vec<KeyObservation>, StateError> {
+        let mut stmt = self.conn.prepare("SELECT node_id, machine_key, node_key, registered_at FROM key_observations")?;
+        let rows = stmt
+            .query_map([], |r| Ok(KeyObservation { node_id: r.get(0)?, machine_key: r.get(1)?, node_key: r.get(2)?, registered_at: r.get(3)? }))?
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    pub fn observe_key(&self, o: &KeyObservation) -> Result<(), StateError> {
+        self.conn.execute(
+            "INSERT INTO key_observations (node_id, machine_key, node_key, registered_at, seen_at) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT(node_id) DO UPDATE SET machine_key = excluded.machine_key, node_key = excluded.node_key,
+                registered_at = excluded.registered_at, seen_at = excluded.seen_at",
+            params![o.node_id, o.machine_key, o.node_key, o.registered_at, now()],
+        )?;
+        Ok(())
+    }
+
+    pub fn forget_node(&self, node_id: i64) -> Result<(), StateError> {
+        self.conn.execute("DELETE FROM key_observations WHERE node_id = ?1", [node_id])?;
+        Ok(())
+    }
+
+    /// Highest reminder stage sent per (node, deadline).
+    pub fn reminders_sent(&self) -> Result<Vec<(i64, i64, i64)>, StateError> {
+        let mut stmt = self.conn.prepare("SELECT node_id, deadline, max(stage) FROM key_reminders GROUP BY node_id, deadline")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    /// Records a reminder and queues its event atomically: either both happen or neither.
+    pub fn record_reminder(&self, node_id: i64, deadline: i64, stage: i64, event: &str, payload: &serde_json::Value) -> Result<(), StateError> {
+        let tx = self.conn.unchecked_transaction()?;
+        tx.execute(
+            "INSERT OR IGNORE INTO key_reminders (node_id, deadline, stage, sent_at) VALUES (?1, ?2, ?3, ?4)",
+            params![node_id, deadline, stage, now()],
+        )?;
+        tx.execute(
+            "INSERT INTO outbox (event, severity, payload, created_at) VALUES (?1, 'warning', ?2, ?3)",
+            params![event, payload.to_string(), now()],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn record_minted_key(&self, m: &MintedKey) -> Result<(), StateError> {
+        self.conn.execute(
+            "INSERT INTO minted_keys (node_id, key_id, user_id, user_name, secret, expires_at, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![m.node_id, m.key_id, m.user_id, m.user_name, m.secret, m.expires_at, now()],
+        )?;
+        Ok(())
+    }
+
+    /// Active minted keys (to expire when used up, superseded or past their window).
+    pub fn active_minted_keys(&self) -> Result<Vec<(i64, MintedKey)>, StateError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id, node_id, key_id, user_id, user_name, secret, expires_at FROM minted_keys WHERE state = 'active' ORDER BY id",
+        )?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get(0)?,
+                    MintedKey { node_id: r.get(1)?, key_id: r.get(2)?, user_id: r.get(3)?, user_name: r.get(4)?, secret: r.get(5)?, expires_at: r.get(6)? },
+                ))
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    pub fn retire_minted_key(&self, id: i64, state: &str) -> Result<(), StateError> {
+        self.conn.execute("UPDATE minted_keys SET state = ?2, secret = NULL WHERE id = ?1", params![id, state])?;
+        Ok(())
+    }
+
+    /// Queues a notification event (delivered by the notification backends).
+    pub fn push_event(&self, event: &str, severity: &str, payload: &serde_json::Value) -> Result<(), StateError> {
+        self.conn.execute(
+            "INSERT INTO outbox (event, severity, payload, created_at) VALUES (?1, ?2, ?3, ?4)",
+            params![event, severity, payload.to_string(), now()],
+        )?;
+        Ok(())
+    }
+
+    pub fn outbox(&self) -> Result<Vec<OutboxRow>, StateError> {
+        let mut stmt = self.conn.prepare("SELECT id, event, severity, payload, created_at, state FROM outbox ORDER BY id")?;
+        let rows = stmt
+            .query_map([], |r| {
+                let payload: String = r.get(3)?;
+                Ok(OutboxRow {
+                    id: r.get(0)?,
+                    event: r.get(1)?,
+                    severity: r.get(2)?,
+                    payload: serde_json::from_str(&payload).unwrap_or(serde_json::Value::Null),
+                    created_at: r.get(4)?,
+                    state: r.get(5)?,
+                })
+            })?
             .collect::<Result<_, _>>()?;
         Ok(rows)
     }

@@ -515,11 +515,6 @@ fn signed_checksums_file_is_enough_and_its_tampering_or_garbling_is_caught() {
     sb.release("0.28.0", "none");
     sb.release("0.29.0", "none");
     // 0.28.0: only checksums.txt is signed (the asset's own .minisig is removed).
-    let sig = sb
-        .asset_path("0.28.0")
-        .with_extension("")
-        .display()
-        .to_string();
     let asset_sig = format!("{}.minisig", sb.asset_path("0.28.0").display());
     std::fs::remove_file(&asset_sig).expect("remove asset signature");
     let out = sb.hw(&["upgrade", "--yes", "--to", "0.28.0"]);

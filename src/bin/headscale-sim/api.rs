@@ -181,7 +181,7 @@ async fn expire_node(
 
 fn preauth_json(r: &Row, v: &SimVersion, full: bool) -> rusqlite::Result<Value> {
     let key: String = r.get(2)?;
-    let shown = if full || v.minor < 28 { key.clone() } else { format!("{}-***", key.rsplitn(2, '-').nth(1).unwrap_or("")) };
+    let shown = if full || v.minor < 28 { key.clone() } else { format!("{}-***", key.rsplit_once('-').map_or("", |x| x.0)) };
     let tags: Vec<String> = serde_json::from_str(&r.get::<_, String>(9)?).unwrap_or_default();
     Ok(json!({
         "id": r.get::<_, i64>(0)?.to_string(),
