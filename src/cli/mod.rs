@@ -450,7 +450,10 @@ async fn keys_command(cli: &Cli, cmd: &KeysCmd) -> Result<u8, Failure> {
                 return print_json(&plans).map(|()| exit::OK);
             }
             println!("Headscale {} — {} nodes", api.version, plans.len());
-            println!("{:>5}  {:<24} {:<14} {:<18} {:<21} next action", "id", "node", "user", "state", "deadline");
+            println!(
+                "{:>5}  {:<24} {:<14} {:<18} {:<21} next action",
+                "id", "node", "user", "state", "deadline"
+            );
             for p in &plans {
                 let state = match &p.state {
                     KeyState::Ok => "ok".to_string(),
@@ -463,7 +466,9 @@ async fn keys_command(cli: &Cli, cmd: &KeysCmd) -> Result<u8, Failure> {
                 };
                 let action = match &p.action {
                     Action::None => "-".to_string(),
-                    Action::Remind { stage } => format!("remind (stage {stage}) with a one-time key"),
+                    Action::Remind { stage } => {
+                        format!("remind (stage {stage}) with a one-time key")
+                    }
                     Action::Expire => "expire node".into(),
                     Action::RecordRotation => "record rotation".into(),
                 };
@@ -472,8 +477,15 @@ async fn keys_command(cli: &Cli, cmd: &KeysCmd) -> Result<u8, Failure> {
                     .and_then(|d| time::OffsetDateTime::from_unix_timestamp(d).ok())
                     .map(|d| format!("{}-{:02}-{:02}", d.year(), d.month() as u8, d.day()))
                     .unwrap_or_else(|| "-".into());
-                let flag = if p.never_expires { " [never expires in Headscale]" } else { "" };
-                println!("{:>5}  {:<24} {:<14} {:<18} {:<21} {action}{flag}", p.node_id, p.name, p.user, state, deadline);
+                let flag = if p.never_expires {
+                    " [never expires in Headscale]"
+                } else {
+                    ""
+                };
+                println!(
+                    "{:>5}  {:<24} {:<14} {:<18} {:<21} {action}{flag}",
+                    p.node_id, p.name, p.user, state, deadline
+                );
             }
             Ok(exit::OK)
         }

@@ -37,7 +37,12 @@ pub enum ApiError {
     #[error("Headscale {version} serves gRPC, not HTTP, on its unix socket {path}")]
     SocketIsGrpc { version: Version, path: PathBuf },
     #[error("{method} {path} failed with HTTP {status}: {message}")]
-    Status { method: String, path: String, status: u16, message: String },
+    Status {
+        method: String,
+        path: String,
+        status: u16,
+        message: String,
+    },
     #[error("{path}: unexpected response: {detail}")]
     Shape { path: String, detail: String },
     #[error("headscale.api.api_key_file is required for {url}")]
@@ -110,8 +115,14 @@ pub struct ApiKeyInfo {
 }
 
 enum Transport {
-    Tcp { base: String, key: Secret, client: reqwest::Client },
-    Unix { socket: PathBuf },
+    Tcp {
+        base: String,
+        key: Secret,
+        client: reqwest::Client,
+    },
+    Unix {
+        socket: PathBuf,
+    },
 }
 
 pub struct ApiClient {
@@ -130,7 +141,10 @@ fn time_of(v: Option<&Value>) -> Option<i64> {
 fn rfc3339(secs: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(secs)
         .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_default()
 }
 
@@ -143,16 +157,33 @@ fn u64_of(v: Option<&Value>) -> Option<u64> {
 }
 
 fn str_of(v: &Value, camel: &str, snake: &str) -> String {
-    v.get(camel).or_else(|| v.get(snake)).and_then(|s| s.as_str()).unwrap_or("").to_string()
+    v.get(camel)
+        .or_else(|| v.get(snake))
+        .and_then(|s| s.as_str())
+        .unwrap_or("")
+        .to_string()
 }
 
 fn strings(v: Option<&Value>) -> Vec<String> {
-    v.and_then(|a| a.as_array()).map(|a| a.iter().filter_map(|s| s.as_str().map(String::from)).collect()).unwrap_or_default()
+    v.and_then(|a| a.as_array())
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn user_of(v: Option<&Value>) -> Option<User> {
     let u = v?;
-    Some(User { id: u64_of(u.get("id")).unwrap_or(0), name: u.get("name").and_then(|n| n.as_str()).unwrap_or("").to_string() })
+    Some(User {
+        id: u64_of(u.get("id")).unwrap_or(0),
+        name: u
+            .get("name")
+            .and_then(|n| n.as_str())
+            .unwrap_or("")
+            .to_string(),
+    })
 }
 
 /// protojson (or CLI Go JSON) node → domain node.
@@ -173,7 +204,10 @@ pub fn parse_node(v: &Value) -> Option<Node> {
         node_key: str_of(v, "nodeKey", "node_key"),
         name: str_of(v, "name", "name"),
         given_name: str_of(v, "givenName", "given_name"),
-        user: user_of(v.get("user")).unwrap_or(User { id: 0, name: String::new() }),
+        user: user_of(v.get("user")).unwrap_or(User {
+            id: 0,
+            name: String::new(),
+        }),
         created_at: time_of(v.get("createdAt").or_else(|| v.get("created_at"))),
         last_seen: time_of(v.get("lastSeen").or_else(|| v.get("last_seen"))),
         expiry: time_of(v.get("expiry")),
@@ -189,7 +223,10 @@ fn parse_preauth(v: &Value) -> Option<PreAuthKey> {
         user: user_of(v.get("user")).filter(|u| u.id != 0 || !u.name.is_empty()),
         key: Secret::new(v.get("key").and_then(|k| k.as_str()).unwrap_or("")),
         reusable: v.get("reusable").and_then(|b| b.as_bool()).unwrap_or(false),
-        ephemeral: v.get("ephemeral").and_then(|b| b.as_bool()).unwrap_or(false),
+        ephemeral: v
+            .get("ephemeral")
+            .and_then(|b| b.as_bool())
+            .unwrap_or(false),
         used: v.get("used").and_then(|b| b.as_bool()).unwrap_or(false),
         expiration: time_of(v.get("expiration")),
         created_at: time_of(v.get("createdAt")),
@@ -199,7 +236,10 @@ fn parse_preauth(v: &Value) -> Option<PreAuthKey> {
 
 fn read_key_file(path: &Path) -> Result<Secret, ApiError> {
     use std::os::unix::fs::PermissionsExt;
-    let err = |detail: String| ApiError::KeyFile { path: path.to_path_buf(), detail };
+    let err = |detail: String| ApiError::KeyFile {
+        path: path.to_path_buf(),
+        detail,
+    };
     let meta = std::fs::metadata(path).map_err(|e| err(e.to_string()))?;
     if meta.permissions().mode() & 0o077 != 0 {
         return Err(err("readable by group or others; refusing to use it".into()));
@@ -216,7 +256,9 @@ pub fn check_version(v: &Version) -> Result<(), ApiError> {
     if v.major == 0 && (26..=30).contains(&v.minor) {
         Ok(())
     } else {
-        Err(ApiError::UnknownVersion { version: v.to_string() })
+        Err(ApiError::UnknownVersion {
+            version: v.to_string(),
+        })
     }
 }
 
@@ -228,51 +270,93 @@ impl ApiClient {
         let binary_version = || async {
             crate::headscale::cli::binary_version(&s.headscale.binary, Duration::from_secs(15))
                 .await
-                .map_err(|e| ApiError::Unreachable { target: s.headscale.binary.display().to_string(), detail: e.to_string() })
+                .map_err(|e| ApiError::Unreachable {
+                    target: s.headscale.binary.display().to_string(),
+                    detail: e.to_string(),
+                })
         };
         if let Some(path) = url.strip_prefix("unix://") {
             let socket = PathBuf::from(path);
             let version = binary_version().await?;
             check_version(&version)?;
             if version.minor < 30 {
-                return Err(ApiError::SocketIsGrpc { version, path: socket });
+                return Err(ApiError::SocketIsGrpc {
+                    version,
+                    path: socket,
+                });
             }
-            let client = ApiClient { transport: Transport::Unix { socket: socket.clone() }, version, target: url };
+            let client = ApiClient {
+                transport: Transport::Unix {
+                    socket: socket.clone(),
+                },
+                version,
+                target: url,
+            };
             client.request("GET", "/api/v1/health", None).await?;
             return Ok(client);
         }
-        let key_file = s.headscale.api_key_file.as_ref().ok_or_else(|| ApiError::MissingKey { url: url.clone() })?;
+        let key_file = s
+            .headscale
+            .api_key_file
+            .as_ref()
+            .ok_or_else(|| ApiError::MissingKey { url: url.clone() })?;
         let key = read_key_file(key_file)?;
         let base = url.trim_end_matches('/').to_string();
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .connect_timeout(Duration::from_secs(10))
             .build()
-            .map_err(|e| ApiError::Unreachable { target: base.clone(), detail: e.to_string() })?;
+            .map_err(|e| ApiError::Unreachable {
+                target: base.clone(),
+                detail: e.to_string(),
+            })?;
         let http = crate::headscale::http::client(Duration::from_secs(10));
         let version = match crate::headscale::http::version(&http, &base).await {
             Ok(Some(v)) => v,
             Ok(None) => binary_version().await?,
-            Err(e) => return Err(ApiError::Unreachable { target: base, detail: e.to_string() }),
+            Err(e) => {
+                return Err(ApiError::Unreachable {
+                    target: base,
+                    detail: e.to_string(),
+                })
+            }
         };
         check_version(&version)?;
-        let api = ApiClient { transport: Transport::Tcp { base: base.clone(), key, client }, version, target: base };
+        let api = ApiClient {
+            transport: Transport::Tcp {
+                base: base.clone(),
+                key,
+                client,
+            },
+            version,
+            target: base,
+        };
         api.request("GET", "/api/v1/node", None).await?;
         Ok(api)
     }
 
-    async fn request(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, ApiError> {
+    async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, ApiError> {
         let (status, text) = match &self.transport {
             Transport::Tcp { base, key, client } => {
-                let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap_or(reqwest::Method::GET);
-                let mut req = client.request(m, format!("{base}{path}")).bearer_auth(key.expose());
+                let m =
+                    reqwest::Method::from_bytes(method.as_bytes()).unwrap_or(reqwest::Method::GET);
+                let mut req = client
+                    .request(m, format!("{base}{path}"))
+                    .bearer_auth(key.expose());
                 if let Some(b) = &body {
-                    req = req.header("content-type", "application/json").body(b.to_string());
+                    req = req
+                        .header("content-type", "application/json")
+                        .body(b.to_string());
                 }
-                let resp = req
-                    .send()
-                    .await
-                    .map_err(|e| ApiError::Unreachable { target: self.target.clone(), detail: crate::cli::error_chain(&e) })?;
+                let resp = req.send().await.map_err(|e| ApiError::Unreachable {
+                    target: self.target.clone(),
+                    detail: crate::cli::error_chain(&e),
+                })?;
                 let status = resp.status().as_u16();
                 (status, resp.text().await.unwrap_or_default())
             }
@@ -280,14 +364,29 @@ impl ApiClient {
         };
         match status {
             200..=299 => serde_json::from_str(if text.trim().is_empty() { "{}" } else { &text })
-                .map_err(|e| ApiError::Shape { path: path.to_string(), detail: e.to_string() }),
-            401 => Err(ApiError::Unauthorized { target: self.target.clone() }),
+                .map_err(|e| ApiError::Shape {
+                    path: path.to_string(),
+                    detail: e.to_string(),
+                }),
+            401 => Err(ApiError::Unauthorized {
+                target: self.target.clone(),
+            }),
             _ => {
                 let message = serde_json::from_str::<Value>(&text)
                     .ok()
-                    .and_then(|v| v.get("message").or_else(|| v.get("detail")).and_then(|m| m.as_str()).map(String::from))
+                    .and_then(|v| {
+                        v.get("message")
+                            .or_else(|| v.get("detail"))
+                            .and_then(|m| m.as_str())
+                            .map(String::from)
+                    })
                     .unwrap_or_else(|| text.chars().take(200).collect());
-                Err(ApiError::Status { method: method.to_string(), path: path.to_string(), status, message })
+                Err(ApiError::Status {
+                    method: method.to_string(),
+                    path: path.to_string(),
+                    status,
+                    message,
+                })
             }
         }
     }
@@ -298,53 +397,93 @@ impl ApiClient {
 
     pub async fn list_users(&self) -> Result<Vec<User>, ApiError> {
         let v = self.request("GET", "/api/v1/user", None).await?;
-        Ok(v.get("users").and_then(|u| u.as_array()).map(|a| a.iter().filter_map(|u| user_of(Some(u))).collect()).unwrap_or_default())
+        Ok(v.get("users")
+            .and_then(|u| u.as_array())
+            .map(|a| a.iter().filter_map(|u| user_of(Some(u))).collect())
+            .unwrap_or_default())
     }
 
     pub async fn list_nodes(&self) -> Result<Vec<Node>, ApiError> {
         let v = self.request("GET", "/api/v1/node", None).await?;
-        let arr = v.get("nodes").and_then(|n| n.as_array()).cloned().unwrap_or_default();
+        let arr = v
+            .get("nodes")
+            .and_then(|n| n.as_array())
+            .cloned()
+            .unwrap_or_default();
         arr.iter()
-            .map(|n| parse_node(n).ok_or_else(|| ApiError::Shape { path: "/api/v1/node".into(), detail: format!("node without an id: {n}") }))
+            .map(|n| {
+                parse_node(n).ok_or_else(|| ApiError::Shape {
+                    path: "/api/v1/node".into(),
+                    detail: format!("node without an id: {n}"),
+                })
+            })
             .collect()
     }
 
     /// A one-time key for `user` (or for `tags`), always with an explicit expiration.
-    pub async fn create_preauth_key(&self, user: Option<&User>, tags: &[String], expires_at: i64) -> Result<PreAuthKey, ApiError> {
-        let mut body = json!({"reusable": false, "ephemeral": false, "expiration": rfc3339(expires_at)});
+    pub async fn create_preauth_key(
+        &self,
+        user: Option<&User>,
+        tags: &[String],
+        expires_at: i64,
+    ) -> Result<PreAuthKey, ApiError> {
+        let mut body =
+            json!({"reusable": false, "ephemeral": false, "expiration": rfc3339(expires_at)});
         if let Some(u) = user {
             body["user"] = json!(u.id.to_string());
         }
         if !tags.is_empty() {
             body["aclTags"] = json!(tags);
         }
-        let v = self.request("POST", "/api/v1/preauthkey", Some(body)).await?;
-        v.get("preAuthKey").and_then(parse_preauth).ok_or_else(|| ApiError::Shape { path: "/api/v1/preauthkey".into(), detail: "no preAuthKey".into() })
+        let v = self
+            .request("POST", "/api/v1/preauthkey", Some(body))
+            .await?;
+        v.get("preAuthKey")
+            .and_then(parse_preauth)
+            .ok_or_else(|| ApiError::Shape {
+                path: "/api/v1/preauthkey".into(),
+                detail: "no preAuthKey".into(),
+            })
     }
 
     /// All pre-auth keys (0.28+), or those of `users` (older servers list per user).
     pub async fn list_preauth_keys(&self, users: &[User]) -> Result<Vec<PreAuthKey>, ApiError> {
         let parse = |v: Value| -> Vec<PreAuthKey> {
-            v.get("preAuthKeys").and_then(|k| k.as_array()).map(|a| a.iter().filter_map(parse_preauth).collect()).unwrap_or_default()
+            v.get("preAuthKeys")
+                .and_then(|k| k.as_array())
+                .map(|a| a.iter().filter_map(parse_preauth).collect())
+                .unwrap_or_default()
         };
         if self.at_least(28, 0) {
-            return Ok(parse(self.request("GET", "/api/v1/preauthkey", None).await?));
+            return Ok(parse(
+                self.request("GET", "/api/v1/preauthkey", None).await?,
+            ));
         }
         let mut out = Vec::new();
         for u in users {
-            out.extend(parse(self.request("GET", &format!("/api/v1/preauthkey?user={}", u.id), None).await?));
+            out.extend(parse(
+                self.request("GET", &format!("/api/v1/preauthkey?user={}", u.id), None)
+                    .await?,
+            ));
         }
         Ok(out)
     }
 
     /// Expires a pre-auth key: by id (0.28+), by user + full key before.
-    pub async fn expire_preauth_key(&self, id: u64, user: Option<&User>, key: &Secret) -> Result<(), ApiError> {
+    pub async fn expire_preauth_key(
+        &self,
+        id: u64,
+        user: Option<&User>,
+        key: &Secret,
+    ) -> Result<(), ApiError> {
         let body = if self.at_least(28, 0) {
             json!({"id": id.to_string()})
         } else {
             json!({"user": user.map(|u| u.id.to_string()).unwrap_or_default(), "key": key.expose()})
         };
-        self.request("POST", "/api/v1/preauthkey/expire", Some(body)).await.map(|_| ())
+        self.request("POST", "/api/v1/preauthkey/expire", Some(body))
+            .await
+            .map(|_| ())
     }
 
     /// Expires a node now, or at `at` (0.27.1+); query parameters up to 0.29, JSON body in 0.30.
@@ -358,16 +497,26 @@ impl ApiClient {
             self.request("POST", &path, Some(body)).await?
         } else {
             let q = match at {
-                Some(t) if self.at_least(27, 1) => format!("?expiry={}", rfc3339(t).replace(':', "%3A").replace('+', "%2B")),
+                Some(t) if self.at_least(27, 1) => format!(
+                    "?expiry={}",
+                    rfc3339(t).replace(':', "%3A").replace('+', "%2B")
+                ),
                 _ => String::new(),
             };
             self.request("POST", &format!("{path}{q}"), None).await?
         };
-        v.get("node").and_then(parse_node).ok_or_else(|| ApiError::Shape { path, detail: "no node".into() })
+        v.get("node")
+            .and_then(parse_node)
+            .ok_or_else(|| ApiError::Shape {
+                path,
+                detail: "no node".into(),
+            })
     }
 
     pub async fn delete_node(&self, id: u64) -> Result<(), ApiError> {
-        self.request("DELETE", &format!("/api/v1/node/{id}"), None).await.map(|_| ())
+        self.request("DELETE", &format!("/api/v1/node/{id}"), None)
+            .await
+            .map(|_| ())
     }
 
     pub async fn list_api_keys(&self) -> Result<Vec<ApiKeyInfo>, ApiError> {
@@ -391,15 +540,33 @@ impl ApiClient {
     }
 }
 
-async fn unix_request(socket: &Path, method: &str, path: &str, body: Option<&Value>) -> Result<(u16, String), ApiError> {
+async fn unix_request(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> Result<(u16, String), ApiError> {
     use http_body_util::{BodyExt, Full};
     let target = format!("unix://{}", socket.display());
-    let stream = tokio::net::UnixStream::connect(socket).await.map_err(|e| match e.kind() {
-        std::io::ErrorKind::PermissionDenied => ApiError::SocketPermission { path: socket.to_path_buf() },
-        _ => ApiError::Unreachable { target: target.clone(), detail: e.to_string() },
-    })?;
-    let unreachable = |e: &dyn std::fmt::Display| ApiError::Unreachable { target: target.clone(), detail: e.to_string() };
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.map_err(|e| unreachable(&e))?;
+    let stream = tokio::net::UnixStream::connect(socket)
+        .await
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::PermissionDenied => ApiError::SocketPermission {
+                path: socket.to_path_buf(),
+            },
+            _ => ApiError::Unreachable {
+                target: target.clone(),
+                detail: e.to_string(),
+            },
+        })?;
+    let unreachable = |e: &dyn std::fmt::Display| ApiError::Unreachable {
+        target: target.clone(),
+        detail: e.to_string(),
+    };
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| unreachable(&e))?;
     tokio::spawn(conn);
     let payload = body.map(|b| b.to_string()).unwrap_or_default();
     let req = http::Request::builder()
@@ -409,9 +576,17 @@ async fn unix_request(socket: &Path, method: &str, path: &str, body: Option<&Val
         .header("content-type", "application/json")
         .body(Full::new(bytes_of(payload)))
         .map_err(|e| unreachable(&e))?;
-    let resp = sender.send_request(req).await.map_err(|e| unreachable(&e))?;
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(|e| unreachable(&e))?;
     let status = resp.status().as_u16();
-    let bytes = resp.into_body().collect().await.map_err(|e| unreachable(&e))?.to_bytes();
+    let bytes = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| unreachable(&e))?
+        .to_bytes();
     Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
 }
 
@@ -428,13 +603,17 @@ mod tests {
         let v030 = json!({"id": "7", "machineKey": "mkey:a", "nodeKey": "nodekey:b", "name": "laptop", "givenName": "laptop",
             "user": {"id": "3", "name": "alice"}, "createdAt": "2026-01-01T00:00:00Z", "expiry": "2026-06-01T00:00:00Z", "tags": ["tag:x"]});
         let n = parse_node(&v030).expect("node");
-        assert_eq!((n.id, n.user.name.as_str(), n.tags.clone()), (7, "alice", vec!["tag:x".to_string()]));
+        assert_eq!(
+            (n.id, n.user.name.as_str(), n.tags.clone()),
+            (7, "alice", vec!["tag:x".to_string()])
+        );
         assert!(n.expiry.is_some() && n.created_at.is_some());
         let v026 = json!({"id": "8", "machineKey": "m", "nodeKey": "k", "forcedTags": ["tag:a"], "validTags": ["tag:a", "tag:b"], "expiry": "0001-01-01T00:00:00Z"});
         let n = parse_node(&v026).expect("node");
         assert_eq!(n.tags, vec!["tag:a".to_string(), "tag:b".to_string()]);
         assert_eq!(n.expiry, None, "Go's zero time means never");
-        let cli = json!({"id": 9, "machine_key": "m", "node_key": "k", "user": {"id": 1, "name": "bob"}});
+        let cli =
+            json!({"id": 9, "machine_key": "m", "node_key": "k", "user": {"id": 1, "name": "bob"}});
         assert_eq!(parse_node(&cli).expect("node").user.name, "bob");
         assert!(parse_node(&json!({"name": "no id"})).is_none());
     }

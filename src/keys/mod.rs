@@ -64,12 +64,24 @@ fn observed_map(store: &Store) -> Result<HashMap<u64, Observed>, StateError> {
     Ok(store
         .key_observations()?
         .into_iter()
-        .map(|o| (o.node_id as u64, Observed { node_key: o.node_key, registered_at: o.registered_at }))
+        .map(|o| {
+            (
+                o.node_id as u64,
+                Observed {
+                    node_key: o.node_key,
+                    registered_at: o.registered_at,
+                },
+            )
+        })
         .collect())
 }
 
 fn sent_map(store: &Store) -> Result<HashMap<(u64, i64), usize>, StateError> {
-    Ok(store.reminders_sent()?.into_iter().map(|(n, d, s)| ((n as u64, d), s as usize)).collect())
+    Ok(store
+        .reminders_sent()?
+        .into_iter()
+        .map(|(n, d, s)| ((n as u64, d), s as usize))
+        .collect())
 }
 
 /// Stale duplicates: older entries whose machine key reappears on a newer node.
@@ -81,34 +93,66 @@ fn duplicates(nodes: &[Node]) -> Vec<(u64, u64)> {
     }
     nodes
         .iter()
-        .filter_map(|n| newest.get(n.machine_key.as_str()).filter(|&&new| new != n.id).map(|&new| (n.id, new)))
+        .filter_map(|n| {
+            newest
+                .get(n.machine_key.as_str())
+                .filter(|&&new| new != n.id)
+                .map(|&new| (n.id, new))
+        })
         .collect()
 }
 
 /// `headwarden keys plan`: changes nothing.
-pub async fn plan_now(s: &Settings, store: &Store, api: &ApiClient) -> Result<Vec<NodePlan>, KeysError> {
+pub async fn plan_now(
+    s: &Settings,
+    store: &Store,
+    api: &ApiClient,
+) -> Result<Vec<NodePlan>, KeysError> {
     let nodes = api.list_nodes().await?;
     let stale: Vec<u64> = duplicates(&nodes).into_iter().map(|(old, _)| old).collect();
-    let nodes: Vec<Node> = nodes.into_iter().filter(|n| !stale.contains(&n.id)).collect();
-    Ok(plan::plan(&nodes, &Policy::from_settings(&s.keys), &observed_map(store)?, &sent_map(store)?, now()))
+    let nodes: Vec<Node> = nodes
+        .into_iter()
+        .filter(|n| !stale.contains(&n.id))
+        .collect();
+    Ok(plan::plan(
+        &nodes,
+        &Policy::from_settings(&s.keys),
+        &observed_map(store)?,
+        &sent_map(store)?,
+        now(),
+    ))
 }
 
 fn fmt_time(t: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(t)
         .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_default()
 }
 
 fn server_url(s: &Settings) -> String {
-    crate::headscale::config::HeadscaleConfig::load(&s.headscale.config).map(|c| c.server_url).unwrap_or_default()
+    crate::headscale::config::HeadscaleConfig::load(&s.headscale.config)
+        .map(|c| c.server_url)
+        .unwrap_or_default()
 }
 
 /// Mints a one-time key for `node`, retiring any earlier one, and returns the key's secret.
-async fn mint_for(s: &Settings, store: &Store, api: &ApiClient, node: &Node) -> Result<(crate::settings::Secret, i64), KeysError> {
+async fn mint_for(
+    s: &Settings,
+    store: &Store,
+    api: &ApiClient,
+    node: &Node,
+) -> Result<(crate::settings::Secret, i64), KeysError> {
     retire_node_keys(store, api, node.id, "superseded").await?;
     let expires_at = now() + s.keys.key_lifetime.as_secs() as i64;
-    let (user, tags) = if node.tags.is_empty() { (Some(&node.user), vec![]) } else { (None, node.tags.clone()) };
+    let (user, tags) = if node.tags.is_empty() {
+        (Some(&node.user), vec![])
+    } else {
+        (None, node.tags.clone())
+    };
     let key = api.create_preauth_key(user, &tags, expires_at).await?;
     store.record_minted_key(&MintedKey {
         node_id: node.id as i64,
@@ -121,19 +165,40 @@ async fn mint_for(s: &Settings, store: &Store, api: &ApiClient, node: &Node) -> 
     Ok((key.key, expires_at))
 }
 
-async fn retire_node_keys(store: &Store, api: &ApiClient, node_id: u64, why: &str) -> Result<usize, KeysError> {
+async fn retire_node_keys(
+    store: &Store,
+    api: &ApiClient,
+    node_id: u64,
+    why: &str,
+) -> Result<usize, KeysError> {
     let mut n = 0;
-    for (row, k) in store.active_minted_keys()?.into_iter().filter(|(_, k)| k.node_id == node_id as i64) {
+    for (row, k) in store
+        .active_minted_keys()?
+        .into_iter()
+        .filter(|(_, k)| k.node_id == node_id as i64)
+    {
         expire_minted(store, api, row, &k, why).await?;
         n += 1;
     }
     Ok(n)
 }
 
-async fn expire_minted(store: &Store, api: &ApiClient, row: i64, k: &MintedKey, why: &str) -> Result<(), KeysError> {
-    let user = k.user_id.map(|id| crate::headscale::api::User { id: id as u64, name: k.user_name.clone().unwrap_or_default() });
+async fn expire_minted(
+    store: &Store,
+    api: &ApiClient,
+    row: i64,
+    k: &MintedKey,
+    why: &str,
+) -> Result<(), KeysError> {
+    let user = k.user_id.map(|id| crate::headscale::api::User {
+        id: id as u64,
+        name: k.user_name.clone().unwrap_or_default(),
+    });
     let secret = crate::settings::Secret::new(k.secret.clone().unwrap_or_default());
-    match api.expire_preauth_key(k.key_id as u64, user.as_ref(), &secret).await {
+    match api
+        .expire_preauth_key(k.key_id as u64, user.as_ref(), &secret)
+        .await
+    {
         Ok(()) | Err(ApiError::Status { status: 404, .. }) => {}
         Err(e) => return Err(e.into()),
     }
@@ -141,7 +206,15 @@ async fn expire_minted(store: &Store, api: &ApiClient, row: i64, k: &MintedKey, 
     Ok(())
 }
 
-fn reminder_payload(s: &Settings, p: &NodePlan, node: &Node, stage: usize, key: &crate::settings::Secret, key_expires: i64, server: &str) -> serde_json::Value {
+fn reminder_payload(
+    s: &Settings,
+    p: &NodePlan,
+    node: &Node,
+    stage: usize,
+    key: &crate::settings::Secret,
+    key_expires: i64,
+    server: &str,
+) -> serde_json::Value {
     let overdue = stage > s.keys.remind_before.len();
     json!({
         "node": {"id": p.node_id, "name": p.name, "user": p.user, "tags": p.tags},
@@ -156,7 +229,12 @@ fn reminder_payload(s: &Settings, p: &NodePlan, node: &Node, stage: usize, key: 
 }
 
 /// `headwarden keys run`: one pass of the key job.
-pub async fn run(s: &Settings, store: &Store, api: &ApiClient, say: &(dyn Fn(&str) + Sync)) -> Result<RunReport, KeysError> {
+pub async fn run(
+    s: &Settings,
+    store: &Store,
+    api: &ApiClient,
+    say: &(dyn Fn(&str) + Sync),
+) -> Result<RunReport, KeysError> {
     let mut report = RunReport::default();
     let all_nodes = api.list_nodes().await?;
     let observed = store.key_observations()?;
@@ -168,7 +246,12 @@ pub async fn run(s: &Settings, store: &Store, api: &ApiClient, say: &(dyn Fn(&st
         let new_node = all_nodes.iter().find(|n| n.id == *new);
         if let Some(n) = new_node {
             if !by_id.contains_key(&(n.id as i64)) {
-                store.observe_key(&KeyObservation { node_id: n.id as i64, machine_key: n.machine_key.clone(), node_key: n.node_key.clone(), registered_at: now() })?;
+                store.observe_key(&KeyObservation {
+                    node_id: n.id as i64,
+                    machine_key: n.machine_key.clone(),
+                    node_key: n.node_key.clone(),
+                    registered_at: now(),
+                })?;
                 store.push_event("keys.rotated", "info", &json!({"node": n.given_name, "user": n.user.name, "how": "re-registered as a new node", "replaces": old}))?;
                 report.rotated.push(n.given_name.clone());
                 retire_node_keys(store, api, *old, "used").await?;
@@ -177,17 +260,32 @@ pub async fn run(s: &Settings, store: &Store, api: &ApiClient, say: &(dyn Fn(&st
         if s.keys.remove_stale_duplicates {
             api.delete_node(*old).await?;
             store.forget_node(*old as i64)?;
-            store.push_event("keys.duplicate_removed", "info", &json!({"node_id": old, "replaced_by": new}))?;
+            store.push_event(
+                "keys.duplicate_removed",
+                "info",
+                &json!({"node_id": old, "replaced_by": new}),
+            )?;
             report.duplicates_removed.push(old.to_string());
         }
     }
     let stale: Vec<u64> = dups.iter().map(|(old, _)| *old).collect();
-    let nodes: Vec<Node> = all_nodes.into_iter().filter(|n| !stale.contains(&n.id)).collect();
+    let nodes: Vec<Node> = all_nodes
+        .into_iter()
+        .filter(|n| !stale.contains(&n.id))
+        .collect();
 
-    let plans = plan::plan(&nodes, &Policy::from_settings(&s.keys), &observed_map(store)?, &sent_map(store)?, now());
+    let plans = plan::plan(
+        &nodes,
+        &Policy::from_settings(&s.keys),
+        &observed_map(store)?,
+        &sent_map(store)?,
+        now(),
+    );
     let server = server_url(s);
     for p in &plans {
-        let Some(node) = nodes.iter().find(|n| n.id == p.node_id) else { continue };
+        let Some(node) = nodes.iter().find(|n| n.id == p.node_id) else {
+            continue;
+        };
         if !by_id.contains_key(&(node.id as i64)) {
             store.observe_key(&KeyObservation {
                 node_id: node.id as i64,
@@ -199,9 +297,18 @@ pub async fn run(s: &Settings, store: &Store, api: &ApiClient, say: &(dyn Fn(&st
         match &p.action {
             Action::None => {}
             Action::RecordRotation => {
-                store.observe_key(&KeyObservation { node_id: node.id as i64, machine_key: node.machine_key.clone(), node_key: node.node_key.clone(), registered_at: now() })?;
+                store.observe_key(&KeyObservation {
+                    node_id: node.id as i64,
+                    machine_key: node.machine_key.clone(),
+                    node_key: node.node_key.clone(),
+                    registered_at: now(),
+                })?;
                 report.keys_retired += retire_node_keys(store, api, node.id, "used").await?;
-                store.push_event("keys.rotated", "info", &json!({"node": p.name, "user": p.user, "how": "new node key"}))?;
+                store.push_event(
+                    "keys.rotated",
+                    "info",
+                    &json!({"node": p.name, "user": p.user, "how": "new node key"}),
+                )?;
                 say(&format!("{}: rotated (new node key)", p.name));
                 report.rotated.push(p.name.clone());
             }
@@ -209,16 +316,33 @@ pub async fn run(s: &Settings, store: &Store, api: &ApiClient, say: &(dyn Fn(&st
                 let (key, key_expires) = mint_for(s, store, api, node).await?;
                 let payload = reminder_payload(s, p, node, *stage, &key, key_expires, &server);
                 let deadline = p.deadline.unwrap_or(0);
-                store.record_reminder(node.id as i64, deadline, *stage as i64, "keys.reminder", &payload)?;
+                store.record_reminder(
+                    node.id as i64,
+                    deadline,
+                    *stage as i64,
+                    "keys.reminder",
+                    &payload,
+                )?;
                 tracing::info!(node = %p.name, user = %p.user, stage, deadline = %fmt_time(deadline), "key reminder queued with a one-time pre-auth key");
-                say(&format!("{}: reminder stage {stage} queued (deadline {}), one-time key minted", p.name, fmt_time(deadline)));
+                say(&format!(
+                    "{}: reminder stage {stage} queued (deadline {}), one-time key minted",
+                    p.name,
+                    fmt_time(deadline)
+                ));
                 report.reminders.push(format!("{} stage {stage}", p.name));
             }
             Action::Expire => {
                 store.push_event("keys.expiring", "critical", &json!({"node": p.name, "user": p.user, "deadline": p.deadline.map(fmt_time), "grace_days": s.keys.grace.as_secs() / 86400}))?;
                 api.expire_node(node.id, None).await?;
-                store.push_event("keys.expired", "critical", &json!({"node": p.name, "user": p.user}))?;
-                say(&format!("{}: overdue past grace; expired in Headscale (enforce: expire)", p.name));
+                store.push_event(
+                    "keys.expired",
+                    "critical",
+                    &json!({"node": p.name, "user": p.user}),
+                )?;
+                say(&format!(
+                    "{}: overdue past grace; expired in Headscale (enforce: expire)",
+                    p.name
+                ));
                 report.expired.push(p.name.clone());
             }
         }
@@ -246,10 +370,18 @@ async fn audit(s: &Settings, api: &ApiClient, nodes: &[Node]) -> Result<Vec<Stri
     let inactive = s.keys.inactive_after.as_secs() as i64;
     for n in nodes {
         if let Some(seen) = n.last_seen.filter(|seen| t - seen > inactive) {
-            out.push(format!("node {} ({}) not seen for {} days", n.given_name, n.user.name, (t - seen) / 86400));
+            out.push(format!(
+                "node {} ({}) not seen for {} days",
+                n.given_name,
+                n.user.name,
+                (t - seen) / 86400
+            ));
         }
     }
-    let never = nodes.iter().filter(|n| n.expiry.is_none() && n.tags.is_empty()).count();
+    let never = nodes
+        .iter()
+        .filter(|n| n.expiry.is_none() && n.tags.is_empty())
+        .count();
     if never > 0 {
         out.push(format!("{never} user-owned node(s) never expire in Headscale (null expiry); consider node.expiry"));
     }
@@ -260,7 +392,10 @@ async fn audit(s: &Settings, api: &ApiClient, nodes: &[Node]) -> Result<Vec<Stri
             out.push(format!("pre-auth key {} is reusable", k.id));
         }
         if k.expiration.is_some_and(|e| e - t > 30 * 86400) {
-            out.push(format!("pre-auth key {} is valid for more than 30 days", k.id));
+            out.push(format!(
+                "pre-auth key {} is valid for more than 30 days",
+                k.id
+            ));
         }
     }
     for k in api.list_api_keys().await? {
@@ -272,13 +407,24 @@ async fn audit(s: &Settings, api: &ApiClient, nodes: &[Node]) -> Result<Vec<Stri
 }
 
 /// `headwarden keys rotate NODE`: a reminder with a fresh one-time key for one node, now.
-pub async fn rotate(s: &Settings, store: &Store, api: &ApiClient, which: &str) -> Result<String, KeysError> {
+pub async fn rotate(
+    s: &Settings,
+    store: &Store,
+    api: &ApiClient,
+    which: &str,
+) -> Result<String, KeysError> {
     let nodes = api.list_nodes().await?;
     let node = nodes
         .iter()
         .find(|n| n.id.to_string() == which || n.name == which || n.given_name == which)
         .ok_or_else(|| KeysError::NoSuchNode(which.to_string()))?;
-    let plans = plan::plan(std::slice::from_ref(node), &Policy::from_settings(&s.keys), &observed_map(store)?, &sent_map(store)?, now());
+    let plans = plan::plan(
+        std::slice::from_ref(node),
+        &Policy::from_settings(&s.keys),
+        &observed_map(store)?,
+        &sent_map(store)?,
+        now(),
+    );
     let p = &plans[0];
     if let KeyState::Exempt { reason } = &p.state {
         tracing::warn!(node = %p.name, %reason, "rotating an exempt node on request");

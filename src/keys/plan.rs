@@ -42,7 +42,11 @@ impl Policy {
             exempt_tags: k.exempt_tags.clone(),
             exempt_users: k.exempt_users.clone(),
             exempt_nodes: k.exempt_nodes.clone(),
-            per_tag: k.per_tag.iter().map(|(t, d)| (t.clone(), d.as_secs() as i64)).collect(),
+            per_tag: k
+                .per_tag
+                .iter()
+                .map(|(t, d)| (t.clone(), d.as_secs() as i64))
+                .collect(),
         }
     }
 
@@ -76,7 +80,9 @@ pub enum KeyState {
 pub enum Action {
     None,
     /// Send reminder `stage` with a freshly minted one-time key.
-    Remind { stage: usize },
+    Remind {
+        stage: usize,
+    },
     /// Expire the node in Headscale (enforce: expire, past deadline + grace).
     Expire,
     /// Record the new node key as the start of a fresh key age.
@@ -105,7 +111,10 @@ pub fn plan(
     sent: &HashMap<(u64, i64), usize>,
     now: i64,
 ) -> Vec<NodePlan> {
-    nodes.iter().map(|n| plan_node(n, policy, observed.get(&n.id), sent, now)).collect()
+    nodes
+        .iter()
+        .map(|n| plan_node(n, policy, observed.get(&n.id), sent, now))
+        .collect()
 }
 
 fn exemption(n: &Node, p: &Policy) -> Option<String> {
@@ -121,7 +130,13 @@ fn exemption(n: &Node, p: &Policy) -> Option<String> {
     None
 }
 
-fn plan_node(n: &Node, p: &Policy, obs: Option<&Observed>, sent: &HashMap<(u64, i64), usize>, now: i64) -> NodePlan {
+fn plan_node(
+    n: &Node,
+    p: &Policy,
+    obs: Option<&Observed>,
+    sent: &HashMap<(u64, i64), usize>,
+    now: i64,
+) -> NodePlan {
     let never_expires = n.expiry.is_none() || !n.tags.is_empty();
     let mut out = NodePlan {
         node_id: n.id,
@@ -142,7 +157,13 @@ fn plan_node(n: &Node, p: &Policy, obs: Option<&Observed>, sent: &HashMap<(u64, 
         out.state = KeyState::AlreadyExpired;
         return out;
     }
-    let max_age = p.per_tag.iter().filter(|(t, _)| n.tags.contains(t)).map(|(_, d)| *d).min().unwrap_or(p.max_age);
+    let max_age = p
+        .per_tag
+        .iter()
+        .filter(|(t, _)| n.tags.contains(t))
+        .map(|(_, d)| *d)
+        .min()
+        .unwrap_or(p.max_age);
     let (since, rotated) = match obs {
         Some(o) if o.node_key != n.node_key => (now, true),
         Some(o) => (o.registered_at, false),
@@ -162,7 +183,13 @@ fn plan_node(n: &Node, p: &Policy, obs: Option<&Observed>, sent: &HashMap<(u64, 
     let stage = if now >= deadline {
         p.overdue_stage()
     } else {
-        p.remind_before.iter().enumerate().filter(|(_, before)| now >= deadline - **before).map(|(i, _)| i + 1).max().unwrap_or(0)
+        p.remind_before
+            .iter()
+            .enumerate()
+            .filter(|(_, before)| now >= deadline - **before)
+            .map(|(i, _)| i + 1)
+            .max()
+            .unwrap_or(0)
     };
     out.state = if now >= deadline + p.grace {
         KeyState::Overdue
@@ -199,7 +226,10 @@ mod tests {
             node_key: format!("nodekey:{id}"),
             name: format!("n{id}"),
             given_name: format!("n{id}"),
-            user: User { id: 1, name: "alice".into() },
+            user: User {
+                id: 1,
+                name: "alice".into(),
+            },
             created_at: Some(NOW - age_days * DAY),
             last_seen: None,
             expiry: None,
@@ -222,11 +252,29 @@ mod tests {
         }
     }
 
-    fn check(n: Node, obs: Option<Observed>, sent: &[(u64, i64, usize)], enforce: Enforce, state: KeyState, action: Action) {
+    fn check(
+        n: Node,
+        obs: Option<Observed>,
+        sent: &[(u64, i64, usize)],
+        enforce: Enforce,
+        state: KeyState,
+        action: Action,
+    ) {
         let observed: HashMap<u64, Observed> = obs.into_iter().map(|o| (n.id, o)).collect();
-        let sent: HashMap<(u64, i64), usize> = sent.iter().map(|(id, d, s)| ((*id, *d), *s)).collect();
-        let p = plan(std::slice::from_ref(&n), &policy(enforce), &observed, &sent, NOW);
-        assert_eq!((p[0].state.clone(), p[0].action.clone()), (state, action), "{n:?}");
+        let sent: HashMap<(u64, i64), usize> =
+            sent.iter().map(|(id, d, s)| ((*id, *d), *s)).collect();
+        let p = plan(
+            std::slice::from_ref(&n),
+            &policy(enforce),
+            &observed,
+            &sent,
+            NOW,
+        );
+        assert_eq!(
+            (p[0].state.clone(), p[0].action.clone()),
+            (state, action),
+            "{n:?}"
+        );
     }
 
     #[test]
@@ -234,48 +282,176 @@ mod tests {
         use Action as A;
         use KeyState as S;
         check(node(1, 10), None, &[], Enforce::Remind, S::Ok, A::None);
-        check(node(1, 77), None, &[], Enforce::Remind, S::DueSoon { stage: 1 }, A::Remind { stage: 1 });
-        check(node(1, 84), None, &[], Enforce::Remind, S::DueSoon { stage: 2 }, A::Remind { stage: 2 });
-        check(node(1, 89), None, &[], Enforce::Remind, S::DueSoon { stage: 3 }, A::Remind { stage: 3 });
-        check(node(1, 92), None, &[], Enforce::Remind, S::InGrace, A::Remind { stage: 4 });
-        check(node(1, 100), None, &[], Enforce::Remind, S::Overdue, A::Remind { stage: 4 });
-        check(node(1, 100), None, &[], Enforce::Expire, S::Overdue, A::Expire);
-        check(node(1, 92), None, &[], Enforce::Expire, S::InGrace, A::Remind { stage: 4 });
+        check(
+            node(1, 77),
+            None,
+            &[],
+            Enforce::Remind,
+            S::DueSoon { stage: 1 },
+            A::Remind { stage: 1 },
+        );
+        check(
+            node(1, 84),
+            None,
+            &[],
+            Enforce::Remind,
+            S::DueSoon { stage: 2 },
+            A::Remind { stage: 2 },
+        );
+        check(
+            node(1, 89),
+            None,
+            &[],
+            Enforce::Remind,
+            S::DueSoon { stage: 3 },
+            A::Remind { stage: 3 },
+        );
+        check(
+            node(1, 92),
+            None,
+            &[],
+            Enforce::Remind,
+            S::InGrace,
+            A::Remind { stage: 4 },
+        );
+        check(
+            node(1, 100),
+            None,
+            &[],
+            Enforce::Remind,
+            S::Overdue,
+            A::Remind { stage: 4 },
+        );
+        check(
+            node(1, 100),
+            None,
+            &[],
+            Enforce::Expire,
+            S::Overdue,
+            A::Expire,
+        );
+        check(
+            node(1, 92),
+            None,
+            &[],
+            Enforce::Expire,
+            S::InGrace,
+            A::Remind { stage: 4 },
+        );
     }
 
     #[test]
     fn reminders_once_per_stage_and_late_runs_send_only_the_most_urgent() {
         let deadline = NOW - 84 * DAY + 90 * DAY;
-        check(node(1, 84), None, &[(1, deadline, 2)], Enforce::Remind, KeyState::DueSoon { stage: 2 }, Action::None);
+        check(
+            node(1, 84),
+            None,
+            &[(1, deadline, 2)],
+            Enforce::Remind,
+            KeyState::DueSoon { stage: 2 },
+            Action::None,
+        );
         // Stage 1 was sent, stage 2 was missed, now stage 3 is due: send 3 only.
-        check(node(1, 89), None, &[(1, NOW - 89 * DAY + 90 * DAY, 1)], Enforce::Remind, KeyState::DueSoon { stage: 3 }, Action::Remind { stage: 3 });
+        check(
+            node(1, 89),
+            None,
+            &[(1, NOW - 89 * DAY + 90 * DAY, 1)],
+            Enforce::Remind,
+            KeyState::DueSoon { stage: 3 },
+            Action::Remind { stage: 3 },
+        );
     }
 
     #[test]
     fn observations_rotation_expiry_and_exemptions() {
-        let obs = |key: &str, days_ago: i64| Some(Observed { node_key: key.into(), registered_at: NOW - days_ago * DAY });
+        let obs = |key: &str, days_ago: i64| {
+            Some(Observed {
+                node_key: key.into(),
+                registered_at: NOW - days_ago * DAY,
+            })
+        };
         // Re-registered 5 days ago with the same key: young again, though created long ago.
-        check(node(1, 300), obs("nodekey:1", 5), &[], Enforce::Remind, KeyState::Ok, Action::None);
-        check(node(1, 300), obs("nodekey:old", 100), &[], Enforce::Remind, KeyState::Rotated, Action::RecordRotation);
+        check(
+            node(1, 300),
+            obs("nodekey:1", 5),
+            &[],
+            Enforce::Remind,
+            KeyState::Ok,
+            Action::None,
+        );
+        check(
+            node(1, 300),
+            obs("nodekey:old", 100),
+            &[],
+            Enforce::Remind,
+            KeyState::Rotated,
+            Action::RecordRotation,
+        );
         let mut n = node(1, 10);
         n.expiry = Some(NOW + 3 * DAY);
-        check(n.clone(), None, &[], Enforce::Remind, KeyState::DueSoon { stage: 2 }, Action::Remind { stage: 2 });
+        check(
+            n.clone(),
+            None,
+            &[],
+            Enforce::Remind,
+            KeyState::DueSoon { stage: 2 },
+            Action::Remind { stage: 2 },
+        );
         n.expiry = Some(NOW - DAY);
-        check(n, None, &[], Enforce::Expire, KeyState::AlreadyExpired, Action::None);
+        check(
+            n,
+            None,
+            &[],
+            Enforce::Expire,
+            KeyState::AlreadyExpired,
+            Action::None,
+        );
         let mut n = node(1, 300);
         n.tags = vec!["tag:server".into()];
-        check(n, None, &[], Enforce::Expire, KeyState::Exempt { reason: "tag tag:server".into() }, Action::None);
+        check(
+            n,
+            None,
+            &[],
+            Enforce::Expire,
+            KeyState::Exempt {
+                reason: "tag tag:server".into(),
+            },
+            Action::None,
+        );
         let mut n = node(1, 300);
         n.user.name = "robot".into();
-        assert!(matches!(plan(&[n], &policy(Enforce::Expire), &HashMap::new(), &HashMap::new(), NOW)[0].state, KeyState::Exempt { .. }));
+        assert!(matches!(
+            plan(
+                &[n],
+                &policy(Enforce::Expire),
+                &HashMap::new(),
+                &HashMap::new(),
+                NOW
+            )[0]
+            .state,
+            KeyState::Exempt { .. }
+        ));
         let mut n = node(1, 25);
         n.tags = vec!["tag:laptop".into()];
-        check(n, None, &[], Enforce::Remind, KeyState::DueSoon { stage: 2 }, Action::Remind { stage: 2 });
+        check(
+            n,
+            None,
+            &[],
+            Enforce::Remind,
+            KeyState::DueSoon { stage: 2 },
+            Action::Remind { stage: 2 },
+        );
     }
 
     #[test]
     fn never_expiring_is_reported() {
-        let p = plan(&[node(1, 1)], &policy(Enforce::Remind), &HashMap::new(), &HashMap::new(), NOW);
+        let p = plan(
+            &[node(1, 1)],
+            &policy(Enforce::Remind),
+            &HashMap::new(),
+            &HashMap::new(),
+            NOW,
+        );
         assert!(p[0].never_expires);
     }
 }

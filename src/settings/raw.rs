@@ -432,14 +432,11 @@ pub(super) fn resolve(file: &Path, text: &str, raw: RawConfig) -> Result<Setting
         .api
         .url
         .unwrap_or_else(|| "unix:///var/run/headscale/headscale.sock".into());
-    if !(api_url.starts_with("unix://")
-        || api_url.starts_with("https://")
-        || api_url.starts_with("http://"))
-    {
+    if !(api_url.starts_with("unix://") || url_allowed(&api_url, true)) {
         return Err(cx.err(
             "headscale.api.url",
             format!("unsupported API address {api_url:?}"),
-            "use unix:///path/to.sock or https://host",
+            "use unix:///path/to.sock, https://host, or http:// to a loopback address (the API key must not cross a network in clear text)",
         ));
     }
     let headscale = HeadscaleSettings {
@@ -520,15 +517,27 @@ pub(super) fn resolve(file: &Path, text: &str, raw: RawConfig) -> Result<Setting
         exempt_users: k.exempt_users,
         exempt_nodes: k.exempt_nodes,
         per_tag: k.per_tag.into_iter().map(|(t, d)| (t, d.0)).collect(),
-        key_lifetime: k.key_lifetime.map_or(Duration::from_secs(7 * 86400), |d| d.0),
+        key_lifetime: k
+            .key_lifetime
+            .map_or(Duration::from_secs(7 * 86400), |d| d.0),
         remove_stale_duplicates: k.remove_stale_duplicates,
-        inactive_after: k.inactive_after.map_or(Duration::from_secs(30 * 86400), |d| d.0),
+        inactive_after: k
+            .inactive_after
+            .map_or(Duration::from_secs(30 * 86400), |d| d.0),
     };
     if keys.max_age.is_zero() {
-        return Err(cx.err("keys.max_age", "max_age must be longer than zero", "e.g. max_age: 90d"));
+        return Err(cx.err(
+            "keys.max_age",
+            "max_age must be longer than zero",
+            "e.g. max_age: 90d",
+        ));
     }
     if keys.remind_before.iter().any(|r| *r >= keys.max_age) {
-        return Err(cx.err("keys.remind_before", "a reminder stage is not shorter than max_age", "stages count back from the deadline, e.g. [14d, 7d, 1d] with max_age: 90d"));
+        return Err(cx.err(
+            "keys.remind_before",
+            "a reminder stage is not shorter than max_age",
+            "stages count back from the deadline, e.g. [14d, 7d, 1d] with max_age: 90d",
+        ));
     }
 
     let notify = raw

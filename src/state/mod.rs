@@ -486,9 +486,18 @@ impl Store {
     // ---- key job ----
 
     pub fn key_observations(&self) -> Result<Vec<KeyObservation>, StateError> {
-        let mut stmt = self.conn.prepare("SELECT node_id, machine_key, node_key, registered_at FROM key_observations")?;
+        let mut stmt = self.conn.prepare(
+            "SELECT node_id, machine_key, node_key, registered_at FROM key_observations",
+        )?;
         let rows = stmt
-            .query_map([], |r| Ok(KeyObservation { node_id: r.get(0)?, machine_key: r.get(1)?, node_key: r.get(2)?, registered_at: r.get(3)? }))?
+            .query_map([], |r| {
+                Ok(KeyObservation {
+                    node_id: r.get(0)?,
+                    machine_key: r.get(1)?,
+                    node_key: r.get(2)?,
+                    registered_at: r.get(3)?,
+                })
+            })?
             .collect::<Result<_, _>>()?;
         Ok(rows)
     }
@@ -504,19 +513,31 @@ impl Store {
     }
 
     pub fn forget_node(&self, node_id: i64) -> Result<(), StateError> {
-        self.conn.execute("DELETE FROM key_observations WHERE node_id = ?1", [node_id])?;
+        self.conn
+            .execute("DELETE FROM key_observations WHERE node_id = ?1", [node_id])?;
         Ok(())
     }
 
     /// Highest reminder stage sent per (node, deadline).
     pub fn reminders_sent(&self) -> Result<Vec<(i64, i64, i64)>, StateError> {
-        let mut stmt = self.conn.prepare("SELECT node_id, deadline, max(stage) FROM key_reminders GROUP BY node_id, deadline")?;
-        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect::<Result<_, _>>()?;
+        let mut stmt = self.conn.prepare(
+            "SELECT node_id, deadline, max(stage) FROM key_reminders GROUP BY node_id, deadline",
+        )?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<Result<_, _>>()?;
         Ok(rows)
     }
 
     /// Records a reminder and queues its event atomically: either both happen or neither.
-    pub fn record_reminder(&self, node_id: i64, deadline: i64, stage: i64, event: &str, payload: &serde_json::Value) -> Result<(), StateError> {
+    pub fn record_reminder(
+        &self,
+        node_id: i64,
+        deadline: i64,
+        stage: i64,
+        event: &str,
+        payload: &serde_json::Value,
+    ) -> Result<(), StateError> {
         let tx = self.conn.unchecked_transaction()?;
         tx.execute(
             "INSERT OR IGNORE INTO key_reminders (node_id, deadline, stage, sent_at) VALUES (?1, ?2, ?3, ?4)",
@@ -547,7 +568,14 @@ impl Store {
             .query_map([], |r| {
                 Ok((
                     r.get(0)?,
-                    MintedKey { node_id: r.get(1)?, key_id: r.get(2)?, user_id: r.get(3)?, user_name: r.get(4)?, secret: r.get(5)?, expires_at: r.get(6)? },
+                    MintedKey {
+                        node_id: r.get(1)?,
+                        key_id: r.get(2)?,
+                        user_id: r.get(3)?,
+                        user_name: r.get(4)?,
+                        secret: r.get(5)?,
+                        expires_at: r.get(6)?,
+                    },
                 ))
             })?
             .collect::<Result<_, _>>()?;
@@ -555,12 +583,20 @@ impl Store {
     }
 
     pub fn retire_minted_key(&self, id: i64, state: &str) -> Result<(), StateError> {
-        self.conn.execute("UPDATE minted_keys SET state = ?2, secret = NULL WHERE id = ?1", params![id, state])?;
+        self.conn.execute(
+            "UPDATE minted_keys SET state = ?2, secret = NULL WHERE id = ?1",
+            params![id, state],
+        )?;
         Ok(())
     }
 
     /// Queues a notification event (delivered by the notification backends).
-    pub fn push_event(&self, event: &str, severity: &str, payload: &serde_json::Value) -> Result<(), StateError> {
+    pub fn push_event(
+        &self,
+        event: &str,
+        severity: &str,
+        payload: &serde_json::Value,
+    ) -> Result<(), StateError> {
         self.conn.execute(
             "INSERT INTO outbox (event, severity, payload, created_at) VALUES (?1, ?2, ?3, ?4)",
             params![event, severity, payload.to_string(), now()],
@@ -569,7 +605,9 @@ impl Store {
     }
 
     pub fn outbox(&self) -> Result<Vec<OutboxRow>, StateError> {
-        let mut stmt = self.conn.prepare("SELECT id, event, severity, payload, created_at, state FROM outbox ORDER BY id")?;
+        let mut stmt = self.conn.prepare(
+            "SELECT id, event, severity, payload, created_at, state FROM outbox ORDER BY id",
+        )?;
         let rows = stmt
             .query_map([], |r| {
                 let payload: String = r.get(3)?;

@@ -16,6 +16,10 @@ pub struct Sandbox {
     pub extra_release: String,
     /// Appended under `smoke:`.
     pub extra_smoke: String,
+    /// Appended under `headscale:` (e.g. the `api:` section).
+    pub extra_headscale: String,
+    /// Appended at the end (top-level sections such as `keys:`).
+    pub extra_top: String,
 }
 
 pub fn sim(args: &[&str]) -> String {
@@ -77,6 +81,8 @@ impl Sandbox {
             pubkey,
             extra_release: String::new(),
             extra_smoke: String::new(),
+            extra_headscale: String::new(),
+            extra_top: String::new(),
         };
         sb.write_config();
         sb
@@ -140,11 +146,13 @@ impl Sandbox {
     pub fn write_config(&self) {
         let r = self.dir.path().display();
         let text = format!(
-            "state_dir: {r}/state\nrelease:\n  api_url: http://{addr}\n  allow_insecure_http: true\n  min_age: 1d\n  minisign_public_key: {key}\n{extra}headscale:\n  binary: {r}/prod/bin/headscale\n  config: {r}/prod/etc/config.yaml\n  service:\n    kind: command\n    start: [{r}/prod/service.sh, start]\n    stop: [{r}/prod/service.sh, stop]\n    status: [{r}/prod/service.sh, status]\nsmoke:\n  timeout: 5s\n{smoke}",
+            "state_dir: {r}/state\nrelease:\n  api_url: http://{addr}\n  allow_insecure_http: true\n  min_age: 1d\n  minisign_public_key: {key}\n{extra}headscale:\n  binary: {r}/prod/bin/headscale\n  config: {r}/prod/etc/config.yaml\n  service:\n    kind: command\n    start: [{r}/prod/service.sh, start]\n    stop: [{r}/prod/service.sh, stop]\n    status: [{r}/prod/service.sh, status]\n{api}smoke:\n  timeout: 5s\n{smoke}{top}",
             addr = self.feed_addr,
             key = self.pubkey,
             extra = self.extra_release,
-            smoke = self.extra_smoke
+            smoke = self.extra_smoke,
+            api = self.extra_headscale,
+            top = self.extra_top
         );
         std::fs::write(self.config_path(), text).expect("config");
     }
@@ -240,4 +248,94 @@ pub fn code(o: &Output) -> i32 {
 #[allow(dead_code)]
 pub fn exists(p: &Path) -> bool {
     p.exists()
+}
+
+impl Sandbox {
+    /// Runs production's own CLI (over its socket) and returns stdout.
+    pub fn prod_cmd(&self, args: &[&str]) -> String {
+        let cfg = self.path("prod/etc/config.yaml").display().to_string();
+        let out = Command::new(self.path("prod/bin/headscale"))
+            .args(["-c", &cfg])
+            .args(args)
+            .output()
+            .expect("prod cli");
+        assert!(
+            out.status.success(),
+            "headscale {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    }
+
+    /// Points headwarden at production's API: over TCP with a fresh API key (0600 file), or over
+    /// the unix socket.
+    pub fn enable_api(&mut self, over_socket: bool) {
+        if over_socket {
+            self.extra_headscale = format!(
+                "  api:\n    url: unix://{}\n",
+                self.path("prod/run/headscale.sock").display()
+            );
+        } else {
+            let out = self.prod_cmd(&["debug", "apikey"]);
+            let v: serde_json::Value = serde_json::from_str(&out).expect("apikey json");
+            let key_file = self.path("api-key");
+            std::fs::write(&key_file, v["apiKey"].as_str().expect("key")).expect("key file");
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600))
+                .expect("chmod");
+            let cfg = std::fs::read_to_string(self.path("prod/etc/config.yaml")).expect("cfg");
+            let listen = cfg
+                .lines()
+                .find_map(|l| l.strip_prefix("listen_addr: "))
+                .expect("listen")
+                .trim()
+                .to_string();
+            self.extra_headscale = format!(
+                "  api:\n    url: http://{listen}\n    api_key_file: {}\n",
+                key_file.display()
+            );
+        }
+        self.write_config();
+    }
+
+    /// Registers users with nodes of a given age (days) and optional expiry / tags.
+    pub fn seed(&self, prefix: &str, age_days: i64, expiry_days: Option<i64>, tags: &str) {
+        let age = age_days.to_string();
+        let mut args = vec![
+            "debug",
+            "seed",
+            "--users",
+            "1",
+            "--nodes-per-user",
+            "1",
+            "--prefix",
+            prefix,
+            "--age-days",
+            &age,
+            "--tags",
+            tags,
+        ];
+        let exp = expiry_days.map(|d| d.to_string());
+        if let Some(e) = &exp {
+            args.extend(["--expiry-days", e]);
+        }
+        self.prod_cmd(&args);
+    }
+
+    /// The notification outbox (events queued for chat), read straight from the state store.
+    pub fn outbox(&self) -> Vec<(String, serde_json::Value)> {
+        let db = rusqlite::Connection::open(self.path("state/state.db")).expect("state.db");
+        let mut stmt = db
+            .prepare("SELECT event, payload FROM outbox ORDER BY id")
+            .expect("query");
+        stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                serde_json::from_str(&r.get::<_, String>(1)?).unwrap_or_default(),
+            ))
+        })
+        .expect("rows")
+        .collect::<Result<_, _>>()
+        .expect("collect")
+    }
 }

@@ -34,11 +34,19 @@ pub fn routes() -> Router<Shared> {
 }
 
 fn bad_request(msg: &str) -> Response {
-    (StatusCode::BAD_REQUEST, Json(json!({"code": 3, "message": msg, "details": []}))).into_response()
+    (
+        StatusCode::BAD_REQUEST,
+        Json(json!({"code": 3, "message": msg, "details": []})),
+    )
+        .into_response()
 }
 
 fn not_found(msg: &str) -> Response {
-    (StatusCode::NOT_FOUND, Json(json!({"code": 5, "message": msg, "details": []}))).into_response()
+    (
+        StatusCode::NOT_FOUND,
+        Json(json!({"code": 5, "message": msg, "details": []})),
+    )
+        .into_response()
 }
 
 fn random_hex(n: usize) -> String {
@@ -62,14 +70,20 @@ fn parse_time(s: &str) -> Option<time::OffsetDateTime> {
 }
 
 fn is_past(s: &Option<String>) -> bool {
-    s.as_deref().and_then(parse_time).is_some_and(|t| t <= time::OffsetDateTime::now_utc())
+    s.as_deref()
+        .and_then(parse_time)
+        .is_some_and(|t| t <= time::OffsetDateTime::now_utc())
 }
 
 const NODE_SQL: &str = "SELECT n.id, n.machine_key, n.node_key, n.hostname, n.given_name, n.ipv4, n.created_at, n.expiry,
         u.id, u.name, u.created_at, n.last_seen, n.tags, n.register_method FROM nodes n LEFT JOIN users u ON u.id = n.user_id";
 
 fn node_json(r: &Row, v: &SimVersion) -> rusqlite::Result<Value> {
-    let tags: Vec<String> = serde_json::from_str(&r.get::<_, Option<String>>(12)?.unwrap_or_else(|| "[]".into())).unwrap_or_default();
+    let tags: Vec<String> = serde_json::from_str(
+        &r.get::<_, Option<String>>(12)?
+            .unwrap_or_else(|| "[]".into()),
+    )
+    .unwrap_or_default();
     let tagged = !tags.is_empty();
     let user = if tagged && v.minor >= 28 {
         json!({"id": "2147455555", "name": "tagged-devices"})
@@ -108,19 +122,33 @@ fn node_json(r: &Row, v: &SimVersion) -> rusqlite::Result<Value> {
 
 fn load_node(s: &Shared, id: i64) -> Result<Option<Value>, AppError> {
     let db = s.db.lock().map_err(|_| AppError("db lock".into()))?;
-    Ok(db.query_row(&format!("{NODE_SQL} WHERE n.id = ?1"), [id], |r| node_json(r, &s.version)).optional()?)
+    Ok(db
+        .query_row(&format!("{NODE_SQL} WHERE n.id = ?1"), [id], |r| {
+            node_json(r, &s.version)
+        })
+        .optional()?)
 }
 
-async fn list_nodes(State(s): State<Shared>, Query(q): Query<HashMap<String, String>>) -> Result<Json<Value>, AppError> {
+async fn list_nodes(
+    State(s): State<Shared>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, AppError> {
     let db = s.db.lock().map_err(|_| AppError("db lock".into()))?;
     let (sql, user) = match q.get("user").filter(|u| !u.is_empty()) {
-        Some(u) => (format!("{NODE_SQL} WHERE u.name = ?1 ORDER BY n.id"), Some(u.clone())),
+        Some(u) => (
+            format!("{NODE_SQL} WHERE u.name = ?1 ORDER BY n.id"),
+            Some(u.clone()),
+        ),
         None => (format!("{NODE_SQL} ORDER BY n.id"), None),
     };
     let mut stmt = db.prepare(&sql)?;
     let nodes: Vec<Value> = match user {
-        Some(u) => stmt.query_map([u], |r| node_json(r, &s.version))?.collect::<Result<_, _>>()?,
-        None => stmt.query_map([], |r| node_json(r, &s.version))?.collect::<Result<_, _>>()?,
+        Some(u) => stmt
+            .query_map([u], |r| node_json(r, &s.version))?
+            .collect::<Result<_, _>>()?,
+        None => stmt
+            .query_map([], |r| node_json(r, &s.version))?
+            .collect::<Result<_, _>>()?,
     };
     Ok(Json(json!({ "nodes": nodes })))
 }
@@ -135,7 +163,11 @@ async fn get_node(State(s): State<Shared>, Path(id): Path<i64>) -> Result<Respon
 async fn delete_node(State(s): State<Shared>, Path(id): Path<i64>) -> Result<Response, AppError> {
     let db = s.db.lock().map_err(|_| AppError("db lock".into()))?;
     let n = db.execute("DELETE FROM nodes WHERE id = ?1", [id])?;
-    Ok(if n == 0 { not_found("node not found") } else { Json(json!({})).into_response() })
+    Ok(if n == 0 {
+        not_found("node not found")
+    } else {
+        Json(json!({})).into_response()
+    })
 }
 
 async fn expire_node(
@@ -147,9 +179,18 @@ async fn expire_node(
     // ≤0.29: grpc-gateway maps only query parameters (a body is ignored); 0.30: JSON body only.
     let (expiry, disable) = if s.version.minor >= 30 {
         let b: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-        (b.get("expiry").and_then(|v| v.as_str()).map(String::from), b.get("disableExpiry").and_then(|v| v.as_bool()).unwrap_or(false))
+        (
+            b.get("expiry").and_then(|v| v.as_str()).map(String::from),
+            b.get("disableExpiry")
+                .and_then(|v| v.as_bool())
+                .unwrap_or(false),
+        )
     } else {
-        let expiry = if (s.version.minor, s.version.patch) >= (27, 1) { q.get("expiry").cloned() } else { None };
+        let expiry = if (s.version.minor, s.version.patch) >= (27, 1) {
+            q.get("expiry").cloned()
+        } else {
+            None
+        };
         let disable = s.version.minor >= 29 && q.get("disableExpiry").is_some_and(|v| v == "true");
         (expiry, disable)
     };
@@ -169,7 +210,11 @@ async fn expire_node(
     };
     {
         let db = s.db.lock().map_err(|_| AppError("db lock".into()))?;
-        if db.execute("UPDATE nodes SET expiry = ?2 WHERE id = ?1", params![id, value])? == 0 {
+        if db.execute(
+            "UPDATE nodes SET expiry = ?2 WHERE id = ?1",
+            params![id, value],
+        )? == 0
+        {
             return Ok(not_found("node not found"));
         }
     }
@@ -181,7 +226,11 @@ async fn expire_node(
 
 fn preauth_json(r: &Row, v: &SimVersion, full: bool) -> rusqlite::Result<Value> {
     let key: String = r.get(2)?;
-    let shown = if full || v.minor < 28 { key.clone() } else { format!("{}-***", key.rsplit_once('-').map_or("", |x| x.0)) };
+    let shown = if full || v.minor < 28 {
+        key.clone()
+    } else {
+        format!("{}-***", key.rsplit_once('-').map_or("", |x| x.0))
+    };
     let tags: Vec<String> = serde_json::from_str(&r.get::<_, String>(9)?).unwrap_or_default();
     Ok(json!({
         "id": r.get::<_, i64>(0)?.to_string(),
@@ -199,7 +248,10 @@ fn preauth_json(r: &Row, v: &SimVersion, full: bool) -> rusqlite::Result<Value> 
 const PAK_SQL: &str = "SELECT p.id, p.user_id, p.key, p.reusable, p.ephemeral, p.used, p.expiration, p.created_at, p.id, p.acl_tags, u.name
     FROM pre_auth_keys p LEFT JOIN users u ON u.id = p.user_id";
 
-async fn create_preauth(State(s): State<Shared>, body: axum::body::Bytes) -> Result<Response, AppError> {
+async fn create_preauth(
+    State(s): State<Shared>,
+    body: axum::body::Bytes,
+) -> Result<Response, AppError> {
     // grpc-gateway does not insist on a content type.
     let b: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let user: Option<i64> = match b.get("user") {
@@ -207,16 +259,30 @@ async fn create_preauth(State(s): State<Shared>, body: axum::body::Bytes) -> Res
         Some(Value::Number(n)) => n.as_i64(),
         _ => None,
     };
-    let tags: Vec<String> = b.get("aclTags").and_then(|t| serde_json::from_value(t.clone()).ok()).unwrap_or_default();
+    let tags: Vec<String> = b
+        .get("aclTags")
+        .and_then(|t| serde_json::from_value(t.clone()).ok())
+        .unwrap_or_default();
     if user.is_none() && tags.is_empty() {
         return Ok(bad_request("a pre-auth key needs a user or tags"));
     }
     // Upstream stores an omitted expiration as the zero time: the key is born expired.
-    let expiration = b.get("expiration").and_then(|v| v.as_str()).unwrap_or("0001-01-01T00:00:00Z").to_string();
-    let key = if s.version.minor >= 28 { format!("hskey-auth-{}-{}", random_hex(12), random_hex(64)) } else { random_hex(48) };
+    let expiration = b
+        .get("expiration")
+        .and_then(|v| v.as_str())
+        .unwrap_or("0001-01-01T00:00:00Z")
+        .to_string();
+    let key = if s.version.minor >= 28 {
+        format!("hskey-auth-{}-{}", random_hex(12), random_hex(64))
+    } else {
+        random_hex(48)
+    };
     let db = s.db.lock().map_err(|_| AppError("db lock".into()))?;
     if let Some(u) = user {
-        if db.query_row("SELECT count(*) FROM users WHERE id = ?1", [u], |r| r.get::<_, i64>(0))? == 0 {
+        if db.query_row("SELECT count(*) FROM users WHERE id = ?1", [u], |r| {
+            r.get::<_, i64>(0)
+        })? == 0
+        {
             return Ok(not_found("user not found"));
         }
     }
@@ -233,46 +299,84 @@ async fn create_preauth(State(s): State<Shared>, body: axum::body::Bytes) -> Res
         ],
     )?;
     let id = db.last_insert_rowid();
-    let k = db.query_row(&format!("{PAK_SQL} WHERE p.id = ?1"), [id], |r| preauth_json(r, &s.version, true))?;
+    let k = db.query_row(&format!("{PAK_SQL} WHERE p.id = ?1"), [id], |r| {
+        preauth_json(r, &s.version, true)
+    })?;
     Ok(Json(json!({ "preAuthKey": k })).into_response())
 }
 
-async fn list_preauth(State(s): State<Shared>, Query(q): Query<HashMap<String, String>>) -> Result<Response, AppError> {
+async fn list_preauth(
+    State(s): State<Shared>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, AppError> {
     let db = s.db.lock().map_err(|_| AppError("db lock".into()))?;
     let keys: Vec<Value> = if s.version.minor >= 28 {
         let mut stmt = db.prepare(&format!("{PAK_SQL} ORDER BY p.id"))?;
-        let rows = stmt.query_map([], |r| preauth_json(r, &s.version, false))?.collect::<Result<_, _>>()?;
+        let rows = stmt
+            .query_map([], |r| preauth_json(r, &s.version, false))?
+            .collect::<Result<_, _>>()?;
         rows
     } else {
         let Some(user) = q.get("user").and_then(|u| u.parse::<i64>().ok()) else {
             return Ok(bad_request("user is required"));
         };
         let mut stmt = db.prepare(&format!("{PAK_SQL} WHERE p.user_id = ?1 ORDER BY p.id"))?;
-        let rows = stmt.query_map([user], |r| preauth_json(r, &s.version, false))?.collect::<Result<_, _>>()?;
+        let rows = stmt
+            .query_map([user], |r| preauth_json(r, &s.version, false))?
+            .collect::<Result<_, _>>()?;
         rows
     };
     Ok(Json(json!({ "preAuthKeys": keys })).into_response())
 }
 
-async fn expire_preauth(State(s): State<Shared>, body: axum::body::Bytes) -> Result<Response, AppError> {
+async fn expire_preauth(
+    State(s): State<Shared>,
+    body: axum::body::Bytes,
+) -> Result<Response, AppError> {
     // grpc-gateway does not insist on a content type.
     let b: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let db = s.db.lock().map_err(|_| AppError("db lock".into()))?;
     let now = now_rfc3339();
     let n = if s.version.minor >= 28 {
-        let id: i64 = b.get("id").and_then(|v| v.as_str().and_then(|s| s.parse().ok()).or_else(|| v.as_i64())).unwrap_or(0);
-        db.execute("UPDATE pre_auth_keys SET expiration = ?2 WHERE id = ?1", params![id, now])?
+        let id: i64 = b
+            .get("id")
+            .and_then(|v| {
+                v.as_str()
+                    .and_then(|s| s.parse().ok())
+                    .or_else(|| v.as_i64())
+            })
+            .unwrap_or(0);
+        db.execute(
+            "UPDATE pre_auth_keys SET expiration = ?2 WHERE id = ?1",
+            params![id, now],
+        )?
     } else {
-        let user: i64 = b.get("user").and_then(|v| v.as_str().and_then(|s| s.parse().ok()).or_else(|| v.as_i64())).unwrap_or(0);
+        let user: i64 = b
+            .get("user")
+            .and_then(|v| {
+                v.as_str()
+                    .and_then(|s| s.parse().ok())
+                    .or_else(|| v.as_i64())
+            })
+            .unwrap_or(0);
         let key = b.get("key").and_then(|v| v.as_str()).unwrap_or("");
-        db.execute("UPDATE pre_auth_keys SET expiration = ?3 WHERE user_id = ?1 AND key = ?2", params![user, key, now])?
+        db.execute(
+            "UPDATE pre_auth_keys SET expiration = ?3 WHERE user_id = ?1 AND key = ?2",
+            params![user, key, now],
+        )?
     };
-    Ok(if n == 0 { not_found("pre-auth key not found") } else { Json(json!({})).into_response() })
+    Ok(if n == 0 {
+        not_found("pre-auth key not found")
+    } else {
+        Json(json!({})).into_response()
+    })
 }
 
 async fn list_apikeys(State(s): State<Shared>) -> Result<Json<Value>, AppError> {
     let db = s.db.lock().map_err(|_| AppError("db lock".into()))?;
-    let mut stmt = db.prepare("SELECT id, prefix, expiration, created_at, last_seen FROM api_keys ORDER BY id")?;
+    let mut stmt = db.prepare(
+        "SELECT id, prefix, expiration, created_at, last_seen FROM api_keys ORDER BY id",
+    )?;
     let keys: Vec<Value> = stmt
         .query_map([], |r| {
             Ok(json!({
@@ -287,9 +391,15 @@ async fn list_apikeys(State(s): State<Shared>) -> Result<Json<Value>, AppError> 
     Ok(Json(json!({ "apiKeys": keys })))
 }
 
-async fn create_apikey(State(s): State<Shared>, body: axum::body::Bytes) -> Result<Json<Value>, AppError> {
+async fn create_apikey(
+    State(s): State<Shared>,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, AppError> {
     let b: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    let expiration = b.get("expiration").and_then(|v| v.as_str()).map(String::from);
+    let expiration = b
+        .get("expiration")
+        .and_then(|v| v.as_str())
+        .map(String::from);
     let (prefix, key) = if s.version.minor >= 28 {
         let p = random_hex(12);
         (p.clone(), format!("hskey-api-{p}-{}", random_hex(64)))
@@ -305,30 +415,61 @@ async fn create_apikey(State(s): State<Shared>, body: axum::body::Bytes) -> Resu
     Ok(Json(json!({ "apiKey": key })))
 }
 
-async fn expire_apikey(State(s): State<Shared>, body: axum::body::Bytes) -> Result<Response, AppError> {
+async fn expire_apikey(
+    State(s): State<Shared>,
+    body: axum::body::Bytes,
+) -> Result<Response, AppError> {
     // grpc-gateway does not insist on a content type.
     let b: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let db = s.db.lock().map_err(|_| AppError("db lock".into()))?;
     let now = now_rfc3339();
-    let n = match (b.get("prefix").and_then(|v| v.as_str()).filter(|p| !p.is_empty()), b.get("id")) {
-        (Some(p), _) => db.execute("UPDATE api_keys SET expiration = ?2 WHERE prefix = ?1", params![p, now])?,
+    let n = match (
+        b.get("prefix")
+            .and_then(|v| v.as_str())
+            .filter(|p| !p.is_empty()),
+        b.get("id"),
+    ) {
+        (Some(p), _) => db.execute(
+            "UPDATE api_keys SET expiration = ?2 WHERE prefix = ?1",
+            params![p, now],
+        )?,
         (None, Some(id)) if s.version.minor >= 28 => {
-            let id: i64 = id.as_str().and_then(|s| s.parse().ok()).or_else(|| id.as_i64()).unwrap_or(0);
-            db.execute("UPDATE api_keys SET expiration = ?2 WHERE id = ?1", params![id, now])?
+            let id: i64 = id
+                .as_str()
+                .and_then(|s| s.parse().ok())
+                .or_else(|| id.as_i64())
+                .unwrap_or(0);
+            db.execute(
+                "UPDATE api_keys SET expiration = ?2 WHERE id = ?1",
+                params![id, now],
+            )?
         }
         _ => return Ok(bad_request("prefix is required")),
     };
-    Ok(if n == 0 { not_found("api key not found") } else { Json(json!({})).into_response() })
+    Ok(if n == 0 {
+        not_found("api key not found")
+    } else {
+        Json(json!({})).into_response()
+    })
 }
 
 /// The client side of `tailscale up --login-server … --auth-key KEY`: validates the key as
 /// upstream does (expired, already used unless reusable) and creates the node, or re-keys the
 /// node with the same machine key.
-async fn register(State(s): State<Shared>, Query(q): Query<HashMap<String, String>>) -> Result<Response, AppError> {
+async fn register(
+    State(s): State<Shared>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, AppError> {
     let key = q.get("auth_key").cloned().unwrap_or_default();
     let hostname = q.get("hostname").cloned().unwrap_or_else(|| "node".into());
-    let machine_key = q.get("machine_key").cloned().unwrap_or_else(|| format!("mkey:{}", random_hex(64)));
-    let node_key = q.get("node_key").cloned().unwrap_or_else(|| format!("nodekey:{}", random_hex(64)));
+    let machine_key = q
+        .get("machine_key")
+        .cloned()
+        .unwrap_or_else(|| format!("mkey:{}", random_hex(64)));
+    let node_key = q
+        .get("node_key")
+        .cloned()
+        .unwrap_or_else(|| format!("nodekey:{}", random_hex(64)));
     let mut db = s.db.lock().map_err(|_| AppError("db lock".into()))?;
     let tx = db.transaction()?;
     let pak: Option<(i64, Option<i64>, bool, bool, String, String)> = tx
@@ -349,7 +490,13 @@ async fn register(State(s): State<Shared>, Query(q): Query<HashMap<String, Strin
     }
     tx.execute("UPDATE pre_auth_keys SET used = 1 WHERE id = ?1", [pak_id])?;
     let now = now_rfc3339();
-    let existing: Option<i64> = tx.query_row("SELECT id FROM nodes WHERE machine_key = ?1", [&machine_key], |r| r.get(0)).optional()?;
+    let existing: Option<i64> = tx
+        .query_row(
+            "SELECT id FROM nodes WHERE machine_key = ?1",
+            [&machine_key],
+            |r| r.get(0),
+        )
+        .optional()?;
     let id = match existing {
         Some(id) => {
             tx.execute(
@@ -359,7 +506,8 @@ async fn register(State(s): State<Shared>, Query(q): Query<HashMap<String, Strin
             id
         }
         None => {
-            let count: i64 = tx.query_row("SELECT coalesce(max(id), 0) FROM nodes", [], |r| r.get(0))?;
+            let count: i64 =
+                tx.query_row("SELECT coalesce(max(id), 0) FROM nodes", [], |r| r.get(0))?;
             tx.execute(
                 "INSERT INTO nodes (machine_key, node_key, hostname, given_name, user_id, ipv4, created_at, last_seen, tags) VALUES (?1, ?2, ?3, ?3, ?4, ?5, ?6, ?6, ?7)",
                 params![machine_key, node_key, hostname, user_id, format!("100.64.{}.{}", (count + 1) / 250, (count + 1) % 250 + 1), now, tags],

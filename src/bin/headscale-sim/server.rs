@@ -42,7 +42,12 @@ impl SimVersion {
         if parts.len() != 3 {
             bail!("bad release version {s:?}");
         }
-        Ok(Self { major: parts[0], minor: parts[1], patch: parts[2], text })
+        Ok(Self {
+            major: parts[0],
+            minor: parts[1],
+            patch: parts[2],
+            text,
+        })
     }
     fn at_least(&self, major: u64, minor: u64) -> bool {
         (self.major, self.minor) >= (major, minor)
@@ -296,7 +301,10 @@ fn load_or_create_noise_key(path: &Path, replace: bool) -> Result<String> {
 }
 
 const MIGRATIONS: &[(u64, &str)] = &[
-    (27, "CREATE INDEX IF NOT EXISTS idx_nodes_machine_key ON nodes(machine_key);"),
+    (
+        27,
+        "CREATE INDEX IF NOT EXISTS idx_nodes_machine_key ON nodes(machine_key);",
+    ),
     (
         28,
         "ALTER TABLE nodes ADD COLUMN approved_routes TEXT NOT NULL DEFAULT '[]';",
@@ -567,7 +575,10 @@ async fn seed(
             .map_err(|_| AppError("db lock poisoned".into()))?;
     let tx = db.transaction()?;
     let now = now_rfc3339();
-    let fmt = |t: time::OffsetDateTime| t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
+    let fmt = |t: time::OffsetDateTime| {
+        t.format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default()
+    };
     // Simulated history: nodes registered `age_days` ago, expiring in `expiry_days` (may be negative).
     let age_days: i64 = q.get("age_days").and_then(|v| v.parse().ok()).unwrap_or(0);
     let created = fmt(time::OffsetDateTime::now_utc() - time::Duration::days(age_days));
@@ -575,22 +586,40 @@ async fn seed(
         .get("expiry_days")
         .and_then(|v| v.parse::<i64>().ok())
         .map(|d| fmt(time::OffsetDateTime::now_utc() + time::Duration::days(d)));
-    let tags: Vec<&str> = q.get("tags").map(|t| t.split(',').filter(|x| !x.is_empty()).collect()).unwrap_or_default();
+    let tags: Vec<&str> = q
+        .get("tags")
+        .map(|t| t.split(',').filter(|x| !x.is_empty()).collect())
+        .unwrap_or_default();
     let tags_json = serde_json::to_string(&tags)?;
     let prefix = q.get("prefix").cloned().unwrap_or_else(|| "user".into());
     let base: i64 = tx.query_row("SELECT coalesce(max(id), 0) FROM users", [], |r| r.get(0))?;
-    let mut count: i64 = tx.query_row("SELECT coalesce(max(id), 0) FROM nodes", [], |r| r.get(0))?;
+    let mut count: i64 =
+        tx.query_row("SELECT coalesce(max(id), 0) FROM nodes", [], |r| r.get(0))?;
     let mut created_nodes = 0u64;
     for u in 0..users {
         let name = format!("{prefix}{}", base as u64 + u + 1);
-        tx.execute("INSERT INTO users (name, created_at) VALUES (?1, ?2)", params![name, now])?;
+        tx.execute(
+            "INSERT INTO users (name, created_at) VALUES (?1, ?2)",
+            params![name, now],
+        )?;
         let uid = tx.last_insert_rowid();
         for n in 0..per {
             let host = format!("{name}-node{}", n + 1);
-            let mk = format!("mkey:{}", hex::encode(Sha256::digest(format!("m{uid}-{n}"))));
-            let nk = format!("nodekey:{}", hex::encode(Sha256::digest(format!("n{uid}-{n}"))));
+            let mk = format!(
+                "mkey:{}",
+                hex::encode(Sha256::digest(format!("m{uid}-{n}")))
+            );
+            let nk = format!(
+                "nodekey:{}",
+                hex::encode(Sha256::digest(format!("n{uid}-{n}")))
+            );
             count += 1;
-            let ip = format!("100.{}.{}.{}", 64 + count / 62500, (count / 250) % 250, count % 250 + 1);
+            let ip = format!(
+                "100.{}.{}.{}",
+                64 + count / 62500,
+                (count / 250) % 250,
+                count % 250 + 1
+            );
             tx.execute(
                 "INSERT INTO nodes (machine_key, node_key, hostname, given_name, user_id, ipv4, created_at, expiry, last_seen, tags)
                  VALUES (?1, ?2, ?3, ?3, ?4, ?5, ?6, ?7, ?6, ?8)",
@@ -626,7 +655,12 @@ async fn socket_request(config: &Config, method: &str, path: &str) -> Result<Jso
     socket_request_body(config, method, path, "").await
 }
 
-async fn socket_request_body(config: &Config, method: &str, path: &str, body: &str) -> Result<Json_> {
+async fn socket_request_body(
+    config: &Config,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> Result<Json_> {
     let socket = config.path_of("unix_socket")?;
     let mut stream = tokio::net::UnixStream::connect(&socket)
         .await
@@ -648,7 +682,11 @@ async fn socket_request_body(config: &Config, method: &str, path: &str, body: &s
         .split_once("\r\n\r\n")
         .ok_or_else(|| anyhow!("malformed response"))?;
     if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
-        bail!("request failed: {}: {}", head.lines().next().unwrap_or(""), body.trim());
+        bail!(
+            "request failed: {}: {}",
+            head.lines().next().unwrap_or(""),
+            body.trim()
+        );
     }
     Ok(serde_json::from_str(body)?)
 }

@@ -1,0 +1,294 @@
+//! The key job against the stand-in at several Headscale versions: planning, reminders once
+//! per stage across restarts, re-registration with the minted key, enforcement, API errors.
+
+use crate::support::{code, text, Sandbox};
+
+fn plan(sb: &Sandbox) -> Vec<serde_json::Value> {
+    let out = sb.hw(&["keys", "plan", "--json"]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    serde_json::from_slice::<serde_json::Value>(&out.stdout)
+        .expect("json")
+        .as_array()
+        .expect("array")
+        .clone()
+}
+
+fn state_of(plans: &[serde_json::Value], name: &str) -> String {
+    let p = plans
+        .iter()
+        .find(|p| p["name"].as_str().is_some_and(|n| n.starts_with(name)))
+        .unwrap_or_else(|| panic!("{name} in {plans:?}"));
+    match p["state"]["state"].as_str().expect("state") {
+        "due_soon" => format!("due_soon:{}", p["state"]["stage"]),
+        other => other.to_string(),
+    }
+}
+
+fn mixed(version: &str, over_socket: bool) -> Sandbox {
+    let mut sb = Sandbox::new(version);
+    sb.enable_api(over_socket);
+    sb.seed("fresh", 10, None, "");
+    sb.seed("due", 77, None, "");
+    sb.seed("grace", 92, None, "");
+    sb.seed("late", 100, None, "");
+    sb.seed("server", 300, None, "tag:server");
+    sb.seed("gone", 5, Some(-1), "");
+    sb
+}
+
+#[test]
+fn plan_over_a_mix_of_node_states_at_each_version() {
+    for (version, socket) in [
+        ("0.26.1", false),
+        ("0.28.0", false),
+        ("0.29.2", false),
+        ("0.30.0", false),
+        ("0.30.0", true),
+    ] {
+        let sb = mixed(version, socket);
+        let plans = plan(&sb);
+        for (name, expected) in [
+            ("fresh", "ok"),
+            ("due", "due_soon:1"),
+            ("grace", "in_grace"),
+            ("late", "overdue"),
+            ("server", "exempt"),
+            ("gone", "already_expired"),
+        ] {
+            assert_eq!(
+                state_of(&plans, name),
+                expected,
+                "{version} socket={socket}: {name}"
+            );
+        }
+        assert!(plans.iter().all(|p| p["name"].is_string()));
+        // Planning changes nothing.
+        assert!(sb.outbox().is_empty() || !sb.path("state/state.db").exists());
+    }
+}
+
+#[test]
+fn reminders_are_sent_once_per_stage_across_restarts_and_keys_are_never_printed() {
+    let sb = mixed("0.29.2", false);
+    let out = sb.hw(&["keys", "run"]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    let reminders: Vec<_> = sb
+        .outbox()
+        .into_iter()
+        .filter(|(e, _)| e == "keys.reminder")
+        .collect();
+    assert_eq!(
+        reminders.len(),
+        3,
+        "due, grace and late nodes: {reminders:?}"
+    );
+    let due = reminders
+        .iter()
+        .find(|(_, p)| {
+            p["node"]["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("due"))
+        })
+        .expect("due reminder");
+    let command = due.1["command"].as_str().expect("command");
+    assert!(
+        command.contains("tailscale up --login-server http://127.0.0.1:")
+            && command.contains("--auth-key hskey-auth-")
+            && command.ends_with("--force-reauth"),
+        "{command}"
+    );
+    assert!(due.1["warning"]
+        .as_str()
+        .expect("warning")
+        .contains("not over an SSH"));
+    let key = command
+        .split_whitespace()
+        .skip_while(|w| *w != "--auth-key")
+        .nth(1)
+        .expect("key");
+    assert!(
+        !text(&out).contains(key),
+        "the one-time key must not be printed"
+    );
+    // A second run (a restart) sends nothing new.
+    let out = sb.hw(&["keys", "run"]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert_eq!(
+        sb.outbox()
+            .into_iter()
+            .filter(|(e, _)| e == "keys.reminder")
+            .count(),
+        3
+    );
+}
+
+#[test]
+fn re_registering_with_the_minted_key_counts_as_rotation() {
+    for version in ["0.26.1", "0.30.0"] {
+        let mut sb = Sandbox::new(version);
+        sb.enable_api(false);
+        sb.seed("due", 80, None, "");
+        let out = sb.hw(&["keys", "run"]);
+        assert_eq!(code(&out), 0, "{version}: {}", text(&out));
+        let (_, payload) = sb
+            .outbox()
+            .into_iter()
+            .find(|(e, _)| e == "keys.reminder")
+            .expect("reminder");
+        let key = payload["command"]
+            .as_str()
+            .expect("cmd")
+            .split_whitespace()
+            .skip_while(|w| *w != "--auth-key")
+            .nth(1)
+            .expect("key")
+            .to_string();
+        let nodes: serde_json::Value =
+            serde_json::from_str(&sb.prod_cmd(&["nodes", "list", "-o", "json"])).expect("nodes");
+        let node = nodes
+            .as_array()
+            .expect("nodes")
+            .iter()
+            .find(|n| n["name"].as_str().is_some_and(|s| s.starts_with("due")))
+            .expect("due node")
+            .clone();
+        let mk = node["machine_key"].as_str().expect("machine key");
+        // The client runs `tailscale up --auth-key KEY --force-reauth`: same machine, new node key.
+        sb.prod_cmd(&[
+            "debug",
+            "register",
+            "--auth-key",
+            &key,
+            "--hostname",
+            "due1-node1",
+            "--machine-key",
+            mk,
+        ]);
+        let out = sb.hw(&["keys", "run"]);
+        assert_eq!(code(&out), 0, "{version}: {}", text(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("rotated (new node key)"),
+            "{version}: {}",
+            text(&out)
+        );
+        assert_eq!(state_of(&plan(&sb), "due"), "ok", "{version}: young again");
+        assert!(sb.outbox().iter().any(|(e, _)| e == "keys.rotated"));
+        // The one-time key was used; using it again fails.
+        let cfg = sb.path("prod/etc/config.yaml").display().to_string();
+        let again = std::process::Command::new(sb.path("prod/bin/headscale"))
+            .args([
+                "-c",
+                &cfg,
+                "debug",
+                "register",
+                "--auth-key",
+                &key,
+                "--hostname",
+                "x",
+            ])
+            .output()
+            .expect("run");
+        assert!(
+            !again.status.success(),
+            "{version}: a one-time key works once"
+        );
+    }
+}
+
+#[test]
+fn overdue_nodes_are_expired_only_under_enforce_expire() {
+    let mut sb = Sandbox::new("0.29.2");
+    sb.enable_api(false);
+    sb.seed("late", 100, None, "");
+    let out = sb.hw(&["keys", "run"]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert_eq!(
+        state_of(&plan(&sb), "late"),
+        "overdue",
+        "remind only: not expired"
+    );
+    sb.extra_top = "keys:\n  enforce: expire\n".into();
+    sb.write_config();
+    let out = sb.hw(&["keys", "run"]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("expired in Headscale"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(state_of(&plan(&sb), "late"), "already_expired");
+    let events: Vec<String> = sb.outbox().into_iter().map(|(e, _)| e).collect();
+    let warn = events
+        .iter()
+        .position(|e| e == "keys.expiring")
+        .expect("notified first");
+    let done = events
+        .iter()
+        .position(|e| e == "keys.expired")
+        .expect("expired event");
+    assert!(warn < done);
+}
+
+#[test]
+fn api_errors_are_clear() {
+    let mut sb = Sandbox::new("0.29.2");
+    sb.enable_api(false);
+    std::fs::write(sb.path("api-key"), "hskey-api-000000000000-bogus").expect("write");
+    let out = sb.hw(&["keys", "plan"]);
+    assert_eq!(code(&out), 1, "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("refused the API key") && err.contains("hint:"),
+        "{err}"
+    );
+    assert!(!err.contains("bogus"), "the key is not printed: {err}");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(sb.path("api-key"), std::fs::Permissions::from_mode(0o644))
+        .expect("chmod");
+    let out = sb.hw(&["keys", "plan"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("readable by group or others"),
+        "{}",
+        text(&out)
+    );
+    // ≤0.29 speaks gRPC on the socket; a missing socket is "cannot reach".
+    sb.enable_api(true);
+    let out = sb.hw(&["keys", "plan"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("serves gRPC"),
+        "{}",
+        text(&out)
+    );
+    let mut sb = Sandbox::new("0.30.0");
+    sb.extra_headscale = format!(
+        "  api:\n    url: unix://{}\n",
+        sb.path("nowhere.sock").display()
+    );
+    sb.write_config();
+    let out = sb.hw(&["keys", "plan"]);
+    assert_eq!(code(&out), 1, "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot reach the Headscale API"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn rotate_one_node_on_request() {
+    let mut sb = Sandbox::new("0.28.0");
+    sb.enable_api(false);
+    let out = sb.hw(&["keys", "rotate", "user1-node1"]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    let (_, p) = sb
+        .outbox()
+        .into_iter()
+        .find(|(e, _)| e == "keys.rotation_requested")
+        .expect("event");
+    assert!(p["command"]
+        .as_str()
+        .expect("cmd")
+        .contains("--auth-key hskey-auth-"));
+    let out = sb.hw(&["keys", "rotate", "no-such-node"]);
+    assert_eq!(code(&out), 1, "{}", text(&out));
+}
