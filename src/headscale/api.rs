@@ -34,8 +34,6 @@ pub enum ApiError {
     Unauthorized { target: String },
     #[error("Headscale {version} is not a version headwarden knows ({SUPPORTED})")]
     UnknownVersion { version: String },
-    #[error("Headscale {version} serves gRPC, not HTTP, on its unix socket {path}")]
-    SocketIsGrpc { version: Version, path: PathBuf },
     #[error("{method} {path} failed with HTTP {status}: {message}")]
     Status {
         method: String,
@@ -58,7 +56,6 @@ impl ApiError {
             ApiError::SocketPermission { path } => format!("run headwarden as a user in the socket's group, or widen unix_socket_permission for {}", path.display()),
             ApiError::Unauthorized { .. } => "the key is expired or revoked: create one with `headscale apikeys create --expiration 90d` and put it in headscale.api.api_key_file".into(),
             ApiError::UnknownVersion { .. } => "upgrade headwarden, or point it at a supported Headscale".into(),
-            ApiError::SocketIsGrpc { .. } => "set headscale.api.url to the server's https:// address with an API key (gRPC support is planned)".into(),
             ApiError::MissingKey { .. } => "create an API key with `headscale apikeys create` and store it in a file readable only by headwarden".into(),
             ApiError::KeyFile { path, .. } => format!("chmod 600 {}", path.display()),
             _ => return None,
@@ -120,9 +117,10 @@ enum Transport {
         key: Secret,
         client: reqwest::Client,
     },
-    Unix {
-        socket: PathBuf,
-    },
+    /// 0.30: plain HTTP on the unix socket.
+    Unix { socket: PathBuf },
+    /// ≤0.29: gRPC on the unix socket.
+    Grpc(super::grpc::GrpcClient),
 }
 
 pub struct ApiClient {
@@ -280,9 +278,12 @@ impl ApiClient {
             let version = binary_version().await?;
             check_version(&version)?;
             if version.minor < 30 {
-                return Err(ApiError::SocketIsGrpc {
+                let grpc = super::grpc::GrpcClient::connect(&socket).await?;
+                grpc.health().await?;
+                return Ok(ApiClient {
+                    transport: Transport::Grpc(grpc),
                     version,
-                    path: socket,
+                    target: url,
                 });
             }
             let client = ApiClient {
@@ -361,6 +362,12 @@ impl ApiClient {
                 (status, resp.text().await.unwrap_or_default())
             }
             Transport::Unix { socket } => unix_request(socket, method, path, body.as_ref()).await?,
+            Transport::Grpc(_) => {
+                return Err(ApiError::Shape {
+                    path: path.to_string(),
+                    detail: "REST call on a gRPC connection".into(),
+                })
+            }
         };
         match status {
             200..=299 => serde_json::from_str(if text.trim().is_empty() { "{}" } else { &text })
@@ -396,6 +403,9 @@ impl ApiClient {
     }
 
     pub async fn list_users(&self) -> Result<Vec<User>, ApiError> {
+        if let Transport::Grpc(g) = &self.transport {
+            return g.list_users().await;
+        }
         let v = self.request("GET", "/api/v1/user", None).await?;
         Ok(v.get("users")
             .and_then(|u| u.as_array())
@@ -404,6 +414,9 @@ impl ApiClient {
     }
 
     pub async fn list_nodes(&self) -> Result<Vec<Node>, ApiError> {
+        if let Transport::Grpc(g) = &self.transport {
+            return g.list_nodes().await;
+        }
         let v = self.request("GET", "/api/v1/node", None).await?;
         let arr = v
             .get("nodes")
@@ -427,6 +440,11 @@ impl ApiClient {
         tags: &[String],
         expires_at: i64,
     ) -> Result<PreAuthKey, ApiError> {
+        if let Transport::Grpc(g) = &self.transport {
+            return g
+                .create_preauth_key(user.map(|u| u.id), tags, expires_at)
+                .await;
+        }
         let mut body =
             json!({"reusable": false, "ephemeral": false, "expiration": rfc3339(expires_at)});
         if let Some(u) = user {
@@ -448,6 +466,16 @@ impl ApiClient {
 
     /// All pre-auth keys (0.28+), or those of `users` (older servers list per user).
     pub async fn list_preauth_keys(&self, users: &[User]) -> Result<Vec<PreAuthKey>, ApiError> {
+        if let Transport::Grpc(g) = &self.transport {
+            if self.at_least(28, 0) {
+                return g.list_preauth_keys(0).await;
+            }
+            let mut out = Vec::new();
+            for u in users {
+                out.extend(g.list_preauth_keys(u.id).await?);
+            }
+            return Ok(out);
+        }
         let parse = |v: Value| -> Vec<PreAuthKey> {
             v.get("preAuthKeys")
                 .and_then(|k| k.as_array())
@@ -476,6 +504,14 @@ impl ApiClient {
         user: Option<&User>,
         key: &Secret,
     ) -> Result<(), ApiError> {
+        if let Transport::Grpc(g) = &self.transport {
+            return if self.at_least(28, 0) {
+                g.expire_preauth_key(id, "").await
+            } else {
+                g.expire_preauth_key(user.map_or(0, |u| u.id), key.expose())
+                    .await
+            };
+        }
         let body = if self.at_least(28, 0) {
             json!({"id": id.to_string()})
         } else {
@@ -488,6 +524,12 @@ impl ApiClient {
 
     /// Expires a node now, or at `at` (0.27.1+); query parameters up to 0.29, JSON body in 0.30.
     pub async fn expire_node(&self, id: u64, at: Option<i64>) -> Result<Node, ApiError> {
+        if let Transport::Grpc(g) = &self.transport {
+            let expiry = at
+                .filter(|_| self.at_least(27, 1))
+                .map(super::grpc::timestamp);
+            return g.expire_node(id, expiry).await;
+        }
         let path = format!("/api/v1/node/{id}/expire");
         let v = if self.at_least(30, 0) {
             let mut body = json!({});
@@ -514,12 +556,18 @@ impl ApiClient {
     }
 
     pub async fn delete_node(&self, id: u64) -> Result<(), ApiError> {
+        if let Transport::Grpc(g) = &self.transport {
+            return g.delete_node(id).await;
+        }
         self.request("DELETE", &format!("/api/v1/node/{id}"), None)
             .await
             .map(|_| ())
     }
 
     pub async fn list_api_keys(&self) -> Result<Vec<ApiKeyInfo>, ApiError> {
+        if let Transport::Grpc(g) = &self.transport {
+            return g.list_api_keys().await;
+        }
         let v = self.request("GET", "/api/v1/apikey", None).await?;
         Ok(v.get("apiKeys")
             .and_then(|k| k.as_array())

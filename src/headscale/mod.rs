@@ -8,6 +8,7 @@
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod grpc;
 pub mod http;
 
 use semver::Version;

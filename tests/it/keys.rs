@@ -124,9 +124,9 @@ fn reminders_are_sent_once_per_stage_across_restarts_and_keys_are_never_printed(
 
 #[test]
 fn re_registering_with_the_minted_key_counts_as_rotation() {
-    for version in ["0.26.1", "0.30.0"] {
+    for (version, socket) in [("0.26.1", true), ("0.28.0", true), ("0.30.0", false)] {
         let mut sb = Sandbox::new(version);
-        sb.enable_api(false);
+        sb.enable_api(socket);
         sb.seed("due", 80, None, "");
         let out = sb.hw(&["keys", "run"]);
         assert_eq!(code(&out), 0, "{version}: {}", text(&out));
@@ -251,11 +251,16 @@ fn api_errors_are_clear() {
         "{}",
         text(&out)
     );
-    // ≤0.29 speaks gRPC on the socket; a missing socket is "cannot reach".
-    sb.enable_api(true);
+    // A missing socket is "cannot reach", for gRPC (≤0.29) and HTTP (0.30) alike.
+    sb.extra_headscale = format!(
+        "  api:\n    url: unix://{}\n",
+        sb.path("nowhere.sock").display()
+    );
+    sb.write_config();
     let out = sb.hw(&["keys", "plan"]);
+    assert_eq!(code(&out), 1, "{}", text(&out));
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("serves gRPC"),
+        String::from_utf8_lossy(&out.stderr).contains("cannot reach the Headscale API"),
         "{}",
         text(&out)
     );

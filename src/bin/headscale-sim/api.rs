@@ -129,7 +129,7 @@ fn load_node(s: &Shared, id: i64) -> Result<Option<Value>, AppError> {
         .optional()?)
 }
 
-async fn list_nodes(
+pub(crate) async fn list_nodes(
     State(s): State<Shared>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, AppError> {
@@ -153,14 +153,20 @@ async fn list_nodes(
     Ok(Json(json!({ "nodes": nodes })))
 }
 
-async fn get_node(State(s): State<Shared>, Path(id): Path<i64>) -> Result<Response, AppError> {
+pub(crate) async fn get_node(
+    State(s): State<Shared>,
+    Path(id): Path<i64>,
+) -> Result<Response, AppError> {
     Ok(match load_node(&s, id)? {
         Some(n) => Json(json!({ "node": n })).into_response(),
         None => not_found("node not found"),
     })
 }
 
-async fn delete_node(State(s): State<Shared>, Path(id): Path<i64>) -> Result<Response, AppError> {
+pub(crate) async fn delete_node(
+    State(s): State<Shared>,
+    Path(id): Path<i64>,
+) -> Result<Response, AppError> {
     let db = s.db.lock().map_err(|_| AppError("db lock".into()))?;
     let n = db.execute("DELETE FROM nodes WHERE id = ?1", [id])?;
     Ok(if n == 0 {
@@ -170,7 +176,7 @@ async fn delete_node(State(s): State<Shared>, Path(id): Path<i64>) -> Result<Res
     })
 }
 
-async fn expire_node(
+pub(crate) async fn expire_node(
     State(s): State<Shared>,
     Path(id): Path<i64>,
     Query(q): Query<HashMap<String, String>>,
@@ -248,7 +254,7 @@ fn preauth_json(r: &Row, v: &SimVersion, full: bool) -> rusqlite::Result<Value> 
 const PAK_SQL: &str = "SELECT p.id, p.user_id, p.key, p.reusable, p.ephemeral, p.used, p.expiration, p.created_at, p.id, p.acl_tags, u.name
     FROM pre_auth_keys p LEFT JOIN users u ON u.id = p.user_id";
 
-async fn create_preauth(
+pub(crate) async fn create_preauth(
     State(s): State<Shared>,
     body: axum::body::Bytes,
 ) -> Result<Response, AppError> {
@@ -305,7 +311,7 @@ async fn create_preauth(
     Ok(Json(json!({ "preAuthKey": k })).into_response())
 }
 
-async fn list_preauth(
+pub(crate) async fn list_preauth(
     State(s): State<Shared>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, AppError> {
@@ -329,7 +335,7 @@ async fn list_preauth(
     Ok(Json(json!({ "preAuthKeys": keys })).into_response())
 }
 
-async fn expire_preauth(
+pub(crate) async fn expire_preauth(
     State(s): State<Shared>,
     body: axum::body::Bytes,
 ) -> Result<Response, AppError> {
@@ -372,7 +378,7 @@ async fn expire_preauth(
     })
 }
 
-async fn list_apikeys(State(s): State<Shared>) -> Result<Json<Value>, AppError> {
+pub(crate) async fn list_apikeys(State(s): State<Shared>) -> Result<Json<Value>, AppError> {
     let db = s.db.lock().map_err(|_| AppError("db lock".into()))?;
     let mut stmt = db.prepare(
         "SELECT id, prefix, expiration, created_at, last_seen FROM api_keys ORDER BY id",
@@ -391,7 +397,7 @@ async fn list_apikeys(State(s): State<Shared>) -> Result<Json<Value>, AppError> 
     Ok(Json(json!({ "apiKeys": keys })))
 }
 
-async fn create_apikey(
+pub(crate) async fn create_apikey(
     State(s): State<Shared>,
     body: axum::body::Bytes,
 ) -> Result<Json<Value>, AppError> {
@@ -415,7 +421,7 @@ async fn create_apikey(
     Ok(Json(json!({ "apiKey": key })))
 }
 
-async fn expire_apikey(
+pub(crate) async fn expire_apikey(
     State(s): State<Shared>,
     body: axum::body::Bytes,
 ) -> Result<Response, AppError> {

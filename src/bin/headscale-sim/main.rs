@@ -15,6 +15,7 @@
 
 mod api;
 mod fixtures;
+mod grpc;
 mod server;
 
 use std::path::PathBuf;

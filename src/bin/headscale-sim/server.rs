@@ -219,7 +219,13 @@ pub async fn serve(
     }
     let ul = tokio::net::UnixListener::bind(&socket)
         .with_context(|| format!("binding unix socket {}", socket.display()))?;
-    tasks.spawn(axum::serve(ul, router(state.clone(), false)).into_future());
+    // ≤0.29 serves gRPC on the socket (h2c), next to the HTTP/1 surface the stand-in's own CLI uses.
+    let socket_app = if version.at_least(0, 30) {
+        router(state.clone(), false)
+    } else {
+        router(state.clone(), false).merge(crate::grpc::routes(state.clone()))
+    };
+    tasks.spawn(axum::serve(ul, socket_app).into_future());
     eprintln!(
         "INF headscale v{} listening on {listen}, socket {}",
         version.text,
@@ -526,7 +532,7 @@ fn user_json(id: i64, name: &str, created: &str) -> Json_ {
     json!({"id": id.to_string(), "name": name, "createdAt": created})
 }
 
-async fn list_users(State(s): State<Shared>) -> Result<Json<Json_>, AppError> {
+pub(crate) async fn list_users(State(s): State<Shared>) -> Result<Json<Json_>, AppError> {
     let db =
         s.db.lock()
             .map_err(|_| AppError("db lock poisoned".into()))?;
