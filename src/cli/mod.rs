@@ -491,6 +491,12 @@ async fn keys_command(cli: &Cli, cmd: &KeysCmd) -> Result<u8, Failure> {
         }
         KeysCmd::Run => {
             let _lock = RunLock::acquire_keys(&s.state_dir, "keys run")?;
+            let mut api = api;
+            if let Some(old) = crate::keys::rotate_api_key_if_due(&s, &store, &mut api).await? {
+                if !cli.json {
+                    println!("rotated headwarden's API key (old prefix {old}); the new key is in the api_key_file");
+                }
+            }
             let quiet = cli.json;
             let say = move |line: &str| {
                 if !quiet {

@@ -250,6 +250,16 @@ fn read_key_file(path: &Path) -> Result<Secret, ApiError> {
     Ok(Secret::new(key))
 }
 
+/// `hskey-api-<prefix>-<secret>` (0.28+) or legacy `<prefix>.<secret>`.
+pub fn api_key_prefix(key: &str) -> Option<String> {
+    if let Some(rest) = key.strip_prefix("hskey-api-") {
+        return rest.split_once('-').map(|(p, _)| p.to_string());
+    }
+    key.split_once('.')
+        .map(|(p, _)| p.to_string())
+        .filter(|p| !p.is_empty())
+}
+
 pub fn check_version(v: &Version) -> Result<(), ApiError> {
     if v.major == 0 && (26..=30).contains(&v.minor) {
         Ok(())
@@ -564,6 +574,49 @@ impl ApiClient {
             .map(|_| ())
     }
 
+    /// The prefix of the API key this client authenticates with (TCP only).
+    pub fn own_key_prefix(&self) -> Option<String> {
+        match &self.transport {
+            Transport::Tcp { key, .. } => api_key_prefix(key.expose()),
+            _ => None,
+        }
+    }
+
+    /// Creates an API key expiring at `expires_at`; returns the full key (shown once).
+    pub async fn create_api_key(&self, expires_at: i64) -> Result<Secret, ApiError> {
+        let v = self
+            .request(
+                "POST",
+                "/api/v1/apikey",
+                Some(json!({"expiration": rfc3339(expires_at)})),
+            )
+            .await?;
+        v.get("apiKey")
+            .and_then(|k| k.as_str())
+            .map(Secret::new)
+            .ok_or_else(|| ApiError::Shape {
+                path: "/api/v1/apikey".into(),
+                detail: "no apiKey".into(),
+            })
+    }
+
+    pub async fn expire_api_key(&self, prefix: &str) -> Result<(), ApiError> {
+        self.request(
+            "POST",
+            "/api/v1/apikey/expire",
+            Some(json!({"prefix": prefix})),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Switches this client to a new API key (after rotating it).
+    pub fn use_key(&mut self, new: Secret) {
+        if let Transport::Tcp { key, .. } = &mut self.transport {
+            *key = new;
+        }
+    }
+
     pub async fn list_api_keys(&self) -> Result<Vec<ApiKeyInfo>, ApiError> {
         if let Transport::Grpc(g) = &self.transport {
             return g.list_api_keys().await;
@@ -664,6 +717,16 @@ mod tests {
             json!({"id": 9, "machine_key": "m", "node_key": "k", "user": {"id": 1, "name": "bob"}});
         assert_eq!(parse_node(&cli).expect("node").user.name, "bob");
         assert!(parse_node(&json!({"name": "no id"})).is_none());
+    }
+
+    #[test]
+    fn api_key_prefixes() {
+        assert_eq!(
+            api_key_prefix("hskey-api-abcdef123456-0123").as_deref(),
+            Some("abcdef123456")
+        );
+        assert_eq!(api_key_prefix("abc1234.secret").as_deref(), Some("abc1234"));
+        assert_eq!(api_key_prefix("garbage"), None);
     }
 
     #[test]

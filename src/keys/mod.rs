@@ -35,6 +35,8 @@ pub enum KeysError {
     State(#[from] StateError),
     #[error("no node named {0:?} (give its id, hostname or given name)")]
     NoSuchNode(String),
+    #[error("cannot write the new API key to {0}")]
+    KeyFile(std::path::PathBuf, #[source] std::io::Error),
     #[error("cannot read production's Headscale config")]
     Config(#[from] crate::headscale::config::HeadscaleConfigError),
 }
@@ -226,6 +228,59 @@ fn reminder_payload(
         "key_expires": fmt_time(key_expires),
         "warning": "run this on the node itself, not over an SSH or remote session that goes through this node: the connection drops while the node re-registers",
     })
+}
+
+/// Rotates headwarden's own API key when it expires within `keys.api_key_rotate_before`:
+/// create a new key (valid `keys.api_key_lifetime`), store it in `api_key_file` atomically
+/// (0600), switch to it, then expire the old one. Returns the old prefix when it rotated.
+pub async fn rotate_api_key_if_due(
+    s: &Settings,
+    store: &Store,
+    api: &mut ApiClient,
+) -> Result<Option<String>, KeysError> {
+    let (Some(prefix), Some(file)) = (api.own_key_prefix(), s.headscale.api_key_file.as_ref())
+    else {
+        return Ok(None);
+    };
+    let keys = api.list_api_keys().await?;
+    let Some(own) = keys.iter().find(|k| k.prefix == prefix) else {
+        return Ok(None);
+    };
+    let due = own
+        .expiration
+        .is_some_and(|e| e - now() <= s.keys.api_key_rotate_before.as_secs() as i64);
+    if !due {
+        return Ok(None);
+    }
+    let new = api
+        .create_api_key(now() + s.keys.api_key_lifetime.as_secs() as i64)
+        .await?;
+    write_secret_file(file, new.expose()).map_err(|e| KeysError::KeyFile(file.clone(), e))?;
+    api.use_key(new);
+    api.expire_api_key(&prefix).await?;
+    store.push_event(
+        "keys.api_key_rotated",
+        "info",
+        &json!({"old_prefix": prefix, "old_expiry": own.expiration.map(fmt_time), "file": file}),
+    )?;
+    tracing::info!(old_prefix = %prefix, file = %file.display(), "rotated headwarden's Headscale API key");
+    Ok(Some(prefix))
+}
+
+fn write_secret_file(path: &std::path::Path, secret: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("headwarden-new");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(secret.as_bytes())?;
+    f.write_all(b"\n")?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
 }
 
 /// `headwarden keys run`: one pass of the key job.

@@ -140,6 +140,10 @@ pub struct KeySettings {
     pub remove_stale_duplicates: bool,
     /// Node audit: report nodes not seen for this long.
     pub inactive_after: Duration,
+    /// Rotate headwarden's own API key when it expires within this.
+    pub api_key_rotate_before: Duration,
+    /// Lifetime of an API key headwarden creates for itself.
+    pub api_key_lifetime: Duration,
 }
 
 #[derive(Debug, Clone)]

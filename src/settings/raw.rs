@@ -191,6 +191,8 @@ struct RawKeys {
     key_lifetime: Option<DurationValue>,
     remove_stale_duplicates: bool,
     inactive_after: Option<DurationValue>,
+    api_key_rotate_before: Option<DurationValue>,
+    api_key_lifetime: Option<DurationValue>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -524,6 +526,12 @@ pub(super) fn resolve(file: &Path, text: &str, raw: RawConfig) -> Result<Setting
         inactive_after: k
             .inactive_after
             .map_or(Duration::from_secs(30 * 86400), |d| d.0),
+        api_key_rotate_before: k
+            .api_key_rotate_before
+            .map_or(Duration::from_secs(14 * 86400), |d| d.0),
+        api_key_lifetime: k
+            .api_key_lifetime
+            .map_or(Duration::from_secs(90 * 86400), |d| d.0),
     };
     if keys.max_age.is_zero() {
         return Err(cx.err(

@@ -297,3 +297,47 @@ fn rotate_one_node_on_request() {
     let out = sb.hw(&["keys", "rotate", "no-such-node"]);
     assert_eq!(code(&out), 1, "{}", text(&out));
 }
+
+#[test]
+fn headwardens_own_api_key_is_rotated_before_it_expires() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut sb = Sandbox::new("0.29.2");
+    sb.enable_api(false);
+    // Replace the key with one that expires in 3 days (inside the 14-day rotation window).
+    let soon = time::OffsetDateTime::now_utc() + time::Duration::days(3);
+    let soon = soon
+        .format(&time::format_description::well_known::Rfc3339)
+        .expect("fmt");
+    let out = sb.prod_cmd(&["debug", "apikey", "--expiration", &soon]);
+    let old_key = serde_json::from_str::<serde_json::Value>(&out).expect("json")["apiKey"]
+        .as_str()
+        .expect("key")
+        .to_string();
+    std::fs::write(sb.path("api-key"), &old_key).expect("write");
+    let out = sb.hw(&["keys", "run"]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("rotated headwarden's API key"),
+        "{}",
+        text(&out)
+    );
+    assert!(!text(&out).contains(&old_key), "keys are never printed");
+    let new_key = std::fs::read_to_string(sb.path("api-key")).expect("read");
+    assert_ne!(new_key.trim(), old_key);
+    assert_eq!(
+        std::fs::metadata(sb.path("api-key"))
+            .expect("meta")
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+    assert!(sb.outbox().iter().any(|(e, _)| e == "keys.api_key_rotated"));
+    // The new key works and is not due; the old one was expired in Headscale.
+    let out = sb.hw(&["keys", "run"]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("rotated headwarden's API key"));
+    std::fs::write(sb.path("api-key"), &old_key).expect("write old");
+    let out = sb.hw(&["keys", "plan"]);
+    assert_eq!(code(&out), 1, "the old key is refused now\n{}", text(&out));
+}
