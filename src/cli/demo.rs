@@ -5,6 +5,7 @@
 //! 2. Upgrade: plan 0.26.1 -> 0.27.1 -> 0.28.0, verify, stage, promote.
 //! 3. Publish 0.28.1, which passes staging but crashes on production: promote, fail, roll back.
 //! 4. Publish 0.29.0, whose migration drops nodes: staging catches it; production is not touched.
+//! 5. The key job over the unix socket: two ageing nodes get a reminder with a one-time key.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -130,6 +131,30 @@ pub async fn run(keep: bool) -> Result<u8, Failure> {
         let now = pipeline::current_version(&settings).await?;
         println!("\n== result: production runs {now}, healthy, {} users and {} nodes (same as before the demo)", base.users.len(), base.nodes.len());
         println!("   journal: `headwarden --config {} history`", config_path.display());
+
+        println!("\n-- step 5: the key job (over the unix socket: gRPC, since production runs {now})");
+        let prod_cfg = root.join("prod/etc/config.yaml").display().to_string();
+        let launcher = root.join("prod/bin/headscale");
+        for (prefix, age) in [("laptop", "80"), ("phone", "95")] {
+            crate::process::run(
+                &[launcher.display().to_string(), "-c".into(), prod_cfg.clone(), "debug".into(), "seed".into(), "--users".into(), "1".into(),
+                  "--nodes-per-user".into(), "1".into(), "--age-days".into(), age.into(), "--prefix".into(), prefix.into()],
+                Duration::from_secs(30),
+            )
+            .await?;
+        }
+        println!("   registered a laptop 80 days ago and a phone 95 days ago (max_age 90d, reminders at 14d/7d/1d, grace 7d)");
+        let api = crate::headscale::api::ApiClient::connect(&settings).await?;
+        for p in crate::keys::plan_now(&settings, &store, &api).await?.iter().filter(|p| !p.name.starts_with("user")) {
+            println!("   plan: {:<14} {:?} -> {:?}", p.name, p.state, p.action);
+        }
+        crate::keys::run(&settings, &store, &api, &say).await?;
+        for row in store.outbox()?.iter().filter(|r| r.event == "keys.reminder") {
+            let cmd = row.payload["command"].as_str().unwrap_or("");
+            let masked: String = cmd.split(' ').map(|w| if w.starts_with("hskey-auth-") { "hskey-auth-…(one-time key)" } else { w }).collect::<Vec<_>>().join(" ");
+            println!("   queued for {}: {masked}", row.payload["node"]["user"].as_str().unwrap_or(""));
+        }
+        println!("   (reminders wait in the state store's outbox until chat delivery exists; a second run sends nothing new)");
         Ok(exit::OK)
     }
     .await;

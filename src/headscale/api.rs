@@ -232,6 +232,118 @@ fn parse_preauth(v: &Value) -> Option<PreAuthKey> {
     })
 }
 
+#[derive(serde::Deserialize)]
+struct WireNodes<'a> {
+    #[serde(default, borrow)]
+    nodes: Vec<WireNode<'a>>,
+}
+
+type Text<'a> = std::borrow::Cow<'a, str>;
+
+/// A uint64 as protojson writes it (a string) or as Go's JSON does (a number).
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum WireId<'a> {
+    #[serde(borrow)]
+    Text(Text<'a>),
+    Number(u64),
+}
+
+impl WireId<'_> {
+    fn get(&self) -> u64 {
+        match self {
+            WireId::Text(s) => s.parse().unwrap_or(0),
+            WireId::Number(n) => *n,
+        }
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct WireUser<'a> {
+    #[serde(borrow)]
+    id: Option<WireId<'a>>,
+    #[serde(default, borrow)]
+    name: Text<'a>,
+}
+
+/// Borrows from the response body where the JSON has no escapes: a large node list is parsed
+/// without an intermediate tree or a second copy of every string.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WireNode<'a> {
+    #[serde(borrow)]
+    id: WireId<'a>,
+    #[serde(default, borrow, alias = "machine_key")]
+    machine_key: Text<'a>,
+    #[serde(default, borrow, alias = "node_key")]
+    node_key: Text<'a>,
+    #[serde(default, borrow)]
+    name: Text<'a>,
+    #[serde(default, borrow, alias = "given_name")]
+    given_name: Text<'a>,
+    #[serde(borrow)]
+    user: Option<WireUser<'a>>,
+    #[serde(borrow, alias = "created_at")]
+    created_at: Option<Text<'a>>,
+    #[serde(borrow, alias = "last_seen")]
+    last_seen: Option<Text<'a>>,
+    #[serde(borrow)]
+    expiry: Option<Text<'a>>,
+    #[serde(default)]
+    tags: Vec<String>,
+    #[serde(default, alias = "forced_tags")]
+    forced_tags: Vec<String>,
+    #[serde(default, alias = "valid_tags")]
+    valid_tags: Vec<String>,
+    #[serde(default, borrow, alias = "register_method")]
+    register_method: Text<'a>,
+    #[serde(default)]
+    online: bool,
+}
+
+fn parse_rfc3339(s: Option<&str>) -> Option<i64> {
+    let t = time::OffsetDateTime::parse(s?, &time::format_description::well_known::Rfc3339).ok()?;
+    (t.year() > 1).then(|| t.unix_timestamp())
+}
+
+impl WireNode<'_> {
+    fn into_node(self) -> Node {
+        let t = |s: Option<Text<'_>>| parse_rfc3339(s.as_deref());
+        let mut tags = self.tags;
+        if tags.is_empty() {
+            tags = self.forced_tags;
+            for v in self.valid_tags {
+                if !tags.contains(&v) {
+                    tags.push(v);
+                }
+            }
+        }
+        Node {
+            id: self.id.get(),
+            machine_key: self.machine_key.into_owned(),
+            node_key: self.node_key.into_owned(),
+            name: self.name.into_owned(),
+            given_name: self.given_name.into_owned(),
+            user: self
+                .user
+                .map(|u| User {
+                    id: u.id.map_or(0, |i| i.get()),
+                    name: u.name.into_owned(),
+                })
+                .unwrap_or(User {
+                    id: 0,
+                    name: String::new(),
+                }),
+            created_at: t(self.created_at),
+            last_seen: t(self.last_seen),
+            expiry: t(self.expiry),
+            tags,
+            register_method: self.register_method.into_owned(),
+            online: self.online,
+        }
+    }
+}
+
 fn read_key_file(path: &Path) -> Result<Secret, ApiError> {
     use std::os::unix::fs::PermissionsExt;
     let err = |detail: String| ApiError::KeyFile {
@@ -342,7 +454,13 @@ impl ApiClient {
             version,
             target: base,
         };
-        api.request("GET", "/api/v1/node", None).await?;
+        // Check the key with a cheap authenticated call (not the node list, which can be huge).
+        let probe = if api.at_least(27, 0) {
+            "/api/v1/health"
+        } else {
+            "/api/v1/apikey"
+        };
+        api.request_raw("GET", probe, None).await?;
         Ok(api)
     }
 
@@ -352,6 +470,25 @@ impl ApiClient {
         path: &str,
         body: Option<Value>,
     ) -> Result<Value, ApiError> {
+        let bytes = self.request_raw(method, path, body).await?;
+        let text: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+            b"{}"
+        } else {
+            &bytes
+        };
+        serde_json::from_slice(text).map_err(|e| ApiError::Shape {
+            path: path.to_string(),
+            detail: e.to_string(),
+        })
+    }
+
+    /// The response body of a successful call (errors mapped), unparsed.
+    async fn request_raw(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<hyper::body::Bytes, ApiError> {
         let (status, text) = match &self.transport {
             Transport::Tcp { base, key, client } => {
                 let m =
@@ -369,7 +506,18 @@ impl ApiClient {
                     detail: crate::cli::error_chain(&e),
                 })?;
                 let status = resp.status().as_u16();
-                (status, resp.text().await.unwrap_or_default())
+                // Read into one buffer sized from Content-Length: no doubling copies of a
+                // large node list.
+                let mut resp = resp;
+                let mut buf =
+                    Vec::with_capacity(resp.content_length().unwrap_or(0).min(512 << 20) as usize);
+                while let Some(chunk) = resp.chunk().await.map_err(|e| ApiError::Unreachable {
+                    target: self.target.clone(),
+                    detail: crate::cli::error_chain(&e),
+                })? {
+                    buf.extend_from_slice(&chunk);
+                }
+                (status, hyper::body::Bytes::from(buf))
             }
             Transport::Unix { socket } => unix_request(socket, method, path, body.as_ref()).await?,
             Transport::Grpc(_) => {
@@ -380,16 +528,12 @@ impl ApiClient {
             }
         };
         match status {
-            200..=299 => serde_json::from_str(if text.trim().is_empty() { "{}" } else { &text })
-                .map_err(|e| ApiError::Shape {
-                    path: path.to_string(),
-                    detail: e.to_string(),
-                }),
+            200..=299 => Ok(text),
             401 => Err(ApiError::Unauthorized {
                 target: self.target.clone(),
             }),
             _ => {
-                let message = serde_json::from_str::<Value>(&text)
+                let message = serde_json::from_slice::<Value>(&text)
                     .ok()
                     .and_then(|v| {
                         v.get("message")
@@ -397,7 +541,7 @@ impl ApiClient {
                             .and_then(|m| m.as_str())
                             .map(String::from)
                     })
-                    .unwrap_or_else(|| text.chars().take(200).collect());
+                    .unwrap_or_else(|| String::from_utf8_lossy(&text).chars().take(200).collect());
                 Err(ApiError::Status {
                     method: method.to_string(),
                     path: path.to_string(),
@@ -427,20 +571,13 @@ impl ApiClient {
         if let Transport::Grpc(g) = &self.transport {
             return g.list_nodes().await;
         }
-        let v = self.request("GET", "/api/v1/node", None).await?;
-        let arr = v
-            .get("nodes")
-            .and_then(|n| n.as_array())
-            .cloned()
-            .unwrap_or_default();
-        arr.iter()
-            .map(|n| {
-                parse_node(n).ok_or_else(|| ApiError::Shape {
-                    path: "/api/v1/node".into(),
-                    detail: format!("node without an id: {n}"),
-                })
-            })
-            .collect()
+        // Typed parsing straight from the body: 100,000 nodes must not become a JSON tree.
+        let text = self.request_raw("GET", "/api/v1/node", None).await?;
+        let wire: WireNodes = serde_json::from_slice(&text).map_err(|e| ApiError::Shape {
+            path: "/api/v1/node".into(),
+            detail: e.to_string(),
+        })?;
+        Ok(wire.nodes.into_iter().map(WireNode::into_node).collect())
     }
 
     /// A one-time key for `user` (or for `tags`), always with an explicit expiration.
@@ -646,7 +783,7 @@ async fn unix_request(
     method: &str,
     path: &str,
     body: Option<&Value>,
-) -> Result<(u16, String), ApiError> {
+) -> Result<(u16, hyper::body::Bytes), ApiError> {
     use http_body_util::{BodyExt, Full};
     let target = format!("unix://{}", socket.display());
     let stream = tokio::net::UnixStream::connect(socket)
@@ -688,7 +825,7 @@ async fn unix_request(
         .await
         .map_err(|e| unreachable(&e))?
         .to_bytes();
-    Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
+    Ok((status, bytes))
 }
 
 fn bytes_of(s: String) -> hyper::body::Bytes {
@@ -727,6 +864,26 @@ mod tests {
         );
         assert_eq!(api_key_prefix("abc1234.secret").as_deref(), Some("abc1234"));
         assert_eq!(api_key_prefix("garbage"), None);
+    }
+
+    #[test]
+    fn typed_and_tree_parsing_agree() {
+        let body = json!({"nodes": [
+            {"id": "7", "machineKey": "mkey:a", "nodeKey": "nodekey:b", "name": "laptop", "givenName": "laptop",
+             "user": {"id": "3", "name": "alice"}, "createdAt": "2026-01-01T00:00:00Z", "expiry": "0001-01-01T00:00:00Z",
+             "forcedTags": ["tag:a"], "validTags": ["tag:b"], "online": true},
+            {"id": 8, "machine_key": "m", "node_key": "k", "user": {"id": 1, "name": "bob"}, "tags": ["tag:x"]}
+        ]});
+        let raw = body.to_string();
+        let wire: WireNodes = serde_json::from_str(&raw).expect("typed");
+        let typed: Vec<Node> = wire.nodes.into_iter().map(WireNode::into_node).collect();
+        let tree: Vec<Node> = body["nodes"]
+            .as_array()
+            .expect("a")
+            .iter()
+            .map(|n| parse_node(n).expect("n"))
+            .collect();
+        assert_eq!(typed, tree);
     }
 
     #[test]

@@ -24,6 +24,9 @@ pub struct GrpcClient {
     socket: PathBuf,
 }
 
+/// Largest response accepted (100,000 nodes are about 30 MB of protobuf).
+const MAX_MESSAGE: usize = 512 * 1024 * 1024;
+
 /// Go's zero time (0001-01-01T00:00:00Z) as unix seconds.
 const GO_ZERO_TIME: i64 = -62_135_596_800;
 
@@ -114,7 +117,8 @@ impl GrpcClient {
             .await
             .map_err(|e| classify_connect(socket, &e))?;
         Ok(GrpcClient {
-            inner: HeadscaleServiceClient::new(channel),
+            // A node list of a large tailnet exceeds tonic's 4 MiB default.
+            inner: HeadscaleServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE),
             socket: socket.to_path_buf(),
         })
     }

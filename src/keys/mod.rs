@@ -379,8 +379,13 @@ pub async fn run(
                     &payload,
                 )?;
                 tracing::info!(node = %p.name, user = %p.user, stage, deadline = %fmt_time(deadline), "key reminder queued with a one-time pre-auth key");
+                let what = if *stage > s.keys.remind_before.len() {
+                    "overdue reminder".to_string()
+                } else {
+                    format!("reminder stage {stage}")
+                };
                 say(&format!(
-                    "{}: reminder stage {stage} queued (deadline {}), one-time key minted",
+                    "{}: {what} queued (deadline {}), one-time key minted",
                     p.name,
                     fmt_time(deadline)
                 ));
