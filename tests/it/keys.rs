@@ -341,3 +341,110 @@ fn headwardens_own_api_key_is_rotated_before_it_expires() {
     let out = sb.hw(&["keys", "plan"]);
     assert_eq!(code(&out), 1, "the old key is refused now\n{}", text(&out));
 }
+
+#[test]
+fn same_machine_as_a_new_node_is_a_rotation_and_the_stale_entry_is_removed() {
+    let mut sb = Sandbox::new("0.28.0");
+    sb.enable_api(false);
+    sb.extra_top = "keys:\n  remove_stale_duplicates: true\n".into();
+    sb.write_config();
+    sb.seed("due", 80, None, "");
+    let out = sb.hw(&["keys", "run"]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    let (_, payload) = sb
+        .outbox()
+        .into_iter()
+        .find(|(e, _)| e == "keys.reminder")
+        .expect("reminder");
+    let key = payload["command"]
+        .as_str()
+        .expect("cmd")
+        .split_whitespace()
+        .skip_while(|w| *w != "--auth-key")
+        .nth(1)
+        .expect("key")
+        .to_string();
+    let nodes: serde_json::Value =
+        serde_json::from_str(&sb.prod_cmd(&["nodes", "list", "-o", "json"])).expect("nodes");
+    let old = nodes
+        .as_array()
+        .expect("a")
+        .iter()
+        .find(|n| n["name"].as_str().is_some_and(|s| s.starts_with("due")))
+        .expect("due")
+        .clone();
+    let mk = old["machine_key"].as_str().expect("mk");
+    sb.prod_cmd(&[
+        "debug",
+        "register",
+        "--auth-key",
+        &key,
+        "--hostname",
+        "due-laptop",
+        "--machine-key",
+        mk,
+        "--new-node",
+    ]);
+    let out = sb.hw(&["keys", "run"]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    let events: Vec<(String, serde_json::Value)> = sb.outbox();
+    assert!(
+        events
+            .iter()
+            .any(|(e, p)| e == "keys.rotated" && p["how"] == "re-registered as a new node"),
+        "{events:?}"
+    );
+    assert!(
+        events.iter().any(|(e, _)| e == "keys.duplicate_removed"),
+        "{events:?}"
+    );
+    let nodes: serde_json::Value =
+        serde_json::from_str(&sb.prod_cmd(&["nodes", "list", "-o", "json"])).expect("nodes");
+    let ids: Vec<u64> = nodes
+        .as_array()
+        .expect("a")
+        .iter()
+        .filter_map(|n| n["id"].as_u64())
+        .collect();
+    assert!(
+        !ids.contains(&old["id"].as_u64().expect("id")),
+        "stale entry deleted: {ids:?}"
+    );
+    assert_eq!(state_of(&plan(&sb), "due-laptop"), "ok");
+}
+
+#[test]
+fn audit_reports_without_changing_anything() {
+    let mut sb = Sandbox::new("0.30.0");
+    sb.enable_api(false);
+    sb.seed("idle", 40, None, "");
+    let before = sb.prod_cmd(&["nodes", "list", "-o", "json"]);
+    let out = sb.hw(&["keys", "run", "--json"]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let audit: Vec<&str> = report["audit"]
+        .as_array()
+        .expect("audit")
+        .iter()
+        .filter_map(|a| a.as_str())
+        .collect();
+    assert!(
+        audit
+            .iter()
+            .any(|a| a.contains("idle") && a.contains("not seen for 40 days")),
+        "{audit:?}"
+    );
+    assert!(
+        audit.iter().any(|a| a.contains("never expire")),
+        "{audit:?}"
+    );
+    assert!(
+        audit.iter().any(|a| a.contains("has no expiry")),
+        "the API key made without expiry: {audit:?}"
+    );
+    assert_eq!(
+        sb.prod_cmd(&["nodes", "list", "-o", "json"]),
+        before,
+        "the audit changes nothing"
+    );
+}

@@ -503,6 +503,7 @@ async fn register(
             |r| r.get(0),
         )
         .optional()?;
+    let existing = existing.filter(|_| q.get("new_node").is_none_or(|v| v != "true"));
     let id = match existing {
         Some(id) => {
             tx.execute(

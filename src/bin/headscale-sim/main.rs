@@ -132,6 +132,9 @@ enum DebugCmd {
         hostname: String,
         #[arg(long)]
         machine_key: Option<String>,
+        /// Register as a new node even if the machine key is known (as after a user change).
+        #[arg(long)]
+        new_node: bool,
     },
     /// Create an API key (what `headscale apikeys create` does).
     Apikey {
@@ -204,9 +207,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     "/api/v1/debug/seed?users={users}&nodes_per_user={nodes_per_user}&age_days={age_days}{}&tags={tags}&prefix={prefix}",
                     expiry_days.map(|d| format!("&expiry_days={d}")).unwrap_or_default()
                 ),
-                DebugCmd::Register { auth_key, hostname, machine_key } => format!(
-                    "/api/v1/debug/register?auth_key={auth_key}&hostname={hostname}{}",
-                    machine_key.map(|m| format!("&machine_key={m}")).unwrap_or_default()
+                DebugCmd::Register { auth_key, hostname, machine_key, new_node } => format!(
+                    "/api/v1/debug/register?auth_key={auth_key}&hostname={hostname}{}{}",
+                    machine_key.map(|m| format!("&machine_key={m}")).unwrap_or_default(),
+                    if new_node { "&new_node=true" } else { "" }
                 ),
                 DebugCmd::Apikey { expiration } => {
                     return server::cli_post_json(&config, "/api/v1/debug/apikey", &serde_json::json!({"expiration": expiration})).await;
