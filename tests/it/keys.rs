@@ -24,6 +24,35 @@ fn state_of(plans: &[serde_json::Value], name: &str) -> String {
     }
 }
 
+/// The one-time key from the first queued reminder's command.
+fn minted_key(sb: &Sandbox) -> String {
+    let (_, payload) = sb
+        .outbox()
+        .into_iter()
+        .find(|(e, _)| e == "keys.reminder")
+        .expect("reminder");
+    let command = payload["command"].as_str().expect("command").to_string();
+    command
+        .split_whitespace()
+        .skip_while(|w| *w != "--auth-key")
+        .nth(1)
+        .expect("key")
+        .to_string()
+}
+
+/// Production's node whose name starts with `prefix`, as its CLI prints it.
+fn prod_node(sb: &Sandbox, prefix: &str) -> serde_json::Value {
+    let nodes: serde_json::Value =
+        serde_json::from_str(&sb.prod_cmd(&["nodes", "list", "-o", "json"])).expect("nodes");
+    nodes
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .find(|n| n["name"].as_str().is_some_and(|s| s.starts_with(prefix)))
+        .expect("node")
+        .clone()
+}
+
 fn mixed(version: &str, over_socket: bool) -> Sandbox {
     let mut sb = Sandbox::new(version);
     sb.enable_api(over_socket);
@@ -130,28 +159,8 @@ fn re_registering_with_the_minted_key_counts_as_rotation() {
         sb.seed("due", 80, None, "");
         let out = sb.hw(&["keys", "run"]);
         assert_eq!(code(&out), 0, "{version}: {}", text(&out));
-        let (_, payload) = sb
-            .outbox()
-            .into_iter()
-            .find(|(e, _)| e == "keys.reminder")
-            .expect("reminder");
-        let key = payload["command"]
-            .as_str()
-            .expect("cmd")
-            .split_whitespace()
-            .skip_while(|w| *w != "--auth-key")
-            .nth(1)
-            .expect("key")
-            .to_string();
-        let nodes: serde_json::Value =
-            serde_json::from_str(&sb.prod_cmd(&["nodes", "list", "-o", "json"])).expect("nodes");
-        let node = nodes
-            .as_array()
-            .expect("nodes")
-            .iter()
-            .find(|n| n["name"].as_str().is_some_and(|s| s.starts_with("due")))
-            .expect("due node")
-            .clone();
+        let key = minted_key(&sb);
+        let node = prod_node(&sb, "due");
         let mk = node["machine_key"].as_str().expect("machine key");
         // The client runs `tailscale up --auth-key KEY --force-reauth`: same machine, new node key.
         sb.prod_cmd(&[
@@ -351,28 +360,8 @@ fn same_machine_as_a_new_node_is_a_rotation_and_the_stale_entry_is_removed() {
     sb.seed("due", 80, None, "");
     let out = sb.hw(&["keys", "run"]);
     assert_eq!(code(&out), 0, "{}", text(&out));
-    let (_, payload) = sb
-        .outbox()
-        .into_iter()
-        .find(|(e, _)| e == "keys.reminder")
-        .expect("reminder");
-    let key = payload["command"]
-        .as_str()
-        .expect("cmd")
-        .split_whitespace()
-        .skip_while(|w| *w != "--auth-key")
-        .nth(1)
-        .expect("key")
-        .to_string();
-    let nodes: serde_json::Value =
-        serde_json::from_str(&sb.prod_cmd(&["nodes", "list", "-o", "json"])).expect("nodes");
-    let old = nodes
-        .as_array()
-        .expect("a")
-        .iter()
-        .find(|n| n["name"].as_str().is_some_and(|s| s.starts_with("due")))
-        .expect("due")
-        .clone();
+    let key = minted_key(&sb);
+    let old = prod_node(&sb, "due");
     let mk = old["machine_key"].as_str().expect("mk");
     sb.prod_cmd(&[
         "debug",
