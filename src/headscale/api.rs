@@ -418,6 +418,39 @@ impl ApiClient {
             client.request("GET", "/api/v1/health", None).await?;
             return Ok(client);
         }
+        if let Some(host_port) = url.strip_prefix("grpcs://") {
+            let key_file = s
+                .headscale
+                .api_key_file
+                .as_ref()
+                .ok_or_else(|| ApiError::MissingKey { url: url.clone() })?;
+            let key = read_key_file(key_file)?;
+            let ca = match &s.headscale.api_ca_file {
+                Some(p) => Some(std::fs::read(p).map_err(|e| ApiError::KeyFile {
+                    path: p.clone(),
+                    detail: e.to_string(),
+                })?),
+                None => None,
+            };
+            // gRPC has no version endpoint: headwarden runs beside Headscale and asks its binary.
+            let version = binary_version().await?;
+            check_version(&version)?;
+            if version.minor >= 30 {
+                return Err(ApiError::Unreachable {
+                    target: url,
+                    detail: "Headscale 0.30 removed gRPC; use its https:// REST address".into(),
+                });
+            }
+            let grpc =
+                super::grpc::GrpcClient::connect_tls(host_port.trim_end_matches('/'), ca, &key)
+                    .await?;
+            grpc.health().await?;
+            return Ok(ApiClient {
+                transport: Transport::Grpc(grpc),
+                version,
+                target: url,
+            });
+        }
         let key_file = s
             .headscale
             .api_key_file

@@ -6,7 +6,9 @@
 use std::path::{Path, PathBuf};
 
 use hyper_util::rt::TokioIo;
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Uri};
 
 use super::api::{ApiError, ApiKeyInfo, Node, PreAuthKey, User};
 use crate::settings::Secret;
@@ -18,10 +20,24 @@ pub mod pb {
 
 use pb::headscale_service_client::HeadscaleServiceClient;
 
+/// Adds `authorization: Bearer <API key>` to every call (remote gRPC); nothing on the socket.
+#[derive(Clone)]
+pub struct Auth(Option<MetadataValue<Ascii>>);
+
+impl tonic::service::Interceptor for Auth {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
 #[derive(Clone)]
 pub struct GrpcClient {
-    inner: HeadscaleServiceClient<Channel>,
-    socket: PathBuf,
+    inner: HeadscaleServiceClient<InterceptedService<Channel, Auth>>,
+    /// Where it is connected (for messages): unix://… or grpcs://…
+    target: String,
 }
 
 /// Largest response accepted (100,000 nodes are about 30 MB of protobuf).
@@ -118,18 +134,66 @@ impl GrpcClient {
             .map_err(|e| classify_connect(socket, &e))?;
         Ok(GrpcClient {
             // A node list of a large tailnet exceeds tonic's 4 MiB default.
-            inner: HeadscaleServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE),
-            socket: socket.to_path_buf(),
+            inner: HeadscaleServiceClient::with_interceptor(channel, Auth(None))
+                .max_decoding_message_size(MAX_MESSAGE),
+            target: format!("unix://{}", socket.display()),
+        })
+    }
+
+    /// Remote gRPC (`grpcs://host:port`): always TLS, as upstream's CLI (`RequireTransportSecurity`),
+    /// with the API key in the `authorization` metadata. `ca_pem` trusts a private CA; otherwise
+    /// the system roots.
+    pub async fn connect_tls(
+        host_port: &str,
+        ca_pem: Option<Vec<u8>>,
+        key: &Secret,
+    ) -> Result<GrpcClient, ApiError> {
+        let target = format!("grpcs://{host_port}");
+        let unreachable = |detail: String| ApiError::Unreachable {
+            target: target.clone(),
+            detail,
+        };
+        let host = host_port
+            .rsplit_once(':')
+            .map_or(host_port, |(h, _)| h)
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let mut tls = ClientTlsConfig::new().domain_name(host.to_string());
+        tls = match ca_pem {
+            Some(pem) => tls.ca_certificate(Certificate::from_pem(pem)),
+            None => tls.with_native_roots(),
+        };
+        let endpoint = Endpoint::try_from(format!("https://{host_port}"))
+            .map_err(|e| unreachable(e.to_string()))?
+            .tls_config(tls)
+            .map_err(|e| unreachable(crate::cli::error_chain(&e)))?
+            .connect_timeout(std::time::Duration::from_secs(10))
+            .timeout(std::time::Duration::from_secs(30));
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|e| unreachable(crate::cli::error_chain(&e)))?;
+        let bearer: MetadataValue<Ascii> =
+            format!("Bearer {}", key.expose())
+                .parse()
+                .map_err(|_| ApiError::KeyFile {
+                    path: PathBuf::from("api_key_file"),
+                    detail: "not a valid header value".into(),
+                })?;
+        Ok(GrpcClient {
+            inner: HeadscaleServiceClient::with_interceptor(channel, Auth(Some(bearer)))
+                .max_decoding_message_size(MAX_MESSAGE),
+            target,
         })
     }
 
     fn status(&self, rpc: &str, s: tonic::Status) -> ApiError {
         match s.code() {
             tonic::Code::Unauthenticated => ApiError::Unauthorized {
-                target: format!("unix://{}", self.socket.display()),
+                target: self.target.clone(),
             },
             tonic::Code::Unavailable => ApiError::Unreachable {
-                target: format!("unix://{}", self.socket.display()),
+                target: self.target.clone(),
                 detail: s.message().to_string(),
             },
             code => ApiError::Status {

@@ -94,6 +94,8 @@ pub struct HeadscaleSettings {
     pub service: ServiceSettings,
     pub api_url: String,
     pub api_key_file: Option<PathBuf>,
+    /// PEM CA for a Headscale with a private certificate (grpcs:// and https://).
+    pub api_ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]

@@ -161,6 +161,7 @@ struct RawService {
 struct RawApi {
     url: Option<String>,
     api_key_file: Option<PathBuf>,
+    ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -434,11 +435,14 @@ pub(super) fn resolve(file: &Path, text: &str, raw: RawConfig) -> Result<Setting
         .api
         .url
         .unwrap_or_else(|| "unix:///var/run/headscale/headscale.sock".into());
-    if !(api_url.starts_with("unix://") || url_allowed(&api_url, true)) {
+    if !(api_url.starts_with("unix://")
+        || api_url.starts_with("grpcs://")
+        || url_allowed(&api_url, true))
+    {
         return Err(cx.err(
             "headscale.api.url",
             format!("unsupported API address {api_url:?}"),
-            "use unix:///path/to.sock, https://host, or http:// to a loopback address (the API key must not cross a network in clear text)",
+            "use unix:///path/to.sock, https://host, grpcs://host:port (remote gRPC, ≤0.29), or http:// to a loopback address (the API key must not cross a network in clear text)",
         ));
     }
     let headscale = HeadscaleSettings {
@@ -453,6 +457,7 @@ pub(super) fn resolve(file: &Path, text: &str, raw: RawConfig) -> Result<Setting
         service,
         api_url,
         api_key_file: h.api.api_key_file.map(|p| cx.path(p)),
+        api_ca_file: h.api.ca_file.map(|p| cx.path(p)),
     };
 
     let checks = match raw.smoke.checks {

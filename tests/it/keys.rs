@@ -437,3 +437,40 @@ fn audit_reports_without_changing_anything() {
         "the audit changes nothing"
     );
 }
+
+#[test]
+fn remote_grpc_over_tls_with_the_api_key_in_metadata() {
+    let mut sb = Sandbox::new_with("0.29.2", true);
+    sb.enable_grpc_tls();
+    sb.seed("due", 80, None, "");
+    assert_eq!(state_of(&plan(&sb), "due"), "due_soon:1");
+    let out = sb.hw(&["keys", "run"]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert!(minted_key(&sb).starts_with("hskey-auth-"));
+    // A wrong key is refused by the server's interceptor (Unauthenticated).
+    let good = std::fs::read_to_string(sb.path("api-key")).expect("key");
+    std::fs::write(sb.path("api-key"), "hskey-api-000000000000-bogus").expect("write");
+    let out = sb.hw(&["keys", "plan"]);
+    assert_eq!(code(&out), 1, "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("refused the API key"),
+        "{}",
+        text(&out)
+    );
+    // Without the private CA the certificate is not trusted: no plaintext fallback.
+    std::fs::write(sb.path("api-key"), good).expect("write");
+    let cfg = std::fs::read_to_string(sb.config_path()).expect("cfg");
+    let without_ca: String = cfg
+        .lines()
+        .filter(|l| !l.contains("ca_file"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(sb.config_path(), without_ca).expect("write");
+    let out = sb.hw(&["keys", "plan"]);
+    assert_eq!(code(&out), 1, "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot reach the Headscale API at grpcs://"),
+        "{}",
+        text(&out)
+    );
+}

@@ -37,13 +37,19 @@ pub fn sim(args: &[&str]) -> String {
 
 impl Sandbox {
     pub fn new(prod_version: &str) -> Sandbox {
+        Self::new_with(prod_version, false)
+    }
+
+    /// `tls`: production gets a private CA and a certificate (remote gRPC for ≤0.29).
+    pub fn new_with(prod_version: &str, tls: bool) -> Sandbox {
         let dir = tempfile::tempdir().expect("tempdir");
         let p = |s: &str| dir.path().join(s).display().to_string();
         let pubkey = sim(&["keygen", "--out", &p("keys")]);
-        sim(&[
+        let prod_dir = p("prod");
+        let mut args = vec![
             "testbed",
             "--dir",
-            &p("prod"),
+            &prod_dir,
             "--version",
             prod_version,
             "--start",
@@ -51,7 +57,11 @@ impl Sandbox {
             "3",
             "--nodes-per-user",
             "2",
-        ]);
+        ];
+        if tls {
+            args.push("--tls");
+        }
+        sim(&args);
         std::fs::create_dir_all(dir.path().join("feed/releases")).expect("feed dir");
         let addr_file = dir.path().join("feed.addr");
         let feed = Command::new(SIM)
@@ -295,6 +305,24 @@ impl Sandbox {
                 key_file.display()
             );
         }
+        self.write_config();
+    }
+
+    /// Points headwarden at production's remote gRPC (TLS, API key, the testbed's private CA).
+    pub fn enable_grpc_tls(&mut self) {
+        self.enable_api(false);
+        let cfg = std::fs::read_to_string(self.path("prod/etc/config.yaml")).expect("cfg");
+        let grpc = cfg
+            .lines()
+            .find_map(|l| l.strip_prefix("grpc_listen_addr: "))
+            .expect("grpc addr")
+            .trim()
+            .to_string();
+        self.extra_headscale = format!(
+            "  api:\n    url: grpcs://{grpc}\n    api_key_file: {}\n    ca_file: {}\n",
+            self.path("api-key").display(),
+            self.path("prod/lib/ca.crt").display()
+        );
         self.write_config();
     }
 

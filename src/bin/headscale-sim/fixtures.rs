@@ -422,6 +422,28 @@ pub struct Testbed {
     pub users: u32,
     #[arg(long, default_value_t = 2)]
     pub nodes_per_user: u32,
+    /// Configure TLS (a private CA at lib/ca.crt signs lib/tls.crt for localhost/127.0.0.1):
+    /// Headscale ≤0.29 then serves remote gRPC on grpc_listen_addr.
+    #[arg(long)]
+    pub tls: bool,
+}
+
+/// A private CA and a server certificate for localhost / 127.0.0.1.
+fn make_tls(dir: &Path) -> Result<()> {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate()?;
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key)?;
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate()?;
+    let cert = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])?
+        .signed_by(&key, &issuer)?;
+    std::fs::write(dir.join("ca.crt"), ca_cert.pem())?;
+    std::fs::write(dir.join("tls.crt"), cert.pem())?;
+    std::fs::write(dir.join("tls.key"), key.serialize_pem())?;
+    set_mode(&dir.join("tls.key"), 0o600)?;
+    Ok(())
 }
 
 fn free_port() -> Result<u16> {
@@ -452,8 +474,18 @@ pub fn testbed(a: Testbed) -> Result<()> {
     )?;
     let port = free_port()?;
     let metrics = free_port()?;
+    let grpc = free_port()?;
+    let tls = if a.tls {
+        make_tls(&d.join("lib"))?;
+        format!(
+            "tls_cert_path: {d}/lib/tls.crt\ntls_key_path: {d}/lib/tls.key\n",
+            d = d.display()
+        )
+    } else {
+        String::new()
+    };
     let config = format!(
-        "server_url: http://127.0.0.1:{port}\nlisten_addr: 127.0.0.1:{port}\nmetrics_listen_addr: 127.0.0.1:{metrics}\ngrpc_listen_addr: 127.0.0.1:50443\ngrpc_allow_insecure: false\nnoise:\n  private_key_path: {d}/lib/noise_private.key\nprefixes:\n  v4: 100.64.0.0/10\n  v6: fd7a:115c:a1e0::/48\n  allocation: sequential\nderp:\n  server:\n    enabled: false\n  urls:\n    - https://controlplane.tailscale.com/derpmap/default\n  paths:\n    - {d}/derp.yaml\n  auto_update_enabled: true\n  update_frequency: 3h\ndisable_check_updates: false\ndatabase:\n  type: sqlite\n  sqlite:\n    path: {d}/lib/db.sqlite\n    write_ahead_log: true\nlog:\n  level: info\n  format: text\npolicy:\n  mode: file\n  path: \"\"\ndns:\n  magic_dns: true\n  base_domain: example.com\n  override_local_dns: true\n  nameservers:\n    global: [1.1.1.1]\nunix_socket: {d}/run/headscale.sock\nunix_socket_permission: \"0770\"\n",
+        "server_url: http://127.0.0.1:{port}\nlisten_addr: 127.0.0.1:{port}\nmetrics_listen_addr: 127.0.0.1:{metrics}\ngrpc_listen_addr: 127.0.0.1:{grpc}\n{tls}grpc_allow_insecure: false\nnoise:\n  private_key_path: {d}/lib/noise_private.key\nprefixes:\n  v4: 100.64.0.0/10\n  v6: fd7a:115c:a1e0::/48\n  allocation: sequential\nderp:\n  server:\n    enabled: false\n  urls:\n    - https://controlplane.tailscale.com/derpmap/default\n  paths:\n    - {d}/derp.yaml\n  auto_update_enabled: true\n  update_frequency: 3h\ndisable_check_updates: false\ndatabase:\n  type: sqlite\n  sqlite:\n    path: {d}/lib/db.sqlite\n    write_ahead_log: true\nlog:\n  level: info\n  format: text\npolicy:\n  mode: file\n  path: \"\"\ndns:\n  magic_dns: true\n  base_domain: example.com\n  override_local_dns: true\n  nameservers:\n    global: [1.1.1.1]\nunix_socket: {d}/run/headscale.sock\nunix_socket_permission: \"0770\"\n",
         d = d.display()
     );
     std::fs::write(d.join("etc/config.yaml"), config)?;

@@ -24,6 +24,51 @@ pub struct SimGrpc {
     state: Shared,
 }
 
+/// Remote gRPC on grpc_listen_addr: TLS when certificate files are given, and an API key in the
+/// `authorization` metadata on every call ("Bearer <key>"), as upstream requires.
+pub async fn serve_remote(
+    state: Shared,
+    listener: tokio::net::TcpListener,
+    tls: Option<(Vec<u8>, Vec<u8>)>,
+) {
+    let auth_state = state.clone();
+    let check = move |req: Request<()>| {
+        let token = req
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| Status::unauthenticated("authorization token not supplied"))?;
+        let key = token.strip_prefix("Bearer ").ok_or_else(|| {
+            Status::unauthenticated("missing \"Bearer \" prefix in \"Authorization\" header")
+        })?;
+        if !super::server::valid_api_key(&auth_state, key) {
+            return Err(Status::unauthenticated("invalid token"));
+        }
+        Ok(req)
+    };
+    let svc = HeadscaleServiceServer::with_interceptor(SimGrpc { state }, check);
+    let mut builder = tonic::transport::Server::builder();
+    if let Some((cert, key)) = tls {
+        builder = match builder.tls_config(
+            tonic::transport::ServerTlsConfig::new()
+                .identity(tonic::transport::Identity::from_pem(cert, key)),
+        ) {
+            Ok(b) => b,
+            Err(e) => {
+                eprintln!("ERR gRPC TLS: {e}");
+                return;
+            }
+        };
+    }
+    if let Err(e) = builder
+        .add_service(svc)
+        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+        .await
+    {
+        eprintln!("ERR gRPC server: {e}");
+    }
+}
+
 pub fn routes(state: Shared) -> axum::Router {
     tonic::service::Routes::new(HeadscaleServiceServer::new(SimGrpc { state })).into_axum_router()
 }

@@ -146,6 +146,7 @@ enum DebugCmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

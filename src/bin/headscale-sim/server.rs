@@ -200,14 +200,29 @@ pub async fn serve(
         );
         tasks.spawn(axum::serve(l, app).into_future());
     }
-    // gRPC: only ≤0.29 and only with TLS or grpc_allow_insecure; the stand-in holds the port
-    // (so port clashes are real) but does not speak gRPC yet.
-    if !version.at_least(0, 30) && config.str("grpc_allow_insecure").as_deref() == Some("true") {
+    // Remote gRPC: only ≤0.29, and only with TLS (tls_cert_path/tls_key_path) or
+    // grpc_allow_insecure; otherwise it silently does not listen, as upstream.
+    let tls_files = match (
+        config.str("tls_cert_path").filter(|s| !s.is_empty()),
+        config.str("tls_key_path").filter(|s| !s.is_empty()),
+    ) {
+        (Some(c), Some(k)) => Some((
+            std::fs::read(&c).with_context(|| format!("reading {c}"))?,
+            std::fs::read(&k).with_context(|| format!("reading {k}"))?,
+        )),
+        _ => None,
+    };
+    let insecure = config.str("grpc_allow_insecure").as_deref() == Some("true");
+    if !version.at_least(0, 30) && (tls_files.is_some() || insecure) {
         if let Some(addr) = config.str("grpc_listen_addr").filter(|s| !s.is_empty()) {
             let l = tokio::net::TcpListener::bind(&addr)
                 .await
                 .with_context(|| format!("listening on {addr}"))?;
-            tasks.spawn(axum::serve(l, Router::new()).into_future());
+            let grpc = crate::grpc::serve_remote(state.clone(), l, tls_files);
+            tasks.spawn(async move {
+                grpc.await;
+                Ok(())
+            });
         }
     }
     let socket = config
@@ -440,6 +455,19 @@ fn router(state: Shared, tcp: bool) -> Router {
         .with_state(state)
 }
 
+/// A stored, unexpired API key (its last_seen is updated).
+pub fn valid_api_key(state: &Shared, token: &str) -> bool {
+    !token.is_empty()
+        && state.db.lock().is_ok_and(|db| {
+            let now = now_rfc3339();
+            db.execute(
+                "UPDATE api_keys SET last_seen = ?2 WHERE hash = ?1 AND (expiration IS NULL OR expiration > ?2)",
+                params![crate::api::hash(token), now],
+            )
+            .is_ok_and(|n| n == 1)
+        })
+}
+
 /// TCP API requests need a valid, unexpired Bearer API key; the unix socket is trusted (as
 /// upstream). The debug endpoints (acting as a client) exist on the socket only.
 async fn authenticate(
@@ -459,16 +487,7 @@ async fn authenticate(
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or("")
             .to_string();
-        let valid = !token.is_empty()
-            && state.db.lock().is_ok_and(|db| {
-                let now = now_rfc3339();
-                db.execute(
-                    "UPDATE api_keys SET last_seen = ?2 WHERE hash = ?1 AND (expiration IS NULL OR expiration > ?2)",
-                    params![crate::api::hash(&token), now],
-                )
-                .is_ok_and(|n| n == 1)
-            });
-        if !valid {
+        if !valid_api_key(&state, &token) {
             return (StatusCode::UNAUTHORIZED, "Unauthorized").into_response();
         }
     }
