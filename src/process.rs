@@ -163,3 +163,12 @@ pub fn crash_point(point: &str) {
         let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
     }
 }
+
+/// Fault injection for tests: when `HEADWARDEN_FAIL_AT` names this step, the step fails with
+/// an injected error instead of running (e.g. a backup that cannot be written). Test-only.
+pub fn fail_point(step: &str) -> Option<String> {
+    std::env::var("HEADWARDEN_FAIL_AT")
+        .ok()
+        .filter(|v| v == step)
+        .map(|_| format!("injected failure at {step} (HEADWARDEN_FAIL_AT)"))
+}

@@ -74,7 +74,10 @@ impl Prod<'_> {
             .map_err(|e| e.to_string())?;
         crate::process::crash_point(&format!("{name}:before"));
         let t = Instant::now();
-        let r = f.await;
+        let r = match crate::process::fail_point(name) {
+            Some(injected) => Err(injected),
+            None => f.await,
+        };
         crate::process::crash_point(&format!("{name}:after"));
         let ms = t.elapsed().as_millis();
         timings.push((name.to_string(), ms));
@@ -204,6 +207,9 @@ pub async fn promote_hop(
             },
         )
         .await;
+    // Only a backup that completed (copied and integrity-checked) may ever be restored; a failed
+    // one means production's database was never touched.
+    let backed_up = backup.is_ok();
     let result: Result<(), String> = async {
         backup?;
         p.step(
@@ -244,7 +250,7 @@ pub async fn promote_hop(
             HopOutcome::Promoted { timings }
         }
         Err(reason) => {
-            let has_backup = bdir.join("db.sqlite").exists();
+            let has_backup = backed_up;
             match rollback(
                 p,
                 run,
@@ -478,15 +484,30 @@ pub async fn manual_rollback(
         .join(format!("run{run}-before-rollback"));
     p.step(run, 0, "stop", json!({}), &mut timings, p.service.stop())
         .await?;
-    p.step(
-        run,
-        0,
-        "safety_backup",
-        json!({"dir": safety}),
-        &mut timings,
-        async { take_backup(p.config, &safety).map_err(|e| crate::cli::error_chain(&e)) },
-    )
-    .await?;
+    let safety_result = p
+        .step(
+            run,
+            0,
+            "safety_backup",
+            json!({"dir": safety}),
+            &mut timings,
+            async { take_backup(p.config, &safety).map_err(|e| crate::cli::error_chain(&e)) },
+        )
+        .await;
+    if let Err(e) = safety_result {
+        // Nothing was changed yet: bring production back as it was.
+        let restarted = match p.service.start().await {
+            Ok(()) => p
+                .wait_healthy()
+                .await
+                .map(|_| "production restarted unchanged".to_string()),
+            Err(e) => Err(e),
+        };
+        return Err(format!(
+            "the safety backup failed ({e}); {}",
+            restarted.unwrap_or_else(|e| format!("restarting production failed too: {e}"))
+        ));
+    }
     p.step(
         run,
         0,

@@ -177,7 +177,8 @@ impl Sandbox {
         cmd.args(["--config", &cfg])
             .args(args)
             .stdin(Stdio::null())
-            .env_remove("HEADWARDEN_CRASH_AT");
+            .env_remove("HEADWARDEN_CRASH_AT")
+            .env_remove("HEADWARDEN_FAIL_AT");
         for (k, v) in env {
             cmd.env(k, v);
         }

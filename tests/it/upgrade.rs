@@ -606,3 +606,45 @@ fn pending_assets_are_retried_later() {
     assert_eq!(code(&out), 0, "{}", text(&out));
     assert_eq!(sb.prod_version(), "v0.28.0");
 }
+
+#[test]
+fn a_failure_at_any_production_step_leaves_the_old_version_healthy_on_its_data() {
+    for step in ["backup", "switch", "start", "smoke"] {
+        let sb = Sandbox::new("0.27.1");
+        sb.release("0.28.0", "none");
+        let before = sb.dump();
+        let out = sb.hw_env(&["upgrade", "--yes"], &[("HEADWARDEN_FAIL_AT", step)]);
+        assert_eq!(code(&out), 3, "{step}: rolled back\n{}", text(&out));
+        assert_eq!(sb.prod_version(), "v0.27.1", "{step}");
+        assert_eq!(sb.dump(), before, "{step}: data intact");
+        let status = sb.status_json();
+        assert_eq!(
+            status["production"]["health"], "healthy",
+            "{step}: {status}"
+        );
+        assert!(
+            status["interrupted_runs"]
+                .as_array()
+                .expect("runs")
+                .is_empty(),
+            "{step}"
+        );
+    }
+}
+
+#[test]
+fn a_failed_safety_backup_aborts_a_manual_rollback_and_restarts_production() {
+    let sb = Sandbox::new("0.27.1");
+    sb.release("0.28.0", "none");
+    let out = sb.hw(&["upgrade", "--yes"]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    let out = sb.hw_env(&["rollback"], &[("HEADWARDEN_FAIL_AT", "safety_backup")]);
+    assert_eq!(code(&out), 1, "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("production restarted unchanged"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(sb.prod_version(), "v0.28.0");
+    assert_eq!(sb.status_json()["production"]["health"], "healthy");
+}
