@@ -146,7 +146,16 @@ pub async fn run(keep: bool) -> Result<u8, Failure> {
         println!("   registered a laptop 80 days ago and a phone 95 days ago (max_age 90d, reminders at 14d/7d/1d, grace 7d)");
         let api = crate::headscale::api::ApiClient::connect(&settings).await?;
         for p in crate::keys::plan_now(&settings, &store, &api).await?.iter().filter(|p| !p.name.starts_with("user")) {
-            println!("   plan: {:<14} {:?} -> {:?}", p.name, p.state, p.action);
+            let state = serde_json::to_value(&p.state).unwrap_or_default();
+            let action = serde_json::to_value(&p.action).unwrap_or_default();
+            println!(
+                "   plan: {:<14} {}{} -> {}{}",
+                p.name,
+                state["state"].as_str().unwrap_or("?"),
+                state.get("stage").map(|s| format!(" (stage {s})")).unwrap_or_default(),
+                action["action"].as_str().unwrap_or("?"),
+                action.get("stage").map(|s| format!(" (stage {s})")).unwrap_or_default()
+            );
         }
         crate::keys::run(&settings, &store, &api, &say).await?;
         for row in store.outbox()?.iter().filter(|r| r.event == "keys.reminder") {

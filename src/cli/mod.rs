@@ -557,6 +557,7 @@ async fn status(cli: &Cli, s: &Settings, store: &Store) -> Result<u8, Failure> {
             "backups": backups,
             "bad_releases": bad,
             "state_schema": store.schema_version()?,
+            "notifications_queued": store.outbox()?.iter().filter(|r| r.state == "pending").count(),
         }))?;
         return Ok(exit::OK);
     }
@@ -600,6 +601,14 @@ async fn status(cli: &Cli, s: &Settings, store: &Store) -> Result<u8, Failure> {
     }
     for (tag, reason) in bad {
         println!("bad release: {tag}: {reason}");
+    }
+    let queued = store
+        .outbox()?
+        .iter()
+        .filter(|r| r.state == "pending")
+        .count();
+    if queued > 0 {
+        println!("notifications queued: {queued} (in the state store's outbox)");
     }
     Ok(exit::OK)
 }
