@@ -235,6 +235,21 @@ pub async fn check(
     Ok(fetch_and_plan(s, store, opts).await?.0)
 }
 
+/// Finishes interrupted runs first and says what recovery did (start of every locked command).
+async fn recover_and_report(
+    s: &Settings,
+    store: &Store,
+    say: Say<'_>,
+) -> Result<(), PipelineError> {
+    for r in recover(s, store).await? {
+        say(&format!(
+            "recovered interrupted run {}: {} ({})",
+            r.run, r.outcome, r.detail
+        ));
+    }
+    Ok(())
+}
+
 /// Progress callback: one line per notable step (the CLI prints them; the demo narrates them).
 pub type Say<'a> = &'a (dyn Fn(&str) + Sync);
 
@@ -244,12 +259,7 @@ pub async fn upgrade(
     opts: &UpgradeOptions,
     say: Say<'_>,
 ) -> Result<UpgradeOutcome, PipelineError> {
-    for r in recover(s, store).await? {
-        say(&format!(
-            "recovered interrupted run {}: {} ({})",
-            r.run, r.outcome, r.detail
-        ));
-    }
+    recover_and_report(s, store, say).await?;
     let (report, releases) = fetch_and_plan(s, store, opts).await?;
     let plan = report.plan;
     let current = report.current.clone();
@@ -508,12 +518,7 @@ pub async fn rollback(
     to: Option<&Version>,
     say: Say<'_>,
 ) -> Result<String, PipelineError> {
-    for r in recover(s, store).await? {
-        say(&format!(
-            "recovered interrupted run {}: {} ({})",
-            r.run, r.outcome, r.detail
-        ));
-    }
+    recover_and_report(s, store, say).await?;
     let backups = store.backups()?;
     let committed = |b: &&crate::state::BackupRow| {
         store
