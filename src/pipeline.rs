@@ -179,7 +179,16 @@ async fn fetch_and_plan(
         requests,
         rate_remaining,
         ignored,
-    } = feed::fetch(&s.release, store).await?;
+    } = match feed::fetch(&s.release, store).await {
+        Ok(f) => {
+            store.kv_set("feed.last_ok", &crate::state::now().to_string())?;
+            f
+        }
+        Err(e) => {
+            feed_unreachable(store, &e)?;
+            return Err(e.into());
+        }
+    };
     let mut new_releases = Vec::new();
     for r in &releases {
         if store.mark_release_seen(&r.tag)? {
@@ -194,6 +203,7 @@ async fn fetch_and_plan(
         &bad,
         crate::state::now(),
     );
+    announce_releases(store, &current, &releases, &new_releases, &plan)?;
     let prod_config = deploy::production_config(s)?;
     let mut config_problems = Vec::new();
     for hop in &plan.hops {
@@ -224,6 +234,90 @@ async fn fetch_and_plan(
         },
         releases,
     ))
+}
+
+/// Queues a `release` event for each newly seen release newer than production, with the
+/// highlights of its notes and what headwarden will do about it.
+fn announce_releases(
+    store: &Store,
+    current: &Version,
+    releases: &[Release],
+    new: &[String],
+    plan: &Plan,
+) -> Result<(), PipelineError> {
+    for r in releases
+        .iter()
+        .filter(|r| new.contains(&r.tag) && r.version > *current)
+    {
+        let note = plan
+            .notes
+            .iter()
+            .find_map(|n| n.strip_prefix(&format!("{}: ", r.tag)));
+        let action = if plan.hops.iter().any(|h| h.tag == r.tag) {
+            "apply it at the next upgrade run: staged on a copy of the database first, then promoted".to_string()
+        } else if let Some(n) = note {
+            format!("wait: {n}")
+        } else if let Some(b) = &plan.blocked {
+            format!("nothing yet: blocked ({b})")
+        } else {
+            match &plan.target {
+                Some(t) if *t > r.version => format!("skip it: the path goes to {t}"),
+                _ => "nothing yet (see `headwarden check`)".to_string(),
+            }
+        };
+        let h = crate::release::notes::highlights(&r.notes);
+        let severity = if !h.security.is_empty() || !h.breaking.is_empty() {
+            "warning"
+        } else {
+            "info"
+        };
+        store.push_event(
+            "release",
+            severity,
+            &serde_json::json!({
+                "version": r.version.to_string(),
+                "tag": r.tag,
+                "url": r.url,
+                "prerelease": r.prerelease,
+                "current": current.to_string(),
+                "breaking": h.breaking,
+                "backup": h.backup,
+                "security": h.security,
+                "min_tailscale": h.min_tailscale,
+                "action": action,
+            }),
+        )?;
+    }
+    Ok(())
+}
+
+/// After a day without a successful feed poll, one `health.feed_unreachable` event per day.
+fn feed_unreachable(store: &Store, e: &feed::FeedError) -> Result<(), PipelineError> {
+    let now = crate::state::now();
+    let since = match store.kv_get("feed.last_ok")? {
+        Some(v) => v.parse().unwrap_or(now),
+        None => match store.kv_get("feed.first_fail")? {
+            Some(v) => v.parse().unwrap_or(now),
+            None => {
+                store.kv_set("feed.first_fail", &now.to_string())?;
+                now
+            }
+        },
+    };
+    if now - since >= 86400 {
+        store.push_event_once(
+            "health.feed_unreachable",
+            "warning",
+            &serde_json::json!({
+                "summary": "headwarden cannot read the release feed",
+                "error": e.to_string(),
+                "hours": (now - since) / 3600,
+            }),
+            "health.feed_unreachable",
+            86400,
+        )?;
+    }
+    Ok(())
 }
 
 /// `headwarden check`: what would happen. Reads the feed (updating its cache) and changes nothing else.
@@ -267,6 +361,18 @@ pub async fn upgrade(
         return Ok(UpgradeOutcome::Blocked { current, reason });
     }
     if !report.config_problems.is_empty() {
+        let to = plan
+            .target
+            .as_ref()
+            .map(|t| t.to_string())
+            .unwrap_or_default();
+        store.push_event_once(
+            "upgrade.blocked",
+            "warning",
+            &serde_json::json!({"from": current.to_string(), "to": to, "problems": report.config_problems}),
+            &format!("upgrade.blocked:{to}"),
+            86400,
+        )?;
         return Ok(UpgradeOutcome::ConfigIncompatible {
             current,
             problems: report.config_problems,
@@ -292,7 +398,53 @@ pub async fn upgrade(
         .map(|h| h.version.to_string())
         .unwrap_or_default();
     let run = store.begin_run("upgrade", Some(&current.to_string()), Some(&target))?;
+    store.push_event(
+        "upgrade.started",
+        "info",
+        &serde_json::json!({"run": run, "from": current.to_string(), "to": target, "path": path}),
+    )?;
     let result = upgrade_run(s, store, opts, say, run, &current, &plan, &releases).await;
+    let event = match &result {
+        Ok(UpgradeOutcome::Upgraded { from, to, hops, .. }) => Some((
+            "upgrade.succeeded",
+            "info",
+            serde_json::json!({"run": run, "from": from.to_string(), "to": to.to_string(), "hops": hops}),
+        )),
+        Ok(UpgradeOutcome::StagingFailed { version, reason }) => Some((
+            "upgrade.staging_failed",
+            "warning",
+            serde_json::json!({"run": run, "version": version, "reason": reason}),
+        )),
+        Ok(UpgradeOutcome::RolledBack {
+            now,
+            failed,
+            reason,
+            ..
+        }) => Some((
+            "upgrade.rolled_back",
+            "critical",
+            serde_json::json!({"run": run, "now": now.to_string(), "failed": failed, "reason": reason}),
+        )),
+        Ok(UpgradeOutcome::RollbackFailed {
+            failed,
+            reason,
+            rollback_error,
+            backup,
+        }) => Some((
+            "upgrade.rollback_failed",
+            "critical",
+            serde_json::json!({"run": run, "failed": failed, "reason": reason, "rollback_error": rollback_error, "backup": backup}),
+        )),
+        Ok(_) => None,
+        Err(e) => Some((
+            "upgrade.failed",
+            "critical",
+            serde_json::json!({"run": run, "from": current.to_string(), "to": target, "error": crate::cli::error_chain(e)}),
+        )),
+    };
+    if let Some((name, severity, payload)) = event {
+        store.push_event(name, severity, &payload)?;
+    }
     let (outcome, detail) = match &result {
         Ok(UpgradeOutcome::Upgraded { to, .. }) => ("upgraded", format!("now on {to}")),
         Ok(UpgradeOutcome::StagingFailed { version, reason }) => {
@@ -457,6 +609,16 @@ async fn upgrade_run(
         .await
         {
             HopOutcome::Promoted { timings } => {
+                let downtime: u128 = timings
+                    .iter()
+                    .filter(|(n, _)| matches!(n.as_str(), "stop" | "backup" | "switch" | "start"))
+                    .map(|(_, ms)| *ms)
+                    .sum();
+                store.push_event(
+                    "upgrade.promoted",
+                    "info",
+                    &serde_json::json!({"run": run, "from": from.to_string(), "to": hop.version.to_string(), "downtime_ms": downtime}),
+                )?;
                 say(&format!(
                     "production now on {} ({})",
                     hop.version,
@@ -555,10 +717,20 @@ pub async fn rollback(
     match transaction::manual_rollback(&p, run, &backup).await {
         Ok(()) => {
             store.finish_run(run, "rolled_back", &format!("restored {}", backup.dir))?;
+            store.push_event(
+                "upgrade.rolled_back",
+                "warning",
+                &serde_json::json!({"run": run, "manual": true, "now": backup.version, "failed": current.to_string(), "reason": format!("rolled back by hand from {current}")}),
+            )?;
             Ok(backup.version)
         }
         Err(e) => {
             store.finish_run(run, "rollback_failed", &e)?;
+            store.push_event(
+                "upgrade.rollback_failed",
+                "critical",
+                &serde_json::json!({"run": run, "failed": current.to_string(), "reason": "manual rollback", "rollback_error": e, "backup": backup.dir}),
+            )?;
             Err(PipelineError::Other(format!("rollback failed: {e}")))
         }
     }

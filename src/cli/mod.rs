@@ -84,6 +84,11 @@ enum Command {
         #[command(subcommand)]
         cmd: ConfigCmd,
     },
+    /// Chat notifications.
+    Notify {
+        #[command(subcommand)]
+        cmd: NotifyCmd,
+    },
     /// Run the whole pipeline against a local Headscale stand-in (a simulation; touches nothing else).
     Demo {
         /// Keep the demo directory and leave nothing running.
@@ -100,6 +105,18 @@ enum KeysCmd {
     Run,
     /// Start a rotation for one node now (id, hostname or given name).
     Rotate { node: String },
+}
+
+#[derive(Subcommand, Debug)]
+enum NotifyCmd {
+    /// Send a test message to every destination (or to --url) now and report each.
+    Test {
+        /// A notification URL to test instead of the configured destinations.
+        #[arg(long)]
+        url: Option<String>,
+    },
+    /// Deliver queued notifications now (retries that are due included).
+    Flush,
 }
 
 #[derive(Subcommand, Debug)]
@@ -217,11 +234,97 @@ fn print_json<T: serde::Serialize>(v: &T) -> Result<(), Failure> {
 }
 
 async fn run(cli: Cli) -> Result<u8, Failure> {
+    let result = run_command(&cli).await;
+    if matches!(
+        cli.command,
+        Command::Check { .. }
+            | Command::Upgrade { .. }
+            | Command::Rollback { .. }
+            | Command::Keys { .. }
+    ) {
+        deliver_queued(&cli).await;
+    }
+    result
+}
+
+/// After a command's work: deliver what it queued, within a budget. Never changes the outcome.
+async fn deliver_queued(cli: &Cli) {
+    let Ok(s) = settings::load(&cli.config) else {
+        return;
+    };
+    if s.notify.is_empty() && s.notify_users.is_empty() {
+        return;
+    }
+    let Ok(store) = Store::open(&s.state_dir) else {
+        return;
+    };
+    match crate::notify::flush(&s, &store, crate::notify::FLUSH_BUDGET).await {
+        Ok(r) if r.retrying > 0 || r.failed > 0 => tracing::warn!(
+            sent = r.sent,
+            waiting = r.retrying,
+            failed = r.failed,
+            "some notifications are not delivered yet; they stay queued (`headwarden notify flush`)"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot deliver notifications"),
+    }
+}
+
+async fn notify_command(cli: &Cli, cmd: &NotifyCmd) -> Result<u8, Failure> {
+    let s = load(cli)?;
+    match cmd {
+        NotifyCmd::Test { url } => {
+            let results = crate::notify::test(&s, url.as_deref())
+                .await
+                .map_err(|e| Failure {
+                    code: exit::USAGE,
+                    hint: Some(e.hint()),
+                    error: anyhow::anyhow!("{e}"),
+                })?;
+            if results.is_empty() {
+                println!("no notification destinations configured (notify: in the config)");
+                return Ok(exit::USAGE);
+            }
+            let mut failed = 0;
+            for (label, r) in &results {
+                match r {
+                    Ok(ms) => println!("ok      {label} ({ms} ms)"),
+                    Err(e) => {
+                        failed += 1;
+                        println!("FAILED  {e}");
+                    }
+                }
+            }
+            Ok(if failed == 0 { exit::OK } else { exit::FAILURE })
+        }
+        NotifyCmd::Flush => {
+            let store = Store::open(&s.state_dir)?;
+            let r = crate::notify::flush(&s, &store, crate::notify::FLUSH_BUDGET).await?;
+            if cli.json {
+                print_json(&r)?;
+            } else if r.busy {
+                println!("another headwarden process is delivering notifications");
+            } else {
+                println!(
+                    "sent {}, waiting to retry {}, failed {}, uncertain {}",
+                    r.sent, r.retrying, r.failed, r.uncertain
+                );
+                for e in &r.errors {
+                    println!("  {e}");
+                }
+            }
+            Ok(exit::OK)
+        }
+    }
+}
+
+async fn run_command(cli: &Cli) -> Result<u8, Failure> {
     match &cli.command {
+        Command::Notify { cmd } => notify_command(cli, cmd).await,
         Command::Config {
             cmd: ConfigCmd::Check,
         } => {
-            let s = load(&cli)?;
+            let s = load(cli)?;
             if cli.json {
                 print_json(&serde_json::json!({"ok": true, "file": s.source}))?;
             } else {
@@ -243,7 +346,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             Ok(exit::OK)
         }
         Command::Check { to } => {
-            let s = load(&cli)?;
+            let s = load(cli)?;
             let store = Store::open(&s.state_dir)?;
             let opts = UpgradeOptions {
                 to: to.clone(),
@@ -293,7 +396,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             dry_run,
             allow_downgrade,
         } => {
-            let s = load(&cli)?;
+            let s = load(cli)?;
             let _lock = RunLock::acquire(&s.state_dir, "upgrade")?;
             let store = Store::open(&s.state_dir)?;
             let opts = UpgradeOptions {
@@ -386,7 +489,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             })
         }
         Command::Rollback { to } => {
-            let s = load(&cli)?;
+            let s = load(cli)?;
             let _lock = RunLock::acquire(&s.state_dir, "rollback")?;
             let store = Store::open(&s.state_dir)?;
             let say = |line: &str| println!("{line}");
@@ -395,12 +498,12 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             Ok(exit::OK)
         }
         Command::Status => {
-            let s = load(&cli)?;
+            let s = load(cli)?;
             let store = Store::open(&s.state_dir)?;
-            status(&cli, &s, &store).await
+            status(cli, &s, &store).await
         }
         Command::History { limit } => {
-            let s = load(&cli)?;
+            let s = load(cli)?;
             let store = Store::open(&s.state_dir)?;
             let runs = store.recent_runs(*limit)?;
             if cli.json {
@@ -434,7 +537,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             Ok(exit::OK)
         }
         Command::Demo { keep } => demo::run(*keep).await,
-        Command::Keys { cmd } => keys_command(&cli, cmd).await,
+        Command::Keys { cmd } => keys_command(cli, cmd).await,
     }
 }
 
@@ -558,6 +661,7 @@ async fn status(cli: &Cli, s: &Settings, store: &Store) -> Result<u8, Failure> {
             "bad_releases": bad,
             "state_schema": store.schema_version()?,
             "notifications_queued": store.outbox()?.iter().filter(|r| r.state == "pending").count(),
+            "notifications": store.delivery_counts()?.into_iter().collect::<std::collections::BTreeMap<_, _>>(),
         }))?;
         return Ok(exit::OK);
     }
@@ -609,6 +713,11 @@ async fn status(cli: &Cli, s: &Settings, store: &Store) -> Result<u8, Failure> {
         .count();
     if queued > 0 {
         println!("notifications queued: {queued} (in the state store's outbox)");
+    }
+    let counts = store.delivery_counts()?;
+    if !counts.is_empty() {
+        let parts: Vec<String> = counts.iter().map(|(k, n)| format!("{k} {n}")).collect();
+        println!("notification deliveries: {}", parts.join(", "));
     }
     Ok(exit::OK)
 }

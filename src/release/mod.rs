@@ -2,6 +2,7 @@
 //! pure upgrade planner (`plan`).
 
 pub mod feed;
+pub mod notes;
 pub mod plan;
 
 use semver::Version;

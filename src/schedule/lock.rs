@@ -37,6 +37,12 @@ impl RunLock {
         Self::acquire_file(state_dir, "keys.lock", command)
     }
 
+    /// The chat sender's lock (`state_dir/notify.lock`): one process delivers at a time, so a
+    /// delivery found mid-send belongs to a process that died.
+    pub fn acquire_notify(state_dir: &Path, command: &str) -> Result<RunLock, LockError> {
+        Self::acquire_file(state_dir, "notify.lock", command)
+    }
+
     fn acquire_file(state_dir: &Path, file: &str, command: &str) -> Result<RunLock, LockError> {
         let path = state_dir.join(file);
         let io = |source| LockError::Io {

@@ -53,6 +53,8 @@ pub struct Settings {
     pub smoke: SmokeSettings,
     pub keys: KeySettings,
     pub notify: Vec<NotifyTarget>,
+    /// User → their own destination for key reminders.
+    pub notify_users: std::collections::BTreeMap<String, Secret>,
     pub schedule: ScheduleSettings,
 }
 
@@ -148,10 +150,68 @@ pub struct KeySettings {
     pub api_key_lifetime: Duration,
 }
 
+/// How important an event is; `notify[].min_severity` filters on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub enum Severity {
+    #[default]
+    Info,
+    Warning,
+    Critical,
+}
+
+impl Severity {
+    pub fn parse(s: &str) -> Option<Severity> {
+        match s {
+            "info" => Some(Severity::Info),
+            "warning" => Some(Severity::Warning),
+            "critical" => Some(Severity::Critical),
+            _ => None,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Info => "info",
+            Severity::Warning => "warning",
+            Severity::Critical => "critical",
+        }
+    }
+}
+
+/// Which key reminders a chat destination receives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReminderRouting {
+    /// Every reminder (an admin channel).
+    All,
+    /// Only reminders for users without their own destination in `notify_users` (the fallback).
+    Unrouted,
+}
+
+/// One `notify:` entry: a chat destination and what it wants to hear.
 #[derive(Debug, Clone)]
 pub struct NotifyTarget {
+    /// The service URL (shoutrrr/apprise style or a plain https webhook); holds tokens.
     pub url: Secret,
+    /// Event families (`release`, `upgrade`, `keys`, `audit`, `health`) or exact events
+    /// (`keys.reminder`); empty means all.
     pub events: Vec<String>,
+    pub min_severity: Severity,
+    pub reminders: ReminderRouting,
+    /// User → mention text (`<@U024BE7LH>`, `@alice:example.org`) added to that user's key messages.
+    pub mentions: std::collections::BTreeMap<String, String>,
+    /// Replaces scheme://host:port of the service's API (self-hosted relays, tests).
+    pub endpoint: Option<String>,
+    /// HMAC-SHA256 key for generic webhooks.
+    pub secret: Option<Secret>,
+    /// Overrides the message text: `{title}`, `{text}`, `{event}`, `{severity}`, `{link}`,
+    /// `{user}`, `{payload.KEY}`.
+    pub template: Option<String>,
+    /// Minimum gap between two messages to this destination; `None` = the service's default.
+    pub min_interval: Option<Duration>,
+    pub timeout: Duration,
+    /// First retry delay; doubles per attempt up to an hour.
+    pub backoff: Duration,
+    /// An event still undelivered this long after it was queued is marked failed.
+    pub give_up_after: Duration,
 }
 
 #[derive(Debug, Clone, Default)]

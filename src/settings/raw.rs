@@ -8,8 +8,8 @@ use serde::{Deserialize, Deserializer};
 
 use super::{
     line_of, Channel, ConfigError, Enforce, HeadscaleSettings, KeySettings, NotifyTarget,
-    ReleaseSettings, ScheduleSettings, Secret, ServiceSettings, Settings, SmokeCheck,
-    SmokeSettings, StagingSettings,
+    ReleaseSettings, ReminderRouting, ScheduleSettings, Secret, ServiceSettings, Settings,
+    Severity, SmokeCheck, SmokeSettings, StagingSettings,
 };
 
 /// Parses `60s`, `15m`, `12h`, `3d`, `2w` (and sums like `1d12h`).
@@ -114,6 +114,8 @@ pub(super) struct RawConfig {
     #[serde(default)]
     notify: Vec<RawNotify>,
     #[serde(default)]
+    notify_users: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
     schedule: RawSchedule,
 }
 
@@ -202,6 +204,18 @@ struct RawNotify {
     url: String,
     #[serde(default)]
     events: Vec<String>,
+    min_severity: Option<String>,
+    reminders: Option<String>,
+    #[serde(default)]
+    mentions: std::collections::BTreeMap<String, String>,
+    endpoint: Option<String>,
+    secret: Option<String>,
+    secret_file: Option<PathBuf>,
+    template: Option<String>,
+    min_interval: Option<DurationValue>,
+    timeout: Option<DurationValue>,
+    backoff: Option<DurationValue>,
+    give_up_after: Option<DurationValue>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -556,20 +570,19 @@ pub(super) fn resolve(file: &Path, text: &str, raw: RawConfig) -> Result<Setting
     let notify = raw
         .notify
         .into_iter()
-        .map(|n| {
-            if !n.url.contains("://") {
-                return Err(cx.err(
-                    "notify.url",
-                    "a notification URL needs a scheme",
-                    "e.g. slack://…, discord://…, ntfy://…, https://…",
-                ));
-            }
-            Ok(NotifyTarget {
-                url: Secret::new(n.url),
-                events: n.events,
-            })
-        })
-        .collect::<Result<_, _>>()?;
+        .map(|n| resolve_notify(&cx, n))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut notify_users = std::collections::BTreeMap::new();
+    for (user, url) in raw.notify_users {
+        crate::notify::targets(&url, None).map_err(|e| {
+            cx.err(
+                "notify_users",
+                format!("destination for user {user:?}: {e}"),
+                e.hint(),
+            )
+        })?;
+        notify_users.insert(user, Secret::new(url));
+    }
 
     let schedule = ScheduleSettings {
         upgrade: raw.schedule.upgrade.map(|c| c.0),
@@ -599,7 +612,81 @@ pub(super) fn resolve(file: &Path, text: &str, raw: RawConfig) -> Result<Setting
         smoke,
         keys,
         notify,
+        notify_users,
         schedule,
+    })
+}
+
+fn resolve_notify(cx: &Ctx<'_>, n: RawNotify) -> Result<NotifyTarget, ConfigError> {
+    if let Some(e) = &n.endpoint {
+        if !url_allowed(e, true) {
+            return Err(cx.err(
+                "notify.endpoint",
+                format!("endpoint {e:?} is neither https nor plain http to a loopback address"),
+                "use https://…, or http://127.0.0.1:PORT for a local relay",
+            ));
+        }
+    }
+    crate::notify::targets(&n.url, n.endpoint.as_deref())
+        .map_err(|e| cx.err("notify.url", e.to_string(), e.hint()))?;
+    for ev in &n.events {
+        if !crate::notify::known_event(ev) {
+            return Err(cx.err(
+                "notify.events",
+                format!("unknown event {ev:?}"),
+                format!(
+                    "use families {} or exact events such as keys.reminder",
+                    crate::notify::FAMILIES.join(", ")
+                ),
+            ));
+        }
+    }
+    let min_severity = match n.min_severity.as_deref() {
+        None => Severity::Info,
+        Some(v) => Severity::parse(v).ok_or_else(|| {
+            cx.err(
+                "notify.min_severity",
+                format!("unknown severity {v:?}"),
+                "info, warning or critical",
+            )
+        })?,
+    };
+    let reminders = match n.reminders.as_deref() {
+        None | Some("all") => ReminderRouting::All,
+        Some("unrouted") => ReminderRouting::Unrouted,
+        Some(v) => {
+            return Err(cx.err(
+                "notify.reminders",
+                format!("unknown value {v:?}"),
+                "all (every reminder) or unrouted (only users without a notify_users entry)",
+            ))
+        }
+    };
+    let secret = match (n.secret, n.secret_file) {
+        (Some(_), Some(_)) => {
+            return Err(cx.err(
+                "notify.secret_file",
+                "both secret and secret_file are set",
+                "keep one",
+            ))
+        }
+        (Some(v), None) => Some(Secret::new(v)),
+        (None, Some(p)) => Some(cx.read_secret_file("notify.secret_file", &cx.path(p), true)?),
+        (None, None) => None,
+    };
+    Ok(NotifyTarget {
+        url: Secret::new(n.url),
+        events: n.events,
+        min_severity,
+        reminders,
+        mentions: n.mentions,
+        endpoint: n.endpoint,
+        secret,
+        template: n.template,
+        min_interval: n.min_interval.map(|d| d.0),
+        timeout: n.timeout.map_or(Duration::from_secs(10), |d| d.0),
+        backoff: n.backoff.map_or(Duration::from_secs(30), |d| d.0),
+        give_up_after: n.give_up_after.map_or(Duration::from_secs(86400), |d| d.0),
     })
 }
 

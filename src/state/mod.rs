@@ -121,6 +121,26 @@ const MIGRATIONS: &[&str] = &[
         created_at INTEGER NOT NULL,
         state TEXT NOT NULL DEFAULT 'pending'
      );",
+    // 3: chat delivery: one row per (event, destination); dedupe keys for repeated alerts; a
+    // small key-value table for facts such as the last successful feed poll.
+    "ALTER TABLE outbox ADD COLUMN dedupe TEXT;
+     CREATE INDEX outbox_dedupe ON outbox (dedupe, created_at);
+     CREATE TABLE deliveries (
+        event_id INTEGER NOT NULL REFERENCES outbox (id),
+        dest TEXT NOT NULL,
+        state TEXT NOT NULL DEFAULT 'pending',
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_at INTEGER NOT NULL,
+        last_error TEXT,
+        updated_at INTEGER NOT NULL,
+        PRIMARY KEY (event_id, dest)
+     );
+     CREATE INDEX deliveries_due ON deliveries (state, next_at);
+     CREATE TABLE kv (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL,
+        updated_at INTEGER NOT NULL
+     );",
 ];
 
 pub struct Store {
@@ -203,6 +223,20 @@ pub struct OutboxRow {
     pub payload: serde_json::Value,
     pub created_at: i64,
     pub state: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DeliveryRow {
+    pub event_id: i64,
+    pub dest: String,
+    pub state: String,
+    pub attempts: i64,
+    pub next_at: i64,
+    pub last_error: Option<String>,
+    pub event: String,
+    pub severity: String,
+    pub payload: serde_json::Value,
+    pub created_at: i64,
 }
 
 pub fn now() -> i64 {
@@ -600,6 +634,144 @@ impl Store {
         self.conn.execute(
             "INSERT INTO outbox (event, severity, payload, created_at) VALUES (?1, ?2, ?3, ?4)",
             params![event, severity, payload.to_string(), now()],
+        )?;
+        Ok(())
+    }
+
+    /// Queues an event unless one with the same `dedupe` key was queued within `window` seconds.
+    /// Returns whether it was queued.
+    pub fn push_event_once(
+        &self,
+        event: &str,
+        severity: &str,
+        payload: &serde_json::Value,
+        dedupe: &str,
+        window: i64,
+    ) -> Result<bool, StateError> {
+        let recent: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT id FROM outbox WHERE dedupe = ?1 AND created_at > ?2 LIMIT 1",
+                params![dedupe, now() - window],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if recent.is_some() {
+            return Ok(false);
+        }
+        self.conn.execute(
+            "INSERT INTO outbox (event, severity, payload, created_at, dedupe) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![event, severity, payload.to_string(), now(), dedupe],
+        )?;
+        Ok(true)
+    }
+
+    /// Events not yet fanned out to destinations.
+    pub fn unrouted_events(&self) -> Result<Vec<OutboxRow>, StateError> {
+        Ok(self
+            .outbox()?
+            .into_iter()
+            .filter(|r| r.state == "pending")
+            .collect())
+    }
+
+    /// Fans an event out: one delivery per destination id, and the event leaves 'pending'.
+    pub fn route_event(&self, event_id: i64, dests: &[String]) -> Result<(), StateError> {
+        let tx = self.conn.unchecked_transaction()?;
+        let t = now();
+        for d in dests {
+            tx.execute(
+                "INSERT OR IGNORE INTO deliveries (event_id, dest, next_at, updated_at) VALUES (?1, ?2, ?3, ?3)",
+                params![event_id, d, t],
+            )?;
+        }
+        tx.execute(
+            "UPDATE outbox SET state = ?2 WHERE id = ?1",
+            params![
+                event_id,
+                if dests.is_empty() {
+                    "unrouted"
+                } else {
+                    "routed"
+                }
+            ],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Deliveries in a given state, oldest event first.
+    pub fn deliveries(&self, state: &str) -> Result<Vec<DeliveryRow>, StateError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT d.event_id, d.dest, d.state, d.attempts, d.next_at, d.last_error,
+                    o.event, o.severity, o.payload, o.created_at
+             FROM deliveries d JOIN outbox o ON o.id = d.event_id
+             WHERE d.state = ?1 ORDER BY d.event_id, d.dest",
+        )?;
+        let rows = stmt
+            .query_map([state], |r| {
+                let payload: String = r.get(8)?;
+                Ok(DeliveryRow {
+                    event_id: r.get(0)?,
+                    dest: r.get(1)?,
+                    state: r.get(2)?,
+                    attempts: r.get(3)?,
+                    next_at: r.get(4)?,
+                    last_error: r.get(5)?,
+                    event: r.get(6)?,
+                    severity: r.get(7)?,
+                    payload: serde_json::from_str(&payload).unwrap_or(serde_json::Value::Null),
+                    created_at: r.get(9)?,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    /// Moves a delivery to `state` (attempts counted when it goes to 'sending').
+    pub fn set_delivery(
+        &self,
+        event_id: i64,
+        dest: &str,
+        state: &str,
+        next_at: Option<i64>,
+        error: Option<&str>,
+    ) -> Result<(), StateError> {
+        self.conn.execute(
+            "UPDATE deliveries SET state = ?3,
+                attempts = attempts + (?3 = 'sending'),
+                next_at = COALESCE(?4, next_at),
+                last_error = COALESCE(?5, last_error),
+                updated_at = ?6
+             WHERE event_id = ?1 AND dest = ?2",
+            params![event_id, dest, state, next_at, error, now()],
+        )?;
+        Ok(())
+    }
+
+    /// Delivery counts by state.
+    pub fn delivery_counts(&self) -> Result<Vec<(String, i64)>, StateError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT state, COUNT(*) FROM deliveries GROUP BY state ORDER BY state")?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    pub fn kv_get(&self, key: &str) -> Result<Option<String>, StateError> {
+        Ok(self
+            .conn
+            .query_row("SELECT value FROM kv WHERE key = ?1", [key], |r| r.get(0))
+            .optional()?)
+    }
+
+    pub fn kv_set(&self, key: &str, value: &str) -> Result<(), StateError> {
+        self.conn.execute(
+            "INSERT INTO kv (key, value, updated_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT(key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+            params![key, value, now()],
         )?;
         Ok(())
     }

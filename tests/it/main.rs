@@ -2,5 +2,6 @@
 //! talking over 127.0.0.1 only (a local GitHub releases API, stand-in Headscale instances).
 
 mod keys;
+mod notify;
 mod support;
 mod upgrade;

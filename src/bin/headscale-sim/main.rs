@@ -14,6 +14,7 @@
 //! launcher script, so a "release" is a small shell script that execs this binary.
 
 mod api;
+mod chat;
 mod fixtures;
 mod grpc;
 mod server;
@@ -83,6 +84,15 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: String,
         /// Where to write the bound address.
+        #[arg(long)]
+        addr_file: PathBuf,
+    },
+    /// Test fixture: a local receiver answering like each chat service's API.
+    ChatSink {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: String,
         #[arg(long)]
         addr_file: PathBuf,
     },
@@ -224,6 +234,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             listen,
             addr_file,
         } => fixtures::github_feed(dir, listen, addr_file).await,
+        Command::ChatSink {
+            dir,
+            listen,
+            addr_file,
+        } => chat::chat_sink(dir, listen, addr_file).await,
         Command::MakeRelease(args) => fixtures::make_release(args),
         Command::Keygen { out } => fixtures::keygen(&out),
         Command::Testbed(args) => fixtures::testbed(args),

@@ -1,0 +1,293 @@
+//! Outbox events → a service-neutral message (title, lines, facts, a command, a link).
+//! Every value here is plain text; each backend escapes it for its own markup.
+
+use serde_json::Value;
+
+use crate::settings::Severity;
+
+#[derive(Debug, Clone)]
+pub struct Message {
+    pub id: i64,
+    pub event: String,
+    pub severity: Severity,
+    pub title: String,
+    pub lines: Vec<String>,
+    pub facts: Vec<(String, String)>,
+    /// A command to copy (key reminders).
+    pub code: Option<String>,
+    pub link: Option<String>,
+    /// The Headscale user the event is about (routing and mentions).
+    pub user: Option<String>,
+    pub created_at: i64,
+    pub payload: Value,
+    /// Mention text for `user`, from the destination's `mentions` map (trusted config).
+    pub mention: Option<String>,
+}
+
+fn s<'a>(p: &'a Value, k: &str) -> &'a str {
+    p.get(k).and_then(Value::as_str).unwrap_or("")
+}
+
+fn list(p: &Value, k: &str) -> Vec<String> {
+    p.get(k)
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn scalar(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+/// The user a payload is about: `user` or `node.user`.
+pub fn user_of(p: &Value) -> Option<String> {
+    p.get("user")
+        .and_then(Value::as_str)
+        .or_else(|| p.pointer("/node/user").and_then(Value::as_str))
+        .map(str::to_string)
+}
+
+pub fn build(
+    id: i64,
+    event: &str,
+    severity: Severity,
+    payload: &Value,
+    created_at: i64,
+) -> Message {
+    let p = payload;
+    let mut m = Message {
+        id,
+        event: event.to_string(),
+        severity,
+        title: String::new(),
+        lines: Vec::new(),
+        facts: Vec::new(),
+        code: None,
+        link: None,
+        user: user_of(p),
+        created_at,
+        payload: p.clone(),
+        mention: None,
+    };
+    let fact = |m: &mut Message, k: &str, v: &str| {
+        if !v.is_empty() {
+            m.facts.push((k.to_string(), v.to_string()));
+        }
+    };
+    match event {
+        "release" => {
+            m.title = format!("Headscale {} released", s(p, "version"));
+            for b in list(p, "breaking") {
+                m.lines.push(format!("Breaking: {b}"));
+            }
+            for b in list(p, "backup") {
+                m.lines.push(format!("Back up first: {b}"));
+            }
+            for b in list(p, "security") {
+                m.lines.push(format!("Security: {b}"));
+            }
+            fact(&mut m, "headwarden will", s(p, "action"));
+            fact(&mut m, "Minimum Tailscale client", s(p, "min_tailscale"));
+            fact(&mut m, "Running", s(p, "current"));
+            m.link = Some(s(p, "url").to_string()).filter(|u| u.starts_with("https://"));
+        }
+        "upgrade.started" => {
+            m.title = format!("Upgrading Headscale {} → {}", s(p, "from"), s(p, "to"));
+            fact(&mut m, "Path", &list(p, "path").join(" → "));
+            m.lines
+                .push("Each hop runs on staging first, on a copy of production's database.".into());
+        }
+        "upgrade.promoted" => {
+            m.title = format!("Production now on Headscale {}", s(p, "to"));
+            fact(&mut m, "From", s(p, "from"));
+            if let Some(ms) = p.get("downtime_ms").and_then(Value::as_u64) {
+                fact(&mut m, "Downtime", &format!("{ms} ms"));
+            }
+        }
+        "upgrade.succeeded" => {
+            m.title = format!("Headscale upgraded {} → {}", s(p, "from"), s(p, "to"));
+        }
+        "upgrade.staging_failed" => {
+            m.title = format!(
+                "Headscale {} rejected on staging; production untouched",
+                s(p, "version")
+            );
+            m.lines.push(s(p, "reason").to_string());
+        }
+        "upgrade.rolled_back" => {
+            m.title = if p.get("manual").and_then(Value::as_bool) == Some(true) {
+                format!("Headscale rolled back by hand to {}", s(p, "now"))
+            } else {
+                format!(
+                    "Upgrade to Headscale {} rolled back; production on {}",
+                    s(p, "failed"),
+                    s(p, "now")
+                )
+            };
+            m.lines.push(s(p, "reason").to_string());
+        }
+        "upgrade.rollback_failed" => {
+            m.title = format!(
+                "ROLLBACK FAILED after Headscale {}: act now",
+                s(p, "failed")
+            );
+            m.lines.push(s(p, "reason").to_string());
+            m.lines.push(s(p, "rollback_error").to_string());
+            fact(&mut m, "Backup", s(p, "backup"));
+        }
+        "upgrade.failed" => {
+            m.title = "Headscale upgrade failed".into();
+            m.lines.push(s(p, "error").to_string());
+        }
+        "upgrade.blocked" => {
+            m.title = format!("Headscale upgrade to {} is blocked", s(p, "to"));
+            m.lines.extend(list(p, "problems"));
+        }
+        "keys.reminder" | "keys.rotation_requested" => {
+            let node = p
+                .pointer("/node/name")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            let overdue = p.get("overdue").and_then(Value::as_bool) == Some(true);
+            m.title = if event == "keys.rotation_requested" {
+                format!("Key rotation requested for node {node}")
+            } else if overdue {
+                format!("Node {node} is overdue for key rotation")
+            } else {
+                format!("Node {node}: rotate its key by {}", s(p, "deadline"))
+            };
+            m.lines
+                .push("Re-register the node with this one-time key:".into());
+            m.code = Some(s(p, "command").to_string()).filter(|c| !c.is_empty());
+            m.lines.push(s(p, "warning").to_string());
+            let owner = m.user.clone().unwrap_or_default();
+            fact(&mut m, "Owner", &owner);
+            fact(&mut m, "Deadline", s(p, "deadline"));
+            fact(&mut m, "Key valid until", s(p, "key_expires"));
+        }
+        "keys.rotated" => {
+            m.title = format!("Node {} rotated its key", s(p, "node"));
+            fact(&mut m, "How", s(p, "how"));
+        }
+        "keys.expiring" | "keys.expired" => {
+            m.title = format!(
+                "Node {} expired: past its key deadline and grace period",
+                s(p, "node")
+            );
+            fact(&mut m, "Deadline", s(p, "deadline"));
+        }
+        "test" => {
+            m.title = "headwarden test message".into();
+            m.lines
+                .push("If you can read this, headwarden can reach this destination.".into());
+        }
+        _ => {
+            m.title = match s(p, "summary") {
+                "" => event.to_string(),
+                t => t.to_string(),
+            };
+            if let Some(o) = p.as_object() {
+                for (k, v) in o {
+                    if k != "summary" {
+                        if let Some(v) = scalar(v) {
+                            fact(&mut m, k, &v);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    m.lines.retain(|l| !l.is_empty());
+    m
+}
+
+impl Message {
+    /// The plain-text rendering: title, lines, command, facts, link.
+    pub fn text(&self) -> String {
+        let mut out = Vec::new();
+        if let Some(mn) = &self.mention {
+            out.push(mn.clone());
+        }
+        out.extend(self.lines.iter().cloned());
+        if let Some(c) = &self.code {
+            out.push(c.clone());
+        }
+        for (k, v) in &self.facts {
+            out.push(format!("{k}: {v}"));
+        }
+        if let Some(l) = &self.link {
+            out.push(l.clone());
+        }
+        out.join("\n")
+    }
+
+    /// Applies a destination's template: replaces `lines` (title and link stay).
+    pub fn apply_template(&mut self, template: &str) {
+        let mut out = String::new();
+        let mut rest = template;
+        while let Some(start) = rest.find('{') {
+            out.push_str(&rest[..start]);
+            let after = &rest[start + 1..];
+            let Some(end) = after.find('}') else {
+                out.push_str(&rest[start..]);
+                rest = "";
+                break;
+            };
+            let key = &after[..end];
+            let value = match key {
+                "title" => Some(self.title.clone()),
+                "text" => Some(self.text()),
+                "event" => Some(self.event.clone()),
+                "severity" => Some(self.severity.as_str().to_string()),
+                "link" => Some(self.link.clone().unwrap_or_default()),
+                "user" => Some(self.user.clone().unwrap_or_default()),
+                k => k.strip_prefix("payload.").map(|path| {
+                    let ptr = format!("/{}", path.replace('.', "/"));
+                    self.payload
+                        .pointer(&ptr)
+                        .and_then(scalar)
+                        .unwrap_or_default()
+                }),
+            };
+            match value {
+                Some(v) => out.push_str(&v),
+                None => out.push_str(&rest[start..start + end + 2]),
+            }
+            rest = &after[end + 1..];
+        }
+        out.push_str(rest);
+        self.lines = vec![out];
+        self.facts.clear();
+        self.code = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn reminder_and_template() {
+        let p = json!({"node": {"name": "laptop", "user": "alice"}, "deadline": "2026-12-01T00:00:00Z",
+            "command": "tailscale up --auth-key K --force-reauth", "warning": "run it locally", "key_expires": "x"});
+        let mut m = build(7, "keys.reminder", Severity::Warning, &p, 0);
+        assert_eq!(m.user.as_deref(), Some("alice"));
+        assert!(m.title.contains("laptop"));
+        assert!(m.text().contains("--auth-key K"));
+        m.apply_template("{title} for {user} ({payload.node.name}) {unknown} {");
+        assert_eq!(
+            m.lines,
+            vec!["Node laptop: rotate its key by 2026-12-01T00:00:00Z for alice (laptop) {unknown} {"]
+        );
+    }
+}
