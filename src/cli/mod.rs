@@ -235,6 +235,9 @@ fn print_json<T: serde::Serialize>(v: &T) -> Result<(), Failure> {
 
 async fn run(cli: Cli) -> Result<u8, Failure> {
     let result = run_command(&cli).await;
+    if let Err(f) = &result {
+        report_health(&cli, f).await;
+    }
     if matches!(
         cli.command,
         Command::Check { .. }
@@ -245,6 +248,46 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         deliver_queued(&cli).await;
     }
     result
+}
+
+/// headwarden's own health reaches chat: a run lock held for more than six hours (queued, once
+/// per six hours), and a state store that cannot be used (sent directly: there is no outbox).
+async fn report_health(cli: &Cli, f: &Failure) {
+    let Ok(s) = settings::load(&cli.config) else {
+        return;
+    };
+    if let Some(LockError::Held { holder, path }) = f.error.downcast_ref::<LockError>() {
+        let since = holder
+            .rsplit_once("since ")
+            .and_then(|(_, t)| {
+                time::OffsetDateTime::parse(
+                    t.trim(),
+                    &time::format_description::well_known::Rfc3339,
+                )
+                .ok()
+            })
+            .map(|t| t.unix_timestamp());
+        if let (Some(since), Ok(store)) = (since, Store::open(&s.state_dir)) {
+            let hours = (crate::state::now() - since) / 3600;
+            if hours >= 6 {
+                let _ = store.push_event_once(
+                    "health.lock_stuck",
+                    "warning",
+                    &serde_json::json!({"summary": format!("headwarden's lock has been held for {hours} hours"), "holder": holder, "lock": path}),
+                    &format!("health.lock_stuck:{holder}"),
+                    6 * 3600,
+                );
+            }
+        }
+    } else if let Some(e) = f.error.downcast_ref::<crate::state::StateError>() {
+        crate::notify::send_direct(
+            &s,
+            "health.state_error",
+            crate::settings::Severity::Critical,
+            &serde_json::json!({"summary": "headwarden's state store is failing", "error": e.to_string()}),
+        )
+        .await;
+    }
 }
 
 /// After a command's work: deliver what it queued, within a budget. Never changes the outcome.

@@ -418,6 +418,14 @@ pub async fn run(
     report.audit = audit(s, api, &nodes).await?;
     for finding in &report.audit {
         say(&format!("audit: {finding}"));
+        // Chat hears about a finding once a week while it persists, not on every run.
+        store.push_event_once(
+            "audit.finding",
+            "warning",
+            &json!({"summary": format!("audit: {finding}"), "finding": finding}),
+            &format!("audit.finding:{finding}"),
+            7 * 86400,
+        )?;
     }
     report.plans = plans;
     Ok(report)

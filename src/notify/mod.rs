@@ -440,6 +440,32 @@ pub async fn flush(
     Ok(report)
 }
 
+/// Sends an event straight to its destinations, bypassing the outbox: for when the state store
+/// itself is what failed. Best effort, one attempt each.
+pub async fn send_direct(
+    s: &Settings,
+    event: &str,
+    severity: Severity,
+    payload: &serde_json::Value,
+) {
+    let wanted = route(s, event, severity, payload);
+    let http = client();
+    let now = crate::state::now();
+    for d in destinations(s)
+        .iter()
+        .filter(|d| wanted.contains(&d.target.id))
+    {
+        let m = message_for(d, now, event, severity, payload, now);
+        let secret = d.entry.and_then(|e| e.secret.as_ref()).map(|s| s.expose());
+        let req = render::request(&m, &d.target, secret, now);
+        if let Sent::Retry { error, .. } | Sent::Permanent(error) =
+            send(&http, &req, &d.target, secret, timeout(d)).await
+        {
+            tracing::warn!(%error, "could not send {event} directly");
+        }
+    }
+}
+
 /// `headwarden notify test`: one test message to each destination (or to `url`), sent now
 /// without the outbox. Returns (label, result) per destination.
 pub async fn test(

@@ -5,11 +5,30 @@ use crate::support::{code, sim, text, Sandbox};
 
 #[test]
 fn happy_path_single_hop() {
-    let sb = Sandbox::new("0.27.1");
+    let mut sb = Sandbox::new("0.27.1");
+    // Chat is unreachable for the whole run (nothing listens on port 9): the upgrade is unaffected.
+    sb.extra_top = "notify:\n  - url: generic+http://127.0.0.1:9/hook\n".into();
+    sb.write_config();
     sb.release("0.28.0", "none");
     let before = sb.dump();
     let out = sb.hw(&["upgrade", "--yes"]);
     assert_eq!(code(&out), 0, "{}", text(&out));
+    let events: Vec<String> = sb.outbox().into_iter().map(|(e, _)| e).collect();
+    assert_eq!(
+        events,
+        [
+            "release",
+            "upgrade.started",
+            "upgrade.promoted",
+            "upgrade.succeeded"
+        ],
+        "every step reported, in order"
+    );
+    assert_eq!(
+        sb.status_json()["notifications"]["pending"],
+        4,
+        "kept for a later delivery"
+    );
     assert_eq!(sb.prod_version(), "v0.28.0");
     assert_eq!(
         sb.dump(),
@@ -55,6 +74,9 @@ fn happy_path_multi_hop_one_minor_at_a_time_then_manual_rollback() {
     assert_eq!(code(&out), 0, "{}", text(&out));
     assert_eq!(sb.prod_version(), "v0.27.1");
     assert_eq!(sb.dump(), before);
+    let (event, payload) = sb.outbox().pop().expect("events");
+    assert_eq!(event, "upgrade.rolled_back");
+    assert_eq!(payload["manual"], true);
 }
 
 fn assert_refused(sb: &Sandbox, expect_in_stderr: &str) {
@@ -194,6 +216,9 @@ fn production_failure_after_switch_rolls_back_binary_and_data() {
         std::fs::read(sb.path("prod/lib/noise_private.key")).expect("key"),
         noise_before
     );
+    let (event, payload) = sb.outbox().pop().expect("events");
+    assert_eq!(event, "upgrade.rolled_back");
+    assert_eq!(payload["failed"], "0.28.0");
     // The database is back at the old minor: the old binary started on it.
     let status = sb.status_json();
     assert!(status["production"]["health"] == "healthy", "{status}");
