@@ -90,16 +90,26 @@ pub async fn run(keep: bool) -> Result<u8, Failure> {
         ],
         &feed_log,
     )?;
-    let mut addr = String::new();
-    for _ in 0..500 {
-        if let Ok(a) = std::fs::read_to_string(&addr_file) {
-            addr = a;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let addr = wait_addr(&addr_file).await;
+    // A local receiver that answers like Slack's and a generic webhook's APIs.
+    let chat_addr_file = root.join("chat.addr");
+    let mut chat = crate::process::spawn_logged(
+        &sim_bin,
+        &[
+            "chat-sink",
+            "--dir",
+            &d("chat"),
+            "--addr-file",
+            &chat_addr_file.display().to_string(),
+        ],
+        &root.join("chat.log"),
+    )?;
+    let chat_addr = wait_addr(&chat_addr_file).await;
     let config_path = root.join("headwarden.yaml");
-    std::fs::write(&config_path, demo_config(&root, &addr, &pubkey))?;
+    let notify = format!(
+        "notify:\n  - url: slack://T000/B000/DEMO\n    endpoint: http://{chat_addr}/slack\n    min_interval: 0s\n  - url: generic+http://{chat_addr}/webhook/headwarden\n    min_interval: 0s\n"
+    );
+    std::fs::write(&config_path, demo_config(&root, &addr, &pubkey) + &notify)?;
     let settings = crate::settings::load(&config_path)?;
     let store = Store::open(&settings.state_dir)?;
     let say = |line: &str| println!("   {line}");
@@ -163,7 +173,22 @@ pub async fn run(keep: bool) -> Result<u8, Failure> {
             let masked: String = cmd.split(' ').map(|w| if w.starts_with("hskey-auth-") { "hskey-auth-…(one-time key)" } else { w }).collect::<Vec<_>>().join(" ");
             println!("   queued for {}: {masked}", row.payload["node"]["user"].as_str().unwrap_or(""));
         }
-        println!("   (reminders wait in the state store's outbox until chat delivery exists; a second run sends nothing new)");
+        println!("\n-- step 6: chat delivery (a local receiver speaking Slack's and a generic webhook's APIs)");
+        let r = crate::notify::flush(&settings, &store, crate::notify::FLUSH_BUDGET).await?;
+        let messages = std::fs::read_to_string(root.join("chat/messages.jsonl")).unwrap_or_default();
+        for line in messages.lines() {
+            let m: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
+            if m["service"] == "webhook" {
+                println!("   [{}] {}", m["body"]["severity"].as_str().unwrap_or(""), m["body"]["title"].as_str().unwrap_or(""));
+            }
+        }
+        println!(
+            "   delivered {} messages ({} events, each to Slack and the webhook); {} waiting, {} failed; a second run sends nothing again",
+            r.sent,
+            r.sent / 2,
+            r.retrying,
+            r.failed
+        );
         Ok(exit::OK)
     }
     .await;
@@ -177,11 +202,23 @@ pub async fn run(keep: bool) -> Result<u8, Failure> {
     )
     .await;
     crate::process::terminate(&mut feed, Duration::from_secs(2)).await;
+    crate::process::terminate(&mut chat, Duration::from_secs(2)).await;
     if keep {
         let kept: PathBuf = tmp.keep();
         println!("kept {}", kept.display());
     }
     result
+}
+
+/// The address a fixture server wrote once it listens (empty after five seconds).
+async fn wait_addr(file: &Path) -> String {
+    for _ in 0..500 {
+        if let Ok(a) = std::fs::read_to_string(file) {
+            return a;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    String::new()
 }
 
 fn describe(out: &UpgradeOutcome) {

@@ -398,7 +398,7 @@ pub async fn flush(
             match outcome {
                 Sent::Ok => {
                     store.set_delivery(d.event_id, &d.dest, "sent", None, None)?;
-                    tracing::info!(event = %d.event, id = d.event_id, to = %dest.target.label, "notification delivered");
+                    tracing::debug!(event = %d.event, id = d.event_id, to = %dest.target.label, "notification delivered");
                     report.sent += 1;
                 }
                 Sent::Retry { after, error } => {
