@@ -210,7 +210,19 @@ fn every_backend_gets_its_documented_request_with_user_text_escaped() {
     let mut outputs = text(&check) + &text(&again);
     outputs += &text(&sb.hw(&["-vv", "status"]));
     outputs += &text(&sb.hw(&["-vv", "config", "check"]));
-    outputs += &text(&sb.hw(&["-vv", "notify", "test"]));
+    let test = sb.hw(&["-vv", "notify", "test"]);
+    assert_eq!(code(&test), 0, "{}", text(&test));
+    let ok_lines = String::from_utf8_lossy(&test.stdout)
+        .lines()
+        .filter(|l| l.starts_with("ok "))
+        .count();
+    assert_eq!(ok_lines, all.len(), "{}", text(&test));
+    assert_eq!(
+        sink.messages().len(),
+        2 * all.len(),
+        "one test message each"
+    );
+    outputs += &text(&test);
     for (_, _, secret) in BACKENDS {
         assert!(!outputs.contains(secret), "{secret} printed:\n{outputs}");
     }
@@ -420,4 +432,25 @@ fn bad_notification_urls_fail_config_check_without_printing_them() {
         "{}",
         text(&out)
     );
+}
+
+#[test]
+fn undeliverable_events_are_given_up_and_refusals_are_not_retried() {
+    let mut sb = Sandbox::new("0.27.1");
+    let sink = ChatSink::start(&sb);
+    sb.release("0.28.0", "none");
+    // One destination nobody answers (given up after 1 s), one that refuses the token (404).
+    sb.extra_top = format!(
+        "notify:\n  - url: generic+http://127.0.0.1:9/dead\n    give_up_after: 1s\n    backoff: 1s\n  - url: slack://T000/B000/XXXX\n    endpoint: {}/nonsense\n    min_interval: 0s\n",
+        sink.endpoint("slack")
+    );
+    sb.write_config();
+    assert_eq!(code(&sb.hw(&["check"])), 0);
+    std::thread::sleep(Duration::from_millis(2100));
+    let flush = sb.hw(&["notify", "flush"]);
+    assert!(text(&flush).contains("failed"), "{}", text(&flush));
+    let status = sb.status_json();
+    assert_eq!(status["notifications"]["failed"], 2, "{status}");
+    assert!(status["notifications"].get("pending").is_none(), "{status}");
+    assert_eq!(sink.requests().len(), 1, "a refusal is not retried");
 }
