@@ -84,6 +84,9 @@ enum Command {
         #[command(subcommand)]
         cmd: ConfigCmd,
     },
+    /// Run every job that is due once (upgrade per policy, key rotation) and exit: what the
+    /// systemd timer calls. Jobs not due say when they next are.
+    Run,
     /// Chat notifications.
     Notify {
         #[command(subcommand)]
@@ -244,6 +247,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             | Command::Upgrade { .. }
             | Command::Rollback { .. }
             | Command::Keys { .. }
+            | Command::Run
     ) {
         deliver_queued(&cli).await;
     }
@@ -361,8 +365,77 @@ async fn notify_command(cli: &Cli, cmd: &NotifyCmd) -> Result<u8, Failure> {
     }
 }
 
+fn fmt_local(t: i64) -> String {
+    chrono::DateTime::from_timestamp(t, 0)
+        .map(|d| {
+            d.with_timezone(&chrono::Local)
+                .format("%Y-%m-%d %H:%M %Z")
+                .to_string()
+        })
+        .unwrap_or_default()
+}
+
+/// `headwarden run`: each due job once, in turn. A job whose lock is held is left for the next
+/// invocation (not a failure); a failed job does not stop the next one. The exit code is the
+/// first failing job's.
+async fn run_due(cli: &Cli) -> Result<u8, Failure> {
+    let s = load(cli)?;
+    let store = Store::open(&s.state_dir)?;
+    let now = crate::state::now();
+    let mut result = exit::OK;
+    for (job, expr) in [("upgrade", &s.schedule.upgrade), ("keys", &s.schedule.keys)] {
+        let key = format!("job.{job}.last");
+        let last = store.kv_get(&key)?.and_then(|v| v.parse().ok());
+        let next =
+            crate::schedule::next_due(expr.as_deref(), s.schedule.timezone.as_deref(), last, now)
+                .map_err(|e| anyhow::anyhow!("schedule.{job}: {e}"))?;
+        if let Some(next) = next {
+            println!("{job}: not due; next at {}", fmt_local(next));
+            continue;
+        }
+        println!("{job}: due");
+        let command = if job == "upgrade" {
+            Command::Upgrade {
+                to: None,
+                yes: true,
+                dry_run: false,
+                allow_downgrade: false,
+            }
+        } else {
+            Command::Keys { cmd: KeysCmd::Run }
+        };
+        let sub = Cli {
+            config: cli.config.clone(),
+            json: false,
+            verbose: cli.verbose,
+            quiet: cli.quiet,
+            command,
+        };
+        let code = match Box::pin(run_command(&sub)).await {
+            Ok(code) => code,
+            Err(f) if f.code == exit::LOCKED => {
+                println!("{job}: another run holds its lock; it runs at the next invocation");
+                continue;
+            }
+            Err(f) => {
+                eprintln!("error: {job}: {:#}", f.error);
+                if let Some(h) = &f.hint {
+                    eprintln!("hint: {h}");
+                }
+                f.code
+            }
+        };
+        store.kv_set(&key, &now.to_string())?;
+        if result == exit::OK {
+            result = code;
+        }
+    }
+    Ok(result)
+}
+
 async fn run_command(cli: &Cli) -> Result<u8, Failure> {
     match &cli.command {
+        Command::Run => run_due(cli).await,
         Command::Notify { cmd } => notify_command(cli, cmd).await,
         Command::Config {
             cmd: ConfigCmd::Check,

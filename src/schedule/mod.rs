@@ -41,6 +41,35 @@ pub fn cron_to_schedule(expr: &str) -> Result<cron::Schedule, String> {
     cron::Schedule::from_str(&six).map_err(|err| format!("invalid cron expression {expr:?}: {err}"))
 }
 
+/// When a job with schedule `expr` that last started at `last` is next due: `None` when it is due
+/// now (never ran, no schedule, or its next time has passed), else that time. `timezone` is
+/// `UTC` or unset/`local` (the host's zone, as crontab does).
+pub fn next_due(
+    expr: Option<&str>,
+    timezone: Option<&str>,
+    last: Option<i64>,
+    now: i64,
+) -> Result<Option<i64>, String> {
+    let (Some(expr), Some(last)) = (expr, last) else {
+        return Ok(None);
+    };
+    let schedule = cron_to_schedule(expr)?;
+    let after = chrono::DateTime::from_timestamp(last, 0)
+        .ok_or_else(|| format!("invalid last-run time {last}"))?;
+    let next = match timezone {
+        Some("UTC" | "Etc/UTC") => schedule
+            .after(&after.with_timezone(&chrono::Utc))
+            .next()
+            .map(|t| t.timestamp()),
+        None | Some("local") => schedule
+            .after(&after.with_timezone(&chrono::Local))
+            .next()
+            .map(|t| t.timestamp()),
+        Some(other) => return Err(format!("unsupported time zone {other:?}")),
+    };
+    Ok(next.filter(|n| *n > now))
+}
+
 fn shift_dow(part: &str) -> Result<String, String> {
     let (range, step) = match part.split_once('/') {
         Some((r, s)) => (r, Some(s)),
@@ -70,6 +99,32 @@ fn shift_dow(part: &str) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn due_times() {
+        // 2026-11-23T10:00:00Z
+        let t = 1_795_428_000;
+        assert_eq!(
+            next_due(None, None, Some(t), t),
+            Ok(None),
+            "no schedule: always due"
+        );
+        assert_eq!(
+            next_due(Some("@daily"), Some("UTC"), None, t),
+            Ok(None),
+            "never ran"
+        );
+        // Ran at 10:00 with a 04:00 schedule: next due tomorrow 04:00.
+        assert_eq!(
+            next_due(Some("0 4 * * *"), Some("UTC"), Some(t), t + 60),
+            Ok(Some(t + 18 * 3600))
+        );
+        assert_eq!(
+            next_due(Some("0 4 * * *"), Some("UTC"), Some(t), t + 18 * 3600),
+            Ok(None)
+        );
+        assert!(next_due(Some("0 4 * * *"), Some("Mars/Olympus"), Some(t), t).is_err());
+    }
 
     #[test]
     fn crontab_expressions() {

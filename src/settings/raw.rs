@@ -584,6 +584,15 @@ pub(super) fn resolve(file: &Path, text: &str, raw: RawConfig) -> Result<Setting
         notify_users.insert(user, Secret::new(url));
     }
 
+    if let Some(tz) = &raw.schedule.timezone {
+        if !matches!(tz.as_str(), "UTC" | "Etc/UTC" | "local") {
+            return Err(cx.err(
+                "schedule.timezone",
+                format!("time zone {tz:?} is not supported"),
+                "use UTC, or leave it unset (or `local`) for the host's time zone, as crontab does",
+            ));
+        }
+    }
     let schedule = ScheduleSettings {
         upgrade: raw.schedule.upgrade.map(|c| c.0),
         keys: raw.schedule.keys.map(|c| c.0),

@@ -3,5 +3,6 @@
 
 mod keys;
 mod notify;
+mod schedule;
 mod support;
 mod upgrade;
