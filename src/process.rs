@@ -98,6 +98,22 @@ pub fn spawn_logged(program: &Path, args: &[&str], log: &Path) -> Result<Child, 
     cmd.spawn().map_err(err)
 }
 
+/// Starts this program again with `args` (the daemon's jobs), output inherited (the journal),
+/// in its own process group so a Ctrl-C or a SIGTERM meant for the daemon does not cut a
+/// promotion short; the daemon waits for it instead.
+pub fn spawn_self(args: &[String]) -> Result<Child, ProcessError> {
+    let exe = std::env::current_exe().map_err(|source| ProcessError::Spawn {
+        program: "headwarden".into(),
+        source,
+    })?;
+    let mut cmd = clean_command(&exe);
+    cmd.args(args).process_group(0).kill_on_drop(false);
+    cmd.spawn().map_err(|source| ProcessError::Spawn {
+        program: exe.display().to_string(),
+        source,
+    })
+}
+
 /// Sends SIGTERM, waits up to `grace`, then SIGKILL.
 pub async fn terminate(child: &mut Child, grace: Duration) {
     if let Some(pid) = child.id() {

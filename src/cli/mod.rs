@@ -87,6 +87,9 @@ enum Command {
     /// Run every job that is due once (upgrade per policy, key rotation) and exit: what the
     /// systemd timer calls. Jobs not due say when they next are.
     Run,
+    /// Run as a daemon: the jobs on their `schedule:` (concurrently), chat delivery every 30 s;
+    /// SIGTERM waits for running jobs, SIGHUP reloads the config.
+    Daemon,
     /// Chat notifications.
     Notify {
         #[command(subcommand)]
@@ -436,6 +439,7 @@ async fn run_due(cli: &Cli) -> Result<u8, Failure> {
 async fn run_command(cli: &Cli) -> Result<u8, Failure> {
     match &cli.command {
         Command::Run => run_due(cli).await,
+        Command::Daemon => Ok(crate::schedule::daemon::run(cli.config.clone()).await?),
         Command::Notify { cmd } => notify_command(cli, cmd).await,
         Command::Config {
             cmd: ConfigCmd::Check,

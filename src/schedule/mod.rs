@@ -3,6 +3,7 @@
 //! Admins write standard 5-field crontab lines (or `@daily`-style names); the `cron` crate wants
 //! a seconds field, so [`cron_to_schedule`] translates before parsing.
 
+pub mod daemon;
 pub mod lock;
 
 use std::str::FromStr;

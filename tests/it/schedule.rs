@@ -68,3 +68,194 @@ fn unsupported_time_zone_is_a_config_error() {
     assert_eq!(code(&out), 2, "{}", text(&out));
     assert!(text(&out).contains("schedule.timezone"), "{}", text(&out));
 }
+
+struct Daemon {
+    child: std::process::Child,
+    log: std::path::PathBuf,
+}
+
+impl Daemon {
+    fn start(sb: &Sandbox) -> Daemon {
+        let log = sb.path("daemon.log");
+        let out = std::fs::File::create(&log).expect("log");
+        let child = std::process::Command::new(crate::support::HW)
+            .arg("--config")
+            .arg(sb.config_path())
+            .arg("daemon")
+            .stdin(std::process::Stdio::null())
+            .stdout(out.try_clone().expect("log"))
+            .stderr(out)
+            .spawn()
+            .expect("daemon");
+        Daemon { child, log }
+    }
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+    fn wait_log(&self, needle: &str, count: usize) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+        while self.log().matches(needle).count() < count {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no {needle:?} in:\n{}",
+                self.log()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+    fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), sig)
+            .expect("signal");
+    }
+    fn wait_exit(&mut self) -> i32 {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+        loop {
+            if let Some(st) = self.child.try_wait().expect("wait") {
+                return st.code().unwrap_or(-1);
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "daemon did not stop:\n{}",
+                self.log()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn daemon_runs_both_jobs_concurrently_keeps_its_config_on_a_bad_reload_and_stops_cleanly() {
+    use nix::sys::signal::Signal;
+    let mut sb = Sandbox::new("0.27.1");
+    sb.enable_api(true);
+    sb.extra_top = "schedule:\n  upgrade: \"@daily\"\n  keys: \"@daily\"\n".into();
+    sb.write_config();
+    // Starting takes 3 s on staging and again on production: the key job finishes meanwhile.
+    sb.release("0.28.0", "slow-start");
+    let mut d = Daemon::start(&sb);
+    d.wait_log("job started", 2);
+    d.wait_log("job finished job=\"keys\"", 1);
+    assert!(
+        !d.log().contains("job finished job=\"upgrade\""),
+        "the key job did not wait for the upgrade:\n{}",
+        d.log()
+    );
+    d.wait_log("job finished job=\"upgrade\"", 1);
+    assert_eq!(sb.prod_version(), "v0.28.0");
+
+    // SIGHUP with a broken config: refused, the daemon keeps running on the old one.
+    let good = std::fs::read_to_string(sb.config_path()).expect("config");
+    std::fs::write(sb.config_path(), format!("{good}bogus_key: 1\n")).expect("break");
+    d.signal(Signal::SIGHUP);
+    d.wait_log("config reload refused", 1);
+    assert!(
+        d.child.try_wait().expect("wait").is_none(),
+        "daemon exited:\n{}",
+        d.log()
+    );
+    std::fs::write(sb.config_path(), good).expect("restore");
+    d.signal(Signal::SIGHUP);
+    d.wait_log("config reloaded", 1);
+
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(), 0, "{}", d.log());
+    // Nothing runs again within the day: a manual run finds both jobs not due.
+    let run = sb.hw(&["run"]);
+    assert!(
+        stdout(&run).contains("upgrade: not due") && stdout(&run).contains("keys: not due"),
+        "{}",
+        text(&run)
+    );
+}
+
+#[test]
+fn sigterm_during_a_promotion_lets_it_finish_and_production_stays_consistent() {
+    use nix::sys::signal::Signal;
+    let mut sb = Sandbox::new("0.27.1");
+    sb.extra_top = "schedule:\n  upgrade: \"@daily\"\n".into();
+    sb.write_config();
+    sb.release("0.28.0", "slow-start");
+    let before = sb.dump();
+    let mut d = Daemon::start(&sb);
+    d.wait_log("job started", 1);
+    // Staging takes 3 s to start; by 4 s the promotion is under way.
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(), 0, "{}", d.log());
+    assert!(d.log().contains("waiting for running ones"), "{}", d.log());
+    assert_eq!(sb.prod_version(), "v0.28.0", "{}", d.log());
+    assert_eq!(sb.dump(), before);
+    let status = sb.status_json();
+    assert!(
+        status["interrupted_runs"]
+            .as_array()
+            .expect("runs")
+            .is_empty(),
+        "{status}"
+    );
+    assert_eq!(status["production"]["health"], "healthy", "{status}");
+}
+
+#[test]
+fn daemon_job_finding_the_lock_held_waits_instead_of_failing() {
+    let mut sb = Sandbox::new("0.27.1");
+    sb.extra_top = "schedule:\n  upgrade: \"@daily\"\n".into();
+    sb.write_config();
+    sb.release("0.28.0", "none");
+    std::fs::create_dir_all(sb.path("state")).expect("state dir");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(sb.path("state/lock"))
+        .expect("lock file");
+    lock.lock().expect("flock");
+    let d = Daemon::start(&sb);
+    d.wait_log("retrying in a minute", 1);
+    assert_eq!(sb.prod_version(), "v0.27.1");
+    assert!(
+        d.log()
+            .contains("job finished job=\"upgrade\" code=Some(4)"),
+        "{}",
+        d.log()
+    );
+}
+
+#[test]
+fn systemd_units_pass_systemd_analyze_verify() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut paths = Vec::new();
+    for unit in [
+        "headwarden.service",
+        "headwarden.timer",
+        "headwarden-daemon.service",
+    ] {
+        let text =
+            std::fs::read_to_string(format!("{}/systemd/{unit}", env!("CARGO_MANIFEST_DIR")))
+                .expect("unit")
+                .replace("/usr/local/bin/headwarden", crate::support::HW);
+        let p = dir.path().join(unit);
+        std::fs::write(&p, text).expect("write unit");
+        paths.push(p);
+    }
+    let out = match std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .args(&paths)
+        .output()
+    {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("systemd-analyze is not installed ({e}); unit files not verified");
+            return;
+        }
+    };
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && stderr.trim().is_empty(), "{stderr}");
+}
