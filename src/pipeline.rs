@@ -58,6 +58,11 @@ pub enum UpgradeOutcome {
     DryRun {
         plan: Plan,
     },
+    /// `release.approval` makes these versions wait for `headwarden approve VERSION`.
+    AwaitingApproval {
+        current: Version,
+        versions: Vec<String>,
+    },
     Upgraded {
         from: Version,
         to: Version,
@@ -203,7 +208,19 @@ async fn fetch_and_plan(
         &bad,
         crate::state::now(),
     );
-    announce_releases(store, &current, &releases, &new_releases, &plan)?;
+    if !new_releases.is_empty() {
+        let waiting = awaiting_approval(s, store, &plan, opts)?;
+        let hold = hold_reason(store)?;
+        announce_releases(
+            store,
+            &current,
+            &releases,
+            &new_releases,
+            &plan,
+            &waiting,
+            hold.as_deref(),
+        )?;
+    }
     let prod_config = deploy::production_config(s)?;
     let mut config_problems = Vec::new();
     for hop in &plan.hops {
@@ -236,6 +253,59 @@ async fn fetch_and_plan(
     ))
 }
 
+/// The reason upgrades are on hold (`headwarden hold`), if they are.
+pub fn hold_reason(store: &Store) -> Result<Option<String>, PipelineError> {
+    Ok(store.kv_get("hold")?)
+}
+
+pub fn set_hold(store: &Store, reason: Option<&str>) -> Result<(), PipelineError> {
+    match reason {
+        Some(r) => store.kv_set("hold", r)?,
+        None => store.kv_delete("hold")?,
+    }
+    Ok(())
+}
+
+pub fn approve(store: &Store, version: &Version) -> Result<(), PipelineError> {
+    store.kv_set(
+        &format!("approved.{version}"),
+        &crate::state::now().to_string(),
+    )?;
+    Ok(())
+}
+
+/// Hops of `plan` that `release.approval` holds back and nobody approved yet. Naming a target
+/// (`upgrade --to V`) approves the path to it.
+pub fn awaiting_approval(
+    s: &Settings,
+    store: &Store,
+    plan: &Plan,
+    opts: &UpgradeOptions,
+) -> Result<Vec<String>, PipelineError> {
+    if opts.to.is_some() {
+        return Ok(vec![]);
+    }
+    let mut prev = plan.current.clone();
+    let mut waiting = Vec::new();
+    for hop in &plan.hops {
+        let minor = (hop.version.major, hop.version.minor) != (prev.major, prev.minor);
+        let manual = if minor {
+            s.release.approval.minor_manual
+        } else {
+            s.release.approval.patch_manual
+        };
+        if manual
+            && store
+                .kv_get(&format!("approved.{}", hop.version))?
+                .is_none()
+        {
+            waiting.push(hop.version.to_string());
+        }
+        prev = hop.version.clone();
+    }
+    Ok(waiting)
+}
+
 /// Queues a `release` event for each newly seen release newer than production, with the
 /// highlights of its notes and what headwarden will do about it.
 fn announce_releases(
@@ -244,6 +314,8 @@ fn announce_releases(
     releases: &[Release],
     new: &[String],
     plan: &Plan,
+    waiting: &[String],
+    hold: Option<&str>,
 ) -> Result<(), PipelineError> {
     for r in releases
         .iter()
@@ -253,7 +325,14 @@ fn announce_releases(
             .notes
             .iter()
             .find_map(|n| n.strip_prefix(&format!("{}: ", r.tag)));
-        let action = if plan.hops.iter().any(|h| h.tag == r.tag) {
+        let v = r.version.to_string();
+        let action = if let (true, Some(h)) = (plan.hops.iter().any(|h| h.tag == r.tag), hold) {
+            format!("nothing while upgrades are on hold ({h}); `headwarden unhold` releases them")
+        } else if waiting.contains(&v) {
+            format!(
+                "wait for approval: `headwarden approve {v}` (or `headwarden upgrade --to {v}`)"
+            )
+        } else if plan.hops.iter().any(|h| h.tag == r.tag) {
             "apply it at the next upgrade run: staged on a copy of the database first, then promoted".to_string()
         } else if let Some(n) = note {
             format!("wait: {n}")
@@ -382,6 +461,33 @@ pub async fn upgrade(
         return Ok(UpgradeOutcome::NothingToDo {
             current,
             notes: plan.notes,
+        });
+    }
+    if let Some(reason) = hold_reason(store)? {
+        return Ok(UpgradeOutcome::Blocked {
+            current,
+            reason: format!("upgrades are on hold ({reason}); `headwarden unhold` releases them"),
+        });
+    }
+    let waiting = awaiting_approval(s, store, &plan, opts)?;
+    if !waiting.is_empty() && !opts.dry_run {
+        for v in &waiting {
+            store.push_event_once(
+                "upgrade.awaiting_approval",
+                "warning",
+                &serde_json::json!({
+                    "summary": format!("Headscale {v} is waiting for approval"),
+                    "version": v,
+                    "current": current.to_string(),
+                    "approve": format!("headwarden approve {v}"),
+                }),
+                &format!("upgrade.awaiting_approval:{v}"),
+                7 * 86400,
+            )?;
+        }
+        return Ok(UpgradeOutcome::AwaitingApproval {
+            current,
+            versions: waiting,
         });
     }
     let path: Vec<String> = plan.hops.iter().map(|h| h.version.to_string()).collect();

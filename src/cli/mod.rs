@@ -84,6 +84,16 @@ enum Command {
         #[command(subcommand)]
         cmd: ConfigCmd,
     },
+    /// Approve a version that `release.approval: manual` holds back.
+    Approve { version: Version },
+    /// Freeze all upgrades (manual and scheduled) until `unhold`.
+    Hold {
+        /// Why (shown by status, upgrade and chat).
+        #[arg(default_value = "held by an admin")]
+        reason: String,
+    },
+    /// Lift a `hold`.
+    Unhold,
     /// Run every job that is due once (upgrade per policy, key rotation) and exit: what the
     /// systemd timer calls. Jobs not due say when they next are.
     Run,
@@ -439,6 +449,27 @@ async fn run_due(cli: &Cli) -> Result<u8, Failure> {
 async fn run_command(cli: &Cli) -> Result<u8, Failure> {
     match &cli.command {
         Command::Run => run_due(cli).await,
+        Command::Approve { version } => {
+            let s = load(cli)?;
+            let store = Store::open(&s.state_dir)?;
+            pipeline::approve(&store, version)?;
+            println!("approved {version}: the next upgrade run may apply it");
+            Ok(exit::OK)
+        }
+        Command::Hold { reason } => {
+            let s = load(cli)?;
+            let store = Store::open(&s.state_dir)?;
+            pipeline::set_hold(&store, Some(reason))?;
+            println!("upgrades are on hold ({reason}); `headwarden unhold` releases them");
+            Ok(exit::OK)
+        }
+        Command::Unhold => {
+            let s = load(cli)?;
+            let store = Store::open(&s.state_dir)?;
+            pipeline::set_hold(&store, None)?;
+            println!("upgrades are no longer on hold");
+            Ok(exit::OK)
+        }
         Command::Daemon => Ok(crate::schedule::daemon::run(cli.config.clone()).await?),
         Command::Notify { cmd } => notify_command(cli, cmd).await,
         Command::Config {
@@ -579,6 +610,18 @@ async fn run_command(cli: &Cli) -> Result<u8, Failure> {
                     exit::OK
                 }
                 UpgradeOutcome::DryRun { .. } => exit::OK,
+                UpgradeOutcome::AwaitingApproval { current, versions } => {
+                    if !cli.json {
+                        println!(
+                            "production runs {current}; waiting for approval of {}",
+                            versions.join(", ")
+                        );
+                        for v in &versions {
+                            println!("  approve with: headwarden approve {v}");
+                        }
+                    }
+                    exit::OK
+                }
                 UpgradeOutcome::ConfigIncompatible { problems, .. } => {
                     for p in &problems {
                         eprintln!("error: {p}");
@@ -780,12 +823,16 @@ async fn status(cli: &Cli, s: &Settings, store: &Store) -> Result<u8, Failure> {
             "backups": backups,
             "bad_releases": bad,
             "state_schema": store.schema_version()?,
+            "hold": store.kv_get("hold")?,
             "notifications_queued": store.outbox()?.iter().filter(|r| r.state == "pending").count(),
             "notifications": store.delivery_counts()?.into_iter().collect::<std::collections::BTreeMap<_, _>>(),
         }))?;
         return Ok(exit::OK);
     }
     println!("production: {current} ({health})");
+    if let Some(reason) = store.kv_get("hold")? {
+        println!("  upgrades ON HOLD: {reason} (`headwarden unhold` releases them)");
+    }
     println!(
         "  binary {} -> {}",
         s.headscale.binary.display(),

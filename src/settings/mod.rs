@@ -75,6 +75,16 @@ pub struct ReleaseSettings {
     pub allow_insecure_http: bool,
     pub keep_versions: usize,
     pub max_asset_size: u64,
+    pub approval: Approval,
+}
+
+/// Which upgrade steps wait for `headwarden approve VERSION`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Approval {
+    /// A hop within the same minor (x.y.z → x.y.z+n).
+    pub patch_manual: bool,
+    /// A hop to the next minor (x.y → x.y+1).
+    pub minor_manual: bool,
 }
 
 #[derive(Debug, Clone)]

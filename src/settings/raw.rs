@@ -7,7 +7,7 @@ use semver::{Version, VersionReq};
 use serde::{Deserialize, Deserializer};
 
 use super::{
-    line_of, Channel, ConfigError, Enforce, HeadscaleSettings, KeySettings, NotifyTarget,
+    line_of, Approval, Channel, ConfigError, Enforce, HeadscaleSettings, KeySettings, NotifyTarget,
     ReleaseSettings, ReminderRouting, ScheduleSettings, Secret, ServiceSettings, Settings,
     Severity, SmokeCheck, SmokeSettings, StagingSettings,
 };
@@ -135,6 +135,20 @@ struct RawRelease {
     allow_insecure_http: bool,
     keep_versions: Option<usize>,
     max_asset_size_mb: Option<u64>,
+    approval: Option<RawApproval>,
+}
+
+/// `approval: auto | manual`, or per level: `{patch: auto, minor: manual}`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawApproval {
+    All(String),
+    Levels {
+        #[serde(default)]
+        patch: Option<String>,
+        #[serde(default)]
+        minor: Option<String>,
+    },
 }
 
 #[derive(Debug, Deserialize)]
@@ -398,7 +412,33 @@ pub(super) fn resolve(file: &Path, text: &str, raw: RawConfig) -> Result<Setting
             "set release.minisign_public_key",
         ));
     }
+    let manual = |v: Option<&str>| -> Result<bool, ConfigError> {
+        match v {
+            None | Some("auto") => Ok(false),
+            Some("manual") => Ok(true),
+            Some(other) => Err(cx.err(
+                "release.approval",
+                format!("unknown approval mode {other:?}"),
+                "auto, manual, or per level: {patch: auto, minor: manual}",
+            )),
+        }
+    };
+    let approval = match &r.approval {
+        None => Approval::default(),
+        Some(RawApproval::All(m)) => {
+            let m = manual(Some(m))?;
+            Approval {
+                patch_manual: m,
+                minor_manual: m,
+            }
+        }
+        Some(RawApproval::Levels { patch, minor }) => Approval {
+            patch_manual: manual(patch.as_deref())?,
+            minor_manual: manual(minor.as_deref())?,
+        },
+    };
     let release = ReleaseSettings {
+        approval,
         owner: owner.to_string(),
         repo: name.to_string(),
         api_url,

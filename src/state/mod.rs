@@ -776,6 +776,11 @@ impl Store {
         Ok(())
     }
 
+    pub fn kv_delete(&self, key: &str) -> Result<(), StateError> {
+        self.conn.execute("DELETE FROM kv WHERE key = ?1", [key])?;
+        Ok(())
+    }
+
     pub fn outbox(&self) -> Result<Vec<OutboxRow>, StateError> {
         let mut stmt = self.conn.prepare(
             "SELECT id, event, severity, payload, created_at, state FROM outbox ORDER BY id",

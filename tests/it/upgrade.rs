@@ -673,3 +673,66 @@ fn a_failed_safety_backup_aborts_a_manual_rollback_and_restarts_production() {
     assert_eq!(sb.prod_version(), "v0.28.0");
     assert_eq!(sb.status_json()["production"]["health"], "healthy");
 }
+
+#[test]
+fn approval_and_hold_gate_upgrades() {
+    let mut sb = Sandbox::new("0.27.1");
+    sb.extra_release = "  approval: {patch: auto, minor: manual}\n".into();
+    sb.write_config();
+    sb.release("0.28.0", "none");
+    let out = sb.hw(&["upgrade", "--yes"]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert!(
+        text(&out).contains("waiting for approval of 0.28.0"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        text(&out).contains("headwarden approve 0.28.0"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(sb.prod_version(), "v0.27.1");
+    let outbox = sb.outbox();
+    let release = &outbox
+        .iter()
+        .find(|(e, _)| e == "release")
+        .expect("release")
+        .1;
+    assert!(
+        release["action"]
+            .as_str()
+            .expect("action")
+            .contains("headwarden approve 0.28.0"),
+        "{release}"
+    );
+    assert!(outbox.iter().any(|(e, _)| e == "upgrade.awaiting_approval"));
+
+    // Approved, but a hold freezes everything until unhold.
+    assert_eq!(code(&sb.hw(&["approve", "0.28.0"])), 0);
+    assert_eq!(code(&sb.hw(&["hold", "change freeze"])), 0);
+    let held = sb.hw(&["upgrade", "--yes"]);
+    assert!(
+        text(&held).contains("on hold (change freeze)"),
+        "{}",
+        text(&held)
+    );
+    assert_eq!(sb.status_json()["hold"], "change freeze");
+    assert_eq!(sb.prod_version(), "v0.27.1");
+    assert_eq!(code(&sb.hw(&["unhold"])), 0);
+    let out = sb.hw(&["upgrade", "--yes"]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert_eq!(sb.prod_version(), "v0.28.0");
+
+    // Patches are auto under this policy.
+    sb.release("0.28.1", "none");
+    let out = sb.hw(&["upgrade", "--yes"]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert_eq!(sb.prod_version(), "v0.28.1");
+
+    sb.extra_release = "  approval: sometimes\n".into();
+    sb.write_config();
+    let bad = sb.hw(&["config", "check"]);
+    assert_eq!(code(&bad), 2);
+    assert!(text(&bad).contains("release.approval"), "{}", text(&bad));
+}
