@@ -19,6 +19,7 @@ pub mod deploy;
 pub mod exit;
 pub mod headscale;
 pub mod keys;
+pub mod metrics;
 pub mod notify;
 pub mod pipeline;
 pub mod process;

@@ -194,6 +194,17 @@ async fn fetch_and_plan(
             return Err(e.into());
         }
     };
+    if let Some(newest) = releases
+        .iter()
+        .filter(|r| r.version.pre.is_empty())
+        .map(|r| &r.version)
+        .max()
+    {
+        store.kv_set("feed.newest", &newest.to_string())?;
+    }
+    if let Some(rem) = rate_remaining {
+        store.kv_set("feed.rate_remaining", &rem.to_string())?;
+    }
     let mut new_releases = Vec::new();
     for r in &releases {
         if store.mark_release_seen(&r.tag)? {
@@ -470,6 +481,7 @@ pub async fn upgrade(
         });
     }
     let waiting = awaiting_approval(s, store, &plan, opts)?;
+    store.kv_set("approvals.pending", &waiting.len().to_string())?;
     if !waiting.is_empty() && !opts.dry_run {
         for v in &waiting {
             store.push_event_once(

@@ -84,6 +84,12 @@ enum Command {
         #[command(subcommand)]
         cmd: ConfigCmd,
     },
+    /// Print the Prometheus metrics (the same text the textfile and the daemon's listener carry).
+    Metrics,
+    /// Print shell completions (bash, zsh, fish, elvish, powershell) to stdout.
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff) to stdout: `headwarden man > /usr/local/share/man/man1/headwarden.1`.
+    Man,
     /// Approve a version that `release.approval: manual` holds back.
     Approve { version: Version },
     /// Freeze all upgrades (manual and scheduled) until `unhold`.
@@ -388,6 +394,16 @@ fn fmt_local(t: i64) -> String {
         .unwrap_or_default()
 }
 
+/// The metrics text: production's version from its binary, the rest from the state store.
+pub async fn metrics_text(s: &Settings) -> Result<String, Failure> {
+    let running = pipeline::current_version(s)
+        .await
+        .ok()
+        .map(|v| v.to_string());
+    let store = Store::open(&s.state_dir)?;
+    Ok(crate::metrics::render(&store, running.as_deref())?)
+}
+
 /// `headwarden run`: each due job once, in turn. A job whose lock is held is left for the next
 /// invocation (not a failure); a failed job does not stop the next one. The exit code is the
 /// first failing job's.
@@ -443,12 +459,34 @@ async fn run_due(cli: &Cli) -> Result<u8, Failure> {
             result = code;
         }
     }
+    if let Some(path) = &s.metrics.textfile {
+        let text = metrics_text(&s).await?;
+        crate::metrics::write_textfile(path, &text)
+            .map_err(|e| anyhow::anyhow!("cannot write metrics to {}: {e}", path.display()))?;
+    }
     Ok(result)
 }
 
 async fn run_command(cli: &Cli) -> Result<u8, Failure> {
     match &cli.command {
         Command::Run => run_due(cli).await,
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(*shell, &mut cmd, "headwarden", &mut std::io::stdout());
+            Ok(exit::OK)
+        }
+        Command::Metrics => {
+            let s = load(cli)?;
+            print!("{}", metrics_text(&s).await?);
+            Ok(exit::OK)
+        }
+        Command::Man => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            clap_mangen::Man::new(cmd)
+                .render(&mut std::io::stdout())
+                .map_err(anyhow::Error::from)?;
+            Ok(exit::OK)
+        }
         Command::Approve { version } => {
             let s = load(cli)?;
             let store = Store::open(&s.state_dir)?;

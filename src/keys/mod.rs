@@ -427,6 +427,16 @@ pub async fn run(
             7 * 86400,
         )?;
     }
+    // Node counts per key state, for metrics.
+    let mut states: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
+    for p in &plans {
+        let st = serde_json::to_value(&p.state)
+            .ok()
+            .and_then(|v| v["state"].as_str().map(str::to_string))
+            .unwrap_or_default();
+        *states.entry(st).or_default() += 1;
+    }
+    store.kv_set("keys.states", &json!(states).to_string())?;
     report.plans = plans;
     Ok(report)
 }

@@ -56,6 +56,34 @@ pub async fn run(config: PathBuf) -> anyhow::Result<u8> {
     let mut retry_at: HashMap<&'static str, i64> = HashMap::new();
     let mut last_flush = 0;
     let mut stopping = false;
+    if let Some(addr) = s.metrics.listen {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let settings = s.clone();
+        let app = axum::Router::new().route(
+            "/metrics",
+            axum::routing::get(move || {
+                let s = settings.clone();
+                async move {
+                    match crate::cli::metrics_text(&s).await {
+                        Ok(t) => (
+                            axum::http::StatusCode::OK,
+                            [("content-type", "text/plain; version=0.0.4")],
+                            t,
+                        ),
+                        Err(_) => (
+                            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                            [("content-type", "text/plain; version=0.0.4")],
+                            "state store unavailable\n".to_string(),
+                        ),
+                    }
+                }
+            }),
+        );
+        tracing::info!(%addr, "serving metrics on /metrics");
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+    }
     tracing::info!(config = %config.display(), "daemon started");
     loop {
         let t = now();

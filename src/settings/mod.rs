@@ -56,6 +56,15 @@ pub struct Settings {
     /// User → their own destination for key reminders.
     pub notify_users: std::collections::BTreeMap<String, Secret>,
     pub schedule: ScheduleSettings,
+    pub metrics: MetricsSettings,
+}
+
+/// Prometheus metrics: a node-exporter textfile written by `run`, and/or a loopback listener
+/// served by the daemon.
+#[derive(Debug, Clone, Default)]
+pub struct MetricsSettings {
+    pub textfile: Option<PathBuf>,
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Clone)]

@@ -7,9 +7,9 @@ use semver::{Version, VersionReq};
 use serde::{Deserialize, Deserializer};
 
 use super::{
-    line_of, Approval, Channel, ConfigError, Enforce, HeadscaleSettings, KeySettings, NotifyTarget,
-    ReleaseSettings, ReminderRouting, ScheduleSettings, Secret, ServiceSettings, Settings,
-    Severity, SmokeCheck, SmokeSettings, StagingSettings,
+    line_of, Approval, Channel, ConfigError, Enforce, HeadscaleSettings, KeySettings,
+    MetricsSettings, NotifyTarget, ReleaseSettings, ReminderRouting, ScheduleSettings, Secret,
+    ServiceSettings, Settings, Severity, SmokeCheck, SmokeSettings, StagingSettings,
 };
 
 /// Parses `60s`, `15m`, `12h`, `3d`, `2w` (and sums like `1d12h`).
@@ -117,6 +117,15 @@ pub(super) struct RawConfig {
     notify_users: std::collections::BTreeMap<String, String>,
     #[serde(default)]
     schedule: RawSchedule,
+    #[serde(default)]
+    metrics: RawMetrics,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawMetrics {
+    textfile: Option<PathBuf>,
+    listen: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -633,6 +642,29 @@ pub(super) fn resolve(file: &Path, text: &str, raw: RawConfig) -> Result<Setting
             ));
         }
     }
+    let metrics = MetricsSettings {
+        textfile: raw.metrics.textfile.map(|p| cx.path(p)),
+        listen: match &raw.metrics.listen {
+            None => None,
+            Some(a) => {
+                let addr: std::net::SocketAddr = a.parse().map_err(|_| {
+                    cx.err(
+                        "metrics.listen",
+                        format!("{a:?} is not an address with a port"),
+                        "e.g. 127.0.0.1:9841",
+                    )
+                })?;
+                if !addr.ip().is_loopback() {
+                    return Err(cx.err(
+                        "metrics.listen",
+                        format!("{a} is not a loopback address"),
+                        "metrics are served on 127.0.0.1 or [::1] only; put a reverse proxy in front to expose them",
+                    ));
+                }
+                Some(addr)
+            }
+        },
+    };
     let schedule = ScheduleSettings {
         upgrade: raw.schedule.upgrade.map(|c| c.0),
         keys: raw.schedule.keys.map(|c| c.0),
@@ -663,6 +695,7 @@ pub(super) fn resolve(file: &Path, text: &str, raw: RawConfig) -> Result<Setting
         notify,
         notify_users,
         schedule,
+        metrics,
     })
 }
 

@@ -259,3 +259,130 @@ fn systemd_units_pass_systemd_analyze_verify() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success() && stderr.trim().is_empty(), "{stderr}");
 }
+
+#[test]
+fn metrics_parse_as_prometheus_text_from_run_and_the_daemon() {
+    let mut sb = Sandbox::new("0.27.1");
+    sb.enable_api(true);
+    let textfile = sb.path("headwarden.prom");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("port")
+        .local_addr()
+        .expect("addr")
+        .port();
+    sb.extra_top = format!(
+        "schedule:\n  upgrade: \"@daily\"\n  keys: \"@daily\"\nmetrics:\n  textfile: {}\n  listen: 127.0.0.1:{port}\n",
+        textfile.display()
+    );
+    sb.write_config();
+    sb.release("0.28.0", "none");
+    let run = sb.hw(&["run"]);
+    assert_eq!(code(&run), 0, "{}", text(&run));
+    let parse = |t: &str| {
+        prometheus_parse::Scrape::parse(t.lines().map(|l| Ok(l.to_string())))
+            .expect("prometheus text")
+    };
+    let scrape = parse(&std::fs::read_to_string(&textfile).expect("textfile"));
+    let value = |name: &str, label: Option<(&str, &str)>| -> f64 {
+        let s = scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == name && label.is_none_or(|(k, v)| s.labels.get(k) == Some(v)))
+            .unwrap_or_else(|| panic!("{name} {label:?} missing"));
+        match s.value {
+            prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => panic!("{name}: unexpected type"),
+        }
+    };
+    assert_eq!(
+        value(
+            "headwarden_headscale_version_info",
+            Some(("version", "0.28.0"))
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            "headwarden_newest_release_info",
+            Some(("version", "0.28.0"))
+        ),
+        1.0
+    );
+    assert_eq!(value("headwarden_last_upgrade_success", None), 1.0);
+    assert_eq!(
+        value("headwarden_runs_total", Some(("outcome", "upgraded"))),
+        1.0
+    );
+    assert_eq!(value("headwarden_pending_approvals", None), 0.0);
+    assert_eq!(value("headwarden_hold", None), 0.0);
+    assert!(value("headwarden_nodes", Some(("state", "ok"))) >= 1.0);
+    assert!(
+        value(
+            "headwarden_job_last_start_timestamp_seconds",
+            Some(("job", "keys"))
+        ) > 1.7e9
+    );
+
+    // The daemon serves the same text on its loopback listener.
+    let mut d = Daemon::start(&sb);
+    d.wait_log("serving metrics", 1);
+    let body = {
+        use std::io::{Read, Write};
+        let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        write!(
+            conn,
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .expect("request");
+        let mut resp = String::new();
+        conn.read_to_string(&mut resp).expect("response");
+        assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+        resp.split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default()
+    };
+    let served = parse(&body);
+    assert!(served
+        .samples
+        .iter()
+        .any(|s| s.metric == "headwarden_rollbacks_total"));
+    d.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(d.wait_exit(), 0);
+
+    // Metrics are for loopback only.
+    sb.extra_top = "metrics:\n  listen: 0.0.0.0:9841\n".into();
+    sb.write_config();
+    let bad = sb.hw(&["config", "check"]);
+    assert_eq!(code(&bad), 2);
+    assert!(text(&bad).contains("loopback"), "{}", text(&bad));
+}
+
+#[test]
+fn completions_and_man_page_come_from_the_cli_definition() {
+    let out = std::process::Command::new(crate::support::HW)
+        .args(["completions", "bash"])
+        .output()
+        .expect("completions");
+    let script = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success() && script.contains("daemon") && script.contains("approve"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("headwarden.bash");
+    std::fs::write(&file, &script).expect("write");
+    let check = std::process::Command::new("bash")
+        .arg("-n")
+        .arg(&file)
+        .status()
+        .expect("bash");
+    assert!(check.success(), "bash rejects the completion script");
+    let man = std::process::Command::new(crate::support::HW)
+        .arg("man")
+        .output()
+        .expect("man");
+    let page = String::from_utf8_lossy(&man.stdout);
+    assert!(
+        page.contains(".TH headwarden 1") && page.contains("rollback"),
+        "{page}"
+    );
+}

@@ -1,0 +1,183 @@
+//! Prometheus text exposition (format 0.0.4) of headwarden's state: what a dashboard or an
+//! alert needs without parsing logs. Written to a node-exporter textfile by `run`, served on a
+//! loopback address by the daemon.
+
+use std::fmt::Write;
+
+use crate::state::{StateError, Store};
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP headwarden_{name} {help}");
+    let _ = writeln!(out, "# TYPE headwarden_{name} {kind}");
+}
+
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Renders every metric from the state store; `running` is production's version when known.
+pub fn render(store: &Store, running: Option<&str>) -> Result<String, StateError> {
+    let mut out = String::new();
+    let kv = |k: &str| store.kv_get(k);
+    family(
+        &mut out,
+        "headscale_version_info",
+        "gauge",
+        "Headscale version production runs.",
+    );
+    if let Some(v) = running {
+        let _ = writeln!(
+            out,
+            "headwarden_headscale_version_info{{version=\"{}\"}} 1",
+            label(v)
+        );
+    }
+    family(
+        &mut out,
+        "newest_release_info",
+        "gauge",
+        "Newest stable Headscale release in the feed.",
+    );
+    if let Some(v) = kv("feed.newest")? {
+        let _ = writeln!(
+            out,
+            "headwarden_newest_release_info{{version=\"{}\"}} 1",
+            label(&v)
+        );
+    }
+    family(
+        &mut out,
+        "pending_approvals",
+        "gauge",
+        "Planned versions waiting for `headwarden approve`.",
+    );
+    let pending: u64 = kv("approvals.pending")?
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let _ = writeln!(out, "headwarden_pending_approvals {pending}");
+    family(&mut out, "hold", "gauge", "1 when upgrades are on hold.");
+    let _ = writeln!(out, "headwarden_hold {}", u8::from(kv("hold")?.is_some()));
+    family(
+        &mut out,
+        "job_last_start_timestamp_seconds",
+        "gauge",
+        "When a scheduled job last started.",
+    );
+    for job in ["upgrade", "keys"] {
+        if let Some(t) = kv(&format!("job.{job}.last"))? {
+            let _ = writeln!(
+                out,
+                "headwarden_job_last_start_timestamp_seconds{{job=\"{job}\"}} {t}"
+            );
+        }
+    }
+    let runs = store.recent_runs(10_000)?;
+    family(
+        &mut out,
+        "last_upgrade_timestamp_seconds",
+        "gauge",
+        "When the last upgrade run finished.",
+    );
+    family(
+        &mut out,
+        "last_upgrade_success",
+        "gauge",
+        "1 when the last upgrade run upgraded production.",
+    );
+    if let Some(r) = runs
+        .iter()
+        .find(|r| r.kind == "upgrade" && r.finished_at.is_some())
+    {
+        let _ = writeln!(
+            out,
+            "headwarden_last_upgrade_timestamp_seconds {}",
+            r.finished_at.unwrap_or(0)
+        );
+        let _ = writeln!(
+            out,
+            "headwarden_last_upgrade_success {}",
+            u8::from(r.outcome.as_deref() == Some("upgraded"))
+        );
+    }
+    family(
+        &mut out,
+        "runs_total",
+        "counter",
+        "Finished runs by kind and outcome.",
+    );
+    let mut counts: std::collections::BTreeMap<(String, String), u64> = Default::default();
+    for r in &runs {
+        if let Some(o) = &r.outcome {
+            *counts.entry((r.kind.clone(), o.clone())).or_default() += 1;
+        }
+    }
+    for ((kind, outcome), n) in &counts {
+        let _ = writeln!(
+            out,
+            "headwarden_runs_total{{kind=\"{}\",outcome=\"{}\"}} {n}",
+            label(kind),
+            label(outcome)
+        );
+    }
+    family(
+        &mut out,
+        "rollbacks_total",
+        "counter",
+        "Upgrades rolled back (automatically or by hand).",
+    );
+    let rollbacks = runs
+        .iter()
+        .filter(|r| r.outcome.as_deref() == Some("rolled_back"))
+        .count();
+    let _ = writeln!(out, "headwarden_rollbacks_total {rollbacks}");
+    family(
+        &mut out,
+        "nodes",
+        "gauge",
+        "Nodes per key state at the last key job.",
+    );
+    if let Some(states) = kv("keys.states")?
+        .and_then(|v| serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&v).ok())
+    {
+        for (state, n) in states {
+            let _ = writeln!(
+                out,
+                "headwarden_nodes{{state=\"{}\"}} {}",
+                label(&state),
+                n.as_u64().unwrap_or(0)
+            );
+        }
+    }
+    family(
+        &mut out,
+        "notifications",
+        "gauge",
+        "Chat deliveries by state (pending is the backlog).",
+    );
+    for (state, n) in store.delivery_counts()? {
+        let _ = writeln!(
+            out,
+            "headwarden_notifications{{state=\"{}\"}} {n}",
+            label(&state)
+        );
+    }
+    family(
+        &mut out,
+        "github_rate_limit_remaining",
+        "gauge",
+        "GitHub API requests left at the last feed poll.",
+    );
+    if let Some(v) = kv("feed.rate_remaining")? {
+        let _ = writeln!(out, "headwarden_github_rate_limit_remaining {v}");
+    }
+    Ok(out)
+}
+
+/// Writes `text` to a node-exporter textfile atomically (temp file + rename in the same dir).
+pub fn write_textfile(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    let tmp = path.with_extension("prom.tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)
+}
