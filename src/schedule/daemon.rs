@@ -104,9 +104,11 @@ pub async fn run(config: PathBuf) -> anyhow::Result<u8> {
                 let last = store
                     .kv_get(&format!("job.{job}.last"))?
                     .and_then(|v| v.parse().ok());
-                match crate::schedule::next_due(Some(expr), s.schedule.timezone.as_deref(), last, t)
-                {
-                    Ok(Some(next)) => wake = wake.min(next),
+                // Due at the schedule's time plus this occurrence's jitter.
+                let offset = crate::schedule::jitter_offset(job, last, s.schedule.jitter);
+                let tz = s.schedule.timezone.as_deref();
+                match crate::schedule::next_due(Some(expr), tz, last, t - offset) {
+                    Ok(Some(next)) => wake = wake.min(next + offset),
                     Ok(None) => start(job, &config, t, &tx, &mut running),
                     Err(e) => tracing::error!(job, error = %e, "bad schedule"),
                 }

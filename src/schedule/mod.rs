@@ -71,6 +71,21 @@ pub fn next_due(
     Ok(next.filter(|n| *n > now))
 }
 
+/// A stable offset in `[0, jitter)` for one job's occurrence: the same after a restart, different
+/// per job, occurrence and host, so hosts with the same schedule do not all start at once.
+pub fn jitter_offset(job: &str, last: Option<i64>, jitter: std::time::Duration) -> i64 {
+    let span = jitter.as_secs() as i64;
+    if span == 0 {
+        return 0;
+    }
+    use sha2::Digest;
+    // The machine id spreads hosts that share a config; the last start spreads occurrences.
+    let machine = std::fs::read_to_string("/etc/machine-id").unwrap_or_default();
+    let h = sha2::Sha256::digest(format!("{job}:{}:{}", last.unwrap_or(0), machine.trim()));
+    let n = i64::from_le_bytes(h[..8].try_into().unwrap_or([0; 8])).unsigned_abs() as i64;
+    n % span
+}
+
 fn shift_dow(part: &str) -> Result<String, String> {
     let (range, step) = match part.split_once('/') {
         Some((r, s)) => (r, Some(s)),
@@ -100,6 +115,17 @@ fn shift_dow(part: &str) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn jitter_stays_in_range_and_is_stable() {
+        let j = std::time::Duration::from_secs(600);
+        for last in 0..200 {
+            let o = jitter_offset("upgrade", Some(last), j);
+            assert!((0..600).contains(&o));
+            assert_eq!(o, jitter_offset("upgrade", Some(last), j));
+        }
+        assert_eq!(jitter_offset("keys", Some(5), std::time::Duration::ZERO), 0);
+    }
 
     #[test]
     fn due_times() {

@@ -239,6 +239,8 @@ pub struct ScheduleSettings {
     pub keys: Option<String>,
     pub audit: Option<String>,
     pub timezone: Option<String>,
+    /// The daemon starts each job up to this much after its scheduled time (spread load).
+    pub jitter: Duration,
 }
 
 /// A configuration error: file, key, line, what is wrong, and what to do.

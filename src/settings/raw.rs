@@ -248,6 +248,7 @@ struct RawSchedule {
     keys: Option<CronValue>,
     audit: Option<CronValue>,
     timezone: Option<String>,
+    jitter: Option<DurationValue>,
 }
 
 struct Ctx<'a> {
@@ -670,6 +671,7 @@ pub(super) fn resolve(file: &Path, text: &str, raw: RawConfig) -> Result<Setting
         keys: raw.schedule.keys.map(|c| c.0),
         audit: raw.schedule.audit.map(|c| c.0),
         timezone: raw.schedule.timezone,
+        jitter: raw.schedule.jitter.map_or(Duration::ZERO, |d| d.0),
     };
 
     let staging = StagingSettings {
