@@ -853,7 +853,22 @@ async fn status(cli: &Cli, s: &Settings, store: &Store) -> Result<u8, Failure> {
     let backups = store.backups()?;
     let bad = store.bad_releases()?;
     if cli.json {
+        let jobs: std::collections::BTreeMap<&str, Option<i64>> = ["upgrade", "keys"]
+            .into_iter()
+            .map(|j| {
+                let last = store
+                    .kv_get(&format!("job.{j}.last"))
+                    .ok()
+                    .flatten()
+                    .and_then(|v| v.parse().ok());
+                (j, last)
+            })
+            .collect();
         print_json(&serde_json::json!({
+            "schema": "headwarden.status/v1",
+            "newest_release": store.kv_get("feed.newest")?,
+            "pending_approvals": store.kv_get("approvals.pending")?.and_then(|v| v.parse::<u64>().ok()).unwrap_or(0),
+            "jobs_last_start": jobs,
             "production": {"version": current, "binary": s.headscale.binary, "target": target, "health": health},
             "interrupted_runs": open,
             "last_run": last.first(),

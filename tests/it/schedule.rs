@@ -317,6 +317,13 @@ fn metrics_parse_as_prometheus_text_from_run_and_the_daemon() {
     );
     assert_eq!(value("headwarden_pending_approvals", None), 0.0);
     assert_eq!(value("headwarden_hold", None), 0.0);
+    let status = sb.status_json();
+    assert_eq!(status["schema"], "headwarden.status/v1");
+    assert_eq!(status["newest_release"], "0.28.0");
+    assert!(
+        status["jobs_last_start"]["upgrade"].as_i64().is_some(),
+        "{status}"
+    );
     assert!(value("headwarden_nodes", Some(("state", "ok"))) >= 1.0);
     assert!(
         value(
