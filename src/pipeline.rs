@@ -24,6 +24,8 @@ pub struct UpgradeOptions {
     pub dry_run: bool,
     pub allow_downgrade: bool,
     pub progress: bool,
+    /// Promote now even outside `release.window`.
+    pub ignore_window: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -57,6 +59,13 @@ pub enum UpgradeOutcome {
     },
     DryRun {
         plan: Plan,
+    },
+    /// Outside `release.window` (or too little of it left, or a blackout date).
+    OutsideWindow {
+        current: Version,
+        /// RFC 3339 start of the next window that fits, if any within two weeks.
+        next: Option<String>,
+        needed_minutes: i64,
     },
     /// `release.approval` makes these versions wait for `headwarden approve VERSION`.
     AwaitingApproval {
@@ -262,6 +271,34 @@ async fn fetch_and_plan(
         },
         releases,
     ))
+}
+
+fn fmt_rfc3339(t: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(t)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
+/// How long an upgrade of `hops` hops is expected to take: the mean of the last five successful
+/// upgrade runs (at least a minute) per hop, or 15 minutes per hop without history.
+pub fn estimate_secs(store: &Store, hops: usize) -> Result<i64, PipelineError> {
+    let durations: Vec<i64> = store
+        .recent_runs(200)?
+        .into_iter()
+        .filter(|r| r.kind == "upgrade" && r.outcome.as_deref() == Some("upgraded"))
+        .filter_map(|r| r.finished_at.map(|f| f - r.started_at))
+        .take(5)
+        .collect();
+    let per_hop = if durations.is_empty() {
+        15 * 60
+    } else {
+        (durations.iter().sum::<i64>() / durations.len() as i64).max(60)
+    };
+    Ok(per_hop * hops.max(1) as i64)
 }
 
 /// The reason upgrades are on hold (`headwarden hold`), if they are.
@@ -501,6 +538,19 @@ pub async fn upgrade(
             current,
             versions: waiting,
         });
+    }
+    if let (Some(w), false) = (&s.release.window, opts.ignore_window) {
+        let needed = estimate_secs(store, plan.hops.len())?;
+        let tz = s.schedule.timezone.as_deref();
+        if let Err(next) =
+            crate::schedule::window_allows(w, &s.release.blackout, tz, crate::state::now(), needed)
+        {
+            return Ok(UpgradeOutcome::OutsideWindow {
+                current,
+                next: next.map(fmt_rfc3339),
+                needed_minutes: (needed + 59) / 60,
+            });
+        }
     }
     let path: Vec<String> = plan.hops.iter().map(|h| h.version.to_string()).collect();
     say(&format!(

@@ -61,6 +61,9 @@ enum Command {
         /// Allow a patch downgrade within the running minor version.
         #[arg(long)]
         allow_downgrade: bool,
+        /// Promote now even outside `release.window` or on a blackout date.
+        #[arg(long)]
+        ignore_window: bool,
     },
     /// Restore the backup taken before the last upgrade (or the upgrade away from --to) and its binary.
     Rollback {
@@ -429,6 +432,7 @@ async fn run_due(cli: &Cli) -> Result<u8, Failure> {
                 yes: true,
                 dry_run: false,
                 allow_downgrade: false,
+                ignore_window: false,
             }
         } else {
             Command::Keys { cmd: KeysCmd::Run }
@@ -584,6 +588,7 @@ async fn run_command(cli: &Cli) -> Result<u8, Failure> {
             yes,
             dry_run,
             allow_downgrade,
+            ignore_window,
         } => {
             let s = load(cli)?;
             let _lock = RunLock::acquire(&s.state_dir, "upgrade")?;
@@ -593,6 +598,7 @@ async fn run_command(cli: &Cli) -> Result<u8, Failure> {
                 dry_run: *dry_run,
                 allow_downgrade: *allow_downgrade,
                 progress: crate::process::stderr_is_tty(),
+                ignore_window: *ignore_window,
             };
             if !yes && !dry_run && std::io::IsTerminal::is_terminal(&std::io::stdin()) {
                 let report = pipeline::check(&s, &store, &opts).await?;
@@ -648,6 +654,20 @@ async fn run_command(cli: &Cli) -> Result<u8, Failure> {
                     exit::OK
                 }
                 UpgradeOutcome::DryRun { .. } => exit::OK,
+                UpgradeOutcome::OutsideWindow {
+                    current,
+                    next,
+                    needed_minutes,
+                } => {
+                    if !cli.json {
+                        println!(
+                            "production runs {current}; outside the maintenance window (an upgrade needs about {needed_minutes} min); next window: {}",
+                            next.unwrap_or_else(|| "none within two weeks".into())
+                        );
+                        println!("  promote now anyway with: headwarden upgrade --ignore-window");
+                    }
+                    exit::OK
+                }
                 UpgradeOutcome::AwaitingApproval { current, versions } => {
                     if !cli.json {
                         println!(

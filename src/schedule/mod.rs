@@ -71,6 +71,49 @@ pub fn next_due(
     Ok(next.filter(|n| *n > now))
 }
 
+/// Whether a promotion needing `needed` seconds may start at `now`: `Ok(())` inside a window with
+/// enough time left (and not on a blackout date), else the next window start that qualifies
+/// (searching two weeks ahead; `None` when there is none).
+pub fn window_allows(
+    window: &crate::settings::Window,
+    blackout: &[chrono::NaiveDate],
+    timezone: Option<&str>,
+    now: i64,
+    needed: i64,
+) -> Result<(), Option<i64>> {
+    use chrono::{Datelike, TimeZone};
+    let utc = matches!(timezone, Some("UTC" | "Etc/UTC"));
+    let today = match chrono::DateTime::from_timestamp(now, 0) {
+        Some(t) if utc => t.date_naive(),
+        Some(t) => t.with_timezone(&chrono::Local).date_naive(),
+        None => return Err(None),
+    };
+    let mut next: Option<i64> = None;
+    for offset in -1..=14 {
+        let date = today + chrono::Duration::days(offset);
+        if !window.days.contains(&date.weekday()) || blackout.contains(&date) {
+            continue;
+        }
+        let naive = date.and_time(window.start);
+        let start = if utc {
+            chrono::Utc.from_utc_datetime(&naive).timestamp()
+        } else {
+            match chrono::Local.from_local_datetime(&naive).earliest() {
+                Some(t) => t.timestamp(),
+                None => continue,
+            }
+        };
+        let end = start + window.duration.as_secs() as i64;
+        if start <= now && now + needed <= end {
+            return Ok(());
+        }
+        if start > now && needed <= end - start {
+            next = Some(next.map_or(start, |n: i64| n.min(start)));
+        }
+    }
+    Err(next)
+}
+
 /// A stable offset in `[0, jitter)` for one job's occurrence: the same after a restart, different
 /// per job, occurrence and host, so hosts with the same schedule do not all start at once.
 pub fn jitter_offset(job: &str, last: Option<i64>, jitter: std::time::Duration) -> i64 {
@@ -125,6 +168,48 @@ mod tests {
             assert_eq!(o, jitter_offset("upgrade", Some(last), j));
         }
         assert_eq!(jitter_offset("keys", Some(5), std::time::Duration::ZERO), 0);
+    }
+
+    #[test]
+    fn windows() {
+        use chrono::Weekday::*;
+        // 2026-11-23 (a Monday) 10:00 UTC
+        let t = 1_795_428_000;
+        let w = |days: Vec<chrono::Weekday>, start: &str, hours: u64| crate::settings::Window {
+            days,
+            start: chrono::NaiveTime::parse_from_str(start, "%H:%M").expect("time"),
+            duration: std::time::Duration::from_secs(hours * 3600),
+        };
+        let utc = Some("UTC");
+        assert_eq!(
+            window_allows(&w(vec![Mon], "09:00", 2), &[], utc, t, 600),
+            Ok(())
+        );
+        // Not enough time left: wait for next Monday's window.
+        assert_eq!(
+            window_allows(&w(vec![Mon], "09:00", 2), &[], utc, t, 3 * 3600),
+            Err(None),
+            "the window is shorter than the promotion"
+        );
+        assert_eq!(
+            window_allows(&w(vec![Mon], "09:00", 2), &[], utc, t, 3000),
+            Ok(())
+        );
+        assert_eq!(
+            window_allows(&w(vec![Mon], "09:00", 1), &[], utc, t, 600),
+            Err(Some(t - 3600 + 7 * 86400))
+        );
+        // A window that started yesterday evening and spans midnight.
+        assert_eq!(
+            window_allows(&w(vec![Sun], "22:00", 14), &[], utc, t, 600),
+            Ok(())
+        );
+        // Blackout today: the next Monday.
+        let today = chrono::NaiveDate::from_ymd_opt(2026, 11, 23).expect("date");
+        assert_eq!(
+            window_allows(&w(vec![Mon], "09:00", 2), &[today], utc, t, 600),
+            Err(Some(t - 3600 + 7 * 86400))
+        );
     }
 
     #[test]

@@ -85,6 +85,18 @@ pub struct ReleaseSettings {
     pub keep_versions: usize,
     pub max_asset_size: u64,
     pub approval: Approval,
+    /// Promotions happen only inside this window (in `schedule.timezone`).
+    pub window: Option<Window>,
+    /// Dates with no promotion at all (YYYY-MM-DD, in `schedule.timezone`).
+    pub blackout: Vec<chrono::NaiveDate>,
+}
+
+/// A maintenance window: on these weekdays, from `start` for `duration`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Window {
+    pub days: Vec<chrono::Weekday>,
+    pub start: chrono::NaiveTime,
+    pub duration: Duration,
 }
 
 /// Which upgrade steps wait for `headwarden approve VERSION`.

@@ -6,6 +6,7 @@ use std::time::Duration;
 use semver::{Version, VersionReq};
 use serde::{Deserialize, Deserializer};
 
+use super::Window;
 use super::{
     line_of, Approval, Channel, ConfigError, Enforce, HeadscaleSettings, KeySettings,
     MetricsSettings, NotifyTarget, ReleaseSettings, ReminderRouting, ScheduleSettings, Secret,
@@ -145,6 +146,17 @@ struct RawRelease {
     keep_versions: Option<usize>,
     max_asset_size_mb: Option<u64>,
     approval: Option<RawApproval>,
+    window: Option<RawWindow>,
+    blackout: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWindow {
+    #[serde(default)]
+    days: Vec<String>,
+    start: String,
+    duration: DurationValue,
 }
 
 /// `approval: auto | manual`, or per level: `{patch: auto, minor: manual}`.
@@ -447,8 +459,71 @@ pub(super) fn resolve(file: &Path, text: &str, raw: RawConfig) -> Result<Setting
             minor_manual: manual(minor.as_deref())?,
         },
     };
+    let window = match &r.window {
+        None => None,
+        Some(w) => {
+            let days = if w.days.is_empty() {
+                vec![
+                    chrono::Weekday::Mon,
+                    chrono::Weekday::Tue,
+                    chrono::Weekday::Wed,
+                    chrono::Weekday::Thu,
+                    chrono::Weekday::Fri,
+                    chrono::Weekday::Sat,
+                    chrono::Weekday::Sun,
+                ]
+            } else {
+                w.days
+                    .iter()
+                    .map(|d| {
+                        d.parse::<chrono::Weekday>().map_err(|_| {
+                            cx.err(
+                                "release.window",
+                                format!("unknown day {d:?}"),
+                                "days are mon, tue, wed, thu, fri, sat, sun",
+                            )
+                        })
+                    })
+                    .collect::<Result<_, _>>()?
+            };
+            let start = chrono::NaiveTime::parse_from_str(&w.start, "%H:%M").map_err(|_| {
+                cx.err(
+                    "release.window",
+                    format!("start {:?} is not HH:MM", w.start),
+                    "e.g. start: \"02:00\"",
+                )
+            })?;
+            if w.duration.0.is_zero() || w.duration.0 > Duration::from_secs(7 * 86400) {
+                return Err(cx.err(
+                    "release.window",
+                    "duration must be between 1s and 7d",
+                    "e.g. duration: 4h",
+                ));
+            }
+            Some(Window {
+                days,
+                start,
+                duration: w.duration.0,
+            })
+        }
+    };
+    let blackout = r
+        .blackout
+        .iter()
+        .map(|d| {
+            chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").map_err(|_| {
+                cx.err(
+                    "release.blackout",
+                    format!("{d:?} is not a date"),
+                    "dates as YYYY-MM-DD",
+                )
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let release = ReleaseSettings {
         approval,
+        window,
+        blackout,
         owner: owner.to_string(),
         repo: name.to_string(),
         api_url,

@@ -736,3 +736,76 @@ fn approval_and_hold_gate_upgrades() {
     assert_eq!(code(&bad), 2);
     assert!(text(&bad).contains("release.approval"), "{}", text(&bad));
 }
+
+#[test]
+fn maintenance_window_and_blackout_gate_promotion() {
+    use chrono::Timelike;
+    let mut sb = Sandbox::new("0.27.1");
+    let now = chrono::Utc::now();
+    let hhmm = |t: chrono::DateTime<chrono::Utc>| format!("{:02}:{:02}", t.hour(), t.minute());
+    // A window that opens in two hours: the upgrade waits and says when.
+    let later = now + chrono::Duration::hours(2);
+    sb.extra_release = format!(
+        "  window:\n    start: \"{}\"\n    duration: 1h\n",
+        hhmm(later)
+    );
+    sb.extra_top = "schedule:\n  timezone: UTC\n".into();
+    sb.write_config();
+    sb.release("0.28.0", "none");
+    let out = sb.hw(&["upgrade", "--yes"]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert!(
+        text(&out).contains("outside the maintenance window"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        text(&out).contains(&format!("T{}:00Z", hhmm(later))),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(sb.prod_version(), "v0.27.1");
+
+    // Inside a window, but today is a blackout date.
+    let earlier = now - chrono::Duration::minutes(30);
+    sb.extra_release = format!(
+        "  window:\n    start: \"{}\"\n    duration: 3h\n  blackout: [\"{}\"]\n",
+        hhmm(earlier),
+        earlier.format("%Y-%m-%d")
+    );
+    sb.write_config();
+    let out = sb.hw(&["upgrade", "--yes"]);
+    assert!(
+        text(&out).contains("outside the maintenance window"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(sb.prod_version(), "v0.27.1");
+
+    // Inside the window: promoted. (--ignore-window would have done it anyway.)
+    sb.extra_release = format!(
+        "  window:\n    start: \"{}\"\n    duration: 3h\n",
+        hhmm(earlier)
+    );
+    sb.write_config();
+    let out = sb.hw(&["upgrade", "--yes"]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert_eq!(sb.prod_version(), "v0.28.0", "{}", text(&out));
+
+    sb.release("0.28.1", "none");
+    sb.extra_release = format!(
+        "  window:\n    start: \"{}\"\n    duration: 1h\n",
+        hhmm(later)
+    );
+    sb.write_config();
+    let out = sb.hw(&["upgrade", "--yes", "--ignore-window"]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert_eq!(sb.prod_version(), "v0.28.1");
+
+    sb.extra_release =
+        "  window:\n    days: [funday]\n    start: \"02:00\"\n    duration: 1h\n".into();
+    sb.write_config();
+    let bad = sb.hw(&["config", "check"]);
+    assert_eq!(code(&bad), 2);
+    assert!(text(&bad).contains("unknown day"), "{}", text(&bad));
+}
