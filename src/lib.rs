@@ -22,6 +22,7 @@ pub mod keys;
 pub mod metrics;
 pub mod notify;
 pub mod pipeline;
+pub mod playbook;
 pub mod process;
 pub mod release;
 pub mod schedule;

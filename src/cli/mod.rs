@@ -87,6 +87,11 @@ enum Command {
         #[command(subcommand)]
         cmd: ConfigCmd,
     },
+    /// Playbooks (pipelines as data).
+    Playbook {
+        #[command(subcommand)]
+        cmd: PlaybookCmd,
+    },
     /// Print the Prometheus metrics (the same text the textfile and the daemon's listener carry).
     Metrics,
     /// Print shell completions (bash, zsh, fish, elvish, powershell) to stdout.
@@ -130,6 +135,12 @@ enum KeysCmd {
     Run,
     /// Start a rotation for one node now (id, hostname or given name).
     Rotate { node: String },
+}
+
+#[derive(Subcommand, Debug)]
+enum PlaybookCmd {
+    /// Validate a playbook: known steps, parameters, and the safety rules; reasons for each refusal.
+    Check { file: PathBuf },
 }
 
 #[derive(Subcommand, Debug)]
@@ -478,6 +489,29 @@ async fn run_command(cli: &Cli) -> Result<u8, Failure> {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(*shell, &mut cmd, "headwarden", &mut std::io::stdout());
             Ok(exit::OK)
+        }
+        Command::Playbook {
+            cmd: PlaybookCmd::Check { file },
+        } => {
+            let text = std::fs::read_to_string(file)
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
+            match crate::playbook::check(&text) {
+                Ok(pb) => {
+                    println!(
+                        "{}: ok ({} playbook, {} steps)",
+                        file.display(),
+                        pb.name,
+                        pb.steps.len()
+                    );
+                    Ok(exit::OK)
+                }
+                Err(problems) => {
+                    for p in &problems {
+                        eprintln!("error: {}: {p}", file.display());
+                    }
+                    Ok(exit::USAGE)
+                }
+            }
         }
         Command::Metrics => {
             let s = load(cli)?;

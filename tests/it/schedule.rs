@@ -393,3 +393,31 @@ fn completions_and_man_page_come_from_the_cli_definition() {
         "{page}"
     );
 }
+
+#[test]
+fn playbook_check_accepts_the_default_and_refuses_promote_before_backup() {
+    let default = format!("{}/playbooks/upgrade.yaml", env!("CARGO_MANIFEST_DIR"));
+    let ok = std::process::Command::new(crate::support::HW)
+        .args(["playbook", "check", &default])
+        .output()
+        .expect("check");
+    assert_eq!(code(&ok), 0, "{}", text(&ok));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bad = dir.path().join("upgrade.yaml");
+    std::fs::write(
+        &bad,
+        "name: upgrade\nsteps:\n  - step: fetch\n  - step: verify\n  - step: stage\n  - step: promote\n    on_failure: continue\n  - step: backup\n",
+    )
+    .expect("write");
+    let out = std::process::Command::new(crate::support::HW)
+        .args(["playbook", "check", &bad.display().to_string()])
+        .output()
+        .expect("check");
+    assert_eq!(code(&out), 2, "{}", text(&out));
+    assert!(
+        text(&out).contains("promote comes before backup"),
+        "{}",
+        text(&out)
+    );
+    assert!(text(&out).contains("must roll back"), "{}", text(&out));
+}
