@@ -273,16 +273,6 @@ async fn fetch_and_plan(
     ))
 }
 
-fn fmt_rfc3339(t: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(t)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default()
-}
-
 /// How long an upgrade of `hops` hops is expected to take: the mean of the last five successful
 /// upgrade runs (at least a minute) per hop, or 15 minutes per hop without history.
 pub fn estimate_secs(store: &Store, hops: usize) -> Result<i64, PipelineError> {
@@ -547,7 +537,7 @@ pub async fn upgrade(
         {
             return Ok(UpgradeOutcome::OutsideWindow {
                 current,
-                next: next.map(fmt_rfc3339),
+                next: next.map(crate::state::rfc3339),
                 needed_minutes: (needed + 59) / 60,
             });
         }

@@ -136,16 +136,6 @@ fn time_of(v: Option<&Value>) -> Option<i64> {
     (t.year() > 1).then(|| t.unix_timestamp())
 }
 
-fn rfc3339(secs: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(secs)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default()
-}
-
 fn u64_of(v: Option<&Value>) -> Option<u64> {
     match v? {
         Value::String(s) => s.parse().ok(),
@@ -625,8 +615,7 @@ impl ApiClient {
                 .create_preauth_key(user.map(|u| u.id), tags, expires_at)
                 .await;
         }
-        let mut body =
-            json!({"reusable": false, "ephemeral": false, "expiration": rfc3339(expires_at)});
+        let mut body = json!({"reusable": false, "ephemeral": false, "expiration": crate::state::rfc3339(expires_at)});
         if let Some(u) = user {
             body["user"] = json!(u.id.to_string());
         }
@@ -714,14 +703,16 @@ impl ApiClient {
         let v = if self.at_least(30, 0) {
             let mut body = json!({});
             if let Some(t) = at {
-                body["expiry"] = json!(rfc3339(t));
+                body["expiry"] = json!(crate::state::rfc3339(t));
             }
             self.request("POST", &path, Some(body)).await?
         } else {
             let q = match at {
                 Some(t) if self.at_least(27, 1) => format!(
                     "?expiry={}",
-                    rfc3339(t).replace(':', "%3A").replace('+', "%2B")
+                    crate::state::rfc3339(t)
+                        .replace(':', "%3A")
+                        .replace('+', "%2B")
                 ),
                 _ => String::new(),
             };
@@ -758,7 +749,7 @@ impl ApiClient {
             .request(
                 "POST",
                 "/api/v1/apikey",
-                Some(json!({"expiration": rfc3339(expires_at)})),
+                Some(json!({"expiration": crate::state::rfc3339(expires_at)})),
             )
             .await?;
         v.get("apiKey")

@@ -125,16 +125,6 @@ pub async fn plan_now(
     ))
 }
 
-fn fmt_time(t: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(t)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default()
-}
-
 fn server_url(s: &Settings) -> String {
     crate::headscale::config::HeadscaleConfig::load(&s.headscale.config)
         .map(|c| c.server_url)
@@ -222,10 +212,10 @@ fn reminder_payload(
         "node": {"id": p.node_id, "name": p.name, "user": p.user, "tags": p.tags},
         "stage": stage,
         "overdue": overdue,
-        "deadline": p.deadline.map(fmt_time),
-        "headscale_expiry": node.expiry.map(fmt_time),
+        "deadline": p.deadline.map(crate::state::rfc3339),
+        "headscale_expiry": node.expiry.map(crate::state::rfc3339),
         "command": format!("tailscale up --login-server {server} --auth-key {} --force-reauth", key.expose()),
-        "key_expires": fmt_time(key_expires),
+        "key_expires": crate::state::rfc3339(key_expires),
         "warning": "run this on the node itself, not over an SSH or remote session that goes through this node: the connection drops while the node re-registers",
     })
 }
@@ -261,7 +251,7 @@ pub async fn rotate_api_key_if_due(
     store.push_event(
         "keys.api_key_rotated",
         "info",
-        &json!({"old_prefix": prefix, "old_expiry": own.expiration.map(fmt_time), "file": file}),
+        &json!({"old_prefix": prefix, "old_expiry": own.expiration.map(crate::state::rfc3339), "file": file}),
     )?;
     tracing::info!(old_prefix = %prefix, file = %file.display(), "rotated headwarden's Headscale API key");
     Ok(Some(prefix))
@@ -378,7 +368,7 @@ pub async fn run(
                     "keys.reminder",
                     &payload,
                 )?;
-                tracing::info!(node = %p.name, user = %p.user, stage, deadline = %fmt_time(deadline), "key reminder queued with a one-time pre-auth key");
+                tracing::info!(node = %p.name, user = %p.user, stage, deadline = %crate::state::rfc3339(deadline), "key reminder queued with a one-time pre-auth key");
                 let what = if *stage > s.keys.remind_before.len() {
                     "overdue reminder".to_string()
                 } else {
@@ -387,12 +377,12 @@ pub async fn run(
                 say(&format!(
                     "{}: {what} queued (deadline {}), one-time key minted",
                     p.name,
-                    fmt_time(deadline)
+                    crate::state::rfc3339(deadline)
                 ));
                 report.reminders.push(format!("{} stage {stage}", p.name));
             }
             Action::Expire => {
-                store.push_event("keys.expiring", "critical", &json!({"node": p.name, "user": p.user, "deadline": p.deadline.map(fmt_time), "grace_days": s.keys.grace.as_secs() / 86400}))?;
+                store.push_event("keys.expiring", "critical", &json!({"node": p.name, "user": p.user, "deadline": p.deadline.map(crate::state::rfc3339), "grace_days": s.keys.grace.as_secs() / 86400}))?;
                 api.expire_node(node.id, None).await?;
                 store.push_event(
                     "keys.expired",

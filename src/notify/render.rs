@@ -63,16 +63,6 @@ fn icon(sev: Severity) -> &'static str {
     }
 }
 
-fn rfc3339(t: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(t)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default()
-}
-
 fn json_body(v: &Value) -> Vec<u8> {
     serde_json::to_vec(v).unwrap_or_default()
 }
@@ -208,7 +198,7 @@ pub fn request(m: &Message, t: &Target, secret: Option<&str>, now: i64) -> Reque
                 "title": m.title,
                 "text": m.text(),
                 "user": m.user,
-                "created_at": rfc3339(m.created_at),
+                "created_at": crate::state::rfc3339(m.created_at),
                 "data": m.payload,
             }));
             headers.push(("X-Headwarden-Event".into(), m.event.clone()));
@@ -314,7 +304,7 @@ fn discord(m: &Message) -> Vec<u8> {
         "description": truncate(&desc.join("\n"), 4096),
         "color": color,
         "fields": fields,
-        "timestamp": rfc3339(m.created_at),
+        "timestamp": crate::state::rfc3339(m.created_at),
     });
     if let Some(l) = &m.link {
         embed["url"] = json!(l);
