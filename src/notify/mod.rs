@@ -78,19 +78,20 @@ fn is_key_message(event: &str) -> bool {
     matches!(event, "keys.reminder" | "keys.rotation_requested")
 }
 
-/// Which destinations get an event.
-pub fn route(
+/// Which of `dests` get an event.
+pub fn route<'a, 'b>(
     s: &Settings,
+    dests: &'a [Destination<'b>],
     event: &str,
     severity: Severity,
     payload: &serde_json::Value,
-) -> Vec<String> {
+) -> Vec<&'a Destination<'b>> {
     let user = message::user_of(payload);
     let owned = user
         .as_ref()
         .is_some_and(|u| s.notify_users.contains_key(u));
-    destinations(s)
-        .into_iter()
+    dests
+        .iter()
         .filter(|d| match (d.entry, &d.owner) {
             (Some(e), _) => {
                 family_matches(&e.events, event)
@@ -100,7 +101,6 @@ pub fn route(
             (None, Some(owner)) => is_key_message(event) && user.as_ref() == Some(owner),
             (None, None) => false,
         })
-        .map(|d| d.target.id)
         .collect()
 }
 
@@ -210,6 +210,12 @@ pub async fn send(
     for (k, v) in &req.headers {
         rb = rb.header(k, v);
     }
+    rb = match &t.auth {
+        url::Auth::None => rb,
+        url::Auth::Bearer(tok) => rb.bearer_auth(tok),
+        url::Auth::Basic(u, p) => rb.basic_auth(u, Some(p)),
+        url::Auth::Header(name, v) => rb.header(*name, v),
+    };
     let resp = match rb.send().await {
         Ok(r) => r,
         Err(e) => {
@@ -296,11 +302,15 @@ pub async fn flush(
         }
     };
     let deadline = Instant::now() + budget;
+    let dests = destinations(s);
     for ev in store.unrouted_events()? {
         let sev = Severity::parse(&ev.severity).unwrap_or_default();
-        store.route_event(ev.id, &route(s, &ev.event, sev, &ev.payload))?;
+        let ids: Vec<String> = route(s, &dests, &ev.event, sev, &ev.payload)
+            .into_iter()
+            .map(|d| d.target.id.clone())
+            .collect();
+        store.route_event(ev.id, &ids)?;
     }
-    let dests = destinations(s);
     let by_id: HashMap<&str, &Destination<'_>> =
         dests.iter().map(|d| (d.target.id.as_str(), d)).collect();
     // Interrupted by a crash while sending: resend only where the service deduplicates.
@@ -415,7 +425,6 @@ pub async fn flush(
                         Some(&error),
                     )?;
                     tracing::warn!(to = %dest.target.label, retry_in_s = delay, %error, "notification not delivered; will retry");
-                    report.retrying += 1;
                     report.errors.push(error);
                     if delay > 0 {
                         down.insert(d.dest.clone(), ());
@@ -448,13 +457,10 @@ pub async fn send_direct(
     severity: Severity,
     payload: &serde_json::Value,
 ) {
-    let wanted = route(s, event, severity, payload);
+    let dests = destinations(s);
     let http = client();
     let now = crate::state::now();
-    for d in destinations(s)
-        .iter()
-        .filter(|d| wanted.contains(&d.target.id))
-    {
+    for d in route(s, &dests, event, severity, payload) {
         let m = message_for(d, now, event, severity, payload, now);
         let secret = d.entry.and_then(|e| e.secret.as_ref()).map(|s| s.expose());
         let req = render::request(&m, &d.target, secret, now);

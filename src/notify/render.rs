@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 use sha2::Sha256;
 
 use super::message::Message;
-use super::url::{Auth, Service, Target};
+use super::url::{Service, Target};
 use crate::settings::Severity;
 
 #[derive(Debug, Clone)]
@@ -67,21 +67,10 @@ fn json_body(v: &Value) -> Vec<u8> {
     serde_json::to_vec(v).unwrap_or_default()
 }
 
-/// Builds the request for `m` to `t`. `secret` signs generic webhooks; `now` is the signing time.
+/// Builds the request for `m` to `t`; `notify::send` adds the authentication. `secret` signs
+/// generic webhooks; `now` is the signing time.
 pub fn request(m: &Message, t: &Target, secret: Option<&str>, now: i64) -> Request {
     let mut headers = vec![("Content-Type".to_string(), "application/json".to_string())];
-    match &t.auth {
-        Auth::None => {}
-        Auth::Bearer(tok) => headers.push(("Authorization".into(), format!("Bearer {tok}"))),
-        Auth::Basic(u, p) => {
-            use base64_like::encode;
-            headers.push((
-                "Authorization".into(),
-                format!("Basic {}", encode(format!("{u}:{p}").as_bytes())),
-            ))
-        }
-        Auth::Header(name, v) => headers.push((name.to_string(), v.clone())),
-    }
     let mut method = reqwest::Method::POST;
     let mut url = t.url.clone();
     let body = match t.service {
@@ -371,38 +360,6 @@ fn teams(m: &Message) -> Vec<u8> {
             "content": card,
         }],
     }))
-}
-
-/// Base64 for HTTP Basic auth (ten lines; no crate for it).
-mod base64_like {
-    pub fn encode(input: &[u8]) -> String {
-        const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-        let mut out = String::new();
-        for chunk in input.chunks(3) {
-            let b = [
-                chunk[0],
-                *chunk.get(1).unwrap_or(&0),
-                *chunk.get(2).unwrap_or(&0),
-            ];
-            let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-            for i in 0..4 {
-                if i <= chunk.len() {
-                    out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
-                } else {
-                    out.push('=');
-                }
-            }
-        }
-        out
-    }
-
-    #[test]
-    fn rfc4648_vectors() {
-        assert_eq!(encode(b"f"), "Zg==");
-        assert_eq!(encode(b"fo"), "Zm8=");
-        assert_eq!(encode(b"foo"), "Zm9v");
-        assert_eq!(encode(b"user:pass"), "dXNlcjpwYXNz");
-    }
 }
 
 #[cfg(test)]
