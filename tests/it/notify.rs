@@ -37,14 +37,7 @@ impl ChatSink {
             .stderr(Stdio::null())
             .spawn()
             .expect("chat sink");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let addr = loop {
-            if let Ok(a) = std::fs::read_to_string(&addr_file) {
-                break a;
-            }
-            assert!(Instant::now() < deadline, "chat sink did not start");
-            std::thread::sleep(Duration::from_millis(10));
-        };
+        let addr = crate::support::wait_for_addr(&addr_file);
         ChatSink { child, dir, addr }
     }
 

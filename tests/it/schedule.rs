@@ -2,6 +2,19 @@
 
 use crate::support::{code, text, Sandbox};
 
+/// Holds the upgrade lock as another run would (flock on `state/lock`) until dropped.
+fn hold_upgrade_lock(sb: &Sandbox) -> std::fs::File {
+    std::fs::create_dir_all(sb.path("state")).expect("state dir");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(sb.path("state/lock"))
+        .expect("lock file");
+    lock.lock().expect("flock");
+    lock
+}
+
 fn stdout(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stdout).to_string()
 }
@@ -16,14 +29,7 @@ fn run_does_due_jobs_once_and_leaves_a_locked_job_for_next_time() {
     sb.release("0.28.0", "none");
 
     // A manual upgrade holds the lock: the timer's run leaves the upgrade for later, not failing.
-    std::fs::create_dir_all(sb.path("state")).expect("state dir");
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(sb.path("state/lock"))
-        .expect("lock file");
-    lock.lock().expect("flock");
+    let lock = hold_upgrade_lock(&sb);
     let first = sb.hw(&["run"]);
     assert_eq!(code(&first), 0, "{}", text(&first));
     assert!(
@@ -209,14 +215,7 @@ fn daemon_job_finding_the_lock_held_waits_instead_of_failing() {
     sb.extra_top = "schedule:\n  upgrade: \"@daily\"\n".into();
     sb.write_config();
     sb.release("0.28.0", "none");
-    std::fs::create_dir_all(sb.path("state")).expect("state dir");
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(sb.path("state/lock"))
-        .expect("lock file");
-    lock.lock().expect("flock");
+    let _lock = hold_upgrade_lock(&sb);
     let d = Daemon::start(&sb);
     d.wait_log("retrying in a minute", 1);
     assert_eq!(sb.prod_version(), "v0.27.1");

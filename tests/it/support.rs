@@ -22,6 +22,22 @@ pub struct Sandbox {
     pub extra_top: String,
 }
 
+/// The address a fixture server published once it listens (panics after 10 s).
+pub fn wait_for_addr(addr_file: &Path) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(a) = std::fs::read_to_string(addr_file) {
+            return a;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no address in {}",
+            addr_file.display()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 pub fn sim(args: &[&str]) -> String {
     let out = Command::new(SIM)
         .args(args)
@@ -76,14 +92,7 @@ impl Sandbox {
             .stderr(Stdio::null())
             .spawn()
             .expect("feed");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let feed_addr = loop {
-            if let Ok(a) = std::fs::read_to_string(&addr_file) {
-                break a;
-            }
-            assert!(Instant::now() < deadline, "feed did not start");
-            std::thread::sleep(Duration::from_millis(10));
-        };
+        let feed_addr = wait_for_addr(&addr_file);
         let sb = Sandbox {
             dir,
             feed,

@@ -12,7 +12,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
@@ -27,32 +27,16 @@ struct Sink {
     matrix_txns: Mutex<HashSet<String>>,
 }
 
-pub async fn chat_sink(dir: PathBuf, listen: String, addr_file: PathBuf) -> Result<()> {
-    std::fs::create_dir_all(&dir)?;
-    let listener = tokio::net::TcpListener::bind(&listen)
-        .await
-        .with_context(|| format!("binding {listen}"))?;
-    let addr = listener.local_addr()?.to_string();
+pub async fn chat_sink(a: crate::fixtures::ServerArgs) -> Result<()> {
+    std::fs::create_dir_all(&a.dir)?;
+    let (listener, _) = crate::fixtures::bind_and_publish(&a).await?;
     let sink = Arc::new(Sink {
-        dir,
+        dir: a.dir,
         matrix_txns: Mutex::new(HashSet::new()),
     });
     let app = Router::new().fallback(handle).with_state(sink);
-    let tmp = addr_file.with_extension("tmp");
-    std::fs::write(&tmp, &addr)?;
-    std::fs::rename(&tmp, &addr_file)?;
     axum::serve(listener, app).await?;
     Ok(())
-}
-
-fn next_injection(sink: &Sink) -> Option<String> {
-    let path = sink.dir.join("inject");
-    let text = std::fs::read_to_string(&path).ok()?;
-    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
-    let first = lines.next()?.trim().to_string();
-    let rest: Vec<&str> = lines.collect();
-    let _ = std::fs::write(&path, rest.join("\n"));
-    Some(first)
 }
 
 fn append(sink: &Sink, file: &str, line: &str) {
@@ -237,7 +221,7 @@ async fn handle(
         .collect();
     let service = segs.first().cloned().unwrap_or_default();
     let path: Vec<&str> = segs.iter().skip(1).map(String::as_str).collect();
-    let inj = next_injection(&sink);
+    let inj = crate::fixtures::pop_injection(&sink.dir);
     let mut hang = 0;
     match inj
         .as_deref()

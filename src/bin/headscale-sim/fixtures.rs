@@ -50,13 +50,45 @@ struct Feed {
     remaining: std::sync::Mutex<u64>,
 }
 
-pub async fn github_feed(dir: PathBuf, listen: String, addr_file: PathBuf) -> Result<()> {
-    let listener = tokio::net::TcpListener::bind(&listen)
+/// Where a fixture server listens and publishes its bound address.
+#[derive(clap::Args, Debug)]
+pub struct ServerArgs {
+    #[arg(long)]
+    pub dir: PathBuf,
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub listen: String,
+    /// Where to write the bound address (atomically, once listening).
+    #[arg(long)]
+    pub addr_file: PathBuf,
+}
+
+/// Binds `listen` and writes the bound address to `addr_file` (temp file + rename).
+pub async fn bind_and_publish(a: &ServerArgs) -> Result<(tokio::net::TcpListener, String)> {
+    let listener = tokio::net::TcpListener::bind(&a.listen)
         .await
-        .with_context(|| format!("binding {listen}"))?;
+        .with_context(|| format!("binding {}", a.listen))?;
     let addr = listener.local_addr()?.to_string();
+    let tmp = a.addr_file.with_extension("tmp");
+    std::fs::write(&tmp, &addr)?;
+    std::fs::rename(&tmp, &a.addr_file)?;
+    Ok((listener, addr))
+}
+
+/// Takes the first non-empty line of `dir/inject` (one fault per request), rewriting the rest.
+pub fn pop_injection(dir: &std::path::Path) -> Option<String> {
+    let path = dir.join("inject");
+    let text = std::fs::read_to_string(&path).ok()?;
+    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
+    let first = lines.next()?.trim().to_string();
+    let rest: Vec<&str> = lines.collect();
+    let _ = std::fs::write(&path, rest.join("\n"));
+    Some(first)
+}
+
+pub async fn github_feed(a: ServerArgs) -> Result<()> {
+    let (listener, addr) = bind_and_publish(&a).await?;
     let feed = Arc::new(Feed {
-        dir,
+        dir: a.dir,
         addr: addr.clone(),
         remaining: std::sync::Mutex::new(5000),
     });
@@ -64,9 +96,6 @@ pub async fn github_feed(dir: PathBuf, listen: String, addr_file: PathBuf) -> Re
         .route("/repos/{owner}/{repo}/releases", get(list_releases))
         .route("/download/{tag}/{name}", get(download))
         .with_state(feed);
-    let tmp = addr_file.with_extension("tmp");
-    std::fs::write(&tmp, &addr)?;
-    std::fs::rename(&tmp, &addr_file)?;
     eprintln!("github-feed listening on {addr}");
     axum::serve(listener, app).await?;
     Ok(())
@@ -83,13 +112,7 @@ fn log_request(feed: &Feed, path: &str, status: u16) {
 }
 
 fn next_injection(feed: &Feed) -> Option<String> {
-    let path = feed.dir.join("inject");
-    let text = std::fs::read_to_string(&path).ok()?;
-    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
-    let first = lines.next()?.trim().to_string();
-    let rest: Vec<&str> = lines.collect();
-    let _ = std::fs::write(&path, rest.join("\n"));
-    Some(first)
+    pop_injection(&feed.dir)
 }
 
 fn now_secs() -> u64 {

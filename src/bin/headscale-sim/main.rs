@@ -78,24 +78,9 @@ enum Command {
         cmd: DebugCmd,
     },
     /// Test fixture: a local server speaking the GitHub releases API.
-    GithubFeed {
-        #[arg(long)]
-        dir: PathBuf,
-        #[arg(long, default_value = "127.0.0.1:0")]
-        listen: String,
-        /// Where to write the bound address.
-        #[arg(long)]
-        addr_file: PathBuf,
-    },
+    GithubFeed(fixtures::ServerArgs),
     /// Test fixture: a local receiver answering like each chat service's API.
-    ChatSink {
-        #[arg(long)]
-        dir: PathBuf,
-        #[arg(long, default_value = "127.0.0.1:0")]
-        listen: String,
-        #[arg(long)]
-        addr_file: PathBuf,
-    },
+    ChatSink(fixtures::ServerArgs),
     /// Test fixture: build a release (launcher, checksums.txt, optional minisign signature).
     MakeRelease(fixtures::MakeRelease),
     /// Test fixture: create an unencrypted minisign key pair.
@@ -229,16 +214,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             server::cli_post(&config, &path).await
         }
-        Command::GithubFeed {
-            dir,
-            listen,
-            addr_file,
-        } => fixtures::github_feed(dir, listen, addr_file).await,
-        Command::ChatSink {
-            dir,
-            listen,
-            addr_file,
-        } => chat::chat_sink(dir, listen, addr_file).await,
+        Command::GithubFeed(args) => fixtures::github_feed(args).await,
+        Command::ChatSink(args) => chat::chat_sink(args).await,
         Command::MakeRelease(args) => fixtures::make_release(args),
         Command::Keygen { out } => fixtures::keygen(&out),
         Command::Testbed(args) => fixtures::testbed(args),
