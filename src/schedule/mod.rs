@@ -43,8 +43,8 @@ pub fn cron_to_schedule(expr: &str) -> Result<cron::Schedule, String> {
 }
 
 /// When a job with schedule `expr` that last started at `last` is next due: `None` when it is due
-/// now (never ran, no schedule, or its next time has passed), else that time. `timezone` is
-/// `UTC` or unset/`local` (the host's zone, as crontab does).
+/// now (never ran, no schedule, or its next time has passed), else that time. `timezone` is an
+/// IANA name (`Europe/Berlin`, `UTC`) or unset/`local` (the host's zone, as crontab does).
 pub fn next_due(
     expr: Option<&str>,
     timezone: Option<&str>,
@@ -57,18 +57,35 @@ pub fn next_due(
     let schedule = cron_to_schedule(expr)?;
     let after = chrono::DateTime::from_timestamp(last, 0)
         .ok_or_else(|| format!("invalid last-run time {last}"))?;
-    let next = match timezone {
-        Some("UTC" | "Etc/UTC") => schedule
-            .after(&after.with_timezone(&chrono::Utc))
-            .next()
-            .map(|t| t.timestamp()),
-        None | Some("local") => schedule
+    let next = match parse_zone(timezone)? {
+        Zone::Local => schedule
             .after(&after.with_timezone(&chrono::Local))
             .next()
             .map(|t| t.timestamp()),
-        Some(other) => return Err(format!("unsupported time zone {other:?}")),
+        Zone::Named(tz) => schedule
+            .after(&after.with_timezone(&tz))
+            .next()
+            .map(|t| t.timestamp()),
     };
     Ok(next.filter(|n| *n > now))
+}
+
+/// A schedule's time zone: the host's (as crontab does) or an IANA zone from the tz database
+/// compiled into the binary (so a container without /usr/share/zoneinfo works the same).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Zone {
+    Local,
+    Named(chrono_tz::Tz),
+}
+
+/// `None`/`local` → the host's zone; otherwise an IANA name such as `Europe/Berlin` or `UTC`.
+pub fn parse_zone(name: Option<&str>) -> Result<Zone, String> {
+    match name {
+        None | Some("local") => Ok(Zone::Local),
+        Some(n) => n.parse::<chrono_tz::Tz>().map(Zone::Named).map_err(|_| {
+            format!("unknown time zone {n:?} (an IANA name such as Europe/Berlin, UTC, or `local`)")
+        }),
+    }
 }
 
 /// Whether a promotion needing `needed` seconds may start at `now`: `Ok(())` inside a window with
@@ -82,11 +99,13 @@ pub fn window_allows(
     needed: i64,
 ) -> Result<(), Option<i64>> {
     use chrono::{Datelike, TimeZone};
-    let utc = matches!(timezone, Some("UTC" | "Etc/UTC"));
-    let today = match chrono::DateTime::from_timestamp(now, 0) {
-        Some(t) if utc => t.date_naive(),
-        Some(t) => t.with_timezone(&chrono::Local).date_naive(),
-        None => return Err(None),
+    let zone = parse_zone(timezone).map_err(|_| None)?;
+    let Some(t) = chrono::DateTime::from_timestamp(now, 0) else {
+        return Err(None);
+    };
+    let today = match zone {
+        Zone::Local => t.with_timezone(&chrono::Local).date_naive(),
+        Zone::Named(tz) => t.with_timezone(&tz).date_naive(),
     };
     let mut next: Option<i64> = None;
     for offset in -1..=14 {
@@ -95,14 +114,18 @@ pub fn window_allows(
             continue;
         }
         let naive = date.and_time(window.start);
-        let start = if utc {
-            chrono::Utc.from_utc_datetime(&naive).timestamp()
-        } else {
-            match chrono::Local.from_local_datetime(&naive).earliest() {
-                Some(t) => t.timestamp(),
-                None => continue,
-            }
+        // A start inside a DST gap does not exist that day; an ambiguous one takes the earlier.
+        let start = match zone {
+            Zone::Local => chrono::Local
+                .from_local_datetime(&naive)
+                .earliest()
+                .map(|t| t.timestamp()),
+            Zone::Named(tz) => tz
+                .from_local_datetime(&naive)
+                .earliest()
+                .map(|t| t.timestamp()),
         };
+        let Some(start) = start else { continue };
         let end = start + window.duration.as_secs() as i64;
         if start <= now && now + needed <= end {
             return Ok(());
@@ -236,6 +259,50 @@ mod tests {
             Ok(None)
         );
         assert!(next_due(Some("0 4 * * *"), Some("Mars/Olympus"), Some(t), t).is_err());
+        // Berlin is UTC+1 in November: 04:00 there is 03:00 UTC.
+        assert_eq!(
+            next_due(Some("0 4 * * *"), Some("Europe/Berlin"), Some(t), t + 60),
+            Ok(Some(t + 17 * 3600))
+        );
+        // New York is UTC-5: 04:00 there is 09:00 UTC tomorrow (10:00 UTC today has passed it).
+        assert_eq!(
+            next_due(Some("0 4 * * *"), Some("America/New_York"), Some(t), t + 60),
+            Ok(Some(t + 23 * 3600))
+        );
+    }
+
+    #[test]
+    fn windows_in_named_zones() {
+        use chrono::Weekday::*;
+        let w = |days: Vec<chrono::Weekday>, start: &str, hours: u64| crate::settings::Window {
+            days,
+            start: chrono::NaiveTime::parse_from_str(start, "%H:%M").expect("time"),
+            duration: std::time::Duration::from_secs(hours * 3600),
+        };
+        // 2026-11-23 10:00 UTC is 11:00 in Berlin: inside a 10:00-12:00 Berlin window …
+        let t = 1_795_428_000;
+        let berlin = Some("Europe/Berlin");
+        assert_eq!(
+            window_allows(&w(vec![Mon], "10:00", 2), &[], berlin, t, 600),
+            Ok(())
+        );
+        // … and 05:00 in New York: before a 09:00 window, which opens at 14:00 UTC.
+        assert_eq!(
+            window_allows(
+                &w(vec![Mon], "09:00", 2),
+                &[],
+                Some("America/New_York"),
+                t,
+                600
+            ),
+            Err(Some(t + 4 * 3600))
+        );
+        // 2027-03-28 02:30 does not exist in Berlin (clocks jump 02:00 -> 03:00): that Sunday's
+        // window is skipped, the next Sunday's is offered.
+        let sat = 1_806_141_600; // 2027-03-27T10:00:00Z
+        let next = window_allows(&w(vec![Sun], "02:30", 1), &[], berlin, sat, 600);
+        assert_eq!(next, Err(Some(1_806_798_600)), "2027-04-04T00:30:00Z");
+        assert!(parse_zone(Some("Europe/Atlantis")).is_err());
     }
 
     #[test]

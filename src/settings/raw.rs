@@ -709,14 +709,12 @@ pub(super) fn resolve(file: &Path, text: &str, raw: RawConfig) -> Result<Setting
         notify_users.insert(user, Secret::new(url));
     }
 
-    if let Some(tz) = &raw.schedule.timezone {
-        if !matches!(tz.as_str(), "UTC" | "Etc/UTC" | "local") {
-            return Err(cx.err(
-                "schedule.timezone",
-                format!("time zone {tz:?} is not supported"),
-                "use UTC, or leave it unset (or `local`) for the host's time zone, as crontab does",
-            ));
-        }
+    if let Err(e) = crate::schedule::parse_zone(raw.schedule.timezone.as_deref()) {
+        return Err(cx.err(
+            "schedule.timezone",
+            e,
+            "use an IANA zone name (Europe/Berlin, America/New_York, UTC), or leave it unset (or `local`) for the host's time zone, as crontab does",
+        ));
     }
     let metrics = MetricsSettings {
         textfile: raw.metrics.textfile.map(|p| cx.path(p)),
