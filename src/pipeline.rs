@@ -94,6 +94,16 @@ pub enum UpgradeOutcome {
         rollback_error: String,
         backup: Option<String>,
     },
+    /// A playbook hook failed with `on_failure: stop` (or `rollback`, handled before returning).
+    HookFailed {
+        /// 1-based step number in the playbook.
+        step: usize,
+        reason: String,
+        /// What production runs now.
+        production: Version,
+        #[serde(skip)]
+        rollback: bool,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -507,61 +517,63 @@ pub async fn upgrade(
             reason: format!("upgrades are on hold ({reason}); `headwarden unhold` releases them"),
         });
     }
-    let waiting = awaiting_approval(s, store, &plan, opts)?;
-    store.kv_set("approvals.pending", &waiting.len().to_string())?;
-    if !waiting.is_empty() && !opts.dry_run {
-        for v in &waiting {
-            store.push_event_once(
-                "upgrade.awaiting_approval",
-                "warning",
-                &serde_json::json!({
-                    "summary": format!("Headscale {v} is waiting for approval"),
-                    "version": v,
-                    "current": current.to_string(),
-                    "approve": format!("headwarden approve {v}"),
-                }),
-                &format!("upgrade.awaiting_approval:{v}"),
-                7 * 86400,
-            )?;
-        }
-        return Ok(UpgradeOutcome::AwaitingApproval {
-            current,
-            versions: waiting,
-        });
-    }
-    if let (Some(w), false) = (&s.release.window, opts.ignore_window) {
-        let needed = estimate_secs(store, plan.hops.len())?;
-        let tz = s.schedule.timezone.as_deref();
-        if let Err(next) =
-            crate::schedule::window_allows(w, &s.release.blackout, tz, crate::state::now(), needed)
-        {
-            return Ok(UpgradeOutcome::OutsideWindow {
-                current,
-                next: next.map(crate::state::rfc3339),
-                needed_minutes: (needed + 59) / 60,
-            });
-        }
-    }
-    let path: Vec<String> = plan.hops.iter().map(|h| h.version.to_string()).collect();
-    say(&format!(
-        "plan: {current} -> {} (one minor at a time)",
-        path.join(" -> ")
-    ));
-    if opts.dry_run {
-        return Ok(UpgradeOutcome::DryRun { plan });
-    }
+    let pb = &s.playbooks.upgrade.playbook;
     let target = plan
         .hops
         .last()
         .map(|h| h.version.to_string())
         .unwrap_or_default();
+    // Approval and window are checked here to decide early, and again at the playbook's approve
+    // step (staging takes time; the window may close meanwhile).
+    let wait = gate(s, store, &plan, opts, &current)?;
+    let stage_early = match &wait {
+        None => false,
+        Some(_) if opts.dry_run => false,
+        Some(_) => {
+            let approve_after_stage = pb
+                .position("approve")
+                .zip(pb.position("stage"))
+                .is_some_and(|(a, st)| a > st);
+            approve_after_stage && store.kv_get("staged_early")?.as_deref() != Some(&target)
+        }
+    };
+    if let Some(w) = wait {
+        if !stage_early {
+            return Ok(w);
+        }
+    }
+    let path: Vec<String> = plan.hops.iter().map(|h| h.version.to_string()).collect();
+    say(&format!(
+        "plan: {current} -> {} (one minor at a time){}",
+        path.join(" -> "),
+        if stage_early {
+            "; promotion must wait, staging it now so a failure shows up early"
+        } else {
+            ""
+        }
+    ));
+    if opts.dry_run {
+        return Ok(UpgradeOutcome::DryRun { plan });
+    }
     let run = store.begin_run("upgrade", Some(&current.to_string()), Some(&target))?;
-    store.push_event(
-        "upgrade.started",
-        "info",
-        &serde_json::json!({"run": run, "from": current.to_string(), "to": target, "path": path}),
-    )?;
-    let result = upgrade_run(s, store, opts, say, run, &current, &plan, &releases).await;
+    if !stage_early {
+        store.push_event(
+            "upgrade.started",
+            "info",
+            &serde_json::json!({"run": run, "from": current.to_string(), "to": target, "path": path}),
+        )?;
+    }
+    let ctx = RunCtx {
+        s,
+        store,
+        opts,
+        say,
+        run,
+        current: &current,
+        plan: &plan,
+        releases: &releases,
+    };
+    let result = ctx.walk(pb).await;
     let event = match &result {
         Ok(UpgradeOutcome::Upgraded { from, to, hops, .. }) => Some((
             "upgrade.succeeded",
@@ -593,6 +605,23 @@ pub async fn upgrade(
             "critical",
             serde_json::json!({"run": run, "failed": failed, "reason": reason, "rollback_error": rollback_error, "backup": backup}),
         )),
+        Ok(UpgradeOutcome::HookFailed {
+            step,
+            reason,
+            production,
+            ..
+        }) => Some((
+            "upgrade.hook_failed",
+            "critical",
+            serde_json::json!({"run": run, "summary": format!("upgrade playbook step {step} (hook) failed; production on {production}"), "reason": reason, "production": production.to_string()}),
+        )),
+        Ok(UpgradeOutcome::AwaitingApproval { .. } | UpgradeOutcome::OutsideWindow { .. }) => {
+            Some((
+                "upgrade.staged",
+                "info",
+                serde_json::json!({"run": run, "summary": format!("Headscale {target} passed staging; promotion waits for approval or the maintenance window"), "path": path}),
+            ))
+        }
         Ok(_) => None,
         Err(e) => Some((
             "upgrade.failed",
@@ -616,218 +645,493 @@ pub async fn upgrade(
             rollback_error,
             ..
         }) => ("rollback_failed", format!("{failed}: {rollback_error}")),
+        Ok(UpgradeOutcome::HookFailed { step, reason, .. }) => {
+            ("hook_failed", format!("step {step}: {reason}"))
+        }
+        Ok(UpgradeOutcome::AwaitingApproval { .. } | UpgradeOutcome::OutsideWindow { .. }) => {
+            store.kv_set("staged_early", &target)?;
+            (
+                "staged",
+                format!("{target} passed staging; waiting to promote"),
+            )
+        }
         Ok(_) => ("ok", String::new()),
         Err(e) => ("failed", crate::cli::error_chain(e)),
     };
     store.finish_run(run, outcome, &detail)?;
+    // A hook after promote asked for a rollback: restore this run's first backup in a run of its
+    // own (the upgrade run is closed first, so recovery never mixes the two journals).
+    if let Ok(UpgradeOutcome::HookFailed {
+        rollback: true,
+        step,
+        reason,
+        ..
+    }) = &result
+    {
+        let backup = store
+            .backups()?
+            .into_iter()
+            .find(|b| b.run_id == run && b.hop == 0)
+            .ok_or_else(|| {
+                PipelineError::Other("no backup from this run to roll back to".into())
+            })?;
+        let why = format!("hook step {step} failed after promotion: {reason}");
+        let failed = target.clone();
+        return match restore(s, store, &backup, &why, false, say).await {
+            Ok(now) => Ok(UpgradeOutcome::RolledBack {
+                from: current.clone(),
+                now: Version::parse(&now).unwrap_or(current),
+                failed,
+                reason: why,
+            }),
+            Err(e) => Ok(UpgradeOutcome::RollbackFailed {
+                failed,
+                reason: why,
+                rollback_error: e.to_string(),
+                backup: Some(backup.dir),
+            }),
+        };
+    }
     result
 }
 
-#[expect(
-    clippy::too_many_arguments,
-    reason = "one call site; the arguments are the run's context"
-)]
-async fn upgrade_run(
+/// The approval and window gates: `Some(outcome)` when promotion must wait.
+fn gate(
     s: &Settings,
     store: &Store,
-    opts: &UpgradeOptions,
-    say: Say<'_>,
-    run: i64,
-    current: &Version,
     plan: &Plan,
-    releases: &[Release],
-) -> Result<UpgradeOutcome, PipelineError> {
-    // 1. Download and verify every hop before touching anything.
-    let mut downloader = Downloader::new(&s.release);
-    downloader.progress = opts.progress;
-    let mut installed: Vec<Installed> = Vec::new();
-    for (i, hop) in plan.hops.iter().enumerate() {
-        let release = releases
-            .iter()
-            .find(|r| r.tag == hop.tag)
-            .ok_or_else(|| PipelineError::Other(format!("{} vanished from the feed", hop.tag)))?;
-        let step = store.step_start(
-            run,
-            i as i64,
-            "download",
-            &serde_json::json!({"tag": hop.tag}),
-        )?;
-        let t = std::time::Instant::now();
-        match downloader
-            .fetch_verified(release, &deploy::downloads_dir(s))
-            .await
-        {
-            Ok(v) => {
-                store.step_finish(
-                    step,
-                    true,
-                    &format!(
-                        "sha256 {}{}",
-                        v.sha256(),
-                        if v.signed() { ", signature ok" } else { "" }
-                    ),
-                    t.elapsed().as_millis(),
-                )?;
-                say(&format!(
-                    "verified {}: sha256 matches checksums.txt and the asset digest{}",
-                    hop.tag,
-                    if v.signed() {
-                        "; minisign signature valid"
-                    } else {
-                        ""
-                    }
-                ));
-                installed.push(deploy::install(s, store, v)?);
-            }
-            Err(e) => {
-                store.step_finish(step, false, &e.to_string(), t.elapsed().as_millis())?;
-                if e.release_is_bad() {
-                    store.mark_release_bad(&hop.tag, &e.to_string())?;
-                }
-                return Err(e.into());
-            }
-        }
-    }
-
-    // 2. Baseline from healthy production.
-    let config = deploy::production_config(s)?;
-    deploy::check_backup_space(s, &config)?;
-    let p = prod(s, store, &config);
-    smoke::wait_healthy(
-        &config.http_base(),
-        std::time::Duration::from_secs(5),
-        || Ok(()),
-    )
-    .await
-    .map_err(PipelineError::ProductionUnhealthy)?;
-    let baseline = smoke::baseline(&p.target(), s.smoke.timeout)
-        .await
-        .map_err(PipelineError::ProductionUnhealthy)?;
-    say(&format!(
-        "production {current}: healthy, {} users, {} nodes",
-        baseline.users.len(),
-        baseline.nodes.len()
-    ));
-
-    // 3. Every hop on staging, on a copy of production's database.
-    match staging::stage(s, store, run, &config, &installed, &baseline).await? {
-        StageOutcome::Passed(reports) => {
-            for r in &reports {
-                for c in &r.results {
-                    say(&format!("  staging check {}: {}", c.check, c.detail));
-                }
-            }
-            say(&format!(
-                "staging passed for {}",
-                installed
-                    .iter()
-                    .map(|i| i.version.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ));
-        }
-        StageOutcome::Failed {
-            version, reason, ..
-        } => {
-            store.mark_release_bad(
-                &format!("v{version}"),
-                &format!("failed on staging: {reason}"),
+    opts: &UpgradeOptions,
+    current: &Version,
+) -> Result<Option<UpgradeOutcome>, PipelineError> {
+    let waiting = awaiting_approval(s, store, plan, opts)?;
+    store.kv_set("approvals.pending", &waiting.len().to_string())?;
+    if !waiting.is_empty() && !opts.dry_run {
+        for v in &waiting {
+            store.push_event_once(
+                "upgrade.awaiting_approval",
+                "warning",
+                &serde_json::json!({
+                    "summary": format!("Headscale {v} is waiting for approval"),
+                    "version": v,
+                    "current": current.to_string(),
+                    "approve": format!("headwarden approve {v}"),
+                }),
+                &format!("upgrade.awaiting_approval:{v}"),
+                7 * 86400,
             )?;
-            say(&format!(
-                "staging REJECTED {version}: {reason}; production was not touched"
-            ));
-            return Ok(UpgradeOutcome::StagingFailed { version, reason });
+        }
+        return Ok(Some(UpgradeOutcome::AwaitingApproval {
+            current: current.clone(),
+            versions: waiting,
+        }));
+    }
+    if let (Some(w), false) = (&s.release.window, opts.ignore_window) {
+        let needed = estimate_secs(store, plan.hops.len())?;
+        let tz = s.schedule.timezone.as_deref();
+        if let Err(next) =
+            crate::schedule::window_allows(w, &s.release.blackout, tz, crate::state::now(), needed)
+        {
+            return Ok(Some(UpgradeOutcome::OutsideWindow {
+                current: current.clone(),
+                next: next.map(crate::state::rfc3339),
+                needed_minutes: (needed + 59) / 60,
+            }));
+        }
+    }
+    Ok(None)
+}
+
+/// One upgrade run's context while it walks the upgrade playbook.
+struct RunCtx<'a> {
+    s: &'a Settings,
+    store: &'a Store,
+    opts: &'a UpgradeOptions,
+    say: Say<'a>,
+    run: i64,
+    current: &'a Version,
+    plan: &'a Plan,
+    releases: &'a [Release],
+}
+
+/// What the steps so far produced.
+#[derive(Default)]
+struct Progress {
+    /// Installed binaries with the sha256 they were verified against.
+    installed: Vec<(Installed, String)>,
+    staged: bool,
+    promoted: Option<Version>,
+    timings: Vec<Vec<(String, u128)>>,
+}
+
+impl RunCtx<'_> {
+    fn hook_context(&self, index: usize, progress: &Progress) -> serde_json::Value {
+        serde_json::json!({
+            "playbook": "upgrade",
+            "step": index + 1,
+            "run": self.run,
+            "from": self.current.to_string(),
+            "to": self.plan.hops.last().map(|h| h.version.to_string()).unwrap_or_default(),
+            "path": self.plan.hops.iter().map(|h| h.version.to_string()).collect::<Vec<_>>(),
+            "production": progress.promoted.as_ref().unwrap_or(self.current).to_string(),
+            "promoted": progress.promoted.is_some(),
+            "staged": progress.staged,
+        })
+    }
+
+    async fn walk(&self, pb: &crate::playbook::Playbook) -> Result<UpgradeOutcome, PipelineError> {
+        use crate::playbook::OnFailure;
+        let mut progress = Progress::default();
+        for (i, step) in pb.steps.iter().enumerate() {
+            let limit = step.timeout();
+            let timed_out = |what: &str| {
+                PipelineError::Other(format!(
+                    "playbook step {} ({what}) did not finish within {}s",
+                    i + 1,
+                    limit.map_or(0, |l| l.as_secs())
+                ))
+            };
+            match step.step.as_str() {
+                "fetch" => match limit {
+                    Some(l) => tokio::time::timeout(l, self.fetch(&mut progress))
+                        .await
+                        .map_err(|_| timed_out("fetch"))??,
+                    None => self.fetch(&mut progress).await?,
+                },
+                "verify" => self.verify_installed(&progress)?,
+                "stage" => {
+                    let full = pb.has("smoke");
+                    if let Some(out) = self.stage(&progress, full).await? {
+                        return Ok(out);
+                    }
+                    progress.staged = true;
+                }
+                // Its checks ran against each staging hop while it was up (see `stage`).
+                "smoke" => {}
+                "approve" => {
+                    if let Some(wait) =
+                        gate(self.s, self.store, self.plan, self.opts, self.current)?
+                    {
+                        if progress.staged {
+                            (self.say)("staging passed; promotion waits (approval or window)");
+                        }
+                        return Ok(wait);
+                    }
+                }
+                "backup" => {
+                    let config = deploy::production_config(self.s)?;
+                    deploy::check_backup_space(self.s, &config)?;
+                }
+                "promote" => {
+                    if let Some(out) = self.promote(&mut progress).await? {
+                        return Ok(out);
+                    }
+                }
+                "notify" => {
+                    let budget = limit.unwrap_or(crate::notify::FLUSH_BUDGET);
+                    match crate::notify::flush(self.s, self.store, budget).await {
+                        Ok(r) => tracing::debug!(sent = r.sent, "notify step"),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "notify step: chat delivery failed; the events stay queued")
+                        }
+                    }
+                }
+                "hook" => {
+                    let ctx = self.hook_context(i, &progress);
+                    match crate::playbook::hook::run(step, &ctx).await {
+                        Ok(summary) => (self.say)(&format!("hook (step {}): {summary}", i + 1)),
+                        Err(reason) => {
+                            (self.say)(&format!("hook (step {}) FAILED: {reason}", i + 1));
+                            match step.on_failure() {
+                                OnFailure::Continue => {
+                                    self.store.push_event(
+                                        "upgrade.hook_failed",
+                                        "warning",
+                                        &serde_json::json!({"run": self.run, "summary": format!("upgrade playbook step {} (hook) failed; the upgrade went on", i + 1), "reason": reason}),
+                                    )?;
+                                }
+                                policy => {
+                                    return Ok(UpgradeOutcome::HookFailed {
+                                        step: i + 1,
+                                        reason,
+                                        production: progress
+                                            .promoted
+                                            .clone()
+                                            .unwrap_or_else(|| self.current.clone()),
+                                        rollback: policy == OnFailure::Rollback
+                                            && progress.promoted.is_some(),
+                                    });
+                                }
+                            }
+                        }
+                    }
+                }
+                other => {
+                    return Err(PipelineError::Other(format!(
+                        "playbook step {other:?} is not in the upgrade catalogue"
+                    )))
+                }
+            }
+        }
+        match progress.promoted {
+            Some(to) => {
+                let installed: Vec<&Installed> =
+                    progress.installed.iter().map(|(i, _)| i).collect();
+                let old_target = installed
+                    .iter()
+                    .rev()
+                    .nth(1)
+                    .map(|i| i.path.clone())
+                    .unwrap_or_else(|| deploy::version_path(self.s, self.current));
+                let protect = vec![old_target, deploy::version_path(self.s, self.current)];
+                let _ = deploy::prune_versions(self.s, self.store, &protect);
+                Ok(UpgradeOutcome::Upgraded {
+                    from: self.current.clone(),
+                    to,
+                    hops: installed.iter().map(|i| i.version.to_string()).collect(),
+                    timings: progress.timings,
+                })
+            }
+            None => Err(PipelineError::Other(
+                "the upgrade playbook ended without promoting".into(),
+            )),
         }
     }
 
-    // 4. Promote hop by hop; each hop is its own transaction with its own backup.
-    let mut from = current.clone();
-    let mut old_target = deploy::adopt_current(s, store, current)?;
-    let mut all_timings = Vec::new();
-    let mut baseline = baseline;
-    for (i, hop) in installed.iter().enumerate() {
-        if i > 0 {
-            baseline = smoke::baseline(&p.target(), s.smoke.timeout)
+    /// `fetch`: download and verify every hop before touching anything.
+    async fn fetch(&self, progress: &mut Progress) -> Result<(), PipelineError> {
+        let (s, store, run) = (self.s, self.store, self.run);
+        let mut downloader = Downloader::new(&s.release);
+        downloader.progress = self.opts.progress;
+        for (i, hop) in self.plan.hops.iter().enumerate() {
+            let release = self
+                .releases
+                .iter()
+                .find(|r| r.tag == hop.tag)
+                .ok_or_else(|| {
+                    PipelineError::Other(format!("{} vanished from the feed", hop.tag))
+                })?;
+            let step = store.step_start(
+                run,
+                i as i64,
+                "download",
+                &serde_json::json!({"tag": hop.tag}),
+            )?;
+            let t = std::time::Instant::now();
+            match downloader
+                .fetch_verified(release, &deploy::downloads_dir(s))
                 .await
-                .map_err(PipelineError::ProductionUnhealthy)?;
+            {
+                Ok(v) => {
+                    store.step_finish(
+                        step,
+                        true,
+                        &format!(
+                            "sha256 {}{}",
+                            v.sha256(),
+                            if v.signed() { ", signature ok" } else { "" }
+                        ),
+                        t.elapsed().as_millis(),
+                    )?;
+                    (self.say)(&format!(
+                        "verified {}: sha256 matches checksums.txt and the asset digest{}",
+                        hop.tag,
+                        if v.signed() {
+                            "; minisign signature valid"
+                        } else {
+                            ""
+                        }
+                    ));
+                    let sha = v.sha256().to_string();
+                    progress
+                        .installed
+                        .push((deploy::install(s, store, v)?, sha));
+                }
+                Err(e) => {
+                    store.step_finish(step, false, &e.to_string(), t.elapsed().as_millis())?;
+                    if e.release_is_bad() {
+                        store.mark_release_bad(&hop.tag, &e.to_string())?;
+                    }
+                    return Err(e.into());
+                }
+            }
         }
-        say(&format!(
-            "promoting {from} -> {} on production",
-            hop.version
-        ));
-        match transaction::promote_hop(
-            &p,
-            run,
-            i as i64,
-            &from.to_string(),
-            &old_target,
-            hop,
-            &baseline,
+        Ok(())
+    }
+
+    /// `verify`: the installed binaries still hash to what was verified (nothing swapped them
+    /// on disk between download and use).
+    fn verify_installed(&self, progress: &Progress) -> Result<(), PipelineError> {
+        for (inst, sha) in &progress.installed {
+            let now = crate::verify::sha256_file(&inst.path).map_err(|e| {
+                PipelineError::Other(format!("re-hashing {}: {e}", inst.path.display()))
+            })?;
+            if &now != sha {
+                return Err(PipelineError::Other(format!(
+                    "{} changed on disk after verification (sha256 {now}, verified {sha}); refusing to run it",
+                    inst.path.display()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// `stage` (+ `smoke`): every hop on staging, on a copy of production's database.
+    async fn stage(
+        &self,
+        progress: &Progress,
+        full_checks: bool,
+    ) -> Result<Option<UpgradeOutcome>, PipelineError> {
+        let s = self.s;
+        let config = deploy::production_config(s)?;
+        let p = prod(s, self.store, &config);
+        smoke::wait_healthy(
+            &config.http_base(),
+            std::time::Duration::from_secs(5),
+            || Ok(()),
         )
         .await
+        .map_err(PipelineError::ProductionUnhealthy)?;
+        let baseline = smoke::baseline(&p.target(), s.smoke.timeout)
+            .await
+            .map_err(PipelineError::ProductionUnhealthy)?;
+        (self.say)(&format!(
+            "production {}: healthy, {} users, {} nodes",
+            self.current,
+            baseline.users.len(),
+            baseline.nodes.len()
+        ));
+        let installed: Vec<Installed> = progress.installed.iter().map(|(i, _)| i.clone()).collect();
+        match staging::stage(
+            s,
+            self.store,
+            self.run,
+            &config,
+            &installed,
+            &baseline,
+            full_checks,
+        )
+        .await?
         {
-            HopOutcome::Promoted { timings } => {
-                let downtime: u128 = timings
-                    .iter()
-                    .filter(|(n, _)| matches!(n.as_str(), "stop" | "backup" | "switch" | "start"))
-                    .map(|(_, ms)| *ms)
-                    .sum();
-                store.push_event(
-                    "upgrade.promoted",
-                    "info",
-                    &serde_json::json!({"run": run, "from": from.to_string(), "to": hop.version.to_string(), "downtime_ms": downtime}),
-                )?;
-                say(&format!(
-                    "production now on {} ({})",
-                    hop.version,
-                    timings
+            StageOutcome::Passed(reports) => {
+                for r in &reports {
+                    for c in &r.results {
+                        (self.say)(&format!("  staging check {}: {}", c.check, c.detail));
+                    }
+                }
+                (self.say)(&format!(
+                    "staging passed for {}",
+                    installed
                         .iter()
-                        .map(|(n, ms)| format!("{n} {ms} ms"))
+                        .map(|i| i.version.to_string())
                         .collect::<Vec<_>>()
                         .join(", ")
                 ));
-                all_timings.push(timings);
-                from = hop.version.clone();
-                old_target = hop.path.clone();
+                Ok(None)
             }
-            HopOutcome::RolledBack { reason } => {
-                store.mark_release_bad(
-                    &format!("v{}", hop.version),
-                    &format!("failed on production: {reason}"),
-                )?;
-                say(&format!(
-                    "production FAILED on {}: {reason}; rolled back to {from} with its database",
-                    hop.version
-                ));
-                return Ok(UpgradeOutcome::RolledBack {
-                    from: current.clone(),
-                    now: from,
-                    failed: hop.version.to_string(),
-                    reason,
-                });
-            }
-            HopOutcome::RollbackFailed {
-                reason,
-                rollback_error,
-                backup,
+            StageOutcome::Failed {
+                version, reason, ..
             } => {
-                return Ok(UpgradeOutcome::RollbackFailed {
-                    failed: hop.version.to_string(),
-                    reason,
-                    rollback_error,
-                    backup: backup.map(|b| b.display().to_string()),
-                });
+                self.store.mark_release_bad(
+                    &format!("v{version}"),
+                    &format!("failed on staging: {reason}"),
+                )?;
+                (self.say)(&format!(
+                    "staging REJECTED {version}: {reason}; production was not touched"
+                ));
+                Ok(Some(UpgradeOutcome::StagingFailed { version, reason }))
             }
         }
     }
-    let protect = vec![old_target.clone(), deploy::version_path(s, current)];
-    let _ = deploy::prune_versions(s, store, &protect);
-    Ok(UpgradeOutcome::Upgraded {
-        from: current.clone(),
-        to: from,
-        hops: installed.iter().map(|i| i.version.to_string()).collect(),
-        timings: all_timings,
-    })
+
+    /// `promote`: hop by hop; each hop is its own transaction with its own backup.
+    async fn promote(
+        &self,
+        progress: &mut Progress,
+    ) -> Result<Option<UpgradeOutcome>, PipelineError> {
+        let (s, store, run, current) = (self.s, self.store, self.run, self.current);
+        let config = deploy::production_config(s)?;
+        deploy::check_backup_space(s, &config)?;
+        let p = prod(s, store, &config);
+        let mut from = current.clone();
+        let mut old_target = deploy::adopt_current(s, store, current)?;
+        for (i, (hop, _)) in progress.installed.iter().enumerate() {
+            let baseline = smoke::baseline(&p.target(), s.smoke.timeout)
+                .await
+                .map_err(PipelineError::ProductionUnhealthy)?;
+            (self.say)(&format!(
+                "promoting {from} -> {} on production",
+                hop.version
+            ));
+            match transaction::promote_hop(
+                &p,
+                run,
+                i as i64,
+                &from.to_string(),
+                &old_target,
+                hop,
+                &baseline,
+            )
+            .await
+            {
+                HopOutcome::Promoted { timings } => {
+                    let downtime: u128 = timings
+                        .iter()
+                        .filter(|(n, _)| {
+                            matches!(n.as_str(), "stop" | "backup" | "switch" | "start")
+                        })
+                        .map(|(_, ms)| *ms)
+                        .sum();
+                    store.push_event(
+                        "upgrade.promoted",
+                        "info",
+                        &serde_json::json!({"run": run, "from": from.to_string(), "to": hop.version.to_string(), "downtime_ms": downtime}),
+                    )?;
+                    (self.say)(&format!(
+                        "production now on {} ({})",
+                        hop.version,
+                        timings
+                            .iter()
+                            .map(|(n, ms)| format!("{n} {ms} ms"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ));
+                    progress.timings.push(timings);
+                    from = hop.version.clone();
+                    old_target = hop.path.clone();
+                    progress.promoted = Some(from.clone());
+                }
+                HopOutcome::RolledBack { reason } => {
+                    store.mark_release_bad(
+                        &format!("v{}", hop.version),
+                        &format!("failed on production: {reason}"),
+                    )?;
+                    (self.say)(&format!(
+                        "production FAILED on {}: {reason}; rolled back to {from} with its database",
+                        hop.version
+                    ));
+                    return Ok(Some(UpgradeOutcome::RolledBack {
+                        from: current.clone(),
+                        now: from,
+                        failed: hop.version.to_string(),
+                        reason,
+                    }));
+                }
+                HopOutcome::RollbackFailed {
+                    reason,
+                    rollback_error,
+                    backup,
+                } => {
+                    return Ok(Some(UpgradeOutcome::RollbackFailed {
+                        failed: hop.version.to_string(),
+                        reason,
+                        rollback_error,
+                        backup: backup.map(|b| b.display().to_string()),
+                    }));
+                }
+            }
+        }
+        Ok(None)
+    }
 }
 
 /// `headwarden rollback [--to V]`: restores the backup taken before the newest committed upgrade
@@ -860,6 +1164,19 @@ pub async fn rollback(
         })
     })?
     .clone();
+    restore(s, store, &backup, "", true, say).await
+}
+
+/// Restores production from `backup` (database, config, noise key, that version's binary) in a
+/// `rollback` run of its own. `manual`: an admin asked; otherwise `reason` says what failed.
+async fn restore(
+    s: &Settings,
+    store: &Store,
+    backup: &crate::state::BackupRow,
+    reason: &str,
+    manual: bool,
+    say: Say<'_>,
+) -> Result<String, PipelineError> {
     let current = current_version(s).await?;
     let config = deploy::production_config(s)?;
     let p = prod(s, store, &config);
@@ -872,22 +1189,29 @@ pub async fn rollback(
         "rolling back {current} -> {} using the backup from before that upgrade ({}); changes made since then are lost (a safety copy is kept)",
         backup.version, backup.dir
     ));
-    match transaction::manual_rollback(&p, run, &backup).await {
+    let reason = if manual {
+        format!("rolled back by hand from {current}")
+    } else {
+        reason.to_string()
+    };
+    match transaction::manual_rollback(&p, run, backup).await {
         Ok(()) => {
             store.finish_run(run, "rolled_back", &format!("restored {}", backup.dir))?;
-            store.push_event(
-                "upgrade.rolled_back",
-                "warning",
-                &serde_json::json!({"run": run, "manual": true, "now": backup.version, "failed": current.to_string(), "reason": format!("rolled back by hand from {current}")}),
-            )?;
-            Ok(backup.version)
+            if manual {
+                store.push_event(
+                    "upgrade.rolled_back",
+                    "warning",
+                    &serde_json::json!({"run": run, "manual": true, "now": backup.version, "failed": current.to_string(), "reason": reason}),
+                )?;
+            }
+            Ok(backup.version.clone())
         }
         Err(e) => {
             store.finish_run(run, "rollback_failed", &e)?;
             store.push_event(
                 "upgrade.rollback_failed",
                 "critical",
-                &serde_json::json!({"run": run, "failed": current.to_string(), "reason": "manual rollback", "rollback_error": e, "backup": backup.dir}),
+                &serde_json::json!({"run": run, "failed": current.to_string(), "reason": reason, "rollback_error": e, "backup": backup.dir}),
             )?;
             Err(PipelineError::Other(format!("rollback failed: {e}")))
         }

@@ -80,6 +80,45 @@ pub async fn run(argv: &[String], timeout: Duration) -> Result<Output, ProcessEr
     }
 }
 
+/// Runs a playbook hook: argv directly, `env` added, in its own process group; on timeout the
+/// whole group is killed (a hook script's own children included).
+pub async fn run_hook(
+    argv: &[String],
+    env: &[(String, String)],
+    timeout: Duration,
+) -> Result<Output, ProcessError> {
+    let program = argv.first().cloned().unwrap_or_default();
+    let mut cmd = clean_command(&program);
+    cmd.args(&argv[1.min(argv.len())..])
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let child = cmd.spawn().map_err(|source| ProcessError::Spawn {
+        program: program.clone(),
+        source,
+    })?;
+    let pgid = child.id().map(|p| p as i32);
+    match tokio::time::timeout(timeout, child.wait_with_output()).await {
+        Ok(Ok(out)) => Ok(Output {
+            status: out.status,
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }),
+        Ok(Err(source)) => Err(ProcessError::Spawn { program, source }),
+        Err(_) => {
+            if let Some(pgid) = pgid {
+                let _ = nix::sys::signal::killpg(
+                    nix::unistd::Pid::from_raw(pgid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            Err(ProcessError::Timeout { program, timeout })
+        }
+    }
+}
+
 /// Starts a long-running child (a staging server) with output appended to `log`.
 pub fn spawn_logged(program: &Path, args: &[&str], log: &Path) -> Result<Child, ProcessError> {
     let name = program.display().to_string();

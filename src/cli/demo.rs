@@ -154,7 +154,7 @@ pub async fn run(keep: bool) -> Result<u8, Failure> {
             .await?;
         }
         println!("   registered a laptop 80 days ago and a phone 95 days ago (max_age 90d, reminders at 14d/7d/1d, grace 7d)");
-        let api = crate::headscale::api::ApiClient::connect(&settings).await?;
+        let mut api = crate::headscale::api::ApiClient::connect(&settings).await?;
         for p in crate::keys::plan_now(&settings, &store, &api).await?.iter().filter(|p| !p.name.starts_with("user")) {
             let state = serde_json::to_value(&p.state).unwrap_or_default();
             let action = serde_json::to_value(&p.action).unwrap_or_default();
@@ -167,7 +167,7 @@ pub async fn run(keep: bool) -> Result<u8, Failure> {
                 action.get("stage").map(|s| format!(" (stage {s})")).unwrap_or_default()
             );
         }
-        crate::keys::run(&settings, &store, &api, &say).await?;
+        crate::keys::run(&settings, &store, &mut api, &say).await?;
         for row in store.outbox()?.iter().filter(|r| r.event == "keys.reminder") {
             let cmd = row.payload["command"].as_str().unwrap_or("");
             let masked: String = cmd.split(' ').map(|w| if w.starts_with("hskey-auth-") { "hskey-auth-…(one-time key)" } else { w }).collect::<Vec<_>>().join(" ");

@@ -728,6 +728,16 @@ async fn run_command(cli: &Cli) -> Result<u8, Failure> {
                     exit::OK
                 }
                 UpgradeOutcome::StagingFailed { .. } => exit::FAILURE,
+                UpgradeOutcome::HookFailed {
+                    step,
+                    reason,
+                    production,
+                    ..
+                } => {
+                    eprintln!("error: upgrade playbook step {step} (hook) failed: {reason}");
+                    eprintln!("production runs {production}");
+                    exit::FAILURE
+                }
                 UpgradeOutcome::RolledBack { .. } => exit::ROLLED_BACK,
                 UpgradeOutcome::RollbackFailed {
                     failed,
@@ -850,18 +860,13 @@ async fn keys_command(cli: &Cli, cmd: &KeysCmd) -> Result<u8, Failure> {
         KeysCmd::Run => {
             let _lock = RunLock::acquire_keys(&s.state_dir, "keys run")?;
             let mut api = api;
-            if let Some(old) = crate::keys::rotate_api_key_if_due(&s, &store, &mut api).await? {
-                if !cli.json {
-                    println!("rotated headwarden's API key (old prefix {old}); the new key is in the api_key_file");
-                }
-            }
             let quiet = cli.json;
             let say = move |line: &str| {
                 if !quiet {
                     println!("{line}");
                 }
             };
-            let report = crate::keys::run(&s, &store, &api, &say).await?;
+            let report = crate::keys::run(&s, &store, &mut api, &say).await?;
             if cli.json {
                 print_json(&report)?;
             } else {

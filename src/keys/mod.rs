@@ -39,6 +39,8 @@ pub enum KeysError {
     KeyFile(std::path::PathBuf, #[source] std::io::Error),
     #[error("cannot read production's Headscale config")]
     Config(#[from] crate::headscale::config::HeadscaleConfigError),
+    #[error("rotate-keys playbook step {0}: {1}")]
+    Hook(usize, String),
 }
 
 impl KeysError {
@@ -273,21 +275,148 @@ fn write_secret_file(path: &std::path::Path, secret: &str) -> std::io::Result<()
     std::fs::rename(&tmp, path)
 }
 
-/// `headwarden keys run`: one pass of the key job.
+/// The node list and plans the `plan` step produced, for the steps after it.
+struct Planned {
+    nodes: Vec<Node>,
+    /// (old, new) node ids: the same machine registered again.
+    duplicates: Vec<(u64, u64)>,
+    plans: Vec<NodePlan>,
+}
+
+/// `headwarden keys run`: one pass of the key job, walking the rotate-keys playbook
+/// (`playbooks/rotate-keys.yaml` or `playbooks.rotate_keys`).
 pub async fn run(
     s: &Settings,
     store: &Store,
-    api: &ApiClient,
+    api: &mut ApiClient,
     say: &(dyn Fn(&str) + Sync),
 ) -> Result<RunReport, KeysError> {
+    use crate::playbook::OnFailure;
+    let pb = &s.playbooks.rotate_keys.playbook;
     let mut report = RunReport::default();
+    let mut planned: Option<Planned> = None;
+    for (i, step) in pb.steps.iter().enumerate() {
+        let result: Result<(), KeysError> = match (step.step.as_str(), planned.as_ref()) {
+            ("plan", _) => plan_step(s, store, api).await.map(|p| planned = Some(p)),
+            ("rotate", Some(p)) => rotate_step(s, store, api, p, &mut report, say).await,
+            ("expire", Some(p)) => expire_step(s, store, api, p, &mut report, say).await,
+            ("api_key", _) => match rotate_api_key_if_due(s, store, api).await {
+                Ok(Some(old)) => {
+                    say(&format!("rotated headwarden's API key (old prefix {old}); the new key is in the api_key_file"));
+                    Ok(())
+                }
+                Ok(None) => Ok(()),
+                Err(e) => Err(e),
+            },
+            ("audit", Some(p)) => audit_step(s, store, api, p, &mut report, say).await,
+            ("notify", _) => {
+                let budget = step.timeout().unwrap_or(crate::notify::FLUSH_BUDGET);
+                if let Err(e) = crate::notify::flush(s, store, budget).await {
+                    tracing::warn!(error = %e, "notify step: chat delivery failed; the events stay queued");
+                }
+                Ok(())
+            }
+            ("hook", _) => {
+                let ctx = json!({
+                    "playbook": "rotate-keys",
+                    "step": i + 1,
+                    "nodes": planned.as_ref().map_or(0, |p| p.nodes.len()),
+                    "reminders": report.reminders.len(),
+                    "rotated": report.rotated.len(),
+                    "expired": report.expired.len(),
+                });
+                match crate::playbook::hook::run(step, &ctx).await {
+                    Ok(summary) => {
+                        say(&format!("hook (step {}): {summary}", i + 1));
+                        Ok(())
+                    }
+                    Err(reason) => Err(KeysError::Hook(i + 1, reason)),
+                }
+            }
+            (other, _) => Err(KeysError::Hook(
+                i + 1,
+                format!("step {other:?} needs the plan step before it"),
+            )),
+        };
+        if let Err(e) = result {
+            if step.on_failure() == OnFailure::Continue {
+                say(&format!(
+                    "step {} ({}) failed, going on: {e}",
+                    i + 1,
+                    step.step
+                ));
+                store.push_event(
+                    "keys.step_failed",
+                    "warning",
+                    &json!({"summary": format!("key job step {} ({}) failed", i + 1, step.step), "error": e.to_string()}),
+                )?;
+            } else {
+                return Err(e);
+            }
+        }
+    }
+    if let Some(p) = planned {
+        let overdue = p
+            .plans
+            .iter()
+            .filter(|p| matches!(p.action, Action::Expire))
+            .count();
+        if overdue > 0 && !pb.has("expire") {
+            say(&format!("{overdue} node(s) past deadline and grace; not expired: the playbook has no expire step"));
+        }
+        // Node counts per key state, for metrics.
+        let mut states: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
+        for p in &p.plans {
+            let st = serde_json::to_value(&p.state)
+                .ok()
+                .and_then(|v| v["state"].as_str().map(str::to_string))
+                .unwrap_or_default();
+            *states.entry(st).or_default() += 1;
+        }
+        store.kv_set("keys.states", &json!(states).to_string())?;
+        report.plans = p.plans;
+    }
+    Ok(report)
+}
+
+/// `plan`: read the nodes, set aside stale duplicates, and plan every other node.
+async fn plan_step(s: &Settings, store: &Store, api: &ApiClient) -> Result<Planned, KeysError> {
     let all_nodes = api.list_nodes().await?;
+    let duplicates = duplicates(&all_nodes);
+    let stale: Vec<u64> = duplicates.iter().map(|(old, _)| *old).collect();
+    let nodes: Vec<Node> = all_nodes
+        .into_iter()
+        .filter(|n| !stale.contains(&n.id))
+        .collect();
+    let plans = plan::plan(
+        &nodes,
+        &Policy::from_settings(&s.keys),
+        &observed_map(store)?,
+        &sent_map(store)?,
+        now(),
+    );
+    Ok(Planned {
+        nodes,
+        duplicates,
+        plans,
+    })
+}
+
+/// `rotate`: re-registrations, reminders with one-time keys, and retiring used or lapsed keys.
+async fn rotate_step(
+    s: &Settings,
+    store: &Store,
+    api: &ApiClient,
+    planned: &Planned,
+    report: &mut RunReport,
+    say: &(dyn Fn(&str) + Sync),
+) -> Result<(), KeysError> {
     let observed = store.key_observations()?;
     let by_id: HashMap<i64, &KeyObservation> = observed.iter().map(|o| (o.node_id, o)).collect();
-
+    let all_nodes = &planned.nodes;
+    let dups = &planned.duplicates;
     // Same machine, new node: the new node is the rotation; the old entry is stale.
-    let dups = duplicates(&all_nodes);
-    for (old, new) in &dups {
+    for (old, new) in dups {
         let new_node = all_nodes.iter().find(|n| n.id == *new);
         if let Some(n) = new_node {
             if !by_id.contains_key(&(n.id as i64)) {
@@ -313,21 +442,10 @@ pub async fn run(
             report.duplicates_removed.push(old.to_string());
         }
     }
-    let stale: Vec<u64> = dups.iter().map(|(old, _)| *old).collect();
-    let nodes: Vec<Node> = all_nodes
-        .into_iter()
-        .filter(|n| !stale.contains(&n.id))
-        .collect();
 
-    let plans = plan::plan(
-        &nodes,
-        &Policy::from_settings(&s.keys),
-        &observed_map(store)?,
-        &sent_map(store)?,
-        now(),
-    );
+    let (nodes, plans) = (&planned.nodes, &planned.plans);
     let server = server_url(s);
-    for p in &plans {
+    for p in plans {
         let Some(node) = nodes.iter().find(|n| n.id == p.node_id) else {
             continue;
         };
@@ -381,20 +499,8 @@ pub async fn run(
                 ));
                 report.reminders.push(format!("{} stage {stage}", p.name));
             }
-            Action::Expire => {
-                store.push_event("keys.expiring", "critical", &json!({"node": p.name, "user": p.user, "deadline": p.deadline.map(crate::state::rfc3339), "grace_days": s.keys.grace.as_secs() / 86400}))?;
-                api.expire_node(node.id, None).await?;
-                store.push_event(
-                    "keys.expired",
-                    "critical",
-                    &json!({"node": p.name, "user": p.user}),
-                )?;
-                say(&format!(
-                    "{}: overdue past grace; expired in Headscale (enforce: expire)",
-                    p.name
-                ));
-                report.expired.push(p.name.clone());
-            }
+            // Expiry is the playbook's `expire` step, after every reminder went out.
+            Action::Expire => {}
         }
     }
 
@@ -405,7 +511,53 @@ pub async fn run(
             report.keys_retired += 1;
         }
     }
-    report.audit = audit(s, api, &nodes).await?;
+    Ok(())
+}
+
+/// `expire`: nodes past their deadline and grace period (only when `keys.enforce: expire`).
+async fn expire_step(
+    s: &Settings,
+    store: &Store,
+    api: &ApiClient,
+    planned: &Planned,
+    report: &mut RunReport,
+    say: &(dyn Fn(&str) + Sync),
+) -> Result<(), KeysError> {
+    for p in planned
+        .plans
+        .iter()
+        .filter(|p| matches!(p.action, Action::Expire))
+    {
+        let Some(node) = planned.nodes.iter().find(|n| n.id == p.node_id) else {
+            continue;
+        };
+        store.push_event("keys.expiring", "critical", &json!({"node": p.name, "user": p.user, "deadline": p.deadline.map(crate::state::rfc3339), "grace_days": s.keys.grace.as_secs() / 86400}))?;
+        api.expire_node(node.id, None).await?;
+        store.push_event(
+            "keys.expired",
+            "critical",
+            &json!({"node": p.name, "user": p.user}),
+        )?;
+        say(&format!(
+            "{}: overdue past grace; expired in Headscale (enforce: expire)",
+            p.name
+        ));
+        report.expired.push(p.name.clone());
+    }
+    Ok(())
+}
+
+/// `audit`: enrollment and node findings, reported to chat once a week while they persist.
+async fn audit_step(
+    s: &Settings,
+    store: &Store,
+    api: &ApiClient,
+    planned: &Planned,
+    report: &mut RunReport,
+    say: &(dyn Fn(&str) + Sync),
+) -> Result<(), KeysError> {
+    let nodes = &planned.nodes;
+    report.audit = audit(s, api, nodes).await?;
     for finding in &report.audit {
         say(&format!("audit: {finding}"));
         // Chat hears about a finding once a week while it persists, not on every run.
@@ -417,18 +569,7 @@ pub async fn run(
             7 * 86400,
         )?;
     }
-    // Node counts per key state, for metrics.
-    let mut states: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
-    for p in &plans {
-        let st = serde_json::to_value(&p.state)
-            .ok()
-            .and_then(|v| v["state"].as_str().map(str::to_string))
-            .unwrap_or_default();
-        *states.entry(st).or_default() += 1;
-    }
-    store.kv_set("keys.states", &json!(states).to_string())?;
-    report.plans = plans;
-    Ok(report)
+    Ok(())
 }
 
 /// Node audit in the same pass: reported, never changed.

@@ -1,25 +1,43 @@
 //! Playbooks: a pipeline as data — an ordered list of steps from a closed catalogue with
-//! parameters, timeouts and `on_failure`. [`check`] refuses edits that would put production at
-//! risk, with the reason. (Executing playbooks — hooks, reordering — is not built yet; the
-//! built-in pipeline runs the order of `playbooks/upgrade.yaml`.)
+//! parameters, timeouts and `on_failure`. The built-in behaviour *is* the default playbooks
+//! (`playbooks/*.yaml`, compiled in); `playbooks.upgrade` / `playbooks.rotate_keys` in the config
+//! point at an edited copy, which [`check`] validates when the config loads, refusing edits that
+//! would put production at risk, with the reason. The pipelines ([`crate::pipeline`],
+//! [`crate::keys`]) walk the steps in order; hook steps run through [`hook`].
+
+pub mod hook;
 
 use std::time::Duration;
 
 use serde::Deserialize;
 
-/// The closed catalogue of step kinds.
-pub const CATALOGUE: &[&str] = &[
+pub const DEFAULT_UPGRADE: &str = include_str!("../../playbooks/upgrade.yaml");
+pub const DEFAULT_ROTATE_KEYS: &str = include_str!("../../playbooks/rotate-keys.yaml");
+
+/// The closed catalogue of step kinds, per playbook.
+pub const UPGRADE_STEPS: &[&str] = &[
     "fetch", "verify", "backup", "stage", "smoke", "approve", "promote", "notify", "hook",
 ];
+pub const ROTATE_KEYS_STEPS: &[&str] = &[
+    "plan", "rotate", "expire", "api_key", "audit", "notify", "hook",
+];
 
-#[derive(Debug, Deserialize)]
+/// Steps whose failure may be shrugged off (`on_failure: continue`): they gate nothing.
+const OPTIONAL: &[&str] = &["hook", "notify", "api_key", "audit"];
+
+/// Built-in steps whose work cannot be cut off safely halfway; they keep their own limits.
+const NO_TIMEOUT: &[&str] = &[
+    "stage", "smoke", "backup", "promote", "approve", "rotate", "expire",
+];
+
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Playbook {
     pub name: String,
     pub steps: Vec<Step>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Step {
     pub step: String,
@@ -35,26 +53,74 @@ pub struct Step {
     pub url: Option<String>,
 }
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("step {index} ({step}): {reason}")]
-pub struct Unsafe {
-    pub index: usize,
-    pub step: String,
-    pub reason: String,
+/// What a failed step does to the run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnFailure {
+    /// End the run here (before promotion production is untouched; after it, it stays promoted).
+    Stop,
+    /// Log it, send an event, go on.
+    Continue,
+    /// Restore production from this run's backup (promote, and hooks after promote).
+    Rollback,
 }
 
-/// Parses and validates a playbook; every problem is reported, not just the first.
+impl Step {
+    pub fn on_failure(&self) -> OnFailure {
+        match self.on_failure.as_deref() {
+            Some("continue") => OnFailure::Continue,
+            Some("rollback") => OnFailure::Rollback,
+            Some("stop") => OnFailure::Stop,
+            // Defaults: promote rolls back; chat never decides an outcome; the rest stop.
+            _ if self.step == "promote" => OnFailure::Rollback,
+            _ if self.step == "notify" => OnFailure::Continue,
+            _ => OnFailure::Stop,
+        }
+    }
+    pub fn timeout(&self) -> Option<Duration> {
+        self.timeout.map(|t| t.0)
+    }
+}
+
+impl Playbook {
+    pub fn position(&self, step: &str) -> Option<usize> {
+        self.steps.iter().position(|s| s.step == step)
+    }
+    pub fn has(&self, step: &str) -> bool {
+        self.position(step).is_some()
+    }
+    pub fn default_upgrade() -> Playbook {
+        check(DEFAULT_UPGRADE).unwrap_or_else(|p| panic!("built-in upgrade playbook: {p:?}"))
+    }
+    pub fn default_rotate_keys() -> Playbook {
+        check(DEFAULT_ROTATE_KEYS)
+            .unwrap_or_else(|p| panic!("built-in rotate-keys playbook: {p:?}"))
+    }
+}
+
+/// Parses and validates a playbook (`name: upgrade` or `name: rotate-keys`); every problem is
+/// reported, not just the first.
 pub fn check(text: &str) -> Result<Playbook, Vec<String>> {
     let pb: Playbook = serde_yaml_ng::from_str(text).map_err(|e| vec![e.to_string()])?;
+    let catalogue = match pb.name.as_str() {
+        "upgrade" => UPGRADE_STEPS,
+        "rotate-keys" => ROTATE_KEYS_STEPS,
+        other => {
+            return Err(vec![format!(
+                "unknown playbook name {other:?} (upgrade or rotate-keys)"
+            )])
+        }
+    };
     let mut problems = Vec::new();
-    let pos = |name: &str| pb.steps.iter().position(|s| s.step == name);
+    let pos = |name: &str| pb.position(name);
+    let promote = pos("promote");
     for (i, s) in pb.steps.iter().enumerate() {
         let n = i + 1;
-        if !CATALOGUE.contains(&s.step.as_str()) {
+        if !catalogue.contains(&s.step.as_str()) {
             problems.push(format!(
-                "step {n}: unknown step {:?} (catalogue: {})",
+                "step {n}: unknown step {:?} (the {} catalogue: {})",
                 s.step,
-                CATALOGUE.join(", ")
+                pb.name,
+                catalogue.join(", ")
             ));
             continue;
         }
@@ -66,21 +132,51 @@ pub fn check(text: &str) -> Result<Playbook, Vec<String>> {
                 ));
             }
         }
+        let is_hook = s.step == "hook";
+        if s.on_failure.as_deref() == Some("continue") && !OPTIONAL.contains(&s.step.as_str()) {
+            problems.push(format!(
+                "step {n} ({}): on_failure continue would run the next steps without what this one checks or produces (only {} may continue)",
+                s.step,
+                OPTIONAL.join(", ")
+            ));
+        }
+        if s.on_failure.as_deref() == Some("rollback") && s.step != "promote" {
+            let after_promote = promote.is_some_and(|p| p < i);
+            if !(is_hook && after_promote) {
+                problems.push(format!(
+                    "step {n} ({}): on_failure rollback is for promote and for hooks after promote (nothing has changed production yet)",
+                    s.step
+                ));
+            }
+        }
         if let Some(t) = &s.timeout {
-            if t.0.is_zero() || t.0 > Duration::from_secs(6 * 3600) {
+            if NO_TIMEOUT.contains(&s.step.as_str()) {
+                problems.push(format!(
+                    "step {n} ({}): no timeout here; cutting this step off halfway would leave production or staging half-changed (it has its own limits: smoke.timeout)",
+                    s.step
+                ));
+            } else if t.0.is_zero() || t.0 > Duration::from_secs(6 * 3600) {
                 problems.push(format!(
                     "step {n} ({}): timeout must be between 1s and 6h",
                     s.step
                 ));
             }
         }
-        let is_hook = s.step == "hook";
         match (is_hook, s.argv.is_some(), s.url.is_some()) {
             (true, true, true) | (true, false, false) => {
                 problems.push(format!("step {n} (hook): give exactly one of argv or url"))
             }
             (true, _, _) if s.timeout.is_none() => {
                 problems.push(format!("step {n} (hook): a hook needs a timeout"))
+            }
+            (true, true, _)
+                if s.argv
+                    .as_ref()
+                    .is_some_and(|a| a.is_empty() || !a[0].starts_with('/')) =>
+            {
+                problems.push(format!(
+                    "step {n} (hook): argv[0] must be an absolute path (no shell, no PATH lookup)"
+                ))
             }
             (true, _, true)
                 if !crate::settings::url_allowed(s.url.as_deref().unwrap_or(""), true) =>
@@ -95,52 +191,75 @@ pub fn check(text: &str) -> Result<Playbook, Vec<String>> {
             )),
             _ => {}
         }
-        if pb.steps[..i].iter().any(|p| p.step == s.step)
-            && !is_hook
-            && s.step != "notify"
-            && s.step != "smoke"
-        {
+        if pb.steps[..i].iter().any(|p| p.step == s.step) && !is_hook && s.step != "notify" {
             problems.push(format!("step {n} ({}): appears twice", s.step));
         }
     }
+    let before = |problems: &mut Vec<String>, a: &str, b: &str, why: &str| {
+        if let (Some(x), Some(y)) = (pos(a), pos(b)) {
+            if x > y {
+                problems.push(format!("{b} comes before {a}: {why}"));
+            }
+        }
+    };
     if pb.name == "upgrade" {
         for required in ["fetch", "verify", "backup", "stage", "promote"] {
             if pos(required).is_none() {
                 problems.push(format!("the upgrade playbook needs a {required} step"));
             }
         }
-        if let Some(p) = pos("promote") {
-            for before in ["fetch", "verify", "backup", "stage"] {
-                if pos(before).is_some_and(|b| b > p) {
-                    problems.push(format!("promote comes before {before}: production would run an unverified, unstaged or unbacked-up binary"));
-                }
-            }
-            if let Some(a) = pos("approve") {
-                if a > p {
-                    problems.push(
-                        "approve comes after promote: the approval would gate nothing".into(),
-                    );
-                }
-            }
-            let f = pb.steps[p].on_failure.as_deref().unwrap_or("rollback");
-            if f != "rollback" {
-                problems.push(format!(
-                    "promote has on_failure: {f}; a failed promotion must roll back"
-                ));
-            }
+        let risk = "production would run an unverified, unstaged or unbacked-up binary";
+        for b in ["fetch", "verify", "backup", "stage"] {
+            before(&mut problems, b, "promote", risk);
         }
-        if let (Some(v), Some(s)) = (pos("verify"), pos("stage")) {
-            if v > s {
+        before(
+            &mut problems,
+            "approve",
+            "promote",
+            "the approval would gate nothing",
+        );
+        before(
+            &mut problems,
+            "verify",
+            "stage",
+            "an unverified binary would run on staging",
+        );
+        before(
+            &mut problems,
+            "fetch",
+            "verify",
+            "there is nothing to verify yet",
+        );
+        if let (Some(st), Some(sm)) = (pos("stage"), pos("smoke")) {
+            if sm != st + 1 {
                 problems.push(
-                    "stage comes before verify: an unverified binary would run on staging".into(),
+                    "smoke must directly follow stage: its checks run against each staging hop while it is up".into(),
                 );
             }
         }
-        if let (Some(f), Some(v)) = (pos("fetch"), pos("verify")) {
-            if f > v {
-                problems.push("verify comes before fetch".into());
+        if let Some(p) = promote {
+            if pb.steps[p].on_failure() != OnFailure::Rollback {
+                problems.push(format!(
+                    "promote has on_failure: {}; a failed promotion must roll back",
+                    pb.steps[p].on_failure.as_deref().unwrap_or("")
+                ));
             }
         }
+    } else {
+        for required in ["plan", "rotate"] {
+            if pos(required).is_none() {
+                problems.push(format!("the rotate-keys playbook needs a {required} step"));
+            }
+        }
+        if pos("plan").is_some_and(|p| p != 0) {
+            problems.push("plan must come first: every other step works on its node list".into());
+        }
+        before(
+            &mut problems,
+            "rotate",
+            "expire",
+            "a node would be expired before its owner got a reminder and a key",
+        );
     }
     if problems.is_empty() {
         Ok(pb)
@@ -210,6 +329,27 @@ mod tests {
                 "https",
             ),
             (format!("{default}  - step: reboot\n"), "unknown step"),
+            (
+                default.replace("  - step: verify\n", "  - step: verify\n    on_failure: continue\n"),
+                "only hook, notify, api_key, audit may continue",
+            ),
+            (
+                default.replace("  - step: stage\n", "  - step: hook\n    argv: [/bin/true]\n    timeout: 5s\n    on_failure: rollback\n  - step: stage\n"),
+                "on_failure rollback is for promote and for hooks after promote",
+            ),
+            (
+                default.replace("  - step: promote\n", "  - step: promote\n    timeout: 10m\n"),
+                "no timeout here",
+            ),
+            (
+                default.replace("  - step: smoke\n", "").replace("  - step: approve\n", "  - step: approve\n  - step: smoke\n"),
+                "smoke must directly follow stage",
+            ),
+            (
+                format!("{default}  - step: hook\n    argv: [sh, -c, x]\n    timeout: 5s\n"),
+                "absolute path",
+            ),
+            (default.replace("name: upgrade", "name: rotate-keys"), "unknown step"),
         ] {
             let problems = check(&text).expect_err(expect);
             assert!(
@@ -219,5 +359,33 @@ mod tests {
         }
         let ok = format!("{default}  - step: hook\n    argv: [/usr/local/bin/after-upgrade]\n    timeout: 30s\n    on_failure: continue\n");
         assert!(check(&ok).is_ok(), "{:?}", check(&ok).err());
+        // Safe edits: approve before fetch (download nothing until approved), no smoke, notify twice.
+        let reordered = default
+            .replace("  - step: approve\n", "")
+            .replace("  - step: smoke\n    on_failure: stop\n", "")
+            .replace(
+                "  - step: fetch\n",
+                "  - step: approve\n  - step: fetch\n  - step: notify\n",
+            );
+        assert!(check(&reordered).is_ok(), "{:?}", check(&reordered).err());
+    }
+
+    #[test]
+    fn rotate_keys_playbook_rules() {
+        assert!(
+            check(DEFAULT_ROTATE_KEYS).is_ok(),
+            "{:?}",
+            check(DEFAULT_ROTATE_KEYS).err()
+        );
+        for (text, expect) in [
+            ("name: rotate-keys\nsteps:\n  - step: rotate\n  - step: plan\n", "plan must come first"),
+            ("name: rotate-keys\nsteps:\n  - step: plan\n", "needs a rotate step"),
+            ("name: rotate-keys\nsteps:\n  - step: plan\n  - step: rotate\n  - step: promote\n", "unknown step"),
+            ("name: rotate-keys\nsteps:\n  - step: plan\n  - step: rotate\n    on_failure: continue\n", "may continue"),
+            ("name: deploy\nsteps: []\n", "unknown playbook name"),
+        ] {
+            let problems = check(text).expect_err(expect);
+            assert!(problems.iter().any(|p| p.contains(expect)), "{expect}: {problems:?}");
+        }
     }
 }

@@ -57,6 +57,21 @@ pub struct Settings {
     pub notify_users: std::collections::BTreeMap<String, Secret>,
     pub schedule: ScheduleSettings,
     pub metrics: MetricsSettings,
+    pub playbooks: Playbooks,
+}
+
+/// The pipelines as data: the built-in defaults (`playbooks/*.yaml`) or the admin's validated copy.
+#[derive(Debug, Clone)]
+pub struct Playbooks {
+    pub upgrade: LoadedPlaybook,
+    pub rotate_keys: LoadedPlaybook,
+}
+
+#[derive(Debug, Clone)]
+pub struct LoadedPlaybook {
+    pub playbook: crate::playbook::Playbook,
+    /// `None`: the built-in default.
+    pub path: Option<PathBuf>,
 }
 
 /// Prometheus metrics: a node-exporter textfile written by `run`, and/or a loopback listener

@@ -120,6 +120,15 @@ pub(super) struct RawConfig {
     schedule: RawSchedule,
     #[serde(default)]
     metrics: RawMetrics,
+    #[serde(default)]
+    playbooks: RawPlaybooks,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawPlaybooks {
+    upgrade: Option<PathBuf>,
+    rotate_keys: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -716,6 +725,49 @@ pub(super) fn resolve(file: &Path, text: &str, raw: RawConfig) -> Result<Setting
             "use an IANA zone name (Europe/Berlin, America/New_York, UTC), or leave it unset (or `local`) for the host's time zone, as crontab does",
         ));
     }
+    let load_playbook = |key: &str, path: Option<PathBuf>, name: &str, default: &str| {
+        let (text, shown) = match path {
+            None => (default.to_string(), None),
+            Some(p) => {
+                let p = cx.path(p);
+                let text = std::fs::read_to_string(&p)
+                    .map_err(|e| cx.err(key, format!("cannot read {}: {e}", p.display()), ""))?;
+                (text, Some(p))
+            }
+        };
+        let pb = crate::playbook::check(&text).map_err(|problems| {
+            cx.err(
+                key,
+                format!("playbook refused: {}", problems.join("; ")),
+                "`headwarden playbook check FILE` explains each refusal",
+            )
+        })?;
+        if pb.name != name {
+            return Err(cx.err(
+                key,
+                format!("this is the {:?} playbook, not {name:?}", pb.name),
+                "",
+            ));
+        }
+        Ok::<_, ConfigError>(super::LoadedPlaybook {
+            playbook: pb,
+            path: shown,
+        })
+    };
+    let playbooks = super::Playbooks {
+        upgrade: load_playbook(
+            "playbooks.upgrade",
+            raw.playbooks.upgrade,
+            "upgrade",
+            crate::playbook::DEFAULT_UPGRADE,
+        )?,
+        rotate_keys: load_playbook(
+            "playbooks.rotate_keys",
+            raw.playbooks.rotate_keys,
+            "rotate-keys",
+            crate::playbook::DEFAULT_ROTATE_KEYS,
+        )?,
+    };
     let metrics = MetricsSettings {
         textfile: raw.metrics.textfile.map(|p| cx.path(p)),
         listen: match &raw.metrics.listen {
@@ -771,6 +823,7 @@ pub(super) fn resolve(file: &Path, text: &str, raw: RawConfig) -> Result<Setting
         notify_users,
         schedule,
         metrics,
+        playbooks,
     })
 }
 

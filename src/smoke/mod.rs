@@ -35,7 +35,7 @@ pub struct CheckResult {
     pub elapsed_ms: u128,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct Report {
     pub target: String,
     pub results: Vec<CheckResult>,

@@ -3,6 +3,7 @@
 
 mod keys;
 mod notify;
+mod playbook;
 mod schedule;
 mod support;
 mod upgrade;

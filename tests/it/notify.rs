@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 
 use crate::support::{code, text, Sandbox, HW, SIM};
 
-struct ChatSink {
+pub(crate) struct ChatSink {
     child: Child,
     dir: PathBuf,
-    addr: String,
+    pub(crate) addr: String,
 }
 
 impl Drop for ChatSink {
@@ -22,7 +22,7 @@ impl Drop for ChatSink {
 }
 
 impl ChatSink {
-    fn start(sb: &Sandbox) -> ChatSink {
+    pub(crate) fn start(sb: &Sandbox) -> ChatSink {
         let dir = sb.path("chat");
         let addr_file = sb.path("chat.addr");
         let child = Command::new(SIM)
@@ -45,7 +45,7 @@ impl ChatSink {
         format!("http://{}/{service}", self.addr)
     }
 
-    fn messages(&self) -> Vec<serde_json::Value> {
+    pub(crate) fn messages(&self) -> Vec<serde_json::Value> {
         std::fs::read_to_string(self.dir.join("messages.jsonl"))
             .unwrap_or_default()
             .lines()

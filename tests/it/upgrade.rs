@@ -765,6 +765,15 @@ fn maintenance_window_and_blackout_gate_promotion() {
         text(&out)
     );
     assert_eq!(sb.prod_version(), "v0.27.1");
+    // The default playbook puts approve after stage: staging ran early, so a bad release shows
+    // up before the window opens; production was not touched.
+    assert!(
+        text(&out).contains("staging passed for 0.28.0"),
+        "{}",
+        text(&out)
+    );
+    assert!(sb.outbox().iter().any(|(e, _)| e == "upgrade.staged"));
+    assert!(!sb.outbox().iter().any(|(e, _)| e == "upgrade.started"));
 
     // Inside a window, but today is a blackout date.
     let earlier = now - chrono::Duration::minutes(30);
@@ -781,6 +790,11 @@ fn maintenance_window_and_blackout_gate_promotion() {
         text(&out)
     );
     assert_eq!(sb.prod_version(), "v0.27.1");
+    assert!(
+        !text(&out).contains("staging passed"),
+        "staged once per target, not on every run: {}",
+        text(&out)
+    );
 
     // Inside the window: promoted. (--ignore-window would have done it anyway.)
     sb.extra_release = format!(
