@@ -14,6 +14,7 @@
 //! - [`pipeline`]: the upgrade job (watch → plan → verify → stage → promote), shared by CLI and daemon.
 //! - [`cli`]: the command line, thin wrappers over the above.
 
+pub mod audit;
 pub mod cli;
 pub mod deploy;
 pub mod exit;

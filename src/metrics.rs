@@ -65,13 +65,40 @@ pub fn render(store: &Store, running: Option<&str>) -> Result<String, StateError
         "gauge",
         "When a scheduled job last started.",
     );
-    for job in ["upgrade", "keys"] {
+    for job in ["upgrade", "keys", "audit"] {
         if let Some(t) = kv(&format!("job.{job}.last"))? {
             let _ = writeln!(
                 out,
                 "headwarden_job_last_start_timestamp_seconds{{job=\"{job}\"}} {t}"
             );
         }
+    }
+    family(
+        &mut out,
+        "audit_findings",
+        "gauge",
+        "Open (not accepted) findings of the last audit, by severity.",
+    );
+    if kv("audit.last_at")?.is_some() {
+        let counts: serde_json::Value = kv("audit.counts")?
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default();
+        for sev in ["info", "warning", "critical"] {
+            let n = counts
+                .get(sev)
+                .and_then(serde_json::Value::as_u64)
+                .unwrap_or(0);
+            let _ = writeln!(out, "headwarden_audit_findings{{severity=\"{sev}\"}} {n}");
+        }
+    }
+    family(
+        &mut out,
+        "audit_last_timestamp_seconds",
+        "gauge",
+        "When the last audit finished.",
+    );
+    if let Some(t) = kv("audit.last_at")? {
+        let _ = writeln!(out, "headwarden_audit_last_timestamp_seconds {t}");
     }
     let runs = store.recent_runs(10_000)?;
     family(

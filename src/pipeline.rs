@@ -456,6 +456,14 @@ pub async fn check(
     Ok(fetch_and_plan(s, store, opts).await?.0)
 }
 
+/// `check` plus the releases it read (the audit looks at their notes).
+pub async fn check_with_releases(
+    s: &Settings,
+    store: &Store,
+) -> Result<(CheckReport, Vec<Release>), PipelineError> {
+    fetch_and_plan(s, store, &UpgradeOptions::default()).await
+}
+
 /// Finishes interrupted runs first and says what recovery did (start of every locked command).
 async fn recover_and_report(
     s: &Settings,

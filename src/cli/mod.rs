@@ -13,7 +13,7 @@ use semver::Version;
 use crate::exit;
 use crate::pipeline::{self, PipelineError, UpgradeOptions, UpgradeOutcome};
 use crate::schedule::lock::{LockError, RunLock};
-use crate::settings::{self, ConfigError, Settings};
+use crate::settings::{self, ConfigError, Settings, Severity};
 use crate::state::Store;
 
 #[derive(Parser, Debug)]
@@ -92,6 +92,13 @@ enum Command {
         #[command(subcommand)]
         cmd: PlaybookCmd,
     },
+    /// Security posture audit: configuration, files, enrollment, nodes, policy, DNS, version.
+    /// Stores the result; what changed since the last audit goes to chat.
+    Audit {
+        /// Exit 1 when a finding at or above this severity (info, warning, critical) is open.
+        #[arg(long, value_parser = ["info", "warning", "critical"])]
+        fail_on: Option<String>,
+    },
     /// Print the Prometheus metrics (the same text the textfile and the daemon's listener carry).
     Metrics,
     /// Print shell completions (bash, zsh, fish, elvish, powershell) to stdout.
@@ -108,7 +115,7 @@ enum Command {
     },
     /// Lift a `hold`.
     Unhold,
-    /// Run every job that is due once (upgrade per policy, key rotation) and exit: what the
+    /// Run every job that is due once (upgrade per policy, key rotation, audit) and exit: what the
     /// systemd timer calls. Jobs not due say when they next are.
     Run,
     /// Run as a daemon: the jobs on their `schedule:` (concurrently), chat delivery every 30 s;
@@ -280,6 +287,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             | Command::Upgrade { .. }
             | Command::Rollback { .. }
             | Command::Keys { .. }
+            | Command::Audit { .. }
             | Command::Run
     ) {
         deliver_queued(&cli).await;
@@ -426,7 +434,11 @@ async fn run_due(cli: &Cli) -> Result<u8, Failure> {
     let store = Store::open(&s.state_dir)?;
     let now = crate::state::now();
     let mut result = exit::OK;
-    for (job, expr) in [("upgrade", &s.schedule.upgrade), ("keys", &s.schedule.keys)] {
+    for (job, expr) in [
+        ("upgrade", &s.schedule.upgrade),
+        ("keys", &s.schedule.keys),
+        ("audit", &s.schedule.audit),
+    ] {
         let key = format!("job.{job}.last");
         let last = store.kv_get(&key)?.and_then(|v| v.parse().ok());
         let next =
@@ -437,16 +449,16 @@ async fn run_due(cli: &Cli) -> Result<u8, Failure> {
             continue;
         }
         println!("{job}: due");
-        let command = if job == "upgrade" {
-            Command::Upgrade {
+        let command = match job {
+            "upgrade" => Command::Upgrade {
                 to: None,
                 yes: true,
                 dry_run: false,
                 allow_downgrade: false,
                 ignore_window: false,
-            }
-        } else {
-            Command::Keys { cmd: KeysCmd::Run }
+            },
+            "keys" => Command::Keys { cmd: KeysCmd::Run },
+            _ => Command::Audit { fail_on: None },
         };
         let sub = Cli {
             config: cli.config.clone(),
@@ -482,6 +494,51 @@ async fn run_due(cli: &Cli) -> Result<u8, Failure> {
     Ok(result)
 }
 
+/// The audit report for a terminal: grouped by severity, then accepted, skipped and drift.
+fn print_audit(r: &crate::audit::Report) {
+    println!(
+        "security audit (Headscale {}) at {}",
+        r.headscale_version.as_deref().unwrap_or("unknown"),
+        r.generated_at
+    );
+    for sev in [Severity::Critical, Severity::Warning, Severity::Info] {
+        let group: Vec<_> = r.findings.iter().filter(|f| f.severity == sev).collect();
+        if group.is_empty() {
+            continue;
+        }
+        println!("\n{} ({})", sev.as_str().to_uppercase(), group.len());
+        for f in group {
+            println!("  {}\n    {}", f.id, f.title);
+            if !f.evidence.is_empty() {
+                println!("    evidence: {}", f.evidence);
+            }
+            println!("    fix: {}\n    mitigation: {}", f.fix, f.mitigation);
+        }
+    }
+    if r.findings.is_empty() {
+        println!("\nno open findings");
+    }
+    if !r.accepted.is_empty() {
+        println!("\naccepted ({})", r.accepted.len());
+        for f in &r.accepted {
+            if let Some(a) = &f.accepted {
+                println!("  {} until {}: {}", f.id, a.until, a.reason);
+            }
+        }
+    }
+    for e in &r.expired_acceptances {
+        println!("acceptance expired: {e}");
+    }
+    for sk in &r.skipped {
+        println!("skipped {}: {}", sk.step, sk.reason);
+    }
+    println!(
+        "\nsince the last audit: {} new, {} resolved",
+        r.new.len(),
+        r.resolved.len()
+    );
+}
+
 async fn run_command(cli: &Cli) -> Result<u8, Failure> {
     match &cli.command {
         Command::Run => run_due(cli).await,
@@ -512,6 +569,24 @@ async fn run_command(cli: &Cli) -> Result<u8, Failure> {
                     Ok(exit::USAGE)
                 }
             }
+        }
+        Command::Audit { fail_on } => {
+            let fail_on = fail_on.as_deref().and_then(Severity::parse);
+            let s = load(cli)?;
+            let _lock = RunLock::acquire_audit(&s.state_dir, "audit")?;
+            let store = Store::open(&s.state_dir)?;
+            let report = crate::audit::run(&s, &store)
+                .await
+                .map_err(|e| anyhow::anyhow!("audit: {e}"))?;
+            if cli.json {
+                print_json(&report)?;
+            } else {
+                print_audit(&report);
+            }
+            Ok(match (fail_on, report.worst()) {
+                (Some(limit), Some(worst)) if worst >= limit => exit::FAILURE,
+                _ => exit::OK,
+            })
         }
         Command::Metrics => {
             let s = load(cli)?;
@@ -912,7 +987,7 @@ async fn status(cli: &Cli, s: &Settings, store: &Store) -> Result<u8, Failure> {
     let backups = store.backups()?;
     let bad = store.bad_releases()?;
     if cli.json {
-        let jobs: std::collections::BTreeMap<&str, Option<i64>> = ["upgrade", "keys"]
+        let jobs: std::collections::BTreeMap<&str, Option<i64>> = ["upgrade", "keys", "audit"]
             .into_iter()
             .map(|j| {
                 let last = store

@@ -778,6 +778,18 @@ impl ApiClient {
         }
     }
 
+    /// GetPolicy (database policy mode): the policy text (HuJSON).
+    pub async fn get_policy(&self) -> Result<String, ApiError> {
+        if let Transport::Grpc(g) = &self.transport {
+            return g.get_policy().await;
+        }
+        let v = self.request("GET", "/api/v1/policy", None).await?;
+        Ok(v.get("policy")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string())
+    }
+
     pub async fn list_api_keys(&self) -> Result<Vec<ApiKeyInfo>, ApiError> {
         if let Transport::Grpc(g) = &self.transport {
             return g.list_api_keys().await;

@@ -38,11 +38,11 @@ pub struct HeadscaleConfig {
     pub server_url: String,
 }
 
-fn get<'a>(root: &'a Value, key: &str) -> Option<&'a Value> {
+pub fn get<'a>(root: &'a Value, key: &str) -> Option<&'a Value> {
     key.split('.').try_fold(root, |cur, part| cur.get(part))
 }
 
-fn get_str(root: &Value, key: &str) -> Option<String> {
+pub fn get_str(root: &Value, key: &str) -> Option<String> {
     match get(root, key)? {
         Value::String(s) => Some(s.clone()),
         Value::Number(n) => Some(n.to_string()),

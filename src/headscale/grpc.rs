@@ -333,6 +333,16 @@ impl GrpcClient {
         Ok(())
     }
 
+    pub async fn get_policy(&self) -> Result<String, ApiError> {
+        let r = self
+            .inner
+            .clone()
+            .get_policy(pb::GetPolicyRequest {})
+            .await
+            .map_err(|e| self.status("GetPolicy", e))?;
+        Ok(r.into_inner().policy)
+    }
+
     pub async fn list_api_keys(&self) -> Result<Vec<ApiKeyInfo>, ApiError> {
         let r = self
             .inner

@@ -61,7 +61,6 @@ pub struct RunReport {
     pub expired: Vec<String>,
     pub duplicates_removed: Vec<String>,
     pub keys_retired: usize,
-    pub audit: Vec<String>,
 }
 
 fn observed_map(store: &Store) -> Result<HashMap<u64, Observed>, StateError> {
@@ -308,7 +307,6 @@ pub async fn run(
                 Ok(None) => Ok(()),
                 Err(e) => Err(e),
             },
-            ("audit", Some(p)) => audit_step(s, store, api, p, &mut report, say).await,
             ("notify", _) => {
                 let budget = step.timeout().unwrap_or(crate::notify::FLUSH_BUDGET);
                 if let Err(e) = crate::notify::flush(s, store, budget).await {
@@ -545,74 +543,6 @@ async fn expire_step(
         report.expired.push(p.name.clone());
     }
     Ok(())
-}
-
-/// `audit`: enrollment and node findings, reported to chat once a week while they persist.
-async fn audit_step(
-    s: &Settings,
-    store: &Store,
-    api: &ApiClient,
-    planned: &Planned,
-    report: &mut RunReport,
-    say: &(dyn Fn(&str) + Sync),
-) -> Result<(), KeysError> {
-    let nodes = &planned.nodes;
-    report.audit = audit(s, api, nodes).await?;
-    for finding in &report.audit {
-        say(&format!("audit: {finding}"));
-        // Chat hears about a finding once a week while it persists, not on every run.
-        store.push_event_once(
-            "audit.finding",
-            "warning",
-            &json!({"summary": format!("audit: {finding}"), "finding": finding}),
-            &format!("audit.finding:{finding}"),
-            7 * 86400,
-        )?;
-    }
-    Ok(())
-}
-
-/// Node audit in the same pass: reported, never changed.
-async fn audit(s: &Settings, api: &ApiClient, nodes: &[Node]) -> Result<Vec<String>, KeysError> {
-    let mut out = Vec::new();
-    let t = now();
-    let inactive = s.keys.inactive_after.as_secs() as i64;
-    for n in nodes {
-        if let Some(seen) = n.last_seen.filter(|seen| t - seen > inactive) {
-            out.push(format!(
-                "node {} ({}) not seen for {} days",
-                n.given_name,
-                n.user.name,
-                (t - seen) / 86400
-            ));
-        }
-    }
-    let never = nodes
-        .iter()
-        .filter(|n| n.expiry.is_none() && n.tags.is_empty())
-        .count();
-    if never > 0 {
-        out.push(format!("{never} user-owned node(s) never expire in Headscale (null expiry); consider node.expiry"));
-    }
-    let users = api.list_users().await?;
-    for k in api.list_preauth_keys(&users).await? {
-        let live = k.expiration.is_some_and(|e| e > t);
-        if live && k.reusable {
-            out.push(format!("pre-auth key {} is reusable", k.id));
-        }
-        if k.expiration.is_some_and(|e| e - t > 30 * 86400) {
-            out.push(format!(
-                "pre-auth key {} is valid for more than 30 days",
-                k.id
-            ));
-        }
-    }
-    for k in api.list_api_keys().await? {
-        if k.expiration.is_none() {
-            out.push(format!("API key {} has no expiry", k.prefix));
-        }
-    }
-    Ok(out)
 }
 
 /// `headwarden keys rotate NODE`: a reminder with a fresh one-time key for one node, now.

@@ -13,17 +13,29 @@ use serde::Deserialize;
 
 pub const DEFAULT_UPGRADE: &str = include_str!("../../playbooks/upgrade.yaml");
 pub const DEFAULT_ROTATE_KEYS: &str = include_str!("../../playbooks/rotate-keys.yaml");
+pub const DEFAULT_AUDIT: &str = include_str!("../../playbooks/audit.yaml");
 
 /// The closed catalogue of step kinds, per playbook.
 pub const UPGRADE_STEPS: &[&str] = &[
     "fetch", "verify", "backup", "stage", "smoke", "approve", "promote", "notify", "hook",
 ];
-pub const ROTATE_KEYS_STEPS: &[&str] = &[
-    "plan", "rotate", "expire", "api_key", "audit", "notify", "hook",
+pub const ROTATE_KEYS_STEPS: &[&str] = &["plan", "rotate", "expire", "api_key", "notify", "hook"];
+
+pub const AUDIT_STEPS: &[&str] = &[
+    "version",
+    "config",
+    "files",
+    "enrollment",
+    "nodes",
+    "policy",
+    "dns",
+    "report",
+    "notify",
+    "hook",
 ];
 
 /// Steps whose failure may be shrugged off (`on_failure: continue`): they gate nothing.
-const OPTIONAL: &[&str] = &["hook", "notify", "api_key", "audit"];
+const OPTIONAL: &[&str] = &["hook", "notify", "api_key"];
 
 /// Built-in steps whose work cannot be cut off safely halfway; they keep their own limits.
 const NO_TIMEOUT: &[&str] = &[
@@ -91,22 +103,26 @@ impl Playbook {
     pub fn default_upgrade() -> Playbook {
         check(DEFAULT_UPGRADE).unwrap_or_else(|p| panic!("built-in upgrade playbook: {p:?}"))
     }
+    pub fn default_audit() -> Playbook {
+        check(DEFAULT_AUDIT).unwrap_or_else(|p| panic!("built-in audit playbook: {p:?}"))
+    }
     pub fn default_rotate_keys() -> Playbook {
         check(DEFAULT_ROTATE_KEYS)
             .unwrap_or_else(|p| panic!("built-in rotate-keys playbook: {p:?}"))
     }
 }
 
-/// Parses and validates a playbook (`name: upgrade` or `name: rotate-keys`); every problem is
+/// Parses and validates a playbook (`name: upgrade`, `rotate-keys` or `audit`); every problem is
 /// reported, not just the first.
 pub fn check(text: &str) -> Result<Playbook, Vec<String>> {
     let pb: Playbook = serde_yaml_ng::from_str(text).map_err(|e| vec![e.to_string()])?;
     let catalogue = match pb.name.as_str() {
         "upgrade" => UPGRADE_STEPS,
         "rotate-keys" => ROTATE_KEYS_STEPS,
+        "audit" => AUDIT_STEPS,
         other => {
             return Err(vec![format!(
-                "unknown playbook name {other:?} (upgrade or rotate-keys)"
+                "unknown playbook name {other:?} (upgrade, rotate-keys or audit)"
             )])
         }
     };
@@ -133,7 +149,10 @@ pub fn check(text: &str) -> Result<Playbook, Vec<String>> {
             }
         }
         let is_hook = s.step == "hook";
-        if s.on_failure.as_deref() == Some("continue") && !OPTIONAL.contains(&s.step.as_str()) {
+        // An audit is read-only: any check may fail and the rest still run.
+        let may_continue =
+            OPTIONAL.contains(&s.step.as_str()) || (pb.name == "audit" && s.step != "report");
+        if s.on_failure.as_deref() == Some("continue") && !may_continue {
             problems.push(format!(
                 "step {n} ({}): on_failure continue would run the next steps without what this one checks or produces (only {} may continue)",
                 s.step,
@@ -245,6 +264,24 @@ pub fn check(text: &str) -> Result<Playbook, Vec<String>> {
                 ));
             }
         }
+    } else if pb.name == "audit" {
+        match pos("report") {
+            None => problems.push(
+                "the audit playbook needs a report step (it stores the result and finds what changed)"
+                    .into(),
+            ),
+            Some(r) => {
+                for (i, st) in pb.steps.iter().enumerate().skip(r + 1) {
+                    if AUDIT_STEPS[..7].contains(&st.step.as_str()) {
+                        problems.push(format!(
+                            "step {} ({}) comes after report: its findings would be neither stored nor compared",
+                            i + 1,
+                            st.step
+                        ));
+                    }
+                }
+            }
+        }
     } else {
         for required in ["plan", "rotate"] {
             if pos(required).is_none() {
@@ -331,7 +368,7 @@ mod tests {
             (format!("{default}  - step: reboot\n"), "unknown step"),
             (
                 default.replace("  - step: verify\n", "  - step: verify\n    on_failure: continue\n"),
-                "only hook, notify, api_key, audit may continue",
+                "only hook, notify, api_key may continue",
             ),
             (
                 default.replace("  - step: stage\n", "  - step: hook\n    argv: [/bin/true]\n    timeout: 5s\n    on_failure: rollback\n  - step: stage\n"),

@@ -20,7 +20,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use crate::settings::{self, Settings};
 use crate::state::{now, Store};
 
-const JOBS: [&str; 2] = ["upgrade", "keys"];
+const JOBS: [&str; 3] = ["upgrade", "keys", "audit"];
 const FLUSH_EVERY: i64 = 30;
 const LOCKED_RETRY: i64 = 60;
 
@@ -28,6 +28,7 @@ fn schedule_of<'a>(s: &'a Settings, job: &str) -> Option<&'a str> {
     match job {
         "upgrade" => s.schedule.upgrade.as_deref(),
         "keys" => s.schedule.keys.as_deref(),
+        "audit" => s.schedule.audit.as_deref(),
         _ => None,
     }
 }
@@ -38,6 +39,7 @@ fn job_args(config: &Path, job: &str) -> Vec<String> {
         match job {
             "upgrade" => vec!["upgrade", "--yes"],
             "keys" => vec!["keys", "run"],
+            "audit" => vec!["audit"],
             _ => vec!["notify", "flush"],
         }
         .into_iter()

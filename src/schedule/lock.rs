@@ -37,6 +37,12 @@ impl RunLock {
         Self::acquire_file(state_dir, "keys.lock", command)
     }
 
+    /// The audit job's lock (`state_dir/audit.lock`): one audit at a time, so drift is computed
+    /// against a stored result nobody else is writing.
+    pub fn acquire_audit(state_dir: &Path, command: &str) -> Result<RunLock, LockError> {
+        Self::acquire_file(state_dir, "audit.lock", command)
+    }
+
     /// The chat sender's lock (`state_dir/notify.lock`): one process delivers at a time, so a
     /// delivery found mid-send belongs to a process that died.
     pub fn acquire_notify(state_dir: &Path, command: &str) -> Result<RunLock, LockError> {

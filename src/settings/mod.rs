@@ -58,6 +58,48 @@ pub struct Settings {
     pub schedule: ScheduleSettings,
     pub metrics: MetricsSettings,
     pub playbooks: Playbooks,
+    pub audit: AuditSettings,
+}
+
+/// `headwarden audit`: thresholds, optional expectations, and accepted findings.
+#[derive(Debug, Clone)]
+pub struct AuditSettings {
+    /// Pre-auth keys valid for longer than this are a finding.
+    pub max_preauth_key_lifetime: Duration,
+    /// Unused, still-valid pre-auth keys older than this are a finding.
+    pub unused_preauth_key_after: Duration,
+    /// API keys not used for this long are a finding.
+    pub api_key_unused_after: Duration,
+    /// Nodes not seen for this long are a finding.
+    pub inactive_after: Duration,
+    /// Tags a node may carry (unset: any).
+    pub allowed_tags: Option<Vec<String>>,
+    /// Global DNS nameservers allowed (unset: any).
+    pub allowed_nameservers: Option<Vec<String>>,
+    /// A YAML list of expected machines (the seeds' pre-approved node list).
+    pub inventory: Option<PathBuf>,
+    /// The user Headscale runs as; its files must belong to it.
+    pub service_user: Option<String>,
+    /// Expected reachability, evaluated against the policy.
+    pub reachability: Vec<Reach>,
+    pub accept: Vec<Accept>,
+    pub playbook: LoadedPlaybook,
+}
+
+#[derive(Debug, Clone)]
+pub struct Reach {
+    pub from: String,
+    pub to: String,
+    pub port: u16,
+    pub allow: bool,
+}
+
+/// A finding an admin accepted until a date, with the reason.
+#[derive(Debug, Clone)]
+pub struct Accept {
+    pub id: String,
+    pub until: chrono::NaiveDate,
+    pub reason: String,
 }
 
 /// The pipelines as data: the built-in defaults (`playbooks/*.yaml`) or the admin's validated copy.

@@ -122,6 +122,41 @@ pub(super) struct RawConfig {
     metrics: RawMetrics,
     #[serde(default)]
     playbooks: RawPlaybooks,
+    #[serde(default)]
+    audit: RawAudit,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawAudit {
+    max_preauth_key_lifetime: Option<DurationValue>,
+    unused_preauth_key_after: Option<DurationValue>,
+    api_key_unused_after: Option<DurationValue>,
+    inactive_after: Option<DurationValue>,
+    allowed_tags: Option<Vec<String>>,
+    allowed_nameservers: Option<Vec<String>>,
+    inventory: Option<PathBuf>,
+    service_user: Option<String>,
+    reachability: Vec<RawReach>,
+    accept: Vec<RawAccept>,
+    playbook: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReach {
+    from: String,
+    to: String,
+    port: u16,
+    expect: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAccept {
+    id: String,
+    until: String,
+    reason: String,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -754,6 +789,69 @@ pub(super) fn resolve(file: &Path, text: &str, raw: RawConfig) -> Result<Setting
             path: shown,
         })
     };
+    let a = raw.audit;
+    let mut reachability = Vec::new();
+    for (i, r) in a.reachability.into_iter().enumerate() {
+        let allow = match r.expect.as_str() {
+            "allow" => true,
+            "deny" => false,
+            other => {
+                return Err(cx.err(
+                    "audit.reachability",
+                    format!("entry {}: expect {other:?} is not allow or deny", i + 1),
+                    "each entry: {from: group:dev, to: tag:server, port: 22, expect: deny}",
+                ))
+            }
+        };
+        reachability.push(super::Reach {
+            from: r.from,
+            to: r.to,
+            port: r.port,
+            allow,
+        });
+    }
+    let mut accept = Vec::new();
+    for r in a.accept {
+        let until = chrono::NaiveDate::parse_from_str(&r.until, "%Y-%m-%d").map_err(|_| {
+            cx.err(
+                "audit.accept",
+                format!("{}: until {:?} is not a date", r.id, r.until),
+                "every acceptance expires: until: YYYY-MM-DD",
+            )
+        })?;
+        if r.reason.trim().is_empty() {
+            return Err(cx.err(
+                "audit.accept",
+                format!("{}: an acceptance needs a reason", r.id),
+                "say why the risk is accepted, so the next admin knows",
+            ));
+        }
+        accept.push(super::Accept {
+            id: r.id,
+            until,
+            reason: r.reason,
+        });
+    }
+    let days = |d: Option<DurationValue>, n: u64| d.map_or(Duration::from_secs(n * 86400), |d| d.0);
+    let audit_playbook = load_playbook(
+        "audit.playbook",
+        a.playbook,
+        "audit",
+        crate::playbook::DEFAULT_AUDIT,
+    )?;
+    let audit = super::AuditSettings {
+        max_preauth_key_lifetime: days(a.max_preauth_key_lifetime, 7),
+        unused_preauth_key_after: days(a.unused_preauth_key_after, 3),
+        api_key_unused_after: days(a.api_key_unused_after, 90),
+        inactive_after: days(a.inactive_after, 30),
+        allowed_tags: a.allowed_tags,
+        allowed_nameservers: a.allowed_nameservers,
+        inventory: a.inventory.map(|p| cx.path(p)),
+        service_user: a.service_user,
+        reachability,
+        accept,
+        playbook: audit_playbook,
+    };
     let playbooks = super::Playbooks {
         upgrade: load_playbook(
             "playbooks.upgrade",
@@ -824,6 +922,7 @@ pub(super) fn resolve(file: &Path, text: &str, raw: RawConfig) -> Result<Setting
         schedule,
         metrics,
         playbooks,
+        audit,
     })
 }
 

@@ -403,42 +403,6 @@ fn same_machine_as_a_new_node_is_a_rotation_and_the_stale_entry_is_removed() {
 }
 
 #[test]
-fn audit_reports_without_changing_anything() {
-    let mut sb = Sandbox::new("0.30.0");
-    sb.enable_api(false);
-    sb.seed("idle", 40, None, "");
-    let before = sb.prod_cmd(&["nodes", "list", "-o", "json"]);
-    let out = sb.hw(&["keys", "run", "--json"]);
-    assert_eq!(code(&out), 0, "{}", text(&out));
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
-    let audit: Vec<&str> = report["audit"]
-        .as_array()
-        .expect("audit")
-        .iter()
-        .filter_map(|a| a.as_str())
-        .collect();
-    assert!(
-        audit
-            .iter()
-            .any(|a| a.contains("idle") && a.contains("not seen for 40 days")),
-        "{audit:?}"
-    );
-    assert!(
-        audit.iter().any(|a| a.contains("never expire")),
-        "{audit:?}"
-    );
-    assert!(
-        audit.iter().any(|a| a.contains("has no expiry")),
-        "the API key made without expiry: {audit:?}"
-    );
-    assert_eq!(
-        sb.prod_cmd(&["nodes", "list", "-o", "json"]),
-        before,
-        "the audit changes nothing"
-    );
-}
-
-#[test]
 fn remote_grpc_over_tls_with_the_api_key_in_metadata() {
     let mut sb = Sandbox::new_with("0.29.2", true);
     sb.enable_grpc_tls();

@@ -1,6 +1,7 @@
 //! Integration tests: the real `headwarden` and `headscale-sim` binaries in temp sandboxes,
 //! talking over 127.0.0.1 only (a local GitHub releases API, stand-in Headscale instances).
 
+mod audit;
 mod keys;
 mod notify;
 mod playbook;

@@ -169,7 +169,7 @@ fn without_the_expire_step_overdue_nodes_are_never_expired() {
     sb.enable_api(false);
     sb.seed("late", 100, None, "");
     sb.extra_top = "keys:\n  enforce: expire\n".into();
-    let pb = "name: rotate-keys\nsteps:\n  - step: plan\n  - step: rotate\n  - step: audit\n    on_failure: continue\n";
+    let pb = "name: rotate-keys\nsteps:\n  - step: plan\n  - step: rotate\n  - step: notify\n";
     use_playbook(&mut sb, "rotate_keys", pb);
     let out = sb.hw(&["keys", "run"]);
     assert_eq!(code(&out), 0, "{}", text(&out));

@@ -24,7 +24,7 @@ fn run_does_due_jobs_once_and_leaves_a_locked_job_for_next_time() {
     let mut sb = Sandbox::new("0.27.1");
     sb.enable_api(true);
     sb.extra_top =
-        "schedule:\n  upgrade: \"0 4 * * *\"\n  keys: \"@daily\"\n  timezone: UTC\n".into();
+        "schedule:\n  upgrade: \"0 4 * * *\"\n  keys: \"@daily\"\n  audit: \"@weekly\"\n  timezone: UTC\n".into();
     sb.write_config();
     sb.release("0.28.0", "none");
 

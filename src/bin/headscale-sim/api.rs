@@ -29,6 +29,7 @@ pub fn routes() -> Router<Shared> {
         .route("/api/v1/preauthkey/expire", post(expire_preauth))
         .route("/api/v1/apikey", get(list_apikeys).post(create_apikey))
         .route("/api/v1/apikey/expire", post(expire_apikey))
+        .route("/api/v1/policy", get(get_policy).put(set_policy))
         .route("/api/v1/debug/register", post(register))
         .route("/api/v1/debug/apikey", post(create_apikey))
 }
@@ -376,6 +377,40 @@ pub(crate) async fn expire_preauth(
     } else {
         Json(json!({})).into_response()
     })
+}
+
+/// GetPolicy in database mode: the newest stored policy; none stored is an error, as upstream's
+/// "loading ACL from database: record not found".
+pub(crate) async fn get_policy(State(s): State<Shared>) -> Result<Response, AppError> {
+    let db = s.db.lock().map_err(|_| AppError("db lock".into()))?;
+    let row: Option<String> = db
+        .query_row(
+            "SELECT data FROM policies ORDER BY id DESC LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .ok();
+    Ok(match row {
+        Some(data) => Json(json!({"policy": data, "updatedAt": now_rfc3339()})).into_response(),
+        None => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Json(json!({"code": 2, "message": "loading ACL from database: record not found", "details": []})),
+        )
+            .into_response(),
+    })
+}
+
+pub(crate) async fn set_policy(
+    State(s): State<Shared>,
+    body: axum::body::Bytes,
+) -> Result<Response, AppError> {
+    let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let Some(policy) = v.get("policy").and_then(Value::as_str) else {
+        return Ok(bad_request("policy is required"));
+    };
+    let db = s.db.lock().map_err(|_| AppError("db lock".into()))?;
+    db.execute("INSERT INTO policies (data) VALUES (?1)", [policy])?;
+    Ok(Json(json!({"policy": policy, "updatedAt": now_rfc3339()})).into_response())
 }
 
 pub(crate) async fn list_apikeys(State(s): State<Shared>) -> Result<Json<Value>, AppError> {

@@ -396,6 +396,14 @@ impl HeadscaleService for SimGrpc {
         Ok(tonic::Response::new(pb::ListApiKeysResponse { api_keys }))
     }
 
+    async fn get_policy(&self, _: Request<pb::GetPolicyRequest>) -> R<pb::GetPolicyResponse> {
+        let v = json_of(done(api::get_policy(State(self.state.clone())).await)).await?;
+        Ok(tonic::Response::new(pb::GetPolicyResponse {
+            policy: s(&v, "policy"),
+            updated_at: ts(v.get("updatedAt")),
+        }))
+    }
+
     async fn health(&self, _: Request<pb::HealthRequest>) -> R<pb::HealthResponse> {
         let ok = self
             .state

@@ -72,6 +72,16 @@ enum Command {
         #[command(subcommand)]
         cmd: ListCmd,
     },
+    /// Pre-auth keys: `preauthkeys create --user ID [--reusable] [-e 1h]`.
+    Preauthkeys {
+        #[command(subcommand)]
+        cmd: PreauthCmd,
+    },
+    /// The policy (database mode): `policy set -f FILE`, `policy get`.
+    Policy {
+        #[command(subcommand)]
+        cmd: PolicyCmd,
+    },
     /// Simulated clients.
     Debug {
         #[command(subcommand)]
@@ -96,6 +106,28 @@ enum Command {
 enum ListCmd {
     List,
     Create { name: String },
+}
+
+#[derive(Subcommand, Debug)]
+enum PreauthCmd {
+    Create {
+        #[arg(short = 'u', long)]
+        user: u64,
+        #[arg(long)]
+        reusable: bool,
+        /// Valid for this long (`90m`, `1h`, `30d`); the CLI default is 1h.
+        #[arg(short = 'e', long, default_value = "1h")]
+        expiration: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum PolicyCmd {
+    Get,
+    Set {
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -194,6 +226,49 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             match cmd {
                 ListCmd::List => server::cli_get(&config, "/api/v1/node", "nodes").await,
                 ListCmd::Create { .. } => anyhow::bail!("use `debug seed` to register nodes"),
+            }
+        }
+        Command::Preauthkeys {
+            cmd:
+                PreauthCmd::Create {
+                    user,
+                    reusable,
+                    expiration,
+                },
+        } => {
+            let config = server::load_config(cli.config.as_deref())?;
+            let (n, unit) = expiration.split_at(expiration.len().saturating_sub(1));
+            let secs = n
+                .parse::<i64>()
+                .map_err(|_| anyhow::anyhow!("bad expiration {expiration}"))?
+                * match unit {
+                    "m" => 60,
+                    "h" => 3600,
+                    "d" => 86400,
+                    _ => anyhow::bail!("bad expiration unit in {expiration}"),
+                };
+            let at = chrono::Utc::now() + chrono::Duration::seconds(secs);
+            server::cli_post_json(
+                &config,
+                "/api/v1/preauthkey",
+                &serde_json::json!({"user": user.to_string(), "reusable": reusable, "expiration": at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)}),
+            )
+            .await
+        }
+        Command::Policy { cmd } => {
+            let config = server::load_config(cli.config.as_deref())?;
+            match cmd {
+                PolicyCmd::Get => server::cli_get(&config, "/api/v1/policy", "policy").await,
+                PolicyCmd::Set { file } => {
+                    let policy = std::fs::read_to_string(&file)?;
+                    server::cli_send_json(
+                        &config,
+                        "PUT",
+                        "/api/v1/policy",
+                        &serde_json::json!({"policy": policy}),
+                    )
+                    .await
+                }
             }
         }
         Command::Debug { cmd } => {

@@ -336,6 +336,8 @@ const MIGRATIONS: &[(u64, &str)] = &[
     ),
     (
         30,
+        // Upstream has had the table since 0.24 (policy.mode: database); kept as an idempotent
+        // migration for databases the stand-in created before the base schema had it.
         "CREATE TABLE IF NOT EXISTS policies (id INTEGER PRIMARY KEY, data TEXT);",
     ),
 ];
@@ -366,7 +368,8 @@ fn open_and_migrate(path: &Path, v: &SimVersion, drop_rows: bool) -> Result<Conn
                 reusable INTEGER NOT NULL, ephemeral INTEGER NOT NULL, used INTEGER NOT NULL, expiration TEXT NOT NULL,
                 created_at TEXT NOT NULL, acl_tags TEXT NOT NULL DEFAULT '[]');
              CREATE TABLE database_versions (id INTEGER PRIMARY KEY CHECK (id = 1), version TEXT, updated_at TEXT);
-             CREATE TABLE migrations (id TEXT PRIMARY KEY);",
+             CREATE TABLE migrations (id TEXT PRIMARY KEY);
+             CREATE TABLE policies (id INTEGER PRIMARY KEY, data TEXT);",
         )?;
         for (minor, sql) in MIGRATIONS {
             if v.minor >= *minor {
@@ -762,7 +765,11 @@ pub async fn cli_post(config: &Config, path: &str) -> Result<()> {
 }
 
 pub async fn cli_post_json(config: &Config, path: &str, body: &Json_) -> Result<()> {
-    let v = socket_request_body(config, "POST", path, &body.to_string()).await?;
+    cli_send_json(config, "POST", path, body).await
+}
+
+pub async fn cli_send_json(config: &Config, method: &str, path: &str, body: &Json_) -> Result<()> {
+    let v = socket_request_body(config, method, path, &body.to_string()).await?;
     println!("{}", serde_json::to_string_pretty(&v)?);
     Ok(())
 }
