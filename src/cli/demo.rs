@@ -173,7 +173,20 @@ pub async fn run(keep: bool) -> Result<u8, Failure> {
             let masked: String = cmd.split(' ').map(|w| if w.starts_with("hskey-auth-") { "hskey-auth-…(one-time key)" } else { w }).collect::<Vec<_>>().join(" ");
             println!("   queued for {}: {masked}", row.payload["node"]["user"].as_str().unwrap_or(""));
         }
-        println!("\n-- step 6: chat delivery (a local receiver speaking Slack's and a generic webhook's APIs)");
+        println!("\n-- step 6: security audit (the seed mitigations as checks; chat hears only what changed)");
+        let report = crate::audit::run(&settings, &store)
+            .await
+            .map_err(|e| anyhow::anyhow!("audit: {e}"))?;
+        for f in &report.findings {
+            println!("   [{}] {} — {}", f.severity.as_str(), f.id, f.title);
+        }
+        println!(
+            "   {} open finding(s), {} skipped check(s); the first audit is the baseline, later ones report only new and resolved findings",
+            report.findings.len(),
+            report.skipped.len()
+        );
+        println!("\n-- step 7: chat delivery (a local receiver speaking Slack's and a generic webhook's APIs)");
+        // The playbooks' notify steps already delivered most of it; this sends the rest.
         let r = crate::notify::flush(&settings, &store, crate::notify::FLUSH_BUDGET).await?;
         let messages = std::fs::read_to_string(root.join("chat/messages.jsonl")).unwrap_or_default();
         for line in messages.lines() {
@@ -182,10 +195,10 @@ pub async fn run(keep: bool) -> Result<u8, Failure> {
                 println!("   [{}] {}", m["body"]["severity"].as_str().unwrap_or(""), m["body"]["title"].as_str().unwrap_or(""));
             }
         }
+        let delivered = messages.lines().count();
         println!(
-            "   delivered {} messages ({} events, each to Slack and the webhook); {} waiting, {} failed; a second run sends nothing again",
-            r.sent,
-            r.sent / 2,
+            "   delivered {delivered} messages ({} events, each to Slack and the webhook); {} waiting, {} failed; a second run sends nothing again",
+            delivered / 2,
             r.retrying,
             r.failed
         );

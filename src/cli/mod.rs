@@ -1002,6 +1002,10 @@ async fn status(cli: &Cli, s: &Settings, store: &Store) -> Result<u8, Failure> {
             "schema": "headwarden.status/v1",
             "newest_release": store.kv_get("feed.newest")?,
             "pending_approvals": store.kv_get("approvals.pending")?.and_then(|v| v.parse::<u64>().ok()).unwrap_or(0),
+            "audit": {
+                "last": store.kv_get("audit.last_at")?.and_then(|v| v.parse::<i64>().ok()),
+                "open": store.kv_get("audit.counts")?.and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok()),
+            },
             "jobs_last_start": jobs,
             "production": {"version": current, "binary": s.headscale.binary, "target": target, "health": health},
             "interrupted_runs": open,

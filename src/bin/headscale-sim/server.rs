@@ -317,7 +317,19 @@ fn load_or_create_noise_key(path: &Path, replace: bool) -> Result<String> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    std::fs::write(path, &key).with_context(|| format!("writing noise key {}", path.display()))?;
+    // As upstream: the private key file is created 0600.
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(path)
+            .and_then(|mut f| f.write_all(key.as_bytes()))
+            .with_context(|| format!("writing noise key {}", path.display()))?;
+    }
     Ok(key)
 }
 
