@@ -57,34 +57,26 @@ fn clean_command<S: AsRef<OsStr>>(program: S) -> Command {
     cmd
 }
 
-/// Runs argv to completion with a timeout (the child is killed on timeout).
+/// Runs argv to completion with a timeout (the child is killed on timeout; what it started in the
+/// background — a service script's server — is left alone).
 pub async fn run(argv: &[String], timeout: Duration) -> Result<Output, ProcessError> {
-    let program = argv.first().cloned().unwrap_or_default();
-    let mut cmd = clean_command(&program);
-    cmd.args(&argv[1.min(argv.len())..])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let child = cmd.spawn().map_err(|source| ProcessError::Spawn {
-        program: program.clone(),
-        source,
-    })?;
-    match tokio::time::timeout(timeout, child.wait_with_output()).await {
-        Ok(Ok(out)) => Ok(Output {
-            status: out.status,
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }),
-        Ok(Err(source)) => Err(ProcessError::Spawn { program, source }),
-        Err(_) => Err(ProcessError::Timeout { program, timeout }),
-    }
+    collect(argv, &[], false, timeout).await
 }
 
-/// Runs a playbook hook: argv directly, `env` added, in its own process group; on timeout the
-/// whole group is killed (a hook script's own children included).
-pub async fn run_hook(
+/// Runs argv directly with `env` added, in its own process group; on timeout the whole group is
+/// killed (a hook script's own children included).
+pub async fn run_env(
     argv: &[String],
     env: &[(String, String)],
+    timeout: Duration,
+) -> Result<Output, ProcessError> {
+    collect(argv, env, true, timeout).await
+}
+
+async fn collect(
+    argv: &[String],
+    env: &[(String, String)],
+    own_group: bool,
     timeout: Duration,
 ) -> Result<Output, ProcessError> {
     let program = argv.first().cloned().unwrap_or_default();
@@ -93,8 +85,10 @@ pub async fn run_hook(
         .envs(env.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .process_group(0)
         .kill_on_drop(true);
+    if own_group {
+        cmd.process_group(0);
+    }
     let child = cmd.spawn().map_err(|source| ProcessError::Spawn {
         program: program.clone(),
         source,
@@ -108,7 +102,7 @@ pub async fn run_hook(
         }),
         Ok(Err(source)) => Err(ProcessError::Spawn { program, source }),
         Err(_) => {
-            if let Some(pgid) = pgid {
+            if let Some(pgid) = pgid.filter(|_| own_group) {
                 let _ = nix::sys::signal::killpg(
                     nix::unistd::Pid::from_raw(pgid),
                     nix::sys::signal::Signal::SIGKILL,
