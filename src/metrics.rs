@@ -100,6 +100,15 @@ pub fn render(store: &Store, running: Option<&str>) -> Result<String, StateError
     if let Some(t) = kv("audit.last_at")? {
         let _ = writeln!(out, "headwarden_audit_last_timestamp_seconds {t}");
     }
+    family(
+        &mut out,
+        "last_release_check_timestamp_seconds",
+        "gauge",
+        "When the release feed was last read successfully.",
+    );
+    if let Some(t) = kv("feed.last_ok")? {
+        let _ = writeln!(out, "headwarden_last_release_check_timestamp_seconds {t}");
+    }
     let runs = store.recent_runs(10_000)?;
     family(
         &mut out,

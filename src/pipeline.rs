@@ -735,7 +735,7 @@ fn gate(
     }
     if let (Some(w), false) = (&s.release.window, opts.ignore_window) {
         let needed = estimate_secs(store, plan.hops.len())?;
-        let tz = s.schedule.timezone.as_deref();
+        let tz = w.timezone.as_deref().or(s.schedule.timezone.as_deref());
         if let Err(next) =
             crate::schedule::window_allows(w, &s.release.blackout, tz, crate::state::now(), needed)
         {

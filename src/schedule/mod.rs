@@ -202,6 +202,7 @@ mod tests {
             days,
             start: chrono::NaiveTime::parse_from_str(start, "%H:%M").expect("time"),
             duration: std::time::Duration::from_secs(hours * 3600),
+            timezone: None,
         };
         let utc = Some("UTC");
         assert_eq!(
@@ -278,6 +279,7 @@ mod tests {
             days,
             start: chrono::NaiveTime::parse_from_str(start, "%H:%M").expect("time"),
             duration: std::time::Duration::from_secs(hours * 3600),
+            timezone: None,
         };
         // 2026-11-23 10:00 UTC is 11:00 in Berlin: inside a 10:00-12:00 Berlin window …
         let t = 1_795_428_000;

@@ -154,6 +154,9 @@ pub struct Window {
     pub days: Vec<chrono::Weekday>,
     pub start: chrono::NaiveTime,
     pub duration: Duration,
+    /// The window's own zone (the Headscale host's users may not share the timer's); unset:
+    /// `schedule.timezone`.
+    pub timezone: Option<String>,
 }
 
 /// Which upgrade steps wait for `headwarden approve VERSION`.

@@ -201,6 +201,8 @@ struct RawWindow {
     days: Vec<String>,
     start: String,
     duration: DurationValue,
+    #[serde(default)]
+    timezone: Option<String>,
 }
 
 /// `approval: auto | manual`, or per level: `{patch: auto, minor: manual}`.
@@ -544,10 +546,18 @@ pub(super) fn resolve(file: &Path, text: &str, raw: RawConfig) -> Result<Setting
                     "e.g. duration: 4h",
                 ));
             }
+            if let Err(e) = crate::schedule::parse_zone(w.timezone.as_deref()) {
+                return Err(cx.err(
+                    "release.window",
+                    e,
+                    "an IANA zone name such as Europe/Berlin; unset: schedule.timezone",
+                ));
+            }
             Some(Window {
                 days,
                 start,
                 duration: w.duration.0,
+                timezone: w.timezone.clone(),
             })
         }
     };

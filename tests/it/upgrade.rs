@@ -822,4 +822,25 @@ fn maintenance_window_and_blackout_gate_promotion() {
     let bad = sb.hw(&["config", "check"]);
     assert_eq!(code(&bad), 2);
     assert!(text(&bad).contains("unknown day"), "{}", text(&bad));
+
+    sb.release("0.28.2", "none");
+    // The window's own zone: now (UTC) is 14 hours later in Kiritimati (UTC+14), so a window
+    // starting at the current UTC time in UTC+14 terms has not opened.
+    sb.extra_release = format!(
+        "  window:\n    start: \"{}\"\n    duration: 1h\n    timezone: Pacific/Kiritimati\n",
+        hhmm(earlier)
+    );
+    sb.write_config();
+    let out = sb.hw(&["upgrade", "--yes", "--dry-run"]);
+    assert!(
+        text(&out).contains("outside the maintenance window"),
+        "{}",
+        text(&out)
+    );
+    sb.extra_release =
+        "  window:\n    start: \"02:00\"\n    duration: 1h\n    timezone: Mars/Olympus\n".into();
+    sb.write_config();
+    let bad = sb.hw(&["config", "check"]);
+    assert_eq!(code(&bad), 2);
+    assert!(text(&bad).contains("unknown time zone"), "{}", text(&bad));
 }
