@@ -224,6 +224,7 @@ async fn fetch_and_plan(
     if let Some(rem) = rate_remaining {
         store.kv_set("feed.rate_remaining", &rem.to_string())?;
     }
+    artifacts_replaced(store, &releases)?;
     let mut new_releases = Vec::new();
     for r in &releases {
         if store.mark_release_seen(&r.tag)? {
@@ -281,6 +282,57 @@ async fn fetch_and_plan(
         },
         releases,
     ))
+}
+
+/// A published artifact must never change. Each poll records every uploaded asset's GitHub
+/// digest per release; a digest that differs from the one recorded earlier means the file was
+/// replaced after publication (a compromised release, or a silent re-upload): a critical alert,
+/// and the release is recorded bad so it is not installed.
+fn artifacts_replaced(store: &Store, releases: &[Release]) -> Result<(), PipelineError> {
+    for r in releases {
+        let key = format!("assets.{}", r.tag);
+        let now: std::collections::BTreeMap<&str, &str> = r
+            .assets
+            .iter()
+            .filter(|a| a.uploaded)
+            .filter_map(|a| a.sha256.as_deref().map(|d| (a.name.as_str(), d)))
+            .collect();
+        let before: std::collections::BTreeMap<String, String> = store
+            .kv_get(&key)?
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default();
+        let mut merged = before.clone();
+        for (name, digest) in &now {
+            match before.get(*name) {
+                Some(old) if old != digest => {
+                    let reason = format!(
+                        "{name} was replaced after publication (sha256 {old} when first seen, now {digest})"
+                    );
+                    tracing::error!(tag = %r.tag, %name, "published artifact replaced");
+                    store.mark_release_bad(&r.tag, &reason)?;
+                    store.push_event_once(
+                        "release.artifact_replaced",
+                        "critical",
+                        &serde_json::json!({
+                            "summary": format!("Headscale {}: a published file was replaced", r.tag),
+                            "tag": r.tag, "asset": name, "first_seen": old, "now": digest,
+                            "action": "recorded as bad; headwarden will not install it. Compare with upstream's announcement before trusting it.",
+                        }),
+                        &format!("release.artifact_replaced:{}:{name}:{digest}", r.tag),
+                        365 * 86400,
+                    )?;
+                }
+                Some(_) => {}
+                None => {
+                    merged.insert((*name).to_string(), (*digest).to_string());
+                }
+            }
+        }
+        if merged != before {
+            store.kv_set(&key, &serde_json::to_string(&merged).unwrap_or_default())?;
+        }
+    }
+    Ok(())
 }
 
 /// How long an upgrade of `hops` hops is expected to take: the mean of the last five successful
@@ -1037,12 +1089,17 @@ impl RunCtx<'_> {
                 Ok(None)
             }
             StageOutcome::Failed {
-                version, reason, ..
+                version,
+                reason,
+                release_is_bad,
+                ..
             } => {
-                self.store.mark_release_bad(
-                    &format!("v{version}"),
-                    &format!("failed on staging: {reason}"),
-                )?;
+                if release_is_bad {
+                    self.store.mark_release_bad(
+                        &format!("v{version}"),
+                        &format!("failed on staging: {reason}"),
+                    )?;
+                }
                 (self.say)(&format!(
                     "staging REJECTED {version}: {reason}; production was not touched"
                 ));

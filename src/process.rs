@@ -213,11 +213,23 @@ pub fn crash_point(point: &str) {
     }
 }
 
-/// Fault injection for tests: when `HEADWARDEN_FAIL_AT` names this step, the step fails with
-/// an injected error instead of running (e.g. a backup that cannot be written). Test-only.
+/// Fault injection for tests: when `HEADWARDEN_FAIL_AT` (a comma-separated list) names this
+/// step, the step fails with an injected error instead of running (e.g. a backup that cannot be
+/// written). Test-only.
 pub fn fail_point(step: &str) -> Option<String> {
     std::env::var("HEADWARDEN_FAIL_AT")
         .ok()
-        .filter(|v| v == step)
+        .filter(|v| v.split(',').any(|s| s.trim() == step))
         .map(|_| format!("injected failure at {step} (HEADWARDEN_FAIL_AT)"))
+}
+
+/// A full disk or a file-size limit (`ulimit -f`) must be an error on the write that hits it,
+/// not SIGXFSZ killing the process halfway through a journaled step. A tokio listener replaces
+/// the default action for the rest of the process's life (no unsafe code); the signal is then
+/// simply noticed, and the write fails with EFBIG. Call inside the runtime.
+pub fn ignore_file_size_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    if let Err(e) = signal(SignalKind::from_raw(nix::libc::SIGXFSZ)) {
+        tracing::debug!(error = %e, "cannot take over SIGXFSZ");
+    }
 }

@@ -225,6 +225,7 @@ pub fn main() -> ExitCode {
         }
     };
     let _ = rustls::crypto::ring::default_provider().install_default();
+    rt.block_on(async { crate::process::ignore_file_size_signal() });
     match rt.block_on(run(cli)) {
         Ok(code) => ExitCode::from(code),
         Err(f) => {

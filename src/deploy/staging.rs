@@ -33,6 +33,8 @@ pub enum StageOutcome {
         version: String,
         reason: String,
         reports: Vec<Report>,
+        /// `false` when the host, not the release, failed (a port conflict): not recorded bad.
+        release_is_bad: bool,
     },
 }
 
@@ -104,42 +106,60 @@ pub async fn stage(
 
     let mut reports = Vec::new();
     for (i, hop) in hops.iter().enumerate() {
-        layout.http_port = free_port()?;
-        layout.metrics_port = free_port()?;
-        layout.grpc_port = free_port()?;
-        let config = derive_staging(prod, &layout, overlay.as_ref());
-        let config_path = layout.config();
-        let text = serde_yaml_ng::to_string(&config)
-            .map_err(|e| DeployError::Other(format!("serialising staging config: {e}")))?;
-        std::fs::write(&config_path, text).map_err(io_err("writing", &config_path))?;
         let log = dir.join(format!("headscale-{}.log", hop.version));
-        let base_url = format!("http://127.0.0.1:{}", layout.http_port);
-
-        let config_arg = config_path.display().to_string();
-        let mut child = process::spawn_logged(&hop.path, &["serve", "-c", &config_arg], &log)
-            .map_err(|e| DeployError::Other(e.to_string()))?;
-        let pid = child.id().unwrap_or(0);
-        let step = store.step_start(run, i as i64, "stage_start", &serde_json::json!({"version": hop.version.to_string(), "pid": pid, "marker": config_arg}))?;
-        crate::process::crash_point("stage_start:after");
-        let t = std::time::Instant::now();
-        tracing::info!(version = %hop.version, pid, url = %base_url, "staging instance starting");
-        let health = smoke::wait_healthy(&base_url, s.smoke.timeout, || match child.try_wait() {
-            Ok(Some(status)) => Err(format!(
-                "staging process exited ({status}): {}",
-                log_tail(&log)
-            )),
-            _ => Ok(()),
-        })
-        .await;
-        if let Err(reason) = health {
+        // Ports are picked free just before the start; another process can take one in between.
+        // A start that fails with "address already in use" gets one retry on fresh ports, and a
+        // second such failure is the host's problem, not the release's.
+        let mut attempt = 0;
+        let (mut child, step, t, base_url, config_path) = loop {
+            attempt += 1;
+            layout.http_port = free_port()?;
+            layout.metrics_port = free_port()?;
+            layout.grpc_port = free_port()?;
+            let config = derive_staging(prod, &layout, overlay.as_ref());
+            let config_path = layout.config();
+            let text = serde_yaml_ng::to_string(&config)
+                .map_err(|e| DeployError::Other(format!("serialising staging config: {e}")))?;
+            std::fs::write(&config_path, text).map_err(io_err("writing", &config_path))?;
+            let base_url = format!("http://127.0.0.1:{}", layout.http_port);
+            let config_arg = config_path.display().to_string();
+            let mut child = process::spawn_logged(&hop.path, &["serve", "-c", &config_arg], &log)
+                .map_err(|e| DeployError::Other(e.to_string()))?;
+            let pid = child.id().unwrap_or(0);
+            let step = store.step_start(run, i as i64, "stage_start", &serde_json::json!({"version": hop.version.to_string(), "pid": pid, "marker": config_arg}))?;
+            crate::process::crash_point("stage_start:after");
+            let t = std::time::Instant::now();
+            tracing::info!(version = %hop.version, pid, url = %base_url, attempt, "staging instance starting");
+            let health =
+                smoke::wait_healthy(&base_url, s.smoke.timeout, || match child.try_wait() {
+                    Ok(Some(status)) => Err(format!(
+                        "staging process exited ({status}): {}",
+                        log_tail(&log)
+                    )),
+                    _ => Ok(()),
+                })
+                .await;
+            let Err(reason) = health else {
+                break (child, step, t, base_url, config_path);
+            };
             process::terminate(&mut child, Duration::from_secs(5)).await;
             store.step_finish(step, false, &reason, t.elapsed().as_millis())?;
+            let port_conflict = reason.contains("address already in use");
+            if port_conflict && attempt < 2 {
+                tracing::warn!(version = %hop.version, "staging port taken meanwhile; retrying on fresh ports");
+                continue;
+            }
             return Ok(StageOutcome::Failed {
                 version: hop.version.to_string(),
-                reason: format!("did not become healthy: {reason}"),
+                reason: if port_conflict {
+                    format!("staging could not bind its ports twice (another process on this host?): {reason}")
+                } else {
+                    format!("did not become healthy: {reason}")
+                },
                 reports,
+                release_is_bad: !port_conflict,
             });
-        }
+        };
         store.step_finish(step, true, "healthy", t.elapsed().as_millis())?;
 
         let step = store.step_start(
@@ -181,6 +201,7 @@ pub async fn stage(
                 version: hop.version.to_string(),
                 reason: failures,
                 reports,
+                release_is_bad: true,
             });
         }
     }

@@ -288,6 +288,9 @@ pub async fn rollback(
             tracing::warn!(error = %e, "stopping production before rollback failed; continuing");
         }
         if let Some(dir) = backup {
+            if let Some(injected) = crate::process::fail_point("restore") {
+                return Err(injected);
+            }
             restore_backup(p.config, dir).map_err(|e| crate::cli::error_chain(&e))?;
         }
         if let Some(t) = old_target {

@@ -100,7 +100,7 @@ pub async fn fetch(settings: &ReleaseSettings, store: &Store) -> Result<FeedResu
         .base_uri(settings.api_url.as_str())
         .map_err(|e| unreachable(e.to_string()))?
         .set_connect_timeout(Some(Duration::from_secs(10)))
-        .set_read_timeout(Some(Duration::from_secs(30)));
+        .set_read_timeout(Some(settings.feed_timeout));
     if let Some(token) = &settings.token {
         builder = builder.personal_token(token.expose().to_string());
     }

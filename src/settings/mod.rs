@@ -141,6 +141,8 @@ pub struct ReleaseSettings {
     pub allow_insecure_http: bool,
     pub keep_versions: usize,
     pub max_asset_size: u64,
+    /// Read timeout per feed request (each is retried up to 3 times).
+    pub feed_timeout: Duration,
     pub approval: Approval,
     /// Promotions happen only inside this window (in `schedule.timezone`).
     pub window: Option<Window>,

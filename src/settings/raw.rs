@@ -189,6 +189,7 @@ struct RawRelease {
     allow_insecure_http: bool,
     keep_versions: Option<usize>,
     max_asset_size_mb: Option<u64>,
+    feed_timeout: Option<DurationValue>,
     approval: Option<RawApproval>,
     window: Option<RawWindow>,
     blackout: Vec<String>,
@@ -595,6 +596,7 @@ pub(super) fn resolve(file: &Path, text: &str, raw: RawConfig) -> Result<Setting
         allow_insecure_http: r.allow_insecure_http,
         keep_versions: r.keep_versions.unwrap_or(3).max(2),
         max_asset_size: r.max_asset_size_mb.unwrap_or(512) * 1024 * 1024,
+        feed_timeout: r.feed_timeout.map_or(Duration::from_secs(30), |d| d.0),
     };
 
     let h = raw.headscale;

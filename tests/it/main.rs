@@ -2,6 +2,7 @@
 //! talking over 127.0.0.1 only (a local GitHub releases API, stand-in Headscale instances).
 
 mod audit;
+mod faults;
 mod keys;
 mod notify;
 mod playbook;

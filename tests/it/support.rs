@@ -231,6 +231,51 @@ impl Sandbox {
         v
     }
 
+    /// Every row of every table of production's database (read-only, WAL-aware), except
+    /// `database_versions`, which the running version rewrites on each start: users, nodes,
+    /// pre-auth keys, API keys, policies, migrations — a logical dump to compare, not a count.
+    pub fn db_dump(&self) -> Vec<String> {
+        let db = rusqlite::Connection::open_with_flags(
+            self.path("prod/lib/db.sqlite"),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .expect("production db");
+        let tables: Vec<String> = db
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' AND name != 'database_versions' ORDER BY name")
+            .expect("tables")
+            .query_map([], |r| r.get(0))
+            .expect("tables")
+            .collect::<Result<_, _>>()
+            .expect("tables");
+        let mut out = Vec::new();
+        for t in tables {
+            let mut stmt = db
+                .prepare(&format!("SELECT * FROM \"{t}\" ORDER BY 1"))
+                .expect("select");
+            let n = stmt.column_count();
+            let rows = stmt
+                .query_map([], |r| {
+                    let cells: Vec<String> = (0..n)
+                        .map(|i| {
+                            format!(
+                                "{:?}",
+                                r.get_ref(i).map(|v| v
+                                    .as_str()
+                                    .map(str::to_string)
+                                    .unwrap_or_else(|_| format!("{v:?}")))
+                            )
+                        })
+                        .collect();
+                    Ok(cells.join("|"))
+                })
+                .expect("rows");
+            for row in rows {
+                out.push(format!("{t}: {}", row.expect("row")));
+            }
+        }
+        out
+    }
+
     pub fn status_json(&self) -> serde_json::Value {
         let out = self.hw(&["status", "--json"]);
         assert!(out.status.success(), "status: {}", text(&out));

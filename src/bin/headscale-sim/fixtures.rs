@@ -2,7 +2,7 @@
 //!
 //! Feed directory layout (the server re-reads it on every request, so tests edit files to act):
 //! ```text
-//! feed/releases/<tag>/release.json   {draft, prerelease, published_at, body, pending, digests, truncate, size_override}
+//! feed/releases/<tag>/release.json   {draft, prerelease, published_at, body, pending, digests, truncate, size_override, gone}
 //! feed/releases/<tag>/assets/<name>  asset bytes (launcher, checksums.txt, *.minisig)
 //! feed/inject                        one fault per line, consumed by successive list requests:
 //!                                    500 | 429 <retry-after-secs> | 403 <reset-in-secs> | malformed
@@ -42,6 +42,8 @@ pub struct ReleaseMeta {
     pub truncate: Vec<String>,
     /// Per-asset size override in the API listing.
     pub size_override: BTreeMap<String, u64>,
+    /// Assets still listed but deleted from storage (a download answers 404).
+    pub gone: Vec<String>,
 }
 
 struct Feed {
@@ -158,6 +160,10 @@ async fn list_releases(State(feed): State<Arc<Feed>>, headers: HeaderMap) -> Res
             )
                 .into_response(),
             "malformed" => (StatusCode::OK, "[{\"tag_name\": ").into_response(),
+            "hang" => {
+                tokio::time::sleep(std::time::Duration::from_secs(arg)).await;
+                (StatusCode::OK, "[]").into_response()
+            }
             _ => (StatusCode::BAD_REQUEST, "bad injection").into_response(),
         };
         log_request(&feed, path, resp.status().as_u16());
@@ -269,14 +275,17 @@ async fn download(
     if name.contains('/') || tag.contains('/') || name.contains("..") || tag.contains("..") {
         return StatusCode::BAD_REQUEST.into_response();
     }
-    let Ok(bytes) = std::fs::read(&path) else {
-        log_request(&feed, &format!("/download/{tag}/{name}"), 404);
-        return (StatusCode::NOT_FOUND, "Not Found").into_response();
-    };
     let meta: ReleaseMeta = std::fs::read_to_string(rel.join("release.json"))
         .ok()
         .and_then(|t| serde_json::from_str(&t).ok())
         .unwrap_or_default();
+    let bytes = match std::fs::read(&path) {
+        Ok(b) if !meta.gone.contains(&name) => b,
+        _ => {
+            log_request(&feed, &format!("/download/{tag}/{name}"), 404);
+            return (StatusCode::NOT_FOUND, "Not Found").into_response();
+        }
+    };
     log_request(&feed, &format!("/download/{tag}/{name}"), 200);
     if meta.truncate.contains(&name) {
         // Promise the full length, send half, then fail the stream: the connection drops.
@@ -344,6 +353,9 @@ pub struct MakeRelease {
     /// Release notes.
     #[arg(long, default_value = "")]
     pub body: String,
+    /// Pad the binary with this many bytes of comment (a realistically large download).
+    #[arg(long, default_value_t = 0)]
+    pub pad: usize,
 }
 
 pub fn host_asset_name(version: &str) -> String {
@@ -371,7 +383,11 @@ pub fn make_release(a: MakeRelease) -> Result<()> {
     std::fs::create_dir_all(&assets)?;
     let name = host_asset_name(&a.version);
     let counter = a.feed.join(format!("{tag}.starts"));
-    let script = launcher_script(&a.version, &a.fault, &counter)?;
+    let mut script = launcher_script(&a.version, &a.fault, &counter)?;
+    if a.pad > 0 {
+        let line = format!("# {}\n", "x".repeat(77));
+        script.push_str(&line.repeat(a.pad / line.len() + 1));
+    }
     std::fs::write(assets.join(&name), &script)?;
     // A second artifact so checksums.txt has more than one line, sorted by name as goreleaser does.
     let source = format!("headscale_{}.tar.gz", a.version);

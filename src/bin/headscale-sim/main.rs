@@ -72,6 +72,11 @@ enum Command {
         #[command(subcommand)]
         cmd: ListCmd,
     },
+    /// API keys: `apikeys expire --prefix P`.
+    Apikeys {
+        #[command(subcommand)]
+        cmd: ApikeysCmd,
+    },
     /// Pre-auth keys: `preauthkeys create --user ID [--reusable] [-e 1h]`.
     Preauthkeys {
         #[command(subcommand)]
@@ -106,6 +111,14 @@ enum Command {
 enum ListCmd {
     List,
     Create { name: String },
+}
+
+#[derive(Subcommand, Debug)]
+enum ApikeysCmd {
+    Expire {
+        #[arg(short = 'p', long)]
+        prefix: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -252,6 +265,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 &config,
                 "/api/v1/preauthkey",
                 &serde_json::json!({"user": user.to_string(), "reusable": reusable, "expiration": at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)}),
+            )
+            .await
+        }
+        Command::Apikeys {
+            cmd: ApikeysCmd::Expire { prefix },
+        } => {
+            let config = server::load_config(cli.config.as_deref())?;
+            server::cli_post_json(
+                &config,
+                "/api/v1/apikey/expire",
+                &serde_json::json!({"prefix": prefix}),
             )
             .await
         }

@@ -141,6 +141,12 @@ pub async fn serve(
     if fault == "crash" {
         bail!("simulated crash at start (fault mode `crash`)");
     }
+    if fault == "port-in-use" {
+        let addr = config
+            .str("listen_addr")
+            .unwrap_or_else(|| "0.0.0.0:8080".into());
+        bail!("listen tcp {addr}: bind: address already in use");
+    }
     if let Some(counter) = start_counter {
         let n: u64 = std::fs::read_to_string(counter)
             .ok()

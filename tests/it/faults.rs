@@ -1,0 +1,899 @@
+//! The fault-injection matrix: one row per fault, real processes, and the same end-state checks
+//! for every row: the exit code, production's version (old, or new and healthy), production's
+//! database compared row by row with a dump taken before (users, nodes, pre-auth keys, API keys,
+//! policies, migrations), no journal entry left open, and the events in the outbox.
+//!
+//! The suite writes the matrix (fault, expected, observed) to `target/fault-matrix.md`, and
+//! README's reliability section must carry the same table: run with
+//! `HEADWARDEN_WRITE_MATRIX=1 cargo test --test it fault_matrix` to refresh it.
+
+use std::process::{Command, Output};
+
+use crate::support::{code, sim, text, Sandbox, HW};
+
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Prod {
+    /// Still the old version, healthy, database identical.
+    Old,
+    /// The new version, healthy, every user and node kept.
+    New,
+    /// Either, but never half: old with an identical database, or new and healthy.
+    Either,
+    /// The documented worst case: the rollback itself failed; the verified backup is named.
+    Manual,
+}
+
+struct Row {
+    area: &'static str,
+    fault: &'static str,
+    expected: &'static str,
+    exit: &'static [i32],
+    prod: Prod,
+    events: &'static [&'static str],
+    /// Whether the release may be recorded as bad (never retried automatically).
+    bad: Option<bool>,
+    /// The row stops production itself (API rows): no health check.
+    stops_prod: bool,
+    /// Runs before the "before" dump (what the scenario needs, not the fault).
+    setup: fn(&mut Sandbox),
+    /// Tables the fault itself changes (a revoked API key), left out of the comparison.
+    ignore: &'static [&'static str],
+    run: fn(&mut Sandbox) -> Output,
+}
+
+fn upgrade(sb: &Sandbox) -> Output {
+    sb.hw(&["upgrade", "--yes"])
+}
+
+fn upgrade_env(sb: &Sandbox, env: &[(&str, &str)]) -> Output {
+    sb.hw_env(&["upgrade", "--yes"], env)
+}
+
+fn asset_name(sb: &Sandbox) -> String {
+    sb.asset_path("0.28.0")
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .to_string()
+}
+
+fn inject(sb: &Sandbox, lines: &str) {
+    std::fs::write(sb.path("feed/inject"), lines).expect("inject");
+}
+
+fn crash_then_recover(sb: &mut Sandbox, point: &str) -> Output {
+    sb.release("0.28.0", "none");
+    let killed = upgrade_env(sb, &[("HEADWARDEN_CRASH_AT", point)]);
+    assert_eq!(
+        killed.status.code(),
+        None,
+        "{point}: killed\n{}",
+        text(&killed)
+    );
+    upgrade(sb)
+}
+
+macro_rules! crash_row {
+    ($point:literal) => {
+        Row {
+            area: "promotion",
+            fault: concat!("SIGKILL at `", $point, "`, then a fresh `upgrade`"),
+            expected: "recovery finishes the run: old on identical data, or new and healthy",
+            exit: &[0, 1, 3],
+            prod: Prod::Either,
+            events: &[],
+            bad: None,
+            stops_prod: false,
+            setup: |_| {},
+            ignore: &[],
+            run: |sb| crash_then_recover(sb, $point),
+        }
+    };
+}
+
+fn rows() -> Vec<Row> {
+    vec![
+        // ---- the release feed
+        Row {
+            area: "feed",
+            fault: "connection refused",
+            expected: "clear error after 3 retries; nothing changed",
+            exit: &[1],
+            prod: Prod::Old,
+            events: &[],
+            bad: Some(false),
+            stops_prod: false,
+            setup: |_| {},
+            ignore: &[],
+            run: |sb| {
+                sb.release("0.28.0", "none");
+                sb.feed_addr = "127.0.0.1:1".into();
+                sb.write_config();
+                upgrade(sb)
+            },
+        },
+        Row {
+            area: "feed",
+            fault: "every request hangs past `feed_timeout`",
+            expected: "timeout, retried, clear error; nothing changed",
+            exit: &[1],
+            prod: Prod::Old,
+            events: &[],
+            bad: Some(false),
+            stops_prod: false,
+            setup: |_| {},
+            ignore: &[],
+            run: |sb| {
+                sb.release("0.28.0", "none");
+                sb.extra_release = "  feed_timeout: 1s\n".into();
+                sb.write_config();
+                inject(sb, &"hang 5\n".repeat(4));
+                upgrade(sb)
+            },
+        },
+        Row {
+            area: "feed",
+            fault: "HTTP 500 on every attempt",
+            expected: "retried with back-off, then a clear error",
+            exit: &[1],
+            prod: Prod::Old,
+            events: &[],
+            bad: Some(false),
+            stops_prod: false,
+            setup: |_| {},
+            ignore: &[],
+            run: |sb| {
+                sb.release("0.28.0", "none");
+                inject(sb, &"500\n".repeat(4));
+                upgrade(sb)
+            },
+        },
+        Row {
+            area: "feed",
+            fault: "403 rate limit resetting in an hour",
+            expected: "no waiting an hour: error naming the reset time",
+            exit: &[1],
+            prod: Prod::Old,
+            events: &[],
+            bad: Some(false),
+            stops_prod: false,
+            setup: |_| {},
+            ignore: &[],
+            run: |sb| {
+                sb.release("0.28.0", "none");
+                inject(sb, "403 3600\n");
+                upgrade(sb)
+            },
+        },
+        Row {
+            area: "feed",
+            fault: "429 with Retry-After: 1",
+            expected: "waited out, then the upgrade proceeds",
+            exit: &[0],
+            prod: Prod::New,
+            events: &["upgrade.succeeded"],
+            bad: Some(false),
+            stops_prod: false,
+            setup: |_| {},
+            ignore: &[],
+            run: |sb| {
+                sb.release("0.28.0", "none");
+                inject(sb, "429 1\n");
+                upgrade(sb)
+            },
+        },
+        Row {
+            area: "feed",
+            fault: "malformed JSON",
+            expected: "clear error; nothing changed",
+            exit: &[1],
+            prod: Prod::Old,
+            events: &[],
+            bad: Some(false),
+            stops_prod: false,
+            setup: |_| {},
+            ignore: &[],
+            run: |sb| {
+                sb.release("0.28.0", "none");
+                inject(sb, &"malformed\n".repeat(4));
+                upgrade(sb)
+            },
+        },
+        Row {
+            area: "feed",
+            fault: "the binary vanishes between listing and download",
+            expected: "download fails (404); nothing installed",
+            exit: &[1],
+            prod: Prod::Old,
+            events: &["upgrade.failed"],
+            bad: None,
+            stops_prod: false,
+            setup: |_| {},
+            ignore: &[],
+            run: |sb| {
+                sb.release("0.28.0", "none");
+                assert_eq!(code(&sb.hw(&["check"])), 0);
+                let name = asset_name(sb);
+                sb.edit_meta("0.28.0", |m| m["gone"] = serde_json::json!([name]));
+                upgrade(sb)
+            },
+        },
+        Row {
+            area: "feed",
+            fault: "checksums.txt replaced between two polls",
+            expected: "critical alert, release recorded bad, never installed",
+            exit: &[0],
+            prod: Prod::Old,
+            events: &["release.artifact_replaced"],
+            bad: Some(true),
+            stops_prod: false,
+            setup: |_| {},
+            ignore: &[],
+            run: |sb| {
+                sb.release("0.28.0", "none");
+                assert_eq!(code(&sb.hw(&["check"])), 0);
+                let sums = sb.path("feed/releases/v0.28.0/assets/checksums.txt");
+                let mut text = std::fs::read_to_string(&sums).expect("sums");
+                text.push_str(&format!("{}  headscale_extra\n", "0".repeat(64)));
+                std::fs::write(&sums, text).expect("replace");
+                upgrade(sb)
+            },
+        },
+        // ---- download and verification
+        Row {
+            area: "download",
+            fault: "connection cut mid-download (truncated)",
+            expected: "refused; no partial file kept",
+            exit: &[1],
+            prod: Prod::Old,
+            events: &["upgrade.failed"],
+            bad: None,
+            stops_prod: false,
+            setup: |_| {},
+            ignore: &[],
+            run: |sb| {
+                sb.release("0.28.0", "none");
+                let name = asset_name(sb);
+                sb.edit_meta("0.28.0", |m| m["truncate"] = serde_json::json!([name]));
+                upgrade(sb)
+            },
+        },
+        Row {
+            area: "download",
+            fault: "listed size differs from the bytes served",
+            expected: "refused before use",
+            exit: &[1],
+            prod: Prod::Old,
+            events: &["upgrade.failed"],
+            bad: Some(true),
+            stops_prod: false,
+            setup: |_| {},
+            ignore: &[],
+            run: |sb| {
+                sb.release("0.28.0", "none");
+                let name = asset_name(sb);
+                sb.edit_meta("0.28.0", |m| {
+                    m["size_override"] = serde_json::json!({ name: 123 })
+                });
+                upgrade(sb)
+            },
+        },
+        Row {
+            area: "download",
+            fault: "binary does not match checksums.txt",
+            expected: "refused, recorded bad",
+            exit: &[1],
+            prod: Prod::Old,
+            events: &["upgrade.failed"],
+            bad: Some(true),
+            stops_prod: false,
+            setup: |_| {},
+            ignore: &[],
+            run: |sb| {
+                sb.release("0.28.0", "none");
+                let asset = sb.asset_path("0.28.0");
+                let mut bytes = std::fs::read(&asset).expect("asset");
+                bytes.extend_from_slice(b"# tampered\n");
+                std::fs::write(&asset, bytes).expect("tamper");
+                upgrade(sb)
+            },
+        },
+        Row {
+            area: "download",
+            fault: "GitHub's asset digest disagrees",
+            expected: "refused, recorded bad",
+            exit: &[1],
+            prod: Prod::Old,
+            events: &["upgrade.failed"],
+            bad: Some(true),
+            stops_prod: false,
+            setup: |_| {},
+            ignore: &[],
+            run: |sb| {
+                sb.release("0.28.0", "none");
+                let name = asset_name(sb);
+                sb.edit_meta("0.28.0", |m| {
+                    m["digests"] =
+                        serde_json::json!({ name: format!("sha256:{}", "ab".repeat(32)) })
+                });
+                upgrade(sb)
+            },
+        },
+        Row {
+            area: "download",
+            fault: "signed with a foreign minisign key",
+            expected: "refused, recorded bad",
+            exit: &[1],
+            prod: Prod::Old,
+            events: &["upgrade.failed"],
+            bad: Some(true),
+            stops_prod: false,
+            setup: |_| {},
+            ignore: &[],
+            run: |sb| {
+                sim(&[
+                    "keygen",
+                    "--out",
+                    &sb.path("otherkeys").display().to_string(),
+                ]);
+                sb.release_with("0.28.0", "none", Some("otherkeys/minisign.key"));
+                upgrade(sb)
+            },
+        },
+        Row {
+            area: "download",
+            fault: "garbled minisign signature",
+            expected: "refused, recorded bad",
+            exit: &[1],
+            prod: Prod::Old,
+            events: &["upgrade.failed"],
+            bad: Some(true),
+            stops_prod: false,
+            setup: |_| {},
+            ignore: &[],
+            run: |sb| {
+                sb.release("0.28.0", "none");
+                let sig = format!("{}.minisig", sb.asset_path("0.28.0").display());
+                std::fs::write(
+                    &sig,
+                    "untrusted comment: x\nRWgarbage\ntrusted comment: y\nzzz\n",
+                )
+                .expect("garble");
+                upgrade(sb)
+            },
+        },
+        Row {
+            area: "download",
+            fault: "unsigned release with `require_signature`",
+            expected: "refused, recorded bad",
+            exit: &[1],
+            prod: Prod::Old,
+            events: &["upgrade.failed"],
+            bad: Some(true),
+            stops_prod: false,
+            setup: |_| {},
+            ignore: &[],
+            run: |sb| {
+                sb.extra_release = "  require_signature: true\n".into();
+                sb.write_config();
+                sb.release_with("0.28.0", "none", None);
+                upgrade(sb)
+            },
+        },
+        Row {
+            area: "download",
+            fault: "disk full: a 1 MB file-size limit, a 3 MB binary",
+            expected: "the write fails cleanly (no SIGXFSZ death); nothing installed",
+            exit: &[1],
+            prod: Prod::Old,
+            events: &["upgrade.failed"],
+            bad: Some(false),
+            stops_prod: false,
+            setup: |_| {},
+            ignore: &[],
+            run: |sb| {
+                let feed = sb.path("feed").display().to_string();
+                let key = sb.path("keys/minisign.key").display().to_string();
+                sim(&[
+                    "make-release",
+                    "--feed",
+                    &feed,
+                    "--version",
+                    "0.28.0",
+                    "--fault",
+                    "none",
+                    "--pad",
+                    "3000000",
+                    "--sign",
+                    &key,
+                ]);
+                // State exists before the limit applies (the state store itself is small).
+                assert_eq!(code(&sb.hw(&["check"])), 0);
+                let cfg = sb.config_path().display().to_string();
+                Command::new("prlimit")
+                    .args([
+                        "--fsize=1000000",
+                        "--",
+                        HW,
+                        "--config",
+                        &cfg,
+                        "upgrade",
+                        "--yes",
+                    ])
+                    .env_remove("HEADWARDEN_CRASH_AT")
+                    .env_remove("HEADWARDEN_FAIL_AT")
+                    .output()
+                    .expect("prlimit (util-linux)")
+            },
+        },
+        Row {
+            area: "download",
+            fault: "download directory not writable (a file in its place)",
+            expected: "clear error naming the path; nothing changed",
+            exit: &[1],
+            prod: Prod::Old,
+            events: &["upgrade.failed"],
+            bad: Some(false),
+            stops_prod: false,
+            setup: |_| {},
+            ignore: &[],
+            run: |sb| {
+                sb.release("0.28.0", "none");
+                assert_eq!(code(&sb.hw(&["check"])), 0);
+                std::fs::write(sb.path("state/downloads"), "in the way").expect("block");
+                upgrade(sb)
+            },
+        },
+        // ---- staging
+        Row {
+            area: "staging",
+            fault: "candidate crashes at start",
+            expected: "rejected on staging; production never touched",
+            exit: &[1],
+            prod: Prod::Old,
+            events: &["upgrade.staging_failed"],
+            bad: Some(true),
+            stops_prod: false,
+            setup: |_| {},
+            ignore: &[],
+            run: |sb| {
+                sb.release("0.28.0", "crash");
+                upgrade(sb)
+            },
+        },
+        Row {
+            area: "staging",
+            fault: "candidate never becomes healthy",
+            expected: "rejected after smoke.timeout; child stopped",
+            exit: &[1],
+            prod: Prod::Old,
+            events: &["upgrade.staging_failed"],
+            bad: Some(true),
+            stops_prod: false,
+            setup: |_| {},
+            ignore: &[],
+            run: |sb| {
+                sb.release("0.28.0", "never-healthy");
+                upgrade(sb)
+            },
+        },
+        Row {
+            area: "staging",
+            fault: "migration silently drops nodes",
+            expected: "data parity rejects it on the copy",
+            exit: &[1],
+            prod: Prod::Old,
+            events: &["upgrade.staging_failed"],
+            bad: Some(true),
+            stops_prod: false,
+            setup: |_| {},
+            ignore: &[],
+            run: |sb| {
+                sb.release("0.28.0", "drop-rows");
+                upgrade(sb)
+            },
+        },
+        Row {
+            area: "staging",
+            fault: "candidate presents a different Noise key",
+            expected: "rejected: clients would be locked out",
+            exit: &[1],
+            prod: Prod::Old,
+            events: &["upgrade.staging_failed"],
+            bad: Some(true),
+            stops_prod: false,
+            setup: |_| {},
+            ignore: &[],
+            run: |sb| {
+                sb.release("0.28.0", "noise-key");
+                upgrade(sb)
+            },
+        },
+        Row {
+            area: "staging",
+            fault: "staging port already in use (twice)",
+            expected: "one retry on fresh ports, then rejected; the release is not blamed",
+            exit: &[1],
+            prod: Prod::Old,
+            events: &["upgrade.staging_failed"],
+            bad: Some(false),
+            stops_prod: false,
+            setup: |_| {},
+            ignore: &[],
+            run: |sb| {
+                sb.release("0.28.0", "port-in-use");
+                upgrade(sb)
+            },
+        },
+        // ---- promotion
+        Row {
+            area: "promotion",
+            fault: "stopping production fails",
+            expected: "rolled back: old version restarted on its data",
+            exit: &[3],
+            prod: Prod::Old,
+            events: &["upgrade.rolled_back"],
+            bad: Some(true),
+            stops_prod: false,
+            setup: |_| {},
+            ignore: &[],
+            run: |sb| {
+                sb.release("0.28.0", "none");
+                upgrade_env(sb, &[("HEADWARDEN_FAIL_AT", "stop")])
+            },
+        },
+        Row {
+            area: "promotion",
+            fault: "the new version fails to start",
+            expected: "rolled back: binary, database, noise key restored",
+            exit: &[3],
+            prod: Prod::Old,
+            events: &["upgrade.rolled_back"],
+            bad: Some(true),
+            stops_prod: false,
+            setup: |_| {},
+            ignore: &[],
+            run: |sb| {
+                sb.release("0.28.0", "none");
+                upgrade_env(sb, &[("HEADWARDEN_FAIL_AT", "start")])
+            },
+        },
+        Row {
+            area: "promotion",
+            fault: "healthy, then crashes on its next start (post-switch smoke fails)",
+            expected: "rolled back with its data",
+            exit: &[3],
+            prod: Prod::Old,
+            events: &["upgrade.rolled_back"],
+            bad: Some(true),
+            stops_prod: false,
+            setup: |_| {},
+            ignore: &[],
+            run: |sb| {
+                sb.release("0.28.0", "none");
+                upgrade_env(sb, &[("HEADWARDEN_FAIL_AT", "smoke")])
+            },
+        },
+        Row {
+            area: "promotion",
+            fault: "smoke fails and the database restore cannot be written",
+            expected: "exit 5: the verified backup is named for a manual restore",
+            exit: &[5],
+            prod: Prod::Manual,
+            events: &["upgrade.rollback_failed"],
+            bad: None,
+            stops_prod: true,
+            setup: |_| {},
+            ignore: &[],
+            run: |sb| {
+                sb.release("0.28.0", "none");
+                upgrade_env(sb, &[("HEADWARDEN_FAIL_AT", "smoke,restore")])
+            },
+        },
+        crash_row!("stage_start:after"),
+        crash_row!("stop:after"),
+        crash_row!("backup:after"),
+        crash_row!("switch:before"),
+        crash_row!("switch:after"),
+        crash_row!("start:after"),
+        crash_row!("smoke:before"),
+        crash_row!("smoke:after"),
+        // ---- chat and the Headscale API
+        Row {
+            area: "chat",
+            fault: "chat down for the whole run",
+            expected: "the upgrade is unaffected; its events wait in the outbox",
+            exit: &[0],
+            prod: Prod::New,
+            events: &["upgrade.started", "upgrade.promoted", "upgrade.succeeded"],
+            bad: Some(false),
+            stops_prod: false,
+            setup: |_| {},
+            ignore: &[],
+            run: |sb| {
+                sb.extra_top = "notify:\n  - url: http://127.0.0.1:1/hook\n".into();
+                sb.write_config();
+                sb.release("0.28.0", "none");
+                upgrade(sb)
+            },
+        },
+        Row {
+            area: "api",
+            fault: "Headscale API unreachable during the key job",
+            expected: "clear error with a hint; nothing minted or expired",
+            exit: &[1],
+            prod: Prod::Old,
+            events: &[],
+            bad: None,
+            stops_prod: true,
+            setup: |sb| {
+                sb.enable_api(false);
+                sb.seed("late", 100, None, "");
+            },
+            ignore: &[],
+            run: |sb| {
+                let stop = Command::new(sb.path("prod/service.sh"))
+                    .arg("stop")
+                    .output()
+                    .expect("stop");
+                assert!(stop.status.success());
+                sb.hw(&["keys", "run"])
+            },
+        },
+        Row {
+            area: "api",
+            fault: "API key revoked mid-run (by a hook after plan)",
+            expected: "the next call fails with a clear error; nothing minted",
+            exit: &[1],
+            prod: Prod::Old,
+            events: &[],
+            bad: None,
+            stops_prod: false,
+            setup: |sb| {
+                sb.enable_api(false);
+                sb.seed("late", 100, None, "");
+            },
+            ignore: &["api_keys"],
+            run: |sb| {
+                let key = std::fs::read_to_string(sb.path("api-key")).expect("key");
+                let key = key.trim();
+                // `hskey-api-PREFIX-SECRET` (0.28+) or `PREFIX.SECRET` before.
+                let prefix = match key.strip_prefix("hskey-api-") {
+                    Some(rest) => rest.split('-').next(),
+                    None => key.split('.').next(),
+                }
+                .expect("prefix")
+                .to_string();
+                let hook = sb.path("revoke.sh");
+                std::fs::write(
+                    &hook,
+                    format!(
+                        "#!/bin/sh\nexec '{}' -c '{}' apikeys expire --prefix '{prefix}'\n",
+                        sb.path("prod/bin/headscale").display(),
+                        sb.path("prod/etc/config.yaml").display()
+                    ),
+                )
+                .expect("hook");
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755))
+                    .expect("chmod");
+                let pb = sb.path("rotate-keys.yaml");
+                std::fs::write(
+                    &pb,
+                    format!(
+                        "name: rotate-keys\nsteps:\n  - step: plan\n  - step: hook\n    argv: [{}]\n    timeout: 10s\n  - step: rotate\n",
+                        hook.display()
+                    ),
+                )
+                .expect("playbook");
+                sb.extra_top = format!("playbooks:\n  rotate_keys: {}\n", pb.display());
+                sb.write_config();
+                sb.hw(&["keys", "run"])
+            },
+        },
+    ]
+}
+
+struct Observed {
+    line: String,
+    problems: Vec<String>,
+}
+
+fn check(row: &Row) -> Observed {
+    let mut sb = Sandbox::new("0.27.1");
+    (row.setup)(&mut sb);
+    let dump = |sb: &Sandbox| -> Vec<String> {
+        sb.db_dump()
+            .into_iter()
+            .filter(|l| !row.ignore.iter().any(|t| l.starts_with(&format!("{t}: "))))
+            .collect()
+    };
+    let before = dump(&sb);
+    let logical = sb.dump();
+    let out = (row.run)(&mut sb);
+    let mut problems = Vec::new();
+    let rc = out.status.code().unwrap_or(-1);
+    if !row.exit.contains(&rc) {
+        problems.push(format!(
+            "exit {rc}, expected {:?}\n{}",
+            row.exit,
+            text(&out)
+        ));
+    }
+    let version = sb.prod_version();
+    let status = sb.status_json();
+    let open = status["interrupted_runs"].as_array().map_or(0, Vec::len);
+    if open > 0 {
+        problems.push(format!("{open} journal entries left open"));
+    }
+    let healthy = status["production"]["health"] == "healthy";
+    let same_db = dump(&sb) == before;
+    let old = version == "v0.27.1";
+    match row.prod {
+        Prod::Old => {
+            if !old {
+                problems.push(format!("production on {version}, expected v0.27.1"));
+            }
+            if !same_db {
+                problems.push("production database changed".into());
+            }
+        }
+        Prod::New => {
+            if version != "v0.28.0" || !healthy || sb.dump() != logical {
+                problems.push(format!(
+                    "expected new and healthy with every user and node: {version}, {}",
+                    status["production"]["health"]
+                ));
+            }
+        }
+        Prod::Either => {
+            if !(old && same_db || version == "v0.28.0" && healthy && sb.dump() == logical) {
+                problems.push(format!(
+                    "half state: {version}, database same: {same_db}, {}",
+                    status["production"]["health"]
+                ));
+            }
+        }
+        Prod::Manual => {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let named = stderr
+                .split_whitespace()
+                .find(|w| w.contains("/backups/"))
+                .map(|w| w.trim_end_matches([',', ':', ';']).to_string());
+            match named {
+                Some(dir) if std::path::Path::new(&dir).join("db.sqlite").exists() => {}
+                other => problems.push(format!("no usable backup named: {other:?}\n{stderr}")),
+            }
+        }
+    }
+    if !row.stops_prod && row.prod != Prod::Manual && !healthy {
+        problems.push(format!(
+            "production unhealthy: {}",
+            status["production"]["health"]
+        ));
+    }
+    let events: Vec<String> = sb.outbox().into_iter().map(|(e, _)| e).collect();
+    for e in row.events {
+        if !events.iter().any(|x| x == e) {
+            problems.push(format!("no {e} event in {events:?}"));
+        }
+    }
+    let bad = status["bad_releases"].to_string().contains("v0.28.0");
+    if let Some(want) = row.bad {
+        if bad != want {
+            problems.push(format!("release recorded bad: {bad}, expected {want}"));
+        }
+    }
+    let mut shown: Vec<&str> = Vec::new();
+    for e in &events {
+        let relevant = e.starts_with("upgrade.") || e.starts_with("release.artifact");
+        if relevant && !shown.contains(&e.as_str()) {
+            shown.push(e);
+        }
+    }
+    let state = if old {
+        format!(
+            "old {version}, database {}{}",
+            if same_db { "identical" } else { "CHANGED" },
+            if row.ignore.is_empty() {
+                String::new()
+            } else {
+                format!(" (but {})", row.ignore.join(", "))
+            }
+        )
+    } else if row.prod == Prod::Manual {
+        format!("{version} stopped, backup named")
+    } else {
+        format!(
+            "new {version}, {}",
+            if healthy { "healthy" } else { "UNHEALTHY" }
+        )
+    };
+    let line = format!(
+        "| {} | {} | {} | exit {rc}; {state}; journal {}; {}{} |",
+        row.area,
+        row.fault,
+        row.expected,
+        if open == 0 { "closed" } else { "OPEN" },
+        if shown.is_empty() {
+            "no upgrade events".to_string()
+        } else {
+            shown.join(", ")
+        },
+        if bad { "; recorded bad" } else { "" }
+    );
+    Observed { line, problems }
+}
+
+#[test]
+fn fault_matrix() {
+    let rows = rows();
+    // Two rows at a time: each has its own sandbox (production, feed, state).
+    let mut results: Vec<Option<Observed>> = (0..rows.len()).map(|_| None).collect();
+    for chunk in (0..rows.len()).collect::<Vec<_>>().chunks(3) {
+        let done: Vec<(usize, Observed)> = std::thread::scope(|s| {
+            let handles: Vec<_> = chunk
+                .iter()
+                .map(|&i| {
+                    let row = &rows[i];
+                    (i, s.spawn(move || check(row)))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|(i, h)| {
+                    let o = h.join().unwrap_or_else(|_| Observed {
+                        line: format!(
+                            "| {} | {} | {} | PANICKED |",
+                            rows[i].area, rows[i].fault, rows[i].expected
+                        ),
+                        problems: vec!["the row panicked (see the output above)".into()],
+                    });
+                    (i, o)
+                })
+                .collect()
+        });
+        for (i, o) in done {
+            results[i] = Some(o);
+        }
+    }
+    let mut table = String::from("| area | fault | expected | observed |\n|---|---|---|---|\n");
+    let mut failures = Vec::new();
+    for (row, o) in rows.iter().zip(results.into_iter().flatten()) {
+        table.push_str(&o.line);
+        table.push('\n');
+        if !o.problems.is_empty() {
+            failures.push(format!(
+                "{} / {}: {}",
+                row.area,
+                row.fault,
+                o.problems.join("; ")
+            ));
+        }
+    }
+    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/fault-matrix.md");
+    let _ = std::fs::write(&out, &table);
+    assert!(failures.is_empty(), "{}\n\n{table}", failures.join("\n\n"));
+    let readme_path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md");
+    let readme = std::fs::read_to_string(&readme_path).expect("README");
+    let (start, end) = ("<!-- fault-matrix:start -->\n", "<!-- fault-matrix:end -->");
+    let (a, b) = (
+        readme
+            .find(start)
+            .expect("README has the fault-matrix markers")
+            + start.len(),
+        readme
+            .find(end)
+            .expect("README has the fault-matrix markers"),
+    );
+    if std::env::var("HEADWARDEN_WRITE_MATRIX").is_ok() {
+        let updated = format!("{}{table}{}", &readme[..a], &readme[b..]);
+        std::fs::write(&readme_path, updated).expect("write README");
+    } else {
+        assert_eq!(
+            &readme[a..b],
+            table,
+            "README's reliability table is stale: HEADWARDEN_WRITE_MATRIX=1 cargo test --test it fault_matrix"
+        );
+    }
+}
