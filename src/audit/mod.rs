@@ -831,6 +831,7 @@ async fn enrollment_checks(ctx: &mut Ctx<'_>) -> Result<Vec<Finding>, String> {
 fn inventory(path: &Path) -> Result<Vec<(String, Option<String>)>, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read the inventory {}: {e}", path.display()))?;
+    crate::settings::yaml_guard(&text).map_err(|e| format!("inventory {}: {e}", path.display()))?;
     let v: serde_yaml_ng::Value =
         serde_yaml_ng::from_str(&text).map_err(|e| format!("inventory {}: {e}", path.display()))?;
     let items = v

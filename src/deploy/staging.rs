@@ -69,12 +69,16 @@ pub async fn stage(
     let derp = dir.join("derp.yaml");
     std::fs::write(&derp, OFFLINE_DERP_MAP).map_err(io_err("writing", &derp))?;
     let overlay = match &s.staging.overlay {
-        Some(p) => Some(
-            serde_yaml_ng::from_str::<serde_yaml_ng::Value>(
-                &std::fs::read_to_string(p).map_err(io_err("reading", p))?,
+        Some(p) => {
+            let text = std::fs::read_to_string(p).map_err(io_err("reading", p))?;
+            let bad =
+                |e: String| DeployError::Other(format!("staging overlay {}: {e}", p.display()));
+            crate::settings::yaml_guard(&text).map_err(bad)?;
+            Some(
+                serde_yaml_ng::from_str::<serde_yaml_ng::Value>(&text)
+                    .map_err(|e| bad(e.to_string()))?,
             )
-            .map_err(|e| DeployError::Other(format!("staging overlay {}: {e}", p.display())))?,
-        ),
+        }
         None => None,
     };
     let mut layout = StagingLayout {

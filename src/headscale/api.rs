@@ -175,6 +175,15 @@ fn user_of(v: Option<&Value>) -> Option<User> {
 }
 
 /// protojson (or CLI Go JSON) node → domain node.
+/// A ListNodes REST body (protojson, any supported version's shape) into nodes.
+pub fn parse_node_list(body: &[u8]) -> Result<Vec<Node>, ApiError> {
+    let wire: WireNodes = serde_json::from_slice(body).map_err(|e| ApiError::Shape {
+        path: "/api/v1/node".into(),
+        detail: e.to_string(),
+    })?;
+    Ok(wire.nodes.into_iter().map(WireNode::into_node).collect())
+}
+
 pub fn parse_node(v: &Value) -> Option<Node> {
     let mut tags = strings(v.get("tags"));
     if tags.is_empty() {
@@ -596,11 +605,7 @@ impl ApiClient {
         }
         // Typed parsing straight from the body: 100,000 nodes must not become a JSON tree.
         let text = self.request_raw("GET", "/api/v1/node", None).await?;
-        let wire: WireNodes = serde_json::from_slice(&text).map_err(|e| ApiError::Shape {
-            path: "/api/v1/node".into(),
-            detail: e.to_string(),
-        })?;
-        Ok(wire.nodes.into_iter().map(WireNode::into_node).collect())
+        parse_node_list(&text)
     }
 
     /// A one-time key for `user` (or for `tags`), always with an explicit expiration.

@@ -61,6 +61,10 @@ impl HeadscaleConfig {
     }
 
     pub fn parse(path: &Path, text: &str) -> Result<Self, HeadscaleConfigError> {
+        crate::settings::yaml_guard(text).map_err(|detail| HeadscaleConfigError::Parse {
+            path: path.to_path_buf(),
+            detail,
+        })?;
         let root: Value =
             serde_yaml_ng::from_str(text).map_err(|e| HeadscaleConfigError::Parse {
                 path: path.to_path_buf(),

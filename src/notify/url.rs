@@ -155,6 +155,20 @@ fn split(url: &str) -> Result<Parts, UrlError> {
             "e.g. slack://…, discord://…, ntfy://…, https://…",
         )
     })?;
+    // Only a well-formed scheme is ever echoed: anything else may be a token pasted in front.
+    let scheme_ok = !scheme.is_empty()
+        && scheme.len() <= 32
+        && scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+    if !scheme_ok {
+        return Err(err(
+            "notify",
+            "the URL's scheme is not valid",
+            "e.g. slack://…, discord://…, ntfy://…, https://…",
+        ));
+    }
     if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(err(
             scheme,

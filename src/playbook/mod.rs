@@ -115,6 +115,7 @@ impl Playbook {
 /// Parses and validates a playbook (`name: upgrade`, `rotate-keys` or `audit`); every problem is
 /// reported, not just the first.
 pub fn check(text: &str) -> Result<Playbook, Vec<String>> {
+    crate::settings::yaml_guard(text).map_err(|e| vec![e])?;
     let pb: Playbook = serde_yaml_ng::from_str(text).map_err(|e| vec![e.to_string()])?;
     let catalogue = match pb.name.as_str() {
         "upgrade" => UPGRADE_STEPS,

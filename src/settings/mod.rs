@@ -357,8 +357,66 @@ pub fn load(path: &Path) -> Result<Settings, ConfigError> {
     parse(path, &text)
 }
 
+/// The largest YAML file headwarden reads (configs, playbooks, inventories, overlays).
+pub const YAML_MAX_BYTES: usize = 1 << 20;
+const YAML_MAX_FLOW_DEPTH: usize = 64;
+const YAML_MAX_ALIASES: usize = 64;
+
+/// Refuses YAML that would make the parser do unbounded work before it is parsed: more than
+/// 1 MiB, flow collections nested deeper than 64 (libyaml rescans every open level per token, so
+/// deep nesting is quadratic), or more than 64 alias references (each can expand a whole
+/// subtree: "billion laughs"). Real configs are far inside all three.
+pub fn yaml_guard(text: &str) -> Result<(), String> {
+    if text.len() > YAML_MAX_BYTES {
+        return Err(format!(
+            "{} bytes is more than the {} a YAML file here may have",
+            text.len(),
+            YAML_MAX_BYTES
+        ));
+    }
+    let (mut depth, mut aliases) = (0usize, 0usize);
+    for line in text.lines() {
+        let (mut quote, mut prev) = (None::<char>, ' ');
+        for c in line.chars() {
+            match (quote, c) {
+                (Some(q), c) if c == q => quote = None,
+                (Some(_), _) => {}
+                (None, '#') if prev.is_whitespace() => break,
+                (None, '"' | '\'') => quote = Some(c),
+                (None, '[' | '{') => {
+                    depth += 1;
+                    if depth > YAML_MAX_FLOW_DEPTH {
+                        return Err(format!(
+                            "collections nested deeper than {YAML_MAX_FLOW_DEPTH} levels"
+                        ));
+                    }
+                }
+                (None, ']' | '}') => depth = depth.saturating_sub(1),
+                (None, '*') if prev.is_whitespace() || matches!(prev, '[' | ',' | ':') => {
+                    aliases += 1;
+                    if aliases > YAML_MAX_ALIASES {
+                        return Err(format!(
+                            "more than {YAML_MAX_ALIASES} alias references (*name)"
+                        ));
+                    }
+                }
+                _ => {}
+            }
+            prev = c;
+        }
+    }
+    Ok(())
+}
+
 /// Parses and resolves config text; `path` is used for messages and relative paths.
 pub fn parse(path: &Path, text: &str) -> Result<Settings, ConfigError> {
+    yaml_guard(text).map_err(|message| ConfigError {
+        file: path.to_path_buf(),
+        key: None,
+        line: None,
+        message,
+        hint: Some("a headwarden config is a few kilobytes of plain YAML".into()),
+    })?;
     let de = serde_yaml_ng::Deserializer::from_str(text);
     let raw: raw::RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
         let key = e.path().to_string();

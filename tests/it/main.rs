@@ -3,6 +3,7 @@
 
 mod audit;
 mod faults;
+mod fuzz;
 mod keys;
 mod notify;
 mod playbook;
