@@ -306,7 +306,7 @@ fn artifacts_replaced(store: &Store, releases: &[Release]) -> Result<(), Pipelin
             match before.get(*name) {
                 Some(old) if old != digest => {
                     let reason = format!(
-                        "{name} was replaced after publication (sha256 {old} when first seen, now {digest})"
+                        "{name} was replaced after publication (digest {old} when first seen, now {digest})"
                     );
                     tracing::error!(tag = %r.tag, %name, "published artifact replaced");
                     store.mark_release_bad(&r.tag, &reason)?;

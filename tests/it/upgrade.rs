@@ -539,6 +539,14 @@ fn signed_checksums_file_is_enough_and_its_tampering_or_garbling_is_caught() {
     sb.write_config();
     sb.release("0.28.0", "none");
     sb.release("0.29.0", "none");
+    // 0.29.0: garbled asset signature (before the first poll: a file changed after headwarden
+    // saw it is a different alarm, the artifact_replaced row of the fault matrix).
+    let asset_sig = format!("{}.minisig", sb.asset_path("0.29.0").display());
+    std::fs::write(
+        &asset_sig,
+        "untrusted comment: x\nRWgarbage\ntrusted comment: y\nzzz\n",
+    )
+    .expect("garble");
     // 0.28.0: only checksums.txt is signed (the asset's own .minisig is removed).
     let asset_sig = format!("{}.minisig", sb.asset_path("0.28.0").display());
     std::fs::remove_file(&asset_sig).expect("remove asset signature");
@@ -550,13 +558,6 @@ fn signed_checksums_file_is_enough_and_its_tampering_or_garbling_is_caught() {
         text(&out)
     );
     assert_eq!(sb.prod_version(), "v0.28.0");
-    // 0.29.0: garbled asset signature.
-    let asset_sig = format!("{}.minisig", sb.asset_path("0.29.0").display());
-    std::fs::write(
-        &asset_sig,
-        "untrusted comment: x\nRWgarbage\ntrusted comment: y\nzzz\n",
-    )
-    .expect("garble");
     let out = sb.hw(&["upgrade", "--yes"]);
     assert_eq!(code(&out), 1, "{}", text(&out));
     assert!(
