@@ -58,33 +58,24 @@ fn main() {
         return; // `cargo test --benches` discovery
     }
     let only: Option<String> = std::env::var("HEADWARDEN_BENCH_ONLY").ok();
-    let run = |name: &str| {
-        only.as_deref()
+    // `HEADWARDEN_BENCH_ONLY=downtime,feed` runs a subset (the report says which ran).
+    let benches: [(&str, fn()); 8] = [
+        ("downtime", promotion_downtime),
+        ("rollback", rollback_time),
+        ("sha256", sha256_throughput),
+        ("daemon", idle_daemon),
+        ("feed", unchanged_feed),
+        ("keys", key_planning),
+        ("e2e", end_to_end_10k),
+        ("memory", peak_memory),
+    ];
+    for (name, bench) in benches {
+        if only
+            .as_deref()
             .is_none_or(|o| o.split(',').any(|x| x == name))
-    };
-    if run("downtime") {
-        promotion_downtime();
-    }
-    if run("rollback") {
-        rollback_time();
-    }
-    if run("sha256") {
-        sha256_throughput();
-    }
-    if run("daemon") {
-        idle_daemon();
-    }
-    if run("feed") {
-        unchanged_feed();
-    }
-    if run("keys") {
-        key_planning();
-    }
-    if run("e2e") {
-        end_to_end_10k();
-    }
-    if run("memory") {
-        peak_memory();
+        {
+            bench();
+        }
     }
     let body = std::mem::take(&mut *OUT.lock().expect("report"));
     let mut report = format!(

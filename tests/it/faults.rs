@@ -41,6 +41,37 @@ struct Row {
     run: fn(&mut Sandbox) -> Output,
 }
 
+/// A row with the common defaults: production keeps running, nothing set up before the dump,
+/// every table compared.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "a table row: each argument is a column"
+)]
+fn row(
+    area: &'static str,
+    fault: &'static str,
+    expected: &'static str,
+    exit: &'static [i32],
+    prod: Prod,
+    events: &'static [&'static str],
+    bad: Option<bool>,
+    run: fn(&mut Sandbox) -> Output,
+) -> Row {
+    Row {
+        area,
+        fault,
+        expected,
+        exit,
+        prod,
+        events,
+        bad,
+        stops_prod: false,
+        setup: |_| {},
+        ignore: &[],
+        run,
+    }
+}
+
 fn upgrade(sb: &Sandbox) -> Output {
     sb.hw(&["upgrade", "--yes"])
 }
@@ -94,142 +125,118 @@ macro_rules! crash_row {
 fn rows() -> Vec<Row> {
     vec![
         // ---- the release feed
-        Row {
-            area: "feed",
-            fault: "connection refused",
-            expected: "clear error after 3 retries; nothing changed",
-            exit: &[1],
-            prod: Prod::Old,
-            events: &[],
-            bad: Some(false),
-            stops_prod: false,
-            setup: |_| {},
-            ignore: &[],
-            run: |sb| {
+        row(
+            "feed",
+            "connection refused",
+            "clear error after 3 retries; nothing changed",
+            &[1],
+            Prod::Old,
+            &[],
+            Some(false),
+            |sb| {
                 sb.release("0.28.0", "none");
                 sb.feed_addr = "127.0.0.1:1".into();
                 sb.write_config();
                 upgrade(sb)
             },
-        },
-        Row {
-            area: "feed",
-            fault: "every request hangs past `feed_timeout`",
-            expected: "timeout, retried, clear error; nothing changed",
-            exit: &[1],
-            prod: Prod::Old,
-            events: &[],
-            bad: Some(false),
-            stops_prod: false,
-            setup: |_| {},
-            ignore: &[],
-            run: |sb| {
+        ),
+        row(
+            "feed",
+            "every request hangs past `feed_timeout`",
+            "timeout, retried, clear error; nothing changed",
+            &[1],
+            Prod::Old,
+            &[],
+            Some(false),
+            |sb| {
                 sb.release("0.28.0", "none");
                 sb.extra_release = "  feed_timeout: 1s\n".into();
                 sb.write_config();
                 inject(sb, &"hang 5\n".repeat(4));
                 upgrade(sb)
             },
-        },
-        Row {
-            area: "feed",
-            fault: "HTTP 500 on every attempt",
-            expected: "retried with back-off, then a clear error",
-            exit: &[1],
-            prod: Prod::Old,
-            events: &[],
-            bad: Some(false),
-            stops_prod: false,
-            setup: |_| {},
-            ignore: &[],
-            run: |sb| {
+        ),
+        row(
+            "feed",
+            "HTTP 500 on every attempt",
+            "retried with back-off, then a clear error",
+            &[1],
+            Prod::Old,
+            &[],
+            Some(false),
+            |sb| {
                 sb.release("0.28.0", "none");
                 inject(sb, &"500\n".repeat(4));
                 upgrade(sb)
             },
-        },
-        Row {
-            area: "feed",
-            fault: "403 rate limit resetting in an hour",
-            expected: "no waiting an hour: error naming the reset time",
-            exit: &[1],
-            prod: Prod::Old,
-            events: &[],
-            bad: Some(false),
-            stops_prod: false,
-            setup: |_| {},
-            ignore: &[],
-            run: |sb| {
+        ),
+        row(
+            "feed",
+            "403 rate limit resetting in an hour",
+            "no waiting an hour: error naming the reset time",
+            &[1],
+            Prod::Old,
+            &[],
+            Some(false),
+            |sb| {
                 sb.release("0.28.0", "none");
                 inject(sb, "403 3600\n");
                 upgrade(sb)
             },
-        },
-        Row {
-            area: "feed",
-            fault: "429 with Retry-After: 1",
-            expected: "waited out, then the upgrade proceeds",
-            exit: &[0],
-            prod: Prod::New,
-            events: &["upgrade.succeeded"],
-            bad: Some(false),
-            stops_prod: false,
-            setup: |_| {},
-            ignore: &[],
-            run: |sb| {
+        ),
+        row(
+            "feed",
+            "429 with Retry-After: 1",
+            "waited out, then the upgrade proceeds",
+            &[0],
+            Prod::New,
+            &["upgrade.succeeded"],
+            Some(false),
+            |sb| {
                 sb.release("0.28.0", "none");
                 inject(sb, "429 1\n");
                 upgrade(sb)
             },
-        },
-        Row {
-            area: "feed",
-            fault: "malformed JSON",
-            expected: "clear error; nothing changed",
-            exit: &[1],
-            prod: Prod::Old,
-            events: &[],
-            bad: Some(false),
-            stops_prod: false,
-            setup: |_| {},
-            ignore: &[],
-            run: |sb| {
+        ),
+        row(
+            "feed",
+            "malformed JSON",
+            "clear error; nothing changed",
+            &[1],
+            Prod::Old,
+            &[],
+            Some(false),
+            |sb| {
                 sb.release("0.28.0", "none");
                 inject(sb, &"malformed\n".repeat(4));
                 upgrade(sb)
             },
-        },
-        Row {
-            area: "feed",
-            fault: "the binary vanishes between listing and download",
-            expected: "download fails (404); nothing installed",
-            exit: &[1],
-            prod: Prod::Old,
-            events: &["upgrade.failed"],
-            bad: None,
-            stops_prod: false,
-            setup: |_| {},
-            ignore: &[],
-            run: |sb| {
+        ),
+        row(
+            "feed",
+            "the binary vanishes between listing and download",
+            "download fails (404); nothing installed",
+            &[1],
+            Prod::Old,
+            &["upgrade.failed"],
+            None,
+            |sb| {
                 sb.release("0.28.0", "none");
                 assert_eq!(code(&sb.hw(&["check"])), 0);
                 let name = asset_name(sb);
                 sb.edit_meta("0.28.0", |m| m["gone"] = serde_json::json!([name]));
                 upgrade(sb)
             },
-        },
-        Row {
-            area: "feed",
-            fault: "checksums.txt replaced between two polls",
-            expected: "critical alert, release recorded bad, never installed",
-            exit: &[0],
-            prod: Prod::Old,
-            events: &["release.artifact_replaced"],
-            bad: Some(true),
-            stops_prod: false,
-            setup: |_| {},
-            ignore: &[],
-            run: |sb| {
+        ),
+        row(
+            "feed",
+            "checksums.txt replaced between two polls",
+            "critical alert, release recorded bad, never installed",
+            &[0],
+            Prod::Old,
+            &["release.artifact_replaced"],
+            Some(true),
+            |sb| {
                 sb.release("0.28.0", "none");
                 assert_eq!(code(&sb.hw(&["check"])), 0);
                 let sums = sb.path("feed/releases/v0.28.0/assets/checksums.txt");
@@ -238,38 +245,32 @@ fn rows() -> Vec<Row> {
                 std::fs::write(&sums, text).expect("replace");
                 upgrade(sb)
             },
-        },
+        ),
         // ---- download and verification
-        Row {
-            area: "download",
-            fault: "connection cut mid-download (truncated)",
-            expected: "refused; no partial file kept",
-            exit: &[1],
-            prod: Prod::Old,
-            events: &["upgrade.failed"],
-            bad: None,
-            stops_prod: false,
-            setup: |_| {},
-            ignore: &[],
-            run: |sb| {
+        row(
+            "download",
+            "connection cut mid-download (truncated)",
+            "refused; no partial file kept",
+            &[1],
+            Prod::Old,
+            &["upgrade.failed"],
+            None,
+            |sb| {
                 sb.release("0.28.0", "none");
                 let name = asset_name(sb);
                 sb.edit_meta("0.28.0", |m| m["truncate"] = serde_json::json!([name]));
                 upgrade(sb)
             },
-        },
-        Row {
-            area: "download",
-            fault: "listed size differs from the bytes served",
-            expected: "refused before use",
-            exit: &[1],
-            prod: Prod::Old,
-            events: &["upgrade.failed"],
-            bad: Some(true),
-            stops_prod: false,
-            setup: |_| {},
-            ignore: &[],
-            run: |sb| {
+        ),
+        row(
+            "download",
+            "listed size differs from the bytes served",
+            "refused before use",
+            &[1],
+            Prod::Old,
+            &["upgrade.failed"],
+            Some(true),
+            |sb| {
                 sb.release("0.28.0", "none");
                 let name = asset_name(sb);
                 sb.edit_meta("0.28.0", |m| {
@@ -277,19 +278,16 @@ fn rows() -> Vec<Row> {
                 });
                 upgrade(sb)
             },
-        },
-        Row {
-            area: "download",
-            fault: "binary does not match checksums.txt",
-            expected: "refused, recorded bad",
-            exit: &[1],
-            prod: Prod::Old,
-            events: &["upgrade.failed"],
-            bad: Some(true),
-            stops_prod: false,
-            setup: |_| {},
-            ignore: &[],
-            run: |sb| {
+        ),
+        row(
+            "download",
+            "binary does not match checksums.txt",
+            "refused, recorded bad",
+            &[1],
+            Prod::Old,
+            &["upgrade.failed"],
+            Some(true),
+            |sb| {
                 sb.release("0.28.0", "none");
                 let asset = sb.asset_path("0.28.0");
                 let mut bytes = std::fs::read(&asset).expect("asset");
@@ -297,19 +295,16 @@ fn rows() -> Vec<Row> {
                 std::fs::write(&asset, bytes).expect("tamper");
                 upgrade(sb)
             },
-        },
-        Row {
-            area: "download",
-            fault: "GitHub's asset digest disagrees",
-            expected: "refused, recorded bad",
-            exit: &[1],
-            prod: Prod::Old,
-            events: &["upgrade.failed"],
-            bad: Some(true),
-            stops_prod: false,
-            setup: |_| {},
-            ignore: &[],
-            run: |sb| {
+        ),
+        row(
+            "download",
+            "GitHub's asset digest disagrees",
+            "refused, recorded bad",
+            &[1],
+            Prod::Old,
+            &["upgrade.failed"],
+            Some(true),
+            |sb| {
                 sb.release("0.28.0", "none");
                 let name = asset_name(sb);
                 sb.edit_meta("0.28.0", |m| {
@@ -318,19 +313,16 @@ fn rows() -> Vec<Row> {
                 });
                 upgrade(sb)
             },
-        },
-        Row {
-            area: "download",
-            fault: "signed with a foreign minisign key",
-            expected: "refused, recorded bad",
-            exit: &[1],
-            prod: Prod::Old,
-            events: &["upgrade.failed"],
-            bad: Some(true),
-            stops_prod: false,
-            setup: |_| {},
-            ignore: &[],
-            run: |sb| {
+        ),
+        row(
+            "download",
+            "signed with a foreign minisign key",
+            "refused, recorded bad",
+            &[1],
+            Prod::Old,
+            &["upgrade.failed"],
+            Some(true),
+            |sb| {
                 sim(&[
                     "keygen",
                     "--out",
@@ -339,19 +331,16 @@ fn rows() -> Vec<Row> {
                 sb.release_with("0.28.0", "none", Some("otherkeys/minisign.key"));
                 upgrade(sb)
             },
-        },
-        Row {
-            area: "download",
-            fault: "garbled minisign signature",
-            expected: "refused, recorded bad",
-            exit: &[1],
-            prod: Prod::Old,
-            events: &["upgrade.failed"],
-            bad: Some(true),
-            stops_prod: false,
-            setup: |_| {},
-            ignore: &[],
-            run: |sb| {
+        ),
+        row(
+            "download",
+            "garbled minisign signature",
+            "refused, recorded bad",
+            &[1],
+            Prod::Old,
+            &["upgrade.failed"],
+            Some(true),
+            |sb| {
                 sb.release("0.28.0", "none");
                 let sig = format!("{}.minisig", sb.asset_path("0.28.0").display());
                 std::fs::write(
@@ -361,37 +350,31 @@ fn rows() -> Vec<Row> {
                 .expect("garble");
                 upgrade(sb)
             },
-        },
-        Row {
-            area: "download",
-            fault: "unsigned release with `require_signature`",
-            expected: "refused, recorded bad",
-            exit: &[1],
-            prod: Prod::Old,
-            events: &["upgrade.failed"],
-            bad: Some(true),
-            stops_prod: false,
-            setup: |_| {},
-            ignore: &[],
-            run: |sb| {
+        ),
+        row(
+            "download",
+            "unsigned release with `require_signature`",
+            "refused, recorded bad",
+            &[1],
+            Prod::Old,
+            &["upgrade.failed"],
+            Some(true),
+            |sb| {
                 sb.extra_release = "  require_signature: true\n".into();
                 sb.write_config();
                 sb.release_with("0.28.0", "none", None);
                 upgrade(sb)
             },
-        },
-        Row {
-            area: "download",
-            fault: "disk full: a 1 MB file-size limit, a 3 MB binary",
-            expected: "the write fails cleanly (no SIGXFSZ death); nothing installed",
-            exit: &[1],
-            prod: Prod::Old,
-            events: &["upgrade.failed"],
-            bad: Some(false),
-            stops_prod: false,
-            setup: |_| {},
-            ignore: &[],
-            run: |sb| {
+        ),
+        row(
+            "download",
+            "disk full: a 1 MB file-size limit, a 3 MB binary",
+            "the write fails cleanly (no SIGXFSZ death); nothing installed",
+            &[1],
+            Prod::Old,
+            &["upgrade.failed"],
+            Some(false),
+            |sb| {
                 let feed = sb.path("feed").display().to_string();
                 let key = sb.path("keys/minisign.key").display().to_string();
                 sim(&[
@@ -425,155 +408,128 @@ fn rows() -> Vec<Row> {
                     .output()
                     .expect("prlimit (util-linux)")
             },
-        },
-        Row {
-            area: "download",
-            fault: "download directory not writable (a file in its place)",
-            expected: "clear error naming the path; nothing changed",
-            exit: &[1],
-            prod: Prod::Old,
-            events: &["upgrade.failed"],
-            bad: Some(false),
-            stops_prod: false,
-            setup: |_| {},
-            ignore: &[],
-            run: |sb| {
+        ),
+        row(
+            "download",
+            "download directory not writable (a file in its place)",
+            "clear error naming the path; nothing changed",
+            &[1],
+            Prod::Old,
+            &["upgrade.failed"],
+            Some(false),
+            |sb| {
                 sb.release("0.28.0", "none");
                 assert_eq!(code(&sb.hw(&["check"])), 0);
                 std::fs::write(sb.path("state/downloads"), "in the way").expect("block");
                 upgrade(sb)
             },
-        },
+        ),
         // ---- staging
-        Row {
-            area: "staging",
-            fault: "candidate crashes at start",
-            expected: "rejected on staging; production never touched",
-            exit: &[1],
-            prod: Prod::Old,
-            events: &["upgrade.staging_failed"],
-            bad: Some(true),
-            stops_prod: false,
-            setup: |_| {},
-            ignore: &[],
-            run: |sb| {
+        row(
+            "staging",
+            "candidate crashes at start",
+            "rejected on staging; production never touched",
+            &[1],
+            Prod::Old,
+            &["upgrade.staging_failed"],
+            Some(true),
+            |sb| {
                 sb.release("0.28.0", "crash");
                 upgrade(sb)
             },
-        },
-        Row {
-            area: "staging",
-            fault: "candidate never becomes healthy",
-            expected: "rejected after smoke.timeout; child stopped",
-            exit: &[1],
-            prod: Prod::Old,
-            events: &["upgrade.staging_failed"],
-            bad: Some(true),
-            stops_prod: false,
-            setup: |_| {},
-            ignore: &[],
-            run: |sb| {
+        ),
+        row(
+            "staging",
+            "candidate never becomes healthy",
+            "rejected after smoke.timeout; child stopped",
+            &[1],
+            Prod::Old,
+            &["upgrade.staging_failed"],
+            Some(true),
+            |sb| {
                 sb.release("0.28.0", "never-healthy");
                 upgrade(sb)
             },
-        },
-        Row {
-            area: "staging",
-            fault: "migration silently drops nodes",
-            expected: "data parity rejects it on the copy",
-            exit: &[1],
-            prod: Prod::Old,
-            events: &["upgrade.staging_failed"],
-            bad: Some(true),
-            stops_prod: false,
-            setup: |_| {},
-            ignore: &[],
-            run: |sb| {
+        ),
+        row(
+            "staging",
+            "migration silently drops nodes",
+            "data parity rejects it on the copy",
+            &[1],
+            Prod::Old,
+            &["upgrade.staging_failed"],
+            Some(true),
+            |sb| {
                 sb.release("0.28.0", "drop-rows");
                 upgrade(sb)
             },
-        },
-        Row {
-            area: "staging",
-            fault: "candidate presents a different Noise key",
-            expected: "rejected: clients would be locked out",
-            exit: &[1],
-            prod: Prod::Old,
-            events: &["upgrade.staging_failed"],
-            bad: Some(true),
-            stops_prod: false,
-            setup: |_| {},
-            ignore: &[],
-            run: |sb| {
+        ),
+        row(
+            "staging",
+            "candidate presents a different Noise key",
+            "rejected: clients would be locked out",
+            &[1],
+            Prod::Old,
+            &["upgrade.staging_failed"],
+            Some(true),
+            |sb| {
                 sb.release("0.28.0", "noise-key");
                 upgrade(sb)
             },
-        },
-        Row {
-            area: "staging",
-            fault: "staging port already in use (twice)",
-            expected: "one retry on fresh ports, then rejected; the release is not blamed",
-            exit: &[1],
-            prod: Prod::Old,
-            events: &["upgrade.staging_failed"],
-            bad: Some(false),
-            stops_prod: false,
-            setup: |_| {},
-            ignore: &[],
-            run: |sb| {
+        ),
+        row(
+            "staging",
+            "staging port already in use (twice)",
+            "one retry on fresh ports, then rejected; the release is not blamed",
+            &[1],
+            Prod::Old,
+            &["upgrade.staging_failed"],
+            Some(false),
+            |sb| {
                 sb.release("0.28.0", "port-in-use");
                 upgrade(sb)
             },
-        },
+        ),
         // ---- promotion
-        Row {
-            area: "promotion",
-            fault: "stopping production fails",
-            expected: "rolled back: old version restarted on its data",
-            exit: &[3],
-            prod: Prod::Old,
-            events: &["upgrade.rolled_back"],
-            bad: Some(true),
-            stops_prod: false,
-            setup: |_| {},
-            ignore: &[],
-            run: |sb| {
+        row(
+            "promotion",
+            "stopping production fails",
+            "rolled back: old version restarted on its data",
+            &[3],
+            Prod::Old,
+            &["upgrade.rolled_back"],
+            Some(true),
+            |sb| {
                 sb.release("0.28.0", "none");
                 upgrade_env(sb, &[("HEADWARDEN_FAIL_AT", "stop")])
             },
-        },
-        Row {
-            area: "promotion",
-            fault: "the new version fails to start",
-            expected: "rolled back: binary, database, noise key restored",
-            exit: &[3],
-            prod: Prod::Old,
-            events: &["upgrade.rolled_back"],
-            bad: Some(true),
-            stops_prod: false,
-            setup: |_| {},
-            ignore: &[],
-            run: |sb| {
+        ),
+        row(
+            "promotion",
+            "the new version fails to start",
+            "rolled back: binary, database, noise key restored",
+            &[3],
+            Prod::Old,
+            &["upgrade.rolled_back"],
+            Some(true),
+            |sb| {
                 sb.release("0.28.0", "none");
                 upgrade_env(sb, &[("HEADWARDEN_FAIL_AT", "start")])
             },
-        },
-        Row {
-            area: "promotion",
-            fault: "healthy, then crashes on its next start (post-switch smoke fails)",
-            expected: "rolled back with its data",
-            exit: &[3],
-            prod: Prod::Old,
-            events: &["upgrade.rolled_back"],
-            bad: Some(true),
-            stops_prod: false,
-            setup: |_| {},
-            ignore: &[],
-            run: |sb| {
+        ),
+        row(
+            "promotion",
+            "healthy, then crashes on its next start (post-switch smoke fails)",
+            "rolled back with its data",
+            &[3],
+            Prod::Old,
+            &["upgrade.rolled_back"],
+            Some(true),
+            |sb| {
                 sb.release("0.28.0", "none");
                 upgrade_env(sb, &[("HEADWARDEN_FAIL_AT", "smoke")])
             },
-        },
+        ),
         Row {
             area: "promotion",
             fault: "smoke fails and the database restore cannot be written",
@@ -599,24 +555,21 @@ fn rows() -> Vec<Row> {
         crash_row!("smoke:before"),
         crash_row!("smoke:after"),
         // ---- chat and the Headscale API
-        Row {
-            area: "chat",
-            fault: "chat down for the whole run",
-            expected: "the upgrade is unaffected; its events wait in the outbox",
-            exit: &[0],
-            prod: Prod::New,
-            events: &["upgrade.started", "upgrade.promoted", "upgrade.succeeded"],
-            bad: Some(false),
-            stops_prod: false,
-            setup: |_| {},
-            ignore: &[],
-            run: |sb| {
+        row(
+            "chat",
+            "chat down for the whole run",
+            "the upgrade is unaffected; its events wait in the outbox",
+            &[0],
+            Prod::New,
+            &["upgrade.started", "upgrade.promoted", "upgrade.succeeded"],
+            Some(false),
+            |sb| {
                 sb.extra_top = "notify:\n  - url: http://127.0.0.1:1/hook\n".into();
                 sb.write_config();
                 sb.release("0.28.0", "none");
                 upgrade(sb)
             },
-        },
+        ),
         Row {
             area: "api",
             fault: "Headscale API unreachable during the key job",
