@@ -397,6 +397,25 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
+/// `headwarden upgrade --yes` under a 10 ms `/health` poller: the longest gap it saw and the
+/// run's journaled steps.
+fn polled_upgrade(sb: &Sandbox, expect_code: i32) -> (Duration, Vec<(String, i64)>) {
+    let mut out = None;
+    let gap = with_poller(prod_addr(sb), || out = Some(sb.hw(&["upgrade", "--yes"])));
+    let out = out.expect("ran");
+    assert_eq!(code(&out), expect_code, "{}", text(&out));
+    (gap, steps_of_last_run(sb))
+}
+
+/// The promotion window from the journal: stop + backup + switch + start-to-healthy.
+fn window_ms(steps: &[(String, i64)]) -> i64 {
+    steps
+        .iter()
+        .filter(|(n, _)| matches!(n.as_str(), "stop" | "backup" | "switch" | "start"))
+        .map(|(_, ms)| ms)
+        .sum()
+}
+
 /// The median of `n` runs of `f` (by duration), each on a fresh sandbox.
 fn median_of<T>(n: usize, mut f: impl FnMut() -> (Duration, T)) -> (Duration, T) {
     let mut runs: Vec<(Duration, T)> = (0..n).map(|_| f()).collect();
@@ -408,18 +427,9 @@ fn promotion_downtime() {
     let (ours, steps) = median_of(3, || {
         let sb = Sandbox::new("0.27.1");
         sb.release("0.28.0", "none");
-        let addr = prod_addr(&sb);
-        let mut out = None;
-        let unavailable = with_poller(addr, || out = Some(sb.hw(&["upgrade", "--yes"])));
-        let out = out.expect("ran");
-        assert_eq!(code(&out), 0, "{}", text(&out));
-        let steps = steps_of_last_run(&sb);
+        let (unavailable, steps) = polled_upgrade(&sb, 0);
         // From the stop to healthy again: the journaled steps, or the poller when it saw more.
-        let covered: i64 = steps
-            .iter()
-            .filter(|(n, _)| matches!(n.as_str(), "stop" | "backup" | "switch" | "start"))
-            .map(|(_, ms)| ms)
-            .sum();
+        let covered = window_ms(&steps);
         (
             unavailable.max(Duration::from_millis(covered as u64)),
             steps,
@@ -463,12 +473,7 @@ fn rollback_time() {
     let (ours, rollback_ms) = median_of(3, || {
         let sb = Sandbox::new("0.27.1");
         sb.release("0.28.0", "prod-crash");
-        let addr = prod_addr(&sb);
-        let mut out = None;
-        let unavailable = with_poller(addr, || out = Some(sb.hw(&["upgrade", "--yes"])));
-        let out = out.expect("ran");
-        assert_eq!(code(&out), 3, "{}", text(&out));
-        let steps = steps_of_last_run(&sb);
+        let (unavailable, steps) = polled_upgrade(&sb, 3);
         let rb = steps
             .iter()
             .rev()
@@ -730,19 +735,10 @@ fn end_to_end_10k() {
     let sb = Sandbox::new("0.27.1");
     seed_10k(&sb);
     sb.release("0.28.0", "none");
-    let addr = prod_addr(&sb);
     let t = Instant::now();
-    let mut out = None;
-    let polled = with_poller(addr, || out = Some(sb.hw(&["upgrade", "--yes"])));
+    let (polled, steps) = polled_upgrade(&sb, 0);
     let total = t.elapsed();
-    let out = out.expect("ran");
-    assert_eq!(code(&out), 0, "{}", text(&out));
-    let steps = steps_of_last_run(&sb);
-    let covered: i64 = steps
-        .iter()
-        .filter(|(n, _)| matches!(n.as_str(), "stop" | "backup" | "switch" | "start"))
-        .map(|(_, ms)| ms)
-        .sum();
+    let covered = window_ms(&steps);
     // Stop to healthy, from the journal; the poller also counts health checks that went
     // unanswered while the post-switch smoke (data parity over 10,000 nodes) loaded the server.
     let unavailable = Duration::from_millis(covered as u64);
