@@ -167,7 +167,7 @@ pub async fn run(s: &Settings, store: &Store) -> Result<Report, String> {
         let result = match name {
             "version" => version_checks(&ctx).await,
             "config" => ctx.config().map(|c| {
-                let mut f = config_checks(c);
+                let mut f = config_checks(c, ctx.version.as_ref());
                 // What the next minor refuses (the planner's knowledge table).
                 if let Some(v) = &ctx.version {
                     f.extend(next_minor_checks(c, v));
@@ -473,7 +473,8 @@ fn str_at(root: &serde_yaml_ng::Value, key: &str) -> Option<String> {
     crate::headscale::config::get_str(root, key)
 }
 
-fn config_checks(c: &HeadscaleConfig) -> Vec<Finding> {
+/// `version`: production's, for defaults that changed (unknown: the older default).
+fn config_checks(c: &HeadscaleConfig, version: Option<&semver::Version>) -> Vec<Finding> {
     let r = &c.root;
     let file = c.path.display().to_string();
     let mut out = Vec::new();
@@ -505,7 +506,16 @@ fn config_checks(c: &HeadscaleConfig) -> Vec<Finding> {
     }
     let insecure = str_at(r, "grpc_allow_insecure").as_deref() == Some("true");
     // Upstream's default is `:50443` (all interfaces) when the key is absent (removed in 0.30).
-    let grpc = str_at(r, "grpc_listen_addr");
+    let grpc = str_at(r, "grpc_listen_addr").or_else(|| {
+        version
+            .is_none_or(|v| (v.major, v.minor) < (0, 30))
+            .then(|| ":50443".to_string())
+    });
+    let shown = if str_at(r, "grpc_listen_addr").is_some() {
+        ""
+    } else {
+        " (the default: the key is absent)"
+    };
     if let Some(g) = grpc.as_deref().filter(|g| exposed(g)) {
         out.push(finding(
             "config.grpc_exposed",
@@ -516,7 +526,7 @@ fn config_checks(c: &HeadscaleConfig) -> Vec<Finding> {
             } else {
                 format!("the gRPC admin API listens on {g}")
             },
-            format!("{file}: grpc_listen_addr: {g}, grpc_allow_insecure: {insecure}"),
+            format!("{file}: grpc_listen_addr: {g}{shown}, grpc_allow_insecure: {insecure}"),
             mitigation::CONFIG,
             "grpc_listen_addr: 127.0.0.1:50443 and grpc_allow_insecure: false; manage through the unix socket",
         ));
@@ -1165,9 +1175,9 @@ mod tests {
     fn each_config_check_passes_on_the_example_and_fails_on_its_insecure_variant() {
         let c = cfg(SECURE);
         assert!(
-            config_checks(&c).is_empty(),
+            config_checks(&c, None).is_empty(),
             "{:?}",
-            ids(&config_checks(&c))
+            ids(&config_checks(&c, None))
         );
         assert!(dns_checks(&c, Some(&["1.1.1.1".into(), "1.0.0.1".into()])).is_empty());
         for (from, to, id, sev) in [
@@ -1214,7 +1224,7 @@ mod tests {
                 Severity::Critical,
             ),
         ] {
-            let f = config_checks(&cfg(&SECURE.replace(from, to)));
+            let f = config_checks(&cfg(&SECURE.replace(from, to)), None);
             let hit = f
                 .iter()
                 .find(|x| x.id == id)
@@ -1228,7 +1238,7 @@ mod tests {
                 "grpc_listen_addr: 0.0.0.0:50443",
             )
             .replace("grpc_allow_insecure: false", "grpc_allow_insecure: true");
-        let f = config_checks(&cfg(&insecure_grpc));
+        let f = config_checks(&cfg(&insecure_grpc), None);
         assert_eq!(
             f.iter()
                 .find(|x| x.id == "config.grpc_exposed")
@@ -1237,9 +1247,8 @@ mod tests {
         );
         // Headscale terminating TLS itself may listen publicly.
         let tls = SECURE.replace("listen_addr: 127.0.0.1:8080", "listen_addr: 0.0.0.0:443\ntls_cert_path: /etc/ssl/hs.crt\ntls_key_path: /etc/ssl/hs.key");
-        assert!(
-            !ids(&config_checks(&cfg(&tls))).contains(&"config.listen_addr_exposed".to_string())
-        );
+        assert!(!ids(&config_checks(&cfg(&tls), None))
+            .contains(&"config.listen_addr_exposed".to_string()));
         for (from, to, id) in [
             ("magic_dns: true", "magic_dns: false", "dns.magic_dns_off"),
             (
@@ -1259,6 +1268,43 @@ mod tests {
             );
             assert!(ids(&f).contains(&id.to_string()), "{id}: {:?}", ids(&f));
         }
+    }
+
+    #[test]
+    fn socket_permission_quoted_or_bare() {
+        for (text, open) in [
+            ("unix_socket_permission: 0770", false),
+            ("unix_socket_permission: \"0770\"", false),
+            ("unix_socket_permission: 0777", true),
+            ("unix_socket_permission: 0o777", true),
+            ("unix_socket_permission: \"0660\"", false),
+        ] {
+            let c = cfg(&SECURE.replace("unix_socket_permission: \"0770\"", text));
+            let got =
+                ids(&config_checks(&c, None)).contains(&"config.socket_permission".to_string());
+            assert_eq!(got, open, "{text}");
+        }
+    }
+
+    #[test]
+    fn an_absent_grpc_listen_addr_is_upstreams_all_interfaces_default_before_0_30() {
+        let absent = cfg(&SECURE.replace("grpc_listen_addr: 127.0.0.1:50443\n", ""));
+        let at = |minor| config_checks(&absent, Some(&semver::Version::new(0, minor, 0)));
+        let f = at(29);
+        let hit = f
+            .iter()
+            .find(|x| x.id == "config.grpc_exposed")
+            .expect("default :50443");
+        assert!(
+            hit.evidence.contains("the key is absent"),
+            "{}",
+            hit.evidence
+        );
+        assert!(
+            ids(&at(30)).is_empty(),
+            "0.30 removed gRPC: {:?}",
+            ids(&at(30))
+        );
     }
 
     #[test]
