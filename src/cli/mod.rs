@@ -1065,6 +1065,35 @@ async fn status(cli: &Cli, s: &Settings, store: &Store) -> Result<u8, Failure> {
     for (tag, reason) in bad {
         println!("bad release: {tag}: {reason}");
     }
+    if let Some(n) = store
+        .kv_get("approvals.pending")?
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|n| *n > 0)
+    {
+        println!("waiting for approval: {n} version(s) (`headwarden check` names them)");
+    }
+    if let Some(at) = store
+        .kv_get("audit.last_at")?
+        .and_then(|v| v.parse::<i64>().ok())
+    {
+        let counts: serde_json::Value = store
+            .kv_get("audit.counts")?
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default();
+        let n = |k: &str| {
+            counts
+                .get(k)
+                .and_then(serde_json::Value::as_u64)
+                .unwrap_or(0)
+        };
+        println!(
+            "last audit: {}: {} critical, {} warning, {} info open (`headwarden audit` for details)",
+            fmt_local(at),
+            n("critical"),
+            n("warning"),
+            n("info")
+        );
+    }
     let queued = store
         .outbox()?
         .iter()

@@ -78,6 +78,13 @@ fn config_file_and_dns_findings_and_chat_hears_only_the_drift() {
         open.iter().all(|i| i == "config.server_url_not_https"),
         "only the loopback http server_url (info) remains: {open:?}"
     );
+    let status = sb.hw(&["status"]);
+    assert!(
+        text(&status).contains("last audit:")
+            && text(&status).contains("0 critical, 0 warning, 1 info open"),
+        "{}",
+        text(&status)
+    );
     let drift = drift_events(&sb);
     assert_eq!(drift.len(), 1);
     assert!(drift[0]["summary"]
