@@ -708,17 +708,18 @@ pub async fn upgrade(
         Ok(UpgradeOutcome::HookFailed { step, reason, .. }) => {
             ("hook_failed", format!("step {step}: {reason}"))
         }
-        Ok(UpgradeOutcome::AwaitingApproval { .. } | UpgradeOutcome::OutsideWindow { .. }) => {
-            store.kv_set("staged_early", &target)?;
-            (
-                "staged",
-                format!("{target} passed staging; waiting to promote"),
-            )
-        }
+        Ok(UpgradeOutcome::AwaitingApproval { .. } | UpgradeOutcome::OutsideWindow { .. }) => (
+            "staged",
+            format!("{target} passed staging; waiting to promote"),
+        ),
         Ok(_) => ("ok", String::new()),
         Err(e) => ("failed", crate::cli::error_chain(e)),
     };
     store.finish_run(run, outcome, &detail)?;
+    if outcome == "staged" {
+        // Staged once per target: the next run that must wait does not stage it again.
+        store.kv_set("staged_early", &target)?;
+    }
     // A hook after promote asked for a rollback: restore this run's first backup in a run of its
     // own (the upgrade run is closed first, so recovery never mixes the two journals).
     if let Ok(UpgradeOutcome::HookFailed {
@@ -886,15 +887,7 @@ impl RunCtx<'_> {
                         return Ok(out);
                     }
                 }
-                "notify" => {
-                    let budget = limit.unwrap_or(crate::notify::FLUSH_BUDGET);
-                    match crate::notify::flush(self.s, self.store, budget).await {
-                        Ok(r) => tracing::debug!(sent = r.sent, "notify step"),
-                        Err(e) => {
-                            tracing::warn!(error = %e, "notify step: chat delivery failed; the events stay queued")
-                        }
-                    }
-                }
+                "notify" => crate::playbook::notify_step(self.s, self.store, step).await,
                 "hook" => {
                     let ctx = self.hook_context(i, &progress);
                     match crate::playbook::hook::run(step, &ctx).await {
@@ -934,20 +927,20 @@ impl RunCtx<'_> {
         }
         match progress.promoted {
             Some(to) => {
-                let installed: Vec<&Installed> =
-                    progress.installed.iter().map(|(i, _)| i).collect();
-                let old_target = installed
-                    .iter()
-                    .rev()
-                    .nth(1)
-                    .map(|i| i.path.clone())
-                    .unwrap_or_else(|| deploy::version_path(self.s, self.current));
-                let protect = vec![old_target, deploy::version_path(self.s, self.current)];
+                // Keep what production runs now and what it ran before this upgrade.
+                let protect = vec![
+                    deploy::version_path(self.s, &to),
+                    deploy::version_path(self.s, self.current),
+                ];
                 let _ = deploy::prune_versions(self.s, self.store, &protect);
                 Ok(UpgradeOutcome::Upgraded {
                     from: self.current.clone(),
                     to,
-                    hops: installed.iter().map(|i| i.version.to_string()).collect(),
+                    hops: progress
+                        .installed
+                        .iter()
+                        .map(|(i, _)| i.version.to_string())
+                        .collect(),
                     timings: progress.timings,
                 })
             }

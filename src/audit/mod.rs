@@ -192,10 +192,7 @@ pub async fn run(s: &Settings, store: &Store) -> Result<Report, String> {
                 Ok(vec![])
             }
             "notify" => {
-                let budget = step.timeout().unwrap_or(crate::notify::FLUSH_BUDGET);
-                if let Err(e) = crate::notify::flush(s, store, budget).await {
-                    tracing::warn!(error = %e, "notify step: chat delivery failed; the events stay queued");
-                }
+                crate::playbook::notify_step(s, store, step).await;
                 Ok(vec![])
             }
             "hook" => {
@@ -213,7 +210,7 @@ pub async fn run(s: &Settings, store: &Store) -> Result<Report, String> {
         };
         match result {
             Ok(f) => {
-                if crate::playbook::AUDIT_STEPS[..7].contains(&name) {
+                if crate::playbook::AUDIT_CHECKS.contains(&name) {
                     ran.insert(name.to_string());
                 }
                 found.extend(f);

@@ -299,19 +299,13 @@ pub async fn run(
             ("plan", _) => plan_step(s, store, api).await.map(|p| planned = Some(p)),
             ("rotate", Some(p)) => rotate_step(s, store, api, p, &mut report, say).await,
             ("expire", Some(p)) => expire_step(s, store, api, p, &mut report, say).await,
-            ("api_key", _) => match rotate_api_key_if_due(s, store, api).await {
-                Ok(Some(old)) => {
+            ("api_key", _) => rotate_api_key_if_due(s, store, api).await.map(|old| {
+                if let Some(old) = old {
                     say(&format!("rotated headwarden's API key (old prefix {old}); the new key is in the api_key_file"));
-                    Ok(())
                 }
-                Ok(None) => Ok(()),
-                Err(e) => Err(e),
-            },
+            }),
             ("notify", _) => {
-                let budget = step.timeout().unwrap_or(crate::notify::FLUSH_BUDGET);
-                if let Err(e) = crate::notify::flush(s, store, budget).await {
-                    tracing::warn!(error = %e, "notify step: chat delivery failed; the events stay queued");
-                }
+                crate::playbook::notify_step(s, store, step).await;
                 Ok(())
             }
             ("hook", _) => {

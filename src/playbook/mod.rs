@@ -21,6 +21,16 @@ pub const UPGRADE_STEPS: &[&str] = &[
 ];
 pub const ROTATE_KEYS_STEPS: &[&str] = &["plan", "rotate", "expire", "api_key", "notify", "hook"];
 
+/// The audit's check areas (the steps whose findings the `report` step stores and compares).
+pub const AUDIT_CHECKS: &[&str] = &[
+    "version",
+    "config",
+    "files",
+    "enrollment",
+    "nodes",
+    "policy",
+    "dns",
+];
 pub const AUDIT_STEPS: &[&str] = &[
     "version",
     "config",
@@ -90,6 +100,19 @@ impl Step {
     }
     pub fn timeout(&self) -> Option<Duration> {
         self.timeout.map(|t| t.0)
+    }
+}
+
+/// The `notify` step of every playbook: deliver what is queued now, within the step's timeout
+/// (default: the usual budget). Chat never decides an outcome: a failure is logged, and the
+/// events stay queued.
+pub async fn notify_step(s: &crate::settings::Settings, store: &crate::state::Store, step: &Step) {
+    let budget = step.timeout().unwrap_or(crate::notify::FLUSH_BUDGET);
+    match crate::notify::flush(s, store, budget).await {
+        Ok(r) => tracing::debug!(sent = r.sent, "notify step"),
+        Err(e) => {
+            tracing::warn!(error = %e, "notify step: chat delivery failed; the events stay queued")
+        }
     }
 }
 
@@ -273,7 +296,7 @@ pub fn check(text: &str) -> Result<Playbook, Vec<String>> {
             ),
             Some(r) => {
                 for (i, st) in pb.steps.iter().enumerate().skip(r + 1) {
-                    if AUDIT_STEPS[..7].contains(&st.step.as_str()) {
+                    if AUDIT_CHECKS.contains(&st.step.as_str()) {
                         problems.push(format!(
                             "step {} ({}) comes after report: its findings would be neither stored nor compared",
                             i + 1,
@@ -406,6 +429,11 @@ mod tests {
                 "  - step: approve\n  - step: fetch\n  - step: notify\n",
             );
         assert!(check(&reordered).is_ok(), "{:?}", check(&reordered).err());
+    }
+
+    #[test]
+    fn the_audit_catalogue_starts_with_its_checks() {
+        assert_eq!(&AUDIT_STEPS[..AUDIT_CHECKS.len()], AUDIT_CHECKS);
     }
 
     #[test]

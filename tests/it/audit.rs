@@ -205,18 +205,7 @@ fn enrollment_nodes_and_policy_through_the_api_and_an_outage_is_not_a_resolution
     sb.seed("idle", 40, None, "");
     sb.seed("srv", 5, None, "tag:rogue");
     secure_modes(&sb);
-    let nodes: serde_json::Value =
-        serde_json::from_str(&sb.prod_cmd(&["nodes", "list", "-o", "json"])).expect("nodes");
-    let node = |prefix: &str| {
-        nodes
-            .as_array()
-            .expect("nodes")
-            .iter()
-            .find(|n| n["name"].as_str().is_some_and(|s| s.starts_with(prefix)))
-            .expect("node")
-            .clone()
-    };
-    let (idle, srv) = (node("idle"), node("srv"));
+    let (idle, srv) = (sb.prod_node("idle"), sb.prod_node("srv"));
     let idle_id = idle["id"]
         .as_str()
         .map_or_else(|| idle["id"].to_string(), str::to_string);

@@ -40,19 +40,6 @@ fn minted_key(sb: &Sandbox) -> String {
         .to_string()
 }
 
-/// Production's node whose name starts with `prefix`, as its CLI prints it.
-fn prod_node(sb: &Sandbox, prefix: &str) -> serde_json::Value {
-    let nodes: serde_json::Value =
-        serde_json::from_str(&sb.prod_cmd(&["nodes", "list", "-o", "json"])).expect("nodes");
-    nodes
-        .as_array()
-        .expect("nodes")
-        .iter()
-        .find(|n| n["name"].as_str().is_some_and(|s| s.starts_with(prefix)))
-        .expect("node")
-        .clone()
-}
-
 fn mixed(version: &str, over_socket: bool) -> Sandbox {
     let mut sb = Sandbox::new(version);
     sb.enable_api(over_socket);
@@ -160,7 +147,7 @@ fn re_registering_with_the_minted_key_counts_as_rotation() {
         let out = sb.hw(&["keys", "run"]);
         assert_eq!(code(&out), 0, "{version}: {}", text(&out));
         let key = minted_key(&sb);
-        let node = prod_node(&sb, "due");
+        let node = sb.prod_node("due");
         let mk = node["machine_key"].as_str().expect("machine key");
         // The client runs `tailscale up --auth-key KEY --force-reauth`: same machine, new node key.
         sb.prod_cmd(&[
@@ -361,7 +348,7 @@ fn same_machine_as_a_new_node_is_a_rotation_and_the_stale_entry_is_removed() {
     let out = sb.hw(&["keys", "run"]);
     assert_eq!(code(&out), 0, "{}", text(&out));
     let key = minted_key(&sb);
-    let old = prod_node(&sb, "due");
+    let old = sb.prod_node("due");
     let mk = old["machine_key"].as_str().expect("mk");
     sb.prod_cmd(&[
         "debug",

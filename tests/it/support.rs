@@ -332,6 +332,19 @@ impl Sandbox {
         String::from_utf8_lossy(&out.stdout).to_string()
     }
 
+    /// Production's node whose name starts with `prefix`, as its CLI prints it.
+    pub fn prod_node(&self, prefix: &str) -> serde_json::Value {
+        let nodes: serde_json::Value =
+            serde_json::from_str(&self.prod_cmd(&["nodes", "list", "-o", "json"])).expect("nodes");
+        nodes
+            .as_array()
+            .expect("nodes")
+            .iter()
+            .find(|n| n["name"].as_str().is_some_and(|s| s.starts_with(prefix)))
+            .expect("node")
+            .clone()
+    }
+
     /// Points headwarden at production's API: over TCP with a fresh API key (0600 file), or over
     /// the unix socket.
     pub fn enable_api(&mut self, over_socket: bool) {
