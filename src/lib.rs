@@ -18,6 +18,7 @@ pub mod audit;
 pub mod cli;
 pub mod deploy;
 pub mod exit;
+pub mod files;
 pub mod headscale;
 pub mod keys;
 pub mod metrics;

@@ -4,6 +4,7 @@
 
 use std::fmt::Write;
 
+use crate::files::{self, FileError};
 use crate::state::{StateError, Store};
 
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {
@@ -211,9 +212,8 @@ pub fn render(store: &Store, running: Option<&str>) -> Result<String, StateError
     Ok(out)
 }
 
-/// Writes `text` to a node-exporter textfile atomically (temp file + rename in the same dir).
-pub fn write_textfile(path: &std::path::Path, text: &str) -> std::io::Result<()> {
-    let tmp = path.with_extension("prom.tmp");
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(&tmp, path)
+/// Writes `text` to a node-exporter textfile atomically: a fresh file under a random name in the
+/// same directory (often the exporter's own), renamed over the target, 0644 so the exporter reads it.
+pub fn write_textfile(path: &std::path::Path, text: &str) -> Result<(), FileError> {
+    files::write_atomic(path, text.as_bytes(), 0o644)
 }

@@ -125,6 +125,8 @@ pub enum PipelineError {
     #[error("production is not healthy before the upgrade: {0}")]
     ProductionUnhealthy(String),
     #[error("{0}")]
+    NotStopped(String),
+    #[error("{0}")]
     Other(String),
 }
 
@@ -139,6 +141,9 @@ impl PipelineError {
             PipelineError::Verify(_) => Some(
                 "the release was recorded as bad and will be skipped; `headwarden status` lists it"
                     .into(),
+            ),
+            PipelineError::NotStopped(_) => Some(
+                "the release was not recorded as bad; check the service manager (`headscale.service`), then run again".into(),
             ),
             PipelineError::CurrentVersion { .. } => {
                 Some("check headscale.binary in the config; `<binary> version` must work".into())
@@ -1157,6 +1162,13 @@ impl RunCtx<'_> {
                     from = hop.version.clone();
                     old_target = hop.path.clone();
                     progress.promoted = Some(from.clone());
+                }
+                HopOutcome::NotStopped { reason } => {
+                    (self.say)(&format!(
+                        "promotion of {} did not start: {reason}",
+                        hop.version
+                    ));
+                    return Err(PipelineError::NotStopped(reason));
                 }
                 HopOutcome::RolledBack { reason } => {
                     store.mark_release_bad(

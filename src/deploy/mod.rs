@@ -4,7 +4,11 @@
 //!
 //! Layout under `state_dir`:
 //! ```text
-//! versions/<version>/headscale   installed binaries (0755); headscale.binary is a symlink to one
+//! versions/<version>/headscale   installed binaries; the directories 0755 and the binaries
+//!                                0755, set explicitly (the units' UMask=0077 would make them
+//!                                0700), all owned by headwarden's user: Headscale's own account
+//!                                can execute them and no other account can replace them.
+//!                                headscale.binary is a symlink to one.
 //! downloads/                     0700; verified downloads land here before install
 //! backups/run<id>-hop<n>-<ver>/  db.sqlite (integrity-checked), config.yaml, noise_private.key
 //! staging/                       the staging instance: config, db copy, socket, logs
@@ -18,6 +22,7 @@ use std::path::{Path, PathBuf};
 
 use semver::Version;
 
+use crate::files::{self, FileMeta};
 use crate::headscale::config::HeadscaleConfig;
 use crate::settings::Settings;
 use crate::state::Store;
@@ -40,6 +45,8 @@ pub enum DeployError {
     Sqlite(#[from] crate::state::sqlite_files::SqliteFileError),
     #[error(transparent)]
     Config(#[from] crate::headscale::config::HeadscaleConfigError),
+    #[error(transparent)]
+    File(#[from] files::FileError),
     #[error("{0}")]
     Other(String),
 }
@@ -76,24 +83,33 @@ pub fn version_path(s: &Settings, v: &Version) -> PathBuf {
 
 /// Moves a verified download into `versions/<v>/headscale` (0755) and records it.
 pub fn install(s: &Settings, store: &Store, verified: Verified) -> Result<Installed, DeployError> {
-    use std::os::unix::fs::PermissionsExt;
     let target = version_path(s, verified.version());
-    let dir = target.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(io_err("creating", dir))?;
-    let tmp = dir.join(".headscale.installing");
-    std::fs::copy(verified.path(), &tmp).map_err(io_err("installing into", &tmp))?;
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))
-        .map_err(io_err("chmod", &tmp))?;
-    std::fs::File::open(&tmp)
-        .and_then(|f| f.sync_all())
-        .map_err(io_err("fsync", &tmp))?;
-    std::fs::rename(&tmp, &target).map_err(io_err("installing", &target))?;
+    version_dir(s, &target)?;
+    let mut src = files::open_nofollow(verified.path())?;
+    files::replace_with(&target, &mut src, Some(executable_meta()), 0o755)?;
     let _ = std::fs::remove_file(verified.path());
     store.record_install(&verified.version().to_string(), &target, verified.sha256())?;
     Ok(Installed {
         version: verified.version().clone(),
         path: target,
     })
+}
+
+/// Creates `versions/` and `versions/<v>/` for `binary` with exactly 0755 (traversable by
+/// Headscale's account whatever the umask), refusing directories someone else owns or may write.
+fn version_dir(s: &Settings, binary: &Path) -> Result<(), DeployError> {
+    files::owned_dir(&versions_dir(s), 0o755)?;
+    files::owned_dir(binary.parent().unwrap_or(Path::new(".")), 0o755)?;
+    Ok(())
+}
+
+/// Installed binaries: owned by headwarden's user, 0755.
+fn executable_meta() -> FileMeta {
+    FileMeta {
+        uid: nix::unistd::geteuid().as_raw(),
+        gid: nix::unistd::getegid().as_raw(),
+        mode: 0o755,
+    }
 }
 
 /// Where the production binary path points now (itself when it is not a symlink).
@@ -135,12 +151,11 @@ pub fn adopt_current(
         return Ok(target);
     }
     let dest = version_path(s, current);
+    version_dir(s, &dest)?;
     if !dest.exists() {
-        let dir = dest.parent().unwrap_or(Path::new("."));
-        std::fs::create_dir_all(dir).map_err(io_err("creating", dir))?;
-        let tmp = dir.join(".headscale.adopting");
-        std::fs::copy(&target, &tmp).map_err(io_err("copying the running binary", &target))?;
-        std::fs::rename(&tmp, &dest).map_err(io_err("adopting", &dest))?;
+        let mut src = std::fs::File::open(&target)
+            .map_err(io_err("copying the running binary", &target))?;
+        files::replace_with(&dest, &mut src, Some(executable_meta()), 0o755)?;
         let sha = crate::verify::sha256_file(&dest).map_err(io_err("hashing", &dest))?;
         store.record_install(&current.to_string(), &dest, &sha)?;
     }

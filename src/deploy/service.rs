@@ -8,6 +8,15 @@ use crate::settings::ServiceSettings;
 
 const SERVICE_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// What the service manager says about production.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServiceState {
+    Running,
+    Stopped,
+    /// `kind: command` without a `status` argv: there is no way to ask.
+    Unknown,
+}
+
 #[derive(Debug, Clone)]
 pub struct Service {
     settings: ServiceSettings,
@@ -62,6 +71,18 @@ impl Service {
     /// `Ok` while the service runs (or when there is no way to ask).
     pub async fn is_running(&self) -> Result<(), String> {
         self.run("is-active").await
+    }
+
+    /// Asks the service manager (`systemctl is-active`, or the `status` argv) whether production
+    /// runs: exit 0 is running, anything else stopped.
+    pub async fn state(&self) -> ServiceState {
+        if let ServiceSettings::Command { status: None, .. } = &self.settings {
+            return ServiceState::Unknown;
+        }
+        match self.run("is-active").await {
+            Ok(()) => ServiceState::Running,
+            Err(_) => ServiceState::Stopped,
+        }
     }
 
     pub fn describe(&self) -> String {

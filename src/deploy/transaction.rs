@@ -8,20 +8,28 @@
 //! 5. `smoke`   the smoke checks against production and the pre-upgrade baseline
 //! 6. `commit`
 //!
-//! Any failure after `stop` runs [`rollback`]: stop, restore database (WAL-aware) + noise key +
-//! config from the backup, switch the symlink back, start, verify healthy.
+//! A failed `stop` touches nothing: production keeps running the old version (it is started only
+//! if the service manager says it is down), and the release is not blamed.
+//!
+//! Any failure after `stop` runs [`rollback`]: stop (a failed stop, or a service that still runs
+//! afterwards, halts the rollback before any file is touched: exit 5, with what to do), restore
+//! database (WAL-aware) + noise key + config from the backup with their owners and modes, switch
+//! the symlink back, start, verify healthy and that the *old* version answers.
 //!
 //! Recovery ([`recover`]) reads an unfinished run's journal after a crash or SIGKILL:
 //! `smoke` done → commit; `switch` journaled → rollback from that hop's backup; only `stop`
-//! journaled → start the old version; nothing journaled → nothing was touched. Orphaned staging
-//! children recorded in `stage_start` are stopped. Production ends old-and-intact or new-and-healthy.
+//! journaled → start the old version unless it still runs; nothing journaled → nothing was
+//! touched. Orphaned staging children recorded in `stage_start` are stopped. Production ends
+//! old-and-intact or new-and-healthy, and never runs twice.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 
+use crate::deploy::service::ServiceState;
 use crate::deploy::{current_target, io_err, switch_binary, DeployError, Installed, Service};
+use crate::files;
 use crate::headscale::config::HeadscaleConfig;
 use crate::settings::Settings;
 use crate::smoke::{self, Baseline, Target};
@@ -31,6 +39,10 @@ use crate::state::{sqlite_files, RunId, StepRow, Store};
 pub enum HopOutcome {
     Promoted {
         timings: Vec<(String, u128)>,
+    },
+    /// Production could not be stopped: nothing was changed and the release is not to blame.
+    NotStopped {
+        reason: String,
     },
     RolledBack {
         reason: String,
@@ -88,6 +100,7 @@ impl Prod<'_> {
         self.store
             .step_finish(id, r.is_ok(), &msg, ms)
             .map_err(|e| e.to_string())?;
+        crate::process::crash_point(&format!("{name}:done"));
         r
     }
 
@@ -130,35 +143,64 @@ pub fn backup_dir(s: &Settings, run: RunId, hop: i64, from: &str) -> PathBuf {
         .join(format!("run{run}-hop{hop}-{from}"))
 }
 
-/// Stopped production → verified backup directory.
+/// Stopped production → verified backup directory. Each file keeps the owner, group and mode
+/// of the original (so a restore can put them back), and none is read through a link.
 pub fn take_backup(config: &HeadscaleConfig, dir: &Path) -> Result<(), DeployError> {
     crate::verify::create_private_dir(dir).map_err(io_err("creating", dir))?;
     sqlite_files::online_copy(&config.database_path, &dir.join("db.sqlite"))?;
     sqlite_files::integrity_check(&dir.join("db.sqlite"))?;
-    std::fs::copy(&config.path, dir.join("config.yaml"))
-        .map_err(io_err("backing up", &config.path))?;
-    if config.noise_key_path.exists() {
-        std::fs::copy(&config.noise_key_path, dir.join("noise_private.key"))
-            .map_err(io_err("backing up", &config.noise_key_path))?;
+    files::copy_preserving(&config.path, &dir.join("config.yaml"))?;
+    if files::regular_meta(&config.noise_key_path)?.is_some() {
+        files::copy_preserving(&config.noise_key_path, &dir.join("noise_private.key"))?;
     }
     Ok(())
 }
 
+/// Puts a backup back: database, noise key, config; each through a fresh file renamed into
+/// place, with the owner and mode the backup recorded.
 fn restore_backup(config: &HeadscaleConfig, dir: &Path) -> Result<(), DeployError> {
     sqlite_files::integrity_check(&dir.join("db.sqlite"))?;
     sqlite_files::restore(&dir.join("db.sqlite"), &config.database_path)?;
     let key = dir.join("noise_private.key");
-    if key.exists() {
-        std::fs::copy(&key, &config.noise_key_path)
-            .map_err(io_err("restoring", &config.noise_key_path))?;
+    if files::regular_meta(&key)?.is_some() {
+        files::restore_copy(&key, &config.noise_key_path)?;
     }
     let cfg = dir.join("config.yaml");
-    if cfg.exists() {
-        let tmp = config.path.with_extension("headwarden-restore");
-        std::fs::copy(&cfg, &tmp).map_err(io_err("restoring", &config.path))?;
-        std::fs::rename(&tmp, &config.path).map_err(io_err("restoring", &config.path))?;
+    if files::regular_meta(&cfg)?.is_some() {
+        files::restore_copy(&cfg, &config.path)?;
     }
     Ok(())
+}
+
+/// Stops production for a rollback and makes sure it is down: a rollback must never replace
+/// files under a running server.
+async fn stop_for_rollback(service: &Service) -> Result<(), String> {
+    let hint = "production may still be running on the upgraded data, so nothing was restored; stop Headscale by hand, then run `headwarden rollback`";
+    service
+        .stop()
+        .await
+        .map_err(|e| format!("stopping production failed: {e}; {hint}"))?;
+    match service.state().await {
+        ServiceState::Running => Err(format!(
+            "production still runs after `stop` ({}); {hint}",
+            service.describe()
+        )),
+        ServiceState::Stopped | ServiceState::Unknown => Ok(()),
+    }
+}
+
+/// After a rollback's start: the server that answers must be the version rolled back to.
+async fn check_rolled_back_version(p: &Prod<'_>, target: &Path) -> Result<(), String> {
+    let timeout = p.settings.smoke.timeout;
+    let expected = crate::headscale::cli::binary_version(target, timeout)
+        .await
+        .map_err(|e| format!("cannot read the version of {}: {e}", target.display()))?;
+    match smoke::served_version(&p.target(), timeout).await? {
+        Some(v) if v != expected => Err(format!(
+            "after the rollback production reports {v}, not {expected}: another server answers on its address"
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Promotes one hop. `baseline` was captured from healthy production just before.
@@ -185,10 +227,22 @@ pub async fn promote_hop(
         )
         .await;
     if let Err(e) = stopped {
-        // Production may still run the old version: make sure it is up, touch nothing else.
-        let _ = p.service.start().await;
-        return HopOutcome::RolledBack {
-            reason: format!("stopping production failed: {e}"),
+        // Nothing was touched. Production may still run the old version: start it only if the
+        // service manager says it is down (a second start would fight the first for the port).
+        let detail = match p.service.state().await {
+            ServiceState::Running | ServiceState::Unknown => {
+                "production was left running on the old version".to_string()
+            }
+            ServiceState::Stopped => match p.service.start().await {
+                Ok(()) => match p.wait_healthy().await {
+                    Ok(_) => "production was started again on the old version".to_string(),
+                    Err(h) => format!("production was started again but is not healthy: {h}"),
+                },
+                Err(s) => format!("starting production again failed too: {s}"),
+            },
+        };
+        return HopOutcome::NotStopped {
+            reason: format!("stopping production failed: {e}; nothing was changed, {detail}"),
         };
     }
     let backup = p
@@ -284,9 +338,7 @@ pub async fn rollback(
     let mut timings = Vec::new();
     tracing::warn!(run, hop, reason, "rolling back production");
     p.step(run, hop, "rollback", json!({"reason": reason, "backup": backup, "to": old_target}), &mut timings, async {
-        if let Err(e) = p.service.stop().await {
-            tracing::warn!(error = %e, "stopping production before rollback failed; continuing");
-        }
+        stop_for_rollback(&p.service).await?;
         if let Some(dir) = backup {
             if let Some(injected) = crate::process::fail_point("restore") {
                 return Err(injected);
@@ -299,7 +351,11 @@ pub async fn rollback(
             }
         }
         p.service.start().await?;
-        p.wait_healthy().await.map(|_| ())
+        p.wait_healthy().await?;
+        match old_target {
+            Some(t) => check_rolled_back_version(p, t).await,
+            None => Ok(()),
+        }
     })
     .await
 }
@@ -427,8 +483,11 @@ pub async fn recover(p: &Prod<'_>) -> Result<Vec<Recovered>, DeployError> {
             .await
         } else if last(&steps, hop, "stop").is_some() {
             // Stopped (maybe backed up) but nothing switched: the old version on untouched data.
+            // The crash may have come before the stop took effect: never start a second server.
             let started = async {
-                p.service.start().await?;
+                if p.service.state().await != ServiceState::Running {
+                    p.service.start().await?;
+                }
                 p.wait_healthy().await.map(|_| ())
             }
             .await;
@@ -487,6 +546,12 @@ pub async fn manual_rollback(
         .join(format!("run{run}-before-rollback"));
     p.step(run, 0, "stop", json!({}), &mut timings, p.service.stop())
         .await?;
+    if p.service.state().await == ServiceState::Running {
+        return Err(format!(
+            "production still runs after `stop` ({}); nothing was restored: stop Headscale by hand and run `headwarden rollback` again",
+            p.service.describe()
+        ));
+    }
     let safety_result = p
         .step(
             run,
@@ -521,7 +586,8 @@ pub async fn manual_rollback(
             restore_backup(p.config, &dir).map_err(|e| crate::cli::error_chain(&e))?;
             switch_binary(&s.headscale.binary, &target).map_err(|e| crate::cli::error_chain(&e))?;
             p.service.start().await?;
-            p.wait_healthy().await.map(|_| ())
+            p.wait_healthy().await?;
+            check_rolled_back_version(p, &target).await
         },
     )
     .await

@@ -85,6 +85,10 @@ impl HeadscaleConfig {
                 .filter(|s| !s.is_empty())
                 .unwrap_or_else(|| default.to_string())
         };
+        // Upstream resolves relative data paths against the config file's directory
+        // (`AbsolutePathFromConfigPath`), not against the working directory.
+        let config_dir = path.parent().unwrap_or(Path::new("/"));
+        let data_path = |key: &str, default: &str| config_dir.join(required(key, default));
         Ok(Self {
             path: path.to_path_buf(),
             listen_addr: required("listen_addr", "127.0.0.1:8080"),
@@ -92,14 +96,11 @@ impl HeadscaleConfig {
                 "unix_socket",
                 "/var/run/headscale/headscale.sock",
             )),
-            database_path: PathBuf::from(required(
-                "database.sqlite.path",
-                "/var/lib/headscale/db.sqlite",
-            )),
-            noise_key_path: PathBuf::from(required(
+            database_path: data_path("database.sqlite.path", "/var/lib/headscale/db.sqlite"),
+            noise_key_path: data_path(
                 "noise.private_key_path",
                 "/var/lib/headscale/noise_private.key",
-            )),
+            ),
             serves_tls: !get_str(&root, "tls_cert_path")
                 .unwrap_or_default()
                 .is_empty()

@@ -22,6 +22,7 @@ use std::collections::HashMap;
 use serde::Serialize;
 use serde_json::json;
 
+use crate::files::{self, FileError};
 use crate::headscale::api::{ApiClient, ApiError, Node};
 use crate::settings::Settings;
 use crate::state::{now, KeyObservation, MintedKey, StateError, Store};
@@ -36,7 +37,7 @@ pub enum KeysError {
     #[error("no node named {0:?} (give its id, hostname or given name)")]
     NoSuchNode(String),
     #[error("cannot write the new API key to {0}")]
-    KeyFile(std::path::PathBuf, #[source] std::io::Error),
+    KeyFile(std::path::PathBuf, #[source] FileError),
     #[error("cannot read production's Headscale config")]
     Config(#[from] crate::headscale::config::HeadscaleConfigError),
     #[error("rotate-keys playbook step {0}: {1}")]
@@ -258,20 +259,8 @@ pub async fn rotate_api_key_if_due(
     Ok(Some(prefix))
 }
 
-fn write_secret_file(path: &std::path::Path, secret: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("headwarden-new");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(secret.as_bytes())?;
-    f.write_all(b"\n")?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
+fn write_secret_file(path: &std::path::Path, secret: &str) -> Result<(), FileError> {
+    files::write_atomic(path, format!("{secret}\n").as_bytes(), 0o600)
 }
 
 /// The node list and plans the `plan` step produced, for the steps after it.

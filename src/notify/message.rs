@@ -165,9 +165,14 @@ pub fn build(
             } else {
                 format!("Node {node}: rotate its key by {}", s(p, "deadline"))
             };
-            m.lines
-                .push("Re-register the node with this one-time key:".into());
-            m.code = Some(s(p, "command").to_string()).filter(|c| !c.is_empty());
+            match p.get("key_withheld").and_then(Value::as_str) {
+                Some(how) => m.lines.push(format!("Re-register the node: {how}.")),
+                None => {
+                    m.lines
+                        .push("Re-register the node with this one-time key:".into());
+                    m.code = Some(s(p, "command").to_string()).filter(|c| !c.is_empty());
+                }
+            }
             m.lines.push(s(p, "warning").to_string());
             let owner = m.user.clone().unwrap_or_default();
             fact(&mut m, "Owner", &owner);

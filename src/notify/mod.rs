@@ -18,7 +18,7 @@ pub mod url;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use crate::settings::{NotifyTarget, ReminderRouting, Settings, Severity};
+use crate::settings::{KeyDelivery, NotifyTarget, ReminderRouting, Settings, Severity};
 use crate::state::Store;
 pub use url::{targets, Service, Target, UrlError};
 
@@ -257,7 +257,38 @@ pub async fn send(
 }
 
 /// The message for a destination: mention and template applied.
+/// Whether `d` may see the one-time key in a key message about `user`'s node: only the owner's
+/// own destination, or a shared entry whose admin set `one_time_keys: include`.
+fn shows_key(d: &Destination<'_>, user: Option<&str>) -> bool {
+    match (d.entry, &d.owner) {
+        (None, Some(owner)) => user == Some(owner.as_str()),
+        (Some(e), _) => e.one_time_keys == KeyDelivery::Include,
+        (None, None) => false,
+    }
+}
+
+/// A key message's payload with the one-time key taken out: the command becomes instructions.
+fn withhold_key(payload: &serde_json::Value, owned: bool) -> serde_json::Value {
+    let mut p = payload.clone();
+    let node = p
+        .pointer("/node/name")
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or("NODE")
+        .to_string();
+    if let Some(obj) = p.as_object_mut() {
+        obj.remove("command");
+        let how = if owned {
+            "a one-time key was sent to the owner's own destination only".to_string()
+        } else {
+            format!("no key is shown here: on the Headscale host, `headwarden keys rotate {node}` prints a one-time key for the owner")
+        };
+        obj.insert("key_withheld".into(), serde_json::Value::String(how));
+    }
+    p
+}
+
 fn message_for(
+    s: &Settings,
     d: &Destination<'_>,
     id: i64,
     event: &str,
@@ -265,6 +296,15 @@ fn message_for(
     payload: &serde_json::Value,
     created_at: i64,
 ) -> message::Message {
+    let user = message::user_of(payload);
+    let redacted;
+    let payload = if is_key_message(event) && !shows_key(d, user.as_deref()) {
+        let owned = user.as_ref().is_some_and(|u| s.notify_users.contains_key(u));
+        redacted = withhold_key(payload, owned);
+        &redacted
+    } else {
+        payload
+    };
     let mut m = message::build(id, event, severity, payload, created_at);
     if let (Some(e), Some(u)) = (d.entry, &m.user) {
         m.mention = e.mentions.get(u).cloned();
@@ -386,7 +426,7 @@ pub async fn flush(
                 }
             }
             let sev = Severity::parse(&d.severity).unwrap_or_default();
-            let m = message_for(dest, d.event_id, &d.event, sev, &d.payload, d.created_at);
+            let m = message_for(s, dest, d.event_id, &d.event, sev, &d.payload, d.created_at);
             let secret = dest
                 .entry
                 .and_then(|e| e.secret.as_ref())
@@ -446,6 +486,7 @@ pub async fn flush(
         }
     }
     report.retrying = store.deliveries("pending")?.len();
+    store.purge_delivered_keys()?;
     Ok(report)
 }
 
@@ -461,7 +502,7 @@ pub async fn send_direct(
     let http = client();
     let now = crate::state::now();
     for d in route(s, &dests, event, severity, payload) {
-        let m = message_for(d, now, event, severity, payload, now);
+        let m = message_for(s, d, now, event, severity, payload, now);
         let secret = d.entry.and_then(|e| e.secret.as_ref()).map(|s| s.expose());
         let req = render::request(&m, &d.target, secret, now);
         if let Sent::Retry { error, .. } | Sent::Permanent(error) =
@@ -497,7 +538,7 @@ pub async fn test(
     let now = crate::state::now();
     let mut out = Vec::new();
     for d in &dests {
-        let m = message_for(d, now, "test", Severity::Info, &serde_json::json!({}), now);
+        let m = message_for(s, d, now, "test", Severity::Info, &serde_json::json!({}), now);
         let secret = d.entry.and_then(|e| e.secret.as_ref()).map(|s| s.expose());
         let req = render::request(&m, &d.target, secret, now);
         let t = Instant::now();

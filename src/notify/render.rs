@@ -37,6 +37,35 @@ pub fn md_escape(s: &str) -> String {
     out
 }
 
+/// Mattermost and Matrix read `@channel`, `@all`, `@here`, `@room` and `@name` in plain text as
+/// mentions, backslash or not (Mattermost joins adjacent markdown text nodes before looking for
+/// mentions). A WORD JOINER after every `@` keeps the text readable and mentions nobody.
+pub fn defuse_mentions(s: &str) -> String {
+    s.replace('@', "@\u{2060}")
+}
+
+/// A link from the feed, only if it is an http(s) URL, with the characters that could end or
+/// rewrite a markdown or Slack link (`|`, `(`, `)`, `<`, `>`, space) percent-encoded.
+pub fn safe_link(l: &str) -> Option<String> {
+    let u = url::Url::parse(l).ok()?;
+    if !matches!(u.scheme(), "http" | "https") {
+        return None;
+    }
+    let mut out = String::with_capacity(l.len());
+    for c in u.as_str().chars() {
+        match c {
+            '|' => out.push_str("%7C"),
+            '(' => out.push_str("%28"),
+            ')' => out.push_str("%29"),
+            '<' => out.push_str("%3C"),
+            '>' => out.push_str("%3E"),
+            ' ' => out.push_str("%20"),
+            c => out.push(c),
+        }
+    }
+    Some(out)
+}
+
 pub fn html_escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
@@ -78,7 +107,7 @@ pub fn request(m: &Message, t: &Target, secret: Option<&str>, now: i64) -> Reque
         Service::Discord => discord(m),
         Service::Teams => teams(m),
         Service::Mattermost => {
-            let mut v = json!({"text": markdown(m)});
+            let mut v = json!({"text": mattermost_markdown(m)});
             if let Some(u) = t.option("username") {
                 v["username"] = json!(u);
             }
@@ -98,35 +127,41 @@ pub fn request(m: &Message, t: &Target, secret: Option<&str>, now: i64) -> Reque
                 m.id,
                 t.id
             );
-            let mut html = format!(
-                "<strong>{} {}</strong>",
-                icon(m.severity),
-                html_escape(&m.title)
-            );
+            let text = |s: &str| html_escape(&defuse_mentions(s));
+            let mut html = format!("<strong>{} {}</strong>", icon(m.severity), text(&m.title));
             if let Some(mn) = &m.mention {
                 html = format!("{} {html}", html_escape(mn));
             }
             for l in &m.lines {
-                html.push_str(&format!("<br>{}", html_escape(l)));
+                html.push_str(&format!("<br>{}", text(l)));
             }
             if let Some(c) = &m.code {
-                html.push_str(&format!("<pre><code>{}</code></pre>", html_escape(c)));
+                html.push_str(&format!("<pre><code>{}</code></pre>", text(c)));
             }
             if !m.facts.is_empty() {
                 html.push_str("<ul>");
                 for (k, v) in &m.facts {
-                    html.push_str(&format!("<li>{}: {}</li>", html_escape(k), html_escape(v)));
+                    html.push_str(&format!("<li>{}: {}</li>", text(k), text(v)));
                 }
                 html.push_str("</ul>");
             }
-            if let Some(l) = &m.link {
-                html.push_str(&format!("<a href=\"{}\">release notes</a>", html_escape(l)));
+            if let Some(l) = m.link.as_deref().and_then(safe_link) {
+                html.push_str(&format!("<a href=\"{}\">release notes</a>", html_escape(&l)));
+            }
+            let mut body = defuse_mentions(&format!("{}\n{}", m.title, m.text()));
+            // Intentional mentions only: the configured Matrix user id, nothing from the text
+            // (`m.mentions` makes clients ignore the legacy body rules, `@room` included).
+            let mut mentions = json!({});
+            if let Some(mn) = m.mention.as_deref().filter(|mn| mn.starts_with('@') && mn.contains(':')) {
+                body = format!("{mn} {body}");
+                mentions = json!({"user_ids": [mn]});
             }
             json_body(&json!({
                 "msgtype": "m.notice",
-                "body": format!("{}\n{}", m.title, m.text()),
+                "body": body,
                 "format": "org.matrix.custom.html",
                 "formatted_body": html,
+                "m.mentions": mentions,
             }))
         }
         Service::Telegram => {
@@ -167,7 +202,7 @@ pub fn request(m: &Message, t: &Target, secret: Option<&str>, now: i64) -> Reque
                 "priority": priority,
                 "tags": tags,
             });
-            if let Some(l) = &m.link {
+            if let Some(l) = m.link.as_deref().and_then(safe_link) {
                 v["click"] = json!(l);
             }
             json_body(&v)
@@ -219,21 +254,23 @@ pub fn sign(key: &str, timestamp: i64, body: &[u8]) -> String {
     hex::encode(mac.finalize().into_bytes())
 }
 
-fn markdown(m: &Message) -> String {
+/// Mattermost's markdown, with `@` in user text defused (see [`defuse_mentions`]).
+fn mattermost_markdown(m: &Message) -> String {
+    let esc = |s: &str| md_escape(&defuse_mentions(s));
     let mut out = Vec::new();
-    let head = format!("{} **{}**", icon(m.severity), md_escape(&m.title));
+    let head = format!("{} **{}**", icon(m.severity), esc(&m.title));
     out.push(match &m.mention {
         Some(mn) => format!("{mn} {head}"),
         None => head,
     });
-    out.extend(m.lines.iter().map(|l| md_escape(l)));
+    out.extend(m.lines.iter().map(|l| esc(l)));
     if let Some(c) = &m.code {
         out.push(format!("```\n{}\n```", c.replace("```", "'''")));
     }
     for (k, v) in &m.facts {
-        out.push(format!("**{}:** {}", md_escape(k), md_escape(v)));
+        out.push(format!("**{}:** {}", esc(k), esc(v)));
     }
-    if let Some(l) = &m.link {
+    if let Some(l) = m.link.as_deref().and_then(safe_link) {
         out.push(format!("[Release notes]({l})"));
     }
     out.join("\n")
@@ -263,8 +300,8 @@ fn slack(m: &Message) -> Vec<u8> {
             .collect();
         blocks.push(json!({"type": "section", "fields": fields}));
     }
-    if let Some(l) = &m.link {
-        blocks.push(json!({"type": "context", "elements": [{"type": "mrkdwn", "text": format!("<{}|Release notes>", slack_escape(l))}]}));
+    if let Some(l) = m.link.as_deref().and_then(safe_link) {
+        blocks.push(json!({"type": "context", "elements": [{"type": "mrkdwn", "text": format!("<{}|Release notes>", slack_escape(&l))}]}));
     }
     json_body(&json!({
         "text": slack_escape(&format!("{} {}", icon(m.severity), m.title)),
@@ -295,7 +332,7 @@ fn discord(m: &Message) -> Vec<u8> {
         "fields": fields,
         "timestamp": crate::state::rfc3339(m.created_at),
     });
-    if let Some(l) = &m.link {
+    if let Some(l) = m.link.as_deref().and_then(safe_link) {
         embed["url"] = json!(l);
     }
     // Only the configured mention may ping; node names like "@everyone" never do.
@@ -349,7 +386,7 @@ fn teams(m: &Message) -> Vec<u8> {
         "version": "1.4",
         "body": body,
     });
-    if let Some(l) = &m.link {
+    if let Some(l) = m.link.as_deref().and_then(safe_link) {
         card["actions"] = json!([{"type": "Action.OpenUrl", "title": "Release notes", "url": l}]);
     }
     json_body(&json!({

@@ -279,6 +279,16 @@ pub enum ReminderRouting {
     Unrouted,
 }
 
+/// Whether a shared destination's key messages carry the one-time key itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyDelivery {
+    /// The default: the key goes only to the owner's own destination (`notify_users`); shared
+    /// channels hear that a key was minted and how to get one.
+    Withhold,
+    /// The admin routes keys here explicitly (`one_time_keys: include`), e.g. a private channel.
+    Include,
+}
+
 /// One `notify:` entry: a chat destination and what it wants to hear.
 #[derive(Debug, Clone)]
 pub struct NotifyTarget {
@@ -289,6 +299,7 @@ pub struct NotifyTarget {
     pub events: Vec<String>,
     pub min_severity: Severity,
     pub reminders: ReminderRouting,
+    pub one_time_keys: KeyDelivery,
     /// User → mention text (`<@U024BE7LH>`, `@alice:example.org`) added to that user's key messages.
     pub mentions: std::collections::BTreeMap<String, String>,
     /// Replaces scheme://host:port of the service's API (self-hosted relays, tests).

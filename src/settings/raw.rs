@@ -9,7 +9,7 @@ use serde::{Deserialize, Deserializer};
 use super::Window;
 use super::{
     line_of, Approval, Channel, ConfigError, Enforce, HeadscaleSettings, KeySettings,
-    MetricsSettings, NotifyTarget, ReleaseSettings, ReminderRouting, ScheduleSettings, Secret,
+    KeyDelivery, MetricsSettings, NotifyTarget, ReleaseSettings, ReminderRouting, ScheduleSettings, Secret,
     ServiceSettings, Settings, Severity, SmokeCheck, SmokeSettings, StagingSettings,
 };
 
@@ -288,6 +288,7 @@ struct RawNotify {
     events: Vec<String>,
     min_severity: Option<String>,
     reminders: Option<String>,
+    one_time_keys: Option<String>,
     #[serde(default)]
     mentions: std::collections::BTreeMap<String, String>,
     endpoint: Option<String>,
@@ -983,6 +984,17 @@ fn resolve_notify(cx: &Ctx<'_>, n: RawNotify) -> Result<NotifyTarget, ConfigErro
             ))
         }
     };
+    let one_time_keys = match n.one_time_keys.as_deref() {
+        None | Some("withhold") => KeyDelivery::Withhold,
+        Some("include") => KeyDelivery::Include,
+        Some(v) => {
+            return Err(cx.err(
+                "notify.one_time_keys",
+                format!("unknown value {v:?}"),
+                "withhold (the default: keys go only to the owner's notify_users destination) or include",
+            ))
+        }
+    };
     let secret = match (n.secret, n.secret_file) {
         (Some(_), Some(_)) => {
             return Err(cx.err(
@@ -1000,6 +1012,7 @@ fn resolve_notify(cx: &Ctx<'_>, n: RawNotify) -> Result<NotifyTarget, ConfigErro
         events: n.events,
         min_severity,
         reminders,
+        one_time_keys,
         mentions: n.mentions,
         endpoint: n.endpoint,
         secret,

@@ -149,6 +149,14 @@ pub async fn run(
     }
 }
 
+/// The version the server at `t` reports on `/version`; `None` before 0.27, which has none.
+pub async fn served_version(t: &Target, timeout: Duration) -> Result<Option<Version>, String> {
+    let client = http::client(timeout.min(Duration::from_secs(10)));
+    http::version(&client, &t.base_url)
+        .await
+        .map_err(|e| e.to_string())
+}
+
 async fn check_version(
     client: &reqwest::Client,
     t: &Target,

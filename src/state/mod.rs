@@ -9,10 +9,17 @@
 
 pub mod sqlite_files;
 
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
+
+use crate::files::{self, FileError};
+
+/// `state_dir`'s mode: traversable (not listable) by Headscale's account, which executes
+/// `versions/<v>/headscale`; everything private inside it is 0700 or 0600.
+pub const STATE_DIR_MODE: u32 = 0o711;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -30,6 +37,12 @@ pub enum StateError {
     },
     #[error("state store query failed")]
     Sql(#[from] rusqlite::Error),
+    #[error("state directory {path} is not safe to use")]
+    Unsafe {
+        path: PathBuf,
+        #[source]
+        source: FileError,
+    },
 }
 
 /// Forward-only schema migrations; index + 1 is the schema version they produce.
@@ -258,16 +271,40 @@ pub fn now() -> i64 {
 
 impl Store {
     /// Opens (creating and migrating) `state_dir/state.db`.
+    ///
+    /// `state_dir` and its ancestors must be owned by root or headwarden's user and writable by
+    /// nobody else (a swapped `versions/<v>` would otherwise run as root). It is kept at 0711:
+    /// Headscale's account may traverse it to execute `versions/<v>/headscale` but list nothing;
+    /// `state.db` (which briefly holds minted keys) is 0600.
     pub fn open(state_dir: &Path) -> Result<Store, StateError> {
         let path = state_dir.join("state.db");
         let open_err = |source| StateError::Open {
             path: path.clone(),
             source,
         };
-        if let Err(e) = std::fs::create_dir_all(state_dir) {
-            return Err(open_err(rusqlite::Error::ToSqlConversionFailure(Box::new(
-                e,
-            ))));
+        let unsafe_dir = |source| StateError::Unsafe {
+            path: state_dir.to_path_buf(),
+            source,
+        };
+        files::check_ancestors(state_dir).map_err(unsafe_dir)?;
+        files::owned_dir(state_dir, STATE_DIR_MODE).map_err(unsafe_dir)?;
+        for suffix in ["", "-wal", "-shm"] {
+            let file = state_dir.join(format!("state.db{suffix}"));
+            if files::regular_meta(&file)
+                .map_err(unsafe_dir)?
+                .is_some_and(|m| m.mode & 0o077 != 0)
+            {
+                std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))
+                    .map_err(|e| open_err(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
+            }
+        }
+        if files::regular_meta(&path).map_err(unsafe_dir)?.is_none() {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .map_err(|e| open_err(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
         }
         let conn = Connection::open(&path).map_err(open_err)?;
         conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000; PRAGMA foreign_keys=ON;")
@@ -684,6 +721,21 @@ impl Store {
             .into_iter()
             .filter(|r| r.state == "pending")
             .collect())
+    }
+
+    /// Takes the one-time key out of stored key messages once nothing can still send it (routed,
+    /// and no delivery pending or in flight) or once the key has expired. Returns how many.
+    pub fn purge_delivered_keys(&self) -> Result<usize, StateError> {
+        Ok(self.conn.execute(
+            "UPDATE outbox SET payload = json_set(json_remove(payload, '$.command'), '$.key_withheld',
+                 'the one-time key was purged from headwarden''s store after delivery')
+             WHERE event IN ('keys.reminder', 'keys.rotation_requested')
+               AND json_extract(payload, '$.command') IS NOT NULL
+               AND ((state != 'pending' AND NOT EXISTS (SELECT 1 FROM deliveries d
+                        WHERE d.event_id = outbox.id AND d.state IN ('pending', 'sending')))
+                    OR unixepoch(json_extract(payload, '$.key_expires')) <= ?1)",
+            params![now()],
+        )?)
     }
 
     /// Fans an event out: one delivery per destination id, and the event leaves 'pending'.

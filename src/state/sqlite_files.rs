@@ -2,13 +2,19 @@
 //!
 //! - [`online_copy`] uses SQLite's backup API, so a copy of a live WAL-mode database is
 //!   consistent (it includes committed frames still in `-wal`); a raw `cp` of a live file is not.
+//!   The copy keeps the owner, group and mode of the database it copies (the `headscale` user's
+//!   under upstream's unit), so a restore can put them back.
 //! - [`restore`] puts a backup in place of a *stopped* database: the copy is written beside the
-//!   target, fsynced, the target's stale `-wal`/`-shm` are removed (SQLite would otherwise replay
-//!   newer frames over the restored file), then the copy is renamed over the target.
+//!   target under a random name (`O_EXCL`, never through a planted link), given the backup's
+//!   owner and mode, fsynced, the target's stale `-wal`/`-shm` are removed (SQLite would
+//!   otherwise replay newer frames over the restored file), then the copy is renamed over the
+//!   target. A target that is a symbolic link is refused.
 
 use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OpenFlags};
+
+use crate::files::{self, FileError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SqliteFileError {
@@ -28,15 +34,23 @@ pub enum SqliteFileError {
         #[source]
         source: std::io::Error,
     },
+    #[error("database {path} does not exist")]
+    Missing { path: PathBuf },
+    #[error(transparent)]
+    File(#[from] FileError),
 }
 
-/// Consistent copy of `src` (possibly in use) into a new file `dst`.
+/// Consistent copy of `src` (possibly in use) into a new file `dst`, with `src`'s owner, group
+/// and mode. `src` must be a regular file, not a link.
 pub fn online_copy(src: &Path, dst: &Path) -> Result<(), SqliteFileError> {
     let err = |source| SqliteFileError::Copy {
         from: src.to_path_buf(),
         to: dst.to_path_buf(),
         source,
     };
+    let meta = files::regular_meta(src)?.ok_or_else(|| SqliteFileError::Missing {
+        path: src.to_path_buf(),
+    })?;
     let source = Connection::open_with_flags(
         src,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -57,9 +71,9 @@ pub fn online_copy(src: &Path, dst: &Path) -> Result<(), SqliteFileError> {
     dest.execute_batch("PRAGMA journal_mode=DELETE;")
         .map_err(err)?;
     drop(dest);
-    if let Ok(f) = std::fs::File::open(dst) {
-        let _ = f.sync_all();
-    }
+    let f = files::open_nofollow(dst)?;
+    files::apply_meta(&f, dst, meta)?;
+    let _ = f.sync_all();
     Ok(())
 }
 
@@ -93,11 +107,7 @@ pub fn restore(backup: &Path, target: &Path) -> Result<(), SqliteFileError> {
         to: target.to_path_buf(),
         source,
     };
-    let tmp = sibling(target, ".headwarden-restore");
-    std::fs::copy(backup, &tmp).map_err(err)?;
-    std::fs::File::open(&tmp)
-        .and_then(|f| f.sync_all())
-        .map_err(err)?;
+    let staged = files::stage_copy(backup, target)?;
     for suffix in ["-wal", "-shm"] {
         match std::fs::remove_file(sibling(target, suffix)) {
             Ok(()) => {}
@@ -105,10 +115,7 @@ pub fn restore(backup: &Path, target: &Path) -> Result<(), SqliteFileError> {
             Err(e) => return Err(err(e)),
         }
     }
-    std::fs::rename(&tmp, target).map_err(err)?;
-    if let Some(dir) = target.parent() {
-        let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
-    }
+    staged.commit()?;
     Ok(())
 }
 
