@@ -138,10 +138,13 @@ impl PipelineError {
                 "headwarden only upgrades a healthy server; fix production first, then run again"
                     .into(),
             ),
-            PipelineError::Verify(_) => Some(
+            PipelineError::Verify(e) if e.release_is_bad() => Some(
                 "the release was recorded as bad and will be skipped; `headwarden status` lists it"
                     .into(),
             ),
+            PipelineError::Verify(_) => {
+                Some("a transient download problem; the release was not recorded as bad and is retried on the next run".into())
+            }
             PipelineError::NotStopped(_) => Some(
                 "the release was not recorded as bad; check the service manager (`headscale.service`), then run again".into(),
             ),
@@ -741,7 +744,11 @@ pub async fn upgrade(
             .ok_or_else(|| {
                 PipelineError::Other("no backup from this run to roll back to".into())
             })?;
-        let why = format!("hook step {step} failed after promotion: {reason}");
+        // Everything written to production since the promotion is lost with this restore; the
+        // rollback's safety copy (backups/run<id>-before-rollback) keeps it.
+        let why = format!(
+            "hook step {step} failed after promotion: {reason}; production's data since the promotion is replaced by the pre-upgrade backup (a safety copy of it is kept under backups/)"
+        );
         let failed = target.clone();
         return match restore(s, store, &backup, &why, false, say).await {
             Ok(now) => Ok(UpgradeOutcome::RolledBack {
@@ -991,8 +998,13 @@ impl RunCtx<'_> {
                         t.elapsed().as_millis(),
                     )?;
                     (self.say)(&format!(
-                        "verified {}: sha256 matches checksums.txt and the asset digest{}",
+                        "verified {}: sha256 matches checksums.txt{}{}",
                         hop.tag,
+                        if v.digest_checked() {
+                            " and GitHub's asset digest"
+                        } else {
+                            " (GitHub published no asset digest)"
+                        },
                         if v.signed() {
                             "; minisign signature valid"
                         } else {

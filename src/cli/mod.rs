@@ -154,7 +154,8 @@ enum PlaybookCmd {
 enum NotifyCmd {
     /// Send a test message to every destination (or to --url) now and report each.
     Test {
-        /// A notification URL to test instead of the configured destinations.
+        /// A notification URL to test instead of the configured destinations; `-` reads it from
+        /// standard input, which keeps its token out of the process list (`/proc/*/cmdline`).
         #[arg(long)]
         url: Option<String>,
     },
@@ -363,6 +364,18 @@ async fn notify_command(cli: &Cli, cmd: &NotifyCmd) -> Result<u8, Failure> {
     let s = load(cli)?;
     match cmd {
         NotifyCmd::Test { url } => {
+            let url = match url.as_deref() {
+                Some("-") => {
+                    let mut line = String::new();
+                    std::io::stdin().read_line(&mut line).map_err(|e| Failure {
+                        code: exit::USAGE,
+                        hint: None,
+                        error: anyhow::anyhow!("cannot read the URL from standard input: {e}"),
+                    })?;
+                    Some(line.trim().to_string())
+                }
+                other => other.map(str::to_string),
+            };
             let results = crate::notify::test(&s, url.as_deref())
                 .await
                 .map_err(|e| Failure {
@@ -645,6 +658,9 @@ async fn run_command(cli: &Cli) -> Result<u8, Failure> {
                 if s.release.token.is_some() {
                     println!("  github token: set (not shown)");
                 }
+            }
+            for w in s.warnings() {
+                eprintln!("warning: {w}");
             }
             Ok(exit::OK)
         }

@@ -13,6 +13,7 @@
 use std::time::Duration;
 
 use http::header::HeaderMap;
+use http_body_util::BodyExt;
 use serde::Deserialize;
 
 use super::{parse_tag, Asset, Release};
@@ -165,10 +166,7 @@ pub async fn fetch(settings: &ReleaseSettings, store: &Store) -> Result<FeedResu
         let body = if status == 304 {
             String::new()
         } else {
-            client
-                .body_to_string(response)
-                .await
-                .map_err(|e| unreachable(crate::cli::error_chain(&e)))?
+            read_capped(response, &url).await?
         };
         break (status, headers, body);
     };
@@ -317,6 +315,42 @@ pub fn parse_releases(body: &str) -> Result<(Vec<Release>, Vec<String>), String>
         });
     }
     Ok((out, ignored))
+}
+
+/// The response body, read with a running cap: a hostile or broken feed cannot make headwarden
+/// buffer more than [`MAX_BODY`] bytes (a `Content-Length` above it is refused unread).
+async fn read_capped<B>(response: http::Response<B>, url: &str) -> Result<String, FeedError>
+where
+    B: hyper::body::Body<Data = hyper::body::Bytes>,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let too_large = || FeedError::Malformed {
+        url: url.to_string(),
+        detail: format!("response exceeds the {MAX_BODY}-byte limit"),
+    };
+    let declared = response
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY) {
+        return Err(too_large());
+    }
+    let limited = http_body_util::Limited::new(response.into_body(), MAX_BODY);
+    let bytes = match limited.collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
+        Err(e) => {
+            return Err(FeedError::Unreachable {
+                url: url.to_string(),
+                detail: e.to_string(),
+            })
+        }
+    };
+    String::from_utf8(bytes.to_vec()).map_err(|_| FeedError::Malformed {
+        url: url.to_string(),
+        detail: "the response is not UTF-8".into(),
+    })
 }
 
 #[cfg(test)]

@@ -61,6 +61,36 @@ pub struct Settings {
     pub audit: AuditSettings,
 }
 
+impl Settings {
+    /// Valid but risky choices that `config check` points out.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (i, n) in self.notify.iter().enumerate() {
+            if n.one_time_keys == KeyDelivery::Include {
+                out.push(format!(
+                    "notify[{i}] receives one-time pre-auth keys (one_time_keys: include): anyone who reads that destination can register a node as the key's user"
+                ));
+            }
+        }
+        for (user, url) in &self.notify_users {
+            if is_public_ntfy(url.expose()) {
+                out.push(format!(
+                    "notify_users.{user} is a topic on the public ntfy.sh: anyone who guesses the topic reads the one-time keys; use your own ntfy server or an access token"
+                ));
+            }
+        }
+        out
+    }
+}
+
+/// `ntfy://topic` (no host, no credentials): the public ntfy.sh.
+fn is_public_ntfy(url: &str) -> bool {
+    url.strip_prefix("ntfy://").is_some_and(|rest| {
+        let authority = rest.split(['/', '?']).next().unwrap_or("");
+        !authority.contains(['.', ':', '@']) && !rest.contains('/')
+    }) || url.starts_with("https://ntfy.sh/") && !url.contains('@')
+}
+
 /// `headwarden audit`: thresholds, optional expectations, and accepted findings.
 #[derive(Debug, Clone)]
 pub struct AuditSettings {
@@ -143,6 +173,9 @@ pub struct ReleaseSettings {
     pub max_asset_size: u64,
     /// Read timeout per feed request (each is retried up to 3 times).
     pub feed_timeout: Duration,
+    /// Overall deadline for one download (asset, checksums, signature), however slowly the
+    /// server drips bytes: a stalled mirror must not hold the run lock forever.
+    pub download_timeout: Duration,
     pub approval: Approval,
     /// Promotions happen only inside this window (in `schedule.timezone`).
     pub window: Option<Window>,

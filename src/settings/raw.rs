@@ -184,12 +184,13 @@ struct RawRelease {
     min_age: Option<DurationValue>,
     skip: Vec<VersionValue>,
     pin: Option<VersionValue>,
-    require_signature: bool,
+    require_signature: Option<bool>,
     minisign_public_key: Option<String>,
     allow_insecure_http: bool,
     keep_versions: Option<usize>,
     max_asset_size_mb: Option<u64>,
     feed_timeout: Option<DurationValue>,
+    download_timeout: Option<DurationValue>,
     approval: Option<RawApproval>,
     window: Option<RawWindow>,
     blackout: Vec<String>,
@@ -374,24 +375,31 @@ impl Ctx<'_> {
     }
 }
 
-fn is_loopback_url(url: &str) -> bool {
-    let rest = url.split_once("://").map_or("", |(_, r)| r);
-    let host = rest.split(['/', '?']).next().unwrap_or("");
-    let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
-    let host = if host.starts_with('[') {
-        host.split(']').next().unwrap_or("").trim_start_matches('[')
-    } else {
-        host.split(':').next().unwrap_or("")
-    };
-    host == "localhost"
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
+/// Parsed the way the HTTP client parses it (WHATWG URL): `http://a#@127.0.0.1` has host `a`,
+/// `http://a\\@127.0.0.1` too. Only a loopback host counts.
+fn is_loopback_url(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
 }
 
+/// `https://` anywhere; `http://` only to a loopback host and only when allowed. URLs with a
+/// backslash or a fragment are refused outright: parsers disagree about where their host ends.
 pub fn url_allowed(url: &str, allow_insecure_http: bool) -> bool {
-    url.starts_with("https://")
-        || (allow_insecure_http && url.starts_with("http://") && is_loopback_url(url))
+    if url.contains('\\') || url.contains('#') {
+        return false;
+    }
+    let Ok(parsed) = url::Url::parse(url) else {
+        return false;
+    };
+    match parsed.scheme() {
+        "https" => parsed.host().is_some(),
+        "http" => allow_insecure_http && is_loopback_url(&parsed),
+        _ => false,
+    }
 }
 
 pub(super) fn resolve(file: &Path, text: &str, raw: RawConfig) -> Result<Settings, ConfigError> {
@@ -475,7 +483,11 @@ pub(super) fn resolve(file: &Path, text: &str, raw: RawConfig) -> Result<Setting
             ));
         }
     }
-    if r.require_signature && minisign_public_key.is_none() {
+    // A configured key means signatures are required, unless the admin says otherwise.
+    let require_signature = r
+        .require_signature
+        .unwrap_or(minisign_public_key.is_some());
+    if require_signature && minisign_public_key.is_none() {
         return Err(cx.err(
             "release.require_signature",
             "require_signature is true but no minisign_public_key is set",
@@ -592,12 +604,15 @@ pub(super) fn resolve(file: &Path, text: &str, raw: RawConfig) -> Result<Setting
         min_age: r.min_age.map_or(Duration::from_secs(3 * 86400), |d| d.0),
         skip: r.skip.into_iter().map(|v| v.0).collect(),
         pin: r.pin.map(|v| v.0),
-        require_signature: r.require_signature,
+        require_signature,
         minisign_public_key,
         allow_insecure_http: r.allow_insecure_http,
         keep_versions: r.keep_versions.unwrap_or(3).max(2),
         max_asset_size: r.max_asset_size_mb.unwrap_or(512) * 1024 * 1024,
         feed_timeout: r.feed_timeout.map_or(Duration::from_secs(30), |d| d.0),
+        download_timeout: r
+            .download_timeout
+            .map_or(Duration::from_secs(600), |d| d.0),
     };
 
     let h = raw.headscale;
@@ -612,6 +627,19 @@ pub(super) fn resolve(file: &Path, text: &str, raw: RawConfig) -> Result<Setting
                     "kind: command needs start and stop argv lists",
                     "e.g. start: [/usr/local/sbin/hs-ctl, start]",
                 ));
+            }
+            for (key, argv) in [
+                ("headscale.service.start", &h.service.start),
+                ("headscale.service.stop", &h.service.stop),
+                ("headscale.service.status", &h.service.status),
+            ] {
+                if argv.first().is_some_and(|p| !p.starts_with('/')) {
+                    return Err(cx.err(
+                        key,
+                        format!("{:?} is not an absolute path", argv[0]),
+                        "give the program's full path: headwarden runs as root and does not search PATH for it",
+                    ));
+                }
             }
             ServiceSettings::Command {
                 start: h.service.start,
@@ -682,7 +710,14 @@ pub(super) fn resolve(file: &Path, text: &str, raw: RawConfig) -> Result<Setting
         return Err(cx.err(
             "smoke.commands",
             "an empty command",
-            "each command is an argv list, e.g. [tailscale, ping, -c, '1', node]",
+            "each command is an argv list, e.g. [/usr/bin/tailscale, ping, -c, '1', node]",
+        ));
+    }
+    if let Some(c) = raw.smoke.commands.iter().find(|c| !c[0].starts_with('/')) {
+        return Err(cx.err(
+            "smoke.commands",
+            format!("{:?} is not an absolute path", c[0]),
+            "give the program's full path, e.g. [/usr/bin/tailscale, ping, -c, '1', node]",
         ));
     }
     let smoke = SmokeSettings {
@@ -1059,5 +1094,13 @@ mod tests {
         assert!(!url_allowed("http://127.0.0.1.evil.com/x", true));
         assert!(!url_allowed("http://user@evil.com/x", true));
         assert!(url_allowed("https://api.github.com", false));
+        // The review's bypasses: the host the client would dial is not loopback.
+        assert!(!url_allowed("http://example.invalid#@127.0.0.1", true));
+        assert!(!url_allowed("http://example.invalid\\@127.0.0.1:8/files/x", true));
+        assert!(!url_allowed("http://headscale.example.invalid\\@127.0.0.1:8080", true));
+        assert!(!url_allowed("http://a?@127.0.0.1/", true));
+        assert!(!url_allowed("http://127.0.0.1.nip.io/", true));
+        assert!(!url_allowed("http://[::ffff:127.0.0.1]/", true));
+        assert!(url_allowed("http://LOCALHOST:9/", true));
     }
 }

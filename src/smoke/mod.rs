@@ -127,7 +127,7 @@ pub async fn run(
     }
     for argv in &settings.commands {
         let start = Instant::now();
-        let outcome = match crate::process::run(argv, timeout).await {
+        let outcome = match crate::process::run_env(argv, &[], timeout).await {
             Ok(o) if o.success() => Ok("exit 0".to_string()),
             Ok(o) => Err(format!(
                 "exit {}: {}",

@@ -89,6 +89,8 @@ pub struct Verified {
     path: PathBuf,
     sha256: String,
     signed: bool,
+    /// GitHub published a `digest` for the asset and it matched.
+    digest_checked: bool,
 }
 
 impl Verified {
@@ -106,6 +108,9 @@ impl Verified {
     }
     pub fn signed(&self) -> bool {
         self.signed
+    }
+    pub fn digest_checked(&self) -> bool {
+        self.digest_checked
     }
 }
 
@@ -157,17 +162,20 @@ impl Downloader {
             url: url.to_string(),
             detail,
         };
-        let mut resp = self
-            .client
-            .get(url)
-            .send()
+        let deadline = tokio::time::Instant::now() + self.settings.download_timeout;
+        let mut resp = within(deadline, self.client.get(url).send())
             .await
+            .map_err(err)?
             .map_err(|e| err(e.to_string()))?;
         if !resp.status().is_success() {
             return Err(err(format!("HTTP {}", resp.status())));
         }
         let mut buf = Vec::new();
-        while let Some(chunk) = resp.chunk().await.map_err(|e| err(e.to_string()))? {
+        while let Some(chunk) = within(deadline, resp.chunk())
+            .await
+            .map_err(err)?
+            .map_err(|e| err(e.to_string()))?
+        {
             buf.extend_from_slice(&chunk);
             if buf.len() as u64 > limit {
                 return Err(err(format!("larger than {limit} bytes")));
@@ -266,11 +274,10 @@ impl Downloader {
             url: asset.url.clone(),
             detail,
         };
-        let mut resp = self
-            .client
-            .get(&asset.url)
-            .send()
+        let deadline = tokio::time::Instant::now() + self.settings.download_timeout;
+        let mut resp = within(deadline, self.client.get(&asset.url).send())
             .await
+            .map_err(derr)?
             .map_err(|e| derr(e.to_string()))?;
         if !resp.status().is_success() {
             return Err(derr(format!("HTTP {}", resp.status())));
@@ -306,7 +313,7 @@ impl Downloader {
         });
         let mut total: u64 = 0;
         loop {
-            let chunk = match resp.chunk().await {
+            let chunk = match within(deadline, resp.chunk()).await.map_err(derr)? {
                 Ok(Some(c)) => c,
                 Ok(None) => break,
                 Err(e) => {
@@ -347,6 +354,7 @@ impl Downloader {
                 actual,
             });
         }
+        let digest_checked = digest.is_some();
         if let Some(d) = digest {
             if d != actual {
                 return Err(VerifyError::DigestMismatch {
@@ -371,6 +379,7 @@ impl Downloader {
             path: final_path,
             sha256: actual,
             signed,
+            digest_checked,
         })
     }
 }
@@ -382,6 +391,16 @@ pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
         .mode(0o700)
         .create(dir)?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
+/// `f`, or an error once `deadline` (the download's overall deadline) has passed.
+async fn within<T>(
+    deadline: tokio::time::Instant,
+    f: impl std::future::Future<Output = T>,
+) -> Result<T, String> {
+    tokio::time::timeout_at(deadline, f)
+        .await
+        .map_err(|_| "the download did not finish within release.download_timeout".to_string())
 }
 
 /// The sha256 for `name` in a goreleaser checksums.txt (`<64 hex>  <name>`, `*` binary marker allowed).

@@ -592,7 +592,7 @@ fn checksums_file_changed_after_signing_is_refused() {
 fn custom_smoke_commands_gate_staging() {
     let mut sb = Sandbox::new("0.27.1");
     sb.release("0.28.0", "none");
-    sb.extra_smoke = "  commands:\n    - [sh, -c, 'exit 7']\n".into();
+    sb.extra_smoke = "  commands:\n    - [/bin/sh, -c, 'exit 7']\n".into();
     sb.write_config();
     let out = sb.hw(&["upgrade", "--yes"]);
     assert_eq!(code(&out), 1, "{}", text(&out));
@@ -602,7 +602,7 @@ fn custom_smoke_commands_gate_staging() {
         text(&out)
     );
     assert_eq!(sb.prod_version(), "v0.27.1");
-    sb.extra_smoke = "  commands:\n    - [sh, -c, 'exit 0']\n".into();
+    sb.extra_smoke = "  commands:\n    - [/bin/sh, -c, 'exit 0']\n".into();
     sb.write_config();
     // The failed staging run recorded the release as bad: automatic runs leave it alone…
     let out = sb.hw(&["upgrade", "--yes"]);
