@@ -307,7 +307,8 @@ impl Store {
                 .map_err(|e| open_err(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
         }
         let conn = Connection::open(&path).map_err(open_err)?;
-        conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000; PRAGMA foreign_keys=ON;")
+        // secure_delete: a purged one-time key is overwritten, not left in a free page.
+        conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000; PRAGMA foreign_keys=ON; PRAGMA secure_delete=ON;")
             .map_err(open_err)?;
         let version: i64 = conn
             .query_row("PRAGMA user_version", [], |r| r.get(0))
@@ -726,7 +727,7 @@ impl Store {
     /// Takes the one-time key out of stored key messages once nothing can still send it (routed,
     /// and no delivery pending or in flight) or once the key has expired. Returns how many.
     pub fn purge_delivered_keys(&self) -> Result<usize, StateError> {
-        Ok(self.conn.execute(
+        let purged = self.conn.execute(
             "UPDATE outbox SET payload = json_set(json_remove(payload, '$.command'), '$.key_withheld',
                  'the one-time key was purged from headwarden''s store after delivery')
              WHERE event IN ('keys.reminder', 'keys.rotation_requested')
@@ -735,7 +736,13 @@ impl Store {
                         WHERE d.event_id = outbox.id AND d.state IN ('pending', 'sending')))
                     OR unixepoch(json_extract(payload, '$.key_expires')) <= ?1)",
             params![now()],
-        )?)
+        )?;
+        if purged > 0 {
+            // The old pages still sit in the WAL until a checkpoint: write them back and truncate.
+            self.conn
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        }
+        Ok(purged)
     }
 
     /// Fans an event out: one delivery per destination id, and the event leaves 'pending'.

@@ -1,6 +1,7 @@
 //! The key job against the stand-in at several Headscale versions: planning, reminders once
 //! per stage across restarts, re-registration with the minted key, enforcement, API errors.
 
+use crate::notify::ChatSink;
 use crate::support::{code, text, Sandbox};
 
 fn plan(sb: &Sandbox) -> Vec<serde_json::Value> {
@@ -24,20 +25,62 @@ fn state_of(plans: &[serde_json::Value], name: &str) -> String {
     }
 }
 
-/// The one-time key from the first queued reminder's command.
-fn minted_key(sb: &Sandbox) -> String {
-    let (_, payload) = sb
-        .outbox()
+/// A private admin channel that is explicitly given the one-time keys (`one_time_keys: include`):
+/// the tests read minted keys where a person would, from chat.
+fn key_channel(sb: &mut Sandbox) -> ChatSink {
+    let sink = ChatSink::start(sb);
+    sb.extra_top.push_str(&format!(
+        "notify:\n  - url: generic+http://127.0.0.1/keys\n    endpoint: http://{}/webhook\n    events: [keys]\n    one_time_keys: include\n    min_interval: 0s\n",
+        sink.addr
+    ));
+    sb.write_config();
+    sink
+}
+
+/// (event, payload) of every key message the channel received.
+fn key_messages(sink: &ChatSink) -> Vec<(String, serde_json::Value)> {
+    sink.messages()
         .into_iter()
-        .find(|(e, _)| e == "keys.reminder")
-        .expect("reminder");
-    let command = payload["command"].as_str().expect("command").to_string();
+        .filter(|m| m["path"].as_str().is_some_and(|p| p.ends_with("/webhook/keys")))
+        .map(|m| {
+            (
+                m["body"]["event"].as_str().unwrap_or("").to_string(),
+                m["body"]["data"].clone(),
+            )
+        })
+        .collect()
+}
+
+/// Every regular file under `dir`.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        match e.file_type() {
+            Ok(t) if t.is_dir() => out.extend(walk(&p)),
+            Ok(t) if t.is_file() => out.push(p),
+            _ => {}
+        }
+    }
+    out
+}
+
+fn key_of(command: &str) -> String {
     command
         .split_whitespace()
         .skip_while(|w| *w != "--auth-key")
         .nth(1)
         .expect("key")
         .to_string()
+}
+
+/// The one-time key from the first reminder the channel received.
+fn minted_key(sink: &ChatSink) -> String {
+    let (_, payload) = key_messages(sink)
+        .into_iter()
+        .find(|(e, _)| e == "keys.reminder")
+        .expect("reminder");
+    key_of(payload["command"].as_str().expect("command"))
 }
 
 fn mixed(version: &str, over_socket: bool) -> Sandbox {
@@ -85,11 +128,11 @@ fn plan_over_a_mix_of_node_states_at_each_version() {
 
 #[test]
 fn reminders_are_sent_once_per_stage_across_restarts_and_keys_are_never_printed() {
-    let sb = mixed("0.29.2", false);
-    let out = sb.hw(&["keys", "run"]);
+    let mut sb = mixed("0.29.2", false);
+    let sink = key_channel(&mut sb);
+    let out = sb.hw(&["-vv", "keys", "run"]);
     assert_eq!(code(&out), 0, "{}", text(&out));
-    let reminders: Vec<_> = sb
-        .outbox()
+    let reminders: Vec<_> = key_messages(&sink)
         .into_iter()
         .filter(|(e, _)| e == "keys.reminder")
         .collect();
@@ -117,15 +160,26 @@ fn reminders_are_sent_once_per_stage_across_restarts_and_keys_are_never_printed(
         .as_str()
         .expect("warning")
         .contains("not over an SSH"));
-    let key = command
-        .split_whitespace()
-        .skip_while(|w| *w != "--auth-key")
-        .nth(1)
-        .expect("key");
+    let key = key_of(command);
     assert!(
-        !text(&out).contains(key),
+        !text(&out).contains(&key),
         "the one-time key must not be printed"
     );
+    // Delivered everywhere it was routed: the store keeps no copy of it, not even in free
+    // pages or the WAL, and no file under state_dir holds it.
+    let stored = sb.outbox();
+    assert!(
+        stored.iter().all(|(_, p)| !p.to_string().contains(&key)),
+        "the delivered key is purged from the outbox: {stored:?}"
+    );
+    for f in walk(&sb.path("state")) {
+        let bytes = std::fs::read(&f).unwrap_or_default();
+        assert!(
+            !bytes.windows(key.len()).any(|w| w == key.as_bytes()),
+            "{} holds the one-time key",
+            f.display()
+        );
+    }
     // A second run (a restart) sends nothing new.
     let out = sb.hw(&["keys", "run"]);
     assert_eq!(code(&out), 0, "{}", text(&out));
@@ -143,10 +197,11 @@ fn re_registering_with_the_minted_key_counts_as_rotation() {
     for (version, socket) in [("0.26.1", true), ("0.28.0", true), ("0.30.0", false)] {
         let mut sb = Sandbox::new(version);
         sb.enable_api(socket);
+        let sink = key_channel(&mut sb);
         sb.seed("due", 80, None, "");
         let out = sb.hw(&["keys", "run"]);
         assert_eq!(code(&out), 0, "{version}: {}", text(&out));
-        let key = minted_key(&sb);
+        let key = minted_key(&sink);
         let node = sb.prod_node("due");
         let mk = node["machine_key"].as_str().expect("machine key");
         // The client runs `tailscale up --auth-key KEY --force-reauth`: same machine, new node key.
@@ -343,11 +398,11 @@ fn same_machine_as_a_new_node_is_a_rotation_and_the_stale_entry_is_removed() {
     let mut sb = Sandbox::new("0.28.0");
     sb.enable_api(false);
     sb.extra_top = "keys:\n  remove_stale_duplicates: true\n".into();
-    sb.write_config();
+    let sink = key_channel(&mut sb);
     sb.seed("due", 80, None, "");
     let out = sb.hw(&["keys", "run"]);
     assert_eq!(code(&out), 0, "{}", text(&out));
-    let key = minted_key(&sb);
+    let key = minted_key(&sink);
     let old = sb.prod_node("due");
     let mk = old["machine_key"].as_str().expect("mk");
     sb.prod_cmd(&[
@@ -393,11 +448,12 @@ fn same_machine_as_a_new_node_is_a_rotation_and_the_stale_entry_is_removed() {
 fn remote_grpc_over_tls_with_the_api_key_in_metadata() {
     let mut sb = Sandbox::new_with("0.29.2", true);
     sb.enable_grpc_tls();
+    let sink = key_channel(&mut sb);
     sb.seed("due", 80, None, "");
     assert_eq!(state_of(&plan(&sb), "due"), "due_soon:1");
     let out = sb.hw(&["keys", "run"]);
     assert_eq!(code(&out), 0, "{}", text(&out));
-    assert!(minted_key(&sb).starts_with("hskey-auth-"));
+    assert!(minted_key(&sink).starts_with("hskey-auth-"));
     // A wrong key is refused by the server's interceptor (Unauthenticated).
     let good = std::fs::read_to_string(sb.path("api-key")).expect("key");
     std::fs::write(sb.path("api-key"), "hskey-api-000000000000-bogus").expect("write");

@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 
 pub const HW: &str = env!("CARGO_BIN_EXE_headwarden");
 pub const SIM: &str = env!("CARGO_BIN_EXE_headscale-sim");
+/// The account production runs as when the suite runs as root (`nobody`).
+pub const PROD_UID: u32 = 65534;
 
 pub struct Sandbox {
     pub dir: tempfile::TempDir,
@@ -76,6 +78,11 @@ impl Sandbox {
         ];
         if tls {
             args.push("--tls");
+        }
+        // Production runs as an unprivileged account, as upstream's unit runs it (`User=headscale`).
+        let uid = PROD_UID.to_string();
+        if nix::unistd::geteuid().is_root() {
+            args.extend(["--run-as", &uid]);
         }
         sim(&args);
         std::fs::create_dir_all(dir.path().join("feed/releases")).expect("feed dir");
@@ -194,6 +201,43 @@ impl Sandbox {
         cmd.output().expect("run headwarden")
     }
 
+    /// The version the process that answers on production's address reports (`GET /version`),
+    /// with "none" when nothing answers.
+    pub fn served_version(&self) -> String {
+        let cfg = std::fs::read_to_string(self.path("prod/etc/config.yaml")).expect("cfg");
+        let listen = cfg
+            .lines()
+            .find_map(|l| l.strip_prefix("listen_addr: "))
+            .expect("listen")
+            .trim()
+            .to_string();
+        match http_get(&listen, "/version") {
+            Some(body) => serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v["version"].as_str().map(str::to_string))
+                .unwrap_or_else(|| format!("unparsable: {body}")),
+            None => "none".into(),
+        }
+    }
+
+    /// Production's server processes (the service's, and any other serving its config).
+    pub fn prod_processes(&self) -> Vec<(i32, String)> {
+        let cfg = self.path("prod/etc/config.yaml").display().to_string();
+        processes_under(self.dir.path())
+            .into_iter()
+            .filter(|(_, cmd)| cmd.contains(" serve ") && cmd.contains(&cfg))
+            .collect()
+    }
+
+    /// What the service manager stand-in says: running or stopped.
+    pub fn service_running(&self) -> bool {
+        Command::new(self.path("prod/service.sh"))
+            .arg("status")
+            .status()
+            .expect("status")
+            .success()
+    }
+
     pub fn prod_version(&self) -> String {
         let out = Command::new(self.path("prod/bin/headscale"))
             .arg("version")
@@ -290,11 +334,58 @@ impl Drop for Sandbox {
             .status();
         let _ = self.feed.kill();
         let _ = self.feed.wait();
-        // Staging children are stopped by headwarden; make sure none outlives a failed test.
-        let _ = Command::new("pkill")
-            .args(["-f", &self.path("state/staging").display().to_string()])
-            .status();
+        // Nothing the test started may outlive it: a leftover is killed, then the test fails.
+        let leftovers = processes_under(self.dir.path());
+        for (pid, _) in &leftovers {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(*pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        if !leftovers.is_empty() && !std::thread::panicking() {
+            panic!("processes left behind by the test: {leftovers:?}");
+        }
     }
+}
+
+/// Live processes (not zombies) whose command line names something under `dir`.
+pub fn processes_under(dir: &Path) -> Vec<(i32, String)> {
+    let needle = dir.display().to_string();
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if pid == std::process::id() as i32 {
+            continue;
+        }
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        let zombie = std::fs::read_to_string(entry.path().join("stat"))
+            .ok()
+            .and_then(|st| st.rsplit_once(')').map(|(_, r)| r.trim_start().starts_with('Z')))
+            .unwrap_or(true);
+        if !zombie && cmd.contains(&needle) {
+            out.push((pid, cmd.trim().to_string()));
+        }
+    }
+    out
+}
+
+/// A plain HTTP/1.0 GET on 127.0.0.1 (no client crate needed for one status line).
+pub fn http_get(addr: &str, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).ok()?;
+    let (head, body) = resp.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200")
+        .then(|| body.to_string())
+        .or_else(|| head.starts_with("HTTP/1.0 200").then(|| body.to_string()))
 }
 
 pub fn text(o: &Output) -> String {

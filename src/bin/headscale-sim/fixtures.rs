@@ -383,6 +383,7 @@ pub fn make_release(a: MakeRelease) -> Result<()> {
     std::fs::create_dir_all(&assets)?;
     let name = host_asset_name(&a.version);
     let counter = a.feed.join(format!("{tag}.starts"));
+    start_counter(&counter)?;
     let mut script = launcher_script(&a.version, &a.fault, &counter)?;
     if a.pad > 0 {
         let line = format!("# {}\n", "x".repeat(77));
@@ -465,6 +466,10 @@ pub struct Testbed {
     /// Headscale ≤0.29 then serves remote gRPC on grpc_listen_addr.
     #[arg(long)]
     pub tls: bool,
+    /// Run production as this uid (and gid), as upstream's unit runs it as `headscale`:
+    /// lib/ and run/ become that account's (0700, files 0600), the config too (0640).
+    #[arg(long)]
+    pub run_as: Option<u32>,
 }
 
 /// A private CA and a server certificate for localhost / 127.0.0.1.
@@ -506,6 +511,7 @@ pub fn testbed(a: Testbed) -> Result<()> {
         &launcher,
         launcher_script(&a.version, "none", &d.join("starts"))?,
     )?;
+    start_counter(&d.join("starts"))?;
     set_mode(&launcher, 0o755)?;
     std::fs::write(
         d.join("derp.yaml"),
@@ -528,12 +534,20 @@ pub fn testbed(a: Testbed) -> Result<()> {
         d = d.display()
     );
     std::fs::write(d.join("etc/config.yaml"), config)?;
+    // `start` is idempotent like `systemctl start`: a running service is left alone.
+    let run_as = a
+        .run_as
+        .map(|u| format!("setpriv --reuid={u} --regid={u} --clear-groups "))
+        .unwrap_or_default();
     let service = format!(
-        "#!/bin/sh\n# Service manager stand-in for tests (what systemctl does on a real host).\nD='{d}'\ncase \"$1\" in\n  start)\n    \"$D/bin/headscale\" serve -c \"$D/etc/config.yaml\" >>\"$D/headscale.log\" 2>&1 &\n    echo $! > \"$D/headscale.pid\" ;;\n  stop)\n    [ -f \"$D/headscale.pid\" ] || exit 0\n    pid=$(cat \"$D/headscale.pid\")\n    kill \"$pid\" 2>/dev/null || true\n    # An exited child of ours may linger as a zombie until init reaps it: that counts as stopped.\n    while kill -0 \"$pid\" 2>/dev/null && [ \"$(awk '{{print $3}}' /proc/$pid/stat 2>/dev/null)\" != Z ]; do sleep 0.01; done\n    rm -f \"$D/headscale.pid\" ;;\n  status)\n    [ -f \"$D/headscale.pid\" ] || exit 3\n    pid=$(cat \"$D/headscale.pid\")\n    kill -0 \"$pid\" 2>/dev/null && [ \"$(awk '{{print $3}}' /proc/$pid/stat 2>/dev/null)\" != Z ] ;;\nesac\n",
+        "#!/bin/sh\n# Service manager stand-in for tests (what systemctl does on a real host).\nD='{d}'\ncase \"$1\" in\n  start)\n    if [ -f \"$D/headscale.pid\" ] && kill -0 \"$(cat \"$D/headscale.pid\")\" 2>/dev/null && [ \"$(awk '{{print $3}}' /proc/$(cat \"$D/headscale.pid\")/stat 2>/dev/null)\" != Z ]; then exit 0; fi\n    {run_as}\"$D/bin/headscale\" serve -c \"$D/etc/config.yaml\" >>\"$D/headscale.log\" 2>&1 &\n    echo $! > \"$D/headscale.pid\" ;;\n  stop)\n    [ -f \"$D/headscale.pid\" ] || exit 0\n    pid=$(cat \"$D/headscale.pid\")\n    kill \"$pid\" 2>/dev/null || true\n    # An exited child of ours may linger as a zombie until init reaps it: that counts as stopped.\n    while kill -0 \"$pid\" 2>/dev/null && [ \"$(awk '{{print $3}}' /proc/$pid/stat 2>/dev/null)\" != Z ]; do sleep 0.01; done\n    rm -f \"$D/headscale.pid\" ;;\n  status)\n    [ -f \"$D/headscale.pid\" ] || exit 3\n    pid=$(cat \"$D/headscale.pid\")\n    kill -0 \"$pid\" 2>/dev/null && [ \"$(awk '{{print $3}}' /proc/$pid/stat 2>/dev/null)\" != Z ] ;;\nesac\n",
         d = d.display()
     );
     std::fs::write(d.join("service.sh"), service)?;
     set_mode(&d.join("service.sh"), 0o755)?;
+    if let Some(uid) = a.run_as {
+        hand_over(&d, uid)?;
+    }
     if a.start {
         let status = std::process::Command::new(d.join("service.sh"))
             .arg("start")
@@ -571,6 +585,43 @@ pub fn testbed(a: Testbed) -> Result<()> {
         }
     }
     println!("{}", d.display());
+    Ok(())
+}
+
+/// A release's start counter, writable by whichever account runs the release.
+fn start_counter(path: &Path) -> Result<()> {
+    if !path.exists() {
+        std::fs::write(path, "0")?;
+    }
+    set_mode(path, 0o666)
+}
+
+/// Gives production's data to `uid` the way upstream's unit has it: lib/ and run/ owned by the
+/// service account (0700, files 0600), the config owned by it too (0640): some admins keep it
+/// that way, and a restore must put back whatever owner and mode it had.
+fn hand_over(d: &Path, uid: u32) -> Result<()> {
+    use std::os::unix::fs::chown;
+    for dir in ["lib", "run"] {
+        let dir = d.join(dir);
+        chown(&dir, Some(uid), Some(uid))?;
+        set_mode(&dir, 0o700)?;
+        for entry in std::fs::read_dir(&dir)? {
+            let p = entry?.path();
+            chown(&p, Some(uid), Some(uid))?;
+            set_mode(&p, 0o600)?;
+        }
+    }
+    let cfg = d.join("etc/config.yaml");
+    chown(&cfg, Some(uid), Some(uid))?;
+    set_mode(&cfg, 0o640)?;
+    // The directories above production's must be traversable by the service account.
+    for dir in d.ancestors() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir)?.permissions().mode();
+        if mode & 0o001 == 0 {
+            set_mode(dir, (mode & 0o7777) | 0o011)?;
+        }
+    }
     Ok(())
 }
 

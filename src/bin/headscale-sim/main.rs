@@ -35,7 +35,8 @@ struct Cli {
         env = "HEADSCALE_SIM_RELEASE"
     )]
     release: String,
-    /// Fault mode: none, crash, never-healthy, drop-rows, noise-key, slow-start, prod-crash.
+    /// Fault mode: none, crash, never-healthy, drop-rows, noise-key, slow-start, prod-crash,
+    /// prod-wreck.
     #[arg(
         long,
         global = true,

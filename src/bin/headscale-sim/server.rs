@@ -67,9 +67,13 @@ pub fn version_json(v: &SimVersion) -> Json_ {
 /// Parsed config with `HEADSCALE_*` environment overrides applied on lookup.
 pub struct Config {
     root: Value,
+    path: PathBuf,
 }
 
 impl Config {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
     pub fn get(&self, key: &str) -> Option<Value> {
         let env_key = format!("HEADSCALE_{}", key.to_uppercase().replace('.', "_"));
         if let Ok(v) = std::env::var(&env_key) {
@@ -120,7 +124,7 @@ pub fn load_config(path: Option<&Path>) -> Result<Config> {
         .with_context(|| format!("reading config {}", path.display()))?;
     let root: Value = serde_yaml_ng::from_str(&text)
         .with_context(|| format!("parsing config {}", path.display()))?;
-    Ok(Config { root })
+    Ok(Config { root, path })
 }
 
 pub struct AppState {
@@ -147,6 +151,9 @@ pub async fn serve(
             .unwrap_or_else(|| "0.0.0.0:8080".into());
         bail!("listen tcp {addr}: bind: address already in use");
     }
+    // `prod-wreck`: on production (the second start) migrate the database, replace the noise key
+    // and rewrite the config, then crash: a rollback must put all three back.
+    let mut wreck = false;
     if let Some(counter) = start_counter {
         let n: u64 = std::fs::read_to_string(counter)
             .ok()
@@ -157,6 +164,7 @@ pub async fn serve(
         if fault == "prod-crash" && n >= 2 {
             bail!("simulated crash at start number {n} (fault mode `prod-crash`)");
         }
+        wreck = fault == "prod-wreck" && n >= 2;
     }
     validate_config(&version, &config)?;
 
@@ -175,6 +183,15 @@ pub async fn serve(
     }
     let db_path = config.path_of("database.sqlite.path")?;
     let conn = open_and_migrate(&db_path, &version, fault == "drop-rows")?;
+    if wreck {
+        load_or_create_noise_key(&noise_path, true)?;
+        let cfg = config.path();
+        if let Ok(text) = std::fs::read_to_string(cfg) {
+            let _ = std::fs::write(cfg, format!("{text}# rewritten by {version:?} (fault prod-wreck)\n"));
+        }
+        drop(conn);
+        bail!("simulated crash after migrating, replacing the noise key and rewriting the config (fault mode `prod-wreck`)");
+    }
 
     if fault == "slow-start" {
         tokio::time::sleep(Duration::from_secs(3)).await;
