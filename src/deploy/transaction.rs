@@ -360,6 +360,15 @@ pub async fn rollback(
     .await
 }
 
+/// Starts production unless the service manager says it runs (never a second server), then
+/// waits for it to be healthy.
+async fn ensure_running(p: &Prod<'_>) -> Result<(), String> {
+    if p.service.state().await != ServiceState::Running {
+        p.service.start().await?;
+    }
+    p.wait_healthy().await.map(|_| ())
+}
+
 /// What recovery did with one interrupted run.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Recovered {
@@ -441,7 +450,10 @@ pub async fn recover(p: &Prod<'_>) -> Result<Vec<Recovered>, DeployError> {
         let (outcome, detail) = if run.kind == "rollback" && !prod_steps.is_empty() {
             let st = last(&steps, hop, "manual_rollback");
             if st.is_some_and(|st| st.status == "done") {
-                ("rolled_back".into(), "manual rollback had completed".into())
+                match ensure_running(p).await {
+                    Ok(()) => ("rolled_back".into(), "manual rollback had completed".into()),
+                    Err(e) => ("failed".into(), format!("restarting production failed: {e}")),
+                }
             } else {
                 let (backup, to) = (path_in(st, "backup"), path_in(st, "to"));
                 finish_rollback(
@@ -465,6 +477,13 @@ pub async fn recover(p: &Prod<'_>) -> Result<Vec<Recovered>, DeployError> {
                 "upgraded".into(),
                 "promotion had passed its smoke checks; committed".into(),
             )
+        } else if last(&steps, hop, "rollback").is_some_and(|st| st.status == "done") {
+            // The rollback finished before the crash: repeating it would throw away what
+            // production wrote since. Only make sure it runs.
+            match ensure_running(p).await {
+                Ok(()) => ("rolled_back".into(), "the rollback had completed".into()),
+                Err(e) => ("failed".into(), format!("restarting production failed: {e}")),
+            }
         } else if let Some(sw) = last(&steps, hop, "switch") {
             let backup = path_in(last(&steps, hop, "backup"), "dir");
             let detail =
@@ -484,13 +503,7 @@ pub async fn recover(p: &Prod<'_>) -> Result<Vec<Recovered>, DeployError> {
         } else if last(&steps, hop, "stop").is_some() {
             // Stopped (maybe backed up) but nothing switched: the old version on untouched data.
             // The crash may have come before the stop took effect: never start a second server.
-            let started = async {
-                if p.service.state().await != ServiceState::Running {
-                    p.service.start().await?;
-                }
-                p.wait_healthy().await.map(|_| ())
-            }
-            .await;
+            let started = ensure_running(p).await;
             match started {
                 Ok(()) => (
                     "aborted".into(),
@@ -509,6 +522,16 @@ pub async fn recover(p: &Prod<'_>) -> Result<Vec<Recovered>, DeployError> {
         };
         p.store
             .finish_run(run.id, &outcome, &format!("recovered: {detail}"))?;
+        // Chat hears how an interrupted run ended: nothing else would tell it.
+        let severity = match outcome.as_str() {
+            "rollback_failed" | "failed" => "critical",
+            _ => "warning",
+        };
+        p.store.push_event(
+            "upgrade.recovered",
+            severity,
+            &json!({"run": run.id, "kind": run.kind, "outcome": outcome, "detail": detail}),
+        )?;
         tracing::warn!(run = run.id, outcome = %outcome, detail = %detail, "recovered an interrupted run");
         out.push(Recovered {
             run: run.id,

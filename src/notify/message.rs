@@ -144,6 +144,13 @@ pub fn build(
             m.lines.push(s(p, "rollback_error").to_string());
             fact(&mut m, "Backup", s(p, "backup"));
         }
+        "upgrade.recovered" => {
+            m.title = format!(
+                "An interrupted headwarden run was finished: {}",
+                s(p, "outcome").replace('_', " ")
+            );
+            m.lines.push(s(p, "detail").to_string());
+        }
         "upgrade.failed" => {
             m.title = "Headscale upgrade failed".into();
             m.lines.push(s(p, "error").to_string());

@@ -1,7 +1,14 @@
 //! The fault-injection matrix: one row per fault, real processes, and the same end-state checks
-//! for every row: the exit code, production's version (old, or new and healthy), production's
-//! database compared row by row with a dump taken before (users, nodes, pre-auth keys, API keys,
-//! policies, migrations), no journal entry left open, and the events in the outbox.
+//! for every row, each observed rather than inferred:
+//! - the exit code;
+//! - the version the process answering on production's address reports (`GET /version`), the
+//!   number of production server processes (exactly one when it should run, none when stopped)
+//!   and what the service manager says;
+//! - for "old" outcomes: the database compared row by row with a dump taken before (users, nodes,
+//!   pre-auth keys, API keys, policies, migrations — the fixture fills every one of them), and
+//!   the noise key's and config's bytes, plus the owner and mode of those and of the database;
+//! - no journal entry left open; the events in the outbox, counted (a doubled event shows);
+//! - whether the release was recorded bad.
 //!
 //! The suite writes the matrix (fault, expected, observed) to `target/fault-matrix.md`, and
 //! README's reliability section must carry the same table: run with
@@ -17,8 +24,6 @@ enum Prod {
     Old,
     /// The new version, healthy, every user and node kept.
     New,
-    /// Either, but never half: old with an identical database, or new and healthy.
-    Either,
     /// The documented worst case: the rollback itself failed; the verified backup is named.
     Manual,
 }
@@ -104,16 +109,51 @@ fn crash_then_recover(sb: &mut Sandbox, point: &str) -> Output {
     upgrade(sb)
 }
 
+/// Production's smoke check fails, then headwarden is killed inside the rollback at `point`.
+fn crash_in_rollback(sb: &mut Sandbox, point: &str) -> Output {
+    sb.release("0.28.0", "none");
+    let env = [
+        ("HEADWARDEN_FAIL_AT", "smoke"),
+        ("HEADWARDEN_CRASH_AT", point),
+    ];
+    let killed = upgrade_env(sb, &env);
+    assert_eq!(
+        killed.status.code(),
+        None,
+        "{point}: killed\n{}",
+        text(&killed)
+    );
+    upgrade(sb)
+}
+
+/// A committed upgrade, then `headwarden rollback` killed at `point`, then `rollback` again.
+fn crash_in_manual_rollback(sb: &mut Sandbox, point: &str) -> Output {
+    sb.release("0.28.0", "none");
+    let up = upgrade(sb);
+    assert_eq!(code(&up), 0, "{}", text(&up));
+    let killed = sb.hw_env(&["rollback"], &[("HEADWARDEN_CRASH_AT", point)]);
+    assert_eq!(
+        killed.status.code(),
+        None,
+        "{point}: killed\n{}",
+        text(&killed)
+    );
+    sb.hw(&["rollback"])
+}
+
+/// A SIGKILL at a journaled point, then a fresh `upgrade`: recovery finishes the interrupted run
+/// (commits, rolls back or restarts), never starts a second production, never blames the
+/// release, and the fresh run then upgrades.
 macro_rules! crash_row {
     ($point:literal) => {
         Row {
             area: "promotion",
             fault: concat!("SIGKILL at `", $point, "`, then a fresh `upgrade`"),
-            expected: "recovery finishes the run: old on identical data, or new and healthy",
-            exit: &[0, 1, 3],
-            prod: Prod::Either,
-            events: &[],
-            bad: None,
+            expected: "recovery finishes the run, then the upgrade succeeds; one production",
+            exit: &[0],
+            prod: Prod::New,
+            events: &["upgrade.recovered"],
+            bad: Some(false),
             stops_prod: false,
             setup: |_| {},
             ignore: &[],
@@ -494,14 +534,27 @@ fn rows() -> Vec<Row> {
         row(
             "promotion",
             "stopping production fails",
-            "rolled back: old version restarted on its data",
+            "nothing changed: the old version keeps running, the release is not blamed",
+            &[1],
+            Prod::Old,
+            &["upgrade.failed"],
+            Some(false),
+            |sb| {
+                sb.release("0.28.0", "none");
+                upgrade_env(sb, &[("HEADWARDEN_FAIL_AT", "stop")])
+            },
+        ),
+        row(
+            "promotion",
+            "the new version migrates, replaces the noise key, rewrites the config, then crashes",
+            "rolled back: database, noise key and config restored with their owners and modes",
             &[3],
             Prod::Old,
             &["upgrade.rolled_back"],
             Some(true),
             |sb| {
-                sb.release("0.28.0", "none");
-                upgrade_env(sb, &[("HEADWARDEN_FAIL_AT", "stop")])
+                sb.release("0.28.0", "prod-wreck");
+                upgrade(sb)
             },
         ),
         row(
@@ -547,6 +600,7 @@ fn rows() -> Vec<Row> {
             },
         },
         crash_row!("stage_start:after"),
+        crash_row!("stop:before"),
         crash_row!("stop:after"),
         crash_row!("backup:after"),
         crash_row!("switch:before"),
@@ -554,6 +608,59 @@ fn rows() -> Vec<Row> {
         crash_row!("start:after"),
         crash_row!("smoke:before"),
         crash_row!("smoke:after"),
+        crash_row!("smoke:done"),
+        Row {
+            area: "promotion",
+            fault: "smoke fails, SIGKILL inside the rollback (`rollback:before`), then `upgrade`",
+            expected: "recovery finishes the rollback; the fresh run upgrades; one production",
+            exit: &[0],
+            prod: Prod::New,
+            events: &["upgrade.succeeded"],
+            bad: Some(false),
+            stops_prod: false,
+            setup: |_| {},
+            ignore: &[],
+            run: |sb| crash_in_rollback(sb, "rollback:before"),
+        },
+        Row {
+            area: "promotion",
+            fault: "smoke fails, SIGKILL after the rollback (`rollback:done`), then `upgrade`",
+            expected: "recovery sees the rollback done and does not repeat it; the fresh run upgrades",
+            exit: &[0],
+            prod: Prod::New,
+            events: &["upgrade.succeeded"],
+            bad: Some(false),
+            stops_prod: false,
+            setup: |_| {},
+            ignore: &[],
+            run: |sb| crash_in_rollback(sb, "rollback:done"),
+        },
+        Row {
+            area: "rollback",
+            fault: "`headwarden rollback` killed at `safety_backup:after`, then `rollback` again",
+            expected: "the old version on its pre-upgrade data; one production",
+            exit: &[0],
+            prod: Prod::Old,
+            events: &[],
+            bad: Some(false),
+            stops_prod: false,
+            setup: |_| {},
+            ignore: &[],
+            run: |sb| crash_in_manual_rollback(sb, "safety_backup:after"),
+        },
+        Row {
+            area: "rollback",
+            fault: "`headwarden rollback` killed at `manual_rollback:before`, then `rollback` again",
+            expected: "recovery finishes the restore; the old version on its pre-upgrade data",
+            exit: &[0],
+            prod: Prod::Old,
+            events: &[],
+            bad: Some(false),
+            stops_prod: false,
+            setup: |_| {},
+            ignore: &[],
+            run: |sb| crash_in_manual_rollback(sb, "manual_rollback:before"),
+        },
         // ---- chat and the Headscale API
         row(
             "chat",
@@ -652,8 +759,100 @@ struct Observed {
     problems: Vec<String>,
 }
 
+/// Pre-auth keys, an API key and a policy, so the dump compares every table with rows in it.
+fn fill_every_table(sb: &Sandbox) {
+    sb.prod_cmd(&["preauthkeys", "create", "--user", "1", "--reusable", "-e", "24h"]);
+    sb.prod_cmd(&["debug", "apikey"]);
+    let policy = sb.path("policy.hujson");
+    std::fs::write(
+        &policy,
+        r#"{"acls": [{"action": "accept", "src": ["user1@"], "dst": ["user1@:*"]}]}"#,
+    )
+    .expect("policy");
+    sb.prod_cmd(&["policy", "set", "-f", &policy.display().to_string()]);
+    let dump = sb.db_dump();
+    for table in ["users", "nodes", "pre_auth_keys", "api_keys", "policies"] {
+        assert!(
+            dump.iter().any(|l| l.starts_with(&format!("{table}: "))),
+            "the fixture left {table} empty"
+        );
+    }
+}
+
+/// Bytes (for the key and config), owner and mode of production's files.
+fn file_facts(sb: &Sandbox) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    for (name, bytes) in [
+        ("prod/lib/noise_private.key", true),
+        ("prod/etc/config.yaml", true),
+        ("prod/lib/db.sqlite", false),
+    ] {
+        let p = sb.path(name);
+        match std::fs::symlink_metadata(&p) {
+            Ok(m) => out.push(format!(
+                "{name}: uid {} gid {} mode {:o} {}{}",
+                m.uid(),
+                m.gid(),
+                m.mode() & 0o7777,
+                if m.file_type().is_symlink() { "SYMLINK " } else { "" },
+                if bytes {
+                    format!("{:?}", std::fs::read_to_string(&p).unwrap_or_default())
+                } else {
+                    String::new()
+                }
+            )),
+            Err(e) => out.push(format!("{name}: {e}")),
+        }
+    }
+    out
+}
+
+/// Every row of every table of the SQLite file at `path` (same shape as `Sandbox::db_dump`).
+fn dump_file(path: &std::path::Path) -> Result<Vec<String>, String> {
+    let db = rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(|e| e.to_string())?;
+    let ok: String = db
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .map_err(|e| e.to_string())?;
+    if ok != "ok" {
+        return Err(format!("integrity_check: {ok}"));
+    }
+    let tables: Vec<String> = db
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' AND name != 'database_versions' ORDER BY name")
+        .and_then(|mut st| st.query_map([], |r| r.get(0))?.collect())
+        .map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    for t in tables {
+        let mut stmt = db
+            .prepare(&format!("SELECT * FROM \"{t}\" ORDER BY 1"))
+            .map_err(|e| e.to_string())?;
+        let n = stmt.column_count();
+        let rows: Vec<String> = stmt
+            .query_map([], |r| {
+                let cells: Vec<String> = (0..n)
+                    .map(|i| {
+                        format!(
+                            "{:?}",
+                            r.get_ref(i).map(|v| v
+                                .as_str()
+                                .map(str::to_string)
+                                .unwrap_or_else(|_| format!("{v:?}")))
+                        )
+                    })
+                    .collect();
+                Ok(cells.join("|"))
+            })
+            .and_then(|rows| rows.collect())
+            .map_err(|e| e.to_string())?;
+        out.extend(rows.into_iter().map(|r| format!("{t}: {r}")));
+    }
+    Ok(out)
+}
+
 fn check(row: &Row) -> Observed {
     let mut sb = Sandbox::new("0.27.1");
+    fill_every_table(&sb);
     (row.setup)(&mut sb);
     let dump = |sb: &Sandbox| -> Vec<String> {
         sb.db_dump()
@@ -662,6 +861,7 @@ fn check(row: &Row) -> Observed {
             .collect()
     };
     let before = dump(&sb);
+    let files_before = file_facts(&sb);
     let logical = sb.dump();
     let out = (row.run)(&mut sb);
     let mut problems = Vec::new();
@@ -673,53 +873,79 @@ fn check(row: &Row) -> Observed {
             text(&out)
         ));
     }
-    let version = sb.prod_version();
+    // What runs: the version answering on production's address, the server processes, and
+    // what the service manager says.
+    let served = sb.served_version();
+    let processes = sb.prod_processes();
+    let service_running = sb.service_running();
     let status = sb.status_json();
-    let open = status["interrupted_runs"].as_array().map_or(0, Vec::len);
+    let open = status["interrupted_runs"]
+        .as_array()
+        .expect("status --json has interrupted_runs")
+        .len();
     if open > 0 {
         problems.push(format!("{open} journal entries left open"));
     }
     let healthy = status["production"]["health"] == "healthy";
     let same_db = dump(&sb) == before;
-    let old = version == "v0.27.1";
+    let files_after = file_facts(&sb);
+    let same_files = files_after == files_before;
+    // A row that stops production itself has nothing serving: ask the binary it would run.
+    let old = if row.stops_prod {
+        sb.prod_version() == "v0.27.1"
+    } else {
+        served == "v0.27.1"
+    };
+    let should_run = !row.stops_prod && row.prod != Prod::Manual;
+    if should_run && (processes.len() != 1 || !service_running) {
+        problems.push(format!(
+            "expected exactly one production, running per the service manager: {} processes {processes:?}, service running: {service_running}",
+            processes.len()
+        ));
+    }
+    let new_ok = served == "v0.28.0" && healthy && sb.dump() == logical;
     match row.prod {
         Prod::Old => {
             if !old {
-                problems.push(format!("production on {version}, expected v0.27.1"));
+                problems.push(format!("production serves {served}, expected v0.27.1"));
             }
             if !same_db {
                 problems.push("production database changed".into());
             }
-        }
-        Prod::New => {
-            if version != "v0.28.0" || !healthy || sb.dump() != logical {
+            if !same_files {
                 problems.push(format!(
-                    "expected new and healthy with every user and node: {version}, {}",
-                    status["production"]["health"]
+                    "production files changed:\nbefore {files_before:#?}\nafter {files_after:#?}"
                 ));
             }
         }
-        Prod::Either => {
-            if !(old && same_db || version == "v0.28.0" && healthy && sb.dump() == logical) {
+        Prod::New => {
+            if !new_ok {
                 problems.push(format!(
-                    "half state: {version}, database same: {same_db}, {}",
+                    "expected new and healthy with every user and node: serves {served}, {}",
                     status["production"]["health"]
                 ));
             }
         }
         Prod::Manual => {
+            if service_running || !processes.is_empty() {
+                problems.push(format!(
+                    "production should be stopped for the manual restore: service running {service_running}, {processes:?}"
+                ));
+            }
             let stderr = String::from_utf8_lossy(&out.stderr);
             let named = stderr
                 .split_whitespace()
                 .find(|w| w.contains("/backups/"))
                 .map(|w| w.trim_end_matches([',', ':', ';']).to_string());
-            match named {
-                Some(dir) if std::path::Path::new(&dir).join("db.sqlite").exists() => {}
-                other => problems.push(format!("no usable backup named: {other:?}\n{stderr}")),
+            match named.as_deref().map(|d| dump_file(&std::path::Path::new(d).join("db.sqlite"))) {
+                Some(Ok(rows)) if rows == before => {}
+                Some(Ok(_)) => problems.push("the named backup differs from production before the run".into()),
+                Some(Err(e)) => problems.push(format!("the named backup is not usable: {e}")),
+                None => problems.push(format!("no backup named\n{stderr}")),
             }
         }
     }
-    if !row.stops_prod && row.prod != Prod::Manual && !healthy {
+    if should_run && !healthy {
         problems.push(format!(
             "production unhealthy: {}",
             status["production"]["health"]
@@ -737,33 +963,46 @@ fn check(row: &Row) -> Observed {
             problems.push(format!("release recorded bad: {bad}, expected {want}"));
         }
     }
-    let mut shown: Vec<&str> = Vec::new();
+    // Events as a multiset, in first-seen order: a doubled event shows as "×2".
+    let mut shown: Vec<(&str, usize)> = Vec::new();
     for e in &events {
         let relevant = e.starts_with("upgrade.") || e.starts_with("release.artifact");
-        if relevant && !shown.contains(&e.as_str()) {
-            shown.push(e);
+        if !relevant {
+            continue;
+        }
+        match shown.iter_mut().find(|(n, _)| n == e) {
+            Some((_, c)) => *c += 1,
+            None => shown.push((e, 1)),
         }
     }
-    let state = if old {
+    let state = if row.prod == Prod::Manual {
         format!(
-            "old {version}, database {}{}",
+            "production stopped (service and processes), named backup intact and equal to before"
+        )
+    } else if old {
+        format!(
+            "serves v0.27.1, database {}{}, key and config {}",
             if same_db { "identical" } else { "CHANGED" },
             if row.ignore.is_empty() {
                 String::new()
             } else {
                 format!(" (but {})", row.ignore.join(", "))
-            }
+            },
+            if same_files { "identical with owners and modes" } else { "CHANGED" }
         )
-    } else if row.prod == Prod::Manual {
-        format!("{version} stopped, backup named")
     } else {
         format!(
-            "new {version}, {}",
+            "serves {served}, {}",
             if healthy { "healthy" } else { "UNHEALTHY" }
         )
     };
+    let running = if should_run {
+        format!("; {} production process", processes.len())
+    } else {
+        String::new()
+    };
     let line = format!(
-        "| {} | {} | {} | exit {rc}; {state}; journal {}; {}{} |",
+        "| {} | {} | {} | exit {rc}; {state}{running}; journal {}; {}{} |",
         row.area,
         row.fault,
         row.expected,
@@ -771,7 +1010,11 @@ fn check(row: &Row) -> Observed {
         if shown.is_empty() {
             "no upgrade events".to_string()
         } else {
-            shown.join(", ")
+            shown
+                .iter()
+                .map(|(e, c)| if *c > 1 { format!("{e} ×{c}") } else { e.to_string() })
+                .collect::<Vec<_>>()
+                .join(", ")
         },
         if bad { "; recorded bad" } else { "" }
     );
