@@ -449,7 +449,16 @@ pub async fn recover(p: &Prod<'_>) -> Result<Vec<Recovered>, DeployError> {
         let hop = prod_steps.last().map_or(0, |st| st.hop);
         let (outcome, detail) = if run.kind == "rollback" && !prod_steps.is_empty() {
             let st = last(&steps, hop, "manual_rollback");
-            if st.is_some_and(|st| st.status == "done") {
+            if st.is_none() {
+                // Stopped (maybe with a safety backup) but nothing restored yet.
+                match ensure_running(p).await {
+                    Ok(()) => (
+                        "aborted".into(),
+                        "interrupted before the restore; production restarted unchanged".into(),
+                    ),
+                    Err(e) => ("failed".into(), format!("restarting production failed: {e}")),
+                }
+            } else if st.is_some_and(|st| st.status == "done") {
                 match ensure_running(p).await {
                     Ok(()) => ("rolled_back".into(), "manual rollback had completed".into()),
                     Err(e) => ("failed".into(), format!("restarting production failed: {e}")),

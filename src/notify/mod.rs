@@ -456,7 +456,9 @@ pub async fn flush(
                     let exp = backoff
                         .saturating_mul(1 << d.attempts.clamp(0, 10))
                         .min(3600);
-                    let delay = after.map_or(exp, |a| a as i64);
+                    // The clock is read in whole seconds: one more makes sure a Retry-After of
+                    // N seconds is never cut short by the fraction already past.
+                    let delay = after.map_or(exp, |a| a as i64 + 1);
                     store.set_delivery(
                         d.event_id,
                         &d.dest,

@@ -43,6 +43,8 @@ struct Row {
     setup: fn(&mut Sandbox),
     /// Tables the fault itself changes (a revoked API key), left out of the comparison.
     ignore: &'static [&'static str],
+    /// What the output must say (case-insensitive substrings): the mechanism the row promises.
+    says: &'static [&'static str],
     run: fn(&mut Sandbox) -> Output,
 }
 
@@ -73,7 +75,15 @@ fn row(
         stops_prod: false,
         setup: |_| {},
         ignore: &[],
+        says: &[],
         run,
+    }
+}
+
+impl Row {
+    fn says(mut self, needles: &'static [&'static str]) -> Row {
+        self.says = needles;
+        self
     }
 }
 
@@ -105,6 +115,13 @@ fn crash_then_recover(sb: &mut Sandbox, point: &str) -> Output {
         None,
         "{point}: killed\n{}",
         text(&killed)
+    );
+    // `status` (which recovers nothing) shows the interrupted run.
+    let status = sb.hw(&["status"]);
+    assert!(
+        String::from_utf8_lossy(&status.stdout).contains("INTERRUPTED"),
+        "{point}: {}",
+        text(&status)
     );
     upgrade(sb)
 }
@@ -157,6 +174,7 @@ macro_rules! crash_row {
             stops_prod: false,
             setup: |_| {},
             ignore: &[],
+            says: &["recovered interrupted run 1"],
             run: |sb| crash_then_recover(sb, $point),
         }
     };
@@ -179,7 +197,8 @@ fn rows() -> Vec<Row> {
                 sb.write_config();
                 upgrade(sb)
             },
-        ),
+        )
+        .says(&["retrying", "attempt=3", "error:"]),
         row(
             "feed",
             "every request hangs past `feed_timeout`",
@@ -195,7 +214,8 @@ fn rows() -> Vec<Row> {
                 inject(sb, &"hang 5\n".repeat(4));
                 upgrade(sb)
             },
-        ),
+        )
+        .says(&["timed out", "attempt=3"]),
         row(
             "feed",
             "HTTP 500 on every attempt",
@@ -209,7 +229,8 @@ fn rows() -> Vec<Row> {
                 inject(sb, &"500\n".repeat(4));
                 upgrade(sb)
             },
-        ),
+        )
+        .says(&["status=500 attempt=3", "error:"]),
         row(
             "feed",
             "403 rate limit resetting in an hour",
@@ -223,7 +244,8 @@ fn rows() -> Vec<Row> {
                 inject(sb, "403 3600\n");
                 upgrade(sb)
             },
-        ),
+        )
+        .says(&["rate limited until", "release.token_file"]),
         row(
             "feed",
             "429 with Retry-After: 1",
@@ -237,7 +259,8 @@ fn rows() -> Vec<Row> {
                 inject(sb, "429 1\n");
                 upgrade(sb)
             },
-        ),
+        )
+        .says(&["rate limited, waiting", "wait_ms=1000"]),
         row(
             "feed",
             "malformed JSON",
@@ -251,7 +274,8 @@ fn rows() -> Vec<Row> {
                 inject(sb, &"malformed\n".repeat(4));
                 upgrade(sb)
             },
-        ),
+        )
+        .says(&["malformed JSON"]),
         row(
             "feed",
             "the binary vanishes between listing and download",
@@ -267,7 +291,8 @@ fn rows() -> Vec<Row> {
                 sb.edit_meta("0.28.0", |m| m["gone"] = serde_json::json!([name]));
                 upgrade(sb)
             },
-        ),
+        )
+        .says(&["HTTP 404", "not recorded as bad"]),
         row(
             "feed",
             "checksums.txt replaced between two polls",
@@ -285,7 +310,8 @@ fn rows() -> Vec<Row> {
                 std::fs::write(&sums, text).expect("replace");
                 upgrade(sb)
             },
-        ),
+        )
+        .says(&["checksums.txt was replaced after publication"]),
         // ---- download and verification
         row(
             "download",
@@ -301,7 +327,8 @@ fn rows() -> Vec<Row> {
                 sb.edit_meta("0.28.0", |m| m["truncate"] = serde_json::json!([name]));
                 upgrade(sb)
             },
-        ),
+        )
+        .says(&["not recorded as bad"]),
         row(
             "download",
             "listed size differs from the bytes served",
@@ -318,7 +345,8 @@ fn rows() -> Vec<Row> {
                 });
                 upgrade(sb)
             },
-        ),
+        )
+        .says(&["the release lists 123", "recorded as bad"]),
         row(
             "download",
             "binary does not match checksums.txt",
@@ -335,7 +363,8 @@ fn rows() -> Vec<Row> {
                 std::fs::write(&asset, bytes).expect("tamper");
                 upgrade(sb)
             },
-        ),
+        )
+        .says(&["does not match checksums.txt", "recorded as bad"]),
         row(
             "download",
             "GitHub's asset digest disagrees",
@@ -353,7 +382,8 @@ fn rows() -> Vec<Row> {
                 });
                 upgrade(sb)
             },
-        ),
+        )
+        .says(&["does not match GitHub's asset digest"]),
         row(
             "download",
             "signed with a foreign minisign key",
@@ -371,7 +401,8 @@ fn rows() -> Vec<Row> {
                 sb.release_with("0.28.0", "none", Some("otherkeys/minisign.key"));
                 upgrade(sb)
             },
-        ),
+        )
+        .says(&["different key"]),
         row(
             "download",
             "garbled minisign signature",
@@ -390,7 +421,8 @@ fn rows() -> Vec<Row> {
                 .expect("garble");
                 upgrade(sb)
             },
-        ),
+        )
+        .says(&["signature does not verify"]),
         row(
             "download",
             "unsigned release with `require_signature`",
@@ -405,7 +437,8 @@ fn rows() -> Vec<Row> {
                 sb.release_with("0.28.0", "none", None);
                 upgrade(sb)
             },
-        ),
+        )
+        .says(&["no minisign signature"]),
         row(
             "download",
             "disk full: a 1 MB file-size limit, a 3 MB binary",
@@ -448,7 +481,8 @@ fn rows() -> Vec<Row> {
                     .output()
                     .expect("prlimit (util-linux)")
             },
-        ),
+        )
+        .says(&["File too large"]),
         row(
             "download",
             "download directory not writable (a file in its place)",
@@ -463,7 +497,8 @@ fn rows() -> Vec<Row> {
                 std::fs::write(sb.path("state/downloads"), "in the way").expect("block");
                 upgrade(sb)
             },
-        ),
+        )
+        .says(&["download directory", "/state/downloads"]),
         // ---- staging
         row(
             "staging",
@@ -477,7 +512,8 @@ fn rows() -> Vec<Row> {
                 sb.release("0.28.0", "crash");
                 upgrade(sb)
             },
-        ),
+        )
+        .says(&["staging REJECTED", "production was not touched"]),
         row(
             "staging",
             "candidate never becomes healthy",
@@ -490,7 +526,8 @@ fn rows() -> Vec<Row> {
                 sb.release("0.28.0", "never-healthy");
                 upgrade(sb)
             },
-        ),
+        )
+        .says(&["not healthy after 5s", "production was not touched"]),
         row(
             "staging",
             "migration silently drops nodes",
@@ -503,7 +540,8 @@ fn rows() -> Vec<Row> {
                 sb.release("0.28.0", "drop-rows");
                 upgrade(sb)
             },
-        ),
+        )
+        .says(&["data_parity", "missing after migration"]),
         row(
             "staging",
             "candidate presents a different Noise key",
@@ -516,7 +554,8 @@ fn rows() -> Vec<Row> {
                 sb.release("0.28.0", "noise-key");
                 upgrade(sb)
             },
-        ),
+        )
+        .says(&["Noise public key changed"]),
         row(
             "staging",
             "staging port already in use (twice)",
@@ -529,7 +568,8 @@ fn rows() -> Vec<Row> {
                 sb.release("0.28.0", "port-in-use");
                 upgrade(sb)
             },
-        ),
+        )
+        .says(&["retrying on fresh ports", "could not bind its ports twice"]),
         // ---- promotion
         row(
             "promotion",
@@ -543,7 +583,8 @@ fn rows() -> Vec<Row> {
                 sb.release("0.28.0", "none");
                 upgrade_env(sb, &[("HEADWARDEN_FAIL_AT", "stop")])
             },
-        ),
+        )
+        .says(&["nothing was changed", "not recorded as bad"]),
         row(
             "promotion",
             "the new version migrates, replaces the noise key, rewrites the config, then crashes",
@@ -556,7 +597,8 @@ fn rows() -> Vec<Row> {
                 sb.release("0.28.0", "prod-wreck");
                 upgrade(sb)
             },
-        ),
+        )
+        .says(&["rolled back to 0.27.1"]),
         row(
             "promotion",
             "the new version fails to start",
@@ -569,7 +611,8 @@ fn rows() -> Vec<Row> {
                 sb.release("0.28.0", "none");
                 upgrade_env(sb, &[("HEADWARDEN_FAIL_AT", "start")])
             },
-        ),
+        )
+        .says(&["rolled back to 0.27.1"]),
         row(
             "promotion",
             "healthy, then crashes on its next start (post-switch smoke fails)",
@@ -582,7 +625,8 @@ fn rows() -> Vec<Row> {
                 sb.release("0.28.0", "none");
                 upgrade_env(sb, &[("HEADWARDEN_FAIL_AT", "smoke")])
             },
-        ),
+        )
+        .says(&["rolled back to 0.27.1"]),
         Row {
             area: "promotion",
             fault: "smoke fails and the database restore cannot be written",
@@ -594,6 +638,7 @@ fn rows() -> Vec<Row> {
             stops_prod: true,
             setup: |_| {},
             ignore: &[],
+            says: &["the rollback failed too", "/backups/run1-hop0-0.27.1"],
             run: |sb| {
                 sb.release("0.28.0", "none");
                 upgrade_env(sb, &[("HEADWARDEN_FAIL_AT", "smoke,restore")])
@@ -620,6 +665,7 @@ fn rows() -> Vec<Row> {
             stops_prod: false,
             setup: |_| {},
             ignore: &[],
+            says: &["recovered interrupted run 1: rolled_back (interrupted after the switch"],
             run: |sb| crash_in_rollback(sb, "rollback:before"),
         },
         Row {
@@ -633,6 +679,7 @@ fn rows() -> Vec<Row> {
             stops_prod: false,
             setup: |_| {},
             ignore: &[],
+            says: &["recovered interrupted run 1: rolled_back (the rollback had completed)"],
             run: |sb| crash_in_rollback(sb, "rollback:done"),
         },
         Row {
@@ -646,6 +693,7 @@ fn rows() -> Vec<Row> {
             stops_prod: false,
             setup: |_| {},
             ignore: &[],
+            says: &["recovered interrupted run 2: aborted (interrupted before the restore"],
             run: |sb| crash_in_manual_rollback(sb, "safety_backup:after"),
         },
         Row {
@@ -659,6 +707,7 @@ fn rows() -> Vec<Row> {
             stops_prod: false,
             setup: |_| {},
             ignore: &[],
+            says: &["recovered interrupted run 2: rolled_back (finished the interrupted manual rollback)"],
             run: |sb| crash_in_manual_rollback(sb, "manual_rollback:before"),
         },
         // ---- chat and the Headscale API
@@ -676,7 +725,8 @@ fn rows() -> Vec<Row> {
                 sb.release("0.28.0", "none");
                 upgrade(sb)
             },
-        ),
+        )
+        .says(&["stay queued"]),
         Row {
             area: "api",
             fault: "Headscale API unreachable during the key job",
@@ -691,6 +741,7 @@ fn rows() -> Vec<Row> {
                 sb.seed("late", 100, None, "");
             },
             ignore: &[],
+            says: &["cannot reach the Headscale API", "hint:"],
             run: |sb| {
                 let stop = Command::new(sb.path("prod/service.sh"))
                     .arg("stop")
@@ -714,6 +765,7 @@ fn rows() -> Vec<Row> {
                 sb.seed("late", 100, None, "");
             },
             ignore: &["api_keys"],
+            says: &["refused the API key (401", "hint:"],
             run: |sb| {
                 let key = std::fs::read_to_string(sb.path("api-key")).expect("key");
                 let key = key.trim();
@@ -864,7 +916,23 @@ fn check(row: &Row) -> Observed {
     let files_before = file_facts(&sb);
     let logical = sb.dump();
     let out = (row.run)(&mut sb);
+    let log_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/fault-matrix");
+    let _ = std::fs::create_dir_all(&log_dir);
+    let _ = std::fs::write(
+        log_dir.join(format!("{}-{}.log", row.area, row.fault.replace(['/', ' ', '`'], "_"))),
+        text(&out),
+    );
     let mut problems = Vec::new();
+    let said = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for needle in row.says {
+        if !said.to_lowercase().contains(&needle.to_lowercase()) {
+            problems.push(format!("the output does not say {needle:?}:\n{said}"));
+        }
+    }
     let rc = out.status.code().unwrap_or(-1);
     if !row.exit.contains(&rc) {
         problems.push(format!(

@@ -101,12 +101,12 @@ fn upgrade_playbook_append(pb: &str, extra: &str) -> String {
 #[test]
 fn a_hook_that_hangs_is_killed_at_its_timeout_and_stops_the_upgrade_before_production() {
     let mut sb = Sandbox::new("0.27.1");
-    let marker = sb.path("hook-child-alive");
+    let pid_file = sb.path("hook-child.pid");
     // The hook's own child would outlive a plain kill; the whole process group must go.
     let hang = script(
         &sb,
         "hang.sh",
-        &format!("(sleep 5; touch {}) &\nsleep 60", marker.display()),
+        &format!("sh -c 'echo $$ > {}; exec sleep 60' &\nsleep 60", pid_file.display()),
     );
     let pb = upgrade_playbook(
         "stage",
@@ -124,8 +124,17 @@ fn a_hook_that_hangs_is_killed_at_its_timeout_and_stops_the_upgrade_before_produ
         text(&out)
     );
     assert_eq!(sb.prod_version(), "v0.27.1");
-    std::thread::sleep(Duration::from_secs(6));
-    assert!(!marker.exists(), "the hook's child survived the timeout");
+    let child: i32 = std::fs::read_to_string(&pid_file)
+        .expect("the hook's child started")
+        .trim()
+        .parse()
+        .expect("pid");
+    // SIGKILL to the group was sent before headwarden returned; the orphan is reaped by init.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while crate::support::alive(child) {
+        assert!(Instant::now() < deadline, "the hook's child survived the timeout");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let history = sb.hw(&["history", "--json"]);
     assert!(text(&history).contains("hook_failed"), "{}", text(&history));
 }

@@ -348,6 +348,28 @@ impl Drop for Sandbox {
     }
 }
 
+/// Whether `pid` is a live process (a zombie counts as gone).
+pub fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|st| st.rsplit_once(')').map(|(_, r)| !r.trim_start().starts_with('Z')))
+        .unwrap_or(false)
+}
+
+/// Whether the journal in `state_dir/state.db` has a step named `name` (read-only).
+pub fn journal_has(state_dir: &Path, name: &str) -> bool {
+    rusqlite::Connection::open_with_flags(
+        state_dir.join("state.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .and_then(|db| {
+        db.query_row("SELECT count(*) FROM steps WHERE name = ?1", [name], |r| {
+            r.get::<_, i64>(0)
+        })
+    })
+    .is_ok_and(|n| n > 0)
+}
+
 /// Live processes (not zombies) whose command line names something under `dir`.
 pub fn processes_under(dir: &Path) -> Vec<(i32, String)> {
     let needle = dir.display().to_string();

@@ -84,12 +84,13 @@ fn assert_refused(sb: &Sandbox, expect_in_stderr: &str) {
 }
 
 /// `before_install`: the refusal happens during verification, so nothing may be installed.
-fn assert_refused_at(sb: &Sandbox, expect_in_stderr: &str, before_install: bool) {
+fn assert_refused_at(sb: &Sandbox, expect_in_output: &str, before_install: bool) {
+    assert!(!expect_in_output.is_empty(), "name what the refusal must say");
     let before = sb.dump();
     let out = sb.hw(&["upgrade", "--yes"]);
     assert_eq!(code(&out), 1, "{}", text(&out));
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains(expect_in_stderr),
+        text(&out).contains(expect_in_output),
         "{}",
         text(&out)
     );
@@ -178,7 +179,7 @@ fn truncated_download_is_refused() {
 fn staging_never_healthy_leaves_production_alone() {
     let sb = Sandbox::new("0.27.1");
     sb.release("0.28.0", "never-healthy");
-    assert_refused_at(&sb, "", false);
+    assert_refused_at(&sb, "not healthy after 5s", false);
     let h = String::from_utf8_lossy(&sb.hw(&["history"]).stdout).to_string();
     assert!(
         h.contains("staging_failed") && h.contains("not healthy"),
@@ -204,24 +205,39 @@ fn staging_migration_dropping_nodes_is_caught_by_parity() {
 
 #[test]
 fn production_failure_after_switch_rolls_back_binary_and_data() {
+    // The new version migrates the database, replaces the noise key and rewrites the config
+    // before it crashes: each of the three restores is needed for this test to pass.
     let sb = Sandbox::new("0.27.1");
-    sb.release("0.28.0", "prod-crash");
-    let before = sb.dump();
-    let noise_before = std::fs::read(sb.path("prod/lib/noise_private.key")).expect("key");
+    sb.release("0.28.0", "prod-wreck");
+    let before = sb.db_dump();
+    let files = ["prod/lib/noise_private.key", "prod/etc/config.yaml"];
+    let bytes = |sb: &Sandbox| -> Vec<Vec<u8>> {
+        files.iter().map(|f| std::fs::read(sb.path(f)).expect("file")).collect()
+    };
+    let meta = |sb: &Sandbox| -> Vec<(u32, u32, u32)> {
+        use std::os::unix::fs::MetadataExt;
+        files
+            .iter()
+            .chain(&["prod/lib/db.sqlite"])
+            .map(|f| {
+                let m = std::fs::symlink_metadata(sb.path(f)).expect("meta");
+                (m.uid(), m.gid(), m.mode())
+            })
+            .collect()
+    };
+    let (bytes_before, meta_before) = (bytes(&sb), meta(&sb));
     let out = sb.hw(&["upgrade", "--yes"]);
     assert_eq!(code(&out), 3, "rolled-back exit code\n{}", text(&out));
-    assert_eq!(sb.prod_version(), "v0.27.1");
-    assert_eq!(sb.dump(), before);
-    assert_eq!(
-        std::fs::read(sb.path("prod/lib/noise_private.key")).expect("key"),
-        noise_before
-    );
+    assert_eq!(sb.served_version(), "v0.27.1");
+    assert_eq!(sb.db_dump(), before, "the database is the pre-upgrade one");
+    assert_eq!(bytes(&sb), bytes_before, "noise key and config restored");
+    assert_eq!(meta(&sb), meta_before, "with their owners and modes");
     let (event, payload) = sb.outbox().pop().expect("events");
     assert_eq!(event, "upgrade.rolled_back");
     assert_eq!(payload["failed"], "0.28.0");
-    // The database is back at the old minor: the old binary started on it.
     let status = sb.status_json();
     assert!(status["production"]["health"] == "healthy", "{status}");
+    assert_eq!(sb.prod_processes().len(), 1);
 }
 
 #[test]
@@ -236,65 +252,6 @@ fn changed_noise_key_is_caught_on_staging() {
         text(&out)
     );
     assert_eq!(sb.prod_version(), "v0.27.1");
-}
-
-#[test]
-fn sigkill_at_every_journaled_step_then_recovery() {
-    let points = [
-        "stage_start:after",
-        "stop:before",
-        "stop:after",
-        "backup:after",
-        "switch:before",
-        "switch:after",
-        "start:after",
-        "smoke:before",
-        "smoke:after",
-    ];
-    for point in points {
-        let sb = Sandbox::new("0.27.1");
-        sb.release("0.28.0", "none");
-        let before = sb.dump();
-        let out = sb.hw_env(&["upgrade", "--yes"], &[("HEADWARDEN_CRASH_AT", point)]);
-        assert_eq!(
-            out.status.code(),
-            None,
-            "{point}: killed by a signal\n{}",
-            text(&out)
-        );
-        // A fresh invocation finds the interrupted run and finishes it.
-        let status = sb.hw(&["status"]);
-        assert!(
-            String::from_utf8_lossy(&status.stdout).contains("INTERRUPTED"),
-            "{point}: {}",
-            text(&status)
-        );
-        let out = sb.hw(&["upgrade", "--yes"]);
-        assert!(matches!(code(&out), 0 | 1 | 3), "{point}: {}", text(&out));
-        let v = sb.prod_version();
-        assert!(v == "v0.27.1" || v == "v0.28.0", "{point}: never half: {v}");
-        assert_eq!(sb.dump(), before, "{point}: data intact");
-        let status = sb.status_json();
-        assert!(
-            status["interrupted_runs"]
-                .as_array()
-                .expect("runs")
-                .is_empty(),
-            "{point}: {status}"
-        );
-        assert_eq!(
-            status["production"]["health"], "healthy",
-            "{point}: {status}"
-        );
-        let orphans = std::process::Command::new("pgrep")
-            .args(["-f", &sb.path("state/staging").display().to_string()])
-            .output()
-            .expect("pgrep");
-        assert!(
-            orphans.stdout.is_empty(),
-            "{point}: orphaned staging process"
-        );
-    }
 }
 
 #[test]
@@ -340,12 +297,21 @@ fn feed_500_then_429_then_304() {
         text(&out)
     );
     let log = std::fs::read_to_string(sb.path("feed/requests.log")).expect("log");
-    let statuses: Vec<&str> = log
+    let requests: Vec<(&str, u128)> = log
         .lines()
         .filter(|l| l.starts_with("/releases"))
-        .map(|l| l.split(' ').nth(1).unwrap_or(""))
+        .map(|l| {
+            let mut f = l.split(' ').skip(1);
+            let status = f.next().unwrap_or("");
+            let at = f.next().and_then(|t| t.parse().ok()).expect("request time");
+            (status, at)
+        })
         .collect();
+    let statuses: Vec<&str> = requests.iter().map(|r| r.0).collect();
     assert_eq!(statuses, ["200", "500", "429", "304"]);
+    // Retry-After: 1 was honoured: the request after the 429 came at least a second later.
+    let waited = requests[3].1 - requests[2].1;
+    assert!(waited >= 1000, "retried {waited} ms after a 429 with Retry-After: 1");
     // A rate limit that resets far in the future is a clear error, not a hang.
     std::fs::write(sb.path("feed/inject"), "403 3600\n").expect("inject");
     let out = sb.hw(&["check"]);

@@ -4,7 +4,8 @@
 //! slack, discord, teams, mattermost, matrix, telegram, ntfy, gotify, webhook. Requests that the
 //! real service would refuse get that service's error status. Accepted messages are appended to
 //! `DIR/messages.jsonl`; every request to `DIR/requests.log`. `DIR/inject` holds one fault per
-//! line, consumed by successive requests: `503`, `429 SECONDS` (with Retry-After), `hang SECONDS`
+//! line, consumed by successive requests: `503`, `429 SECONDS` (with Retry-After; logged as
+//! `... 429 at <unix ms>`), `hang SECONDS`
 //! (accept and record, then answer late). With `DIR/hmac-key`, webhook signatures are checked.
 
 use std::collections::HashSet;
@@ -37,6 +38,12 @@ pub async fn chat_sink(a: crate::fixtures::ServerArgs) -> Result<()> {
     let app = Router::new().fallback(handle).with_state(sink);
     axum::serve(listener, app).await?;
     Ok(())
+}
+
+fn now_ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis())
 }
 
 fn append(sink: &Sink, file: &str, line: &str) {
@@ -239,7 +246,7 @@ async fn handle(
             append(
                 &sink,
                 "requests.log",
-                &format!("{service} {} 429", uri.path()),
+                &format!("{service} {} 429 at {}", uri.path(), now_ms()),
             );
             let secs = v.get(1).copied().unwrap_or("1").to_string();
             return (
@@ -270,7 +277,7 @@ async fn handle(
                 "messages.jsonl",
                 &json!({"service": service, "method": method.as_str(), "path": uri.path(),
                         "headers": kept, "body": body, "raw": String::from_utf8_lossy(&raw),
-                        "duplicate": duplicate})
+                        "duplicate": duplicate, "received_ms": now_ms()})
                 .to_string(),
             );
             (status, text)

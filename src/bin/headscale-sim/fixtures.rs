@@ -6,7 +6,7 @@
 //! feed/releases/<tag>/assets/<name>  asset bytes (launcher, checksums.txt, *.minisig)
 //! feed/inject                        one fault per line, consumed by successive list requests:
 //!                                    500 | 429 <retry-after-secs> | 403 <reset-in-secs> | malformed
-//! feed/requests.log                  one line per request: "<path> <status>"
+//! feed/requests.log                  one line per request: "<path> <status> <unix ms>"
 //! feed/auth.log                      per list request: bearer | other | none
 //! ```
 
@@ -109,7 +109,10 @@ fn log_request(feed: &Feed, path: &str, status: u16) {
         .append(true)
         .open(feed.dir.join("requests.log"))
     {
-        let _ = writeln!(f, "{path} {status}");
+        let ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        let _ = writeln!(f, "{path} {status} {ms}");
     }
 }
 
