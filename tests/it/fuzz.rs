@@ -274,10 +274,37 @@ proptest! {
     }
 
     #[test]
-    fn release_notes(b in input("releases")) {
+    fn release_notes(b in input("notes")) {
         let t = text(&b);
         bounded(b.len(), || { let _ = headwarden::release::notes::highlights(&t); });
     }
+
+    #[test]
+    fn headscale_version_output(b in input("version")) {
+        let t = text(&b);
+        bounded(b.len(), || { let _ = headwarden::headscale::parse_version_text(&t); });
+    }
+
+    #[test]
+    fn playbooks(b in input("playbook")) {
+        let t = text(&b);
+        bounded(b.len(), || clear(headwarden::playbook::check(&t).map_err(|p| p.join("; "))));
+    }
+}
+
+/// The version parser reads every shape real `headscale version` prints (0.26's bare version,
+/// 0.27+'s four lines, `-o json`) and nothing else.
+#[test]
+fn version_text_shapes() {
+    for (file, want) in [("v0.26.txt", "0.26.1"), ("v0.29.txt", "0.29.2"), ("v0.28.json", "0.28.0")] {
+        let t = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus/version").join(file),
+        )
+        .expect("seed");
+        let v = headwarden::headscale::parse_version_text(&t).map(|v| v.to_string());
+        assert_eq!(v.as_deref(), Some(want), "{file}");
+    }
+    assert_eq!(headwarden::headscale::parse_version_text("not a version"), None);
 }
 
 /// YAML anchors and aliases can expand exponentially ("billion laughs"): refused, not expanded.
@@ -302,22 +329,71 @@ fn yaml_alias_bombs_are_refused_without_blowing_up() {
     });
 }
 
-/// Deep nesting must not overflow the stack.
+/// An input that must be refused, with a message.
+fn refused<T, E: std::fmt::Display>(what: &str, r: Result<T, E>) {
+    match r {
+        Ok(_) => panic!("{what}: accepted"),
+        Err(e) => assert!(!e.to_string().trim().is_empty(), "{what}: an empty error message"),
+    }
+}
+
+/// Deep nesting must not overflow the stack, and is refused.
 #[test]
 fn deeply_nested_json_and_yaml_are_errors() {
     let deep_json = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
-    clear(headwarden::release::feed::parse_releases(&deep_json));
-    clear(headwarden::headscale::api::parse_node_list(
-        deep_json.as_bytes(),
-    ));
-    clear(headwarden::audit::policy::parse_hujson(&deep_json));
+    refused("releases", headwarden::release::feed::parse_releases(&deep_json));
+    refused(
+        "node list",
+        headwarden::headscale::api::parse_node_list(deep_json.as_bytes()),
+    );
+    refused("policy", headwarden::audit::policy::parse_hujson(&deep_json));
     let deep_yaml = format!("a: {}1{}", "[".repeat(100_000), "]".repeat(100_000));
     let e = headwarden::settings::parse(Path::new("/nonexistent/deep.yaml"), &deep_yaml)
         .expect_err("refused");
     assert!(e.to_string().contains("nested deeper"), "{e}");
-    clear(headwarden::headscale::config::HeadscaleConfig::parse(
-        Path::new("/x.yaml"),
-        &deep_yaml,
-    ));
-    clear(headwarden::playbook::check(&deep_yaml).map_err(|p| p.join("; ")));
+    refused(
+        "headscale config",
+        headwarden::headscale::config::HeadscaleConfig::parse(Path::new("/x.yaml"), &deep_yaml),
+    );
+    refused(
+        "playbook",
+        headwarden::playbook::check(&deep_yaml).map_err(|p| p.join("; ")),
+    );
+}
+
+/// The YAML guard's limits, exactly at the edge: 64 levels of flow nesting pass, 65 do not;
+/// 1 MiB passes the size check, one byte more does not.
+#[test]
+fn yaml_guard_limits_at_the_edge() {
+    let nested = |n: usize| format!("a: {}1{}\n", "[".repeat(n), "]".repeat(n));
+    headwarden::settings::yaml_guard(&nested(64)).expect("64 levels are allowed");
+    let e = headwarden::settings::yaml_guard(&nested(65)).expect_err("65 levels");
+    assert!(e.contains("nested deeper than 64"), "{e}");
+    let mib = 1024 * 1024;
+    let big = |n: usize| format!("# {}\n", "x".repeat(n - 3));
+    headwarden::settings::yaml_guard(&big(mib)).expect("1 MiB is allowed");
+    let e = headwarden::settings::yaml_guard(&big(mib + 1)).expect_err("1 MiB + 1");
+    assert!(e.contains("bytes is more than"), "{e}");
+    let aliases = |n: usize| format!("a: &x 1\nb: [{}]\n", vec!["*x"; n].join(", "));
+    headwarden::settings::yaml_guard(&aliases(64)).expect("64 aliases are allowed");
+    let e = headwarden::settings::yaml_guard(&aliases(65)).expect_err("65 aliases");
+    assert!(e.contains("alias references"), "{e}");
+}
+
+/// The token-echo bug the fuzzer found, kept as fixed inputs rather than an RNG seed (a seed
+/// replays through the current strategy, so it drifts when the corpus changes).
+#[test]
+fn notification_url_errors_never_echo_the_token() {
+    for input in [
+        "https://hooks.slack.com",
+        "//hooks.slack.com/services/T000/B000/S3CR3T\0\0\0\0\0\0\0\0\0\0\0\0ttps://hooks.slack.com/services/T000/B000/S3CR3T\0\0\0\0\0\0\0\0\0\0\0\0",
+        "slack://T000/B000/S3CR3T\u{0}",
+        "sl@ck://T000/B000/S3CR3T",
+    ] {
+        if let Err(e) = headwarden::notify::targets(input, None) {
+            let msg = e.to_string();
+            assert!(!msg.trim().is_empty(), "{input:?}: empty error");
+            assert!(!msg.contains("S3CR3T"), "{input:?}: {msg}");
+        }
+    }
 }
