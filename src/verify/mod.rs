@@ -166,7 +166,7 @@ impl Downloader {
         let mut resp = within(deadline, self.client.get(url).send())
             .await
             .map_err(err)?
-            .map_err(|e| err(e.to_string()))?;
+            .map_err(|e| err(crate::cli::error_chain(&e)))?;
         if !resp.status().is_success() {
             return Err(err(format!("HTTP {}", resp.status())));
         }
@@ -174,7 +174,7 @@ impl Downloader {
         while let Some(chunk) = within(deadline, resp.chunk())
             .await
             .map_err(err)?
-            .map_err(|e| err(e.to_string()))?
+            .map_err(|e| err(crate::cli::error_chain(&e)))?
         {
             buf.extend_from_slice(&chunk);
             if buf.len() as u64 > limit {
@@ -278,7 +278,7 @@ impl Downloader {
         let mut resp = within(deadline, self.client.get(&asset.url).send())
             .await
             .map_err(derr)?
-            .map_err(|e| derr(e.to_string()))?;
+            .map_err(|e| derr(crate::cli::error_chain(&e)))?;
         if !resp.status().is_success() {
             return Err(derr(format!("HTTP {}", resp.status())));
         }

@@ -233,6 +233,24 @@ fn re_registering_with_the_minted_key_counts_as_rotation() {
         );
         assert_eq!(state_of(&plan(&sb), "due"), "ok", "{version}: young again");
         assert!(sb.outbox().iter().any(|(e, _)| e == "keys.rotated"));
+        // headwarden retired the key it minted: its expiration in Headscale is now past (the
+        // only pre-auth key in this sandbox), independently of the single-use rule.
+        let db = rusqlite::Connection::open_with_flags(
+            sb.path("prod/lib/db.sqlite"),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .expect("db");
+        let live: i64 = db
+            .query_row(
+                "SELECT count(*) FROM pre_auth_keys WHERE expiration > strftime('%Y-%m-%dT%H:%M:%fZ', 'now')",
+                [],
+                |r| r.get(0),
+            )
+            .expect("query");
+        let all: i64 = db
+            .query_row("SELECT count(*) FROM pre_auth_keys", [], |r| r.get(0))
+            .expect("query");
+        assert!(all >= 1 && live == 0, "{version}: {live} of {all} pre-auth keys still valid");
         // The one-time key was used; using it again fails.
         let cfg = sb.path("prod/etc/config.yaml").display().to_string();
         let again = std::process::Command::new(sb.path("prod/bin/headscale"))

@@ -444,12 +444,55 @@ fn github_token_is_used_but_never_printed_and_must_be_private() {
             text(&out)
         );
     }
+    // The feed got exactly this token on every API request; asset downloads (public on GitHub,
+    // served from another host) never carry it.
+    use sha2::Digest;
+    let expected = format!("bearer:{}", &hex::encode(sha2::Sha256::digest(token))[..12]);
     let auth =
         std::fs::read_to_string(sb.path("feed/auth.log")).expect("feed records auth headers");
+    let (api, downloads): (Vec<&str>, Vec<&str>) =
+        auth.lines().partition(|l| l.starts_with("/releases"));
+    assert!(!api.is_empty() && !downloads.is_empty(), "{auth}");
     assert!(
-        auth.lines().all(|l| l == "bearer"),
-        "every feed request carried the token: {auth}"
+        api.iter().all(|l| l.ends_with(&format!(" {expected}"))),
+        "every feed request carried the configured token: {auth}"
     );
+    assert!(
+        downloads.iter().all(|l| l.ends_with(" none")),
+        "downloads carry no token: {auth}"
+    );
+}
+
+#[test]
+fn downloads_follow_redirects_to_https_or_loopback_only() {
+    // GitHub answers an asset download with a redirect to its CDN: followed, and verified.
+    let sb = Sandbox::new("0.27.1");
+    sb.release("0.28.0", "none");
+    let name = sb
+        .asset_path("0.28.0")
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .to_string();
+    sb.edit_meta("0.28.0", |m| m["redirect"] = serde_json::json!({ name.clone(): "cdn" }));
+    let out = sb.hw(&["upgrade", "--yes"]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    let log = std::fs::read_to_string(sb.path("feed/requests.log")).expect("log");
+    assert!(
+        log.lines().any(|l| l.starts_with(&format!("/download/v0.28.0/{name} 302")))
+            && log.lines().any(|l| l.starts_with(&format!("/cdn/v0.28.0/{name} 200"))),
+        "{log}"
+    );
+    // A redirect to plain http on another host is refused before any byte is fetched from it.
+    let sb = Sandbox::new("0.27.1");
+    sb.release("0.28.0", "none");
+    sb.edit_meta("0.28.0", |m| {
+        m["redirect"] = serde_json::json!({ name.clone(): format!("http://cdn.example.invalid/{name}") })
+    });
+    let out = sb.hw(&["upgrade", "--yes"]);
+    assert_eq!(code(&out), 1, "{}", text(&out));
+    assert!(text(&out).contains("redirect to a non-https URL"), "{}", text(&out));
+    assert_eq!(sb.served_version(), "v0.27.1");
 }
 
 #[test]

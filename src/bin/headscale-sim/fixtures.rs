@@ -7,7 +7,7 @@
 //! feed/inject                        one fault per line, consumed by successive list requests:
 //!                                    500 | 429 <retry-after-secs> | 403 <reset-in-secs> | malformed
 //! feed/requests.log                  one line per request: "<path> <status> <unix ms>"
-//! feed/auth.log                      per list request: bearer | other | none
+//! feed/auth.log                      per request: "<path> bearer:<sha256 prefix of the token> | other | none"
 //! ```
 
 use std::collections::BTreeMap;
@@ -44,6 +44,9 @@ pub struct ReleaseMeta {
     pub size_override: BTreeMap<String, u64>,
     /// Assets still listed but deleted from storage (a download answers 404).
     pub gone: Vec<String>,
+    /// Per-asset redirect (GitHub sends downloads to its CDN): the download answers 302 to this
+    /// URL; `cdn` means this server's own `/cdn/<tag>/<name>`.
+    pub redirect: BTreeMap<String, String>,
 }
 
 struct Feed {
@@ -97,6 +100,7 @@ pub async fn github_feed(a: ServerArgs) -> Result<()> {
     let app = Router::new()
         .route("/repos/{owner}/{repo}/releases", get(list_releases))
         .route("/download/{tag}/{name}", get(download))
+        .route("/cdn/{tag}/{name}", get(cdn))
         .with_state(feed);
     eprintln!("github-feed listening on {addr}");
     axum::serve(listener, app).await?;
@@ -128,19 +132,7 @@ fn now_secs() -> u64 {
 
 async fn list_releases(State(feed): State<Arc<Feed>>, headers: HeaderMap) -> Response {
     let path = "/releases";
-    // Record whether the client authenticated (never the token itself).
-    let auth = match headers.get("authorization").and_then(|v| v.to_str().ok()) {
-        Some(v) if v.starts_with("Bearer ") && v.len() > 7 => "bearer",
-        Some(_) => "other",
-        None => "none",
-    };
-    if let Ok(mut f) = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(feed.dir.join("auth.log"))
-    {
-        let _ = writeln!(f, "{auth}");
-    }
+    record_auth(&feed, path, &headers);
     if let Some(inj) = next_injection(&feed) {
         let mut parts = inj.split_whitespace();
         let code = parts.next().unwrap_or("");
@@ -269,10 +261,50 @@ fn render_releases(feed: &Feed) -> Result<String> {
     Ok(serde_json::to_string(&out)?)
 }
 
+/// The CDN a redirected download lands on: the same bytes, no redirect, no faults.
+async fn cdn(
+    State(feed): State<Arc<Feed>>,
+    UrlPath((tag, name)): UrlPath<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    serve_asset(feed, tag, name, headers, "/cdn").await
+}
+
 async fn download(
     State(feed): State<Arc<Feed>>,
     UrlPath((tag, name)): UrlPath<(String, String)>,
+    headers: HeaderMap,
 ) -> Response {
+    serve_asset(feed, tag, name, headers, "/download").await
+}
+
+/// Records whether a request carried a token, as `bearer:<first 12 hex of its sha256>` (never
+/// the token itself), `other` or `none`.
+fn record_auth(feed: &Feed, path: &str, headers: &HeaderMap) {
+    let auth = match headers.get("authorization").and_then(|v| v.to_str().ok()) {
+        Some(v) if v.starts_with("Bearer ") && v.len() > 7 => {
+            format!("bearer:{}", &hex::encode(Sha256::digest(&v.as_bytes()[7..]))[..12])
+        }
+        Some(_) => "other".into(),
+        None => "none".into(),
+    };
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(feed.dir.join("auth.log"))
+    {
+        let _ = writeln!(f, "{path} {auth}");
+    }
+}
+
+async fn serve_asset(
+    feed: Arc<Feed>,
+    tag: String,
+    name: String,
+    headers: HeaderMap,
+    prefix: &str,
+) -> Response {
+    record_auth(&feed, &format!("{prefix}/{tag}/{name}"), &headers);
     let rel = feed.dir.join("releases").join(&tag);
     let path = rel.join("assets").join(&name);
     if name.contains('/') || tag.contains('/') || name.contains("..") || tag.contains("..") {
@@ -285,11 +317,19 @@ async fn download(
     let bytes = match std::fs::read(&path) {
         Ok(b) if !meta.gone.contains(&name) => b,
         _ => {
-            log_request(&feed, &format!("/download/{tag}/{name}"), 404);
+            log_request(&feed, &format!("{prefix}/{tag}/{name}"), 404);
             return (StatusCode::NOT_FOUND, "Not Found").into_response();
         }
     };
-    log_request(&feed, &format!("/download/{tag}/{name}"), 200);
+    if let Some(to) = meta.redirect.get(&name).filter(|_| prefix == "/download") {
+        let location = match to.as_str() {
+            "cdn" => format!("http://{}/cdn/{tag}/{name}", feed.addr),
+            other => other.to_string(),
+        };
+        log_request(&feed, &format!("{prefix}/{tag}/{name}"), 302);
+        return (StatusCode::FOUND, [("location", location)]).into_response();
+    }
+    log_request(&feed, &format!("{prefix}/{tag}/{name}"), 200);
     if meta.truncate.contains(&name) {
         // Promise the full length, send half, then fail the stream: the connection drops.
         let half = bytes[..bytes.len() / 2].to_vec();
