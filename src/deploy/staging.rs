@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::deploy::{io_err, DeployError, Installed};
+use crate::files;
 use crate::headscale::config::{derive_staging, HeadscaleConfig, StagingLayout};
 use crate::process;
 use crate::settings::Settings;
@@ -97,9 +98,8 @@ pub async fn stage(
     )?;
     let t = std::time::Instant::now();
     sqlite_files::online_copy(&prod.database_path, &layout.database())?;
-    if prod.noise_key_path.exists() {
-        std::fs::copy(&prod.noise_key_path, layout.noise_key())
-            .map_err(io_err("copying the noise key", &prod.noise_key_path))?;
+    if files::regular_meta(&prod.noise_key_path)?.is_some() {
+        files::copy_preserving(&prod.noise_key_path, &layout.noise_key())?;
     }
     store.step_finish(
         step,

@@ -166,7 +166,15 @@ pub async fn fetch(settings: &ReleaseSettings, store: &Store) -> Result<FeedResu
         let body = if status == 304 {
             String::new()
         } else {
-            read_capped(response, &url).await?
+            // The whole body within feed_timeout: a server that drips bytes cannot hold the run.
+            tokio::time::timeout(settings.feed_timeout, read_capped(response, &url))
+                .await
+                .map_err(|_| {
+                    unreachable(format!(
+                        "the response body did not arrive within release.feed_timeout ({}s)",
+                        settings.feed_timeout.as_secs()
+                    ))
+                })??
         };
         break (status, headers, body);
     };

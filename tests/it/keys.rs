@@ -392,16 +392,36 @@ fn headwardens_own_api_key_is_rotated_before_it_expires() {
         .expect("key")
         .to_string();
     std::fs::write(sb.path("api-key"), &old_key).expect("write");
-    let out = sb.hw(&["keys", "run"]);
+    let out = sb.hw(&["-vv", "keys", "run"]);
     assert_eq!(code(&out), 0, "{}", text(&out));
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("rotated headwarden's API key"),
         "{}",
         text(&out)
     );
-    assert!(!text(&out).contains(&old_key), "keys are never printed");
     let new_key = std::fs::read_to_string(sb.path("api-key")).expect("read");
     assert_ne!(new_key.trim(), old_key);
+    // Neither key appears at -vv, in the output or anywhere under state_dir.
+    for k in [old_key.as_str(), new_key.trim()] {
+        assert!(!text(&out).contains(k), "an API key was printed at -vv");
+        for f in walk(&sb.path("state")) {
+            let bytes = std::fs::read(&f).unwrap_or_default();
+            assert!(
+                !bytes.windows(k.len()).any(|w| w == k.as_bytes()),
+                "{} holds an API key",
+                f.display()
+            );
+        }
+    }
+    // Written through a fresh file: no temp name left beside it.
+    let leftovers: Vec<_> = std::fs::read_dir(sb.path(""))
+        .expect("dir")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| n.contains("headwarden"))
+        .filter(|n| n != "headwarden.yaml")
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
     assert_eq!(
         std::fs::metadata(sb.path("api-key"))
             .expect("meta")

@@ -378,9 +378,34 @@ fn reminders_go_to_the_owner_and_the_fallback_gets_the_rest() {
         addr = sink.addr
     );
     sb.write_config();
-    let run = sb.hw(&["keys", "run"]);
+    let run = sb.hw(&["-vv", "keys", "run"]);
     assert_eq!(code(&run), 0, "{}", text(&run));
     let msgs = sink.messages();
+    // The owner's own destination gets the key; the shared fallback only hears how to get one,
+    // and nothing at -vv prints it.
+    let bodies = |path: &str| -> Vec<String> {
+        msgs.iter()
+            .filter(|m| m["path"].as_str().is_some_and(|p| p.ends_with(path)))
+            .map(|m| m["raw"].as_str().unwrap_or("").to_string())
+            .collect()
+    };
+    let personal = bodies("/personal");
+    let key = personal
+        .iter()
+        .find_map(|b| {
+            b.split_whitespace()
+                .skip_while(|w| *w != "--auth-key")
+                .nth(1)
+                .map(|k| k.trim_matches(|c: char| !c.is_ascii_alphanumeric() && c != '-').to_string())
+        })
+        .expect("the owner's destination got the key");
+    let shared = bodies("/fallback");
+    assert!(!shared.is_empty());
+    assert!(
+        shared.iter().all(|b| !b.contains("hskey-auth-") && b.contains("headwarden keys rotate")),
+        "the shared channel never sees a one-time key: {shared:#?}"
+    );
+    assert!(!text(&run).contains(&key), "{}", text(&run));
     let reminders = |path: &str| -> Vec<String> {
         msgs.iter()
             .filter(|m| {

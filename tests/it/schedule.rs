@@ -23,8 +23,12 @@ fn stdout(o: &std::process::Output) -> String {
 fn run_does_due_jobs_once_and_leaves_a_locked_job_for_next_time() {
     let mut sb = Sandbox::new("0.27.1");
     sb.enable_api(true);
-    sb.extra_top =
-        "schedule:\n  upgrade: \"0 4 * * *\"\n  keys: \"@daily\"\n  audit: \"@weekly\"\n  timezone: UTC\n".into();
+    // Schedules twelve hours away from now: no job comes due again between the runs below,
+    // whatever time of day the suite runs.
+    let hour = (time::OffsetDateTime::now_utc().hour() + 12) % 24;
+    sb.extra_top = format!(
+        "schedule:\n  upgrade: \"0 {hour} * * *\"\n  keys: \"30 {hour} * * *\"\n  audit: \"@weekly\"\n  timezone: UTC\n"
+    );
     sb.write_config();
     sb.release("0.28.0", "none");
 
