@@ -4,7 +4,8 @@
 //! allocation bound (a per-thread counting allocator): at most 64 bytes per input byte + 4 MiB.
 //!
 //! CI runs 256 cases per target (proptest's default). A longer, still bounded run:
-//! `PROPTEST_CASES=20000 cargo test --release --test it fuzz::` (≈ a minute per target here).
+//! `PROPTEST_CASES=20000 cargo test --release --test it fuzz::` (18 targets, 3.4 s here once the
+//! release build exists; README says the same).
 //! Failing cases are kept by proptest in `tests/proptest-regressions/` and replayed first.
 
 use std::alloc::{GlobalAlloc, Layout, System};
