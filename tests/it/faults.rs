@@ -16,7 +16,7 @@
 
 use std::process::{Command, Output};
 
-use crate::support::{code, sim, text, Sandbox, HW};
+use crate::support::{code, dump_sqlite, sim, text, Sandbox, HW};
 
 #[derive(Clone, Copy, PartialEq, Debug)]
 enum Prod {
@@ -156,6 +156,23 @@ fn crash_in_manual_rollback(sb: &mut Sandbox, point: &str) -> Output {
         text(&killed)
     );
     sb.hw(&["rollback"])
+}
+
+/// A run killed inside a rollback, then finished by the next command: exit 0, one production,
+/// the release never blamed, an `upgrade.recovered` event.
+fn interrupted(
+    area: &'static str,
+    fault: &'static str,
+    expected: &'static str,
+    prod: Prod,
+    says: &'static [&'static str],
+    run: fn(&mut Sandbox) -> Output,
+) -> Row {
+    Row {
+        events: &["upgrade.recovered"],
+        says,
+        ..row(area, fault, expected, &[0], prod, &[], Some(false), run)
+    }
 }
 
 /// A SIGKILL at a journaled point, then a fresh `upgrade`: recovery finishes the interrupted run
@@ -654,62 +671,38 @@ fn rows() -> Vec<Row> {
         crash_row!("smoke:before"),
         crash_row!("smoke:after"),
         crash_row!("smoke:done"),
-        Row {
-            area: "promotion",
-            fault: "smoke fails, SIGKILL inside the rollback (`rollback:before`), then `upgrade`",
-            expected: "recovery finishes the rollback; the fresh run upgrades; one production",
-            exit: &[0],
-            prod: Prod::New,
-            events: &["upgrade.succeeded"],
-            bad: Some(false),
-            stops_prod: false,
-            setup: |_| {},
-            ignore: &[],
-            says: &["recovered interrupted run 1: rolled_back (interrupted after the switch"],
-            run: |sb| crash_in_rollback(sb, "rollback:before"),
-        },
-        Row {
-            area: "promotion",
-            fault: "smoke fails, SIGKILL after the rollback (`rollback:done`), then `upgrade`",
-            expected: "recovery sees the rollback done and does not repeat it; the fresh run upgrades",
-            exit: &[0],
-            prod: Prod::New,
-            events: &["upgrade.succeeded"],
-            bad: Some(false),
-            stops_prod: false,
-            setup: |_| {},
-            ignore: &[],
-            says: &["recovered interrupted run 1: rolled_back (the rollback had completed)"],
-            run: |sb| crash_in_rollback(sb, "rollback:done"),
-        },
-        Row {
-            area: "rollback",
-            fault: "`headwarden rollback` killed at `safety_backup:after`, then `rollback` again",
-            expected: "the old version on its pre-upgrade data; one production",
-            exit: &[0],
-            prod: Prod::Old,
-            events: &[],
-            bad: Some(false),
-            stops_prod: false,
-            setup: |_| {},
-            ignore: &[],
-            says: &["recovered interrupted run 2: aborted (interrupted before the restore"],
-            run: |sb| crash_in_manual_rollback(sb, "safety_backup:after"),
-        },
-        Row {
-            area: "rollback",
-            fault: "`headwarden rollback` killed at `manual_rollback:before`, then `rollback` again",
-            expected: "recovery finishes the restore; the old version on its pre-upgrade data",
-            exit: &[0],
-            prod: Prod::Old,
-            events: &[],
-            bad: Some(false),
-            stops_prod: false,
-            setup: |_| {},
-            ignore: &[],
-            says: &["recovered interrupted run 2: rolled_back (finished the interrupted manual rollback)"],
-            run: |sb| crash_in_manual_rollback(sb, "manual_rollback:before"),
-        },
+        interrupted(
+            "promotion",
+            "smoke fails, SIGKILL inside the rollback (`rollback:before`), then `upgrade`",
+            "recovery finishes the rollback; the fresh run upgrades; one production",
+            Prod::New,
+            &["recovered interrupted run 1: rolled_back (interrupted after the switch"],
+            |sb| crash_in_rollback(sb, "rollback:before"),
+        ),
+        interrupted(
+            "promotion",
+            "smoke fails, SIGKILL after the rollback (`rollback:done`), then `upgrade`",
+            "recovery sees the rollback done and does not repeat it; the fresh run upgrades",
+            Prod::New,
+            &["recovered interrupted run 1: rolled_back (the rollback had completed)"],
+            |sb| crash_in_rollback(sb, "rollback:done"),
+        ),
+        interrupted(
+            "rollback",
+            "`headwarden rollback` killed at `safety_backup:after`, then `rollback` again",
+            "the old version on its pre-upgrade data; one production",
+            Prod::Old,
+            &["recovered interrupted run 2: aborted (interrupted before the restore"],
+            |sb| crash_in_manual_rollback(sb, "safety_backup:after"),
+        ),
+        interrupted(
+            "rollback",
+            "`headwarden rollback` killed at `manual_rollback:before`, then `rollback` again",
+            "recovery finishes the restore; the old version on its pre-upgrade data",
+            Prod::Old,
+            &["recovered interrupted run 2: rolled_back (finished the interrupted manual rollback)"],
+            |sb| crash_in_manual_rollback(sb, "manual_rollback:before"),
+        ),
         // ---- chat and the Headscale API
         row(
             "chat",
@@ -860,48 +853,6 @@ fn file_facts(sb: &Sandbox) -> Vec<String> {
     out
 }
 
-/// Every row of every table of the SQLite file at `path` (same shape as `Sandbox::db_dump`).
-fn dump_file(path: &std::path::Path) -> Result<Vec<String>, String> {
-    let db = rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .map_err(|e| e.to_string())?;
-    let ok: String = db
-        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-        .map_err(|e| e.to_string())?;
-    if ok != "ok" {
-        return Err(format!("integrity_check: {ok}"));
-    }
-    let tables: Vec<String> = db
-        .prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' AND name != 'database_versions' ORDER BY name")
-        .and_then(|mut st| st.query_map([], |r| r.get(0))?.collect())
-        .map_err(|e| e.to_string())?;
-    let mut out = Vec::new();
-    for t in tables {
-        let mut stmt = db
-            .prepare(&format!("SELECT * FROM \"{t}\" ORDER BY 1"))
-            .map_err(|e| e.to_string())?;
-        let n = stmt.column_count();
-        let rows: Vec<String> = stmt
-            .query_map([], |r| {
-                let cells: Vec<String> = (0..n)
-                    .map(|i| {
-                        format!(
-                            "{:?}",
-                            r.get_ref(i).map(|v| v
-                                .as_str()
-                                .map(str::to_string)
-                                .unwrap_or_else(|_| format!("{v:?}")))
-                        )
-                    })
-                    .collect();
-                Ok(cells.join("|"))
-            })
-            .and_then(|rows| rows.collect())
-            .map_err(|e| e.to_string())?;
-        out.extend(rows.into_iter().map(|r| format!("{t}: {r}")));
-    }
-    Ok(out)
-}
-
 fn check(row: &Row) -> Observed {
     let mut sb = Sandbox::new("0.27.1");
     fill_every_table(&sb);
@@ -1005,7 +956,7 @@ fn check(row: &Row) -> Observed {
                 .split_whitespace()
                 .find(|w| w.contains("/backups/"))
                 .map(|w| w.trim_end_matches([',', ':', ';']).to_string());
-            match named.as_deref().map(|d| dump_file(&std::path::Path::new(d).join("db.sqlite"))) {
+            match named.as_deref().map(|d| dump_sqlite(&std::path::Path::new(d).join("db.sqlite"))) {
                 Some(Ok(rows)) if rows == before => {}
                 Some(Ok(_)) => problems.push("the named backup differs from production before the run".into()),
                 Some(Err(e)) => problems.push(format!("the named backup is not usable: {e}")),

@@ -204,20 +204,23 @@ impl Sandbox {
     /// The version the process that answers on production's address reports (`GET /version`),
     /// with "none" when nothing answers.
     pub fn served_version(&self) -> String {
-        let cfg = std::fs::read_to_string(self.path("prod/etc/config.yaml")).expect("cfg");
-        let listen = cfg
-            .lines()
-            .find_map(|l| l.strip_prefix("listen_addr: "))
-            .expect("listen")
-            .trim()
-            .to_string();
-        match http_get(&listen, "/version") {
+        match http_get(&self.prod_setting("listen_addr"), "/version") {
             Some(body) => serde_json::from_str::<serde_json::Value>(&body)
                 .ok()
                 .and_then(|v| v["version"].as_str().map(str::to_string))
                 .unwrap_or_else(|| format!("unparsable: {body}")),
             None => "none".into(),
         }
+    }
+
+    /// A top-level setting of production's Headscale config (`listen_addr`, …).
+    pub fn prod_setting(&self, key: &str) -> String {
+        let cfg = std::fs::read_to_string(self.path("prod/etc/config.yaml")).expect("cfg");
+        cfg.lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}: ")))
+            .unwrap_or_else(|| panic!("{key} in production's config"))
+            .trim()
+            .to_string()
     }
 
     /// Production's server processes (the service's, and any other serving its config).
@@ -279,45 +282,7 @@ impl Sandbox {
     /// `database_versions`, which the running version rewrites on each start: users, nodes,
     /// pre-auth keys, API keys, policies, migrations — a logical dump to compare, not a count.
     pub fn db_dump(&self) -> Vec<String> {
-        let db = rusqlite::Connection::open_with_flags(
-            self.path("prod/lib/db.sqlite"),
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-        )
-        .expect("production db");
-        let tables: Vec<String> = db
-            .prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' AND name != 'database_versions' ORDER BY name")
-            .expect("tables")
-            .query_map([], |r| r.get(0))
-            .expect("tables")
-            .collect::<Result<_, _>>()
-            .expect("tables");
-        let mut out = Vec::new();
-        for t in tables {
-            let mut stmt = db
-                .prepare(&format!("SELECT * FROM \"{t}\" ORDER BY 1"))
-                .expect("select");
-            let n = stmt.column_count();
-            let rows = stmt
-                .query_map([], |r| {
-                    let cells: Vec<String> = (0..n)
-                        .map(|i| {
-                            format!(
-                                "{:?}",
-                                r.get_ref(i).map(|v| v
-                                    .as_str()
-                                    .map(str::to_string)
-                                    .unwrap_or_else(|_| format!("{v:?}")))
-                            )
-                        })
-                        .collect();
-                    Ok(cells.join("|"))
-                })
-                .expect("rows");
-            for row in rows {
-                out.push(format!("{t}: {}", row.expect("row")));
-            }
-        }
-        out
+        dump_sqlite(&self.path("prod/lib/db.sqlite")).expect("production db")
     }
 
     pub fn status_json(&self) -> serde_json::Value {
@@ -394,6 +359,49 @@ pub fn processes_under(dir: &Path) -> Vec<(i32, String)> {
         }
     }
     out
+}
+
+/// Every row of every table of the SQLite file at `path` (read-only, WAL-aware), except
+/// `database_versions`, after `PRAGMA integrity_check` passed.
+pub fn dump_sqlite(path: &Path) -> Result<Vec<String>, String> {
+    let db = rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(|e| e.to_string())?;
+    let ok: String = db
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .map_err(|e| e.to_string())?;
+    if ok != "ok" {
+        return Err(format!("integrity_check: {ok}"));
+    }
+    let tables: Vec<String> = db
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' AND name != 'database_versions' ORDER BY name")
+        .and_then(|mut st| st.query_map([], |r| r.get(0))?.collect())
+        .map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    for t in tables {
+        let mut stmt = db
+            .prepare(&format!("SELECT * FROM \"{t}\" ORDER BY 1"))
+            .map_err(|e| e.to_string())?;
+        let n = stmt.column_count();
+        let rows: Vec<String> = stmt
+            .query_map([], |r| {
+                let cells: Vec<String> = (0..n)
+                    .map(|i| {
+                        format!(
+                            "{:?}",
+                            r.get_ref(i).map(|v| v
+                                .as_str()
+                                .map(str::to_string)
+                                .unwrap_or_else(|_| format!("{v:?}")))
+                        )
+                    })
+                    .collect();
+                Ok(cells.join("|"))
+            })
+            .and_then(|rows| rows.collect())
+            .map_err(|e| e.to_string())?;
+        out.extend(rows.into_iter().map(|r| format!("{t}: {r}")));
+    }
+    Ok(out)
 }
 
 /// A plain HTTP/1.0 GET on 127.0.0.1 (no client crate needed for one status line).
@@ -474,13 +482,7 @@ impl Sandbox {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600))
                 .expect("chmod");
-            let cfg = std::fs::read_to_string(self.path("prod/etc/config.yaml")).expect("cfg");
-            let listen = cfg
-                .lines()
-                .find_map(|l| l.strip_prefix("listen_addr: "))
-                .expect("listen")
-                .trim()
-                .to_string();
+            let listen = self.prod_setting("listen_addr");
             self.extra_headscale = format!(
                 "  api:\n    url: http://{listen}\n    api_key_file: {}\n",
                 key_file.display()
@@ -492,13 +494,7 @@ impl Sandbox {
     /// Points headwarden at production's remote gRPC (TLS, API key, the testbed's private CA).
     pub fn enable_grpc_tls(&mut self) {
         self.enable_api(false);
-        let cfg = std::fs::read_to_string(self.path("prod/etc/config.yaml")).expect("cfg");
-        let grpc = cfg
-            .lines()
-            .find_map(|l| l.strip_prefix("grpc_listen_addr: "))
-            .expect("grpc addr")
-            .trim()
-            .to_string();
+        let grpc = self.prod_setting("grpc_listen_addr");
         self.extra_headscale = format!(
             "  api:\n    url: grpcs://{grpc}\n    api_key_file: {}\n    ca_file: {}\n",
             self.path("api-key").display(),
