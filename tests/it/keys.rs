@@ -51,6 +51,18 @@ fn key_messages(sink: &ChatSink) -> Vec<(String, serde_json::Value)> {
         .collect()
 }
 
+/// No file under `dir` holds `secret` (the bytes, anywhere: free pages and WAL frames too).
+fn assert_nowhere_under(dir: &std::path::Path, secret: &str, what: &str) {
+    for f in walk(dir) {
+        let bytes = std::fs::read(&f).unwrap_or_default();
+        assert!(
+            !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+            "{} holds {what}",
+            f.display()
+        );
+    }
+}
+
 /// Every regular file under `dir`.
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
@@ -181,14 +193,7 @@ fn reminders_are_sent_once_per_stage_across_restarts_and_keys_are_never_printed(
         stored.iter().all(|(_, p)| !p.to_string().contains(&key)),
         "the delivered key is purged from the outbox: {stored:?}"
     );
-    for f in walk(&sb.path("state")) {
-        let bytes = std::fs::read(&f).unwrap_or_default();
-        assert!(
-            !bytes.windows(key.len()).any(|w| w == key.as_bytes()),
-            "{} holds the one-time key",
-            f.display()
-        );
-    }
+    assert_nowhere_under(&sb.path("state"), &key, "the one-time key");
     // A second run (a restart) sends nothing new.
     let out = sb.hw(&["keys", "run"]);
     assert_eq!(code(&out), 0, "{}", text(&out));
@@ -404,14 +409,7 @@ fn headwardens_own_api_key_is_rotated_before_it_expires() {
     // Neither key appears at -vv, in the output or anywhere under state_dir.
     for k in [old_key.as_str(), new_key.trim()] {
         assert!(!text(&out).contains(k), "an API key was printed at -vv");
-        for f in walk(&sb.path("state")) {
-            let bytes = std::fs::read(&f).unwrap_or_default();
-            assert!(
-                !bytes.windows(k.len()).any(|w| w == k.as_bytes()),
-                "{} holds an API key",
-                f.display()
-            );
-        }
+        assert_nowhere_under(&sb.path("state"), k, "an API key");
     }
     // Written through a fresh file: no temp name left beside it.
     let leftovers: Vec<_> = std::fs::read_dir(sb.path(""))
