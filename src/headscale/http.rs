@@ -6,8 +6,10 @@ use semver::Version;
 
 use super::parse_version_text;
 
-/// Capability version sent to `/key`; ≥ 39 returns the Noise public key as JSON.
-const CAPABILITY_VERSION: u32 = 106;
+/// Capability version sent to `/key`: a current client's (130 is Tailscale v1.90). From 0.29.3 a
+/// version below the server's floor (113 for 0.29.x, 116 expected for 0.30) gets 400
+/// "unsupported client version", and older servers answer ≥ 39 with the key as JSON.
+const CAPABILITY_VERSION: u32 = 130;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {

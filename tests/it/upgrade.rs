@@ -46,6 +46,19 @@ fn happy_path_single_hop() {
     assert_eq!(status["backups"].as_array().expect("backups").len(), 1);
 }
 
+/// 0.29.3 and later answer `/key?v=` below capability 113 with 400 "unsupported client version":
+/// the staging noise-key check must ask as a current client, or every new patch is rejected
+/// and recorded bad (headwarden used to send 106).
+#[test]
+fn patch_upgrade_to_0_29_3_passes_the_noise_key_check() {
+    let sb = Sandbox::new("0.29.2");
+    sb.release("0.29.3", "none");
+    let out = sb.hw(&["upgrade", "--yes"]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert!(text(&out).contains("Noise public key unchanged"), "{}", text(&out));
+    assert_eq!(sb.served_version(), "v0.29.3");
+}
+
 #[test]
 fn happy_path_multi_hop_one_minor_at_a_time_then_manual_rollback() {
     let sb = Sandbox::new("0.26.1");

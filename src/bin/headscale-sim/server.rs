@@ -576,7 +576,13 @@ async fn key_handler(
     let Ok(v) = v.parse::<u32>() else {
         return (StatusCode::BAD_REQUEST, "invalid capability version").into_response();
     };
-    if v < 39 {
+    // From 0.29.3 (#3391) /key refuses what the Noise handshake would refuse: below the floor of
+    // the ten newest client minors (113 for 0.29.x) it is a 400; before, < 39 got an empty 200.
+    let v0293 = (s.version.major, s.version.minor, s.version.patch) >= (0, 29, 3);
+    if v0293 && v < 113 {
+        return (StatusCode::BAD_REQUEST, "unsupported client version").into_response();
+    }
+    if !v0293 && v < 39 {
         return (StatusCode::OK, "").into_response();
     }
     Json(
