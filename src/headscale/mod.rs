@@ -28,6 +28,20 @@ pub struct NodeRef {
     pub user: String,
 }
 
+/// The special user that owns tagged nodes from 0.28 (tags as identity: the one-time migration
+/// moves every tagged node to it).
+pub const TAGGED_DEVICES_USER: &str = "tagged-devices";
+
+impl NodeRef {
+    /// Whether `after` is this node after an upgrade: the same id and machine key, owned by the
+    /// same user or, when 0.28's migration made it a tagged device, by `tagged-devices`.
+    pub fn kept_as(&self, after: &NodeRef) -> bool {
+        self.id == after.id
+            && self.machine_key == after.machine_key
+            && (self.user == after.user || after.user == TAGGED_DEVICES_USER)
+    }
+}
+
 /// Parses "v0.29.2", "0.29.2", "headscale version v0.29.2" or `{"version": "v0.29.2"}`.
 pub fn parse_version_text(text: &str) -> Option<Version> {
     if let Ok(v) = serde_json::from_str::<serde_json::Value>(text) {

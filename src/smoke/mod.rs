@@ -213,7 +213,7 @@ async fn check_parity(t: &Target, base: &Baseline, timeout: Duration) -> Result<
     let missing_nodes: Vec<String> = base
         .nodes
         .iter()
-        .filter(|n| !nodes.contains(n))
+        .filter(|n| !nodes.iter().any(|after| n.kept_as(after)))
         .map(|n| format!("id {}", n.id))
         .collect();
     if missing_users.is_empty() && missing_nodes.is_empty() {

@@ -1,5 +1,6 @@
 //! Integration tests: the real `headwarden` and `headscale-sim` binaries in temp sandboxes,
-//! talking over 127.0.0.1 only (a local GitHub releases API, stand-in Headscale instances).
+//! talking over 127.0.0.1 only (a local GitHub releases API, stand-in Headscale instances), and
+//! real Headscale and Tailscale builds from the rig (`scripts/rig`, module `real`).
 
 mod audit;
 mod faults;
@@ -7,6 +8,7 @@ mod fuzz;
 mod keys;
 mod notify;
 mod playbook;
+mod real;
 mod schedule;
 mod support;
 mod upgrade;

@@ -60,6 +60,16 @@ impl Sandbox {
 
     /// `tls`: production gets a private CA and a certificate (remote gRPC for ≤0.29).
     pub fn new_with(prod_version: &str, tls: bool) -> Sandbox {
+        Self::build(prod_version, tls, None)
+    }
+
+    /// Production is the real Headscale `prod_version` from the rig (scripts/rig), started
+    /// offline as `nobody`, with an empty tailnet: tests build it through its CLI and clients.
+    pub fn new_real(prod_version: &str) -> Sandbox {
+        Self::build(prod_version, false, Some(headscale(prod_version)))
+    }
+
+    fn build(prod_version: &str, tls: bool, real: Option<PathBuf>) -> Sandbox {
         let dir = tempfile::tempdir().expect("tempdir");
         let p = |s: &str| dir.path().join(s).display().to_string();
         let pubkey = sim(&["keygen", "--out", &p("keys")]);
@@ -78,6 +88,10 @@ impl Sandbox {
         ];
         if tls {
             args.push("--tls");
+        }
+        let real_arg = real.as_ref().map(|p| p.display().to_string());
+        if let Some(r) = &real_arg {
+            args.extend(["--binary", r]);
         }
         // Production runs as an unprivileged account, as upstream's unit runs it (`User=headscale`).
         let uid = PROD_UID.to_string();
@@ -125,6 +139,24 @@ impl Sandbox {
 
     pub fn release_with(&self, version: &str, fault: &str, key: Option<&str>) {
         self.release_args(version, fault, key, &[]);
+    }
+
+    /// Publishes the real Headscale `version` from the rig as a signed release.
+    pub fn release_real(&self, version: &str) {
+        let feed = self.path("feed").display().to_string();
+        let binary = headscale(version).display().to_string();
+        let key = self.path("keys/minisign.key").display().to_string();
+        sim(&[
+            "make-release",
+            "--feed",
+            &feed,
+            "--version",
+            version,
+            "--binary",
+            &binary,
+            "--sign",
+            &key,
+        ]);
     }
 
     pub fn release_args(&self, version: &str, fault: &str, key: Option<&str>, extra: &[&str]) {
@@ -228,7 +260,7 @@ impl Sandbox {
         let cfg = self.path("prod/etc/config.yaml").display().to_string();
         processes_under(self.dir.path())
             .into_iter()
-            .filter(|(_, cmd)| cmd.contains(" serve ") && cmd.contains(&cfg))
+            .filter(|(_, cmd)| cmd.split_whitespace().any(|w| w == "serve") && cmd.contains(&cfg))
             .collect()
     }
 
@@ -402,6 +434,31 @@ pub fn dump_sqlite(path: &Path) -> Result<Vec<String>, String> {
         out.extend(rows.into_iter().map(|r| format!("{t}: {r}")));
     }
     Ok(out)
+}
+
+/// Where scripts/rig put its builds (`HEADWARDEN_RIG`, else ~/.cache/headwarden-rig).
+pub fn rig_dir() -> PathBuf {
+    std::env::var_os("HEADWARDEN_RIG")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/headwarden-rig")
+        })
+}
+
+/// A binary of the rig; a missing one fails with the command that builds it.
+pub fn rig_binary(rel: &str) -> PathBuf {
+    let p = rig_dir().join(rel);
+    assert!(
+        p.is_file(),
+        "{} is missing: the real-server tests need the rig; build it with `scripts/rig` (scripts/test does)",
+        p.display()
+    );
+    p
+}
+
+/// The real Headscale `version` from the rig.
+pub fn headscale(version: &str) -> PathBuf {
+    rig_binary(&format!("headscale/{version}/headscale"))
 }
 
 /// A plain HTTP/1.0 GET on 127.0.0.1 (no client crate needed for one status line).

@@ -399,6 +399,10 @@ pub struct MakeRelease {
     /// Pad the binary with this many bytes of comment (a realistically large download).
     #[arg(long, default_value_t = 0)]
     pub pad: usize,
+    /// Publish this real Headscale binary as the asset instead of a stand-in launcher (the
+    /// real-server tests: scripts/rig builds them).
+    #[arg(long, conflicts_with_all = ["fault", "pad"])]
+    pub binary: Option<PathBuf>,
 }
 
 pub fn host_asset_name(version: &str) -> String {
@@ -427,12 +431,20 @@ pub fn make_release(a: MakeRelease) -> Result<()> {
     let name = host_asset_name(&a.version);
     let counter = a.feed.join(format!("{tag}.starts"));
     start_counter(&counter)?;
-    let mut script = launcher_script(&a.version, &a.fault, &counter)?;
-    if a.pad > 0 {
-        let line = format!("# {}\n", "x".repeat(77));
-        script.push_str(&line.repeat(a.pad / line.len() + 1));
+    match &a.binary {
+        Some(real) => {
+            std::fs::copy(real, assets.join(&name))
+                .with_context(|| format!("publishing {}", real.display()))?;
+        }
+        None => {
+            let mut script = launcher_script(&a.version, &a.fault, &counter)?;
+            if a.pad > 0 {
+                let line = format!("# {}\n", "x".repeat(77));
+                script.push_str(&line.repeat(a.pad / line.len() + 1));
+            }
+            std::fs::write(assets.join(&name), &script)?;
+        }
     }
-    std::fs::write(assets.join(&name), &script)?;
     // A second artifact so checksums.txt has more than one line, sorted by name as goreleaser does.
     let source = format!("headscale_{}.tar.gz", a.version);
     std::fs::write(assets.join(&source), format!("source of {tag}\n"))?;
@@ -513,6 +525,12 @@ pub struct Testbed {
     /// lib/ and run/ become that account's (0700, files 0600), the config too (0640).
     #[arg(long)]
     pub run_as: Option<u32>,
+    /// A real Headscale binary (scripts/rig builds them): copied to bin/headscale as an admin
+    /// installs it, with a config the real server starts with offline (`derp.urls: []`, a local
+    /// DERP map, update checks off, the policy in the database). `--start` starts it but seeds
+    /// nothing: the tests build the tailnet through the real server's CLI and real clients.
+    #[arg(long)]
+    pub binary: Option<PathBuf>,
 }
 
 /// A private CA and a server certificate for localhost / 127.0.0.1.
@@ -550,10 +568,16 @@ pub fn testbed(a: Testbed) -> Result<()> {
         std::fs::create_dir_all(d.join(sub))?;
     }
     let launcher = d.join("bin/headscale");
-    std::fs::write(
-        &launcher,
-        launcher_script(&a.version, "none", &d.join("starts"))?,
-    )?;
+    match &a.binary {
+        Some(real) => {
+            std::fs::copy(real, &launcher)
+                .with_context(|| format!("installing {}", real.display()))?;
+        }
+        None => std::fs::write(
+            &launcher,
+            launcher_script(&a.version, "none", &d.join("starts"))?,
+        )?,
+    }
     start_counter(&d.join("starts"))?;
     set_mode(&launcher, 0o755)?;
     std::fs::write(
@@ -572,8 +596,14 @@ pub fn testbed(a: Testbed) -> Result<()> {
     } else {
         String::new()
     };
+    // The real server must start offline: no DERP URL to fetch (fatal from 0.27), no update check.
+    let (derp_urls, checks, policy_mode, dns) = if a.binary.is_some() {
+        ("  urls: []\n", "true", "database", "dns:\n  magic_dns: true\n  base_domain: tailnet.example.com\n  override_local_dns: false\n  nameservers:\n    global: []\n")
+    } else {
+        ("  urls:\n    - https://controlplane.tailscale.com/derpmap/default\n", "false", "file", "dns:\n  magic_dns: true\n  base_domain: example.com\n  override_local_dns: true\n  nameservers:\n    global: [1.1.1.1]\n")
+    };
     let config = format!(
-        "server_url: http://127.0.0.1:{port}\nlisten_addr: 127.0.0.1:{port}\nmetrics_listen_addr: 127.0.0.1:{metrics}\ngrpc_listen_addr: 127.0.0.1:{grpc}\n{tls}grpc_allow_insecure: false\nnoise:\n  private_key_path: {d}/lib/noise_private.key\nprefixes:\n  v4: 100.64.0.0/10\n  v6: fd7a:115c:a1e0::/48\n  allocation: sequential\nderp:\n  server:\n    enabled: false\n  urls:\n    - https://controlplane.tailscale.com/derpmap/default\n  paths:\n    - {d}/derp.yaml\n  auto_update_enabled: true\n  update_frequency: 3h\ndisable_check_updates: false\ndatabase:\n  type: sqlite\n  sqlite:\n    path: {d}/lib/db.sqlite\n    write_ahead_log: true\nlog:\n  level: info\n  format: text\npolicy:\n  mode: file\n  path: \"\"\ndns:\n  magic_dns: true\n  base_domain: example.com\n  override_local_dns: true\n  nameservers:\n    global: [1.1.1.1]\nunix_socket: {d}/run/headscale.sock\nunix_socket_permission: \"0770\"\n",
+        "server_url: http://127.0.0.1:{port}\nlisten_addr: 127.0.0.1:{port}\nmetrics_listen_addr: 127.0.0.1:{metrics}\ngrpc_listen_addr: 127.0.0.1:{grpc}\n{tls}grpc_allow_insecure: false\nnoise:\n  private_key_path: {d}/lib/noise_private.key\nprefixes:\n  v4: 100.64.0.0/10\n  v6: fd7a:115c:a1e0::/48\n  allocation: sequential\nderp:\n  server:\n    enabled: false\n{derp_urls}  paths:\n    - {d}/derp.yaml\n  auto_update_enabled: false\n  update_frequency: 3h\ndisable_check_updates: {checks}\ndatabase:\n  type: sqlite\n  sqlite:\n    path: {d}/lib/db.sqlite\n    write_ahead_log: true\nlog:\n  level: info\n  format: text\npolicy:\n  mode: {policy_mode}\n  path: \"\"\n{dns}unix_socket: {d}/run/headscale.sock\nunix_socket_permission: \"0770\"\n",
         d = d.display()
     );
     std::fs::write(d.join("etc/config.yaml"), config)?;
@@ -608,6 +638,9 @@ pub fn testbed(a: Testbed) -> Result<()> {
                 );
             }
             std::thread::sleep(Duration::from_millis(20));
+        }
+        if a.binary.is_some() {
+            return Ok(());
         }
         let out = std::process::Command::new(&launcher)
             .args([

@@ -1,0 +1,295 @@
+//! Real Headscale and real Tailscale clients (built by `scripts/rig`, versions in rig/versions).
+//!
+//! Production is a real `headscale` started offline as `nobody`; the release feed publishes real
+//! builds, named, checksummed and signed like upstream's assets; the tailnet is built through
+//! the real server's CLI and real `tailscaled` clients in userspace-networking mode, all on
+//! 127.0.0.1. A missing binary fails the test with the command that builds it: nothing here is
+//! skipped.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support::{code, rig_binary, text, Sandbox};
+
+/// The one Tailscale client version of the rig.
+fn tailscale_version() -> String {
+    let list = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("rig/versions"),
+    )
+    .expect("rig/versions");
+    list.lines()
+        .find_map(|l| l.strip_prefix("tailscale "))
+        .expect("a tailscale line in rig/versions")
+        .trim()
+        .to_string()
+}
+
+/// Every headscale version of the rig, oldest first.
+pub fn headscale_versions() -> Vec<String> {
+    let list = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("rig/versions"),
+    )
+    .expect("rig/versions");
+    list.lines()
+        .filter_map(|l| l.strip_prefix("headscale "))
+        .map(|v| v.trim().to_string())
+        .collect()
+}
+
+/// A real `tailscaled` in userspace-networking mode, logged in to production.
+pub struct Client {
+    pub name: String,
+    dir: PathBuf,
+    daemon: Child,
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        let _ = self.daemon.kill();
+        let _ = self.daemon.wait();
+    }
+}
+
+impl Client {
+    /// Starts `tailscaled` for `name` and runs `tailscale up` with `auth_key`.
+    pub fn join(sb: &Sandbox, name: &str, auth_key: &str) -> Client {
+        let client = Client::start(sb, name);
+        let login = format!("http://{}", sb.prod_setting("listen_addr"));
+        let out = client.cli(&[
+            "up",
+            "--login-server",
+            &login,
+            "--authkey",
+            auth_key,
+            "--hostname",
+            name,
+            "--accept-dns=false",
+            "--timeout",
+            "60s",
+        ]);
+        assert!(out.status.success(), "tailscale up for {name}: {}", text(&out));
+        client
+    }
+
+    /// Starts `tailscaled` only (not logged in).
+    pub fn start(sb: &Sandbox, name: &str) -> Client {
+        let dir = sb.path(&format!("clients/{name}"));
+        std::fs::create_dir_all(&dir).expect("client dir");
+        let port = std::net::UdpSocket::bind("127.0.0.1:0")
+            .and_then(|s| s.local_addr())
+            .expect("udp port")
+            .port();
+        let bin = rig_binary(&format!("tailscale/{}/tailscaled", tailscale_version()));
+        let log = std::fs::File::create(dir.join("tailscaled.log")).expect("log");
+        let daemon = Command::new(bin)
+            .args([
+                "--tun=userspace-networking",
+                &format!("--statedir={}", dir.join("state").display()),
+                &format!("--socket={}", dir.join("tailscaled.sock").display()),
+                &format!("--port={port}"),
+            ])
+            // Loopback only: no log upload, no port mapping, the direct path on 127.0.0.1.
+            .env("TS_NO_LOGS_NO_SUPPORT", "true")
+            .env("TS_DISABLE_PORTMAPPER", "1")
+            .env("TS_DEBUG_OMIT_LOCAL_ADDRS", "1")
+            .env("TS_DEBUG_PRETENDPOINT", format!("127.0.0.1:{port}"))
+            .env("HOME", &dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("tailscaled");
+        let sock = dir.join("tailscaled.sock");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !sock.exists() {
+            assert!(Instant::now() < deadline, "tailscaled for {name} did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Client {
+            name: name.to_string(),
+            dir,
+            daemon,
+        }
+    }
+
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        let bin = rig_binary(&format!("tailscale/{}/tailscale", tailscale_version()));
+        Command::new(bin)
+            .arg(format!("--socket={}", self.dir.join("tailscaled.sock").display()))
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("tailscale")
+    }
+
+    pub fn ipv4(&self) -> String {
+        let out = self.cli(&["ip", "-4"]);
+        assert!(out.status.success(), "{}", text(&out));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// `tailscale ping` to `peer` until it answers (a deadline, not a sleep).
+    pub fn pings(&self, peer: &Client) -> bool {
+        let ip = peer.ipv4();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let out = self.cli(&["ping", "-c", "3", "--timeout", "5s", &ip]);
+            if out.status.success() {
+                return true;
+            }
+            if Instant::now() > deadline {
+                eprintln!("{} -> {}: {}", self.name, peer.name, text(&out));
+                return false;
+            }
+        }
+    }
+}
+
+/// Production's real CLI (`-o json`), parsed.
+pub fn cli_json(sb: &Sandbox, args: &[&str]) -> serde_json::Value {
+    let mut all = args.to_vec();
+    all.extend(["-o", "json"]);
+    let out = sb.prod_cmd(&all);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: {e}: {out}"))
+}
+
+/// A user's numeric id from the real CLI's `users list -o json` (Go JSON up to 0.29).
+pub fn user_id(sb: &Sandbox, name: &str) -> String {
+    cli_json(sb, &["users", "list"])
+        .as_array()
+        .expect("users")
+        .iter()
+        .find(|u| u["name"] == name)
+        .map(|u| u["id"].to_string().trim_matches('"').to_string())
+        .unwrap_or_else(|| panic!("no user {name}"))
+}
+
+/// A pre-auth key for `user` from the real CLI.
+pub fn preauth_key(sb: &Sandbox, user: &str, extra: &[&str]) -> String {
+    let id = user_id(sb, user);
+    let mut args = vec!["preauthkeys", "create", "--user", &id, "--expiration", "24h"];
+    args.extend_from_slice(extra);
+    let v = cli_json(sb, &args);
+    v["key"].as_str().expect("key").to_string()
+}
+
+/// A tailnet built through the real server: two users with a client each, a tagged client, an
+/// unused reusable key, an API key and a policy.
+pub struct Tailnet {
+    pub alice: Client,
+    pub bob: Client,
+    pub server: Client,
+}
+
+pub fn tailnet(sb: &Sandbox) -> Tailnet {
+    for u in ["alice", "bob", "ops"] {
+        sb.prod_cmd(&["users", "create", u]);
+    }
+    let policy = sb.path("policy.hujson");
+    std::fs::write(
+        &policy,
+        r#"{
+  // Everyone reaches everyone: the tests ping between users.
+  "tagOwners": {"tag:server": ["ops@"]},
+  "acls": [{"action": "accept", "src": ["*"], "dst": ["*:*"]}]
+}"#,
+    )
+    .expect("policy");
+    sb.prod_cmd(&["policy", "set", "-f", &policy.display().to_string()]);
+    let alice = Client::join(sb, "alice-laptop", &preauth_key(sb, "alice", &[]));
+    let bob = Client::join(sb, "bob-phone", &preauth_key(sb, "bob", &[]));
+    let server = Client::join(
+        sb,
+        "build-server",
+        &preauth_key(sb, "ops", &["--tags", "tag:server"]),
+    );
+    preauth_key(sb, "bob", &["--reusable"]);
+    sb.prod_cmd(&["apikeys", "create", "--expiration", "90d"]);
+    Tailnet { alice, bob, server }
+}
+
+/// The identity of every user and node, from the real database (columns every version has).
+pub fn identities(sb: &Sandbox) -> Vec<String> {
+    let db = rusqlite::Connection::open_with_flags(
+        sb.path("prod/lib/db.sqlite"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .expect("db");
+    let mut out = Vec::new();
+    let mut users = db
+        .prepare("SELECT id, name FROM users ORDER BY id")
+        .expect("users");
+    for r in users
+        .query_map([], |r| Ok(format!("user {} {}", r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))
+        .expect("users")
+    {
+        out.push(r.expect("row"));
+    }
+    let mut nodes = db
+        .prepare("SELECT id, machine_key, node_key, hostname, ipv4 FROM nodes ORDER BY id")
+        .expect("nodes");
+    for r in nodes
+        .query_map([], |r| {
+            Ok(format!(
+                "node {} {} {} {} {}",
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, Option<String>>(4)?.unwrap_or_default()
+            ))
+        })
+        .expect("nodes")
+    {
+        out.push(r.expect("row"));
+    }
+    let mut keys = db
+        .prepare("SELECT id FROM pre_auth_keys ORDER BY id")
+        .expect("keys");
+    for r in keys
+        .query_map([], |r| Ok(format!("pre_auth_key {}", r.get::<_, i64>(0)?)))
+        .expect("keys")
+    {
+        out.push(r.expect("row"));
+    }
+    let mut api = db
+        .prepare("SELECT id, prefix FROM api_keys ORDER BY id")
+        .expect("api keys");
+    for r in api
+        .query_map([], |r| Ok(format!("api_key {} {}", r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))
+        .expect("api keys")
+    {
+        out.push(r.expect("row"));
+    }
+    out
+}
+
+/// 0.26.1 → every minor → the newest 0.29.x in one `upgrade`, on the real server with real
+/// clients: each hop staged and promoted, every user, node and key kept, the noise key
+/// unchanged, and the clients still reach each other afterwards.
+#[test]
+fn real_upgrade_through_every_minor_keeps_the_tailnet() {
+    let versions = headscale_versions();
+    let (first, rest) = versions.split_first().expect("versions");
+    let sb = Sandbox::new_real(first);
+    let net = tailnet(&sb);
+    assert!(net.alice.pings(&net.bob), "the tailnet works before the upgrade");
+    for v in rest {
+        sb.release_real(v);
+    }
+    let before = identities(&sb);
+    let noise = std::fs::read(sb.path("prod/lib/noise_private.key")).expect("noise key");
+    let out = sb.hw(&["upgrade", "--yes"]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    let newest = rest.last().expect("newest");
+    assert_eq!(sb.served_version(), format!("v{newest}"), "{}", text(&out));
+    assert_eq!(identities(&sb), before, "every user, node and key kept");
+    assert_eq!(
+        std::fs::read(sb.path("prod/lib/noise_private.key")).expect("noise key"),
+        noise
+    );
+    assert_eq!(sb.prod_processes().len(), 1);
+    assert!(net.alice.pings(&net.bob), "alice reaches bob after the upgrade");
+    assert!(net.server.pings(&net.alice), "the tagged server reaches alice");
+}
