@@ -293,3 +293,92 @@ fn real_upgrade_through_every_minor_keeps_the_tailnet() {
     assert!(net.alice.pings(&net.bob), "alice reaches bob after the upgrade");
     assert!(net.server.pings(&net.alice), "the tagged server reaches alice");
 }
+
+/// The ids of the migrations applied to production's database (gormigrate's table).
+fn migrations(sb: &Sandbox) -> Vec<String> {
+    let db = rusqlite::Connection::open_with_flags(
+        sb.path("prod/lib/db.sqlite"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .expect("db");
+    let mut stmt = db
+        .prepare("SELECT id FROM migrations ORDER BY id")
+        .expect("migrations");
+    let rows = stmt
+        .query_map([], |r| r.get::<_, String>(0))
+        .expect("rows")
+        .collect::<Result<Vec<_>, _>>()
+        .expect("rows");
+    rows
+}
+
+/// A release of the real `version` that fails only as production, after migrating production's
+/// database: run with production's config it cannot bind its port (127.0.0.1:1 as `nobody`),
+/// which real Headscale tries only after opening and migrating the database. Staging passes.
+fn release_failing_on_production(sb: &Sandbox, version: &str) {
+    let real = sb.path(&format!("real-headscale-{version}"));
+    std::fs::copy(crate::support::headscale(version), &real).expect("copy");
+    let wrapper = sb.path(&format!("headscale-{version}-prod-fails"));
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\n# headscale {version}, failing after migration when it serves production\ncase \" $* \" in *\" serve \"*\"{prod}\"*) export HEADSCALE_LISTEN_ADDR=127.0.0.1:1 ;; esac\nexec '{real}' \"$@\"\n",
+            prod = sb.path("prod/etc/config.yaml").display(),
+            real = real.display()
+        ),
+    )
+    .expect("wrapper");
+    let feed = sb.path("feed").display().to_string();
+    let key = sb.path("keys/minisign.key").display().to_string();
+    crate::support::sim(&[
+        "make-release",
+        "--feed",
+        &feed,
+        "--version",
+        version,
+        "--binary",
+        &wrapper.display().to_string(),
+        "--sign",
+        &key,
+    ]);
+}
+
+/// A real 0.28.0 that migrates production's database and then fails: rolled back to 0.27.1
+/// with the pre-upgrade database (its migrations), binary and noise key, and the clients are
+/// back on the tailnet.
+#[test]
+fn real_production_failure_rolls_back_binary_and_data() {
+    let sb = Sandbox::new_real("0.27.1");
+    let net = tailnet(&sb);
+    release_failing_on_production(&sb, "0.28.0");
+    let (ids, applied) = (identities(&sb), migrations(&sb));
+    let noise = std::fs::read(sb.path("prod/lib/noise_private.key")).expect("noise key");
+    let out = sb.hw(&["upgrade", "--yes"]);
+    assert_eq!(code(&out), 3, "{}", text(&out));
+    assert!(text(&out).contains("staging passed for 0.28.0"), "{}", text(&out));
+    assert_eq!(sb.served_version(), "v0.27.1");
+    assert_eq!(migrations(&sb), applied, "the pre-upgrade database is back");
+    assert_eq!(identities(&sb), ids);
+    assert_eq!(
+        std::fs::read(sb.path("prod/lib/noise_private.key")).expect("noise key"),
+        noise
+    );
+    assert_eq!(sb.prod_processes().len(), 1);
+    assert!(net.alice.pings(&net.bob), "the clients are back after the rollback");
+}
+
+/// 0.29.2 → the newest 0.29.x patch on the real server: 0.29.3+ refuse `/key` to old clients,
+/// and headwarden's staging check must still read the noise key.
+#[test]
+fn real_patch_upgrade_within_0_29() {
+    let versions = headscale_versions();
+    let newest = versions.last().expect("versions");
+    let sb = Sandbox::new_real("0.29.2");
+    let net = tailnet(&sb);
+    sb.release_real(newest);
+    let out = sb.hw(&["upgrade", "--yes"]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert!(text(&out).contains("Noise public key unchanged"), "{}", text(&out));
+    assert_eq!(sb.served_version(), format!("v{newest}"));
+    assert!(net.bob.pings(&net.alice));
+}
