@@ -178,6 +178,10 @@ pub fn build(
                     m.lines
                         .push("Re-register the node with this one-time key:".into());
                     m.code = Some(s(p, "command").to_string()).filter(|c| !c.is_empty());
+                    // Real `tailscale up` refuses a command that leaves out settings the node
+                    // was brought up with (--hostname, --accept-dns=false, routes, …) and prints
+                    // the same command with them added.
+                    m.lines.push("If tailscale answers that it \"requires mentioning all non-default flags\", run the complete command it prints: it is this one with the node's current settings added.".into());
                 }
             }
             m.lines.push(s(p, "warning").to_string());

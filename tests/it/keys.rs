@@ -27,7 +27,7 @@ fn state_of(plans: &[serde_json::Value], name: &str) -> String {
 
 /// A private admin channel that is explicitly given the one-time keys (`one_time_keys: include`):
 /// the tests read minted keys where a person would, from chat.
-fn key_channel(sb: &mut Sandbox) -> ChatSink {
+pub(crate) fn key_channel(sb: &mut Sandbox) -> ChatSink {
     let sink = ChatSink::start(sb);
     sb.extra_top.push_str(&format!(
         "notify:\n  - url: generic+http://127.0.0.1/keys\n    endpoint: http://{}/webhook\n    events: [keys]\n    one_time_keys: include\n    min_interval: 0s\n",
@@ -38,7 +38,7 @@ fn key_channel(sb: &mut Sandbox) -> ChatSink {
 }
 
 /// (event, payload) of every key message the channel received.
-fn key_messages(sink: &ChatSink) -> Vec<(String, serde_json::Value)> {
+pub(crate) fn key_messages(sink: &ChatSink) -> Vec<(String, serde_json::Value)> {
     sink.messages()
         .into_iter()
         .filter(|m| m["path"].as_str().is_some_and(|p| p.ends_with("/webhook/keys")))

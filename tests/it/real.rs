@@ -382,3 +382,67 @@ fn real_patch_upgrade_within_0_29() {
     assert_eq!(sb.served_version(), format!("v{newest}"));
     assert!(net.bob.pings(&net.alice));
 }
+
+/// The key job with real clients: a node past `remind_before` gets its reminder with a one-time
+/// key; the client runs the command from the reminder; headwarden sees the rotation and retires
+/// the key.
+#[test]
+fn real_key_rotation_with_the_reminder_command() {
+    let versions = headscale_versions();
+    let newest = versions.last().expect("versions");
+    let mut sb = Sandbox::new_real(newest);
+    let net = tailnet(&sb);
+    sb.enable_api(true);
+    // Every untagged node is due at once: a deadline ten minutes after registration, reminders
+    // from 599 s before it. The tagged server is exempt by default.
+    sb.extra_top = "keys:\n  max_age: 10m\n  remind_before: [599s]\n  grace: 1h\n".into();
+    let sink = crate::keys::key_channel(&mut sb);
+    let out = sb.hw(&["-vv", "keys", "run"]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    let reminders = crate::keys::key_messages(&sink);
+    let command = reminders
+        .iter()
+        .find(|(e, p)| e == "keys.reminder" && p["node"]["name"] == "alice-laptop")
+        .map(|(_, p)| p["command"].as_str().expect("command").to_string())
+        .unwrap_or_else(|| panic!("no reminder for alice-laptop: {reminders:#?}"));
+    let key = command
+        .split_whitespace()
+        .skip_while(|w| *w != "--auth-key")
+        .nth(1)
+        .expect("key")
+        .to_string();
+    assert!(!text(&out).contains(&key), "the key is never printed at -vv");
+    let before = identities(&sb);
+    // The command from the reminder, run on the node.
+    let words: Vec<&str> = command.split_whitespace().collect();
+    assert_eq!(words[0], "tailscale", "{command}");
+    let mut ran = net.alice.cli(&words[1..]);
+    // alice joined with --hostname and --accept-dns=false: real tailscale refuses a command that
+    // leaves them out and prints the complete one, as the reminder says. A person runs that.
+    let refused = String::from_utf8_lossy(&ran.stderr).to_string();
+    if !ran.status.success() && refused.contains("requires mentioning all") {
+        let full = refused
+            .lines()
+            .map(str::trim)
+            .find(|l| l.starts_with("tailscale up "))
+            .expect("tailscale printed the complete command");
+        assert!(full.contains(&key), "the same one-time key: {full}");
+        let args: Vec<&str> = full.split_whitespace().skip(1).collect();
+        ran = net.alice.cli(&args);
+    }
+    assert!(ran.status.success(), "{command}: {}", text(&ran));
+    // `tailscale up` returns while the client still runs on its old key; the new node key
+    // reaches the server moments later.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while identities(&sb) == before {
+        assert!(Instant::now() < deadline, "the node never re-registered");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = sb.hw(&["keys", "run"]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("alice-laptop: rotated (new node key)"), "{}", text(&out));
+    assert!(said.contains("1 one-time key(s) retired"), "{}", text(&out));
+    assert!(sb.outbox().iter().any(|(e, _)| e == "keys.rotated"));
+    assert!(net.alice.pings(&net.bob), "alice is still on the tailnet");
+}
