@@ -446,3 +446,54 @@ fn real_key_rotation_with_the_reminder_command() {
     assert!(sb.outbox().iter().any(|(e, _)| e == "keys.rotated"));
     assert!(net.alice.pings(&net.bob), "alice is still on the tailnet");
 }
+
+/// `enforce: expire` on the real server: a node overdue past its grace is expired through the
+/// API, and its real client sees it (it has to log in again); the exempt tagged server is not.
+#[test]
+fn real_enforcement_expires_an_overdue_node_and_the_client_sees_it() {
+    let versions = headscale_versions();
+    let newest = versions.last().expect("versions");
+    let mut sb = Sandbox::new_real(newest);
+    let net = tailnet(&sb);
+    sb.enable_api(true);
+    sb.extra_top =
+        "keys:\n  max_age: 3s\n  remind_before: [2s]\n  grace: 1s\n  enforce: expire\n".into();
+    sb.write_config();
+    // Wait (by polling the plan, not sleeping) until bob's node is past its deadline and grace.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let plan = sb.hw(&["keys", "plan", "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&plan.stdout).expect("plan json");
+        let bob = v
+            .as_array()
+            .expect("plans")
+            .iter()
+            .find(|p| p["name"] == "bob-phone")
+            .expect("bob")
+            .clone();
+        if bob["action"]["action"] == "expire" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "bob never became overdue: {bob}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = sb.hw(&["keys", "run"]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert!(sb.outbox().iter().any(|(e, _)| e == "keys.expired"), "{}", text(&out));
+    let state = |c: &Client| -> String {
+        let out = c.cli(&["status", "--json"]);
+        serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .map(|v| v["BackendState"].as_str().unwrap_or("").to_string())
+            .unwrap_or_default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while state(&net.bob) != "NeedsLogin" {
+        assert!(
+            Instant::now() < deadline,
+            "bob's client never noticed the expiry: {}",
+            state(&net.bob)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(state(&net.server), "Running", "the exempt tagged server keeps running");
+}
