@@ -46,6 +46,43 @@ impl Output {
     }
 }
 
+/// The `HEADSCALE_*` variables of the first running process for which `is_it(cmdline, exe)`
+/// holds (read from `/proc/<pid>/environ`): the environment production's service manager gave
+/// it, which Headscale reads as config (viper's `AutomaticEnv`). `None` when no process matches
+/// or its environment cannot be read.
+pub fn headscale_env_of(
+    is_it: impl Fn(&str, &Path) -> bool,
+) -> Option<std::collections::BTreeMap<String, String>> {
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let name = entry.file_name();
+        if !name.to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let dir = entry.path();
+        let Ok(cmdline) = std::fs::read(dir.join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        let exe = std::fs::read_link(dir.join("exe")).unwrap_or_default();
+        if !is_it(cmdline.trim(), &exe) {
+            continue;
+        }
+        let environ = std::fs::read(dir.join("environ")).ok()?;
+        return Some(
+            environ
+                .split(|b| *b == 0)
+                .filter_map(|kv| {
+                    let kv = String::from_utf8_lossy(kv);
+                    let (k, v) = kv.split_once('=')?;
+                    k.starts_with("HEADSCALE_")
+                        .then(|| (k.to_string(), v.to_string()))
+                })
+                .collect(),
+        );
+    }
+    None
+}
+
 fn clean_command<S: AsRef<OsStr>>(program: S) -> Command {
     let mut cmd = Command::new(program);
     for (k, _) in std::env::vars_os() {
@@ -115,6 +152,16 @@ async fn collect(
 
 /// Starts a long-running child (a staging server) with output appended to `log`.
 pub fn spawn_logged(program: &Path, args: &[&str], log: &Path) -> Result<Child, ProcessError> {
+    spawn_logged_env(program, args, log, &[])
+}
+
+/// [`spawn_logged`] with `env` given to the child (and nothing else of ours named `HEADSCALE_*`).
+pub fn spawn_logged_env(
+    program: &Path,
+    args: &[&str],
+    log: &Path,
+    env: &[(String, String)],
+) -> Result<Child, ProcessError> {
     let name = program.display().to_string();
     let err = |source| ProcessError::Spawn {
         program: name.clone(),
@@ -127,7 +174,11 @@ pub fn spawn_logged(program: &Path, args: &[&str], log: &Path) -> Result<Child, 
         .map_err(err)?;
     let errf = out.try_clone().map_err(err)?;
     let mut cmd = clean_command(program);
-    cmd.args(args).stdout(out).stderr(errf).kill_on_drop(true);
+    cmd.args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdout(out)
+        .stderr(errf)
+        .kill_on_drop(true);
     cmd.spawn().map_err(err)
 }
 

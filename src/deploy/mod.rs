@@ -183,9 +183,22 @@ pub fn prune_versions(
     Ok(removed)
 }
 
-/// Production's Headscale config.
+/// Production's Headscale config as it really runs: the file plus the `HEADSCALE_*`
+/// environment of the running server (systemd `Environment=`/`EnvironmentFile=`, a compose
+/// `environment:`, whatever its service manager gave it), read from `/proc`. The running server
+/// is the process serving with this config file, or executing production's binary.
 pub fn production_config(s: &Settings) -> Result<HeadscaleConfig, DeployError> {
-    Ok(HeadscaleConfig::load(&s.headscale.config)?)
+    let file = HeadscaleConfig::load(&s.headscale.config)?;
+    let config = s.headscale.config.display().to_string();
+    let binary = std::fs::canonicalize(current_target(&s.headscale.binary)).ok();
+    let env = crate::process::headscale_env_of(|cmdline, exe| {
+        let serving = cmdline.split_whitespace().any(|w| w == "serve");
+        serving && (cmdline.contains(&config) || binary.as_deref() == Some(exe))
+    });
+    match env {
+        Some(env) if !env.is_empty() => Ok(file.with_env(env)?),
+        _ => Ok(file),
+    }
 }
 
 /// Refuses to start a promotion that could not finish its backup: the state directory's file

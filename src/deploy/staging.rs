@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use crate::deploy::{io_err, DeployError, Installed};
 use crate::files;
-use crate::headscale::config::{derive_staging, HeadscaleConfig, StagingLayout};
+use crate::headscale::config::{derive_staging, staging_env, HeadscaleConfig, StagingLayout};
 use crate::process;
 use crate::settings::Settings;
 use crate::smoke::{self, Baseline, Report, Target};
@@ -127,8 +127,13 @@ pub async fn stage(
             std::fs::write(&config_path, text).map_err(io_err("writing", &config_path))?;
             let base_url = format!("http://127.0.0.1:{}", layout.http_port);
             let config_arg = config_path.display().to_string();
-            let mut child = process::spawn_logged(&hop.path, &["serve", "-c", &config_arg], &log)
-                .map_err(|e| DeployError::Other(e.to_string()))?;
+            let mut child = process::spawn_logged_env(
+                &hop.path,
+                &["serve", "-c", &config_arg],
+                &log,
+                &staging_env(prod),
+            )
+            .map_err(|e| DeployError::Other(e.to_string()))?;
             let pid = child.id().unwrap_or(0);
             let step = store.step_start(run, i as i64, "stage_start", &serde_json::json!({"version": hop.version.to_string(), "pid": pid, "marker": config_arg}))?;
             crate::process::crash_point("stage_start:after");

@@ -36,6 +36,45 @@ pub struct HeadscaleConfig {
     /// Headscale terminates TLS itself (cert files or Let's Encrypt): check it through server_url.
     pub serves_tls: bool,
     pub server_url: String,
+    /// The `HEADSCALE_*` variables production runs with (its service manager's environment):
+    /// Headscale reads them as config keys, over the file (`HEADSCALE_` + the key with `.` as `_`,
+    /// upper-cased). Empty until [`HeadscaleConfig::with_env`].
+    pub env: std::collections::BTreeMap<String, String>,
+}
+
+/// The part of production's `HEADSCALE_*` environment a staging instance runs with: everything
+/// but the keys staging sets itself (addresses, socket, database, keys, DERP, TLS, update checks),
+/// so staging sees the same configuration without ever touching production's files or ports.
+pub fn staging_env(prod: &HeadscaleConfig) -> Vec<(String, String)> {
+    const OWN: &[&str] = &[
+        "HEADSCALE_SERVER_URL",
+        "HEADSCALE_LISTEN_ADDR",
+        "HEADSCALE_METRICS_LISTEN_ADDR",
+        "HEADSCALE_GRPC_LISTEN_ADDR",
+        "HEADSCALE_GRPC_ALLOW_INSECURE",
+        "HEADSCALE_UNIX_SOCKET",
+        "HEADSCALE_UNIX_SOCKET_PERMISSION",
+        "HEADSCALE_DISABLE_CHECK_UPDATES",
+        "HEADSCALE_CLI_ADDRESS",
+        "HEADSCALE_CONFIG",
+    ];
+    const OWN_PREFIXES: &[&str] = &[
+        "HEADSCALE_DATABASE_",
+        "HEADSCALE_NOISE_",
+        "HEADSCALE_DERP_",
+        "HEADSCALE_TLS_",
+    ];
+    prod.env
+        .iter()
+        .filter(|(k, _)| !OWN.contains(&k.as_str()) && !OWN_PREFIXES.iter().any(|p| k.starts_with(p)))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// The environment variable Headscale (viper) reads for `key`: `dns.base_domain` →
+/// `HEADSCALE_DNS_BASE_DOMAIN`.
+pub fn env_name(key: &str) -> String {
+    format!("HEADSCALE_{}", key.replace('.', "_").to_uppercase())
 }
 
 pub fn get<'a>(root: &'a Value, key: &str) -> Option<&'a Value> {
@@ -70,18 +109,49 @@ impl HeadscaleConfig {
                 path: path.to_path_buf(),
                 detail: e.to_string(),
             })?;
+        Self::build(path, root, std::collections::BTreeMap::new())
+    }
+
+    /// The same config as production really runs it: its file plus the `HEADSCALE_*`
+    /// environment its service manager gives it (the environment wins, as in Headscale).
+    pub fn with_env(
+        self,
+        env: std::collections::BTreeMap<String, String>,
+    ) -> Result<Self, HeadscaleConfigError> {
+        Self::build(&self.path, self.root, env)
+    }
+
+    /// A key's value: from the environment when set there, else from the file.
+    pub fn value(&self, key: &str) -> Option<String> {
+        self.env
+            .get(&env_name(key))
+            .cloned()
+            .or_else(|| get_str(&self.root, key))
+    }
+
+    /// Whether `key` is set, in the file or in the environment.
+    pub fn is_set(&self, key: &str) -> bool {
+        self.env.contains_key(&env_name(key)) || get(&self.root, key).is_some()
+    }
+
+    fn build(
+        path: &Path,
+        root: Value,
+        env: std::collections::BTreeMap<String, String>,
+    ) -> Result<Self, HeadscaleConfigError> {
+        let lookup = |key: &str| env.get(&env_name(key)).cloned().or_else(|| get_str(&root, key));
         let unsupported = |detail: String| HeadscaleConfigError::Unsupported {
             path: path.to_path_buf(),
             detail,
         };
-        let db_type = get_str(&root, "database.type").unwrap_or_else(|| "sqlite".into());
+        let db_type = lookup("database.type").unwrap_or_else(|| "sqlite".into());
         if db_type != "sqlite" && db_type != "sqlite3" {
             return Err(unsupported(format!(
                 "database.type is {db_type:?}; headwarden stages and backs up SQLite only (upstream discourages Postgres)"
             )));
         }
         let required = |key: &str, default: &str| {
-            get_str(&root, key)
+            lookup(key)
                 .filter(|s| !s.is_empty())
                 .unwrap_or_else(|| default.to_string())
         };
@@ -101,14 +171,13 @@ impl HeadscaleConfig {
                 "noise.private_key_path",
                 "/var/lib/headscale/noise_private.key",
             ),
-            serves_tls: !get_str(&root, "tls_cert_path")
-                .unwrap_or_default()
-                .is_empty()
-                || !get_str(&root, "tls_letsencrypt_hostname")
+            serves_tls: !lookup("tls_cert_path").unwrap_or_default().is_empty()
+                || !lookup("tls_letsencrypt_hostname")
                     .unwrap_or_default()
                     .is_empty(),
             server_url: required("server_url", "").trim_end_matches('/').to_string(),
             root,
+            env,
         })
     }
 
@@ -322,6 +391,7 @@ mod tests {
 /// A config problem that makes a given Headscale version refuse to start.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Incompatibility {
+    /// The config key, or its `HEADSCALE_*` variable when only the environment sets it.
     pub key: String,
     pub since: semver::Version,
     pub fix: String,
@@ -331,12 +401,17 @@ pub struct Incompatibility {
 /// shared/HEADSCALE.md §4). Checked before anything is downloaded, so an admin hears "change
 /// this key" instead of reading a failed staging log.
 pub fn incompatibilities(cfg: &HeadscaleConfig, target: &semver::Version) -> Vec<Incompatibility> {
-    let present = |key: &str| get(&cfg.root, key).is_some();
+    let present = |key: &str| cfg.is_set(key);
     let at_least = |minor: u64| (target.major, target.minor) >= (0, minor);
     let mut out = Vec::new();
     let mut add = |key: &str, minor: u64, fix: &str| {
+        let in_file = get(&cfg.root, key).is_some();
         out.push(Incompatibility {
-            key: key.to_string(),
+            key: if in_file || !cfg.env.contains_key(&env_name(key)) {
+                key.to_string()
+            } else {
+                format!("{} (in the service's environment)", env_name(key))
+            },
             since: semver::Version::new(0, minor, 0),
             fix: fix.to_string(),
         })
@@ -360,9 +435,11 @@ pub fn incompatibilities(cfg: &HeadscaleConfig, target: &semver::Version) -> Vec
                 add(key, 26, "removed; delete the key");
             }
         }
-        let override_local =
-            get_str(&cfg.root, "dns.override_local_dns").is_none_or(|v| v == "true");
-        let has_global = matches!(get(&cfg.root, "dns.nameservers.global"), Some(Value::Sequence(s)) if !s.is_empty());
+        let override_local = cfg
+            .value("dns.override_local_dns")
+            .is_none_or(|v| v == "true");
+        let has_global = matches!(get(&cfg.root, "dns.nameservers.global"), Some(Value::Sequence(s)) if !s.is_empty())
+            || cfg.env.get(&env_name("dns.nameservers.global")).is_some_and(|v| !v.trim().is_empty());
         if override_local && !has_global {
             add(
                 "dns.nameservers.global",

@@ -497,3 +497,35 @@ fn real_enforcement_expires_an_overdue_node_and_the_client_sees_it() {
     }
     assert_eq!(state(&net.server), "Running", "the exempt tagged server keeps running");
 }
+
+/// A key 0.29 refuses to start with, set only in production's service environment
+/// (`HEADSCALE_RANDOMIZE_CLIENT_PORT`, as a leftover `Environment=` line would): the real 0.29
+/// server would start on staging (which used to get no environment) and fail on production.
+/// headwarden reads the running server's environment and stops before anything is downloaded.
+#[test]
+fn real_removed_key_in_the_service_environment_blocks_the_upgrade() {
+    let versions = headscale_versions();
+    let newest = versions.last().expect("versions");
+    let sb = Sandbox::new_real_env("0.28.0", &["HEADSCALE_RANDOMIZE_CLIENT_PORT=false"]);
+    sb.release_real(newest);
+    let check = sb.hw(&["check"]);
+    assert!(
+        text(&check).contains("HEADSCALE_RANDOMIZE_CLIENT_PORT (in the service's environment)"),
+        "{}",
+        text(&check)
+    );
+    let out = sb.hw(&["upgrade", "--yes"]);
+    assert_eq!(code(&out), 1, "{}", text(&out));
+    assert_eq!(sb.served_version(), "v0.28.0");
+    assert!(!sb.path(&format!("state/versions/{newest}")).exists(), "nothing installed");
+    // The real server agrees: 0.29 refuses to start with that variable.
+    let refused = Command::new(crate::support::headscale(newest))
+        .args(["configtest", "-c", &sb.path("prod/etc/config.yaml").display().to_string()])
+        .env("HEADSCALE_RANDOMIZE_CLIENT_PORT", "false")
+        // Never production's database: configtest opens and migrates it.
+        .env("HEADSCALE_DATABASE_SQLITE_PATH", sb.path("configtest.sqlite"))
+        .env("HEADSCALE_UNIX_SOCKET", sb.path("configtest.sock"))
+        .output()
+        .expect("configtest");
+    assert!(!refused.status.success(), "{}", text(&refused));
+}

@@ -60,16 +60,21 @@ impl Sandbox {
 
     /// `tls`: production gets a private CA and a certificate (remote gRPC for ≤0.29).
     pub fn new_with(prod_version: &str, tls: bool) -> Sandbox {
-        Self::build(prod_version, tls, None)
+        Self::build(prod_version, tls, None, &[])
     }
 
     /// Production is the real Headscale `prod_version` from the rig (scripts/rig), started
     /// offline as `nobody`, with an empty tailnet: tests build it through its CLI and clients.
     pub fn new_real(prod_version: &str) -> Sandbox {
-        Self::build(prod_version, false, Some(headscale(prod_version)))
+        Self::build(prod_version, false, Some(headscale(prod_version)), &[])
     }
 
-    fn build(prod_version: &str, tls: bool, real: Option<PathBuf>) -> Sandbox {
+    /// [`Sandbox::new_real`] with `KEY=VALUE` in production's service environment.
+    pub fn new_real_env(prod_version: &str, env: &[&str]) -> Sandbox {
+        Self::build(prod_version, false, Some(headscale(prod_version)), env)
+    }
+
+    fn build(prod_version: &str, tls: bool, real: Option<PathBuf>, env: &[&str]) -> Sandbox {
         let dir = tempfile::tempdir().expect("tempdir");
         let p = |s: &str| dir.path().join(s).display().to_string();
         let pubkey = sim(&["keygen", "--out", &p("keys")]);
@@ -92,6 +97,9 @@ impl Sandbox {
         let real_arg = real.as_ref().map(|p| p.display().to_string());
         if let Some(r) = &real_arg {
             args.extend(["--binary", r]);
+        }
+        for kv in env {
+            args.extend(["--env", kv]);
         }
         // Production runs as an unprivileged account, as upstream's unit runs it (`User=headscale`).
         let uid = PROD_UID.to_string();

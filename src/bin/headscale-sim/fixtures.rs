@@ -531,6 +531,9 @@ pub struct Testbed {
     /// nothing: the tests build the tailnet through the real server's CLI and real clients.
     #[arg(long)]
     pub binary: Option<PathBuf>,
+    /// `KEY=VALUE` the service gives production (what systemd's `Environment=` does); repeat it.
+    #[arg(long = "env")]
+    pub env: Vec<String>,
 }
 
 /// A private CA and a server certificate for localhost / 127.0.0.1.
@@ -608,10 +611,16 @@ pub fn testbed(a: Testbed) -> Result<()> {
     );
     std::fs::write(d.join("etc/config.yaml"), config)?;
     // `start` is idempotent like `systemctl start`: a running service is left alone.
-    let run_as = a
+    let mut run_as = a
         .run_as
         .map(|u| format!("setpriv --reuid={u} --regid={u} --clear-groups "))
         .unwrap_or_default();
+    for kv in &a.env {
+        if !kv.contains('=') || kv.contains('\'') {
+            bail!("--env takes KEY=VALUE without quotes: {kv:?}");
+        }
+        run_as = format!("env '{kv}' {run_as}");
+    }
     let service = format!(
         "#!/bin/sh\n# Service manager stand-in for tests (what systemctl does on a real host).\nD='{d}'\ncase \"$1\" in\n  start)\n    if [ -f \"$D/headscale.pid\" ] && kill -0 \"$(cat \"$D/headscale.pid\")\" 2>/dev/null && [ \"$(awk '{{print $3}}' /proc/$(cat \"$D/headscale.pid\")/stat 2>/dev/null)\" != Z ]; then exit 0; fi\n    {run_as}\"$D/bin/headscale\" serve -c \"$D/etc/config.yaml\" >>\"$D/headscale.log\" 2>&1 &\n    echo $! > \"$D/headscale.pid\" ;;\n  stop)\n    [ -f \"$D/headscale.pid\" ] || exit 0\n    pid=$(cat \"$D/headscale.pid\")\n    kill \"$pid\" 2>/dev/null || true\n    # An exited child of ours may linger as a zombie until init reaps it: that counts as stopped.\n    while kill -0 \"$pid\" 2>/dev/null && [ \"$(awk '{{print $3}}' /proc/$pid/stat 2>/dev/null)\" != Z ]; do sleep 0.01; done\n    rm -f \"$D/headscale.pid\" ;;\n  status)\n    [ -f \"$D/headscale.pid\" ] || exit 3\n    pid=$(cat \"$D/headscale.pid\")\n    kill -0 \"$pid\" 2>/dev/null && [ \"$(awk '{{print $3}}' /proc/$pid/stat 2>/dev/null)\" != Z ] ;;\nesac\n",
         d = d.display()
