@@ -529,3 +529,29 @@ fn real_removed_key_in_the_service_environment_blocks_the_upgrade() {
         .expect("configtest");
     assert!(!refused.status.success(), "{}", text(&refused));
 }
+
+/// SIGKILL at journaled steps of a real promotion (0.28.0 → newest 0.29.x), then a fresh
+/// `upgrade`: recovery finishes the interrupted run without a second server, and the upgrade
+/// ends on the new version with every user, node and key.
+#[test]
+fn real_sigkill_during_promotion_then_recovery() {
+    let versions = headscale_versions();
+    let newest = versions.last().expect("versions");
+    // After the switch (recovery restores and the fresh run upgrades again) and after the smoke
+    // checks (recovery commits); the stand-in's fault matrix covers every other point.
+    for point in ["switch:after", "smoke:done"] {
+        let sb = Sandbox::new_real("0.28.0");
+        let net = tailnet(&sb);
+        sb.release_real(newest);
+        let before = identities(&sb);
+        let killed = sb.hw_env(&["upgrade", "--yes"], &[("HEADWARDEN_CRASH_AT", point)]);
+        assert_eq!(killed.status.code(), None, "{point}: killed\n{}", text(&killed));
+        let out = sb.hw(&["upgrade", "--yes"]);
+        assert_eq!(code(&out), 0, "{point}: {}", text(&out));
+        assert!(text(&out).contains("recovered interrupted run"), "{point}: {}", text(&out));
+        assert_eq!(sb.served_version(), format!("v{newest}"), "{point}");
+        assert_eq!(sb.prod_processes().len(), 1, "{point}: one production");
+        assert_eq!(identities(&sb), before, "{point}");
+        assert!(net.alice.pings(&net.bob), "{point}: the tailnet works");
+    }
+}
