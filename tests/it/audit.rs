@@ -6,7 +6,7 @@ use std::os::unix::fs::PermissionsExt;
 
 use crate::support::{code, text, Sandbox};
 
-fn audit(sb: &Sandbox, extra: &[&str]) -> (i32, serde_json::Value) {
+pub(crate) fn audit(sb: &Sandbox, extra: &[&str]) -> (i32, serde_json::Value) {
     let mut args = vec!["audit", "--json"];
     args.extend_from_slice(extra);
     let out = sb.hw(&args);
@@ -15,7 +15,7 @@ fn audit(sb: &Sandbox, extra: &[&str]) -> (i32, serde_json::Value) {
     (code(&out), v)
 }
 
-fn ids(v: &serde_json::Value, key: &str) -> Vec<String> {
+pub(crate) fn ids(v: &serde_json::Value, key: &str) -> Vec<String> {
     v[key]
         .as_array()
         .expect(key)

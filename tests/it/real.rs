@@ -555,3 +555,66 @@ fn real_sigkill_during_promotion_then_recovery() {
         assert!(net.alice.pings(&net.bob), "{point}: the tailnet works");
     }
 }
+
+/// The audit against the real server's API and upstream's own example config of every version.
+#[test]
+fn real_audit_on_the_api_and_upstreams_example_configs() {
+    use crate::audit::{audit, ids};
+    let mut sb = Sandbox::new_real("0.28.0");
+    let _net = tailnet(&sb);
+    sb.enable_api(true);
+    let (_, v) = audit(&sb, &[]);
+    let open = ids(&v, "findings");
+    assert!(
+        v["skipped"].as_array().is_some_and(Vec::is_empty),
+        "every check ran against the real API: {v:#}"
+    );
+    for expected in [
+        "policy.allow_all",
+        "enrollment.reusable_preauth_key",
+        "nodes.no_expiry",
+    ] {
+        assert!(
+            open.iter().any(|id| id.starts_with(expected)),
+            "{expected} in {open:?}"
+        );
+    }
+    // Upstream's example config of each version, audited as production's config (0.28.0 runs,
+    // so the next minor is 0.29): the examples up to 0.28 still carry
+    // `randomize_client_port: false`, which 0.29 refuses to start with.
+    let cfg = std::fs::read_to_string(sb.config_path()).expect("cfg");
+    for version in headscale_versions() {
+        let example = sb.path(&format!("config-example-{version}.yaml"));
+        std::fs::copy(
+            crate::support::rig_dir().join(format!("headscale/{version}/config-example.yaml")),
+            &example,
+        )
+        .expect("example");
+        std::fs::write(
+            sb.config_path(),
+            cfg.replace(
+                &format!("config: {}", sb.path("prod/etc/config.yaml").display()),
+                &format!("config: {}", example.display()),
+            ),
+        )
+        .expect("config");
+        let (_, v) = audit(&sb, &[]);
+        let open = ids(&v, "findings");
+        let flagged = open
+            .iter()
+            .any(|id| id == "config.next_minor_incompatible:randomize_client_port");
+        let carries = std::fs::read_to_string(&example)
+            .expect("example")
+            .lines()
+            .any(|l| l.starts_with("randomize_client_port:"));
+        assert_eq!(flagged, carries, "{version}: {open:?}");
+        assert!(
+            !open.iter().any(|id| id.starts_with("config.listen_addr_exposed")),
+            "{version}: upstream's example listens on loopback: {open:?}"
+        );
+        assert!(
+            open.iter().any(|id| id.starts_with("config.server_url_not_https")),
+            "{version}: {open:?}"
+        );
+    }
+}
