@@ -46,6 +46,19 @@ fn happy_path_single_hop() {
     assert_eq!(status["backups"].as_array().expect("backups").len(), 1);
 }
 
+/// 0.28 makes tags an identity: its one-time migration moves every tagged node to the special
+/// user `tagged-devices`. Staging's data parity must count that node as kept (the real server
+/// showed every 0.27 → 0.28 upgrade of a tailnet with a tagged node rejected on staging).
+#[test]
+fn tagged_nodes_moving_to_tagged_devices_in_0_28_pass_parity() {
+    let sb = Sandbox::new("0.27.1");
+    sb.seed("server", 1, None, "tag:server");
+    sb.release("0.28.0", "none");
+    let out = sb.hw(&["upgrade", "--yes"]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert!(text(&out).contains("nodes all present"), "{}", text(&out));
+}
+
 /// 0.29.3 and later answer `/key?v=` below capability 113 with 400 "unsupported client version":
 /// the staging noise-key check must ask as a current client, or every new patch is rejected
 /// and recorded bad (headwarden used to send 106).
