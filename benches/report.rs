@@ -59,9 +59,11 @@ fn main() {
     }
     let only: Option<String> = std::env::var("HEADWARDEN_BENCH_ONLY").ok();
     // `HEADWARDEN_BENCH_ONLY=downtime,feed` runs a subset (the report says which ran).
-    let benches: [(&str, fn()); 8] = [
+    let benches: [(&str, fn()); 10] = [
         ("downtime", promotion_downtime),
         ("rollback", rollback_time),
+        ("real-downtime", real_promotion_downtime),
+        ("real-rollback", real_rollback_time),
         ("sha256", sha256_throughput),
         ("daemon", idle_daemon),
         ("feed", unchanged_feed),
@@ -423,10 +425,65 @@ fn median_of<T>(n: usize, mut f: impl FnMut() -> (Duration, T)) -> (Duration, T)
     runs.swap_remove(n / 2)
 }
 
-fn promotion_downtime() {
-    let (ours, steps) = median_of(3, || {
+/// One promotion setup: production, the release, and the new binary the manual script installs.
+struct Setup {
+    label: &'static str,
+    fresh: fn() -> (Sandbox, std::path::PathBuf),
+    failing: fn() -> Sandbox,
+    failing_code: i32,
+}
+
+const STAND_IN: Setup = Setup {
+    label: "0.27.1 → 0.28.0, the stand-in",
+    fresh: || {
         let sb = Sandbox::new("0.27.1");
         sb.release("0.28.0", "none");
+        let asset = sb.asset_path("0.28.0");
+        (sb, asset)
+    },
+    failing: || {
+        let sb = Sandbox::new("0.27.1");
+        sb.release("0.28.0", "prod-crash");
+        sb
+    },
+    failing_code: 3,
+};
+
+/// The real server (scripts/rig): 0.28.0 → the newest 0.29.x, production running as `nobody`.
+const REAL: Setup = Setup {
+    label: "real Headscale 0.28.0 → 0.29.3",
+    fresh: || {
+        let sb = Sandbox::new_real("0.28.0");
+        sb.release_real("0.29.3");
+        (sb, support::headscale("0.29.3"))
+    },
+    failing: || {
+        let sb = Sandbox::new_real("0.28.0");
+        sb.release_failing_on_production("0.29.3");
+        sb
+    },
+    failing_code: 3,
+};
+
+fn promotion_downtime() {
+    downtime(&STAND_IN, "promotion downtime");
+}
+
+fn real_promotion_downtime() {
+    downtime(&REAL, "promotion downtime, real server");
+}
+
+fn rollback_time() {
+    rollback(&STAND_IN, "rollback");
+}
+
+fn real_rollback_time() {
+    rollback(&REAL, "rollback, real server");
+}
+
+fn downtime(setup: &Setup, figure: &str) {
+    let (ours, steps) = median_of(3, || {
+        let (sb, _) = (setup.fresh)();
         let (unavailable, steps) = polled_upgrade(&sb, 0);
         // From the stop to healthy again: the journaled steps, or the poller when it saw more.
         let covered = window_ms(&steps);
@@ -437,15 +494,14 @@ fn promotion_downtime() {
     });
     // The script runs from its stop to the first healthy answer: that is its downtime.
     let (manual, ()) = median_of(3, || {
-        let sb = Sandbox::new("0.27.1");
-        sb.release("0.28.0", "none");
-        let script = manual_upgrade_script(&sb, &sb.asset_path("0.28.0"));
+        let (sb, binary) = (setup.fresh)();
+        let script = manual_upgrade_script(&sb, &binary);
         (run_script(&script), ())
     });
     let get = |n: &str| steps.iter().find(|(s, _)| s == n).map_or(0, |(_, ms)| *ms);
     let (stop, backup, switch, start) = (get("stop"), get("backup"), get("switch"), get("start"));
     let covered = (stop + backup + switch + start) as f64;
-    w!("## Promotion downtime (0.27.1 → 0.28.0, median of 3; from the stop to the first healthy answer)\n");
+    w!("## Promotion downtime ({}, median of 3; from the stop to the first healthy answer)\n", setup.label);
     w!("| | ms |\n|---|---|");
     w!(
         "| headwarden: production unavailable | **{:.0}** |",
@@ -455,25 +511,24 @@ fn promotion_downtime() {
         "| manual procedure (stop, cp backup, replace binary, start): unavailable | {:.0} |",
         ms(manual)
     );
-    w!("| headwarden steps: stop / backup (online copy + integrity_check) / switch / start-to-healthy | {stop} / {backup} / {switch} / {start} |");
+    w!("| headwarden steps: stop / backup (online copy of the stopped database, config, noise key) / switch / start-to-healthy | {stop} / {backup} / {switch} / {start} |");
     w!(
         "| headwarden overhead (unavailable − steps; poll granularity ±10 ms) | {:.0} |\n",
         (ms(ours) - covered).max(0.0)
     );
-    w!("headwarden does more inside the window than the script (an integrity-checked backup of the stopped database, config and noise key) and staged the release beforehand; the script has no staging, no verification and no way back but the admin.\n");
+    w!("headwarden does more inside the window than the script (a backup of the stopped database through SQLite's backup API, config and noise key; its integrity check runs after the start) and staged the release beforehand; the script has no staging, no verification and no way back but the admin.\n");
     summary(
-        "promotion downtime",
+        figure,
         format!("{:.2}× manual", ms(ours) / ms(manual).max(1.0)),
         format!("{:.0} ms", ms(ours)),
         format!("{:.0} ms (manual shell procedure)", ms(manual)),
     );
 }
 
-fn rollback_time() {
+fn rollback(setup: &Setup, figure: &str) {
     let (ours, rollback_ms) = median_of(3, || {
-        let sb = Sandbox::new("0.27.1");
-        sb.release("0.28.0", "prod-crash");
-        let (unavailable, steps) = polled_upgrade(&sb, 3);
+        let sb = (setup.failing)();
+        let (unavailable, steps) = polled_upgrade(&sb, setup.failing_code);
         let rb = steps
             .iter()
             .rev()
@@ -482,12 +537,11 @@ fn rollback_time() {
         (Duration::from_millis(rb as u64), unavailable)
     });
     let (manual, ()) = median_of(3, || {
-        let sb = Sandbox::new("0.27.1");
-        sb.release("0.28.0", "none");
-        run_script(&manual_upgrade_script(&sb, &sb.asset_path("0.28.0")));
+        let (sb, binary) = (setup.fresh)();
+        run_script(&manual_upgrade_script(&sb, &binary));
         (run_script(&manual_rollback_script(&sb)), ())
     });
-    w!("## Rollback (median of 3)\n");
+    w!("## Rollback ({}, median of 3)\n", setup.label);
     w!("| | ms |\n|---|---|");
     w!("| headwarden: failure detected → old version healthy on its restored database, noise key and config | **{:.0}** |", ms(ours));
     w!(
@@ -499,7 +553,7 @@ fn rollback_time() {
         ms(rollback_ms)
     );
     summary(
-        "rollback",
+        figure,
         format!("{:.2}× manual", ms(ours) / ms(manual).max(1.0)),
         format!("{:.0} ms", ms(ours)),
         format!(

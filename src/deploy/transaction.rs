@@ -2,9 +2,11 @@
 //!
 //! Promotion of one hop (every step is journaled *before* it acts):
 //! 1. `stop`    stop production through the service manager (no writes are lost after this)
-//! 2. `backup`  online copy of the stopped database + `PRAGMA integrity_check`, config, noise key
+//! 2. `backup`  online copy of the stopped database (SQLite backup API), config, noise key
 //! 3. `switch`  point the binary symlink at the new version (atomic rename); data: from/to
 //! 4. `start`   start the service; poll `/health` every 10 ms until healthy or timeout
+//!    `verify_backup` `PRAGMA integrity_check` of the copy, once production answers (outside
+//!    the downtime); a failure is a critical `upgrade.backup_unverified` alarm
 //! 5. `smoke`   the smoke checks against production and the pre-upgrade baseline
 //! 6. `commit`
 //!
@@ -145,15 +147,23 @@ pub fn backup_dir(s: &Settings, run: RunId, hop: i64, from: &str) -> PathBuf {
 
 /// Stopped production → verified backup directory. Each file keeps the owner, group and mode
 /// of the original (so a restore can put them back), and none is read through a link.
+///
+/// The copy's `PRAGMA integrity_check` is [`verify_backup`], run by a promotion right after the
+/// new version's start (outside the downtime window): the copy comes from SQLite's backup API
+/// on a stopped database, and a restore checks it again before it writes anything.
 pub fn take_backup(config: &HeadscaleConfig, dir: &Path) -> Result<(), DeployError> {
     crate::verify::create_private_dir(dir).map_err(io_err("creating", dir))?;
     sqlite_files::online_copy(&config.database_path, &dir.join("db.sqlite"))?;
-    sqlite_files::integrity_check(&dir.join("db.sqlite"))?;
     files::copy_preserving(&config.path, &dir.join("config.yaml"))?;
     if files::regular_meta(&config.noise_key_path)?.is_some() {
         files::copy_preserving(&config.noise_key_path, &dir.join("noise_private.key"))?;
     }
     Ok(())
+}
+
+/// `PRAGMA integrity_check` of a backup's database copy.
+pub fn verify_backup(dir: &Path) -> Result<(), DeployError> {
+    Ok(sqlite_files::integrity_check(&dir.join("db.sqlite"))?)
 }
 
 /// Puts a backup back: database, noise key, config; each through a fresh file renamed into
@@ -283,6 +293,22 @@ pub async fn promote_hop(
             p.wait_healthy().await.map(|_| ())
         })
         .await?;
+        // The backup's integrity check waits until production answers again: it is not part of
+        // the downtime. A bad copy does not undo a healthy promotion (it could not be restored
+        // anyway); it is an alarm, and a later rollback refuses it before writing anything.
+        let verified = p
+            .step(run, hop, "verify_backup", json!({"dir": bdir}), &mut timings, async {
+                verify_backup(&bdir).map_err(|e| crate::cli::error_chain(&e))
+            })
+            .await;
+        if let Err(e) = verified {
+            tracing::error!(error = %e, "the pre-upgrade backup failed its integrity check");
+            let _ = p.store.push_event(
+                "upgrade.backup_unverified",
+                "critical",
+                &json!({"run": run, "backup": bdir, "error": e}),
+            );
+        }
         p.step(run, hop, "smoke", json!({}), &mut timings, async {
             let report = smoke::run(&p.target(), &to.version, baseline, &s.smoke).await;
             if report.passed() {
@@ -591,7 +617,11 @@ pub async fn manual_rollback(
             "safety_backup",
             json!({"dir": safety}),
             &mut timings,
-            async { take_backup(p.config, &safety).map_err(|e| crate::cli::error_chain(&e)) },
+            async {
+                take_backup(p.config, &safety)
+                    .and_then(|()| verify_backup(&safety))
+                    .map_err(|e| crate::cli::error_chain(&e))
+            },
         )
         .await;
     if let Err(e) = safety_result {

@@ -144,6 +144,12 @@ pub fn build(
             m.lines.push(s(p, "rollback_error").to_string());
             fact(&mut m, "Backup", s(p, "backup"));
         }
+        "upgrade.backup_unverified" => {
+            m.title = "The pre-upgrade backup failed its integrity check: take a backup now".into();
+            m.lines.push(s(p, "error").to_string());
+            m.lines.push("Production runs the new version and is healthy; a rollback to this backup would be refused.".into());
+            fact(&mut m, "Backup", s(p, "backup"));
+        }
         "upgrade.recovered" => {
             m.title = format!(
                 "An interrupted headwarden run was finished: {}",

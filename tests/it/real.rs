@@ -312,37 +312,6 @@ fn migrations(sb: &Sandbox) -> Vec<String> {
     rows
 }
 
-/// A release of the real `version` that fails only as production, after migrating production's
-/// database: run with production's config it cannot bind its port (127.0.0.1:1 as `nobody`),
-/// which real Headscale tries only after opening and migrating the database. Staging passes.
-fn release_failing_on_production(sb: &Sandbox, version: &str) {
-    let real = sb.path(&format!("real-headscale-{version}"));
-    std::fs::copy(crate::support::headscale(version), &real).expect("copy");
-    let wrapper = sb.path(&format!("headscale-{version}-prod-fails"));
-    std::fs::write(
-        &wrapper,
-        format!(
-            "#!/bin/sh\n# headscale {version}, failing after migration when it serves production\ncase \" $* \" in *\" serve \"*\"{prod}\"*) export HEADSCALE_LISTEN_ADDR=127.0.0.1:1 ;; esac\nexec '{real}' \"$@\"\n",
-            prod = sb.path("prod/etc/config.yaml").display(),
-            real = real.display()
-        ),
-    )
-    .expect("wrapper");
-    let feed = sb.path("feed").display().to_string();
-    let key = sb.path("keys/minisign.key").display().to_string();
-    crate::support::sim(&[
-        "make-release",
-        "--feed",
-        &feed,
-        "--version",
-        version,
-        "--binary",
-        &wrapper.display().to_string(),
-        "--sign",
-        &key,
-    ]);
-}
-
 /// A real 0.28.0 that migrates production's database and then fails: rolled back to 0.27.1
 /// with the pre-upgrade database (its migrations), binary and noise key, and the clients are
 /// back on the tailnet.
@@ -350,7 +319,7 @@ fn release_failing_on_production(sb: &Sandbox, version: &str) {
 fn real_production_failure_rolls_back_binary_and_data() {
     let sb = Sandbox::new_real("0.27.1");
     let net = tailnet(&sb);
-    release_failing_on_production(&sb, "0.28.0");
+    sb.release_failing_on_production("0.28.0");
     let (ids, applied) = (identities(&sb), migrations(&sb));
     let noise = std::fs::read(sb.path("prod/lib/noise_private.key")).expect("noise key");
     let out = sb.hw(&["upgrade", "--yes"]);

@@ -167,6 +167,37 @@ impl Sandbox {
         ]);
     }
 
+    /// A release of the real `version` that fails only as production, after migrating production's
+    /// database: run with production's config it cannot bind its port (127.0.0.1:1 as `nobody`),
+    /// which real Headscale tries only after opening and migrating the database. Staging passes.
+    pub fn release_failing_on_production(&self, version: &str) {
+        let real = self.path(&format!("real-headscale-{version}"));
+        std::fs::copy(headscale(version), &real).expect("copy");
+        let wrapper = self.path(&format!("headscale-{version}-prod-fails"));
+        std::fs::write(
+            &wrapper,
+            format!(
+                "#!/bin/sh\n# headscale {version}, failing after migration when it serves production\ncase \" $* \" in *\" serve \"*\"{prod}\"*) export HEADSCALE_LISTEN_ADDR=127.0.0.1:1 ;; esac\nexec '{real}' \"$@\"\n",
+                prod = self.path("prod/etc/config.yaml").display(),
+                real = real.display()
+            ),
+        )
+        .expect("wrapper");
+        let feed = self.path("feed").display().to_string();
+        let key = self.path("keys/minisign.key").display().to_string();
+        sim(&[
+            "make-release",
+            "--feed",
+            &feed,
+            "--version",
+            version,
+            "--binary",
+            &wrapper.display().to_string(),
+            "--sign",
+            &key,
+        ]);
+    }
+
     pub fn release_args(&self, version: &str, fault: &str, key: Option<&str>, extra: &[&str]) {
         let feed = self.path("feed").display().to_string();
         let mut args = vec![
