@@ -254,6 +254,14 @@ pub fn sibling_binary(name: &str) -> Option<std::path::PathBuf> {
     p.exists().then_some(p)
 }
 
+/// Where `scripts/rig` keeps the real Headscale and Tailscale builds (`HEADWARDEN_RIG`, else
+/// `~/.cache/headwarden-rig`): `headwarden demo --real` runs them.
+pub fn rig_dir() -> Option<std::path::PathBuf> {
+    std::env::var_os("HEADWARDEN_RIG")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/headwarden-rig")))
+}
+
 /// Fault injection for the crash-safety tests: when `HEADWARDEN_CRASH_AT` equals `point`
 /// (e.g. `switch:before`), headwarden sends itself SIGKILL — a real, uncatchable kill at a
 /// journaled step. Unset in production; the variable is documented as test-only.

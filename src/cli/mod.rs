@@ -3,6 +3,7 @@
 //! output), logs and progress to stderr. Errors print as a chain with a hint.
 
 mod demo;
+mod demo_real;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -131,6 +132,10 @@ enum Command {
         /// Keep the demo directory and leave nothing running.
         #[arg(long)]
         keep: bool,
+        /// The same story on real Headscale with real Tailscale clients (needs the rig:
+        /// `scripts/rig` builds it).
+        #[arg(long)]
+        real: bool,
     },
 }
 
@@ -893,7 +898,8 @@ async fn run_command(cli: &Cli) -> Result<u8, Failure> {
             }
             Ok(exit::OK)
         }
-        Command::Demo { keep } => demo::run(*keep).await,
+        Command::Demo { keep, real: false } => demo::run(*keep).await,
+        Command::Demo { keep, real: true } => demo_real::run(*keep).await,
         Command::Keys { cmd } => keys_command(cli, cmd).await,
     }
 }
