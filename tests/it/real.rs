@@ -587,3 +587,33 @@ fn real_audit_on_the_api_and_upstreams_example_configs() {
         );
     }
 }
+
+/// `headwarden demo --real` tells its story on the real server and leaves nothing running.
+#[test]
+fn demo_real_runs_and_leaves_nothing_behind() {
+    let out = Command::new(crate::support::HW)
+        .args(["demo", "--real"])
+        .env("HEADWARDEN_RIG", crate::support::rig_dir())
+        .stdin(Stdio::null())
+        .output()
+        .expect("demo");
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    let said = String::from_utf8_lossy(&out.stdout);
+    for line in [
+        "=> upgraded 0.26.1 -> 0.28.0",
+        "=> 0.29.3 failed on production and was ROLLED BACK",
+        "=> upgraded 0.28.0 -> 0.29.2",
+        "bob-phone reaches alice-laptop",
+        "2 reminder(s) with one-time keys",
+    ] {
+        assert!(said.contains(line), "{line:?} in\n{}", text(&out));
+    }
+    let dir = said
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("directory: "))
+        .and_then(|l| l.split(';').next())
+        .expect("the demo names its directory")
+        .to_string();
+    let left = crate::support::processes_under(Path::new(&dir));
+    assert!(left.is_empty(), "left running: {left:?}");
+}
