@@ -880,3 +880,37 @@ fn maintenance_window_and_blackout_gate_promotion() {
     assert_eq!(code(&bad), 2);
     assert!(text(&bad).contains("unknown time zone"), "{}", text(&bad));
 }
+
+/// The stand-in, like the real server, refuses a removed key set only in the service's
+/// environment; headwarden reads that environment from the running server and stops before
+/// anything is downloaded.
+#[test]
+fn a_removed_key_in_the_service_environment_blocks_the_upgrade() {
+    let sb = Sandbox::new("0.28.0");
+    let cfg = sb.path("prod/etc/config.yaml");
+    let service = sb.path("prod/service.sh");
+    // What a leftover `Environment=HEADSCALE_RANDOMIZE_CLIENT_PORT=false` line does.
+    let script = std::fs::read_to_string(&service).expect("service");
+    std::fs::write(
+        &service,
+        script.replace("  start)\n", "  start)\n    export HEADSCALE_RANDOMIZE_CLIENT_PORT=false\n"),
+    )
+    .expect("service");
+    assert!(std::process::Command::new(&service).arg("stop").status().expect("stop").success());
+    assert!(std::process::Command::new(&service).arg("start").status().expect("start").success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while sb.served_version() != "v0.28.0" {
+        assert!(std::time::Instant::now() < deadline, "production did not come back");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    sb.release("0.29.0", "none");
+    let out = sb.hw(&["upgrade", "--yes"]);
+    assert_eq!(code(&out), 1, "{}", text(&out));
+    assert!(
+        text(&out).contains("HEADSCALE_RANDOMIZE_CLIENT_PORT (in the service's environment)"),
+        "{}",
+        text(&out)
+    );
+    assert!(!sb.path("state/versions/0.29.0").exists(), "nothing installed");
+    assert!(std::fs::read_to_string(cfg).expect("cfg").contains("listen_addr"));
+}

@@ -93,7 +93,13 @@ impl Config {
             _ => None,
         }
     }
+    /// Set in the file or in the environment: a removed key set only as `HEADSCALE_*` is as
+    /// fatal as in the file (upstream's deprecator reads viper, which reads both).
     fn present(&self, key: &str) -> bool {
+        let env_key = format!("HEADSCALE_{}", key.to_uppercase().replace('.', "_"));
+        if std::env::var_os(&env_key).is_some() {
+            return true;
+        }
         let mut cur = &self.root;
         for part in key.split('.') {
             match cur.get(part) {
