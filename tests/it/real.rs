@@ -6,24 +6,11 @@
 //! 127.0.0.1. A missing binary fails the test with the command that builds it: nothing here is
 //! skipped.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::{code, rig_binary, text, Sandbox};
-
-/// The one Tailscale client version of the rig.
-fn tailscale_version() -> String {
-    let list = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("rig/versions"),
-    )
-    .expect("rig/versions");
-    list.lines()
-        .find_map(|l| l.strip_prefix("tailscale "))
-        .expect("a tailscale line in rig/versions")
-        .trim()
-        .to_string()
-}
+use crate::support::{code, text, Client, Sandbox};
 
 /// Every headscale version of the rig, oldest first.
 pub fn headscale_versions() -> Vec<String> {
@@ -35,115 +22,6 @@ pub fn headscale_versions() -> Vec<String> {
         .filter_map(|l| l.strip_prefix("headscale "))
         .map(|v| v.trim().to_string())
         .collect()
-}
-
-/// A real `tailscaled` in userspace-networking mode, logged in to production.
-pub struct Client {
-    pub name: String,
-    dir: PathBuf,
-    daemon: Child,
-}
-
-impl Drop for Client {
-    fn drop(&mut self) {
-        let _ = self.daemon.kill();
-        let _ = self.daemon.wait();
-    }
-}
-
-impl Client {
-    /// Starts `tailscaled` for `name` and runs `tailscale up` with `auth_key`.
-    pub fn join(sb: &Sandbox, name: &str, auth_key: &str) -> Client {
-        let client = Client::start(sb, name);
-        let login = format!("http://{}", sb.prod_setting("listen_addr"));
-        let out = client.cli(&[
-            "up",
-            "--login-server",
-            &login,
-            "--authkey",
-            auth_key,
-            "--hostname",
-            name,
-            "--accept-dns=false",
-            "--timeout",
-            "60s",
-        ]);
-        assert!(out.status.success(), "tailscale up for {name}: {}", text(&out));
-        client
-    }
-
-    /// Starts `tailscaled` only (not logged in).
-    pub fn start(sb: &Sandbox, name: &str) -> Client {
-        let dir = sb.path(&format!("clients/{name}"));
-        std::fs::create_dir_all(&dir).expect("client dir");
-        let port = std::net::UdpSocket::bind("127.0.0.1:0")
-            .and_then(|s| s.local_addr())
-            .expect("udp port")
-            .port();
-        let bin = rig_binary(&format!("tailscale/{}/tailscaled", tailscale_version()));
-        let log = std::fs::File::create(dir.join("tailscaled.log")).expect("log");
-        let daemon = Command::new(bin)
-            .args([
-                "--tun=userspace-networking",
-                &format!("--statedir={}", dir.join("state").display()),
-                &format!("--socket={}", dir.join("tailscaled.sock").display()),
-                &format!("--port={port}"),
-            ])
-            // Loopback only: no log upload, no port mapping, the direct path on 127.0.0.1.
-            .env("TS_NO_LOGS_NO_SUPPORT", "true")
-            .env("TS_DISABLE_PORTMAPPER", "1")
-            .env("TS_DEBUG_OMIT_LOCAL_ADDRS", "1")
-            .env("TS_DEBUG_PRETENDPOINT", format!("127.0.0.1:{port}"))
-            .env("HOME", &dir)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("tailscaled");
-        let sock = dir.join("tailscaled.sock");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !sock.exists() {
-            assert!(Instant::now() < deadline, "tailscaled for {name} did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Client {
-            name: name.to_string(),
-            dir,
-            daemon,
-        }
-    }
-
-    pub fn cli(&self, args: &[&str]) -> std::process::Output {
-        let bin = rig_binary(&format!("tailscale/{}/tailscale", tailscale_version()));
-        Command::new(bin)
-            .arg(format!("--socket={}", self.dir.join("tailscaled.sock").display()))
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("tailscale")
-    }
-
-    pub fn ipv4(&self) -> String {
-        let out = self.cli(&["ip", "-4"]);
-        assert!(out.status.success(), "{}", text(&out));
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    }
-
-    /// `tailscale ping` to `peer` until it answers (a deadline, not a sleep).
-    pub fn pings(&self, peer: &Client) -> bool {
-        let ip = peer.ipv4();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let out = self.cli(&["ping", "-c", "3", "--timeout", "5s", &ip]);
-            if out.status.success() {
-                return true;
-            }
-            if Instant::now() > deadline {
-                eprintln!("{} -> {}: {}", self.name, peer.name, text(&out));
-                return false;
-            }
-        }
-    }
 }
 
 /// Production's real CLI (`-o json`), parsed.
@@ -638,4 +516,26 @@ fn demo_real_runs_and_leaves_nothing_behind() {
         .to_string();
     let left = crate::support::processes_under(Path::new(&dir));
     assert!(left.is_empty(), "left running: {left:?}");
+}
+
+/// A larger real tailnet (one client's node cloned 1,000 times in the real database) upgraded
+/// 0.28.0 → newest 0.29.x: staging's data parity over every node, every identity kept. The
+/// benchmark report runs the same with 10,000 nodes.
+#[test]
+fn real_upgrade_of_a_thousand_node_tailnet() {
+    let versions = headscale_versions();
+    let newest = versions.last().expect("versions");
+    let sb = Sandbox::new_real("0.28.0");
+    sb.prod_cmd(&["users", "create", "fleet"]);
+    let client = Client::join(&sb, "template", &preauth_key(&sb, "fleet", &[]));
+    sb.real_bulk_nodes(1000);
+    sb.release_real(newest);
+    let before = identities(&sb);
+    assert_eq!(before.iter().filter(|l| l.starts_with("node ")).count(), 1001);
+    let out = sb.hw(&["upgrade", "--yes"]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert!(text(&out).contains("1001 nodes all present"), "{}", text(&out));
+    assert_eq!(sb.served_version(), format!("v{newest}"));
+    assert_eq!(identities(&sb), before);
+    drop(client);
 }

@@ -149,6 +149,58 @@ impl Sandbox {
         self.release_args(version, fault, key, &[]);
     }
 
+    /// Clones production's first node `n` times in its real database (production stopped while
+    /// it happens): distinct ids, keys, addresses and names, the rest as the real server wrote
+    /// it. A tailnet of `n + 1` nodes without `n` clients.
+    pub fn real_bulk_nodes(&self, n: u32) {
+        use std::os::unix::fs::MetadataExt;
+        let service = self.path("prod/service.sh");
+        assert!(Command::new(&service).arg("stop").status().expect("stop").success());
+        let db_path = self.path("prod/lib/db.sqlite");
+        let owner = std::fs::metadata(&db_path).expect("db");
+        {
+            let db = rusqlite::Connection::open(&db_path).expect("db");
+            let cols: Vec<String> = db
+                .prepare("SELECT name FROM pragma_table_info('nodes')")
+                .and_then(|mut st| st.query_map([], |r| r.get(0))?.collect())
+                .expect("columns");
+            let value = |c: &str| -> String {
+                match c {
+                    "id" => "NULL".into(),
+                    "machine_key" => "'mkey:' || printf('%064x', s.n)".into(),
+                    "node_key" => "'nodekey:' || printf('%064x', s.n)".into(),
+                    "disco_key" => "'discokey:' || printf('%064x', s.n)".into(),
+                    "ipv4" => "'100.64.' || (s.n / 250 + 1) || '.' || (s.n % 250 + 1)".into(),
+                    "ipv6" => "'fd7a:115c:a1e0::' || printf('%x', s.n + 4096)".into(),
+                    "hostname" | "given_name" => "'bulk-' || s.n".into(),
+                    other => format!("t.\"{other}\""),
+                }
+            };
+            let sql = format!(
+                "WITH RECURSIVE s(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM s WHERE n < {n})
+                 INSERT INTO nodes ({}) SELECT {} FROM s, (SELECT * FROM nodes ORDER BY id LIMIT 1) t",
+                cols.iter().map(|c| format!("\"{c}\"")).collect::<Vec<_>>().join(", "),
+                cols.iter().map(|c| value(c)).collect::<Vec<_>>().join(", ")
+            );
+            db.execute_batch(&sql).expect("bulk nodes");
+            db.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+                .expect("checkpoint");
+        }
+        // Whatever SQLite created as root goes back to the service account.
+        for f in ["db.sqlite", "db.sqlite-wal", "db.sqlite-shm"] {
+            let p = self.path(&format!("prod/lib/{f}"));
+            if p.exists() {
+                std::os::unix::fs::chown(&p, Some(owner.uid()), Some(owner.gid())).expect("chown");
+            }
+        }
+        assert!(Command::new(&service).arg("start").status().expect("start").success());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.served_version() == "none" && http_get(&self.prod_setting("listen_addr"), "/health").is_none() {
+            assert!(Instant::now() < deadline, "production did not come back with the bulk nodes");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Publishes the real Headscale `version` from the rig as a signed release.
     pub fn release_real(&self, version: &str) {
         let feed = self.path("feed").display().to_string();
@@ -498,6 +550,128 @@ pub fn rig_binary(rel: &str) -> PathBuf {
 /// The real Headscale `version` from the rig.
 pub fn headscale(version: &str) -> PathBuf {
     rig_binary(&format!("headscale/{version}/headscale"))
+}
+
+/// The one Tailscale client version of the rig.
+fn tailscale_version() -> String {
+    let list = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("rig/versions"),
+    )
+    .expect("rig/versions");
+    list.lines()
+        .find_map(|l| l.strip_prefix("tailscale "))
+        .expect("a tailscale line in rig/versions")
+        .trim()
+        .to_string()
+}
+
+/// A real `tailscaled` in userspace-networking mode, logged in to production.
+pub struct Client {
+    pub name: String,
+    dir: PathBuf,
+    daemon: Child,
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        let _ = self.daemon.kill();
+        let _ = self.daemon.wait();
+    }
+}
+
+impl Client {
+    /// Starts `tailscaled` for `name` and runs `tailscale up` with `auth_key`.
+    pub fn join(sb: &Sandbox, name: &str, auth_key: &str) -> Client {
+        let client = Client::start(sb, name);
+        let login = format!("http://{}", sb.prod_setting("listen_addr"));
+        let out = client.cli(&[
+            "up",
+            "--login-server",
+            &login,
+            "--authkey",
+            auth_key,
+            "--hostname",
+            name,
+            "--accept-dns=false",
+            "--timeout",
+            "60s",
+        ]);
+        assert!(out.status.success(), "tailscale up for {name}: {}", text(&out));
+        client
+    }
+
+    /// Starts `tailscaled` only (not logged in).
+    pub fn start(sb: &Sandbox, name: &str) -> Client {
+        let dir = sb.path(&format!("clients/{name}"));
+        std::fs::create_dir_all(&dir).expect("client dir");
+        let port = std::net::UdpSocket::bind("127.0.0.1:0")
+            .and_then(|s| s.local_addr())
+            .expect("udp port")
+            .port();
+        let bin = rig_binary(&format!("tailscale/{}/tailscaled", tailscale_version()));
+        let log = std::fs::File::create(dir.join("tailscaled.log")).expect("log");
+        let daemon = Command::new(bin)
+            .args([
+                "--tun=userspace-networking",
+                &format!("--statedir={}", dir.join("state").display()),
+                &format!("--socket={}", dir.join("tailscaled.sock").display()),
+                &format!("--port={port}"),
+            ])
+            // Loopback only: no log upload, no port mapping, the direct path on 127.0.0.1.
+            .env("TS_NO_LOGS_NO_SUPPORT", "true")
+            .env("TS_DISABLE_PORTMAPPER", "1")
+            .env("TS_DEBUG_OMIT_LOCAL_ADDRS", "1")
+            .env("TS_DEBUG_PRETENDPOINT", format!("127.0.0.1:{port}"))
+            .env("HOME", &dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("tailscaled");
+        let sock = dir.join("tailscaled.sock");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !sock.exists() {
+            assert!(Instant::now() < deadline, "tailscaled for {name} did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Client {
+            name: name.to_string(),
+            dir,
+            daemon,
+        }
+    }
+
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        let bin = rig_binary(&format!("tailscale/{}/tailscale", tailscale_version()));
+        Command::new(bin)
+            .arg(format!("--socket={}", self.dir.join("tailscaled.sock").display()))
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("tailscale")
+    }
+
+    pub fn ipv4(&self) -> String {
+        let out = self.cli(&["ip", "-4"]);
+        assert!(out.status.success(), "{}", text(&out));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// `tailscale ping` to `peer` until it answers (a deadline, not a sleep).
+    pub fn pings(&self, peer: &Client) -> bool {
+        let ip = peer.ipv4();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let out = self.cli(&["ping", "-c", "3", "--timeout", "5s", &ip]);
+            if out.status.success() {
+                return true;
+            }
+            if Instant::now() > deadline {
+                eprintln!("{} -> {}: {}", self.name, peer.name, text(&out));
+                return false;
+            }
+        }
+    }
 }
 
 /// A plain HTTP/1.0 GET on 127.0.0.1 (no client crate needed for one status line).
