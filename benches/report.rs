@@ -69,7 +69,7 @@ fn main() {
         ("feed", unchanged_feed),
         ("keys", key_planning),
         ("e2e", end_to_end_10k),
-        ("real-e2e", real_end_to_end_10k),
+        ("real-e2e", real_end_to_end_fleet),
         ("memory", peak_memory),
     ];
     for (name, bench) in benches {
@@ -786,8 +786,10 @@ fn seed_10k(sb: &Sandbox) {
     ]);
 }
 
-/// Real Headscale 0.28.0 with 10,001 nodes (one real client's node cloned in the database).
-fn real_10k() -> Sandbox {
+/// Real Headscale 0.28.0 with 1,001 nodes (one real client's node cloned in the database).
+/// 10,000 nodes in one allow-all tailnet did not start within two minutes on this machine (real
+/// 0.28.0 sat after "Opening database"), so the real-server figure is for 1,001 nodes.
+fn real_fleet() -> Sandbox {
     let sb = Sandbox::new_real("0.28.0");
     sb.prod_cmd(&["users", "create", "fleet"]);
     let out = sb.prod_cmd(&["users", "list", "-o", "json"]);
@@ -798,14 +800,14 @@ fn real_10k() -> Sandbox {
     ]))
     .expect("key");
     let client = support::Client::join(&sb, "template", key["key"].as_str().expect("key"));
-    sb.real_bulk_nodes(10_000);
+    sb.real_bulk_nodes(1_000);
     drop(client);
     sb.release_real("0.29.3");
     sb
 }
 
-fn real_end_to_end_10k() {
-    let sb = real_10k();
+fn real_end_to_end_fleet() {
+    let sb = real_fleet();
     let t = Instant::now();
     let (polled, steps) = polled_upgrade(&sb, 0);
     let total = t.elapsed();
@@ -816,12 +818,12 @@ fn real_end_to_end_10k() {
         .filter(|(s, _)| s.starts_with("stage"))
         .map(|(_, ms)| ms)
         .sum();
-    let m = real_10k();
+    let m = real_fleet();
     let script = manual_upgrade_script(&m, &support::headscale("0.29.3"));
     let t = Instant::now();
     let manual_down = run_script(&script);
     let manual_total = t.elapsed();
-    w!("## End-to-end staged upgrade of a 10,001-node database on the real server (0.28.0 → 0.29.3)\n");
+    w!("## End-to-end staged upgrade of a 1,001-node database on the real server (0.28.0 → 0.29.3)\n");
     w!("| | headwarden | manual procedure |\n|---|---|---|");
     w!(
         "| total wall time | **{:.1} s** | {:.1} s |",
@@ -844,9 +846,9 @@ fn real_end_to_end_10k() {
         "| longest gap in 10 ms health polls, smoke load included | {:.0} ms | — |",
         ms(polled)
     );
-    w!("| staging (copy of the database, the real migration, smoke incl. data parity over 10,001 nodes) | {staging} ms | — |\n");
+    w!("| staging (copy of the database, the real migration, smoke incl. data parity over 1,001 nodes) | {staging} ms | — |\n");
     summary(
-        "staged upgrade, 10,001 nodes, real server: production unavailable",
+        "staged upgrade, 1,001 nodes, real server: production unavailable",
         format!("{:.2}× manual", ms(unavailable) / ms(manual_down).max(1.0)),
         format!(
             "{:.0} ms ({:.1} s in all, staging included)",

@@ -194,9 +194,13 @@ impl Sandbox {
             }
         }
         assert!(Command::new(&service).arg("start").status().expect("start").success());
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while self.served_version() == "none" && http_get(&self.prod_setting("listen_addr"), "/health").is_none() {
-            assert!(Instant::now() < deadline, "production did not come back with the bulk nodes");
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while http_get(&self.prod_setting("listen_addr"), "/health").is_none() {
+            if Instant::now() > deadline || !self.service_running() {
+                let log = std::fs::read_to_string(self.path("prod/headscale.log")).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(15).collect();
+                panic!("production did not come back with {n} bulk nodes:\n{}", tail.join("\n"));
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
     }
