@@ -207,8 +207,13 @@ impl Sandbox {
 
     /// Publishes the real Headscale `version` from the rig as a signed release.
     pub fn release_real(&self, version: &str) {
+        self.publish_binary(version, &headscale(version));
+    }
+
+    /// Publishes `binary` as release `version`, named, checksummed and signed like upstream's.
+    fn publish_binary(&self, version: &str, binary: &Path) {
         let feed = self.path("feed").display().to_string();
-        let binary = headscale(version).display().to_string();
+        let binary = binary.display().to_string();
         let key = self.path("keys/minisign.key").display().to_string();
         sim(&[
             "make-release",
@@ -239,19 +244,7 @@ impl Sandbox {
             ),
         )
         .expect("wrapper");
-        let feed = self.path("feed").display().to_string();
-        let key = self.path("keys/minisign.key").display().to_string();
-        sim(&[
-            "make-release",
-            "--feed",
-            &feed,
-            "--version",
-            version,
-            "--binary",
-            &wrapper.display().to_string(),
-            "--sign",
-            &key,
-        ]);
+        self.publish_binary(version, &wrapper);
     }
 
     pub fn release_args(&self, version: &str, fault: &str, key: Option<&str>, extra: &[&str]) {
