@@ -502,7 +502,10 @@ fn downtime(setup: &Setup, figure: &str) {
     let get = |n: &str| steps.iter().find(|(s, _)| s == n).map_or(0, |(_, ms)| *ms);
     let (stop, backup, switch, start) = (get("stop"), get("backup"), get("switch"), get("start"));
     let covered = (stop + backup + switch + start) as f64;
-    w!("## Promotion downtime ({}, median of 3; from the stop to the first healthy answer)\n", setup.label);
+    w!(
+        "## Promotion downtime ({}, median of 3; from the stop to the first healthy answer)\n",
+        setup.label
+    );
     w!("| | ms |\n|---|---|");
     w!(
         "| headwarden: production unavailable | **{:.0}** |",
@@ -796,7 +799,14 @@ fn real_fleet() -> Sandbox {
     let users: serde_json::Value = serde_json::from_str(&out).expect("users");
     let id = users[0]["id"].to_string();
     let key: serde_json::Value = serde_json::from_str(&sb.prod_cmd(&[
-        "preauthkeys", "create", "--user", &id, "--expiration", "1h", "-o", "json",
+        "preauthkeys",
+        "create",
+        "--user",
+        &id,
+        "--expiration",
+        "1h",
+        "-o",
+        "json",
     ]))
     .expect("key");
     let client = support::Client::join(&sb, "template", key["key"].as_str().expect("key"));

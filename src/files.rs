@@ -30,7 +30,11 @@ pub enum FileError {
     #[error("{path} is a symbolic link or not a regular file; refusing to read or replace it")]
     NotRegular { path: PathBuf },
     #[error("{path} is owned by uid {uid}, not by headwarden's user (uid {expected}) or root")]
-    ForeignOwner { path: PathBuf, uid: u32, expected: u32 },
+    ForeignOwner {
+        path: PathBuf,
+        uid: u32,
+        expected: u32,
+    },
     #[error("{path} is writable by other users (mode {mode:04o})")]
     OpenToOthers { path: PathBuf, mode: u32 },
 }
@@ -296,13 +300,19 @@ mod tests {
             write_atomic(&target, b"new", 0o600),
             Err(FileError::NotRegular { .. })
         ));
-        assert_eq!(std::fs::read_to_string(&victim).expect("read"), "root secret");
+        assert_eq!(
+            std::fs::read_to_string(&victim).expect("read"),
+            "root secret"
+        );
         // A link planted at a predictable temp name is never opened either.
         std::fs::remove_file(&target).expect("rm");
         std::os::unix::fs::symlink(&victim, d.path().join("db.sqlite.headwarden-restore"))
             .expect("link");
         write_atomic(&target, b"new", 0o600).expect("write");
-        assert_eq!(std::fs::read_to_string(&victim).expect("read"), "root secret");
+        assert_eq!(
+            std::fs::read_to_string(&victim).expect("read"),
+            "root secret"
+        );
         assert_eq!(std::fs::read_to_string(&target).expect("read"), "new");
     }
 
@@ -320,7 +330,10 @@ mod tests {
         std::fs::set_permissions(&src, std::fs::Permissions::from_mode(0o644)).expect("chmod");
         restore_copy(&backup, &src).expect("restore");
         assert_eq!(std::fs::read_to_string(&src).expect("read"), "a: 1");
-        assert_eq!(regular_meta(&src).expect("meta").map(|m| m.mode), Some(0o640));
+        assert_eq!(
+            regular_meta(&src).expect("meta").map(|m| m.mode),
+            Some(0o640)
+        );
         let link = d.path().join("link");
         std::os::unix::fs::symlink(&src, &link).expect("link");
         assert!(matches!(
@@ -335,7 +348,10 @@ mod tests {
         let open = d.path().join("open");
         std::fs::create_dir(&open).expect("mkdir");
         std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).expect("chmod");
-        assert!(matches!(check_owned(&open), Err(FileError::OpenToOthers { .. })));
+        assert!(matches!(
+            check_owned(&open),
+            Err(FileError::OpenToOthers { .. })
+        ));
         owned_dir(&d.path().join("mine/versions"), 0o755).expect("owned");
         check_owned(&d.path().join("mine/versions")).expect("checked");
     }

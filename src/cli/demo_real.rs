@@ -40,9 +40,17 @@ fn rig_binary(rig: &Path, rel: &str) -> Result<PathBuf, Failure> {
 fn tailscale_dir(rig: &Path) -> Result<PathBuf, Failure> {
     std::fs::read_dir(rig.join("tailscale"))
         .ok()
-        .and_then(|d| d.flatten().map(|e| e.path()).find(|p| p.join("tailscaled").is_file()))
+        .and_then(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                .find(|p| p.join("tailscaled").is_file())
+        })
         .ok_or_else(|| {
-            anyhow::anyhow!("no Tailscale client in {}: run `scripts/rig`", rig.display()).into()
+            anyhow::anyhow!(
+                "no Tailscale client in {}: run `scripts/rig`",
+                rig.display()
+            )
+            .into()
         })
 }
 
@@ -66,7 +74,9 @@ impl Client {
     async fn ping(&self, peer: &Client) -> Result<String, Failure> {
         let ip = peer.cli(&["ip", "-4"]).await?.stdout.trim().to_string();
         for _ in 0..10 {
-            let out = self.cli(&["ping", "-c", "3", "--timeout", "5s", &ip]).await?;
+            let out = self
+                .cli(&["ping", "-c", "3", "--timeout", "5s", &ip])
+                .await?;
             if out.success() {
                 return Ok(format!(
                     "{} reaches {} ({ip}): {}",
@@ -89,7 +99,9 @@ async fn join(
 ) -> Result<Client, Failure> {
     let dir = root.join("clients").join(name);
     std::fs::create_dir_all(&dir)?;
-    let port = std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let socket = dir.join("tailscaled.sock");
     let env = [
         ("TS_NO_LOGS_NO_SUPPORT", "true".to_string()),
@@ -167,8 +179,14 @@ pub async fn run(keep: bool) -> Result<u8, Failure> {
         .prefix("headwarden-demo-real-")
         .tempdir()?;
     let root = tmp.path().to_path_buf();
-    println!("== headwarden demo --real: real Headscale and real Tailscale clients on 127.0.0.1 ==");
-    println!("   directory: {}; binaries: {}", root.display(), rig.display());
+    println!(
+        "== headwarden demo --real: real Headscale and real Tailscale clients on 127.0.0.1 =="
+    );
+    println!(
+        "   directory: {}; binaries: {}",
+        root.display(),
+        rig.display()
+    );
     let d = |p: &str| root.join(p).display().to_string();
     let pubkey = sim(&sim_bin, &["keygen", "--out", &d("keys")]).await?;
     let publish = |v: &str, binary: PathBuf| {
@@ -196,7 +214,16 @@ pub async fn run(keep: bool) -> Result<u8, Failure> {
     publish("0.28.0", hs("0.28.0")?).await?;
     let base = hs("0.26.1")?.display().to_string();
     let prod = d("prod");
-    let mut testbed = vec!["testbed", "--dir", &prod, "--version", "0.26.1", "--start", "--binary", &base];
+    let mut testbed = vec![
+        "testbed",
+        "--dir",
+        &prod,
+        "--version",
+        "0.26.1",
+        "--start",
+        "--binary",
+        &base,
+    ];
     if nix::unistd::geteuid().is_root() {
         testbed.extend(["--run-as", NOBODY]);
     }
@@ -218,7 +245,20 @@ pub async fn run(keep: bool) -> Result<u8, Failure> {
             .map(|u| u["id"].to_string())
             .unwrap_or_default();
         let key: serde_json::Value = serde_json::from_str(
-            &headscale(&root, &["preauthkeys", "create", "--user", &id, "--expiration", "1h", "-o", "json"]).await?,
+            &headscale(
+                &root,
+                &[
+                    "preauthkeys",
+                    "create",
+                    "--user",
+                    &id,
+                    "--expiration",
+                    "1h",
+                    "-o",
+                    "json",
+                ],
+            )
+            .await?,
         )
         .unwrap_or_default();
         clients.push(join(&root, &ts, name, &login, key["key"].as_str().unwrap_or("")).await?);
@@ -229,7 +269,13 @@ pub async fn run(keep: bool) -> Result<u8, Failure> {
     let feed_addr_file = root.join("feed.addr");
     let mut feed = crate::process::spawn_logged(
         &sim_bin,
-        &["github-feed", "--dir", &d("feed"), "--addr-file", &feed_addr_file.display().to_string()],
+        &[
+            "github-feed",
+            "--dir",
+            &d("feed"),
+            "--addr-file",
+            &feed_addr_file.display().to_string(),
+        ],
         &root.join("feed.log"),
     )?;
     let addr = wait_addr(&feed_addr_file).await;
@@ -285,7 +331,10 @@ pub async fn run(keep: bool) -> Result<u8, Failure> {
         crate::process::terminate(&mut c.daemon, Duration::from_secs(2)).await;
     }
     let _ = crate::process::run(
-        &[root.join("prod/service.sh").display().to_string(), "stop".into()],
+        &[
+            root.join("prod/service.sh").display().to_string(),
+            "stop".into(),
+        ],
         Duration::from_secs(30),
     )
     .await;

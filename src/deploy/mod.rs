@@ -153,8 +153,8 @@ pub fn adopt_current(
     let dest = version_path(s, current);
     version_dir(s, &dest)?;
     if !dest.exists() {
-        let mut src = std::fs::File::open(&target)
-            .map_err(io_err("copying the running binary", &target))?;
+        let mut src =
+            std::fs::File::open(&target).map_err(io_err("copying the running binary", &target))?;
         files::replace_with(&dest, &mut src, Some(executable_meta()), 0o755)?;
         let sha = crate::verify::sha256_file(&dest).map_err(io_err("hashing", &dest))?;
         store.record_install(&current.to_string(), &dest, &sha)?;

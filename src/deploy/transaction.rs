@@ -297,9 +297,14 @@ pub async fn promote_hop(
         // the downtime. A bad copy does not undo a healthy promotion (it could not be restored
         // anyway); it is an alarm, and a later rollback refuses it before writing anything.
         let verified = p
-            .step(run, hop, "verify_backup", json!({"dir": bdir}), &mut timings, async {
-                verify_backup(&bdir).map_err(|e| crate::cli::error_chain(&e))
-            })
+            .step(
+                run,
+                hop,
+                "verify_backup",
+                json!({"dir": bdir}),
+                &mut timings,
+                async { verify_backup(&bdir).map_err(|e| crate::cli::error_chain(&e)) },
+            )
             .await;
         if let Err(e) = verified {
             tracing::error!(error = %e, "the pre-upgrade backup failed its integrity check");
@@ -363,26 +368,34 @@ pub async fn rollback(
 ) -> Result<(), String> {
     let mut timings = Vec::new();
     tracing::warn!(run, hop, reason, "rolling back production");
-    p.step(run, hop, "rollback", json!({"reason": reason, "backup": backup, "to": old_target}), &mut timings, async {
-        stop_for_rollback(&p.service).await?;
-        if let Some(dir) = backup {
-            if let Some(injected) = crate::process::fail_point("restore") {
-                return Err(injected);
+    p.step(
+        run,
+        hop,
+        "rollback",
+        json!({"reason": reason, "backup": backup, "to": old_target}),
+        &mut timings,
+        async {
+            stop_for_rollback(&p.service).await?;
+            if let Some(dir) = backup {
+                if let Some(injected) = crate::process::fail_point("restore") {
+                    return Err(injected);
+                }
+                restore_backup(p.config, dir).map_err(|e| crate::cli::error_chain(&e))?;
             }
-            restore_backup(p.config, dir).map_err(|e| crate::cli::error_chain(&e))?;
-        }
-        if let Some(t) = old_target {
-            if current_target(&p.settings.headscale.binary) != t {
-                switch_binary(&p.settings.headscale.binary, t).map_err(|e| crate::cli::error_chain(&e))?;
+            if let Some(t) = old_target {
+                if current_target(&p.settings.headscale.binary) != t {
+                    switch_binary(&p.settings.headscale.binary, t)
+                        .map_err(|e| crate::cli::error_chain(&e))?;
+                }
             }
-        }
-        p.service.start().await?;
-        p.wait_healthy().await?;
-        match old_target {
-            Some(t) => check_rolled_back_version(p, t).await,
-            None => Ok(()),
-        }
-    })
+            p.service.start().await?;
+            p.wait_healthy().await?;
+            match old_target {
+                Some(t) => check_rolled_back_version(p, t).await,
+                None => Ok(()),
+            }
+        },
+    )
     .await
 }
 
@@ -482,12 +495,18 @@ pub async fn recover(p: &Prod<'_>) -> Result<Vec<Recovered>, DeployError> {
                         "aborted".into(),
                         "interrupted before the restore; production restarted unchanged".into(),
                     ),
-                    Err(e) => ("failed".into(), format!("restarting production failed: {e}")),
+                    Err(e) => (
+                        "failed".into(),
+                        format!("restarting production failed: {e}"),
+                    ),
                 }
             } else if st.is_some_and(|st| st.status == "done") {
                 match ensure_running(p).await {
                     Ok(()) => ("rolled_back".into(), "manual rollback had completed".into()),
-                    Err(e) => ("failed".into(), format!("restarting production failed: {e}")),
+                    Err(e) => (
+                        "failed".into(),
+                        format!("restarting production failed: {e}"),
+                    ),
                 }
             } else {
                 let (backup, to) = (path_in(st, "backup"), path_in(st, "to"));
@@ -517,7 +536,10 @@ pub async fn recover(p: &Prod<'_>) -> Result<Vec<Recovered>, DeployError> {
             // production wrote since. Only make sure it runs.
             match ensure_running(p).await {
                 Ok(()) => ("rolled_back".into(), "the rollback had completed".into()),
-                Err(e) => ("failed".into(), format!("restarting production failed: {e}")),
+                Err(e) => (
+                    "failed".into(),
+                    format!("restarting production failed: {e}"),
+                ),
             }
         } else if let Some(sw) = last(&steps, hop, "switch") {
             let backup = path_in(last(&steps, hop, "backup"), "dir");

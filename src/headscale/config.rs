@@ -66,7 +66,9 @@ pub fn staging_env(prod: &HeadscaleConfig) -> Vec<(String, String)> {
     ];
     prod.env
         .iter()
-        .filter(|(k, _)| !OWN.contains(&k.as_str()) && !OWN_PREFIXES.iter().any(|p| k.starts_with(p)))
+        .filter(|(k, _)| {
+            !OWN.contains(&k.as_str()) && !OWN_PREFIXES.iter().any(|p| k.starts_with(p))
+        })
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect()
 }
@@ -139,7 +141,11 @@ impl HeadscaleConfig {
         root: Value,
         env: std::collections::BTreeMap<String, String>,
     ) -> Result<Self, HeadscaleConfigError> {
-        let lookup = |key: &str| env.get(&env_name(key)).cloned().or_else(|| get_str(&root, key));
+        let lookup = |key: &str| {
+            env.get(&env_name(key))
+                .cloned()
+                .or_else(|| get_str(&root, key))
+        };
         let unsupported = |detail: String| HeadscaleConfigError::Unsupported {
             path: path.to_path_buf(),
             detail,
@@ -439,7 +445,10 @@ pub fn incompatibilities(cfg: &HeadscaleConfig, target: &semver::Version) -> Vec
             .value("dns.override_local_dns")
             .is_none_or(|v| v == "true");
         let has_global = matches!(get(&cfg.root, "dns.nameservers.global"), Some(Value::Sequence(s)) if !s.is_empty())
-            || cfg.env.get(&env_name("dns.nameservers.global")).is_some_and(|v| !v.trim().is_empty());
+            || cfg
+                .env
+                .get(&env_name("dns.nameservers.global"))
+                .is_some_and(|v| !v.trim().is_empty());
         if override_local && !has_global {
             add(
                 "dns.nameservers.global",

@@ -299,7 +299,9 @@ fn message_for(
     let user = message::user_of(payload);
     let redacted;
     let payload = if is_key_message(event) && !shows_key(d, user.as_deref()) {
-        let owned = user.as_ref().is_some_and(|u| s.notify_users.contains_key(u));
+        let owned = user
+            .as_ref()
+            .is_some_and(|u| s.notify_users.contains_key(u));
         redacted = withhold_key(payload, owned);
         &redacted
     } else {
@@ -540,7 +542,15 @@ pub async fn test(
     let now = crate::state::now();
     let mut out = Vec::new();
     for d in &dests {
-        let m = message_for(s, d, now, "test", Severity::Info, &serde_json::json!({}), now);
+        let m = message_for(
+            s,
+            d,
+            now,
+            "test",
+            Severity::Info,
+            &serde_json::json!({}),
+            now,
+        );
         let secret = d.entry.and_then(|e| e.secret.as_ref()).map(|s| s.expose());
         let req = render::request(&m, &d.target, secret, now);
         let t = Instant::now();

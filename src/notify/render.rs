@@ -146,13 +146,20 @@ pub fn request(m: &Message, t: &Target, secret: Option<&str>, now: i64) -> Reque
                 html.push_str("</ul>");
             }
             if let Some(l) = m.link.as_deref().and_then(safe_link) {
-                html.push_str(&format!("<a href=\"{}\">release notes</a>", html_escape(&l)));
+                html.push_str(&format!(
+                    "<a href=\"{}\">release notes</a>",
+                    html_escape(&l)
+                ));
             }
             let mut body = defuse_mentions(&format!("{}\n{}", m.title, m.text()));
             // Intentional mentions only: the configured Matrix user id, nothing from the text
             // (`m.mentions` makes clients ignore the legacy body rules, `@room` included).
             let mut mentions = json!({});
-            if let Some(mn) = m.mention.as_deref().filter(|mn| mn.starts_with('@') && mn.contains(':')) {
+            if let Some(mn) = m
+                .mention
+                .as_deref()
+                .filter(|mn| mn.starts_with('@') && mn.contains(':'))
+            {
                 body = format!("{mn} {body}");
                 mentions = json!({"user_ids": [mn]});
             }

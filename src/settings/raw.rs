@@ -8,8 +8,8 @@ use serde::{Deserialize, Deserializer};
 
 use super::Window;
 use super::{
-    line_of, Approval, Channel, ConfigError, Enforce, HeadscaleSettings, KeySettings,
-    KeyDelivery, MetricsSettings, NotifyTarget, ReleaseSettings, ReminderRouting, ScheduleSettings, Secret,
+    line_of, Approval, Channel, ConfigError, Enforce, HeadscaleSettings, KeyDelivery, KeySettings,
+    MetricsSettings, NotifyTarget, ReleaseSettings, ReminderRouting, ScheduleSettings, Secret,
     ServiceSettings, Settings, Severity, SmokeCheck, SmokeSettings, StagingSettings,
 };
 
@@ -484,9 +484,7 @@ pub(super) fn resolve(file: &Path, text: &str, raw: RawConfig) -> Result<Setting
         }
     }
     // A configured key means signatures are required, unless the admin says otherwise.
-    let require_signature = r
-        .require_signature
-        .unwrap_or(minisign_public_key.is_some());
+    let require_signature = r.require_signature.unwrap_or(minisign_public_key.is_some());
     if require_signature && minisign_public_key.is_none() {
         return Err(cx.err(
             "release.require_signature",
@@ -610,9 +608,7 @@ pub(super) fn resolve(file: &Path, text: &str, raw: RawConfig) -> Result<Setting
         keep_versions: r.keep_versions.unwrap_or(3).max(2),
         max_asset_size: r.max_asset_size_mb.unwrap_or(512) * 1024 * 1024,
         feed_timeout: r.feed_timeout.map_or(Duration::from_secs(30), |d| d.0),
-        download_timeout: r
-            .download_timeout
-            .map_or(Duration::from_secs(600), |d| d.0),
+        download_timeout: r.download_timeout.map_or(Duration::from_secs(600), |d| d.0),
     };
 
     let h = raw.headscale;
@@ -1096,8 +1092,14 @@ mod tests {
         assert!(url_allowed("https://api.github.com", false));
         // The review's bypasses: the host the client would dial is not loopback.
         assert!(!url_allowed("http://example.invalid#@127.0.0.1", true));
-        assert!(!url_allowed("http://example.invalid\\@127.0.0.1:8/files/x", true));
-        assert!(!url_allowed("http://headscale.example.invalid\\@127.0.0.1:8080", true));
+        assert!(!url_allowed(
+            "http://example.invalid\\@127.0.0.1:8/files/x",
+            true
+        ));
+        assert!(!url_allowed(
+            "http://headscale.example.invalid\\@127.0.0.1:8080",
+            true
+        ));
         assert!(!url_allowed("http://a?@127.0.0.1/", true));
         assert!(!url_allowed("http://127.0.0.1.nip.io/", true));
         assert!(!url_allowed("http://[::ffff:127.0.0.1]/", true));

@@ -806,7 +806,15 @@ struct Observed {
 
 /// Pre-auth keys, an API key and a policy, so the dump compares every table with rows in it.
 fn fill_every_table(sb: &Sandbox) {
-    sb.prod_cmd(&["preauthkeys", "create", "--user", "1", "--reusable", "-e", "24h"]);
+    sb.prod_cmd(&[
+        "preauthkeys",
+        "create",
+        "--user",
+        "1",
+        "--reusable",
+        "-e",
+        "24h",
+    ]);
     sb.prod_cmd(&["debug", "apikey"]);
     let policy = sb.path("policy.hujson");
     std::fs::write(
@@ -840,7 +848,11 @@ fn file_facts(sb: &Sandbox) -> Vec<String> {
                 m.uid(),
                 m.gid(),
                 m.mode() & 0o7777,
-                if m.file_type().is_symlink() { "SYMLINK " } else { "" },
+                if m.file_type().is_symlink() {
+                    "SYMLINK "
+                } else {
+                    ""
+                },
                 if bytes {
                     format!("{:?}", std::fs::read_to_string(&p).unwrap_or_default())
                 } else {
@@ -870,7 +882,11 @@ fn check(row: &Row) -> Observed {
     let log_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/fault-matrix");
     let _ = std::fs::create_dir_all(&log_dir);
     let _ = std::fs::write(
-        log_dir.join(format!("{}-{}.log", row.area, row.fault.replace(['/', ' ', '`'], "_"))),
+        log_dir.join(format!(
+            "{}-{}.log",
+            row.area,
+            row.fault.replace(['/', ' ', '`'], "_")
+        )),
         text(&out),
     );
     let mut problems = Vec::new();
@@ -956,9 +972,14 @@ fn check(row: &Row) -> Observed {
                 .split_whitespace()
                 .find(|w| w.contains("/backups/"))
                 .map(|w| w.trim_end_matches([',', ':', ';']).to_string());
-            match named.as_deref().map(|d| dump_sqlite(&std::path::Path::new(d).join("db.sqlite"))) {
+            match named
+                .as_deref()
+                .map(|d| dump_sqlite(&std::path::Path::new(d).join("db.sqlite")))
+            {
                 Some(Ok(rows)) if rows == before => {}
-                Some(Ok(_)) => problems.push("the named backup differs from production before the run".into()),
+                Some(Ok(_)) => {
+                    problems.push("the named backup differs from production before the run".into())
+                }
                 Some(Err(e)) => problems.push(format!("the named backup is not usable: {e}")),
                 None => problems.push(format!("no backup named\n{stderr}")),
             }
@@ -1007,7 +1028,11 @@ fn check(row: &Row) -> Observed {
             } else {
                 format!(" (but {})", row.ignore.join(", "))
             },
-            if same_files { "identical with owners and modes" } else { "CHANGED" }
+            if same_files {
+                "identical with owners and modes"
+            } else {
+                "CHANGED"
+            }
         )
     } else {
         format!(
@@ -1031,7 +1056,13 @@ fn check(row: &Row) -> Observed {
         } else {
             shown
                 .iter()
-                .map(|(e, c)| if *c > 1 { format!("{e} ×{c}") } else { e.to_string() })
+                .map(|(e, c)| {
+                    if *c > 1 {
+                        format!("{e} ×{c}")
+                    } else {
+                        e.to_string()
+                    }
+                })
                 .collect::<Vec<_>>()
                 .join(", ")
         },

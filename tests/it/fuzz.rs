@@ -297,15 +297,24 @@ proptest! {
 /// 0.27+'s four lines, `-o json`) and nothing else.
 #[test]
 fn version_text_shapes() {
-    for (file, want) in [("v0.26.txt", "0.26.1"), ("v0.29.txt", "0.29.2"), ("v0.28.json", "0.28.0")] {
+    for (file, want) in [
+        ("v0.26.txt", "0.26.1"),
+        ("v0.29.txt", "0.29.2"),
+        ("v0.28.json", "0.28.0"),
+    ] {
         let t = std::fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus/version").join(file),
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/corpus/version")
+                .join(file),
         )
         .expect("seed");
         let v = headwarden::headscale::parse_version_text(&t).map(|v| v.to_string());
         assert_eq!(v.as_deref(), Some(want), "{file}");
     }
-    assert_eq!(headwarden::headscale::parse_version_text("not a version"), None);
+    assert_eq!(
+        headwarden::headscale::parse_version_text("not a version"),
+        None
+    );
 }
 
 /// YAML anchors and aliases can expand exponentially ("billion laughs"): refused, not expanded.
@@ -334,7 +343,10 @@ fn yaml_alias_bombs_are_refused_without_blowing_up() {
 fn refused<T, E: std::fmt::Display>(what: &str, r: Result<T, E>) {
     match r {
         Ok(_) => panic!("{what}: accepted"),
-        Err(e) => assert!(!e.to_string().trim().is_empty(), "{what}: an empty error message"),
+        Err(e) => assert!(
+            !e.to_string().trim().is_empty(),
+            "{what}: an empty error message"
+        ),
     }
 }
 
@@ -342,12 +354,18 @@ fn refused<T, E: std::fmt::Display>(what: &str, r: Result<T, E>) {
 #[test]
 fn deeply_nested_json_and_yaml_are_errors() {
     let deep_json = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
-    refused("releases", headwarden::release::feed::parse_releases(&deep_json));
+    refused(
+        "releases",
+        headwarden::release::feed::parse_releases(&deep_json),
+    );
     refused(
         "node list",
         headwarden::headscale::api::parse_node_list(deep_json.as_bytes()),
     );
-    refused("policy", headwarden::audit::policy::parse_hujson(&deep_json));
+    refused(
+        "policy",
+        headwarden::audit::policy::parse_hujson(&deep_json),
+    );
     let deep_yaml = format!("a: {}1{}", "[".repeat(100_000), "]".repeat(100_000));
     let e = headwarden::settings::parse(Path::new("/nonexistent/deep.yaml"), &deep_yaml)
         .expect_err("refused");

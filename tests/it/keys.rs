@@ -41,7 +41,11 @@ pub(crate) fn key_channel(sb: &mut Sandbox) -> ChatSink {
 pub(crate) fn key_messages(sink: &ChatSink) -> Vec<(String, serde_json::Value)> {
     sink.messages()
         .into_iter()
-        .filter(|m| m["path"].as_str().is_some_and(|p| p.ends_with("/webhook/keys")))
+        .filter(|m| {
+            m["path"]
+                .as_str()
+                .is_some_and(|p| p.ends_with("/webhook/keys"))
+        })
         .map(|m| {
             (
                 m["body"]["event"].as_str().unwrap_or("").to_string(),
@@ -143,7 +147,11 @@ fn plan_over_a_mix_of_node_states_at_each_version() {
         assert!(plans.iter().all(|p| p["name"].is_string()));
         // Planning changes nothing: no event queued, no key minted, no node touched.
         assert!(sb.outbox().is_empty(), "{version}");
-        assert_eq!(data(&sb), headscale_before, "{version}: Headscale's database");
+        assert_eq!(
+            data(&sb),
+            headscale_before,
+            "{version}: Headscale's database"
+        );
     }
 }
 
@@ -255,7 +263,10 @@ fn re_registering_with_the_minted_key_counts_as_rotation() {
         let all: i64 = db
             .query_row("SELECT count(*) FROM pre_auth_keys", [], |r| r.get(0))
             .expect("query");
-        assert!(all >= 1 && live == 0, "{version}: {live} of {all} pre-auth keys still valid");
+        assert!(
+            all >= 1 && live == 0,
+            "{version}: {live} of {all} pre-auth keys still valid"
+        );
         // The one-time key was used; using it again fails.
         let cfg = sb.path("prod/etc/config.yaml").display().to_string();
         let again = std::process::Command::new(sb.path("prod/bin/headscale"))

@@ -268,7 +268,11 @@ fn outage_then_recovery_and_429_deliver_everything_once() {
     assert_eq!(code(&sb.hw(&["check"])), 0);
     let deadline = Instant::now() + Duration::from_secs(30);
     while sink.messages().len() < 6 {
-        assert!(Instant::now() < deadline, "not delivered: {:?}", sink.requests());
+        assert!(
+            Instant::now() < deadline,
+            "not delivered: {:?}",
+            sink.requests()
+        );
         assert_eq!(code(&sb.hw(&["notify", "flush"])), 0);
     }
     let throttled = sink
@@ -396,13 +400,18 @@ fn reminders_go_to_the_owner_and_the_fallback_gets_the_rest() {
             b.split_whitespace()
                 .skip_while(|w| *w != "--auth-key")
                 .nth(1)
-                .map(|k| k.trim_matches(|c: char| !c.is_ascii_alphanumeric() && c != '-').to_string())
+                .map(|k| {
+                    k.trim_matches(|c: char| !c.is_ascii_alphanumeric() && c != '-')
+                        .to_string()
+                })
         })
         .expect("the owner's destination got the key");
     let shared = bodies("/fallback");
     assert!(!shared.is_empty());
     assert!(
-        shared.iter().all(|b| !b.contains("hskey-auth-") && b.contains("headwarden keys rotate")),
+        shared
+            .iter()
+            .all(|b| !b.contains("hskey-auth-") && b.contains("headwarden keys rotate")),
         "the shared channel never sees a one-time key: {shared:#?}"
     );
     assert!(!text(&run).contains(&key), "{}", text(&run));
@@ -479,7 +488,11 @@ fn undeliverable_events_are_given_up_and_refusals_are_not_retried() {
             assert!(text(&flush).contains("failed"), "{}", text(&flush));
             break;
         }
-        assert!(Instant::now() < deadline, "never given up: {}", text(&flush));
+        assert!(
+            Instant::now() < deadline,
+            "never given up: {}",
+            text(&flush)
+        );
     }
     let status = sb.status_json();
     assert_eq!(status["notifications"]["failed"], 2, "{status}");

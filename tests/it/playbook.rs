@@ -106,7 +106,10 @@ fn a_hook_that_hangs_is_killed_at_its_timeout_and_stops_the_upgrade_before_produ
     let hang = script(
         &sb,
         "hang.sh",
-        &format!("sh -c 'echo $$ > {}; exec sleep 60' &\nsleep 60", pid_file.display()),
+        &format!(
+            "sh -c 'echo $$ > {}; exec sleep 60' &\nsleep 60",
+            pid_file.display()
+        ),
     );
     let pb = upgrade_playbook(
         "stage",
@@ -132,7 +135,10 @@ fn a_hook_that_hangs_is_killed_at_its_timeout_and_stops_the_upgrade_before_produ
     // SIGKILL to the group was sent before headwarden returned; the orphan is reaped by init.
     let deadline = Instant::now() + Duration::from_secs(10);
     while crate::support::alive(child) {
-        assert!(Instant::now() < deadline, "the hook's child survived the timeout");
+        assert!(
+            Instant::now() < deadline,
+            "the hook's child survived the timeout"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let history = sb.hw(&["history", "--json"]);

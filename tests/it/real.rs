@@ -14,10 +14,8 @@ use crate::support::{code, text, Client, Sandbox};
 
 /// Every headscale version of the rig, oldest first.
 pub fn headscale_versions() -> Vec<String> {
-    let list = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("rig/versions"),
-    )
-    .expect("rig/versions");
+    let list = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("rig/versions"))
+        .expect("rig/versions");
     list.lines()
         .filter_map(|l| l.strip_prefix("headscale "))
         .map(|v| v.trim().to_string())
@@ -46,7 +44,14 @@ pub fn user_id(sb: &Sandbox, name: &str) -> String {
 /// A pre-auth key for `user` from the real CLI.
 pub fn preauth_key(sb: &Sandbox, user: &str, extra: &[&str]) -> String {
     let id = user_id(sb, user);
-    let mut args = vec!["preauthkeys", "create", "--user", &id, "--expiration", "24h"];
+    let mut args = vec![
+        "preauthkeys",
+        "create",
+        "--user",
+        &id,
+        "--expiration",
+        "24h",
+    ];
     args.extend_from_slice(extra);
     let v = cli_json(sb, &args);
     v["key"].as_str().expect("key").to_string()
@@ -99,7 +104,13 @@ pub fn identities(sb: &Sandbox) -> Vec<String> {
         .prepare("SELECT id, name FROM users ORDER BY id")
         .expect("users");
     for r in users
-        .query_map([], |r| Ok(format!("user {} {}", r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))
+        .query_map([], |r| {
+            Ok(format!(
+                "user {} {}",
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?
+            ))
+        })
         .expect("users")
     {
         out.push(r.expect("row"));
@@ -135,7 +146,13 @@ pub fn identities(sb: &Sandbox) -> Vec<String> {
         .prepare("SELECT id, prefix FROM api_keys ORDER BY id")
         .expect("api keys");
     for r in api
-        .query_map([], |r| Ok(format!("api_key {} {}", r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))
+        .query_map([], |r| {
+            Ok(format!(
+                "api_key {} {}",
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?
+            ))
+        })
         .expect("api keys")
     {
         out.push(r.expect("row"));
@@ -152,7 +169,10 @@ fn real_upgrade_through_every_minor_keeps_the_tailnet() {
     let (first, rest) = versions.split_first().expect("versions");
     let sb = Sandbox::new_real(first);
     let net = tailnet(&sb);
-    assert!(net.alice.pings(&net.bob), "the tailnet works before the upgrade");
+    assert!(
+        net.alice.pings(&net.bob),
+        "the tailnet works before the upgrade"
+    );
     for v in rest {
         sb.release_real(v);
     }
@@ -168,8 +188,14 @@ fn real_upgrade_through_every_minor_keeps_the_tailnet() {
         noise
     );
     assert_eq!(sb.prod_processes().len(), 1);
-    assert!(net.alice.pings(&net.bob), "alice reaches bob after the upgrade");
-    assert!(net.server.pings(&net.alice), "the tagged server reaches alice");
+    assert!(
+        net.alice.pings(&net.bob),
+        "alice reaches bob after the upgrade"
+    );
+    assert!(
+        net.server.pings(&net.alice),
+        "the tagged server reaches alice"
+    );
 }
 
 /// The ids of the migrations applied to production's database (gormigrate's table).
@@ -202,7 +228,11 @@ fn real_production_failure_rolls_back_binary_and_data() {
     let noise = std::fs::read(sb.path("prod/lib/noise_private.key")).expect("noise key");
     let out = sb.hw(&["upgrade", "--yes"]);
     assert_eq!(code(&out), 3, "{}", text(&out));
-    assert!(text(&out).contains("staging passed for 0.28.0"), "{}", text(&out));
+    assert!(
+        text(&out).contains("staging passed for 0.28.0"),
+        "{}",
+        text(&out)
+    );
     assert_eq!(sb.served_version(), "v0.27.1");
     assert_eq!(migrations(&sb), applied, "the pre-upgrade database is back");
     assert_eq!(identities(&sb), ids);
@@ -211,7 +241,10 @@ fn real_production_failure_rolls_back_binary_and_data() {
         noise
     );
     assert_eq!(sb.prod_processes().len(), 1);
-    assert!(net.alice.pings(&net.bob), "the clients are back after the rollback");
+    assert!(
+        net.alice.pings(&net.bob),
+        "the clients are back after the rollback"
+    );
 }
 
 /// 0.29.2 → the newest 0.29.x patch on the real server: 0.29.3+ refuse `/key` to old clients,
@@ -225,7 +258,11 @@ fn real_patch_upgrade_within_0_29() {
     sb.release_real(newest);
     let out = sb.hw(&["upgrade", "--yes"]);
     assert_eq!(code(&out), 0, "{}", text(&out));
-    assert!(text(&out).contains("Noise public key unchanged"), "{}", text(&out));
+    assert!(
+        text(&out).contains("Noise public key unchanged"),
+        "{}",
+        text(&out)
+    );
     assert_eq!(sb.served_version(), format!("v{newest}"));
     assert!(net.bob.pings(&net.alice));
 }
@@ -258,7 +295,10 @@ fn real_key_rotation_with_the_reminder_command() {
         .nth(1)
         .expect("key")
         .to_string();
-    assert!(!text(&out).contains(&key), "the key is never printed at -vv");
+    assert!(
+        !text(&out).contains(&key),
+        "the key is never printed at -vv"
+    );
     let before = identities(&sb);
     // The command from the reminder, run on the node.
     let words: Vec<&str> = command.split_whitespace().collect();
@@ -288,7 +328,11 @@ fn real_key_rotation_with_the_reminder_command() {
     let out = sb.hw(&["keys", "run"]);
     assert_eq!(code(&out), 0, "{}", text(&out));
     let said = String::from_utf8_lossy(&out.stdout);
-    assert!(said.contains("alice-laptop: rotated (new node key)"), "{}", text(&out));
+    assert!(
+        said.contains("alice-laptop: rotated (new node key)"),
+        "{}",
+        text(&out)
+    );
     assert!(said.contains("1 one-time key(s) retired"), "{}", text(&out));
     assert!(sb.outbox().iter().any(|(e, _)| e == "keys.rotated"));
     assert!(net.alice.pings(&net.bob), "alice is still on the tailnet");
@@ -326,7 +370,11 @@ fn real_enforcement_expires_an_overdue_node_and_the_client_sees_it() {
     }
     let out = sb.hw(&["keys", "run"]);
     assert_eq!(code(&out), 0, "{}", text(&out));
-    assert!(sb.outbox().iter().any(|(e, _)| e == "keys.expired"), "{}", text(&out));
+    assert!(
+        sb.outbox().iter().any(|(e, _)| e == "keys.expired"),
+        "{}",
+        text(&out)
+    );
     let state = |c: &Client| -> String {
         let out = c.cli(&["status", "--json"]);
         serde_json::from_slice::<serde_json::Value>(&out.stdout)
@@ -342,7 +390,11 @@ fn real_enforcement_expires_an_overdue_node_and_the_client_sees_it() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    assert_eq!(state(&net.server), "Running", "the exempt tagged server keeps running");
+    assert_eq!(
+        state(&net.server),
+        "Running",
+        "the exempt tagged server keeps running"
+    );
 }
 
 /// A key 0.29 refuses to start with, set only in production's service environment
@@ -364,13 +416,23 @@ fn real_removed_key_in_the_service_environment_blocks_the_upgrade() {
     let out = sb.hw(&["upgrade", "--yes"]);
     assert_eq!(code(&out), 1, "{}", text(&out));
     assert_eq!(sb.served_version(), "v0.28.0");
-    assert!(!sb.path(&format!("state/versions/{newest}")).exists(), "nothing installed");
+    assert!(
+        !sb.path(&format!("state/versions/{newest}")).exists(),
+        "nothing installed"
+    );
     // The real server agrees: 0.29 refuses to start with that variable.
     let refused = Command::new(crate::support::headscale(newest))
-        .args(["configtest", "-c", &sb.path("prod/etc/config.yaml").display().to_string()])
+        .args([
+            "configtest",
+            "-c",
+            &sb.path("prod/etc/config.yaml").display().to_string(),
+        ])
         .env("HEADSCALE_RANDOMIZE_CLIENT_PORT", "false")
         // Never production's database: configtest opens and migrates it.
-        .env("HEADSCALE_DATABASE_SQLITE_PATH", sb.path("configtest.sqlite"))
+        .env(
+            "HEADSCALE_DATABASE_SQLITE_PATH",
+            sb.path("configtest.sqlite"),
+        )
         .env("HEADSCALE_UNIX_SOCKET", sb.path("configtest.sock"))
         .output()
         .expect("configtest");
@@ -412,10 +474,19 @@ fn real_sigkill_at_every_journaled_step_then_recovery() {
         sb.release_real(newest);
         let before = identities(&sb);
         let killed = sb.hw_env(&["upgrade", "--yes"], &[("HEADWARDEN_CRASH_AT", point)]);
-        assert_eq!(killed.status.code(), None, "{point}: killed\n{}", text(&killed));
+        assert_eq!(
+            killed.status.code(),
+            None,
+            "{point}: killed\n{}",
+            text(&killed)
+        );
         let out = sb.hw(&["upgrade", "--yes"]);
         assert_eq!(code(&out), 0, "{point}: {}", text(&out));
-        assert!(text(&out).contains("recovered interrupted run"), "{point}: {}", text(&out));
+        assert!(
+            text(&out).contains("recovered interrupted run"),
+            "{point}: {}",
+            text(&out)
+        );
         assert_eq!(sb.served_version(), format!("v{newest}"), "{point}");
         assert_eq!(sb.prod_processes().len(), 1, "{point}: one production");
         assert_eq!(identities(&sb), before, "{point}");
@@ -478,11 +549,14 @@ fn real_audit_on_the_api_and_upstreams_example_configs() {
             .any(|l| l.starts_with("randomize_client_port:"));
         assert_eq!(flagged, carries, "{version}: {open:?}");
         assert!(
-            !open.iter().any(|id| id.starts_with("config.listen_addr_exposed")),
+            !open
+                .iter()
+                .any(|id| id.starts_with("config.listen_addr_exposed")),
             "{version}: upstream's example listens on loopback: {open:?}"
         );
         assert!(
-            open.iter().any(|id| id.starts_with("config.server_url_not_https")),
+            open.iter()
+                .any(|id| id.starts_with("config.server_url_not_https")),
             "{version}: {open:?}"
         );
     }
@@ -531,10 +605,17 @@ fn real_upgrade_of_a_thousand_node_tailnet() {
     sb.real_bulk_nodes(1000);
     sb.release_real(newest);
     let before = identities(&sb);
-    assert_eq!(before.iter().filter(|l| l.starts_with("node ")).count(), 1001);
+    assert_eq!(
+        before.iter().filter(|l| l.starts_with("node ")).count(),
+        1001
+    );
     let out = sb.hw(&["upgrade", "--yes"]);
     assert_eq!(code(&out), 0, "{}", text(&out));
-    assert!(text(&out).contains("1001 nodes all present"), "{}", text(&out));
+    assert!(
+        text(&out).contains("1001 nodes all present"),
+        "{}",
+        text(&out)
+    );
     assert_eq!(sb.served_version(), format!("v{newest}"));
     assert_eq!(identities(&sb), before);
     drop(client);

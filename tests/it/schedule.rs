@@ -198,7 +198,11 @@ fn sigterm_during_a_promotion_lets_it_finish_and_production_stays_consistent() {
     // SIGTERM once the promotion is under way: production's stop is in the journal.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while !crate::support::journal_has(&sb.path("state"), "stop") {
-        assert!(std::time::Instant::now() < deadline, "no promotion: {}", d.log());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no promotion: {}",
+            d.log()
+        );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     d.signal(Signal::SIGTERM);

@@ -155,7 +155,11 @@ impl Sandbox {
     pub fn real_bulk_nodes(&self, n: u32) {
         use std::os::unix::fs::MetadataExt;
         let service = self.path("prod/service.sh");
-        assert!(Command::new(&service).arg("stop").status().expect("stop").success());
+        assert!(Command::new(&service)
+            .arg("stop")
+            .status()
+            .expect("stop")
+            .success());
         let db_path = self.path("prod/lib/db.sqlite");
         let owner = std::fs::metadata(&db_path).expect("db");
         {
@@ -193,13 +197,21 @@ impl Sandbox {
                 std::os::unix::fs::chown(&p, Some(owner.uid()), Some(owner.gid())).expect("chown");
             }
         }
-        assert!(Command::new(&service).arg("start").status().expect("start").success());
+        assert!(Command::new(&service)
+            .arg("start")
+            .status()
+            .expect("start")
+            .success());
         let deadline = Instant::now() + Duration::from_secs(120);
         while http_get(&self.prod_setting("listen_addr"), "/health").is_none() {
             if Instant::now() > deadline || !self.service_running() {
-                let log = std::fs::read_to_string(self.path("prod/headscale.log")).unwrap_or_default();
+                let log =
+                    std::fs::read_to_string(self.path("prod/headscale.log")).unwrap_or_default();
                 let tail: Vec<&str> = log.lines().rev().take(15).collect();
-                panic!("production did not come back with {n} bulk nodes:\n{}", tail.join("\n"));
+                panic!(
+                    "production did not come back with {n} bulk nodes:\n{}",
+                    tail.join("\n")
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -437,7 +449,10 @@ impl Drop for Sandbox {
 pub fn alive(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
-        .and_then(|st| st.rsplit_once(')').map(|(_, r)| !r.trim_start().starts_with('Z')))
+        .and_then(|st| {
+            st.rsplit_once(')')
+                .map(|(_, r)| !r.trim_start().starts_with('Z'))
+        })
         .unwrap_or(false)
 }
 
@@ -472,7 +487,10 @@ pub fn processes_under(dir: &Path) -> Vec<(i32, String)> {
         let cmd = String::from_utf8_lossy(&cmdline).replace('\0', " ");
         let zombie = std::fs::read_to_string(entry.path().join("stat"))
             .ok()
-            .and_then(|st| st.rsplit_once(')').map(|(_, r)| r.trim_start().starts_with('Z')))
+            .and_then(|st| {
+                st.rsplit_once(')')
+                    .map(|(_, r)| r.trim_start().starts_with('Z'))
+            })
             .unwrap_or(true);
         if !zombie && cmd.contains(&needle) {
             out.push((pid, cmd.trim().to_string()));
@@ -484,8 +502,9 @@ pub fn processes_under(dir: &Path) -> Vec<(i32, String)> {
 /// Every row of every table of the SQLite file at `path` (read-only, WAL-aware), except
 /// `database_versions`, after `PRAGMA integrity_check` passed.
 pub fn dump_sqlite(path: &Path) -> Result<Vec<String>, String> {
-    let db = rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .map_err(|e| e.to_string())?;
+    let db =
+        rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(|e| e.to_string())?;
     let ok: String = db
         .query_row("PRAGMA integrity_check", [], |r| r.get(0))
         .map_err(|e| e.to_string())?;
@@ -551,10 +570,8 @@ pub fn headscale(version: &str) -> PathBuf {
 
 /// The one Tailscale client version of the rig.
 fn tailscale_version() -> String {
-    let list = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("rig/versions"),
-    )
-    .expect("rig/versions");
+    let list = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("rig/versions"))
+        .expect("rig/versions");
     list.lines()
         .find_map(|l| l.strip_prefix("tailscale "))
         .expect("a tailscale line in rig/versions")
@@ -593,7 +610,11 @@ impl Client {
             "--timeout",
             "60s",
         ]);
-        assert!(out.status.success(), "tailscale up for {name}: {}", text(&out));
+        assert!(
+            out.status.success(),
+            "tailscale up for {name}: {}",
+            text(&out)
+        );
         client
     }
 
@@ -628,7 +649,10 @@ impl Client {
         let sock = dir.join("tailscaled.sock");
         let deadline = Instant::now() + Duration::from_secs(30);
         while !sock.exists() {
-            assert!(Instant::now() < deadline, "tailscaled for {name} did not start");
+            assert!(
+                Instant::now() < deadline,
+                "tailscaled for {name} did not start"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         Client {
@@ -641,7 +665,10 @@ impl Client {
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
         let bin = rig_binary(&format!("tailscale/{}/tailscale", tailscale_version()));
         Command::new(bin)
-            .arg(format!("--socket={}", self.dir.join("tailscaled.sock").display()))
+            .arg(format!(
+                "--socket={}",
+                self.dir.join("tailscaled.sock").display()
+            ))
             .args(args)
             .stdin(Stdio::null())
             .output()

@@ -68,7 +68,11 @@ fn patch_upgrade_to_0_29_3_passes_the_noise_key_check() {
     sb.release("0.29.3", "none");
     let out = sb.hw(&["upgrade", "--yes"]);
     assert_eq!(code(&out), 0, "{}", text(&out));
-    assert!(text(&out).contains("Noise public key unchanged"), "{}", text(&out));
+    assert!(
+        text(&out).contains("Noise public key unchanged"),
+        "{}",
+        text(&out)
+    );
     assert_eq!(sb.served_version(), "v0.29.3");
 }
 
@@ -111,15 +115,14 @@ fn assert_refused(sb: &Sandbox, expect_in_stderr: &str) {
 
 /// `before_install`: the refusal happens during verification, so nothing may be installed.
 fn assert_refused_at(sb: &Sandbox, expect_in_output: &str, before_install: bool) {
-    assert!(!expect_in_output.is_empty(), "name what the refusal must say");
+    assert!(
+        !expect_in_output.is_empty(),
+        "name what the refusal must say"
+    );
     let before = sb.dump();
     let out = sb.hw(&["upgrade", "--yes"]);
     assert_eq!(code(&out), 1, "{}", text(&out));
-    assert!(
-        text(&out).contains(expect_in_output),
-        "{}",
-        text(&out)
-    );
+    assert!(text(&out).contains(expect_in_output), "{}", text(&out));
     assert_eq!(sb.prod_version(), "v0.27.1", "production untouched");
     assert_eq!(sb.dump(), before);
     if before_install {
@@ -238,7 +241,10 @@ fn production_failure_after_switch_rolls_back_binary_and_data() {
     let before = sb.db_dump();
     let files = ["prod/lib/noise_private.key", "prod/etc/config.yaml"];
     let bytes = |sb: &Sandbox| -> Vec<Vec<u8>> {
-        files.iter().map(|f| std::fs::read(sb.path(f)).expect("file")).collect()
+        files
+            .iter()
+            .map(|f| std::fs::read(sb.path(f)).expect("file"))
+            .collect()
     };
     let meta = |sb: &Sandbox| -> Vec<(u32, u32, u32)> {
         use std::os::unix::fs::MetadataExt;
@@ -337,7 +343,10 @@ fn feed_500_then_429_then_304() {
     assert_eq!(statuses, ["200", "500", "429", "304"]);
     // Retry-After: 1 was honoured: the request after the 429 came at least a second later.
     let waited = requests[3].1 - requests[2].1;
-    assert!(waited >= 1000, "retried {waited} ms after a 429 with Retry-After: 1");
+    assert!(
+        waited >= 1000,
+        "retried {waited} ms after a 429 with Retry-After: 1"
+    );
     // A rate limit that resets far in the future is a clear error, not a hang.
     std::fs::write(sb.path("feed/inject"), "403 3600\n").expect("inject");
     let out = sb.hw(&["check"]);
@@ -500,24 +509,37 @@ fn downloads_follow_redirects_to_https_or_loopback_only() {
         .expect("name")
         .to_string_lossy()
         .to_string();
-    sb.edit_meta("0.28.0", |m| m["redirect"] = serde_json::json!({ name.clone(): "cdn" }));
+    sb.edit_meta("0.28.0", |m| {
+        m["redirect"] = serde_json::json!({ name.clone(): "cdn" })
+    });
     let out = sb.hw(&["upgrade", "--yes"]);
     assert_eq!(code(&out), 0, "{}", text(&out));
     let log = std::fs::read_to_string(sb.path("feed/requests.log")).expect("log");
     assert!(
-        log.lines().any(|l| l.starts_with(&format!("/download/v0.28.0/{name} 302")))
-            && log.lines().any(|l| l.starts_with(&format!("/cdn/v0.28.0/{name} 200"))),
+        log.lines()
+            .any(|l| l.starts_with(&format!("/download/v0.28.0/{name} 302")))
+            && log
+                .lines()
+                .any(|l| l.starts_with(&format!("/cdn/v0.28.0/{name} 200"))),
         "{log}"
     );
     // A redirect to plain http on another host is refused before any byte is fetched from it.
     let sb = Sandbox::new("0.27.1");
     sb.release("0.28.0", "none");
-    sb.edit_meta("0.28.0", |m| {
-        m["redirect"] = serde_json::json!({ name.clone(): format!("http://cdn.example.invalid/{name}") })
-    });
+    sb.edit_meta(
+        "0.28.0",
+        |m| {
+            m["redirect"] =
+                serde_json::json!({ name.clone(): format!("http://cdn.example.invalid/{name}") })
+        },
+    );
     let out = sb.hw(&["upgrade", "--yes"]);
     assert_eq!(code(&out), 1, "{}", text(&out));
-    assert!(text(&out).contains("redirect to a non-https URL"), "{}", text(&out));
+    assert!(
+        text(&out).contains("redirect to a non-https URL"),
+        "{}",
+        text(&out)
+    );
     assert_eq!(sb.served_version(), "v0.27.1");
 }
 
@@ -893,14 +915,28 @@ fn a_removed_key_in_the_service_environment_blocks_the_upgrade() {
     let script = std::fs::read_to_string(&service).expect("service");
     std::fs::write(
         &service,
-        script.replace("  start)\n", "  start)\n    export HEADSCALE_RANDOMIZE_CLIENT_PORT=false\n"),
+        script.replace(
+            "  start)\n",
+            "  start)\n    export HEADSCALE_RANDOMIZE_CLIENT_PORT=false\n",
+        ),
     )
     .expect("service");
-    assert!(std::process::Command::new(&service).arg("stop").status().expect("stop").success());
-    assert!(std::process::Command::new(&service).arg("start").status().expect("start").success());
+    assert!(std::process::Command::new(&service)
+        .arg("stop")
+        .status()
+        .expect("stop")
+        .success());
+    assert!(std::process::Command::new(&service)
+        .arg("start")
+        .status()
+        .expect("start")
+        .success());
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     while sb.served_version() != "v0.28.0" {
-        assert!(std::time::Instant::now() < deadline, "production did not come back");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "production did not come back"
+        );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     sb.release("0.29.0", "none");
@@ -911,6 +947,11 @@ fn a_removed_key_in_the_service_environment_blocks_the_upgrade() {
         "{}",
         text(&out)
     );
-    assert!(!sb.path("state/versions/0.29.0").exists(), "nothing installed");
-    assert!(std::fs::read_to_string(cfg).expect("cfg").contains("listen_addr"));
+    assert!(
+        !sb.path("state/versions/0.29.0").exists(),
+        "nothing installed"
+    );
+    assert!(std::fs::read_to_string(cfg)
+        .expect("cfg")
+        .contains("listen_addr"));
 }

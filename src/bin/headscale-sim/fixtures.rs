@@ -283,7 +283,10 @@ async fn download(
 fn record_auth(feed: &Feed, path: &str, headers: &HeaderMap) {
     let auth = match headers.get("authorization").and_then(|v| v.to_str().ok()) {
         Some(v) if v.starts_with("Bearer ") && v.len() > 7 => {
-            format!("bearer:{}", &hex::encode(Sha256::digest(&v.as_bytes()[7..]))[..12])
+            format!(
+                "bearer:{}",
+                &hex::encode(Sha256::digest(&v.as_bytes()[7..]))[..12]
+            )
         }
         Some(_) => "other".into(),
         None => "none".into(),

@@ -193,7 +193,10 @@ pub async fn serve(
         load_or_create_noise_key(&noise_path, true)?;
         let cfg = config.path();
         if let Ok(text) = std::fs::read_to_string(cfg) {
-            let _ = std::fs::write(cfg, format!("{text}# rewritten by {version:?} (fault prod-wreck)\n"));
+            let _ = std::fs::write(
+                cfg,
+                format!("{text}# rewritten by {version:?} (fault prod-wreck)\n"),
+            );
         }
         drop(conn);
         bail!("simulated crash after migrating, replacing the noise key and rewriting the config (fault mode `prod-wreck`)");
