@@ -1016,9 +1016,8 @@ fn check(row: &Row) -> Observed {
         }
     }
     let state = if row.prod == Prod::Manual {
-        format!(
-            "production stopped (service and processes), named backup intact and equal to before"
-        )
+        "production stopped (service and processes), named backup intact and equal to before"
+            .to_string()
     } else if old {
         format!(
             "serves v0.27.1, database {}{}, key and config {}",
