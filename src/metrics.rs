@@ -4,7 +4,9 @@
 
 use std::fmt::Write;
 
+use crate::deploy;
 use crate::files::{self, FileError};
+use crate::settings::Settings;
 use crate::state::{StateError, Store};
 
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {
@@ -16,6 +18,13 @@ fn label(v: &str) -> String {
     v.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
+}
+
+/// The metrics text: production's version from its binary, the rest from the state store.
+pub async fn text(s: &Settings) -> Result<String, StateError> {
+    let running = deploy::current_version(s).await.ok().map(|v| v.to_string());
+    let store = Store::open(&s.state_dir)?;
+    render(&store, running.as_deref())
 }
 
 /// Renders every metric from the state store; `running` is production's version when known.

@@ -15,10 +15,23 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use serde_json::{json, Value};
 
+use crate::deploy;
+use crate::error::error_chain;
+use crate::event::Severity;
+use crate::headscale::api;
 use crate::headscale::api::ApiClient;
+use crate::headscale::config;
 use crate::headscale::config::HeadscaleConfig;
-use crate::settings::{Settings, Severity};
+use crate::hook;
+use crate::notify;
+use crate::release::notes;
+use crate::release::watch::{self, UpgradeOptions};
+use crate::settings;
+use crate::settings::playbook;
+use crate::settings::Settings;
+use crate::state;
 use crate::state::{now, Store};
+use crate::verify;
 
 /// The seed mitigations the checks implement (shared/seeds).
 pub mod mitigation {
@@ -130,7 +143,7 @@ impl Ctx<'_> {
             self.api = Some(
                 ApiClient::connect(self.s)
                     .await
-                    .map_err(|e| format!("no API access: {}", crate::cli::error_chain(&e))),
+                    .map_err(|e| format!("no API access: {}", error_chain(&e))),
             );
         }
         match self.api.as_ref() {
@@ -143,9 +156,9 @@ impl Ctx<'_> {
 
 /// Runs the audit playbook. `Ok` even when some checks were skipped (they are listed).
 pub async fn run(s: &Settings, store: &Store) -> Result<Report, String> {
-    use crate::playbook::OnFailure;
+    use crate::settings::playbook::OnFailure;
     let config = HeadscaleConfig::load(&s.headscale.config).ok();
-    let version = crate::pipeline::current_version(s).await.ok();
+    let version = deploy::current_version(s).await.ok();
     let mut ctx = Ctx {
         s,
         store,
@@ -155,7 +168,7 @@ pub async fn run(s: &Settings, store: &Store) -> Result<Report, String> {
     };
     let mut report = Report {
         schema: "headwarden.audit/v1",
-        generated_at: crate::state::rfc3339(now()),
+        generated_at: state::rfc3339(now()),
         headscale_version: version.map(|v| v.to_string()),
         ..Report::default()
     };
@@ -192,7 +205,7 @@ pub async fn run(s: &Settings, store: &Store) -> Result<Report, String> {
                 Ok(vec![])
             }
             "notify" => {
-                crate::playbook::notify_step(s, store, step).await;
+                notify::notify_step(s, store, step).await;
                 Ok(vec![])
             }
             "hook" => {
@@ -204,13 +217,13 @@ pub async fn run(s: &Settings, store: &Store) -> Result<Report, String> {
                     "resolved": report.resolved.len(),
                     "worst": report.worst().map(Severity::as_str),
                 });
-                crate::playbook::hook::run(step, &ctx).await.map(|_| vec![])
+                hook::run(step, &ctx).await.map(|_| vec![])
             }
             other => Err(format!("step {other:?} is not in the audit catalogue")),
         };
         match result {
             Ok(f) => {
-                if crate::playbook::AUDIT_CHECKS.contains(&name) {
+                if playbook::AUDIT_CHECKS.contains(&name) {
                     ran.insert(name.to_string());
                 }
                 found.extend(f);
@@ -270,7 +283,7 @@ fn finish(
 
     // Drift: compare with the last stored result. Findings of a check that did not run this
     // time are carried over, so an unreachable API does not read as "everything resolved".
-    let err = |e: crate::state::StateError| e.to_string();
+    let err = |e: state::StateError| e.to_string();
     let previous: BTreeMap<String, Value> = store
         .kv_get("audit.last")
         .map_err(err)?
@@ -384,13 +397,13 @@ async fn version_checks(ctx: &Ctx<'_>) -> Result<Vec<Finding>, String> {
     let s = ctx.s;
     let mut out = Vec::new();
     // Tampering: the running binary is not what headwarden installed for that version.
-    let target = crate::deploy::current_target(&s.headscale.binary);
+    let target = deploy::current_target(&s.headscale.binary);
     let installs = ctx.store.installs().map_err(|e| e.to_string())?;
     if let Some(rec) = installs
         .iter()
         .find(|i| Path::new(&i.path) == target.as_path())
     {
-        match crate::verify::sha256_file(&target) {
+        match verify::sha256_file(&target) {
             Ok(sha) if sha != rec.sha256 => out.push(finding(
                 "version.binary_changed",
                 None,
@@ -404,9 +417,19 @@ async fn version_checks(ctx: &Ctx<'_>) -> Result<Vec<Finding>, String> {
             Err(e) => return Err(format!("hashing {}: {e}", target.display())),
         }
     }
-    let (report, releases) = crate::pipeline::check_with_releases(s, ctx.store)
+    let current = deploy::current_version(s)
         .await
-        .map_err(|e| crate::cli::error_chain(&e))?;
+        .map_err(|e| error_chain(&e))?;
+    let prod_config = deploy::production_config(s).map_err(|e| error_chain(&e))?;
+    let (report, releases) = watch::fetch_and_plan(
+        s,
+        ctx.store,
+        current,
+        &prod_config,
+        &UpgradeOptions::default(),
+    )
+    .await
+    .map_err(|e| error_chain(&e))?;
     let current = &report.current;
     if let Some(t) = report.plan.target.as_ref().filter(|t| *t > current) {
         out.push(finding(
@@ -432,7 +455,7 @@ async fn version_checks(ctx: &Ctx<'_>) -> Result<Vec<Finding>, String> {
         .iter()
         .filter(|r| !r.prerelease && r.version.pre.is_empty() && &r.version > current)
     {
-        let h = crate::release::notes::highlights(&r.notes);
+        let h = notes::highlights(&r.notes);
         if let Some(line) = h.security.first() {
             out.push(finding(
                 "version.security_fix_pending",
@@ -467,7 +490,7 @@ fn is_loopback_host(h: &str) -> bool {
 }
 
 fn str_at(root: &serde_yaml_ng::Value, key: &str) -> Option<String> {
-    crate::headscale::config::get_str(root, key)
+    config::get_str(root, key)
 }
 
 /// `version`: production's, for defaults that changed (unknown: the older default).
@@ -576,7 +599,7 @@ fn config_checks(c: &HeadscaleConfig, version: Option<&semver::Version>) -> Vec<
 /// Keys in `c` that the next minor release refuses to start with.
 fn next_minor_checks(c: &HeadscaleConfig, current: &semver::Version) -> Vec<Finding> {
     let next = semver::Version::new(current.major, current.minor + 1, 0);
-    crate::headscale::config::incompatibilities(c, &next)
+    config::incompatibilities(c, &next)
         .into_iter()
         .filter(|p| p.since > *current)
         .map(|p| {
@@ -728,7 +751,7 @@ async fn enrollment_checks(ctx: &mut Ctx<'_>) -> Result<Vec<Finding>, String> {
         .map(|(_, k)| k.key_id)
         .collect();
     let api = ctx.api().await?;
-    let e = |e: crate::headscale::api::ApiError| crate::cli::error_chain(&e);
+    let e = |e: api::ApiError| error_chain(&e);
     let users = api.list_users().await.map_err(e)?;
     let keys = api.list_preauth_keys(&users).await.map_err(e)?;
     let api_keys = api.list_api_keys().await.map_err(e)?;
@@ -751,7 +774,7 @@ async fn enrollment_checks(ctx: &mut Ctx<'_>) -> Result<Vec<Finding>, String> {
                 Some(&id),
                 Severity::Warning,
                 format!("pre-auth key {id} ({owner}) is reusable: anyone holding it can enroll any number of machines"),
-                format!("reusable, valid until {}", crate::state::rfc3339(k.expiration.unwrap_or(0))),
+                format!("reusable, valid until {}", state::rfc3339(k.expiration.unwrap_or(0))),
                 mitigation::AUTH,
                 "expire it (`headscale preauthkeys expire --id ID`) and mint one-time keys per machine",
             ));
@@ -765,8 +788,8 @@ async fn enrollment_checks(ctx: &mut Ctx<'_>) -> Result<Vec<Finding>, String> {
                 format!("pre-auth key {id} ({owner}) is valid for {} days", days(lifetime)),
                 format!(
                     "created {}, expires {}; limit audit.max_preauth_key_lifetime = {} days",
-                    k.created_at.map(crate::state::rfc3339).unwrap_or_default(),
-                    crate::state::rfc3339(k.expiration.unwrap_or(0)),
+                    k.created_at.map(state::rfc3339).unwrap_or_default(),
+                    state::rfc3339(k.expiration.unwrap_or(0)),
                     days(s.audit.max_preauth_key_lifetime.as_secs() as i64)
                 ),
                 mitigation::AUTH,
@@ -784,7 +807,7 @@ async fn enrollment_checks(ctx: &mut Ctx<'_>) -> Result<Vec<Finding>, String> {
                 format!("pre-auth key {id} ({owner}) was never used and is still valid"),
                 format!(
                     "created {}",
-                    k.created_at.map(crate::state::rfc3339).unwrap_or_default()
+                    k.created_at.map(state::rfc3339).unwrap_or_default()
                 ),
                 mitigation::ENROLLMENT,
                 "expire keys nobody is going to use",
@@ -804,7 +827,7 @@ async fn enrollment_checks(ctx: &mut Ctx<'_>) -> Result<Vec<Finding>, String> {
                 format!("API key {} never expires", k.prefix),
                 format!(
                     "created {}",
-                    k.created_at.map(crate::state::rfc3339).unwrap_or_default()
+                    k.created_at.map(state::rfc3339).unwrap_or_default()
                 ),
                 mitigation::AUTH,
                 "create keys with an expiration (`headscale apikeys create -e 90d`) and expire this one",
@@ -820,7 +843,7 @@ async fn enrollment_checks(ctx: &mut Ctx<'_>) -> Result<Vec<Finding>, String> {
                 format!(
                     "last seen {}",
                     k.last_seen
-                        .map(crate::state::rfc3339)
+                        .map(state::rfc3339)
                         .unwrap_or_else(|| "never".into())
                 ),
                 mitigation::AUTH,
@@ -838,7 +861,7 @@ async fn enrollment_checks(ctx: &mut Ctx<'_>) -> Result<Vec<Finding>, String> {
 fn inventory(path: &Path) -> Result<Vec<(String, Option<String>)>, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read the inventory {}: {e}", path.display()))?;
-    crate::settings::yaml_guard(&text).map_err(|e| format!("inventory {}: {e}", path.display()))?;
+    settings::yaml_guard(&text).map_err(|e| format!("inventory {}: {e}", path.display()))?;
     let v: serde_yaml_ng::Value =
         serde_yaml_ng::from_str(&text).map_err(|e| format!("inventory {}: {e}", path.display()))?;
     let items = v
@@ -866,10 +889,7 @@ async fn node_checks(ctx: &mut Ctx<'_>) -> Result<Vec<Finding>, String> {
     let s = ctx.s;
     let expected = s.audit.inventory.as_deref().map(inventory).transpose()?;
     let api = ctx.api().await?;
-    let nodes = api
-        .list_nodes()
-        .await
-        .map_err(|e| crate::cli::error_chain(&e))?;
+    let nodes = api.list_nodes().await.map_err(|e| error_chain(&e))?;
     let t = now();
     let mut out = Vec::new();
     for n in &nodes {
@@ -892,7 +912,7 @@ async fn node_checks(ctx: &mut Ctx<'_>) -> Result<Vec<Finding>, String> {
                 Some(&id),
                 Severity::Info,
                 format!("node {label} not seen for {} days", days(t - seen)),
-                format!("last seen {}", crate::state::rfc3339(seen)),
+                format!("last seen {}", state::rfc3339(seen)),
                 mitigation::NODE_AUDIT,
                 "remove machines that are gone (`headscale nodes delete -i ID`)",
             ));
@@ -953,7 +973,7 @@ async fn node_checks(ctx: &mut Ctx<'_>) -> Result<Vec<Finding>, String> {
                     format!("node {label} is not in the inventory of expected machines"),
                     format!(
                         "registered {}; inventory {}",
-                        n.created_at.map(crate::state::rfc3339).unwrap_or_default(),
+                        n.created_at.map(state::rfc3339).unwrap_or_default(),
                         s.audit.inventory.as_deref().map(|p| p.display().to_string()).unwrap_or_default()
                     ),
                     mitigation::ENROLLMENT,
@@ -980,7 +1000,7 @@ async fn policy_checks(ctx: &mut Ctx<'_>) -> Result<Vec<Finding>, String> {
                 "the database".to_string(),
             ),
             Err(e) => {
-                let chain = crate::cli::error_chain(&e);
+                let chain = error_chain(&e);
                 if chain.contains("not found") {
                     (None, "the database".to_string())
                 } else {
@@ -1129,7 +1149,7 @@ fn dns_checks(c: &HeadscaleConfig, allowed_nameservers: Option<&[String]>) -> Ve
         ));
     }
     if let Some(allowed) = allowed_nameservers {
-        let global = crate::headscale::config::get(r, "dns.nameservers.global")
+        let global = config::get(r, "dns.nameservers.global")
             .and_then(|v| v.as_sequence())
             .cloned()
             .unwrap_or_default();

@@ -11,9 +11,17 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::Failure;
+use crate::audit;
+use crate::deploy;
 use crate::exit;
-use crate::pipeline::{self, UpgradeOptions, UpgradeOutcome};
+use crate::headscale::api::ApiClient;
+use crate::keys;
+use crate::notify;
+use crate::process;
+use crate::settings;
+use crate::smoke;
 use crate::state::Store;
+use crate::upgrade::{self, UpgradeOptions, UpgradeOutcome};
 
 fn sim_cmd(sim: &Path, args: &[&str]) -> Vec<String> {
     std::iter::once(sim.display().to_string())
@@ -22,7 +30,7 @@ fn sim_cmd(sim: &Path, args: &[&str]) -> Vec<String> {
 }
 
 pub(super) async fn sim(sim: &Path, args: &[&str]) -> Result<String, Failure> {
-    let out = crate::process::run(&sim_cmd(sim, args), Duration::from_secs(60)).await?;
+    let out = process::run(&sim_cmd(sim, args), Duration::from_secs(60)).await?;
     if !out.success() {
         return Err(
             anyhow::anyhow!("headscale-sim {} failed: {}", args.join(" "), out.tail()).into(),
@@ -32,7 +40,7 @@ pub(super) async fn sim(sim: &Path, args: &[&str]) -> Result<String, Failure> {
 }
 
 pub async fn run(keep: bool) -> Result<u8, Failure> {
-    let sim_bin = crate::process::sibling_binary("headscale-sim").ok_or_else(|| {
+    let sim_bin = process::sibling_binary("headscale-sim").ok_or_else(|| {
         anyhow::anyhow!("headscale-sim not found next to headwarden; build both with `cargo build`")
     })?;
     let tmp = tempfile::Builder::new()
@@ -79,7 +87,7 @@ pub async fn run(keep: bool) -> Result<u8, Failure> {
 
     let feed_log = root.join("feed.log");
     let addr_file = root.join("feed.addr");
-    let mut feed = crate::process::spawn_logged(
+    let mut feed = process::spawn_logged(
         &sim_bin,
         &[
             "github-feed",
@@ -93,7 +101,7 @@ pub async fn run(keep: bool) -> Result<u8, Failure> {
     let addr = wait_addr(&addr_file).await;
     // A local receiver that answers like Slack's and a generic webhook's APIs.
     let chat_addr_file = root.join("chat.addr");
-    let mut chat = crate::process::spawn_logged(
+    let mut chat = process::spawn_logged(
         &sim_bin,
         &[
             "chat-sink",
@@ -110,35 +118,35 @@ pub async fn run(keep: bool) -> Result<u8, Failure> {
         "notify:\n  - url: slack://T000/B000/DEMO\n    endpoint: http://{chat_addr}/slack\n    min_interval: 0s\n  - url: generic+http://{chat_addr}/webhook/headwarden\n    min_interval: 0s\n"
     );
     std::fs::write(&config_path, demo_config(&root, &addr, &pubkey) + &notify)?;
-    let settings = crate::settings::load(&config_path)?;
+    let settings = settings::load(&config_path)?;
     let store = Store::open(&settings.state_dir)?;
     let say = |line: &str| println!("   {line}");
     let opts = UpgradeOptions::default();
 
     let result: Result<u8, Failure> = async {
         println!("\n-- step 1: check (changes nothing)");
-        let report = pipeline::check(&settings, &store, &opts).await?;
+        let report = upgrade::check(&settings, &store, &opts).await?;
         let path: Vec<String> = report.plan.hops.iter().map(|h| h.version.to_string()).collect();
         println!("   production runs {}; plan: {}", report.current, path.join(" -> "));
 
         println!("\n-- step 2: upgrade (two hops, each staged on a copy of production's database first)");
-        let out = pipeline::upgrade(&settings, &store, &opts, &say).await?;
+        let out = upgrade::upgrade(&settings, &store, &opts, &say).await?;
         describe(&out);
 
         println!("\n-- step 3: v0.28.1 is published; it passes staging but crashes when started on production");
         sim(&sim_bin, &["make-release", "--feed", &d("feed"), "--version", "0.28.1", "--fault", "prod-crash", "--sign", &d("keys/minisign.key")]).await?;
-        let out = pipeline::upgrade(&settings, &store, &opts, &say).await?;
+        let out = upgrade::upgrade(&settings, &store, &opts, &say).await?;
         describe(&out);
 
         println!("\n-- step 4: v0.29.0 is published; its migration silently drops nodes");
         sim(&sim_bin, &["make-release", "--feed", &d("feed"), "--version", "0.29.0", "--fault", "drop-rows", "--sign", &d("keys/minisign.key")]).await?;
-        let out = pipeline::upgrade(&settings, &store, &opts, &say).await?;
+        let out = upgrade::upgrade(&settings, &store, &opts, &say).await?;
         describe(&out);
 
-        let config = crate::deploy::production_config(&settings)?;
-        let p = pipeline::prod(&settings, &store, &config);
-        let base = crate::smoke::baseline(&p.target(), Duration::from_secs(10)).await.map_err(|e| anyhow::anyhow!(e))?;
-        let now = pipeline::current_version(&settings).await?;
+        let config = deploy::production_config(&settings)?;
+        let p = upgrade::prod(&settings, &store, &config);
+        let base = smoke::baseline(&p.target(), Duration::from_secs(10)).await.map_err(|e| anyhow::anyhow!(e))?;
+        let now = upgrade::current_version(&settings).await?;
         println!("\n== result: production runs {now}, healthy, {} users and {} nodes (same as before the demo)", base.users.len(), base.nodes.len());
         println!("   journal: `headwarden --config {} history`", config_path.display());
 
@@ -146,7 +154,7 @@ pub async fn run(keep: bool) -> Result<u8, Failure> {
         let prod_cfg = root.join("prod/etc/config.yaml").display().to_string();
         let launcher = root.join("prod/bin/headscale");
         for (prefix, age) in [("laptop", "80"), ("phone", "95")] {
-            crate::process::run(
+            process::run(
                 &[launcher.display().to_string(), "-c".into(), prod_cfg.clone(), "debug".into(), "seed".into(), "--users".into(), "1".into(),
                   "--nodes-per-user".into(), "1".into(), "--age-days".into(), age.into(), "--prefix".into(), prefix.into()],
                 Duration::from_secs(30),
@@ -154,8 +162,8 @@ pub async fn run(keep: bool) -> Result<u8, Failure> {
             .await?;
         }
         println!("   registered a laptop 80 days ago and a phone 95 days ago (max_age 90d, reminders at 14d/7d/1d, grace 7d)");
-        let mut api = crate::headscale::api::ApiClient::connect(&settings).await?;
-        for p in crate::keys::plan_now(&settings, &store, &api).await?.iter().filter(|p| !p.name.starts_with("user")) {
+        let mut api = ApiClient::connect(&settings).await?;
+        for p in keys::plan_now(&settings, &store, &api).await?.iter().filter(|p| !p.name.starts_with("user")) {
             let state = serde_json::to_value(&p.state).unwrap_or_default();
             let action = serde_json::to_value(&p.action).unwrap_or_default();
             println!(
@@ -167,14 +175,14 @@ pub async fn run(keep: bool) -> Result<u8, Failure> {
                 action.get("stage").map(|s| format!(" (stage {s})")).unwrap_or_default()
             );
         }
-        crate::keys::run(&settings, &store, &mut api, &say).await?;
+        keys::run(&settings, &store, &mut api, &say).await?;
         for row in store.outbox()?.iter().filter(|r| r.event == "keys.reminder") {
             let cmd = row.payload["command"].as_str().unwrap_or("");
             let masked: String = cmd.split(' ').map(|w| if w.starts_with("hskey-auth-") { "hskey-auth-…(one-time key)" } else { w }).collect::<Vec<_>>().join(" ");
             println!("   queued for {}: {masked}", row.payload["node"]["user"].as_str().unwrap_or(""));
         }
         println!("\n-- step 6: security audit (the seed mitigations as checks; chat hears only what changed)");
-        let report = crate::audit::run(&settings, &store)
+        let report = audit::run(&settings, &store)
             .await
             .map_err(|e| anyhow::anyhow!("audit: {e}"))?;
         for f in &report.findings {
@@ -187,7 +195,7 @@ pub async fn run(keep: bool) -> Result<u8, Failure> {
         );
         println!("\n-- step 7: chat delivery (a local receiver speaking Slack's and a generic webhook's APIs)");
         // The playbooks' notify steps already delivered most of it; this sends the rest.
-        let r = crate::notify::flush(&settings, &store, crate::notify::FLUSH_BUDGET).await?;
+        let r = notify::flush(&settings, &store, notify::FLUSH_BUDGET).await?;
         let messages = std::fs::read_to_string(root.join("chat/messages.jsonl")).unwrap_or_default();
         for line in messages.lines() {
             let m: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
@@ -206,7 +214,7 @@ pub async fn run(keep: bool) -> Result<u8, Failure> {
     }
     .await;
 
-    let _ = crate::process::run(
+    let _ = process::run(
         &[
             root.join("prod/service.sh").display().to_string(),
             "stop".into(),
@@ -214,8 +222,8 @@ pub async fn run(keep: bool) -> Result<u8, Failure> {
         Duration::from_secs(30),
     )
     .await;
-    crate::process::terminate(&mut feed, Duration::from_secs(2)).await;
-    crate::process::terminate(&mut chat, Duration::from_secs(2)).await;
+    process::terminate(&mut feed, Duration::from_secs(2)).await;
+    process::terminate(&mut chat, Duration::from_secs(2)).await;
     if keep {
         let kept: PathBuf = tmp.keep();
         println!("kept {}", kept.display());

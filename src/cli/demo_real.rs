@@ -17,8 +17,12 @@ use std::time::Duration;
 use super::demo::{demo_config, describe, sim, wait_addr};
 use super::Failure;
 use crate::exit;
-use crate::pipeline::{self, UpgradeOptions};
+use crate::headscale::api::ApiClient;
+use crate::keys;
+use crate::process;
+use crate::settings;
 use crate::state::Store;
+use crate::upgrade::{self, UpgradeOptions};
 
 /// The unprivileged account production runs as when the demo runs as root.
 const NOBODY: &str = "65534";
@@ -62,13 +66,13 @@ struct Client {
 }
 
 impl Client {
-    async fn cli(&self, args: &[&str]) -> Result<crate::process::Output, Failure> {
+    async fn cli(&self, args: &[&str]) -> Result<process::Output, Failure> {
         let mut argv = vec![
             self.tailscale.display().to_string(),
             format!("--socket={}", self.socket.display()),
         ];
         argv.extend(args.iter().map(|a| a.to_string()));
-        Ok(crate::process::run(&argv, Duration::from_secs(90)).await?)
+        Ok(process::run(&argv, Duration::from_secs(90)).await?)
     }
 
     async fn ping(&self, peer: &Client) -> Result<String, Failure> {
@@ -114,7 +118,7 @@ async fn join(
     let state = format!("--statedir={}", dir.join("state").display());
     let sock = format!("--socket={}", socket.display());
     let port_arg = format!("--port={port}");
-    let daemon = crate::process::spawn_logged_env(
+    let daemon = process::spawn_logged_env(
         &ts.join("tailscaled"),
         &["--tun=userspace-networking", &state, &sock, &port_arg],
         &dir.join("tailscaled.log"),
@@ -160,7 +164,7 @@ async fn headscale(root: &Path, args: &[&str]) -> Result<String, Failure> {
         root.join("prod/etc/config.yaml").display().to_string(),
     ];
     argv.extend(args.iter().map(|a| a.to_string()));
-    let out = crate::process::run(&argv, Duration::from_secs(30)).await?;
+    let out = process::run(&argv, Duration::from_secs(30)).await?;
     if !out.success() {
         return Err(anyhow::anyhow!("headscale {}: {}", args.join(" "), out.tail()).into());
     }
@@ -168,10 +172,10 @@ async fn headscale(root: &Path, args: &[&str]) -> Result<String, Failure> {
 }
 
 pub async fn run(keep: bool) -> Result<u8, Failure> {
-    let sim_bin = crate::process::sibling_binary("headscale-sim").ok_or_else(|| {
+    let sim_bin = process::sibling_binary("headscale-sim").ok_or_else(|| {
         anyhow::anyhow!("headscale-sim not found next to headwarden; build both with `cargo build`")
     })?;
-    let rig = crate::process::rig_dir()
+    let rig = process::rig_dir()
         .ok_or_else(|| anyhow::anyhow!("set HEADWARDEN_RIG or HOME to find the rig"))?;
     let hs = |v: &str| rig_binary(&rig, &format!("headscale/{v}/headscale"));
     let ts = tailscale_dir(&rig)?;
@@ -267,7 +271,7 @@ pub async fn run(keep: bool) -> Result<u8, Failure> {
         if nix::unistd::geteuid().is_root() { " running as nobody" } else { "" });
 
     let feed_addr_file = root.join("feed.addr");
-    let mut feed = crate::process::spawn_logged(
+    let mut feed = process::spawn_logged(
         &sim_bin,
         &[
             "github-feed",
@@ -284,7 +288,7 @@ pub async fn run(keep: bool) -> Result<u8, Failure> {
         &config_path,
         demo_config(&root, &addr, &pubkey) + "keys:\n  max_age: 10m\n  remind_before: [599s]\n",
     )?;
-    let settings = crate::settings::load(&config_path)?;
+    let settings = settings::load(&config_path)?;
     let store = Store::open(&settings.state_dir)?;
     let say = |line: &str| println!("   {line}");
     let opts = UpgradeOptions::default();
@@ -292,7 +296,7 @@ pub async fn run(keep: bool) -> Result<u8, Failure> {
     let result: Result<u8, Failure> = async {
         println!("   {}", clients[0].ping(&clients[1]).await?);
         println!("\n-- step 1: upgrade (two hops, each staged on a copy of production's real database first)");
-        describe(&pipeline::upgrade(&settings, &store, &opts, &say).await?);
+        describe(&upgrade::upgrade(&settings, &store, &opts, &say).await?);
         println!("   {}", clients[0].ping(&clients[1]).await?);
 
         println!("\n-- step 2: v0.29.3 is published, rigged to fail only as production (after migrating its database)");
@@ -308,17 +312,17 @@ pub async fn run(keep: bool) -> Result<u8, Failure> {
             ),
         )?;
         publish("0.29.3", wrapper).await?;
-        describe(&pipeline::upgrade(&settings, &store, &opts, &say).await?);
+        describe(&upgrade::upgrade(&settings, &store, &opts, &say).await?);
         println!("   {}", clients[0].ping(&clients[1]).await?);
 
         println!("\n-- step 3: the real v0.29.2 is published");
         publish("0.29.2", hs("0.29.2")?).await?;
-        describe(&pipeline::upgrade(&settings, &store, &opts, &say).await?);
+        describe(&upgrade::upgrade(&settings, &store, &opts, &say).await?);
         println!("   {}", clients[1].ping(&clients[0]).await?);
 
         println!("\n-- step 4: the key job (max_age 10m for the demo: every node is due)");
-        let mut api = crate::headscale::api::ApiClient::connect(&settings).await?;
-        let report = crate::keys::run(&settings, &store, &mut api, &say).await?;
+        let mut api = ApiClient::connect(&settings).await?;
+        let report = keys::run(&settings, &store, &mut api, &say).await?;
         println!(
             "   {} reminder(s) with one-time keys; the keys go only to each owner's own destination (none configured here), never to logs",
             report.reminders.len()
@@ -328,9 +332,9 @@ pub async fn run(keep: bool) -> Result<u8, Failure> {
     .await;
 
     for mut c in clients {
-        crate::process::terminate(&mut c.daemon, Duration::from_secs(2)).await;
+        process::terminate(&mut c.daemon, Duration::from_secs(2)).await;
     }
-    let _ = crate::process::run(
+    let _ = process::run(
         &[
             root.join("prod/service.sh").display().to_string(),
             "stop".into(),
@@ -338,7 +342,7 @@ pub async fn run(keep: bool) -> Result<u8, Failure> {
         Duration::from_secs(30),
     )
     .await;
-    crate::process::terminate(&mut feed, Duration::from_secs(2)).await;
+    process::terminate(&mut feed, Duration::from_secs(2)).await;
     if keep {
         let kept: PathBuf = tmp.keep();
         println!("kept {}", kept.display());

@@ -1,5 +1,5 @@
 //! The command line: clap derive (doc comments are the help text), thin wrappers over the domain
-//! functions in `pipeline`, `deploy` and `state`. Data goes to stdout (`--json` for stable
+//! functions in `upgrade`, `deploy` and `state`. Data goes to stdout (`--json` for stable
 //! output), logs and progress to stderr. Errors print as a chain with a hint.
 
 mod demo;
@@ -11,11 +11,25 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use semver::Version;
 
+use crate::audit;
+use crate::deploy;
+use crate::event::Severity;
 use crate::exit;
-use crate::pipeline::{self, PipelineError, UpgradeOptions, UpgradeOutcome};
-use crate::schedule::lock::{LockError, RunLock};
-use crate::settings::{self, ConfigError, Settings, Severity};
+use crate::headscale::api;
+use crate::headscale::api::ApiClient;
+use crate::headscale::http;
+use crate::keys;
+use crate::lock::{LockError, RunLock};
+use crate::metrics;
+use crate::notify;
+use crate::process;
+use crate::schedule::daemon;
+use crate::settings::cron;
+use crate::settings::playbook;
+use crate::settings::{self, ConfigError, Settings};
+use crate::state;
 use crate::state::Store;
+use crate::upgrade::{self, PipelineError, UpgradeOptions, UpgradeOutcome};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -190,30 +204,15 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
             (exit::LOCKED, matches!(l, LockError::Held { .. }).then(|| "wait for it to finish; a run killed with SIGKILL releases the lock by itself".to_string()))
         } else if let Some(p) = error.downcast_ref::<PipelineError>() {
             (exit::FAILURE, p.hint())
-        } else if let Some(k) = error.downcast_ref::<crate::keys::KeysError>() {
+        } else if let Some(k) = error.downcast_ref::<keys::KeysError>() {
             (exit::FAILURE, k.hint())
-        } else if let Some(a) = error.downcast_ref::<crate::headscale::api::ApiError>() {
+        } else if let Some(a) = error.downcast_ref::<api::ApiError>() {
             (exit::FAILURE, a.hint())
         } else {
             (exit::FAILURE, None)
         };
         Failure { code, error, hint }
     }
-}
-
-/// `a: b: c` from an error and its sources.
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let t = c.to_string();
-        if !s.contains(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
-        }
-        cur = c.source();
-    }
-    s
 }
 
 pub fn main() -> ExitCode {
@@ -231,7 +230,7 @@ pub fn main() -> ExitCode {
         }
     };
     let _ = rustls::crypto::ring::default_provider().install_default();
-    rt.block_on(async { crate::process::ignore_file_size_signal() });
+    rt.block_on(async { process::ignore_file_size_signal() });
     match rt.block_on(run(cli)) {
         Ok(code) => ExitCode::from(code),
         Err(f) => {
@@ -257,17 +256,17 @@ fn init_tracing(cli: &Cli) {
             _ => "debug",
         }
     };
-    let filter = crate::process::log_filter_env()
+    let filter = process::log_filter_env()
         .and_then(|f| tracing_subscriber::EnvFilter::try_new(f).ok())
         .unwrap_or_else(|| tracing_subscriber::EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false);
-    if crate::process::stderr_is_journal() {
+    if process::stderr_is_journal() {
         builder.without_time().with_ansi(false).init();
     } else {
-        builder.with_ansi(crate::process::stderr_is_tty()).init();
+        builder.with_ansi(process::stderr_is_tty()).init();
     }
 }
 
@@ -320,7 +319,7 @@ async fn report_health(cli: &Cli, f: &Failure) {
             })
             .map(|t| t.unix_timestamp());
         if let (Some(since), Ok(store)) = (since, Store::open(&s.state_dir)) {
-            let hours = (crate::state::now() - since) / 3600;
+            let hours = (state::now() - since) / 3600;
             if hours >= 6 {
                 let _ = store.push_event_once(
                     "health.lock_stuck",
@@ -331,11 +330,11 @@ async fn report_health(cli: &Cli, f: &Failure) {
                 );
             }
         }
-    } else if let Some(e) = f.error.downcast_ref::<crate::state::StateError>() {
-        crate::notify::send_direct(
+    } else if let Some(e) = f.error.downcast_ref::<state::StateError>() {
+        notify::send_direct(
             &s,
             "health.state_error",
-            crate::settings::Severity::Critical,
+            Severity::Critical,
             &serde_json::json!({"summary": "headwarden's state store is failing", "error": e.to_string()}),
         )
         .await;
@@ -353,7 +352,7 @@ async fn deliver_queued(cli: &Cli) {
     let Ok(store) = Store::open(&s.state_dir) else {
         return;
     };
-    match crate::notify::flush(&s, &store, crate::notify::FLUSH_BUDGET).await {
+    match notify::flush(&s, &store, notify::FLUSH_BUDGET).await {
         Ok(r) if r.retrying > 0 || r.failed > 0 => tracing::warn!(
             sent = r.sent,
             waiting = r.retrying,
@@ -381,7 +380,7 @@ async fn notify_command(cli: &Cli, cmd: &NotifyCmd) -> Result<u8, Failure> {
                 }
                 other => other.map(str::to_string),
             };
-            let results = crate::notify::test(&s, url.as_deref())
+            let results = notify::test(&s, url.as_deref())
                 .await
                 .map_err(|e| Failure {
                     code: exit::USAGE,
@@ -406,7 +405,7 @@ async fn notify_command(cli: &Cli, cmd: &NotifyCmd) -> Result<u8, Failure> {
         }
         NotifyCmd::Flush => {
             let store = Store::open(&s.state_dir)?;
-            let r = crate::notify::flush(&s, &store, crate::notify::FLUSH_BUDGET).await?;
+            let r = notify::flush(&s, &store, notify::FLUSH_BUDGET).await?;
             if cli.json {
                 print_json(&r)?;
             } else if r.busy {
@@ -435,23 +434,13 @@ fn fmt_local(t: i64) -> String {
         .unwrap_or_default()
 }
 
-/// The metrics text: production's version from its binary, the rest from the state store.
-pub async fn metrics_text(s: &Settings) -> Result<String, Failure> {
-    let running = pipeline::current_version(s)
-        .await
-        .ok()
-        .map(|v| v.to_string());
-    let store = Store::open(&s.state_dir)?;
-    Ok(crate::metrics::render(&store, running.as_deref())?)
-}
-
 /// `headwarden run`: each due job once, in turn. A job whose lock is held is left for the next
 /// invocation (not a failure); a failed job does not stop the next one. The exit code is the
 /// first failing job's.
 async fn run_due(cli: &Cli) -> Result<u8, Failure> {
     let s = load(cli)?;
     let store = Store::open(&s.state_dir)?;
-    let now = crate::state::now();
+    let now = state::now();
     let mut result = exit::OK;
     for (job, expr) in [
         ("upgrade", &s.schedule.upgrade),
@@ -460,9 +449,8 @@ async fn run_due(cli: &Cli) -> Result<u8, Failure> {
     ] {
         let key = format!("job.{job}.last");
         let last = store.kv_get(&key)?.and_then(|v| v.parse().ok());
-        let next =
-            crate::schedule::next_due(expr.as_deref(), s.schedule.timezone.as_deref(), last, now)
-                .map_err(|e| anyhow::anyhow!("schedule.{job}: {e}"))?;
+        let next = cron::next_due(expr.as_deref(), s.schedule.timezone.as_deref(), last, now)
+            .map_err(|e| anyhow::anyhow!("schedule.{job}: {e}"))?;
         if let Some(next) = next {
             println!("{job}: not due; next at {}", fmt_local(next));
             continue;
@@ -506,15 +494,15 @@ async fn run_due(cli: &Cli) -> Result<u8, Failure> {
         }
     }
     if let Some(path) = &s.metrics.textfile {
-        let text = metrics_text(&s).await?;
-        crate::metrics::write_textfile(path, &text)
+        let text = metrics::text(&s).await?;
+        metrics::write_textfile(path, &text)
             .map_err(|e| anyhow::anyhow!("cannot write metrics to {}: {e}", path.display()))?;
     }
     Ok(result)
 }
 
 /// The audit report for a terminal: grouped by severity, then accepted, skipped and drift.
-fn print_audit(r: &crate::audit::Report) {
+fn print_audit(r: &audit::Report) {
     println!(
         "security audit (Headscale {}) at {}",
         r.headscale_version.as_deref().unwrap_or("unknown"),
@@ -571,7 +559,7 @@ async fn run_command(cli: &Cli) -> Result<u8, Failure> {
         } => {
             let text = std::fs::read_to_string(file)
                 .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
-            match crate::playbook::check(&text) {
+            match playbook::check(&text) {
                 Ok(pb) => {
                     println!(
                         "{}: ok ({} playbook, {} steps)",
@@ -594,7 +582,7 @@ async fn run_command(cli: &Cli) -> Result<u8, Failure> {
             let s = load(cli)?;
             let _lock = RunLock::acquire_audit(&s.state_dir, "audit")?;
             let store = Store::open(&s.state_dir)?;
-            let report = crate::audit::run(&s, &store)
+            let report = audit::run(&s, &store)
                 .await
                 .map_err(|e| anyhow::anyhow!("audit: {e}"))?;
             if cli.json {
@@ -609,7 +597,7 @@ async fn run_command(cli: &Cli) -> Result<u8, Failure> {
         }
         Command::Metrics => {
             let s = load(cli)?;
-            print!("{}", metrics_text(&s).await?);
+            print!("{}", metrics::text(&s).await?);
             Ok(exit::OK)
         }
         Command::Man => {
@@ -622,25 +610,25 @@ async fn run_command(cli: &Cli) -> Result<u8, Failure> {
         Command::Approve { version } => {
             let s = load(cli)?;
             let store = Store::open(&s.state_dir)?;
-            pipeline::approve(&store, version)?;
+            upgrade::approve(&store, version)?;
             println!("approved {version}: the next upgrade run may apply it");
             Ok(exit::OK)
         }
         Command::Hold { reason } => {
             let s = load(cli)?;
             let store = Store::open(&s.state_dir)?;
-            pipeline::set_hold(&store, Some(reason))?;
+            upgrade::set_hold(&store, Some(reason))?;
             println!("upgrades are on hold ({reason}); `headwarden unhold` releases them");
             Ok(exit::OK)
         }
         Command::Unhold => {
             let s = load(cli)?;
             let store = Store::open(&s.state_dir)?;
-            pipeline::set_hold(&store, None)?;
+            upgrade::set_hold(&store, None)?;
             println!("upgrades are no longer on hold");
             Ok(exit::OK)
         }
-        Command::Daemon => Ok(crate::schedule::daemon::run(cli.config.clone()).await?),
+        Command::Daemon => Ok(daemon::run(cli.config.clone()).await?),
         Command::Notify { cmd } => notify_command(cli, cmd).await,
         Command::Config {
             cmd: ConfigCmd::Check,
@@ -676,7 +664,7 @@ async fn run_command(cli: &Cli) -> Result<u8, Failure> {
                 to: to.clone(),
                 ..Default::default()
             };
-            let report = pipeline::check(&s, &store, &opts).await?;
+            let report = upgrade::check(&s, &store, &opts).await?;
             if cli.json {
                 print_json(&report)?;
             } else {
@@ -728,11 +716,11 @@ async fn run_command(cli: &Cli) -> Result<u8, Failure> {
                 to: to.clone(),
                 dry_run: *dry_run,
                 allow_downgrade: *allow_downgrade,
-                progress: crate::process::stderr_is_tty(),
+                progress: process::stderr_is_tty(),
                 ignore_window: *ignore_window,
             };
             if !yes && !dry_run && std::io::IsTerminal::is_terminal(&std::io::stdin()) {
-                let report = pipeline::check(&s, &store, &opts).await?;
+                let report = upgrade::check(&s, &store, &opts).await?;
                 if report.plan.hops.is_empty() {
                     println!(
                         "nothing to do ({})",
@@ -764,7 +752,7 @@ async fn run_command(cli: &Cli) -> Result<u8, Failure> {
                     println!("{line}");
                 }
             };
-            let outcome = pipeline::upgrade(&s, &store, &opts, &say).await?;
+            let outcome = upgrade::upgrade(&s, &store, &opts, &say).await?;
             if cli.json {
                 print_json(&outcome)?;
             }
@@ -855,7 +843,7 @@ async fn run_command(cli: &Cli) -> Result<u8, Failure> {
             let _lock = RunLock::acquire(&s.state_dir, "rollback")?;
             let store = Store::open(&s.state_dir)?;
             let say = |line: &str| println!("{line}");
-            let v = pipeline::rollback(&s, &store, to.as_ref(), &say).await?;
+            let v = upgrade::rollback(&s, &store, to.as_ref(), &say).await?;
             println!("production restored to {v}");
             Ok(exit::OK)
         }
@@ -908,10 +896,10 @@ async fn keys_command(cli: &Cli, cmd: &KeysCmd) -> Result<u8, Failure> {
     use crate::keys::plan::{Action, KeyState};
     let s = load(cli)?;
     let store = Store::open(&s.state_dir)?;
-    let api = crate::headscale::api::ApiClient::connect(&s).await?;
+    let api = ApiClient::connect(&s).await?;
     match cmd {
         KeysCmd::Plan => {
-            let plans = crate::keys::plan_now(&s, &store, &api).await?;
+            let plans = keys::plan_now(&s, &store, &api).await?;
             if cli.json {
                 return print_json(&plans).map(|()| exit::OK);
             }
@@ -964,7 +952,7 @@ async fn keys_command(cli: &Cli, cmd: &KeysCmd) -> Result<u8, Failure> {
                     println!("{line}");
                 }
             };
-            let report = crate::keys::run(&s, &store, &mut api, &say).await?;
+            let report = keys::run(&s, &store, &mut api, &say).await?;
             if cli.json {
                 print_json(&report)?;
             } else {
@@ -981,7 +969,7 @@ async fn keys_command(cli: &Cli, cmd: &KeysCmd) -> Result<u8, Failure> {
         }
         KeysCmd::Rotate { node } => {
             let _lock = RunLock::acquire_keys(&s.state_dir, "keys rotate")?;
-            let name = crate::keys::rotate(&s, &store, &api, node).await?;
+            let name = keys::rotate(&s, &store, &api, node).await?;
             println!("rotation started for {name}: a one-time key was minted and the reminder queued for its owner");
             Ok(exit::OK)
         }
@@ -989,15 +977,15 @@ async fn keys_command(cli: &Cli, cmd: &KeysCmd) -> Result<u8, Failure> {
 }
 
 async fn status(cli: &Cli, s: &Settings, store: &Store) -> Result<u8, Failure> {
-    let current = pipeline::current_version(s)
+    let current = upgrade::current_version(s)
         .await
         .map(|v| v.to_string())
         .unwrap_or_else(|e| format!("unknown ({e})"));
-    let target = crate::deploy::current_target(&s.headscale.binary);
-    let health = match crate::deploy::production_config(s) {
+    let target = deploy::current_target(&s.headscale.binary);
+    let health = match deploy::production_config(s) {
         Ok(c) => {
-            let client = crate::headscale::http::client(std::time::Duration::from_secs(5));
-            match crate::headscale::http::health(&client, &c.http_base()).await {
+            let client = http::client(std::time::Duration::from_secs(5));
+            match http::health(&client, &c.http_base()).await {
                 Ok(()) => "healthy".to_string(),
                 Err(e) => format!("unhealthy: {e}"),
             }

@@ -19,13 +19,20 @@ pub mod staging;
 pub mod transaction;
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use semver::Version;
 
 use crate::files::{self, FileMeta};
+use crate::headscale::cli::{binary_version, CliError};
+use crate::headscale::config;
 use crate::headscale::config::HeadscaleConfig;
+use crate::process;
 use crate::settings::Settings;
+use crate::state;
+use crate::state::sqlite_files;
 use crate::state::Store;
+use crate::verify;
 use crate::verify::Verified;
 
 pub use service::Service;
@@ -40,11 +47,11 @@ pub enum DeployError {
         source: std::io::Error,
     },
     #[error(transparent)]
-    State(#[from] crate::state::StateError),
+    State(#[from] state::StateError),
     #[error(transparent)]
-    Sqlite(#[from] crate::state::sqlite_files::SqliteFileError),
+    Sqlite(#[from] sqlite_files::SqliteFileError),
     #[error(transparent)]
-    Config(#[from] crate::headscale::config::HeadscaleConfigError),
+    Config(#[from] config::HeadscaleConfigError),
     #[error(transparent)]
     File(#[from] files::FileError),
     #[error("{0}")]
@@ -62,11 +69,40 @@ pub(crate) fn io_err<'a>(
     }
 }
 
+/// Production's version could not be read from its binary.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot tell which version production runs ({binary})")]
+pub struct CurrentVersionError {
+    pub binary: String,
+    #[source]
+    pub source: CliError,
+}
+
+/// The version production runs, from `<headscale.binary> version`.
+pub async fn current_version(s: &Settings) -> Result<Version, CurrentVersionError> {
+    binary_version(&s.headscale.binary, Duration::from_secs(30))
+        .await
+        .map_err(|source| CurrentVersionError {
+            binary: s.headscale.binary.display().to_string(),
+            source,
+        })
+}
+
 /// A binary installed under `versions/`, ready to be staged or promoted.
 #[derive(Debug, Clone)]
 pub struct Installed {
-    pub version: Version,
-    pub path: PathBuf,
+    version: Version,
+    path: PathBuf,
+}
+
+impl Installed {
+    pub fn version(&self) -> &Version {
+        &self.version
+    }
+    /// The binary under `versions/<v>/`.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
 }
 
 pub fn versions_dir(s: &Settings) -> PathBuf {
@@ -156,7 +192,7 @@ pub fn adopt_current(
         let mut src =
             std::fs::File::open(&target).map_err(io_err("copying the running binary", &target))?;
         files::replace_with(&dest, &mut src, Some(executable_meta()), 0o755)?;
-        let sha = crate::verify::sha256_file(&dest).map_err(io_err("hashing", &dest))?;
+        let sha = verify::sha256_file(&dest).map_err(io_err("hashing", &dest))?;
         store.record_install(&current.to_string(), &dest, &sha)?;
     }
     Ok(dest)
@@ -191,7 +227,7 @@ pub fn production_config(s: &Settings) -> Result<HeadscaleConfig, DeployError> {
     let file = HeadscaleConfig::load(&s.headscale.config)?;
     let config = s.headscale.config.display().to_string();
     let binary = std::fs::canonicalize(current_target(&s.headscale.binary)).ok();
-    let env = crate::process::headscale_env_of(|cmdline, exe| {
+    let env = process::headscale_env_of(|cmdline, exe| {
         let serving = cmdline.split_whitespace().any(|w| w == "serve");
         serving && (cmdline.contains(&config) || binary.as_deref() == Some(exe))
     });

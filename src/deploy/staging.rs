@@ -16,9 +16,11 @@ use crate::deploy::{io_err, DeployError, Installed};
 use crate::files;
 use crate::headscale::config::{derive_staging, staging_env, HeadscaleConfig, StagingLayout};
 use crate::process;
+use crate::settings;
 use crate::settings::Settings;
 use crate::smoke::{self, Baseline, Report, Target};
 use crate::state::{sqlite_files, RunId, Store};
+use crate::verify;
 
 pub const OFFLINE_DERP_MAP: &str = include_str!("../../staging/derp.yaml");
 
@@ -66,7 +68,7 @@ pub async fn stage(
     if dir.exists() {
         std::fs::remove_dir_all(&dir).map_err(io_err("clearing", &dir))?;
     }
-    crate::verify::create_private_dir(&dir).map_err(io_err("creating", &dir))?;
+    verify::create_private_dir(&dir).map_err(io_err("creating", &dir))?;
     let derp = dir.join("derp.yaml");
     std::fs::write(&derp, OFFLINE_DERP_MAP).map_err(io_err("writing", &derp))?;
     let overlay = match &s.staging.overlay {
@@ -74,7 +76,7 @@ pub async fn stage(
             let text = std::fs::read_to_string(p).map_err(io_err("reading", p))?;
             let bad =
                 |e: String| DeployError::Other(format!("staging overlay {}: {e}", p.display()));
-            crate::settings::yaml_guard(&text).map_err(bad)?;
+            settings::yaml_guard(&text).map_err(bad)?;
             Some(
                 serde_yaml_ng::from_str::<serde_yaml_ng::Value>(&text)
                     .map_err(|e| bad(e.to_string()))?,
@@ -136,7 +138,7 @@ pub async fn stage(
             .map_err(|e| DeployError::Other(e.to_string()))?;
             let pid = child.id().unwrap_or(0);
             let step = store.step_start(run, i as i64, "stage_start", &serde_json::json!({"version": hop.version.to_string(), "pid": pid, "marker": config_arg}))?;
-            crate::process::crash_point("stage_start:after");
+            process::crash_point("stage_start:after");
             let t = std::time::Instant::now();
             tracing::info!(version = %hop.version, pid, url = %base_url, attempt, "staging instance starting");
             let health =

@@ -29,13 +29,19 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
+use crate::deploy;
 use crate::deploy::service::ServiceState;
 use crate::deploy::{current_target, io_err, switch_binary, DeployError, Installed, Service};
+use crate::error::error_chain;
 use crate::files;
+use crate::headscale::cli;
 use crate::headscale::config::HeadscaleConfig;
+use crate::process;
 use crate::settings::Settings;
 use crate::smoke::{self, Baseline, Target};
+use crate::state;
 use crate::state::{sqlite_files, RunId, StepRow, Store};
+use crate::verify;
 
 #[derive(Debug)]
 pub enum HopOutcome {
@@ -86,13 +92,13 @@ impl Prod<'_> {
             .store
             .step_start(run, hop, name, &data)
             .map_err(|e| e.to_string())?;
-        crate::process::crash_point(&format!("{name}:before"));
+        process::crash_point(&format!("{name}:before"));
         let t = Instant::now();
-        let r = match crate::process::fail_point(name) {
+        let r = match process::fail_point(name) {
             Some(injected) => Err(injected),
             None => f.await,
         };
-        crate::process::crash_point(&format!("{name}:after"));
+        process::crash_point(&format!("{name}:after"));
         let ms = t.elapsed().as_millis();
         timings.push((name.to_string(), ms));
         let msg = match &r {
@@ -102,7 +108,7 @@ impl Prod<'_> {
         self.store
             .step_finish(id, r.is_ok(), &msg, ms)
             .map_err(|e| e.to_string())?;
-        crate::process::crash_point(&format!("{name}:done"));
+        process::crash_point(&format!("{name}:done"));
         r
     }
 
@@ -152,7 +158,7 @@ pub fn backup_dir(s: &Settings, run: RunId, hop: i64, from: &str) -> PathBuf {
 /// new version's start (outside the downtime window): the copy comes from SQLite's backup API
 /// on a stopped database, and a restore checks it again before it writes anything.
 pub fn take_backup(config: &HeadscaleConfig, dir: &Path) -> Result<(), DeployError> {
-    crate::verify::create_private_dir(dir).map_err(io_err("creating", dir))?;
+    verify::create_private_dir(dir).map_err(io_err("creating", dir))?;
     sqlite_files::online_copy(&config.database_path, &dir.join("db.sqlite"))?;
     files::copy_preserving(&config.path, &dir.join("config.yaml"))?;
     if files::regular_meta(&config.noise_key_path)?.is_some() {
@@ -202,7 +208,7 @@ async fn stop_for_rollback(service: &Service) -> Result<(), String> {
 /// After a rollback's start: the server that answers must be the version rolled back to.
 async fn check_rolled_back_version(p: &Prod<'_>, target: &Path) -> Result<(), String> {
     let timeout = p.settings.smoke.timeout;
-    let expected = crate::headscale::cli::binary_version(target, timeout)
+    let expected = cli::binary_version(target, timeout)
         .await
         .map_err(|e| format!("cannot read the version of {}: {e}", target.display()))?;
     match smoke::served_version(&p.target(), timeout).await? {
@@ -263,7 +269,7 @@ pub async fn promote_hop(
             json!({"dir": bdir}),
             &mut timings,
             async {
-                take_backup(p.config, &bdir).map_err(|e| crate::cli::error_chain(&e))?;
+                take_backup(p.config, &bdir).map_err(|e| error_chain(&e))?;
                 p.store
                     .record_backup(run, hop, from, &to.version.to_string(), &bdir, true)
                     .map_err(|e| e.to_string())?;
@@ -282,10 +288,7 @@ pub async fn promote_hop(
             "switch",
             json!({"from": old_target, "to": to.path}),
             &mut timings,
-            async {
-                switch_binary(&s.headscale.binary, &to.path)
-                    .map_err(|e| crate::cli::error_chain(&e))
-            },
+            async { switch_binary(&s.headscale.binary, &to.path).map_err(|e| error_chain(&e)) },
         )
         .await?;
         p.step(run, hop, "start", json!({}), &mut timings, async {
@@ -303,7 +306,7 @@ pub async fn promote_hop(
                 "verify_backup",
                 json!({"dir": bdir}),
                 &mut timings,
-                async { verify_backup(&bdir).map_err(|e| crate::cli::error_chain(&e)) },
+                async { verify_backup(&bdir).map_err(|e| error_chain(&e)) },
             )
             .await;
         if let Err(e) = verified {
@@ -377,15 +380,14 @@ pub async fn rollback(
         async {
             stop_for_rollback(&p.service).await?;
             if let Some(dir) = backup {
-                if let Some(injected) = crate::process::fail_point("restore") {
+                if let Some(injected) = process::fail_point("restore") {
                     return Err(injected);
                 }
-                restore_backup(p.config, dir).map_err(|e| crate::cli::error_chain(&e))?;
+                restore_backup(p.config, dir).map_err(|e| error_chain(&e))?;
             }
             if let Some(t) = old_target {
                 if current_target(&p.settings.headscale.binary) != t {
-                    switch_binary(&p.settings.headscale.binary, t)
-                        .map_err(|e| crate::cli::error_chain(&e))?;
+                    switch_binary(&p.settings.headscale.binary, t).map_err(|e| error_chain(&e))?;
                 }
             }
             p.service.start().await?;
@@ -476,7 +478,7 @@ pub async fn recover(p: &Prod<'_>) -> Result<Vec<Recovered>, DeployError> {
                 st.data.get("pid").and_then(|v| v.as_u64()),
                 st.data.get("marker").and_then(|v| v.as_str()),
             ) {
-                if crate::process::terminate_pid_if(pid as u32, marker) {
+                if process::terminate_pid_if(pid as u32, marker) {
                     tracing::warn!(pid, "stopped an orphaned staging instance");
                 }
             }
@@ -603,10 +605,10 @@ pub async fn recover(p: &Prod<'_>) -> Result<Vec<Recovered>, DeployError> {
 pub async fn manual_rollback(
     p: &Prod<'_>,
     run: RunId,
-    backup: &crate::state::BackupRow,
+    backup: &state::BackupRow,
 ) -> Result<(), String> {
     let s = p.settings;
-    let target = crate::deploy::version_path(
+    let target = deploy::version_path(
         s,
         &semver::Version::parse(&backup.version).map_err(|e| e.to_string())?,
     );
@@ -642,7 +644,7 @@ pub async fn manual_rollback(
             async {
                 take_backup(p.config, &safety)
                     .and_then(|()| verify_backup(&safety))
-                    .map_err(|e| crate::cli::error_chain(&e))
+                    .map_err(|e| error_chain(&e))
             },
         )
         .await;
@@ -667,8 +669,8 @@ pub async fn manual_rollback(
         json!({"backup": dir, "to": target}),
         &mut timings,
         async {
-            restore_backup(p.config, &dir).map_err(|e| crate::cli::error_chain(&e))?;
-            switch_binary(&s.headscale.binary, &target).map_err(|e| crate::cli::error_chain(&e))?;
+            restore_backup(p.config, &dir).map_err(|e| error_chain(&e))?;
+            switch_binary(&s.headscale.binary, &target).map_err(|e| error_chain(&e))?;
             p.service.start().await?;
             p.wait_healthy().await?;
             check_rolled_back_version(p, &target).await

@@ -19,7 +19,11 @@ use std::time::Duration;
 use semver::Version;
 use serde_json::{json, Value};
 
+use super::cli;
+use super::http as hs_http;
+use crate::error::error_chain;
 use crate::settings::{Secret, Settings};
+use crate::state;
 
 /// Versions whose API shapes headwarden knows.
 pub const SUPPORTED: &str = "0.26–0.30";
@@ -387,7 +391,7 @@ impl ApiClient {
     pub async fn connect(s: &Settings) -> Result<ApiClient, ApiError> {
         let url = s.headscale.api_url.clone();
         let binary_version = || async {
-            crate::headscale::cli::binary_version(&s.headscale.binary, Duration::from_secs(15))
+            cli::binary_version(&s.headscale.binary, Duration::from_secs(15))
                 .await
                 .map_err(|e| ApiError::Unreachable {
                     target: s.headscale.binary.display().to_string(),
@@ -465,8 +469,8 @@ impl ApiClient {
                 target: base.clone(),
                 detail: e.to_string(),
             })?;
-        let http = crate::headscale::http::client(Duration::from_secs(10));
-        let version = match crate::headscale::http::version(&http, &base).await {
+        let http = hs_http::client(Duration::from_secs(10));
+        let version = match hs_http::version(&http, &base).await {
             Ok(Some(v)) => v,
             Ok(None) => binary_version().await?,
             Err(e) => {
@@ -535,7 +539,7 @@ impl ApiClient {
                 }
                 let resp = req.send().await.map_err(|e| ApiError::Unreachable {
                     target: self.target.clone(),
-                    detail: crate::cli::error_chain(&e),
+                    detail: error_chain(&e),
                 })?;
                 let status = resp.status().as_u16();
                 // Read into one buffer sized from Content-Length: no doubling copies of a
@@ -545,7 +549,7 @@ impl ApiClient {
                     Vec::with_capacity(resp.content_length().unwrap_or(0).min(512 << 20) as usize);
                 while let Some(chunk) = resp.chunk().await.map_err(|e| ApiError::Unreachable {
                     target: self.target.clone(),
-                    detail: crate::cli::error_chain(&e),
+                    detail: error_chain(&e),
                 })? {
                     buf.extend_from_slice(&chunk);
                 }
@@ -620,7 +624,7 @@ impl ApiClient {
                 .create_preauth_key(user.map(|u| u.id), tags, expires_at)
                 .await;
         }
-        let mut body = json!({"reusable": false, "ephemeral": false, "expiration": crate::state::rfc3339(expires_at)});
+        let mut body = json!({"reusable": false, "ephemeral": false, "expiration": state::rfc3339(expires_at)});
         if let Some(u) = user {
             body["user"] = json!(u.id.to_string());
         }
@@ -708,16 +712,14 @@ impl ApiClient {
         let v = if self.at_least(30, 0) {
             let mut body = json!({});
             if let Some(t) = at {
-                body["expiry"] = json!(crate::state::rfc3339(t));
+                body["expiry"] = json!(state::rfc3339(t));
             }
             self.request("POST", &path, Some(body)).await?
         } else {
             let q = match at {
                 Some(t) if self.at_least(27, 1) => format!(
                     "?expiry={}",
-                    crate::state::rfc3339(t)
-                        .replace(':', "%3A")
-                        .replace('+', "%2B")
+                    state::rfc3339(t).replace(':', "%3A").replace('+', "%2B")
                 ),
                 _ => String::new(),
             };
@@ -754,7 +756,7 @@ impl ApiClient {
             .request(
                 "POST",
                 "/api/v1/apikey",
-                Some(json!({"expiration": crate::state::rfc3339(expires_at)})),
+                Some(json!({"expiration": state::rfc3339(expires_at)})),
             )
             .await?;
         v.get("apiKey")

@@ -8,6 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::settings;
 use serde_yaml_ng::{Mapping, Value};
 
 #[derive(Debug, thiserror::Error)]
@@ -102,7 +103,7 @@ impl HeadscaleConfig {
     }
 
     pub fn parse(path: &Path, text: &str) -> Result<Self, HeadscaleConfigError> {
-        crate::settings::yaml_guard(text).map_err(|detail| HeadscaleConfigError::Parse {
+        settings::yaml_guard(text).map_err(|detail| HeadscaleConfigError::Parse {
             path: path.to_path_buf(),
             detail,
         })?;

@@ -11,6 +11,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Uri};
 
 use super::api::{ApiError, ApiKeyInfo, Node, PreAuthKey, User};
+use crate::error::error_chain;
 use crate::settings::Secret;
 
 #[allow(clippy::all, clippy::unwrap_used, missing_docs)]
@@ -166,13 +167,13 @@ impl GrpcClient {
         let endpoint = Endpoint::try_from(format!("https://{host_port}"))
             .map_err(|e| unreachable(e.to_string()))?
             .tls_config(tls)
-            .map_err(|e| unreachable(crate::cli::error_chain(&e)))?
+            .map_err(|e| unreachable(error_chain(&e)))?
             .connect_timeout(std::time::Duration::from_secs(10))
             .timeout(std::time::Duration::from_secs(30));
         let channel = endpoint
             .connect()
             .await
-            .map_err(|e| unreachable(crate::cli::error_chain(&e)))?;
+            .map_err(|e| unreachable(error_chain(&e)))?;
         let bearer: MetadataValue<Ascii> =
             format!("Bearer {}", key.expose())
                 .parse()
@@ -365,7 +366,7 @@ impl GrpcClient {
 }
 
 fn classify_connect(socket: &Path, e: &tonic::transport::Error) -> ApiError {
-    let chain = crate::cli::error_chain(e);
+    let chain = error_chain(e);
     if chain.contains("Permission denied") || chain.contains("permission denied") {
         ApiError::SocketPermission {
             path: socket.to_path_buf(),

@@ -5,6 +5,7 @@ use std::time::Duration;
 use semver::Version;
 
 use super::parse_version_text;
+use crate::error::error_chain;
 
 /// Capability version sent to `/key`: a current client's (130 is Tailscale v1.90). From 0.29.3 a
 /// version below the server's floor (113 for 0.29.x, 116 expected for 0.30) gets 400
@@ -39,12 +40,12 @@ async fn get(client: &reqwest::Client, url: String) -> Result<(u16, String), Htt
         .await
         .map_err(|e| HttpError::Request {
             url: url.clone(),
-            detail: crate::cli::error_chain(&e),
+            detail: error_chain(&e),
         })?;
     let status = resp.status().as_u16();
     let body = resp.text().await.map_err(|e| HttpError::Request {
         url: url.clone(),
-        detail: crate::cli::error_chain(&e),
+        detail: error_chain(&e),
     })?;
     Ok((status, body))
 }

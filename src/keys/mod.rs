@@ -23,8 +23,16 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::files::{self, FileError};
+use crate::headscale::api;
 use crate::headscale::api::{ApiClient, ApiError, Node};
+use crate::headscale::config;
+use crate::headscale::config::HeadscaleConfig;
+use crate::hook;
+use crate::notify;
+use crate::settings;
+use crate::settings::Secret;
 use crate::settings::Settings;
+use crate::state;
 use crate::state::{now, KeyObservation, MintedKey, StateError, Store};
 use plan::{Action, KeyState, NodePlan, Observed, Policy};
 
@@ -39,7 +47,7 @@ pub enum KeysError {
     #[error("cannot write the new API key to {0}")]
     KeyFile(std::path::PathBuf, #[source] FileError),
     #[error("cannot read production's Headscale config")]
-    Config(#[from] crate::headscale::config::HeadscaleConfigError),
+    Config(#[from] config::HeadscaleConfigError),
     #[error("rotate-keys playbook step {0}: {1}")]
     Hook(usize, String),
 }
@@ -128,7 +136,7 @@ pub async fn plan_now(
 }
 
 fn server_url(s: &Settings) -> String {
-    crate::headscale::config::HeadscaleConfig::load(&s.headscale.config)
+    HeadscaleConfig::load(&s.headscale.config)
         .map(|c| c.server_url)
         .unwrap_or_default()
 }
@@ -139,7 +147,7 @@ async fn mint_for(
     store: &Store,
     api: &ApiClient,
     node: &Node,
-) -> Result<(crate::settings::Secret, i64), KeysError> {
+) -> Result<(settings::Secret, i64), KeysError> {
     retire_node_keys(store, api, node.id, "superseded").await?;
     let expires_at = now() + s.keys.key_lifetime.as_secs() as i64;
     let (user, tags) = if node.tags.is_empty() {
@@ -184,11 +192,11 @@ async fn expire_minted(
     k: &MintedKey,
     why: &str,
 ) -> Result<(), KeysError> {
-    let user = k.user_id.map(|id| crate::headscale::api::User {
+    let user = k.user_id.map(|id| api::User {
         id: id as u64,
         name: k.user_name.clone().unwrap_or_default(),
     });
-    let secret = crate::settings::Secret::new(k.secret.clone().unwrap_or_default());
+    let secret = Secret::new(k.secret.clone().unwrap_or_default());
     match api
         .expire_preauth_key(k.key_id as u64, user.as_ref(), &secret)
         .await
@@ -205,7 +213,7 @@ fn reminder_payload(
     p: &NodePlan,
     node: &Node,
     stage: usize,
-    key: &crate::settings::Secret,
+    key: &settings::Secret,
     key_expires: i64,
     server: &str,
 ) -> serde_json::Value {
@@ -214,10 +222,10 @@ fn reminder_payload(
         "node": {"id": p.node_id, "name": p.name, "user": p.user, "tags": p.tags},
         "stage": stage,
         "overdue": overdue,
-        "deadline": p.deadline.map(crate::state::rfc3339),
-        "headscale_expiry": node.expiry.map(crate::state::rfc3339),
+        "deadline": p.deadline.map(state::rfc3339),
+        "headscale_expiry": node.expiry.map(state::rfc3339),
         "command": format!("tailscale up --login-server {server} --auth-key {} --force-reauth", key.expose()),
-        "key_expires": crate::state::rfc3339(key_expires),
+        "key_expires": state::rfc3339(key_expires),
         "warning": "run this on the node itself, not over an SSH or remote session that goes through this node: the connection drops while the node re-registers",
     })
 }
@@ -253,7 +261,7 @@ pub async fn rotate_api_key_if_due(
     store.push_event(
         "keys.api_key_rotated",
         "info",
-        &json!({"old_prefix": prefix, "old_expiry": own.expiration.map(crate::state::rfc3339), "file": file}),
+        &json!({"old_prefix": prefix, "old_expiry": own.expiration.map(state::rfc3339), "file": file}),
     )?;
     tracing::info!(old_prefix = %prefix, file = %file.display(), "rotated headwarden's Headscale API key");
     Ok(Some(prefix))
@@ -279,7 +287,7 @@ pub async fn run(
     api: &mut ApiClient,
     say: &(dyn Fn(&str) + Sync),
 ) -> Result<RunReport, KeysError> {
-    use crate::playbook::OnFailure;
+    use crate::settings::playbook::OnFailure;
     let pb = &s.playbooks.rotate_keys.playbook;
     let mut report = RunReport::default();
     let mut planned: Option<Planned> = None;
@@ -294,7 +302,7 @@ pub async fn run(
                 }
             }),
             ("notify", _) => {
-                crate::playbook::notify_step(s, store, step).await;
+                notify::notify_step(s, store, step).await;
                 Ok(())
             }
             ("hook", _) => {
@@ -306,7 +314,7 @@ pub async fn run(
                     "rotated": report.rotated.len(),
                     "expired": report.expired.len(),
                 });
-                match crate::playbook::hook::run(step, &ctx).await {
+                match hook::run(step, &ctx).await {
                     Ok(summary) => {
                         say(&format!("hook (step {}): {summary}", i + 1));
                         Ok(())
@@ -467,7 +475,7 @@ async fn rotate_step(
                     "keys.reminder",
                     &payload,
                 )?;
-                tracing::info!(node = %p.name, user = %p.user, stage, deadline = %crate::state::rfc3339(deadline), "key reminder queued with a one-time pre-auth key");
+                tracing::info!(node = %p.name, user = %p.user, stage, deadline = %state::rfc3339(deadline), "key reminder queued with a one-time pre-auth key");
                 let what = if *stage > s.keys.remind_before.len() {
                     "overdue reminder".to_string()
                 } else {
@@ -476,7 +484,7 @@ async fn rotate_step(
                 say(&format!(
                     "{}: {what} queued (deadline {}), one-time key minted",
                     p.name,
-                    crate::state::rfc3339(deadline)
+                    state::rfc3339(deadline)
                 ));
                 report.reminders.push(format!("{} stage {stage}", p.name));
             }
@@ -512,7 +520,7 @@ async fn expire_step(
         let Some(node) = planned.nodes.iter().find(|n| n.id == p.node_id) else {
             continue;
         };
-        store.push_event("keys.expiring", "critical", &json!({"node": p.name, "user": p.user, "deadline": p.deadline.map(crate::state::rfc3339), "grace_days": s.keys.grace.as_secs() / 86400}))?;
+        store.push_event("keys.expiring", "critical", &json!({"node": p.name, "user": p.user, "deadline": p.deadline.map(state::rfc3339), "grace_days": s.keys.grace.as_secs() / 86400}))?;
         api.expire_node(node.id, None).await?;
         store.push_event(
             "keys.expired",

@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use crate::settings::Severity;
+use crate::event::Severity;
 
 #[derive(Debug, Clone)]
 pub struct Message {

@@ -13,24 +13,23 @@
 
 pub mod message;
 pub mod render;
-pub mod url;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use crate::settings::{KeyDelivery, NotifyTarget, ReminderRouting, Settings, Severity};
+use crate::error::error_chain;
+use crate::event::Severity;
+use crate::lock::RunLock;
+use crate::process;
+use crate::settings::notify_url::Auth;
+pub use crate::settings::notify_url::{targets, Service, Target, UrlError};
+use crate::settings::playbook::Step;
+use crate::settings::{KeyDelivery, NotifyTarget, ReminderRouting, Settings};
+use crate::state;
 use crate::state::Store;
-pub use url::{targets, Service, Target, UrlError};
-
-/// Event families a `notify[].events` entry may name (or an exact event such as `keys.reminder`).
-pub const FAMILIES: &[&str] = &["release", "upgrade", "keys", "audit", "health", "test"];
 
 /// How long a command waits for chat delivery after its work is done.
 pub const FLUSH_BUDGET: Duration = Duration::from_secs(20);
-
-pub fn known_event(e: &str) -> bool {
-    FAMILIES.contains(&e.split('.').next().unwrap_or(""))
-}
 
 fn family_matches(wanted: &[String], event: &str) -> bool {
     wanted.is_empty()
@@ -40,6 +39,19 @@ fn family_matches(wanted: &[String], event: &str) -> bool {
                     .strip_prefix(w.as_str())
                     .is_some_and(|r| r.starts_with('.'))
         })
+}
+
+/// The `notify` step of every playbook: deliver what is queued now, within the step's timeout
+/// (default: the usual budget). Chat never decides an outcome: a failure is logged, and the
+/// events stay queued.
+pub async fn notify_step(s: &Settings, store: &Store, step: &Step) {
+    let budget = step.timeout().unwrap_or(FLUSH_BUDGET);
+    match flush(s, store, budget).await {
+        Ok(r) => tracing::debug!(sent = r.sent, "notify step"),
+        Err(e) => {
+            tracing::warn!(error = %e, "notify step: chat delivery failed; the events stay queued")
+        }
+    }
 }
 
 /// One resolved destination: the config entry it came from and the target.
@@ -141,9 +153,9 @@ fn scrub(text: &str, t: &Target, secret: Option<&str>) -> String {
     let mut out = text.to_string();
     let mut secrets = vec![t.url.clone()];
     match &t.auth {
-        url::Auth::Bearer(v) | url::Auth::Header(_, v) => secrets.push(v.clone()),
-        url::Auth::Basic(_, p) => secrets.push(p.clone()),
-        url::Auth::None => {}
+        Auth::Bearer(v) | Auth::Header(_, v) => secrets.push(v.clone()),
+        Auth::Basic(_, p) => secrets.push(p.clone()),
+        Auth::None => {}
     }
     // Path segments of the URL hold webhook tokens.
     secrets.extend(
@@ -171,7 +183,7 @@ fn retry_after(headers: &reqwest::header::HeaderMap, body: &str) -> Option<u64> 
                 .parse::<f64>()
                 .ok()
                 .map(|s| s.ceil() as u64)
-                .or_else(|| httpdate_secs(v).map(|at| (at - crate::state::now()).max(0) as u64))
+                .or_else(|| httpdate_secs(v).map(|at| (at - state::now()).max(0) as u64))
         });
     // Discord: {"retry_after": 1.5}; Telegram: {"parameters": {"retry_after": 3}}.
     let json = serde_json::from_str::<serde_json::Value>(body)
@@ -211,10 +223,10 @@ pub async fn send(
         rb = rb.header(k, v);
     }
     rb = match &t.auth {
-        url::Auth::None => rb,
-        url::Auth::Bearer(tok) => rb.bearer_auth(tok),
-        url::Auth::Basic(u, p) => rb.basic_auth(u, Some(p)),
-        url::Auth::Header(name, v) => rb.header(*name, v),
+        Auth::None => rb,
+        Auth::Bearer(tok) => rb.bearer_auth(tok),
+        Auth::Basic(u, p) => rb.basic_auth(u, Some(p)),
+        Auth::Header(name, v) => rb.header(*name, v),
     };
     let resp = match rb.send().await {
         Ok(r) => r,
@@ -222,7 +234,7 @@ pub async fn send(
             let kind = if e.is_timeout() {
                 "timed out".to_string()
             } else {
-                crate::cli::error_chain(&e.without_url())
+                error_chain(&e.without_url())
             };
             return Sent::Retry {
                 after: None,
@@ -334,9 +346,9 @@ pub async fn flush(
     s: &Settings,
     store: &Store,
     budget: Duration,
-) -> Result<FlushReport, crate::state::StateError> {
+) -> Result<FlushReport, state::StateError> {
     let mut report = FlushReport::default();
-    let _lock = match crate::schedule::lock::RunLock::acquire_notify(&s.state_dir, "notify") {
+    let _lock = match RunLock::acquire_notify(&s.state_dir, "notify") {
         Ok(l) => l,
         Err(_) => {
             report.busy = true;
@@ -378,7 +390,7 @@ pub async fn flush(
     let mut next_ok: HashMap<String, Instant> = HashMap::new();
     let mut down: HashMap<String, ()> = HashMap::new();
     loop {
-        let now = crate::state::now();
+        let now = state::now();
         let due: Vec<_> = store
             .deliveries("pending")?
             .into_iter()
@@ -436,7 +448,7 @@ pub async fn flush(
             let req = render::request(&m, &dest.target, secret, now);
             let left = deadline.saturating_duration_since(Instant::now());
             store.set_delivery(d.event_id, &d.dest, "sending", None, None)?;
-            crate::process::crash_point("notify-send");
+            process::crash_point("notify-send");
             let outcome = send(
                 &http,
                 &req,
@@ -465,7 +477,7 @@ pub async fn flush(
                         d.event_id,
                         &d.dest,
                         "pending",
-                        Some(crate::state::now() + delay),
+                        Some(state::now() + delay),
                         Some(&error),
                     )?;
                     tracing::warn!(to = %dest.target.label, retry_in_s = delay, %error, "notification not delivered; will retry");
@@ -504,7 +516,7 @@ pub async fn send_direct(
 ) {
     let dests = destinations(s);
     let http = client();
-    let now = crate::state::now();
+    let now = state::now();
     for d in route(s, &dests, event, severity, payload) {
         let m = message_for(s, d, now, event, severity, payload, now);
         let secret = d.entry.and_then(|e| e.secret.as_ref()).map(|s| s.expose());
@@ -539,7 +551,7 @@ pub async fn test(
         None => destinations(s),
     };
     let http = client();
-    let now = crate::state::now();
+    let now = state::now();
     let mut out = Vec::new();
     for d in &dests {
         let m = message_for(
@@ -576,7 +588,6 @@ mod tests {
         assert!(!family_matches(&w(&["key"]), "keys.reminder"));
         assert!(family_matches(&w(&["release"]), "release"));
         assert!(!family_matches(&w(&["upgrade"]), "release"));
-        assert!(known_event("upgrade.rolled_back") && !known_event("nope"));
     }
 
     #[test]

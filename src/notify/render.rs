@@ -7,8 +7,9 @@ use serde_json::{json, Value};
 use sha2::Sha256;
 
 use super::message::Message;
-use super::url::{Service, Target};
-use crate::settings::Severity;
+use crate::event::Severity;
+use crate::settings::notify_url::{Service, Target, SEGMENT};
+use crate::state;
 
 #[derive(Debug, Clone)]
 pub struct Request {
@@ -123,7 +124,7 @@ pub fn request(m: &Message, t: &Target, secret: Option<&str>, now: i64) -> Reque
             url = format!(
                 "{}/_matrix/client/v3/rooms/{}/send/m.room.message/headwarden-{}-{}",
                 t.url.trim_end_matches('/'),
-                percent_encoding::utf8_percent_encode(room, super::url::SEGMENT),
+                percent_encoding::utf8_percent_encode(room, SEGMENT),
                 m.id,
                 t.id
             );
@@ -229,7 +230,7 @@ pub fn request(m: &Message, t: &Target, secret: Option<&str>, now: i64) -> Reque
                 "title": m.title,
                 "text": m.text(),
                 "user": m.user,
-                "created_at": crate::state::rfc3339(m.created_at),
+                "created_at": state::rfc3339(m.created_at),
                 "data": m.payload,
             }));
             headers.push(("X-Headwarden-Event".into(), m.event.clone()));
@@ -337,7 +338,7 @@ fn discord(m: &Message) -> Vec<u8> {
         "description": truncate(&desc.join("\n"), 4096),
         "color": color,
         "fields": fields,
-        "timestamp": crate::state::rfc3339(m.created_at),
+        "timestamp": state::rfc3339(m.created_at),
     });
     if let Some(l) = m.link.as_deref().and_then(safe_link) {
         embed["url"] = json!(l);
@@ -420,7 +421,7 @@ mod tests {
 
     #[test]
     fn webhook_signature_verifies() {
-        let t = &crate::notify::url::targets("generic+https://h.example.com/x", None)
+        let t = &crate::settings::notify_url::targets("generic+https://h.example.com/x", None)
             .expect("test value")[0];
         let m = build(1, "test", Severity::Info, &json!({}), 0);
         let r = request(&m, t, Some("k"), 1700000000);

@@ -17,7 +17,9 @@ use http_body_util::BodyExt;
 use serde::Deserialize;
 
 use super::{parse_tag, Asset, Release};
+use crate::error::error_chain;
 use crate::settings::ReleaseSettings;
+use crate::state;
 use crate::state::Store;
 
 /// Longest rate-limit wait headwarden sits through inside one run.
@@ -36,7 +38,7 @@ pub enum FeedError {
     #[error("the release feed {url} sent malformed JSON: {detail}")]
     Malformed { url: String, detail: String },
     #[error("release feed cache")]
-    State(#[from] crate::state::StateError),
+    State(#[from] state::StateError),
 }
 
 impl FeedError {
@@ -132,9 +134,9 @@ pub async fn fetch(settings: &ReleaseSettings, store: &Store) -> Result<FeedResu
             Ok(r) => r,
             Err(e) => {
                 if attempt > RETRIES {
-                    return Err(unreachable(crate::cli::error_chain(&e)));
+                    return Err(unreachable(error_chain(&e)));
                 }
-                tracing::warn!(url = %url, attempt, error = %crate::cli::error_chain(&e), "release feed unreachable, retrying");
+                tracing::warn!(url = %url, attempt, error = %error_chain(&e), "release feed unreachable, retrying");
                 tokio::time::sleep(backoff(attempt)).await;
                 continue;
             }
@@ -245,7 +247,7 @@ fn rate_limit_wait(status: u16, headers: &HeaderMap) -> Option<Duration> {
             return Some(Duration::from_secs(secs));
         }
         if let Some(reset) = get("x-ratelimit-reset") {
-            let now = crate::state::now() as u64;
+            let now = state::now() as u64;
             return Some(Duration::from_secs(reset.saturating_sub(now) + 1));
         }
         return Some(Duration::from_secs(60));
@@ -364,6 +366,27 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A body streamed in 1 MiB frames without a `Content-Length`.
+    fn streamed(mib: usize) -> http::Response<http_body_util::StreamBody<tokio_stream::Iter<std::vec::IntoIter<Result<hyper::body::Frame<hyper::body::Bytes>, std::io::Error>>>>> {
+        let frames: Vec<_> = (0..mib)
+            .map(|_| Ok(hyper::body::Frame::data(hyper::body::Bytes::from(vec![b' '; 1 << 20]))))
+            .collect();
+        http::Response::new(http_body_util::StreamBody::new(tokio_stream::iter(frames)))
+    }
+
+    #[tokio::test]
+    async fn bodies_are_capped_while_read_and_a_large_declared_length_is_refused_unread() {
+        let ok = read_capped(streamed(2), "http://127.0.0.1/r").await.expect("2 MiB is fine");
+        assert_eq!(ok.len(), 2 << 20);
+        let err = read_capped(streamed(17), "http://127.0.0.1/r").await.unwrap_err();
+        assert!(err.to_string().contains("exceeds the 16777216-byte limit"), "{err}");
+        // Declared too large: refused before a byte is read (the body would fail if polled).
+        let mut r = streamed(0);
+        r.headers_mut().insert(http::header::CONTENT_LENGTH, http::HeaderValue::from_static("17000000"));
+        let err = read_capped(r, "http://127.0.0.1/r").await.unwrap_err();
+        assert!(err.to_string().contains("exceeds"), "{err}");
+    }
 
     #[test]
     fn parses_and_filters_wire_json() {

@@ -4,6 +4,7 @@
 pub mod feed;
 pub mod notes;
 pub mod plan;
+pub mod watch;
 
 use semver::Version;
 use serde::Serialize;

@@ -17,6 +17,10 @@ use std::time::Duration;
 
 use tokio::signal::unix::{signal, SignalKind};
 
+use crate::exit;
+use crate::metrics;
+use crate::process;
+use crate::settings::cron;
 use crate::settings::{self, Settings};
 use crate::state::{now, Store};
 
@@ -66,7 +70,7 @@ pub async fn run(config: PathBuf) -> anyhow::Result<u8> {
             axum::routing::get(move || {
                 let s = settings.clone();
                 async move {
-                    match crate::cli::metrics_text(&s).await {
+                    match metrics::text(&s).await {
                         Ok(t) => (
                             axum::http::StatusCode::OK,
                             [("content-type", "text/plain; version=0.0.4")],
@@ -107,9 +111,9 @@ pub async fn run(config: PathBuf) -> anyhow::Result<u8> {
                     .kv_get(&format!("job.{job}.last"))?
                     .and_then(|v| v.parse().ok());
                 // Due at the schedule's time plus this occurrence's jitter.
-                let offset = crate::schedule::jitter_offset(job, last, s.schedule.jitter);
+                let offset = cron::jitter_offset(job, last, s.schedule.jitter);
                 let tz = s.schedule.timezone.as_deref();
-                match crate::schedule::next_due(Some(expr), tz, last, t - offset) {
+                match cron::next_due(Some(expr), tz, last, t - offset) {
                     Ok(Some(next)) => wake = wake.min(next + offset),
                     Ok(None) => start(job, &config, t, &tx, &mut running),
                     Err(e) => tracing::error!(job, error = %e, "bad schedule"),
@@ -122,7 +126,7 @@ pub async fn run(config: PathBuf) -> anyhow::Result<u8> {
             }
         } else if running.is_empty() {
             tracing::info!("daemon stopped");
-            return Ok(crate::exit::OK);
+            return Ok(exit::OK);
         }
         let sleep = Duration::from_secs((wake - now()).clamp(1, 3600) as u64);
         tokio::select! {
@@ -142,7 +146,7 @@ pub async fn run(config: PathBuf) -> anyhow::Result<u8> {
                 if job == "notify" {
                     continue;
                 }
-                if code == Some(i32::from(crate::exit::LOCKED)) {
+                if code == Some(i32::from(exit::LOCKED)) {
                     tracing::info!(job, "its lock is held by another run; retrying in a minute");
                     retry_at.insert(job, now() + LOCKED_RETRY);
                 } else {
@@ -169,7 +173,7 @@ fn start(
     tx: &tokio::sync::mpsc::UnboundedSender<(&'static str, i64, Option<i32>)>,
     running: &mut HashMap<&'static str, i64>,
 ) {
-    match crate::process::spawn_self(&job_args(config, job)) {
+    match process::spawn_self(&job_args(config, job)) {
         Ok(mut child) => {
             if job != "notify" {
                 tracing::info!(job, "job started");

@@ -5,6 +5,9 @@
 //! cron expressions) are parsed inside deserialization, so serde's location (line, column) and
 //! key path come with the error. File checks happen in [`resolve`], which finds the key's line.
 
+pub mod cron;
+pub mod notify_url;
+pub mod playbook;
 mod raw;
 
 use std::fmt;
@@ -13,6 +16,7 @@ use std::time::Duration;
 
 use semver::{Version, VersionReq};
 
+use crate::event::Severity;
 pub use raw::{parse_duration, url_allowed, DurationValue};
 
 /// Default location of the config file.
@@ -141,7 +145,7 @@ pub struct Playbooks {
 
 #[derive(Debug, Clone)]
 pub struct LoadedPlaybook {
-    pub playbook: crate::playbook::Playbook,
+    pub playbook: playbook::Playbook,
     /// `None`: the built-in default.
     pub path: Option<PathBuf>,
 }
@@ -274,33 +278,6 @@ pub struct KeySettings {
     pub api_key_rotate_before: Duration,
     /// Lifetime of an API key headwarden creates for itself.
     pub api_key_lifetime: Duration,
-}
-
-/// How important an event is; `notify[].min_severity` filters on it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
-pub enum Severity {
-    #[default]
-    Info,
-    Warning,
-    Critical,
-}
-
-impl Severity {
-    pub fn parse(s: &str) -> Option<Severity> {
-        match s {
-            "info" => Some(Severity::Info),
-            "warning" => Some(Severity::Warning),
-            "critical" => Some(Severity::Critical),
-            _ => None,
-        }
-    }
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Severity::Info => "info",
-            Severity::Warning => "warning",
-            Severity::Critical => "critical",
-        }
-    }
 }
 
 /// Which key reminders a chat destination receives.
@@ -523,6 +500,16 @@ mod tests {
     use super::*;
 
     const MINIMAL: &str = "state_dir: /tmp/hw\nheadscale:\n  binary: /usr/local/bin/headscale\n  config: /etc/headscale/config.yaml\n";
+
+    #[test]
+    fn a_minisign_key_requires_signatures_unless_the_admin_says_otherwise() {
+        let key = "RWQf6LRCGA9i53mlYecO4IzT51TGPpvWucNSCh1CBM0QTaLn73Y7GFO3";
+        let with_key = format!("{MINIMAL}release:\n  minisign_public_key: {key}\n");
+        assert!(parse(Path::new("hw.yaml"), &with_key).expect("valid").release.require_signature);
+        let opted_out = format!("{with_key}  require_signature: false\n");
+        assert!(!parse(Path::new("hw.yaml"), &opted_out).expect("valid").release.require_signature);
+        assert!(!parse(Path::new("hw.yaml"), MINIMAL).expect("valid").release.require_signature);
+    }
 
     #[test]
     fn minimal_config_gets_defaults() {

@@ -6,12 +6,16 @@ use std::time::Duration;
 use semver::{Version, VersionReq};
 use serde::{Deserialize, Deserializer};
 
+use super::cron;
+use super::notify_url;
 use super::Window;
 use super::{
     line_of, Approval, Channel, ConfigError, Enforce, HeadscaleSettings, KeyDelivery, KeySettings,
     MetricsSettings, NotifyTarget, ReleaseSettings, ReminderRouting, ScheduleSettings, Secret,
-    ServiceSettings, Settings, Severity, SmokeCheck, SmokeSettings, StagingSettings,
+    ServiceSettings, Settings, SmokeCheck, SmokeSettings, StagingSettings,
 };
+use crate::event::{self, Severity};
+use crate::settings::playbook;
 
 /// Parses `60s`, `15m`, `12h`, `3d`, `2w` (and sums like `1d12h`).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -94,7 +98,7 @@ struct CronValue(String);
 impl<'de> Deserialize<'de> for CronValue {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        crate::schedule::cron_to_schedule(&s).map_err(serde::de::Error::custom)?;
+        cron::cron_to_schedule(&s).map_err(serde::de::Error::custom)?;
         Ok(CronValue(s))
     }
 }
@@ -558,7 +562,7 @@ pub(super) fn resolve(file: &Path, text: &str, raw: RawConfig) -> Result<Setting
                     "e.g. duration: 4h",
                 ));
             }
-            if let Err(e) = crate::schedule::parse_zone(w.timezone.as_deref()) {
+            if let Err(e) = cron::parse_zone(w.timezone.as_deref()) {
                 return Err(cx.err(
                     "release.window",
                     e,
@@ -787,7 +791,7 @@ pub(super) fn resolve(file: &Path, text: &str, raw: RawConfig) -> Result<Setting
         .collect::<Result<Vec<_>, _>>()?;
     let mut notify_users = std::collections::BTreeMap::new();
     for (user, url) in raw.notify_users {
-        crate::notify::targets(&url, None).map_err(|e| {
+        notify_url::targets(&url, None).map_err(|e| {
             cx.err(
                 "notify_users",
                 format!("destination for user {user:?}: {e}"),
@@ -797,7 +801,7 @@ pub(super) fn resolve(file: &Path, text: &str, raw: RawConfig) -> Result<Setting
         notify_users.insert(user, Secret::new(url));
     }
 
-    if let Err(e) = crate::schedule::parse_zone(raw.schedule.timezone.as_deref()) {
+    if let Err(e) = cron::parse_zone(raw.schedule.timezone.as_deref()) {
         return Err(cx.err(
             "schedule.timezone",
             e,
@@ -814,7 +818,7 @@ pub(super) fn resolve(file: &Path, text: &str, raw: RawConfig) -> Result<Setting
                 (text, Some(p))
             }
         };
-        let pb = crate::playbook::check(&text).map_err(|problems| {
+        let pb = playbook::check(&text).map_err(|problems| {
             cx.err(
                 key,
                 format!("playbook refused: {}", problems.join("; ")),
@@ -881,7 +885,7 @@ pub(super) fn resolve(file: &Path, text: &str, raw: RawConfig) -> Result<Setting
         "audit.playbook",
         a.playbook,
         "audit",
-        crate::playbook::DEFAULT_AUDIT,
+        playbook::DEFAULT_AUDIT,
     )?;
     let audit = super::AuditSettings {
         max_preauth_key_lifetime: days(a.max_preauth_key_lifetime, 7),
@@ -901,13 +905,13 @@ pub(super) fn resolve(file: &Path, text: &str, raw: RawConfig) -> Result<Setting
             "playbooks.upgrade",
             raw.playbooks.upgrade,
             "upgrade",
-            crate::playbook::DEFAULT_UPGRADE,
+            playbook::DEFAULT_UPGRADE,
         )?,
         rotate_keys: load_playbook(
             "playbooks.rotate_keys",
             raw.playbooks.rotate_keys,
             "rotate-keys",
-            crate::playbook::DEFAULT_ROTATE_KEYS,
+            playbook::DEFAULT_ROTATE_KEYS,
         )?,
     };
     let metrics = MetricsSettings {
@@ -980,16 +984,16 @@ fn resolve_notify(cx: &Ctx<'_>, n: RawNotify) -> Result<NotifyTarget, ConfigErro
             ));
         }
     }
-    crate::notify::targets(&n.url, n.endpoint.as_deref())
+    notify_url::targets(&n.url, n.endpoint.as_deref())
         .map_err(|e| cx.err("notify.url", e.to_string(), e.hint()))?;
     for ev in &n.events {
-        if !crate::notify::known_event(ev) {
+        if !event::known_event(ev) {
             return Err(cx.err(
                 "notify.events",
                 format!("unknown event {ev:?}"),
                 format!(
                     "use families {} or exact events such as keys.reminder",
-                    crate::notify::FAMILIES.join(", ")
+                    event::FAMILIES.join(", ")
                 ),
             ));
         }

@@ -8,6 +8,7 @@ use semver::Version;
 use serde::Serialize;
 
 use crate::headscale::{cli, http, NodeRef, UserRef};
+use crate::process;
 use crate::settings::{SmokeCheck, SmokeSettings};
 
 /// How to reach an instance.
@@ -127,7 +128,7 @@ pub async fn run(
     }
     for argv in &settings.commands {
         let start = Instant::now();
-        let outcome = match crate::process::run_env(argv, &[], timeout).await {
+        let outcome = match process::run_env(argv, &[], timeout).await {
             Ok(o) if o.success() => Ok("exit 0".to_string()),
             Ok(o) => Err(format!(
                 "exit {}: {}",

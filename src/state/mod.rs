@@ -217,7 +217,8 @@ pub struct KeyObservation {
     pub registered_at: i64,
 }
 
-#[derive(Debug, Clone)]
+/// A pre-auth key headwarden minted for a node's re-registration. `Debug` never shows the key.
+#[derive(Clone)]
 pub struct MintedKey {
     pub node_id: i64,
     pub key_id: i64,
@@ -226,6 +227,19 @@ pub struct MintedKey {
     /// Kept only for servers before 0.28, which expire keys by user + full key.
     pub secret: Option<String>,
     pub expires_at: i64,
+}
+
+impl std::fmt::Debug for MintedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MintedKey")
+            .field("node_id", &self.node_id)
+            .field("key_id", &self.key_id)
+            .field("user_id", &self.user_id)
+            .field("user_name", &self.user_name)
+            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]

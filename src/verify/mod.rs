@@ -20,7 +20,9 @@ use std::time::Duration;
 use semver::Version;
 use sha2::{Digest, Sha256};
 
+use crate::error::error_chain;
 use crate::release::Release;
+use crate::settings;
 use crate::settings::ReleaseSettings;
 
 #[derive(Debug, thiserror::Error)]
@@ -126,7 +128,7 @@ impl Downloader {
         let policy = reqwest::redirect::Policy::custom(move |attempt| {
             if attempt.previous().len() > 5 {
                 attempt.error("too many redirects")
-            } else if crate::settings::url_allowed(attempt.url().as_str(), allow_http) {
+            } else if settings::url_allowed(attempt.url().as_str(), allow_http) {
                 attempt.follow()
             } else {
                 attempt.error("redirect to a non-https URL")
@@ -147,7 +149,7 @@ impl Downloader {
     }
 
     fn check_url(&self, url: &str) -> Result<(), VerifyError> {
-        if crate::settings::url_allowed(url, self.settings.allow_insecure_http) {
+        if settings::url_allowed(url, self.settings.allow_insecure_http) {
             Ok(())
         } else {
             Err(VerifyError::InsecureUrl {
@@ -166,7 +168,7 @@ impl Downloader {
         let mut resp = within(deadline, self.client.get(url).send())
             .await
             .map_err(err)?
-            .map_err(|e| err(crate::cli::error_chain(&e)))?;
+            .map_err(|e| err(error_chain(&e)))?;
         if !resp.status().is_success() {
             return Err(err(format!("HTTP {}", resp.status())));
         }
@@ -174,7 +176,7 @@ impl Downloader {
         while let Some(chunk) = within(deadline, resp.chunk())
             .await
             .map_err(err)?
-            .map_err(|e| err(crate::cli::error_chain(&e)))?
+            .map_err(|e| err(error_chain(&e)))?
         {
             buf.extend_from_slice(&chunk);
             if buf.len() as u64 > limit {
@@ -278,7 +280,7 @@ impl Downloader {
         let mut resp = within(deadline, self.client.get(&asset.url).send())
             .await
             .map_err(derr)?
-            .map_err(|e| derr(crate::cli::error_chain(&e)))?;
+            .map_err(|e| derr(error_chain(&e)))?;
         if !resp.status().is_success() {
             return Err(derr(format!("HTTP {}", resp.status())));
         }

@@ -240,12 +240,12 @@ proptest! {
     fn cron_expressions(b in input("cron")) {
         let t = text(&b);
         bounded(b.len(), || {
-            if let Ok(s) = headwarden::schedule::cron_to_schedule(&t) {
+            if let Ok(s) = headwarden::settings::cron::cron_to_schedule(&t) {
                 // A schedule that parses must also be evaluable (cron's iterator can spin on
                 // impossible dates; one step is enough to prove it terminates).
                 let _ = s.upcoming(chrono::Utc).next();
             }
-            clear(headwarden::schedule::next_due(Some(&t), Some("Europe/Berlin"), Some(0), 10));
+            clear(headwarden::settings::cron::next_due(Some(&t), Some("Europe/Berlin"), Some(0), 10));
         });
     }
 
@@ -253,7 +253,7 @@ proptest! {
     fn notification_urls(b in input("notify_url")) {
         let t = text(&b);
         bounded(b.len(), || {
-            if let Err(e) = headwarden::notify::url::targets(&t, None) {
+            if let Err(e) = headwarden::settings::notify_url::targets(&t, None) {
                 let msg = format!("{e} {}", e.hint());
                 assert!(!msg.trim().is_empty());
                 // Errors never repeat the URL's secrets (the corpus marks them S3CR3T).
@@ -289,7 +289,7 @@ proptest! {
     #[test]
     fn playbooks(b in input("playbook")) {
         let t = text(&b);
-        bounded(b.len(), || clear(headwarden::playbook::check(&t).map_err(|p| p.join("; "))));
+        bounded(b.len(), || clear(headwarden::settings::playbook::check(&t).map_err(|p| p.join("; "))));
     }
 }
 
@@ -376,7 +376,7 @@ fn deeply_nested_json_and_yaml_are_errors() {
     );
     refused(
         "playbook",
-        headwarden::playbook::check(&deep_yaml).map_err(|p| p.join("; ")),
+        headwarden::settings::playbook::check(&deep_yaml).map_err(|p| p.join("; ")),
     );
 }
 
@@ -409,7 +409,7 @@ fn notification_url_errors_never_echo_the_token() {
         "slack://T000/B000/S3CR3T\u{0}",
         "sl@ck://T000/B000/S3CR3T",
     ] {
-        if let Err(e) = headwarden::notify::targets(input, None) {
+        if let Err(e) = headwarden::settings::notify_url::targets(input, None) {
             let msg = e.to_string();
             assert!(!msg.trim().is_empty(), "{input:?}: empty error");
             assert!(!msg.contains("S3CR3T"), "{input:?}: {msg}");

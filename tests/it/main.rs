@@ -11,4 +11,5 @@ mod playbook;
 mod real;
 mod schedule;
 mod support;
+mod tidy;
 mod upgrade;

@@ -13,14 +13,15 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::Step;
+use crate::process;
+use crate::settings::playbook::Step;
 
 /// Runs one hook step with `context`; `Ok(summary)` or `Err(reason)`.
 pub async fn run(step: &Step, context: &Value) -> Result<String, String> {
     let timeout = step.timeout().unwrap_or(Duration::from_secs(60));
     if let Some(argv) = &step.argv {
         let env = environment(context);
-        let out = crate::process::run_env(argv, &env, timeout)
+        let out = process::run_env(argv, &env, timeout)
             .await
             .map_err(|e| e.to_string())?;
         let name = argv.first().map(String::as_str).unwrap_or("");

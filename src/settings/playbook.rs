@@ -2,14 +2,14 @@
 //! parameters, timeouts and `on_failure`. The built-in behaviour *is* the default playbooks
 //! (`playbooks/*.yaml`, compiled in); `playbooks.upgrade` / `playbooks.rotate_keys` in the config
 //! point at an edited copy, which [`check`] validates when the config loads, refusing edits that
-//! would put production at risk, with the reason. The pipelines ([`crate::pipeline`],
-//! [`crate::keys`]) walk the steps in order; hook steps run through [`hook`].
-
-pub mod hook;
+//! would put production at risk, with the reason. The jobs (`upgrade`, `keys`, `audit`)
+//! walk the steps in order; hook steps run through `hook`.
 
 use std::time::Duration;
 
 use serde::Deserialize;
+
+use super::{url_allowed, yaml_guard, DurationValue};
 
 pub const DEFAULT_UPGRADE: &str = include_str!("../../playbooks/upgrade.yaml");
 pub const DEFAULT_ROTATE_KEYS: &str = include_str!("../../playbooks/rotate-keys.yaml");
@@ -64,7 +64,7 @@ pub struct Playbook {
 pub struct Step {
     pub step: String,
     #[serde(default)]
-    pub timeout: Option<crate::settings::DurationValue>,
+    pub timeout: Option<DurationValue>,
     #[serde(default)]
     pub on_failure: Option<String>,
     /// `hook`: a command to run …
@@ -103,19 +103,6 @@ impl Step {
     }
 }
 
-/// The `notify` step of every playbook: deliver what is queued now, within the step's timeout
-/// (default: the usual budget). Chat never decides an outcome: a failure is logged, and the
-/// events stay queued.
-pub async fn notify_step(s: &crate::settings::Settings, store: &crate::state::Store, step: &Step) {
-    let budget = step.timeout().unwrap_or(crate::notify::FLUSH_BUDGET);
-    match crate::notify::flush(s, store, budget).await {
-        Ok(r) => tracing::debug!(sent = r.sent, "notify step"),
-        Err(e) => {
-            tracing::warn!(error = %e, "notify step: chat delivery failed; the events stay queued")
-        }
-    }
-}
-
 impl Playbook {
     pub fn position(&self, step: &str) -> Option<usize> {
         self.steps.iter().position(|s| s.step == step)
@@ -138,7 +125,7 @@ impl Playbook {
 /// Parses and validates a playbook (`name: upgrade`, `rotate-keys` or `audit`); every problem is
 /// reported, not just the first.
 pub fn check(text: &str) -> Result<Playbook, Vec<String>> {
-    crate::settings::yaml_guard(text).map_err(|e| vec![e])?;
+    yaml_guard(text).map_err(|e| vec![e])?;
     let pb: Playbook = serde_yaml_ng::from_str(text).map_err(|e| vec![e.to_string()])?;
     let catalogue = match pb.name.as_str() {
         "upgrade" => UPGRADE_STEPS,
@@ -221,13 +208,9 @@ pub fn check(text: &str) -> Result<Playbook, Vec<String>> {
                     "step {n} (hook): argv[0] must be an absolute path (no shell, no PATH lookup)"
                 ))
             }
-            (true, _, true)
-                if !crate::settings::url_allowed(s.url.as_deref().unwrap_or(""), true) =>
-            {
-                problems.push(format!(
-                    "step {n} (hook): url must be https (or http to loopback)"
-                ))
-            }
+            (true, _, true) if !url_allowed(s.url.as_deref().unwrap_or(""), true) => problems.push(
+                format!("step {n} (hook): url must be https (or http to loopback)"),
+            ),
             (false, true, _) | (false, _, true) => problems.push(format!(
                 "step {n} ({}): argv/url belong to hook steps only",
                 s.step

@@ -8,7 +8,7 @@
 
 use sha2::{Digest, Sha256};
 
-use crate::settings::url_allowed;
+use super::url_allowed;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Service {

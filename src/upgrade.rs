@@ -1,45 +1,31 @@
 //! The upgrade job: watch → plan → download+verify → stage → promote (or roll back).
 //! `headwarden upgrade`, `headwarden check` and (later) the daemon's job all call these functions.
 
-use std::collections::HashMap;
-
 use semver::Version;
 use serde::Serialize;
 
 use crate::deploy::staging::{self, StageOutcome};
 use crate::deploy::transaction::{self, HopOutcome, Prod, Recovered};
 use crate::deploy::{self, Installed, Service};
-use crate::headscale::cli as hs_cli;
-use crate::release::feed::{self, FeedResult};
-use crate::release::plan::{self, Plan, Policy};
+use crate::error::error_chain;
+use crate::headscale::config;
+use crate::hook;
+use crate::notify;
+use crate::release::feed;
+use crate::release::plan::Plan;
+use crate::release::watch::{
+    self, awaiting_approval, estimate_secs, hold_reason, CheckReport, WatchError,
+};
+pub use crate::release::watch::{approve, set_hold, UpgradeOptions};
 use crate::release::Release;
+use crate::settings::cron;
+use crate::settings::playbook;
 use crate::settings::Settings;
 use crate::smoke;
+use crate::state;
 use crate::state::Store;
+use crate::verify;
 use crate::verify::Downloader;
-
-#[derive(Debug, Default, Clone)]
-pub struct UpgradeOptions {
-    pub to: Option<Version>,
-    pub dry_run: bool,
-    pub allow_downgrade: bool,
-    pub progress: bool,
-    /// Promote now even outside `release.window`.
-    pub ignore_window: bool,
-}
-
-#[derive(Debug, Serialize)]
-pub struct CheckReport {
-    pub current: Version,
-    pub plan: Plan,
-    pub feed_not_modified: bool,
-    pub feed_requests: u32,
-    pub rate_remaining: Option<u64>,
-    pub ignored: Vec<String>,
-    pub new_releases: Vec<String>,
-    /// Keys in production's Headscale config that a planned version refuses to start with.
-    pub config_problems: Vec<String>,
-}
 
 #[derive(Debug, Serialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
@@ -111,23 +97,28 @@ pub enum PipelineError {
     #[error(transparent)]
     Feed(#[from] feed::FeedError),
     #[error(transparent)]
-    Verify(#[from] crate::verify::VerifyError),
+    Verify(#[from] verify::VerifyError),
     #[error(transparent)]
     Deploy(#[from] deploy::DeployError),
     #[error(transparent)]
-    State(#[from] crate::state::StateError),
-    #[error("cannot tell which version production runs ({binary})")]
-    CurrentVersion {
-        binary: String,
-        #[source]
-        source: hs_cli::CliError,
-    },
+    State(#[from] state::StateError),
+    #[error(transparent)]
+    CurrentVersion(#[from] deploy::CurrentVersionError),
     #[error("production is not healthy before the upgrade: {0}")]
     ProductionUnhealthy(String),
     #[error("{0}")]
     NotStopped(String),
     #[error("{0}")]
     Other(String),
+}
+
+impl From<WatchError> for PipelineError {
+    fn from(e: WatchError) -> Self {
+        match e {
+            WatchError::Feed(e) => PipelineError::Feed(e),
+            WatchError::State(e) => PipelineError::State(e),
+        }
+    }
 }
 
 impl PipelineError {
@@ -148,7 +139,7 @@ impl PipelineError {
             PipelineError::NotStopped(_) => Some(
                 "the release was not recorded as bad; check the service manager (`headscale.service`), then run again".into(),
             ),
-            PipelineError::CurrentVersion { .. } => {
+            PipelineError::CurrentVersion(_) => {
                 Some("check headscale.binary in the config; `<binary> version` must work".into())
             }
             _ => None,
@@ -156,22 +147,10 @@ impl PipelineError {
     }
 }
 
-pub fn policy(s: &Settings, opts: &UpgradeOptions) -> Policy {
-    Policy {
-        channel: s.release.channel,
-        constraint: s.release.constraint.clone(),
-        min_age_secs: s.release.min_age.as_secs() as i64,
-        skip: s.release.skip.clone(),
-        pin: s.release.pin.clone(),
-        allow_downgrade: opts.allow_downgrade,
-        target: opts.to.clone(),
-    }
-}
-
 pub fn prod<'a>(
     s: &'a Settings,
     store: &'a Store,
-    config: &'a crate::headscale::config::HeadscaleConfig,
+    config: &'a config::HeadscaleConfig,
 ) -> Prod<'a> {
     Prod {
         settings: s,
@@ -182,12 +161,7 @@ pub fn prod<'a>(
 }
 
 pub async fn current_version(s: &Settings) -> Result<Version, PipelineError> {
-    hs_cli::binary_version(&s.headscale.binary, std::time::Duration::from_secs(30))
-        .await
-        .map_err(|source| PipelineError::CurrentVersion {
-            binary: s.headscale.binary.display().to_string(),
-            source,
-        })
+    Ok(deploy::current_version(s).await?)
 }
 
 /// Finishes interrupted runs (crash recovery); safe to call at the start of every locked command.
@@ -199,314 +173,6 @@ pub async fn recover(s: &Settings, store: &Store) -> Result<Vec<Recovered>, Pipe
     Ok(transaction::recover(&prod(s, store, &config)).await?)
 }
 
-async fn fetch_and_plan(
-    s: &Settings,
-    store: &Store,
-    opts: &UpgradeOptions,
-) -> Result<(CheckReport, Vec<Release>), PipelineError> {
-    let current = current_version(s).await?;
-    let FeedResult {
-        releases,
-        not_modified,
-        requests,
-        rate_remaining,
-        ignored,
-    } = match feed::fetch(&s.release, store).await {
-        Ok(f) => {
-            store.kv_set("feed.last_ok", &crate::state::now().to_string())?;
-            f
-        }
-        Err(e) => {
-            feed_unreachable(store, &e)?;
-            return Err(e.into());
-        }
-    };
-    if let Some(newest) = releases
-        .iter()
-        .filter(|r| r.version.pre.is_empty())
-        .map(|r| &r.version)
-        .max()
-    {
-        store.kv_set("feed.newest", &newest.to_string())?;
-    }
-    if let Some(rem) = rate_remaining {
-        store.kv_set("feed.rate_remaining", &rem.to_string())?;
-    }
-    artifacts_replaced(store, &releases)?;
-    let mut new_releases = Vec::new();
-    for r in &releases {
-        if store.mark_release_seen(&r.tag)? {
-            new_releases.push(r.tag.clone());
-        }
-    }
-    let bad: HashMap<String, String> = store.bad_releases()?.into_iter().collect();
-    let plan = plan::plan(
-        &current,
-        &releases,
-        &policy(s, opts),
-        &bad,
-        crate::state::now(),
-    );
-    if !new_releases.is_empty() {
-        let waiting = awaiting_approval(s, store, &plan, opts)?;
-        let hold = hold_reason(store)?;
-        announce_releases(
-            store,
-            &current,
-            &releases,
-            &new_releases,
-            &plan,
-            &waiting,
-            hold.as_deref(),
-        )?;
-    }
-    let prod_config = deploy::production_config(s)?;
-    let mut config_problems = Vec::new();
-    for hop in &plan.hops {
-        for p in crate::headscale::config::incompatibilities(&prod_config, &hop.version) {
-            let line = format!(
-                "{}: `{}` stops Headscale {} from starting (since {}): {}",
-                prod_config.path.display(),
-                p.key,
-                hop.version,
-                p.since,
-                p.fix
-            );
-            if !config_problems.contains(&line) {
-                config_problems.push(line);
-            }
-        }
-    }
-    Ok((
-        CheckReport {
-            current,
-            plan,
-            feed_not_modified: not_modified,
-            feed_requests: requests,
-            rate_remaining,
-            ignored,
-            new_releases,
-            config_problems,
-        },
-        releases,
-    ))
-}
-
-/// A published artifact must never change. Each poll records every uploaded asset's GitHub
-/// digest per release; a digest that differs from the one recorded earlier means the file was
-/// replaced after publication (a compromised release, or a silent re-upload): a critical alert,
-/// and the release is recorded bad so it is not installed.
-fn artifacts_replaced(store: &Store, releases: &[Release]) -> Result<(), PipelineError> {
-    for r in releases {
-        let key = format!("assets.{}", r.tag);
-        let now: std::collections::BTreeMap<&str, &str> = r
-            .assets
-            .iter()
-            .filter(|a| a.uploaded)
-            .filter_map(|a| a.sha256.as_deref().map(|d| (a.name.as_str(), d)))
-            .collect();
-        let before: std::collections::BTreeMap<String, String> = store
-            .kv_get(&key)?
-            .and_then(|t| serde_json::from_str(&t).ok())
-            .unwrap_or_default();
-        let mut merged = before.clone();
-        for (name, digest) in &now {
-            match before.get(*name) {
-                Some(old) if old != digest => {
-                    let reason = format!(
-                        "{name} was replaced after publication (digest {old} when first seen, now {digest})"
-                    );
-                    tracing::error!(tag = %r.tag, %name, "published artifact replaced");
-                    store.mark_release_bad(&r.tag, &reason)?;
-                    store.push_event_once(
-                        "release.artifact_replaced",
-                        "critical",
-                        &serde_json::json!({
-                            "summary": format!("Headscale {}: a published file was replaced", r.tag),
-                            "tag": r.tag, "asset": name, "first_seen": old, "now": digest,
-                            "action": "recorded as bad; headwarden will not install it. Compare with upstream's announcement before trusting it.",
-                        }),
-                        &format!("release.artifact_replaced:{}:{name}:{digest}", r.tag),
-                        365 * 86400,
-                    )?;
-                }
-                Some(_) => {}
-                None => {
-                    merged.insert((*name).to_string(), (*digest).to_string());
-                }
-            }
-        }
-        if merged != before {
-            store.kv_set(&key, &serde_json::to_string(&merged).unwrap_or_default())?;
-        }
-    }
-    Ok(())
-}
-
-/// How long an upgrade of `hops` hops is expected to take: the mean of the last five successful
-/// upgrade runs (at least a minute) per hop, or 15 minutes per hop without history.
-pub fn estimate_secs(store: &Store, hops: usize) -> Result<i64, PipelineError> {
-    let durations: Vec<i64> = store
-        .recent_runs(200)?
-        .into_iter()
-        .filter(|r| r.kind == "upgrade" && r.outcome.as_deref() == Some("upgraded"))
-        .filter_map(|r| r.finished_at.map(|f| f - r.started_at))
-        .take(5)
-        .collect();
-    let per_hop = if durations.is_empty() {
-        15 * 60
-    } else {
-        (durations.iter().sum::<i64>() / durations.len() as i64).max(60)
-    };
-    Ok(per_hop * hops.max(1) as i64)
-}
-
-/// The reason upgrades are on hold (`headwarden hold`), if they are.
-pub fn hold_reason(store: &Store) -> Result<Option<String>, PipelineError> {
-    Ok(store.kv_get("hold")?)
-}
-
-pub fn set_hold(store: &Store, reason: Option<&str>) -> Result<(), PipelineError> {
-    match reason {
-        Some(r) => store.kv_set("hold", r)?,
-        None => store.kv_delete("hold")?,
-    }
-    Ok(())
-}
-
-pub fn approve(store: &Store, version: &Version) -> Result<(), PipelineError> {
-    store.kv_set(
-        &format!("approved.{version}"),
-        &crate::state::now().to_string(),
-    )?;
-    Ok(())
-}
-
-/// Hops of `plan` that `release.approval` holds back and nobody approved yet. Naming a target
-/// (`upgrade --to V`) approves the path to it.
-pub fn awaiting_approval(
-    s: &Settings,
-    store: &Store,
-    plan: &Plan,
-    opts: &UpgradeOptions,
-) -> Result<Vec<String>, PipelineError> {
-    if opts.to.is_some() {
-        return Ok(vec![]);
-    }
-    let mut prev = plan.current.clone();
-    let mut waiting = Vec::new();
-    for hop in &plan.hops {
-        let minor = (hop.version.major, hop.version.minor) != (prev.major, prev.minor);
-        let manual = if minor {
-            s.release.approval.minor_manual
-        } else {
-            s.release.approval.patch_manual
-        };
-        if manual
-            && store
-                .kv_get(&format!("approved.{}", hop.version))?
-                .is_none()
-        {
-            waiting.push(hop.version.to_string());
-        }
-        prev = hop.version.clone();
-    }
-    Ok(waiting)
-}
-
-/// Queues a `release` event for each newly seen release newer than production, with the
-/// highlights of its notes and what headwarden will do about it.
-fn announce_releases(
-    store: &Store,
-    current: &Version,
-    releases: &[Release],
-    new: &[String],
-    plan: &Plan,
-    waiting: &[String],
-    hold: Option<&str>,
-) -> Result<(), PipelineError> {
-    for r in releases
-        .iter()
-        .filter(|r| new.contains(&r.tag) && r.version > *current)
-    {
-        let note = plan
-            .notes
-            .iter()
-            .find_map(|n| n.strip_prefix(&format!("{}: ", r.tag)));
-        let v = r.version.to_string();
-        let action = if let (true, Some(h)) = (plan.hops.iter().any(|h| h.tag == r.tag), hold) {
-            format!("nothing while upgrades are on hold ({h}); `headwarden unhold` releases them")
-        } else if waiting.contains(&v) {
-            format!(
-                "wait for approval: `headwarden approve {v}` (or `headwarden upgrade --to {v}`)"
-            )
-        } else if plan.hops.iter().any(|h| h.tag == r.tag) {
-            "apply it at the next upgrade run: staged on a copy of the database first, then promoted".to_string()
-        } else if let Some(n) = note {
-            format!("wait: {n}")
-        } else if let Some(b) = &plan.blocked {
-            format!("nothing yet: blocked ({b})")
-        } else {
-            match &plan.target {
-                Some(t) if *t > r.version => format!("skip it: the path goes to {t}"),
-                _ => "nothing yet (see `headwarden check`)".to_string(),
-            }
-        };
-        let h = crate::release::notes::highlights(&r.notes);
-        let severity = if !h.security.is_empty() || !h.breaking.is_empty() {
-            "warning"
-        } else {
-            "info"
-        };
-        store.push_event(
-            "release",
-            severity,
-            &serde_json::json!({
-                "version": r.version.to_string(),
-                "tag": r.tag,
-                "url": r.url,
-                "prerelease": r.prerelease,
-                "current": current.to_string(),
-                "breaking": h.breaking,
-                "backup": h.backup,
-                "security": h.security,
-                "min_tailscale": h.min_tailscale,
-                "action": action,
-            }),
-        )?;
-    }
-    Ok(())
-}
-
-/// After a day without a successful feed poll, one `health.feed_unreachable` event per day.
-fn feed_unreachable(store: &Store, e: &feed::FeedError) -> Result<(), PipelineError> {
-    let now = crate::state::now();
-    let since = match store.kv_get("feed.last_ok")? {
-        Some(v) => v.parse().unwrap_or(now),
-        None => match store.kv_get("feed.first_fail")? {
-            Some(v) => v.parse().unwrap_or(now),
-            None => {
-                store.kv_set("feed.first_fail", &now.to_string())?;
-                now
-            }
-        },
-    };
-    if now - since >= 86400 {
-        store.push_event_once(
-            "health.feed_unreachable",
-            "warning",
-            &serde_json::json!({
-                "summary": "headwarden cannot read the release feed",
-                "error": e.to_string(),
-                "hours": (now - since) / 3600,
-            }),
-            "health.feed_unreachable",
-            86400,
-        )?;
-    }
-    Ok(())
-}
-
 /// `headwarden check`: what would happen. Reads the feed (updating its cache) and changes nothing else.
 pub async fn check(
     s: &Settings,
@@ -516,12 +182,15 @@ pub async fn check(
     Ok(fetch_and_plan(s, store, opts).await?.0)
 }
 
-/// `check` plus the releases it read (the audit looks at their notes).
-pub async fn check_with_releases(
+/// The feed read and the path planned from the version production runs now.
+async fn fetch_and_plan(
     s: &Settings,
     store: &Store,
+    opts: &UpgradeOptions,
 ) -> Result<(CheckReport, Vec<Release>), PipelineError> {
-    fetch_and_plan(s, store, &UpgradeOptions::default()).await
+    let current = current_version(s).await?;
+    let prod_config = deploy::production_config(s)?;
+    Ok(watch::fetch_and_plan(s, store, current, &prod_config, opts).await?)
 }
 
 /// Finishes interrupted runs first and says what recovery did (start of every locked command).
@@ -694,7 +363,7 @@ pub async fn upgrade(
         Err(e) => Some((
             "upgrade.failed",
             "critical",
-            serde_json::json!({"run": run, "from": current.to_string(), "to": target, "error": crate::cli::error_chain(e)}),
+            serde_json::json!({"run": run, "from": current.to_string(), "to": target, "error": error_chain(e)}),
         )),
     };
     if let Some((name, severity, payload)) = event {
@@ -721,7 +390,7 @@ pub async fn upgrade(
             format!("{target} passed staging; waiting to promote"),
         ),
         Ok(_) => ("ok", String::new()),
-        Err(e) => ("failed", crate::cli::error_chain(e)),
+        Err(e) => ("failed", error_chain(e)),
     };
     store.finish_run(run, outcome, &detail)?;
     if outcome == "staged" {
@@ -801,12 +470,10 @@ fn gate(
     if let (Some(w), false) = (&s.release.window, opts.ignore_window) {
         let needed = estimate_secs(store, plan.hops.len())?;
         let tz = w.timezone.as_deref().or(s.schedule.timezone.as_deref());
-        if let Err(next) =
-            crate::schedule::window_allows(w, &s.release.blackout, tz, crate::state::now(), needed)
-        {
+        if let Err(next) = cron::window_allows(w, &s.release.blackout, tz, state::now(), needed) {
             return Ok(Some(UpgradeOutcome::OutsideWindow {
                 current: current.clone(),
-                next: next.map(crate::state::rfc3339),
+                next: next.map(state::rfc3339),
                 needed_minutes: (needed + 59) / 60,
             }));
         }
@@ -851,8 +518,8 @@ impl RunCtx<'_> {
         })
     }
 
-    async fn walk(&self, pb: &crate::playbook::Playbook) -> Result<UpgradeOutcome, PipelineError> {
-        use crate::playbook::OnFailure;
+    async fn walk(&self, pb: &playbook::Playbook) -> Result<UpgradeOutcome, PipelineError> {
+        use crate::settings::playbook::OnFailure;
         let mut progress = Progress::default();
         for (i, step) in pb.steps.iter().enumerate() {
             let limit = step.timeout();
@@ -899,10 +566,10 @@ impl RunCtx<'_> {
                         return Ok(out);
                     }
                 }
-                "notify" => crate::playbook::notify_step(self.s, self.store, step).await,
+                "notify" => notify::notify_step(self.s, self.store, step).await,
                 "hook" => {
                     let ctx = self.hook_context(i, &progress);
-                    match crate::playbook::hook::run(step, &ctx).await {
+                    match hook::run(step, &ctx).await {
                         Ok(summary) => (self.say)(&format!("hook (step {}): {summary}", i + 1)),
                         Err(reason) => {
                             (self.say)(&format!("hook (step {}) FAILED: {reason}", i + 1));
@@ -951,7 +618,7 @@ impl RunCtx<'_> {
                     hops: progress
                         .installed
                         .iter()
-                        .map(|(i, _)| i.version.to_string())
+                        .map(|(i, _)| i.version().to_string())
                         .collect(),
                     timings: progress.timings,
                 })
@@ -1032,13 +699,13 @@ impl RunCtx<'_> {
     /// on disk between download and use).
     fn verify_installed(&self, progress: &Progress) -> Result<(), PipelineError> {
         for (inst, sha) in &progress.installed {
-            let now = crate::verify::sha256_file(&inst.path).map_err(|e| {
-                PipelineError::Other(format!("re-hashing {}: {e}", inst.path.display()))
+            let now = verify::sha256_file(inst.path()).map_err(|e| {
+                PipelineError::Other(format!("re-hashing {}: {e}", inst.path().display()))
             })?;
             if &now != sha {
                 return Err(PipelineError::Other(format!(
                     "{} changed on disk after verification (sha256 {now}, verified {sha}); refusing to run it",
-                    inst.path.display()
+                    inst.path().display()
                 )));
             }
         }
@@ -1092,7 +759,7 @@ impl RunCtx<'_> {
                     "staging passed for {}",
                     installed
                         .iter()
-                        .map(|i| i.version.to_string())
+                        .map(|i| i.version().to_string())
                         .collect::<Vec<_>>()
                         .join(", ")
                 ));
@@ -1135,7 +802,7 @@ impl RunCtx<'_> {
                 .map_err(PipelineError::ProductionUnhealthy)?;
             (self.say)(&format!(
                 "promoting {from} -> {} on production",
-                hop.version
+                hop.version()
             ));
             match transaction::promote_hop(
                 &p,
@@ -1159,11 +826,11 @@ impl RunCtx<'_> {
                     store.push_event(
                         "upgrade.promoted",
                         "info",
-                        &serde_json::json!({"run": run, "from": from.to_string(), "to": hop.version.to_string(), "downtime_ms": downtime}),
+                        &serde_json::json!({"run": run, "from": from.to_string(), "to": hop.version().to_string(), "downtime_ms": downtime}),
                     )?;
                     (self.say)(&format!(
                         "production now on {} ({})",
-                        hop.version,
+                        hop.version(),
                         timings
                             .iter()
                             .map(|(n, ms)| format!("{n} {ms} ms"))
@@ -1171,30 +838,30 @@ impl RunCtx<'_> {
                             .join(", ")
                     ));
                     progress.timings.push(timings);
-                    from = hop.version.clone();
-                    old_target = hop.path.clone();
+                    from = hop.version().clone();
+                    old_target = hop.path().to_path_buf();
                     progress.promoted = Some(from.clone());
                 }
                 HopOutcome::NotStopped { reason } => {
                     (self.say)(&format!(
                         "promotion of {} did not start: {reason}",
-                        hop.version
+                        hop.version()
                     ));
                     return Err(PipelineError::NotStopped(reason));
                 }
                 HopOutcome::RolledBack { reason } => {
                     store.mark_release_bad(
-                        &format!("v{}", hop.version),
+                        &format!("v{}", hop.version()),
                         &format!("failed on production: {reason}"),
                     )?;
                     (self.say)(&format!(
                         "production FAILED on {}: {reason}; rolled back to {from} with its database",
-                        hop.version
+                        hop.version()
                     ));
                     return Ok(Some(UpgradeOutcome::RolledBack {
                         from: current.clone(),
                         now: from,
-                        failed: hop.version.to_string(),
+                        failed: hop.version().to_string(),
                         reason,
                     }));
                 }
@@ -1204,7 +871,7 @@ impl RunCtx<'_> {
                     backup,
                 } => {
                     return Ok(Some(UpgradeOutcome::RollbackFailed {
-                        failed: hop.version.to_string(),
+                        failed: hop.version().to_string(),
                         reason,
                         rollback_error,
                         backup: backup.map(|b| b.display().to_string()),
@@ -1226,7 +893,7 @@ pub async fn rollback(
 ) -> Result<String, PipelineError> {
     recover_and_report(s, store, say).await?;
     let backups = store.backups()?;
-    let committed = |b: &&crate::state::BackupRow| {
+    let committed = |b: &&state::BackupRow| {
         store
             .steps(b.run_id)
             .map(|st| st.iter().any(|x| x.hop == b.hop && x.name == "commit"))
@@ -1254,7 +921,7 @@ pub async fn rollback(
 async fn restore(
     s: &Settings,
     store: &Store,
-    backup: &crate::state::BackupRow,
+    backup: &state::BackupRow,
     reason: &str,
     manual: bool,
     say: Say<'_>,

@@ -1,0 +1,214 @@
+//! The house rules that the compiler does not check (rust-analyzer's `tidy.rs` shape):
+//! - `src/lib.rs` declares every top-level module under a layer comment (`// L0 base` …), in
+//!   order; a module imports only modules of lower layers, or of its own layer declared above it,
+//!   so the module graph has no cycle;
+//! - cross-module items come in through `use crate::…` lines, never as inline `crate::x::y`
+//!   paths in code (tests excepted), so the graph can be read from the imports.
+//!
+//! Each rule is checked on the real tree and, to show it can fail, on a small bad tree.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// One top-level module: its layer and its position in `lib.rs`.
+#[derive(Debug, Clone, Copy)]
+struct Place {
+    layer: u32,
+    order: usize,
+}
+
+/// The layer table from `lib.rs`: `// L<n> …` comments followed by `pub mod x;` lines.
+fn layer_table(lib: &str) -> Result<BTreeMap<String, Place>, String> {
+    let mut table = BTreeMap::new();
+    let mut layer = None;
+    for (n, line) in lib.lines().enumerate() {
+        let line = line.trim();
+        if let Some(rest) = line.strip_prefix("// L") {
+            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            if !digits.is_empty() {
+                layer = digits.parse().ok();
+            }
+        } else if let Some(name) = line
+            .strip_prefix("pub mod ")
+            .or_else(|| line.strip_prefix("mod "))
+            .and_then(|r| r.strip_suffix(';'))
+        {
+            let Some(layer) = layer else {
+                return Err(format!(
+                    "lib.rs:{}: module {name} is declared before any `// L<n>` layer comment",
+                    n + 1
+                ));
+            };
+            let order = table.len();
+            table.insert(name.to_string(), Place { layer, order });
+        }
+    }
+    Ok(table)
+}
+
+/// The text of a file without its `#[cfg(test)]` tail (unit tests may reach anywhere).
+fn without_tests(text: &str) -> &str {
+    match text.find("\n#[cfg(test)]\nmod tests") {
+        Some(i) => &text[..i],
+        None => text,
+    }
+}
+
+/// Every `crate::<module>` a file names (in `use` lines or inline), with its line number.
+fn crate_refs(text: &str) -> Vec<(usize, String, bool)> {
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let code = line.split("//").next().unwrap_or("");
+        let trimmed = code.trim_start();
+        let is_use = trimmed.starts_with("use ") || trimmed.starts_with("pub use ");
+        let mut rest = code;
+        while let Some(i) = rest.find("crate::") {
+            let before = rest[..i].chars().last();
+            let after = &rest[i + "crate::".len()..];
+            let name: String = after
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .collect();
+            if !matches!(before, Some(c) if c.is_alphanumeric() || c == '_' || c == ':')
+                && !name.is_empty()
+            {
+                out.push((n + 1, name, is_use));
+            }
+            rest = after;
+        }
+    }
+    out
+}
+
+/// The rule violations in a tree: `files` maps a path under `src/` to its text.
+fn violations(lib: &str, files: &BTreeMap<PathBuf, String>) -> Vec<String> {
+    let table = match layer_table(lib) {
+        Ok(t) => t,
+        Err(e) => return vec![e],
+    };
+    let mut problems = Vec::new();
+    for (path, text) in files {
+        let Some(first) = path.components().next() else {
+            continue;
+        };
+        let module = first
+            .as_os_str()
+            .to_string_lossy()
+            .trim_end_matches(".rs")
+            .to_string();
+        if module == "lib" || module == "main" || module == "bin" {
+            continue;
+        }
+        let Some(here) = table.get(&module) else {
+            problems.push(format!(
+                "src/{}: module {module} is missing from lib.rs's layer table",
+                path.display()
+            ));
+            continue;
+        };
+        let code = without_tests(text);
+        for (line, target, is_use) in crate_refs(code) {
+            if !is_use {
+                problems.push(format!(
+                    "src/{}:{line}: inline path crate::{target}::… (import it with `use crate::…` at the top)",
+                    path.display()
+                ));
+            }
+            if target == module {
+                continue;
+            }
+            let Some(there) = table.get(&target) else {
+                continue;
+            };
+            let down =
+                there.layer < here.layer || (there.layer == here.layer && there.order < here.order);
+            if !down {
+                problems.push(format!(
+                    "src/{}:{line}: {module} (L{}) imports {target} (L{}), which is not below it in lib.rs",
+                    path.display(),
+                    here.layer,
+                    there.layer
+                ));
+            }
+        }
+    }
+    problems
+}
+
+fn read_tree(src: &Path) -> BTreeMap<PathBuf, String> {
+    let mut files = BTreeMap::new();
+    let mut stack = vec![src.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).expect("read src") {
+            let p = entry.expect("dir entry").path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|e| e == "rs") {
+                let rel = p.strip_prefix(src).expect("under src").to_path_buf();
+                files.insert(rel, std::fs::read_to_string(&p).expect("read file"));
+            }
+        }
+    }
+    files
+}
+
+#[test]
+fn modules_import_only_downwards_and_through_use_lines() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let lib = std::fs::read_to_string(src.join("lib.rs")).expect("lib.rs");
+    let table = layer_table(&lib).expect("layer table");
+    for layer in 0..=5 {
+        assert!(
+            table.values().any(|p| p.layer == layer),
+            "lib.rs has no module in layer L{layer}"
+        );
+    }
+    let problems = violations(&lib, &read_tree(&src));
+    assert!(
+        problems.is_empty(),
+        "{} problem(s):\n{}",
+        problems.len(),
+        problems.join("\n")
+    );
+}
+
+#[test]
+fn the_rules_catch_an_upward_import_an_inline_path_and_a_missing_module() {
+    let lib = "// L0 base\npub mod error;\n// L1 config\npub mod settings;\n// L5 interface\npub mod cli;\n";
+    let files: BTreeMap<PathBuf, String> = [
+        ("error.rs", "use crate::settings::Settings;\n"),
+        ("settings/mod.rs", "fn f() { crate::error::chain(); }\n"),
+        (
+            "cli.rs",
+            "use crate::settings::Settings;\nuse crate::error::chain;\n",
+        ),
+        ("stray.rs", "//! not declared\n"),
+        (
+            "state.rs",
+            "#[cfg(test)]\nmod tests { use crate::cli::X; }\n",
+        ),
+    ]
+    .into_iter()
+    .map(|(p, t)| (PathBuf::from(p), t.to_string()))
+    .collect();
+    let problems = violations(lib, &files);
+    let has = |needle: &str| problems.iter().any(|p| p.contains(needle));
+    assert!(
+        has("src/error.rs:1: error (L0) imports settings (L1)"),
+        "{problems:#?}"
+    );
+    assert!(
+        has("src/settings/mod.rs:1: inline path crate::error"),
+        "{problems:#?}"
+    );
+    assert!(
+        has("src/stray.rs: module stray is missing"),
+        "{problems:#?}"
+    );
+    assert!(
+        has("src/state.rs: module state is missing"),
+        "{problems:#?}"
+    );
+    assert_eq!(problems.len(), 4, "{problems:#?}");
+    assert!(layer_table("pub mod x;\n").is_err());
+}
