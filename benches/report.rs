@@ -15,9 +15,7 @@
 //!
 //! Everything runs on 127.0.0.1 against the stand-in; the numbers are for this machine only.
 
-#[path = "../tests/it/support.rs"]
-#[allow(dead_code)]
-mod support;
+use testkit as support;
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -308,7 +306,7 @@ fn peak_memory() {
     std::fs::write(&sums_path, sums).expect("sums");
     let cfg = sb.config_path().display().to_string();
     let t = Instant::now();
-    let mut child = std::process::Command::new(support::HW)
+    let mut child = std::process::Command::new(support::hw())
         .args(["--config", &cfg, "upgrade", "--yes"])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -603,7 +601,7 @@ fn idle_daemon() {
             .into();
     sb.write_config();
     let cfg = sb.config_path().display().to_string();
-    let mut child = std::process::Command::new(support::HW)
+    let mut child = std::process::Command::new(support::hw())
         .args(["--config", &cfg, "daemon"])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())

@@ -2,8 +2,7 @@
 //! functions in `upgrade`, `deploy` and `state`. Data goes to stdout (`--json` for stable
 //! output), logs and progress to stderr. Errors print as a chain with a hint.
 
-mod demo;
-mod demo_real;
+mod commands;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,25 +10,18 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use semver::Version;
 
-use crate::audit;
-use crate::deploy;
 use crate::event::Severity;
 use crate::exit;
 use crate::headscale::api;
-use crate::headscale::api::ApiClient;
-use crate::headscale::http;
 use crate::keys;
-use crate::lock::{LockError, RunLock};
-use crate::metrics;
+use crate::lock::LockError;
 use crate::notify;
 use crate::process;
 use crate::schedule::daemon;
-use crate::settings::cron;
-use crate::settings::playbook;
 use crate::settings::{self, ConfigError, Settings};
 use crate::state;
 use crate::state::Store;
-use crate::upgrade::{self, PipelineError, UpgradeOptions, UpgradeOutcome};
+use crate::upgrade::PipelineError;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -270,11 +262,11 @@ fn init_tracing(cli: &Cli) {
     }
 }
 
-fn load(cli: &Cli) -> Result<Settings, Failure> {
+pub(crate) fn load(cli: &Cli) -> Result<Settings, Failure> {
     Ok(settings::load(&cli.config)?)
 }
 
-fn print_json<T: serde::Serialize>(v: &T) -> Result<(), Failure> {
+pub(crate) fn print_json<T: serde::Serialize>(v: &T) -> Result<(), Failure> {
     println!(
         "{}",
         serde_json::to_string_pretty(v).map_err(anyhow::Error::from)?
@@ -364,67 +356,7 @@ async fn deliver_queued(cli: &Cli) {
     }
 }
 
-async fn notify_command(cli: &Cli, cmd: &NotifyCmd) -> Result<u8, Failure> {
-    let s = load(cli)?;
-    match cmd {
-        NotifyCmd::Test { url } => {
-            let url = match url.as_deref() {
-                Some("-") => {
-                    let mut line = String::new();
-                    std::io::stdin().read_line(&mut line).map_err(|e| Failure {
-                        code: exit::USAGE,
-                        hint: None,
-                        error: anyhow::anyhow!("cannot read the URL from standard input: {e}"),
-                    })?;
-                    Some(line.trim().to_string())
-                }
-                other => other.map(str::to_string),
-            };
-            let results = notify::test(&s, url.as_deref())
-                .await
-                .map_err(|e| Failure {
-                    code: exit::USAGE,
-                    hint: Some(e.hint()),
-                    error: anyhow::anyhow!("{e}"),
-                })?;
-            if results.is_empty() {
-                println!("no notification destinations configured (notify: in the config)");
-                return Ok(exit::USAGE);
-            }
-            let mut failed = 0;
-            for (label, r) in &results {
-                match r {
-                    Ok(ms) => println!("ok      {label} ({ms} ms)"),
-                    Err(e) => {
-                        failed += 1;
-                        println!("FAILED  {e}");
-                    }
-                }
-            }
-            Ok(if failed == 0 { exit::OK } else { exit::FAILURE })
-        }
-        NotifyCmd::Flush => {
-            let store = Store::open(&s.state_dir)?;
-            let r = notify::flush(&s, &store, notify::FLUSH_BUDGET).await?;
-            if cli.json {
-                print_json(&r)?;
-            } else if r.busy {
-                println!("another headwarden process is delivering notifications");
-            } else {
-                println!(
-                    "sent {}, waiting to retry {}, failed {}, uncertain {}",
-                    r.sent, r.retrying, r.failed, r.uncertain
-                );
-                for e in &r.errors {
-                    println!("  {e}");
-                }
-            }
-            Ok(exit::OK)
-        }
-    }
-}
-
-fn fmt_local(t: i64) -> String {
+pub(crate) fn fmt_local(t: i64) -> String {
     chrono::DateTime::from_timestamp(t, 0)
         .map(|d| {
             d.with_timezone(&chrono::Local)
@@ -434,688 +366,37 @@ fn fmt_local(t: i64) -> String {
         .unwrap_or_default()
 }
 
-/// `headwarden run`: each due job once, in turn. A job whose lock is held is left for the next
-/// invocation (not a failure); a failed job does not stop the next one. The exit code is the
-/// first failing job's.
-async fn run_due(cli: &Cli) -> Result<u8, Failure> {
-    let s = load(cli)?;
-    let store = Store::open(&s.state_dir)?;
-    let now = state::now();
-    let mut result = exit::OK;
-    for (job, expr) in [
-        ("upgrade", &s.schedule.upgrade),
-        ("keys", &s.schedule.keys),
-        ("audit", &s.schedule.audit),
-    ] {
-        let key = format!("job.{job}.last");
-        let last = store.kv_get(&key)?.and_then(|v| v.parse().ok());
-        let next = cron::next_due(expr.as_deref(), s.schedule.timezone.as_deref(), last, now)
-            .map_err(|e| anyhow::anyhow!("schedule.{job}: {e}"))?;
-        if let Some(next) = next {
-            println!("{job}: not due; next at {}", fmt_local(next));
-            continue;
-        }
-        println!("{job}: due");
-        let command = match job {
-            "upgrade" => Command::Upgrade {
-                to: None,
-                yes: true,
-                dry_run: false,
-                allow_downgrade: false,
-                ignore_window: false,
-            },
-            "keys" => Command::Keys { cmd: KeysCmd::Run },
-            _ => Command::Audit { fail_on: None },
-        };
-        let sub = Cli {
-            config: cli.config.clone(),
-            json: false,
-            verbose: cli.verbose,
-            quiet: cli.quiet,
-            command,
-        };
-        let code = match Box::pin(run_command(&sub)).await {
-            Ok(code) => code,
-            Err(f) if f.code == exit::LOCKED => {
-                println!("{job}: another run holds its lock; it runs at the next invocation");
-                continue;
-            }
-            Err(f) => {
-                eprintln!("error: {job}: {:#}", f.error);
-                if let Some(h) = &f.hint {
-                    eprintln!("hint: {h}");
-                }
-                f.code
-            }
-        };
-        store.kv_set(&key, &now.to_string())?;
-        if result == exit::OK {
-            result = code;
-        }
-    }
-    if let Some(path) = &s.metrics.textfile {
-        let text = metrics::text(&s).await?;
-        metrics::write_textfile(path, &text)
-            .map_err(|e| anyhow::anyhow!("cannot write metrics to {}: {e}", path.display()))?;
-    }
-    Ok(result)
-}
-
-/// The audit report for a terminal: grouped by severity, then accepted, skipped and drift.
-fn print_audit(r: &audit::Report) {
-    println!(
-        "security audit (Headscale {}) at {}",
-        r.headscale_version.as_deref().unwrap_or("unknown"),
-        r.generated_at
-    );
-    for sev in [Severity::Critical, Severity::Warning, Severity::Info] {
-        let group: Vec<_> = r.findings.iter().filter(|f| f.severity == sev).collect();
-        if group.is_empty() {
-            continue;
-        }
-        println!("\n{} ({})", sev.as_str().to_uppercase(), group.len());
-        for f in group {
-            println!("  {}\n    {}", f.id, f.title);
-            if !f.evidence.is_empty() {
-                println!("    evidence: {}", f.evidence);
-            }
-            println!("    fix: {}\n    mitigation: {}", f.fix, f.mitigation);
-        }
-    }
-    if r.findings.is_empty() {
-        println!("\nno open findings");
-    }
-    if !r.accepted.is_empty() {
-        println!("\naccepted ({})", r.accepted.len());
-        for f in &r.accepted {
-            if let Some(a) = &f.accepted {
-                println!("  {} until {}: {}", f.id, a.until, a.reason);
-            }
-        }
-    }
-    for e in &r.expired_acceptances {
-        println!("acceptance expired: {e}");
-    }
-    for sk in &r.skipped {
-        println!("skipped {}: {}", sk.step, sk.reason);
-    }
-    println!(
-        "\nsince the last audit: {} new, {} resolved",
-        r.new.len(),
-        r.resolved.len()
-    );
-}
-
-async fn run_command(cli: &Cli) -> Result<u8, Failure> {
+pub(crate) async fn run_command(cli: &Cli) -> Result<u8, Failure> {
     match &cli.command {
-        Command::Run => run_due(cli).await,
-        Command::Completions { shell } => {
-            let mut cmd = <Cli as clap::CommandFactory>::command();
-            clap_complete::generate(*shell, &mut cmd, "headwarden", &mut std::io::stdout());
-            Ok(exit::OK)
-        }
+        Command::Run => commands::run::run(cli).await,
+        Command::Completions { shell } => commands::completions::run(shell),
         Command::Playbook {
             cmd: PlaybookCmd::Check { file },
-        } => {
-            let text = std::fs::read_to_string(file)
-                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
-            match playbook::check(&text) {
-                Ok(pb) => {
-                    println!(
-                        "{}: ok ({} playbook, {} steps)",
-                        file.display(),
-                        pb.name,
-                        pb.steps.len()
-                    );
-                    Ok(exit::OK)
-                }
-                Err(problems) => {
-                    for p in &problems {
-                        eprintln!("error: {}: {p}", file.display());
-                    }
-                    Ok(exit::USAGE)
-                }
-            }
-        }
-        Command::Audit { fail_on } => {
-            let fail_on = fail_on.as_deref().and_then(Severity::parse);
-            let s = load(cli)?;
-            let _lock = RunLock::acquire_audit(&s.state_dir, "audit")?;
-            let store = Store::open(&s.state_dir)?;
-            let report = audit::run(&s, &store)
-                .await
-                .map_err(|e| anyhow::anyhow!("audit: {e}"))?;
-            if cli.json {
-                print_json(&report)?;
-            } else {
-                print_audit(&report);
-            }
-            Ok(match (fail_on, report.worst()) {
-                (Some(limit), Some(worst)) if worst >= limit => exit::FAILURE,
-                _ => exit::OK,
-            })
-        }
-        Command::Metrics => {
-            let s = load(cli)?;
-            print!("{}", metrics::text(&s).await?);
-            Ok(exit::OK)
-        }
-        Command::Man => {
-            let cmd = <Cli as clap::CommandFactory>::command();
-            clap_mangen::Man::new(cmd)
-                .render(&mut std::io::stdout())
-                .map_err(anyhow::Error::from)?;
-            Ok(exit::OK)
-        }
-        Command::Approve { version } => {
-            let s = load(cli)?;
-            let store = Store::open(&s.state_dir)?;
-            upgrade::approve(&store, version)?;
-            println!("approved {version}: the next upgrade run may apply it");
-            Ok(exit::OK)
-        }
-        Command::Hold { reason } => {
-            let s = load(cli)?;
-            let store = Store::open(&s.state_dir)?;
-            upgrade::set_hold(&store, Some(reason))?;
-            println!("upgrades are on hold ({reason}); `headwarden unhold` releases them");
-            Ok(exit::OK)
-        }
-        Command::Unhold => {
-            let s = load(cli)?;
-            let store = Store::open(&s.state_dir)?;
-            upgrade::set_hold(&store, None)?;
-            println!("upgrades are no longer on hold");
-            Ok(exit::OK)
-        }
+        } => commands::playbook::run(file),
+        Command::Audit { fail_on } => commands::audit::run(cli, fail_on).await,
+        Command::Metrics => commands::metrics::run(cli).await,
+        Command::Man => commands::man::run(),
+        Command::Approve { version } => commands::approve::run(cli, version),
+        Command::Hold { reason } => commands::hold::hold(cli, reason),
+        Command::Unhold => commands::hold::unhold(cli),
         Command::Daemon => Ok(daemon::run(cli.config.clone()).await?),
-        Command::Notify { cmd } => notify_command(cli, cmd).await,
+        Command::Notify { cmd } => commands::notify::run(cli, cmd).await,
         Command::Config {
             cmd: ConfigCmd::Check,
-        } => {
-            let s = load(cli)?;
-            if cli.json {
-                print_json(&serde_json::json!({"ok": true, "file": s.source}))?;
-            } else {
-                println!("{}: ok", s.source.display());
-                println!("  state_dir: {}", s.state_dir.display());
-                println!(
-                    "  release feed: {}/{} at {}",
-                    s.release.owner, s.release.repo, s.release.api_url
-                );
-                println!(
-                    "  headscale: {} with {}",
-                    s.headscale.binary.display(),
-                    s.headscale.config.display()
-                );
-                if s.release.token.is_some() {
-                    println!("  github token: set (not shown)");
-                }
-            }
-            for w in s.warnings() {
-                eprintln!("warning: {w}");
-            }
-            Ok(exit::OK)
-        }
-        Command::Check { to } => {
-            let s = load(cli)?;
-            let store = Store::open(&s.state_dir)?;
-            let opts = UpgradeOptions {
-                to: to.clone(),
-                ..Default::default()
-            };
-            let report = upgrade::check(&s, &store, &opts).await?;
-            if cli.json {
-                print_json(&report)?;
-            } else {
-                let p = &report.plan;
-                println!("production runs {}", report.current);
-                println!(
-                    "release feed: {} ({} request{}, rate limit remaining: {})",
-                    if report.feed_not_modified {
-                        "unchanged since last poll (304)"
-                    } else {
-                        "fetched"
-                    },
-                    report.feed_requests,
-                    if report.feed_requests == 1 { "" } else { "s" },
-                    report
-                        .rate_remaining
-                        .map_or("unknown".to_string(), |r| r.to_string())
-                );
-                match (&p.blocked, p.hops.is_empty()) {
-                    (Some(reason), _) => println!("blocked: {reason}"),
-                    (None, true) => println!("up to date: nothing to do"),
-                    (None, false) => {
-                        let path: Vec<String> =
-                            p.hops.iter().map(|h| h.version.to_string()).collect();
-                        println!("plan: {} -> {}", report.current, path.join(" -> "));
-                        println!("  (Headscale cannot skip a minor version: one hop per minor, newest patch of each)");
-                    }
-                }
-                for n in &p.notes {
-                    println!("  skipped {n}");
-                }
-                for c in &report.config_problems {
-                    println!("  config: {c}");
-                }
-            }
-            Ok(exit::OK)
-        }
+        } => commands::config::check(cli),
+        Command::Check { to } => commands::check::run(cli, to).await,
         Command::Upgrade {
             to,
             yes,
             dry_run,
             allow_downgrade,
             ignore_window,
-        } => {
-            let s = load(cli)?;
-            let _lock = RunLock::acquire(&s.state_dir, "upgrade")?;
-            let store = Store::open(&s.state_dir)?;
-            let opts = UpgradeOptions {
-                to: to.clone(),
-                dry_run: *dry_run,
-                allow_downgrade: *allow_downgrade,
-                progress: process::stderr_is_tty(),
-                ignore_window: *ignore_window,
-            };
-            if !yes && !dry_run && std::io::IsTerminal::is_terminal(&std::io::stdin()) {
-                let report = upgrade::check(&s, &store, &opts).await?;
-                if report.plan.hops.is_empty() {
-                    println!(
-                        "nothing to do ({})",
-                        report.plan.blocked.unwrap_or_else(|| "up to date".into())
-                    );
-                    return Ok(exit::OK);
-                }
-                let path: Vec<String> = report
-                    .plan
-                    .hops
-                    .iter()
-                    .map(|h| h.version.to_string())
-                    .collect();
-                eprint!(
-                    "upgrade production {} -> {}? [y/N] ",
-                    report.current,
-                    path.join(" -> ")
-                );
-                let mut answer = String::new();
-                let _ = std::io::stdin().read_line(&mut answer);
-                if !answer.trim().eq_ignore_ascii_case("y") {
-                    println!("cancelled");
-                    return Ok(exit::OK);
-                }
-            }
-            let quiet = cli.json;
-            let say = move |line: &str| {
-                if !quiet {
-                    println!("{line}");
-                }
-            };
-            let outcome = upgrade::upgrade(&s, &store, &opts, &say).await?;
-            if cli.json {
-                print_json(&outcome)?;
-            }
-            Ok(match outcome {
-                UpgradeOutcome::NothingToDo { current, notes } => {
-                    if !cli.json {
-                        println!("production runs {current}; nothing to do");
-                        for n in notes {
-                            println!("  skipped {n}");
-                        }
-                    }
-                    exit::OK
-                }
-                UpgradeOutcome::Blocked { reason, .. } => {
-                    if !cli.json {
-                        println!("blocked: {reason}");
-                    }
-                    exit::OK
-                }
-                UpgradeOutcome::DryRun { .. } => exit::OK,
-                UpgradeOutcome::OutsideWindow {
-                    current,
-                    next,
-                    needed_minutes,
-                } => {
-                    if !cli.json {
-                        println!(
-                            "production runs {current}; outside the maintenance window (an upgrade needs about {needed_minutes} min); next window: {}",
-                            next.unwrap_or_else(|| "none within two weeks".into())
-                        );
-                        println!("  promote now anyway with: headwarden upgrade --ignore-window");
-                    }
-                    exit::OK
-                }
-                UpgradeOutcome::AwaitingApproval { current, versions } => {
-                    if !cli.json {
-                        println!(
-                            "production runs {current}; waiting for approval of {}",
-                            versions.join(", ")
-                        );
-                        for v in &versions {
-                            println!("  approve with: headwarden approve {v}");
-                        }
-                    }
-                    exit::OK
-                }
-                UpgradeOutcome::ConfigIncompatible { problems, .. } => {
-                    for p in &problems {
-                        eprintln!("error: {p}");
-                    }
-                    eprintln!("hint: fix production's Headscale config first (compare with the new release's config-example.yaml); nothing was changed");
-                    exit::FAILURE
-                }
-                UpgradeOutcome::Upgraded { from, to, .. } => {
-                    if !cli.json {
-                        println!("upgraded {from} -> {to}");
-                    }
-                    exit::OK
-                }
-                UpgradeOutcome::StagingFailed { .. } => exit::FAILURE,
-                UpgradeOutcome::HookFailed {
-                    step,
-                    reason,
-                    production,
-                    ..
-                } => {
-                    eprintln!("error: upgrade playbook step {step} (hook) failed: {reason}");
-                    eprintln!("production runs {production}");
-                    exit::FAILURE
-                }
-                UpgradeOutcome::RolledBack { .. } => exit::ROLLED_BACK,
-                UpgradeOutcome::RollbackFailed {
-                    failed,
-                    reason,
-                    rollback_error,
-                    backup,
-                } => {
-                    eprintln!("error: {failed} failed on production ({reason}) and the rollback failed too: {rollback_error}");
-                    if let Some(b) = backup {
-                        eprintln!("hint: the verified pre-upgrade backup is in {b}: stop headscale, copy db.sqlite, noise_private.key and config.yaml back, point the binary at the previous version, start");
-                    }
-                    exit::ROLLBACK_FAILED
-                }
-            })
-        }
-        Command::Rollback { to } => {
-            let s = load(cli)?;
-            let _lock = RunLock::acquire(&s.state_dir, "rollback")?;
-            let store = Store::open(&s.state_dir)?;
-            let say = |line: &str| println!("{line}");
-            let v = upgrade::rollback(&s, &store, to.as_ref(), &say).await?;
-            println!("production restored to {v}");
-            Ok(exit::OK)
-        }
-        Command::Status => {
-            let s = load(cli)?;
-            let store = Store::open(&s.state_dir)?;
-            status(cli, &s, &store).await
-        }
-        Command::History { limit } => {
-            let s = load(cli)?;
-            let store = Store::open(&s.state_dir)?;
-            let runs = store.recent_runs(*limit)?;
-            if cli.json {
-                let detailed: Vec<serde_json::Value> = runs
-                    .iter()
-                    .map(|r| serde_json::json!({"run": r, "steps": store.steps(r.id).unwrap_or_default()}))
-                    .collect();
-                return print_json(&detailed).map(|()| exit::OK);
-            }
-            for r in runs {
-                println!(
-                    "run {} {} {} -> {}: {} {}",
-                    r.id,
-                    r.kind,
-                    r.from_version.as_deref().unwrap_or("?"),
-                    r.to_version.as_deref().unwrap_or("?"),
-                    r.outcome.as_deref().unwrap_or("INTERRUPTED"),
-                    r.detail.as_deref().unwrap_or("")
-                );
-                for st in store.steps(r.id)? {
-                    println!(
-                        "    hop {} {:<14} {:<8} {:>6} ms  {}",
-                        st.hop,
-                        st.name,
-                        st.status,
-                        st.elapsed_ms.unwrap_or(0),
-                        st.message.unwrap_or_default()
-                    );
-                }
-            }
-            Ok(exit::OK)
-        }
-        Command::Demo { keep, real: false } => demo::run(*keep).await,
-        Command::Demo { keep, real: true } => demo_real::run(*keep).await,
-        Command::Keys { cmd } => keys_command(cli, cmd).await,
+        } => commands::upgrade::run(cli, to, yes, dry_run, allow_downgrade, ignore_window).await,
+        Command::Rollback { to } => commands::rollback::run(cli, to).await,
+        Command::Status => commands::status::run(cli).await,
+        Command::History { limit } => commands::history::run(cli, limit),
+        Command::Demo { keep, real: false } => commands::demo::run(*keep).await,
+        Command::Demo { keep, real: true } => commands::demo_real::run(*keep).await,
+        Command::Keys { cmd } => commands::keys::run(cli, cmd).await,
     }
-}
-
-async fn keys_command(cli: &Cli, cmd: &KeysCmd) -> Result<u8, Failure> {
-    use crate::keys::plan::{Action, KeyState};
-    let s = load(cli)?;
-    let store = Store::open(&s.state_dir)?;
-    let api = ApiClient::connect(&s).await?;
-    match cmd {
-        KeysCmd::Plan => {
-            let plans = keys::plan_now(&s, &store, &api).await?;
-            if cli.json {
-                return print_json(&plans).map(|()| exit::OK);
-            }
-            println!("Headscale {} — {} nodes", api.version, plans.len());
-            println!(
-                "{:>5}  {:<24} {:<14} {:<18} {:<21} next action",
-                "id", "node", "user", "state", "deadline"
-            );
-            for p in &plans {
-                let state = match &p.state {
-                    KeyState::Ok => "ok".to_string(),
-                    KeyState::DueSoon { stage } => format!("due-soon (stage {stage})"),
-                    KeyState::InGrace => "in-grace".into(),
-                    KeyState::Overdue => "overdue".into(),
-                    KeyState::Rotated => "rotated".into(),
-                    KeyState::Exempt { reason } => format!("exempt ({reason})"),
-                    KeyState::AlreadyExpired => "already expired".into(),
-                };
-                let action = match &p.action {
-                    Action::None => "-".to_string(),
-                    Action::Remind { stage } => {
-                        format!("remind (stage {stage}) with a one-time key")
-                    }
-                    Action::Expire => "expire node".into(),
-                    Action::RecordRotation => "record rotation".into(),
-                };
-                let deadline = p
-                    .deadline
-                    .and_then(|d| time::OffsetDateTime::from_unix_timestamp(d).ok())
-                    .map(|d| format!("{}-{:02}-{:02}", d.year(), d.month() as u8, d.day()))
-                    .unwrap_or_else(|| "-".into());
-                let flag = if p.never_expires {
-                    " [never expires in Headscale]"
-                } else {
-                    ""
-                };
-                println!(
-                    "{:>5}  {:<24} {:<14} {:<18} {:<21} {action}{flag}",
-                    p.node_id, p.name, p.user, state, deadline
-                );
-            }
-            Ok(exit::OK)
-        }
-        KeysCmd::Run => {
-            let _lock = RunLock::acquire_keys(&s.state_dir, "keys run")?;
-            let mut api = api;
-            let quiet = cli.json;
-            let say = move |line: &str| {
-                if !quiet {
-                    println!("{line}");
-                }
-            };
-            let report = keys::run(&s, &store, &mut api, &say).await?;
-            if cli.json {
-                print_json(&report)?;
-            } else {
-                println!(
-                    "key job: {} reminder(s), {} rotation(s), {} node(s) expired, {} stale duplicate(s) removed, {} one-time key(s) retired",
-                    report.reminders.len(),
-                    report.rotated.len(),
-                    report.expired.len(),
-                    report.duplicates_removed.len(),
-                    report.keys_retired
-                );
-            }
-            Ok(exit::OK)
-        }
-        KeysCmd::Rotate { node } => {
-            let _lock = RunLock::acquire_keys(&s.state_dir, "keys rotate")?;
-            let name = keys::rotate(&s, &store, &api, node).await?;
-            println!("rotation started for {name}: a one-time key was minted and the reminder queued for its owner");
-            Ok(exit::OK)
-        }
-    }
-}
-
-async fn status(cli: &Cli, s: &Settings, store: &Store) -> Result<u8, Failure> {
-    let current = upgrade::current_version(s)
-        .await
-        .map(|v| v.to_string())
-        .unwrap_or_else(|e| format!("unknown ({e})"));
-    let target = deploy::current_target(&s.headscale.binary);
-    let health = match deploy::production_config(s) {
-        Ok(c) => {
-            let client = http::client(std::time::Duration::from_secs(5));
-            match http::health(&client, &c.http_base()).await {
-                Ok(()) => "healthy".to_string(),
-                Err(e) => format!("unhealthy: {e}"),
-            }
-        }
-        Err(e) => format!("unknown: {e}"),
-    };
-    let open = store.open_runs()?;
-    let last = store.recent_runs(1)?;
-    let installs = store.installs()?;
-    let backups = store.backups()?;
-    let bad = store.bad_releases()?;
-    if cli.json {
-        let jobs: std::collections::BTreeMap<&str, Option<i64>> = ["upgrade", "keys", "audit"]
-            .into_iter()
-            .map(|j| {
-                let last = store
-                    .kv_get(&format!("job.{j}.last"))
-                    .ok()
-                    .flatten()
-                    .and_then(|v| v.parse().ok());
-                (j, last)
-            })
-            .collect();
-        print_json(&serde_json::json!({
-            "schema": "headwarden.status/v1",
-            "newest_release": store.kv_get("feed.newest")?,
-            "pending_approvals": store.kv_get("approvals.pending")?.and_then(|v| v.parse::<u64>().ok()).unwrap_or(0),
-            "audit": {
-                "last": store.kv_get("audit.last_at")?.and_then(|v| v.parse::<i64>().ok()),
-                "open": store.kv_get("audit.counts")?.and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok()),
-            },
-            "jobs_last_start": jobs,
-            "production": {"version": current, "binary": s.headscale.binary, "target": target, "health": health},
-            "interrupted_runs": open,
-            "last_run": last.first(),
-            "installed": installs,
-            "backups": backups,
-            "bad_releases": bad,
-            "state_schema": store.schema_version()?,
-            "hold": store.kv_get("hold")?,
-            "notifications_queued": store.outbox()?.iter().filter(|r| r.state == "pending").count(),
-            "notifications": store.delivery_counts()?.into_iter().collect::<std::collections::BTreeMap<_, _>>(),
-        }))?;
-        return Ok(exit::OK);
-    }
-    println!("production: {current} ({health})");
-    if let Some(reason) = store.kv_get("hold")? {
-        println!("  upgrades ON HOLD: {reason} (`headwarden unhold` releases them)");
-    }
-    println!(
-        "  binary {} -> {}",
-        s.headscale.binary.display(),
-        target.display()
-    );
-    for r in &open {
-        println!(
-            "INTERRUPTED run {} ({} {} -> {}): the next upgrade/rollback finishes it",
-            r.id,
-            r.kind,
-            r.from_version.as_deref().unwrap_or("?"),
-            r.to_version.as_deref().unwrap_or("?")
-        );
-    }
-    if let Some(r) = last.first() {
-        println!(
-            "last run: {} {} -> {}: {}",
-            r.kind,
-            r.from_version.as_deref().unwrap_or("?"),
-            r.to_version.as_deref().unwrap_or("?"),
-            r.outcome.as_deref().unwrap_or("in progress")
-        );
-    }
-    println!(
-        "installed: {}",
-        installs
-            .iter()
-            .map(|i| i.version.clone())
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
-    for b in backups.iter().take(5) {
-        println!(
-            "backup: before {} -> {} in {}",
-            b.version, b.to_version, b.dir
-        );
-    }
-    for (tag, reason) in bad {
-        println!("bad release: {tag}: {reason}");
-    }
-    if let Some(n) = store
-        .kv_get("approvals.pending")?
-        .and_then(|v| v.parse::<u64>().ok())
-        .filter(|n| *n > 0)
-    {
-        println!("waiting for approval: {n} version(s) (`headwarden check` names them)");
-    }
-    if let Some(at) = store
-        .kv_get("audit.last_at")?
-        .and_then(|v| v.parse::<i64>().ok())
-    {
-        let counts: serde_json::Value = store
-            .kv_get("audit.counts")?
-            .and_then(|t| serde_json::from_str(&t).ok())
-            .unwrap_or_default();
-        let n = |k: &str| {
-            counts
-                .get(k)
-                .and_then(serde_json::Value::as_u64)
-                .unwrap_or(0)
-        };
-        println!(
-            "last audit: {}: {} critical, {} warning, {} info open (`headwarden audit` for details)",
-            fmt_local(at),
-            n("critical"),
-            n("warning"),
-            n("info")
-        );
-    }
-    let queued = store
-        .outbox()?
-        .iter()
-        .filter(|r| r.state == "pending")
-        .count();
-    if queued > 0 {
-        println!("notifications queued: {queued} (in the state store's outbox)");
-    }
-    let counts = store.delivery_counts()?;
-    if !counts.is_empty() {
-        let parts: Vec<String> = counts.iter().map(|(k, n)| format!("{k} {n}")).collect();
-        println!("notification deliveries: {}", parts.join(", "));
-    }
-    Ok(exit::OK)
 }

@@ -368,22 +368,44 @@ mod tests {
     use super::*;
 
     /// A body streamed in 1 MiB frames without a `Content-Length`.
-    fn streamed(mib: usize) -> http::Response<http_body_util::StreamBody<tokio_stream::Iter<std::vec::IntoIter<Result<hyper::body::Frame<hyper::body::Bytes>, std::io::Error>>>>> {
+    fn streamed(
+        mib: usize,
+    ) -> http::Response<
+        http_body_util::StreamBody<
+            tokio_stream::Iter<
+                std::vec::IntoIter<Result<hyper::body::Frame<hyper::body::Bytes>, std::io::Error>>,
+            >,
+        >,
+    > {
         let frames: Vec<_> = (0..mib)
-            .map(|_| Ok(hyper::body::Frame::data(hyper::body::Bytes::from(vec![b' '; 1 << 20]))))
+            .map(|_| {
+                Ok(hyper::body::Frame::data(hyper::body::Bytes::from(
+                    vec![b' '; 1 << 20],
+                )))
+            })
             .collect();
         http::Response::new(http_body_util::StreamBody::new(tokio_stream::iter(frames)))
     }
 
     #[tokio::test]
     async fn bodies_are_capped_while_read_and_a_large_declared_length_is_refused_unread() {
-        let ok = read_capped(streamed(2), "http://127.0.0.1/r").await.expect("2 MiB is fine");
+        let ok = read_capped(streamed(2), "http://127.0.0.1/r")
+            .await
+            .expect("2 MiB is fine");
         assert_eq!(ok.len(), 2 << 20);
-        let err = read_capped(streamed(17), "http://127.0.0.1/r").await.unwrap_err();
-        assert!(err.to_string().contains("exceeds the 16777216-byte limit"), "{err}");
+        let err = read_capped(streamed(17), "http://127.0.0.1/r")
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("exceeds the 16777216-byte limit"),
+            "{err}"
+        );
         // Declared too large: refused before a byte is read (the body would fail if polled).
         let mut r = streamed(0);
-        r.headers_mut().insert(http::header::CONTENT_LENGTH, http::HeaderValue::from_static("17000000"));
+        r.headers_mut().insert(
+            http::header::CONTENT_LENGTH,
+            http::HeaderValue::from_static("17000000"),
+        );
         let err = read_capped(r, "http://127.0.0.1/r").await.unwrap_err();
         assert!(err.to_string().contains("exceeds"), "{err}");
     }

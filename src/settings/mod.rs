@@ -505,10 +505,25 @@ mod tests {
     fn a_minisign_key_requires_signatures_unless_the_admin_says_otherwise() {
         let key = "RWQf6LRCGA9i53mlYecO4IzT51TGPpvWucNSCh1CBM0QTaLn73Y7GFO3";
         let with_key = format!("{MINIMAL}release:\n  minisign_public_key: {key}\n");
-        assert!(parse(Path::new("hw.yaml"), &with_key).expect("valid").release.require_signature);
+        assert!(
+            parse(Path::new("hw.yaml"), &with_key)
+                .expect("valid")
+                .release
+                .require_signature
+        );
         let opted_out = format!("{with_key}  require_signature: false\n");
-        assert!(!parse(Path::new("hw.yaml"), &opted_out).expect("valid").release.require_signature);
-        assert!(!parse(Path::new("hw.yaml"), MINIMAL).expect("valid").release.require_signature);
+        assert!(
+            !parse(Path::new("hw.yaml"), &opted_out)
+                .expect("valid")
+                .release
+                .require_signature
+        );
+        assert!(
+            !parse(Path::new("hw.yaml"), MINIMAL)
+                .expect("valid")
+                .release
+                .require_signature
+        );
     }
 
     #[test]

@@ -16,7 +16,7 @@
 
 use std::process::{Command, Output};
 
-use crate::support::{code, dump_sqlite, sim, text, Sandbox, HW};
+use crate::support::{code, dump_sqlite, hw, sim, text, Sandbox};
 
 #[derive(Clone, Copy, PartialEq, Debug)]
 enum Prod {
@@ -487,7 +487,7 @@ fn rows() -> Vec<Row> {
                     .args([
                         "--fsize=1000000",
                         "--",
-                        HW,
+                        hw(),
                         "--config",
                         &cfg,
                         "upgrade",

@@ -1,6 +1,9 @@
 //! Integration tests: the real `headwarden` and `headscale-sim` binaries in temp sandboxes,
 //! talking over 127.0.0.1 only (a local GitHub releases API, stand-in Headscale instances), and
-//! real Headscale and Tailscale builds from the rig (`scripts/rig`, module `real`).
+//! real Headscale and Tailscale builds from the rig (`scripts/rig`, module `real`). The sandbox
+//! and fixtures live in `crates/testkit`, shared with the benchmarks.
+
+use testkit as support;
 
 mod audit;
 mod faults;
@@ -10,6 +13,5 @@ mod notify;
 mod playbook;
 mod real;
 mod schedule;
-mod support;
 mod tidy;
 mod upgrade;

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::{code, text, Sandbox, HW, SIM};
+use crate::support::{code, hw, sim_bin, text, Sandbox};
 
 pub(crate) struct ChatSink {
     child: Child,
@@ -25,7 +25,7 @@ impl ChatSink {
     pub(crate) fn start(sb: &Sandbox) -> ChatSink {
         let dir = sb.path("chat");
         let addr_file = sb.path("chat.addr");
-        let child = Command::new(SIM)
+        let child = Command::new(sim_bin())
             .args([
                 "chat-sink",
                 "--dir",
@@ -300,7 +300,7 @@ fn outage_then_recovery_and_429_deliver_everything_once() {
 }
 
 fn spawn_hw(sb: &Sandbox, args: &[&str]) -> Child {
-    Command::new(HW)
+    Command::new(hw())
         .arg("--config")
         .arg(sb.config_path())
         .stdin(Stdio::null())

@@ -565,7 +565,7 @@ fn real_audit_on_the_api_and_upstreams_example_configs() {
 /// `headwarden demo --real` tells its story on the real server and leaves nothing running.
 #[test]
 fn demo_real_runs_and_leaves_nothing_behind() {
-    let out = Command::new(crate::support::HW)
+    let out = Command::new(crate::support::hw())
         .args(["demo", "--real"])
         .env("HEADWARDEN_RIG", crate::support::rig_dir())
         .stdin(Stdio::null())

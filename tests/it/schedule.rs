@@ -88,7 +88,7 @@ impl Daemon {
     fn start(sb: &Sandbox) -> Daemon {
         let log = sb.path("daemon.log");
         let out = std::fs::File::create(&log).expect("log");
-        let child = std::process::Command::new(crate::support::HW)
+        let child = std::process::Command::new(crate::support::hw())
             .arg("--config")
             .arg(sb.config_path())
             .arg("daemon")
@@ -251,7 +251,7 @@ fn systemd_units_pass_systemd_analyze_verify() {
         let text =
             std::fs::read_to_string(format!("{}/systemd/{unit}", env!("CARGO_MANIFEST_DIR")))
                 .expect("unit")
-                .replace("/usr/local/bin/headwarden", crate::support::HW);
+                .replace("/usr/local/bin/headwarden", crate::support::hw());
         let p = dir.path().join(unit);
         std::fs::write(&p, text).expect("write unit");
         paths.push(p);
@@ -374,7 +374,7 @@ fn metrics_parse_as_prometheus_text_from_run_and_the_daemon() {
 
 #[test]
 fn completions_and_man_page_come_from_the_cli_definition() {
-    let out = std::process::Command::new(crate::support::HW)
+    let out = std::process::Command::new(crate::support::hw())
         .args(["completions", "bash"])
         .output()
         .expect("completions");
@@ -389,7 +389,7 @@ fn completions_and_man_page_come_from_the_cli_definition() {
         .status()
         .expect("bash");
     assert!(check.success(), "bash rejects the completion script");
-    let man = std::process::Command::new(crate::support::HW)
+    let man = std::process::Command::new(crate::support::hw())
         .arg("man")
         .output()
         .expect("man");
@@ -403,7 +403,7 @@ fn completions_and_man_page_come_from_the_cli_definition() {
 #[test]
 fn playbook_check_accepts_the_default_and_refuses_promote_before_backup() {
     let default = format!("{}/playbooks/upgrade.yaml", env!("CARGO_MANIFEST_DIR"));
-    let ok = std::process::Command::new(crate::support::HW)
+    let ok = std::process::Command::new(crate::support::hw())
         .args(["playbook", "check", &default])
         .output()
         .expect("check");
@@ -415,7 +415,7 @@ fn playbook_check_accepts_the_default_and_refuses_promote_before_backup() {
         "name: upgrade\nsteps:\n  - step: fetch\n  - step: verify\n  - step: stage\n  - step: promote\n    on_failure: continue\n  - step: backup\n",
     )
     .expect("write");
-    let out = std::process::Command::new(crate::support::HW)
+    let out = std::process::Command::new(crate::support::hw())
         .args(["playbook", "check", &bad.display().to_string()])
         .output()
         .expect("check");

@@ -10,8 +10,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::Failure;
 use crate::audit;
+use crate::cli::Failure;
 use crate::deploy;
 use crate::exit;
 use crate::headscale::api::ApiClient;

@@ -1,12 +1,109 @@
-//! The sandbox: a production stand-in (testbed), a local release feed, a minisign key, and a
-//! headwarden config pointing at them. Dropping it stops every process it started.
+//! headwarden's test kit, shared by the integration tests (tests/it) and the benchmarks: the
+//! sandbox (a production stand-in, a local release feed, a minisign key, and a headwarden config
+//! pointing at them; dropping it stops every process it started), SQLite dumps, process checks,
+//! and the real Headscale and Tailscale binaries of the rig (`scripts/rig`).
+//!
+//! The binaries under test are found beside the test executable (`target/<profile>/`): cargo
+//! builds `headwarden` for the root package's tests and benches; the stand-in is another package
+//! of the workspace, so [`sim_bin`] builds it once per process (`cargo build -p headscale-sim`,
+//! same profile and target directory; seconds when it is up to date) so it is never stale.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-pub const HW: &str = env!("CARGO_BIN_EXE_headwarden");
-pub const SIM: &str = env!("CARGO_BIN_EXE_headscale-sim");
+/// The workspace root (the product's checkout).
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// `target/<profile>/`, where cargo puts the binaries of the test or bench that runs.
+fn profile_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let exe = std::env::current_exe().expect("the test executable's path");
+        // target/<profile>/deps/<test>-<hash>
+        let deps = exe.parent().expect("deps dir");
+        deps.parent().expect("profile dir").to_path_buf()
+    })
+}
+
+/// The headwarden binary under test.
+pub fn hw() -> &'static str {
+    static PATH: OnceLock<String> = OnceLock::new();
+    PATH.get_or_init(|| {
+        let p = profile_dir().join("headwarden");
+        assert!(
+            p.is_file(),
+            "{} is missing: cargo builds it for the root package's tests and benches",
+            p.display()
+        );
+        p.to_string_lossy().into_owned()
+    })
+}
+
+/// The stand-in for this profile. `cargo test` builds it (its package's own integration test
+/// needs the executable); a benchmark, or a copy older than its sources, is built here first
+/// (`cargo build -p headscale-sim`, same profile and target directory).
+pub fn sim_bin() -> &'static str {
+    static PATH: OnceLock<String> = OnceLock::new();
+    PATH.get_or_init(|| {
+        let dir = profile_dir();
+        let bin = dir.join("headscale-sim");
+        let crate_dir = workspace().join("crates/headscale-sim");
+        let built = std::fs::metadata(&bin).and_then(|m| m.modified()).ok();
+        let stale = match built {
+            None => true,
+            Some(t) => newest_mtime(&crate_dir).is_some_and(|src| src > t),
+        };
+        if stale {
+            let target_dir = dir.parent().expect("target dir");
+            let mut build = Command::new(env!("CARGO"));
+            build
+                .current_dir(workspace())
+                .args([
+                    "build",
+                    "--locked",
+                    "--quiet",
+                    "-p",
+                    "headscale-sim",
+                    "--bin",
+                    "headscale-sim",
+                ])
+                .arg("--target-dir")
+                .arg(target_dir);
+            if dir.file_name().is_some_and(|n| n == "release") {
+                build.arg("--release");
+            }
+            let status = build.status().expect("run cargo to build headscale-sim");
+            assert!(
+                status.success(),
+                "cargo build -p headscale-sim failed ({status})"
+            );
+        }
+        bin.to_string_lossy().into_owned()
+    })
+}
+
+/// The newest modification time of the files under `dir` (sources of the stand-in).
+fn newest_mtime(dir: &Path) -> Option<std::time::SystemTime> {
+    let mut newest = None;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).ok()?.flatten() {
+            let p = entry.path();
+            if p.is_dir() {
+                if p.file_name().is_some_and(|n| n != "target") {
+                    stack.push(p);
+                }
+            } else if let Ok(t) = entry.metadata().and_then(|m| m.modified()) {
+                newest = Some(newest.map_or(t, |n: std::time::SystemTime| n.max(t)));
+            }
+        }
+    }
+    newest
+}
 /// The account production runs as when the suite runs as root (`nobody`).
 pub const PROD_UID: u32 = 65534;
 
@@ -41,7 +138,7 @@ pub fn wait_for_addr(addr_file: &Path) -> String {
 }
 
 pub fn sim(args: &[&str]) -> String {
-    let out = Command::new(SIM)
+    let out = Command::new(sim_bin())
         .args(args)
         .output()
         .expect("run headscale-sim");
@@ -109,7 +206,7 @@ impl Sandbox {
         sim(&args);
         std::fs::create_dir_all(dir.path().join("feed/releases")).expect("feed dir");
         let addr_file = dir.path().join("feed.addr");
-        let feed = Command::new(SIM)
+        let feed = Command::new(sim_bin())
             .args([
                 "github-feed",
                 "--dir",
@@ -321,7 +418,7 @@ impl Sandbox {
 
     pub fn hw_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
         let cfg = self.config_path().display().to_string();
-        let mut cmd = Command::new(HW);
+        let mut cmd = Command::new(hw());
         cmd.args(["--config", &cfg])
             .args(args)
             .stdin(Stdio::null())
@@ -570,8 +667,7 @@ pub fn headscale(version: &str) -> PathBuf {
 
 /// The one Tailscale client version of the rig.
 fn tailscale_version() -> String {
-    let list = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("rig/versions"))
-        .expect("rig/versions");
+    let list = std::fs::read_to_string(workspace().join("rig/versions")).expect("rig/versions");
     list.lines()
         .find_map(|l| l.strip_prefix("tailscale "))
         .expect("a tailscale line in rig/versions")

@@ -14,8 +14,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::demo::{demo_config, describe, sim, wait_addr};
-use super::Failure;
+use crate::cli::commands::demo::{demo_config, describe, sim, wait_addr};
+use crate::cli::Failure;
 use crate::exit;
 use crate::headscale::api::ApiClient;
 use crate::keys;

@@ -1,0 +1,54 @@
+//! `headwarden check`: what an upgrade would do; reads the feed and changes nothing else.
+
+use semver::Version;
+
+use crate::exit;
+use crate::state::Store;
+use crate::upgrade::{self, UpgradeOptions};
+
+use crate::cli::{load, print_json, Cli, Failure};
+
+pub async fn run(cli: &Cli, to: &Option<Version>) -> Result<u8, Failure> {
+    let s = load(cli)?;
+    let store = Store::open(&s.state_dir)?;
+    let opts = UpgradeOptions {
+        to: to.clone(),
+        ..Default::default()
+    };
+    let report = upgrade::check(&s, &store, &opts).await?;
+    if cli.json {
+        print_json(&report)?;
+    } else {
+        let p = &report.plan;
+        println!("production runs {}", report.current);
+        println!(
+            "release feed: {} ({} request{}, rate limit remaining: {})",
+            if report.feed_not_modified {
+                "unchanged since last poll (304)"
+            } else {
+                "fetched"
+            },
+            report.feed_requests,
+            if report.feed_requests == 1 { "" } else { "s" },
+            report
+                .rate_remaining
+                .map_or("unknown".to_string(), |r| r.to_string())
+        );
+        match (&p.blocked, p.hops.is_empty()) {
+            (Some(reason), _) => println!("blocked: {reason}"),
+            (None, true) => println!("up to date: nothing to do"),
+            (None, false) => {
+                let path: Vec<String> = p.hops.iter().map(|h| h.version.to_string()).collect();
+                println!("plan: {} -> {}", report.current, path.join(" -> "));
+                println!("  (Headscale cannot skip a minor version: one hop per minor, newest patch of each)");
+            }
+        }
+        for n in &p.notes {
+            println!("  skipped {n}");
+        }
+        for c in &report.config_problems {
+            println!("  config: {c}");
+        }
+    }
+    Ok(exit::OK)
+}

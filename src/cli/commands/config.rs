@@ -1,0 +1,31 @@
+//! `headwarden config check`: loads and validates the config, prints what it resolved to.
+
+use crate::exit;
+
+use crate::cli::{load, print_json, Cli, Failure};
+
+pub fn check(cli: &Cli) -> Result<u8, Failure> {
+    let s = load(cli)?;
+    if cli.json {
+        print_json(&serde_json::json!({"ok": true, "file": s.source}))?;
+    } else {
+        println!("{}: ok", s.source.display());
+        println!("  state_dir: {}", s.state_dir.display());
+        println!(
+            "  release feed: {}/{} at {}",
+            s.release.owner, s.release.repo, s.release.api_url
+        );
+        println!(
+            "  headscale: {} with {}",
+            s.headscale.binary.display(),
+            s.headscale.config.display()
+        );
+        if s.release.token.is_some() {
+            println!("  github token: set (not shown)");
+        }
+    }
+    for w in s.warnings() {
+        eprintln!("warning: {w}");
+    }
+    Ok(exit::OK)
+}

@@ -1,0 +1,160 @@
+//! `headwarden status [--json]`: production, the last runs, pending approvals, open findings.
+
+use crate::deploy;
+use crate::exit;
+use crate::headscale::http;
+use crate::settings::Settings;
+use crate::state::Store;
+use crate::upgrade;
+
+use crate::cli::{fmt_local, load, print_json, Cli, Failure};
+
+pub async fn run(cli: &Cli) -> Result<u8, Failure> {
+    let s = load(cli)?;
+    let store = Store::open(&s.state_dir)?;
+    show(cli, &s, &store).await
+}
+
+async fn show(cli: &Cli, s: &Settings, store: &Store) -> Result<u8, Failure> {
+    let current = upgrade::current_version(s)
+        .await
+        .map(|v| v.to_string())
+        .unwrap_or_else(|e| format!("unknown ({e})"));
+    let target = deploy::current_target(&s.headscale.binary);
+    let health = match deploy::production_config(s) {
+        Ok(c) => {
+            let client = http::client(std::time::Duration::from_secs(5));
+            match http::health(&client, &c.http_base()).await {
+                Ok(()) => "healthy".to_string(),
+                Err(e) => format!("unhealthy: {e}"),
+            }
+        }
+        Err(e) => format!("unknown: {e}"),
+    };
+    let open = store.open_runs()?;
+    let last = store.recent_runs(1)?;
+    let installs = store.installs()?;
+    let backups = store.backups()?;
+    let bad = store.bad_releases()?;
+    if cli.json {
+        let jobs: std::collections::BTreeMap<&str, Option<i64>> = ["upgrade", "keys", "audit"]
+            .into_iter()
+            .map(|j| {
+                let last = store
+                    .kv_get(&format!("job.{j}.last"))
+                    .ok()
+                    .flatten()
+                    .and_then(|v| v.parse().ok());
+                (j, last)
+            })
+            .collect();
+        print_json(&serde_json::json!({
+            "schema": "headwarden.status/v1",
+            "newest_release": store.kv_get("feed.newest")?,
+            "pending_approvals": store.kv_get("approvals.pending")?.and_then(|v| v.parse::<u64>().ok()).unwrap_or(0),
+            "audit": {
+                "last": store.kv_get("audit.last_at")?.and_then(|v| v.parse::<i64>().ok()),
+                "open": store.kv_get("audit.counts")?.and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok()),
+            },
+            "jobs_last_start": jobs,
+            "production": {"version": current, "binary": s.headscale.binary, "target": target, "health": health},
+            "interrupted_runs": open,
+            "last_run": last.first(),
+            "installed": installs,
+            "backups": backups,
+            "bad_releases": bad,
+            "state_schema": store.schema_version()?,
+            "hold": store.kv_get("hold")?,
+            "notifications_queued": store.outbox()?.iter().filter(|r| r.state == "pending").count(),
+            "notifications": store.delivery_counts()?.into_iter().collect::<std::collections::BTreeMap<_, _>>(),
+        }))?;
+        return Ok(exit::OK);
+    }
+    println!("production: {current} ({health})");
+    if let Some(reason) = store.kv_get("hold")? {
+        println!("  upgrades ON HOLD: {reason} (`headwarden unhold` releases them)");
+    }
+    println!(
+        "  binary {} -> {}",
+        s.headscale.binary.display(),
+        target.display()
+    );
+    for r in &open {
+        println!(
+            "INTERRUPTED run {} ({} {} -> {}): the next upgrade/rollback finishes it",
+            r.id,
+            r.kind,
+            r.from_version.as_deref().unwrap_or("?"),
+            r.to_version.as_deref().unwrap_or("?")
+        );
+    }
+    if let Some(r) = last.first() {
+        println!(
+            "last run: {} {} -> {}: {}",
+            r.kind,
+            r.from_version.as_deref().unwrap_or("?"),
+            r.to_version.as_deref().unwrap_or("?"),
+            r.outcome.as_deref().unwrap_or("in progress")
+        );
+    }
+    println!(
+        "installed: {}",
+        installs
+            .iter()
+            .map(|i| i.version.clone())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    for b in backups.iter().take(5) {
+        println!(
+            "backup: before {} -> {} in {}",
+            b.version, b.to_version, b.dir
+        );
+    }
+    for (tag, reason) in bad {
+        println!("bad release: {tag}: {reason}");
+    }
+    if let Some(n) = store
+        .kv_get("approvals.pending")?
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|n| *n > 0)
+    {
+        println!("waiting for approval: {n} version(s) (`headwarden check` names them)");
+    }
+    if let Some(at) = store
+        .kv_get("audit.last_at")?
+        .and_then(|v| v.parse::<i64>().ok())
+    {
+        let counts: serde_json::Value = store
+            .kv_get("audit.counts")?
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default();
+        let n = |k: &str| {
+            counts
+                .get(k)
+                .and_then(serde_json::Value::as_u64)
+                .unwrap_or(0)
+        };
+        println!(
+            "last audit: {}: {} critical, {} warning, {} info open (`headwarden audit` for details)",
+            fmt_local(at),
+            n("critical"),
+            n("warning"),
+            n("info")
+        );
+    }
+    let queued = store
+        .outbox()?
+        .iter()
+        .filter(|r| r.state == "pending")
+        .count();
+    if queued > 0 {
+        println!("notifications queued: {queued} (in the state store's outbox)");
+    }
+    let counts = store.delivery_counts()?;
+    if !counts.is_empty() {
+        let parts: Vec<String> = counts.iter().map(|(k, n)| format!("{k} {n}")).collect();
+        println!("notification deliveries: {}", parts.join(", "));
+    }
+    Ok(exit::OK)
+}
