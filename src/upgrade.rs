@@ -19,7 +19,7 @@ use crate::release::watch::{
 pub use crate::release::watch::{approve, set_hold, UpgradeOptions};
 use crate::release::Release;
 use crate::settings::cron;
-use crate::settings::playbook;
+use crate::settings::playbook::{self, OnFailure, StepKind};
 use crate::settings::Settings;
 use crate::smoke;
 use crate::state;
@@ -268,8 +268,8 @@ pub async fn upgrade(
         Some(_) if opts.dry_run => false,
         Some(_) => {
             let approve_after_stage = pb
-                .position("approve")
-                .zip(pb.position("stage"))
+                .position(StepKind::Approve)
+                .zip(pb.position(StepKind::Stage))
                 .is_some_and(|(a, st)| a > st);
             approve_after_stage && store.kv_get("staged_early")?.as_deref() != Some(&target)
         }
@@ -469,8 +469,8 @@ fn gate(
     }
     if let (Some(w), false) = (&s.release.window, opts.ignore_window) {
         let needed = estimate_secs(store, plan.hops.len())?;
-        let tz = w.timezone.as_deref().or(s.schedule.timezone.as_deref());
-        if let Err(next) = cron::window_allows(w, &s.release.blackout, tz, state::now(), needed) {
+        let zone = w.timezone.unwrap_or(s.schedule.timezone);
+        if let Err(next) = cron::window_allows(w, &s.release.blackout, zone, state::now(), needed) {
             return Ok(Some(UpgradeOutcome::OutsideWindow {
                 current: current.clone(),
                 next: next.map(state::rfc3339),
@@ -519,7 +519,6 @@ impl RunCtx<'_> {
     }
 
     async fn walk(&self, pb: &playbook::Playbook) -> Result<UpgradeOutcome, PipelineError> {
-        use crate::settings::playbook::OnFailure;
         let mut progress = Progress::default();
         for (i, step) in pb.steps.iter().enumerate() {
             let limit = step.timeout();
@@ -530,24 +529,24 @@ impl RunCtx<'_> {
                     limit.map_or(0, |l| l.as_secs())
                 ))
             };
-            match step.step.as_str() {
-                "fetch" => match limit {
+            match step.kind {
+                StepKind::Fetch => match limit {
                     Some(l) => tokio::time::timeout(l, self.fetch(&mut progress))
                         .await
                         .map_err(|_| timed_out("fetch"))??,
                     None => self.fetch(&mut progress).await?,
                 },
-                "verify" => self.verify_installed(&progress)?,
-                "stage" => {
-                    let full = pb.has("smoke");
+                StepKind::Verify => self.verify_installed(&progress)?,
+                StepKind::Stage => {
+                    let full = pb.has(StepKind::Smoke);
                     if let Some(out) = self.stage(&progress, full).await? {
                         return Ok(out);
                     }
                     progress.staged = true;
                 }
                 // Its checks ran against each staging hop while it was up (see `stage`).
-                "smoke" => {}
-                "approve" => {
+                StepKind::Smoke => {}
+                StepKind::Approve => {
                     if let Some(wait) =
                         gate(self.s, self.store, self.plan, self.opts, self.current)?
                     {
@@ -557,49 +556,25 @@ impl RunCtx<'_> {
                         return Ok(wait);
                     }
                 }
-                "backup" => {
+                StepKind::Backup => {
                     let config = deploy::production_config(self.s)?;
                     deploy::check_backup_space(self.s, &config)?;
                 }
-                "promote" => {
+                StepKind::Promote => {
                     if let Some(out) = self.promote(&mut progress).await? {
                         return Ok(out);
                     }
                 }
-                "notify" => notify::notify_step(self.s, self.store, step).await,
-                "hook" => {
-                    let ctx = self.hook_context(i, &progress);
-                    match hook::run(step, &ctx).await {
-                        Ok(summary) => (self.say)(&format!("hook (step {}): {summary}", i + 1)),
-                        Err(reason) => {
-                            (self.say)(&format!("hook (step {}) FAILED: {reason}", i + 1));
-                            match step.on_failure() {
-                                OnFailure::Continue => {
-                                    self.store.push_event(
-                                        "upgrade.hook_failed",
-                                        "warning",
-                                        &serde_json::json!({"run": self.run, "summary": format!("upgrade playbook step {} (hook) failed; the upgrade went on", i + 1), "reason": reason}),
-                                    )?;
-                                }
-                                policy => {
-                                    return Ok(UpgradeOutcome::HookFailed {
-                                        step: i + 1,
-                                        reason,
-                                        production: progress
-                                            .promoted
-                                            .clone()
-                                            .unwrap_or_else(|| self.current.clone()),
-                                        rollback: policy == OnFailure::Rollback
-                                            && progress.promoted.is_some(),
-                                    });
-                                }
-                            }
-                        }
+                StepKind::Notify => notify::notify_step(self.s, self.store, step).await,
+                StepKind::Hook => {
+                    if let Some(out) = self.hook(i, step, &progress).await? {
+                        return Ok(out);
                     }
                 }
                 other => {
                     return Err(PipelineError::Other(format!(
-                        "playbook step {other:?} is not in the upgrade catalogue"
+                        "playbook step {:?} is not in the upgrade catalogue",
+                        other.as_str()
                     )))
                 }
             }
@@ -626,6 +601,43 @@ impl RunCtx<'_> {
             None => Err(PipelineError::Other(
                 "the upgrade playbook ended without promoting".into(),
             )),
+        }
+    }
+
+    /// A `hook` step: its failure goes on, stops or rolls back as the step says.
+    async fn hook(
+        &self,
+        i: usize,
+        step: &playbook::Step,
+        progress: &Progress,
+    ) -> Result<Option<UpgradeOutcome>, PipelineError> {
+        let ctx = self.hook_context(i, progress);
+        let reason = match hook::run(step, &ctx).await {
+            Ok(summary) => {
+                (self.say)(&format!("hook (step {}): {summary}", i + 1));
+                return Ok(None);
+            }
+            Err(reason) => reason,
+        };
+        (self.say)(&format!("hook (step {}) FAILED: {reason}", i + 1));
+        match step.on_failure() {
+            OnFailure::Continue => {
+                self.store.push_event(
+                    "upgrade.hook_failed",
+                    "warning",
+                    &serde_json::json!({"run": self.run, "summary": format!("upgrade playbook step {} (hook) failed; the upgrade went on", i + 1), "reason": reason}),
+                )?;
+                Ok(None)
+            }
+            policy => Ok(Some(UpgradeOutcome::HookFailed {
+                step: i + 1,
+                reason,
+                production: progress
+                    .promoted
+                    .clone()
+                    .unwrap_or_else(|| self.current.clone()),
+                rollback: policy == OnFailure::Rollback && progress.promoted.is_some(),
+            })),
         }
     }
 

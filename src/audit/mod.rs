@@ -27,7 +27,7 @@ use crate::notify;
 use crate::release::notes;
 use crate::release::watch::{self, UpgradeOptions};
 use crate::settings;
-use crate::settings::playbook;
+use crate::settings::playbook::{self, OnFailure, StepKind};
 use crate::settings::Settings;
 use crate::state;
 use crate::state::{now, Store};
@@ -156,7 +156,6 @@ impl Ctx<'_> {
 
 /// Runs the audit playbook. `Ok` even when some checks were skipped (they are listed).
 pub async fn run(s: &Settings, store: &Store) -> Result<Report, String> {
-    use crate::settings::playbook::OnFailure;
     let config = HeadscaleConfig::load(&s.headscale.config).ok();
     let version = deploy::current_version(s).await.ok();
     let mut ctx = Ctx {
@@ -176,10 +175,10 @@ pub async fn run(s: &Settings, store: &Store) -> Result<Report, String> {
     let mut ran: BTreeSet<String> = BTreeSet::new();
     let pb = &s.audit.playbook.playbook;
     for (i, step) in pb.steps.iter().enumerate() {
-        let name = step.step.as_str();
-        let result = match name {
-            "version" => version_checks(&ctx).await,
-            "config" => ctx.config().map(|c| {
+        let name = step.kind.as_str();
+        let result = match step.kind {
+            StepKind::Version => version_checks(&ctx).await,
+            StepKind::Config => ctx.config().map(|c| {
                 let mut f = config_checks(c, ctx.version.as_ref());
                 // What the next minor refuses (the planner's knowledge table).
                 if let Some(v) = &ctx.version {
@@ -187,28 +186,28 @@ pub async fn run(s: &Settings, store: &Store) -> Result<Report, String> {
                 }
                 f
             }),
-            "files" => ctx.config().and_then(|c| {
+            StepKind::Files => ctx.config().and_then(|c| {
                 file_checks(
                     c,
                     s.headscale.api_key_file.as_deref(),
                     s.audit.service_user.as_deref(),
                 )
             }),
-            "enrollment" => enrollment_checks(&mut ctx).await,
-            "nodes" => node_checks(&mut ctx).await,
-            "policy" => policy_checks(&mut ctx).await,
-            "dns" => ctx
+            StepKind::Enrollment => enrollment_checks(&mut ctx).await,
+            StepKind::Nodes => node_checks(&mut ctx).await,
+            StepKind::Policy => policy_checks(&mut ctx).await,
+            StepKind::Dns => ctx
                 .config()
                 .map(|c| dns_checks(c, s.audit.allowed_nameservers.as_deref())),
-            "report" => {
+            StepKind::Report => {
                 finish(s, store, &mut report, std::mem::take(&mut found), &ran)?;
                 Ok(vec![])
             }
-            "notify" => {
+            StepKind::Notify => {
                 notify::notify_step(s, store, step).await;
                 Ok(vec![])
             }
-            "hook" => {
+            StepKind::Hook => {
                 let ctx = json!({
                     "playbook": "audit",
                     "step": i + 1,
@@ -219,7 +218,10 @@ pub async fn run(s: &Settings, store: &Store) -> Result<Report, String> {
                 });
                 hook::run(step, &ctx).await.map(|_| vec![])
             }
-            other => Err(format!("step {other:?} is not in the audit catalogue")),
+            other => Err(format!(
+                "step {:?} is not in the audit catalogue",
+                other.as_str()
+            )),
         };
         match result {
             Ok(f) => {

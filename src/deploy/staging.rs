@@ -76,7 +76,7 @@ pub async fn stage(
             let text = std::fs::read_to_string(p).map_err(io_err("reading", p))?;
             let bad =
                 |e: String| DeployError::Other(format!("staging overlay {}: {e}", p.display()));
-            settings::yaml_guard(&text).map_err(bad)?;
+            settings::yaml_guard(&text).map_err(|e| bad(e.to_string()))?;
             Some(
                 serde_yaml_ng::from_str::<serde_yaml_ng::Value>(&text)
                     .map_err(|e| bad(e.to_string()))?,

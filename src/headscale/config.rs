@@ -103,9 +103,9 @@ impl HeadscaleConfig {
     }
 
     pub fn parse(path: &Path, text: &str) -> Result<Self, HeadscaleConfigError> {
-        settings::yaml_guard(text).map_err(|detail| HeadscaleConfigError::Parse {
+        settings::yaml_guard(text).map_err(|refused| HeadscaleConfigError::Parse {
             path: path.to_path_buf(),
-            detail,
+            detail: refused.to_string(),
         })?;
         let root: Value =
             serde_yaml_ng::from_str(text).map_err(|e| HeadscaleConfigError::Parse {

@@ -30,6 +30,7 @@ use crate::headscale::config::HeadscaleConfig;
 use crate::hook;
 use crate::notify;
 use crate::settings;
+use crate::settings::playbook::{OnFailure, StepKind};
 use crate::settings::Secret;
 use crate::settings::Settings;
 use crate::state;
@@ -287,25 +288,24 @@ pub async fn run(
     api: &mut ApiClient,
     say: &(dyn Fn(&str) + Sync),
 ) -> Result<RunReport, KeysError> {
-    use crate::settings::playbook::OnFailure;
     let pb = &s.playbooks.rotate_keys.playbook;
     let mut report = RunReport::default();
     let mut planned: Option<Planned> = None;
     for (i, step) in pb.steps.iter().enumerate() {
-        let result: Result<(), KeysError> = match (step.step.as_str(), planned.as_ref()) {
-            ("plan", _) => plan_step(s, store, api).await.map(|p| planned = Some(p)),
-            ("rotate", Some(p)) => rotate_step(s, store, api, p, &mut report, say).await,
-            ("expire", Some(p)) => expire_step(s, store, api, p, &mut report, say).await,
-            ("api_key", _) => rotate_api_key_if_due(s, store, api).await.map(|old| {
+        let result: Result<(), KeysError> = match (step.kind, planned.as_ref()) {
+            (StepKind::Plan, _) => plan_step(s, store, api).await.map(|p| planned = Some(p)),
+            (StepKind::Rotate, Some(p)) => rotate_step(s, store, api, p, &mut report, say).await,
+            (StepKind::Expire, Some(p)) => expire_step(s, store, api, p, &mut report, say).await,
+            (StepKind::ApiKey, _) => rotate_api_key_if_due(s, store, api).await.map(|old| {
                 if let Some(old) = old {
                     say(&format!("rotated headwarden's API key (old prefix {old}); the new key is in the api_key_file"));
                 }
             }),
-            ("notify", _) => {
+            (StepKind::Notify, _) => {
                 notify::notify_step(s, store, step).await;
                 Ok(())
             }
-            ("hook", _) => {
+            (StepKind::Hook, _) => {
                 let ctx = json!({
                     "playbook": "rotate-keys",
                     "step": i + 1,
@@ -324,7 +324,7 @@ pub async fn run(
             }
             (other, _) => Err(KeysError::Hook(
                 i + 1,
-                format!("step {other:?} needs the plan step before it"),
+                format!("step {:?} needs the plan step before it", other.as_str()),
             )),
         };
         if let Err(e) = result {
@@ -332,12 +332,12 @@ pub async fn run(
                 say(&format!(
                     "step {} ({}) failed, going on: {e}",
                     i + 1,
-                    step.step
+                    step.kind
                 ));
                 store.push_event(
                     "keys.step_failed",
                     "warning",
-                    &json!({"summary": format!("key job step {} ({}) failed", i + 1, step.step), "error": e.to_string()}),
+                    &json!({"summary": format!("key job step {} ({}) failed", i + 1, step.kind), "error": e.to_string()}),
                 )?;
             } else {
                 return Err(e);
@@ -350,7 +350,7 @@ pub async fn run(
             .iter()
             .filter(|p| matches!(p.action, Action::Expire))
             .count();
-        if overdue > 0 && !pb.has("expire") {
+        if overdue > 0 && !pb.has(StepKind::Expire) {
             say(&format!("{overdue} node(s) past deadline and grace; not expired: the playbook has no expire step"));
         }
         // Node counts per key state, for metrics.

@@ -66,22 +66,18 @@ pub struct Destination<'a> {
 pub fn destinations(s: &Settings) -> Vec<Destination<'_>> {
     let mut out = Vec::new();
     for entry in &s.notify {
-        if let Ok(ts) = targets(entry.url.expose(), entry.endpoint.as_deref()) {
-            out.extend(ts.into_iter().map(|target| Destination {
-                entry: Some(entry),
-                target,
-                owner: None,
-            }));
-        }
+        out.extend(entry.targets.iter().map(|target| Destination {
+            entry: Some(entry),
+            target: target.clone(),
+            owner: None,
+        }));
     }
-    for (user, url) in &s.notify_users {
-        if let Ok(ts) = targets(url.expose(), None) {
-            out.extend(ts.into_iter().map(|target| Destination {
-                entry: None,
-                target,
-                owner: Some(user.clone()),
-            }));
-        }
+    for (user, d) in &s.notify_users {
+        out.extend(d.targets.iter().map(|target| Destination {
+            entry: None,
+            target: target.clone(),
+            owner: Some(user.clone()),
+        }));
     }
     out
 }

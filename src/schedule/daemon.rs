@@ -21,30 +21,36 @@ use crate::exit;
 use crate::metrics;
 use crate::process;
 use crate::settings::cron;
-use crate::settings::{self, Settings};
+use crate::settings::{self, Job, Settings};
 use crate::state::{now, Store};
 
-const JOBS: [&str; 3] = ["upgrade", "keys", "audit"];
 const FLUSH_EVERY: i64 = 30;
 const LOCKED_RETRY: i64 = 60;
 
-fn schedule_of<'a>(s: &'a Settings, job: &str) -> Option<&'a str> {
-    match job {
-        "upgrade" => s.schedule.upgrade.as_deref(),
-        "keys" => s.schedule.keys.as_deref(),
-        "audit" => s.schedule.audit.as_deref(),
-        _ => None,
+/// What the daemon runs as a child: a scheduled job, or chat delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Task {
+    Job(Job),
+    Flush,
+}
+
+impl Task {
+    fn as_str(self) -> &'static str {
+        match self {
+            Task::Job(j) => j.as_str(),
+            Task::Flush => "notify",
+        }
     }
 }
 
-fn job_args(config: &Path, job: &str) -> Vec<String> {
+fn job_args(config: &Path, task: Task) -> Vec<String> {
     let mut a = vec!["--config".to_string(), config.display().to_string()];
     a.extend(
-        match job {
-            "upgrade" => vec!["upgrade", "--yes"],
-            "keys" => vec!["keys", "run"],
-            "audit" => vec!["audit"],
-            _ => vec!["notify", "flush"],
+        match task {
+            Task::Job(Job::Upgrade) => vec!["upgrade", "--yes"],
+            Task::Job(Job::Keys) => vec!["keys", "run"],
+            Task::Job(Job::Audit) => vec!["audit"],
+            Task::Flush => vec!["notify", "flush"],
         }
         .into_iter()
         .map(String::from),
@@ -57,38 +63,13 @@ pub async fn run(config: PathBuf) -> anyhow::Result<u8> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(&'static str, i64, Option<i32>)>();
-    let mut running: HashMap<&'static str, i64> = HashMap::new();
-    let mut retry_at: HashMap<&'static str, i64> = HashMap::new();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Task, i64, Option<i32>)>();
+    let mut running: HashMap<Task, i64> = HashMap::new();
+    let mut retry_at: HashMap<Job, i64> = HashMap::new();
     let mut last_flush = 0;
     let mut stopping = false;
     if let Some(addr) = s.metrics.listen {
-        let listener = tokio::net::TcpListener::bind(addr).await?;
-        let settings = s.clone();
-        let app = axum::Router::new().route(
-            "/metrics",
-            axum::routing::get(move || {
-                let s = settings.clone();
-                async move {
-                    match metrics::text(&s).await {
-                        Ok(t) => (
-                            axum::http::StatusCode::OK,
-                            [("content-type", "text/plain; version=0.0.4")],
-                            t,
-                        ),
-                        Err(_) => (
-                            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-                            [("content-type", "text/plain; version=0.0.4")],
-                            "state store unavailable\n".to_string(),
-                        ),
-                    }
-                }
-            }),
-        );
-        tracing::info!(%addr, "serving metrics on /metrics");
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        serve_metrics(addr, s.clone()).await?;
     }
     tracing::info!(config = %config.display(), "daemon started");
     loop {
@@ -96,33 +77,32 @@ pub async fn run(config: PathBuf) -> anyhow::Result<u8> {
         let mut wake = t + FLUSH_EVERY;
         if !stopping {
             let store = Store::open(&s.state_dir)?;
-            for job in JOBS {
-                let Some(expr) = schedule_of(&s, job) else {
+            for job in Job::ALL {
+                let Some(schedule) = s.schedule.of(job) else {
                     continue;
                 };
-                if running.contains_key(job) {
+                if running.contains_key(&Task::Job(job)) {
                     continue;
                 }
-                if let Some(r) = retry_at.get(job).filter(|r| **r > t) {
+                if let Some(r) = retry_at.get(&job).filter(|r| **r > t) {
                     wake = wake.min(*r);
                     continue;
                 }
+                let name = job.as_str();
                 let last = store
-                    .kv_get(&format!("job.{job}.last"))?
+                    .kv_get(&format!("job.{name}.last"))?
                     .and_then(|v| v.parse().ok());
                 // Due at the schedule's time plus this occurrence's jitter.
-                let offset = cron::jitter_offset(job, last, s.schedule.jitter);
-                let tz = s.schedule.timezone.as_deref();
-                match cron::next_due(Some(expr), tz, last, t - offset) {
-                    Ok(Some(next)) => wake = wake.min(next + offset),
-                    Ok(None) => start(job, &config, t, &tx, &mut running),
-                    Err(e) => tracing::error!(job, error = %e, "bad schedule"),
+                let offset = cron::jitter_offset(name, last, s.schedule.jitter);
+                match cron::next_due(Some(schedule), s.schedule.timezone, last, t - offset) {
+                    Some(next) => wake = wake.min(next + offset),
+                    None => start(Task::Job(job), &config, t, &tx, &mut running),
                 }
             }
             let wants_chat = !s.notify.is_empty() || !s.notify_users.is_empty();
-            if wants_chat && t - last_flush >= FLUSH_EVERY && !running.contains_key("notify") {
+            if wants_chat && t - last_flush >= FLUSH_EVERY && !running.contains_key(&Task::Flush) {
                 last_flush = t;
-                start("notify", &config, t, &tx, &mut running);
+                start(Task::Flush, &config, t, &tx, &mut running);
             }
         } else if running.is_empty() {
             tracing::info!("daemon stopped");
@@ -140,15 +120,14 @@ pub async fn run(config: PathBuf) -> anyhow::Result<u8> {
                 }
                 Err(e) => tracing::error!(error = %e, "config reload refused; keeping the previous config"),
             },
-            Some((job, started, code)) = rx.recv() => {
-                running.remove(job);
+            Some((task, started, code)) = rx.recv() => {
+                running.remove(&task);
+                let job = task.as_str();
                 tracing::info!(job, code = ?code, "job finished");
-                if job == "notify" {
-                    continue;
-                }
+                let Task::Job(j) = task else { continue };
                 if code == Some(i32::from(exit::LOCKED)) {
                     tracing::info!(job, "its lock is held by another run; retrying in a minute");
-                    retry_at.insert(job, now() + LOCKED_RETRY);
+                    retry_at.insert(j, now() + LOCKED_RETRY);
                 } else {
                     Store::open(&s.state_dir)?.kv_set(&format!("job.{job}.last"), &started.to_string())?;
                 }
@@ -157,8 +136,38 @@ pub async fn run(config: PathBuf) -> anyhow::Result<u8> {
     }
 }
 
-fn begin_stop(running: &HashMap<&'static str, i64>) -> bool {
-    let jobs: Vec<&str> = running.keys().copied().collect();
+/// Serves `/metrics` on `addr` (a loopback address, checked when the config loaded).
+async fn serve_metrics(addr: std::net::SocketAddr, settings: Settings) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let s = settings.clone();
+            async move {
+                match metrics::text(&s).await {
+                    Ok(t) => (
+                        axum::http::StatusCode::OK,
+                        [("content-type", "text/plain; version=0.0.4")],
+                        t,
+                    ),
+                    Err(_) => (
+                        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                        [("content-type", "text/plain; version=0.0.4")],
+                        "state store unavailable\n".to_string(),
+                    ),
+                }
+            }
+        }),
+    );
+    tracing::info!(%addr, "serving metrics on /metrics");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok(())
+}
+
+fn begin_stop(running: &HashMap<Task, i64>) -> bool {
+    let jobs: Vec<&str> = running.keys().map(|t| t.as_str()).collect();
     tracing::info!(
         ?jobs,
         "stopping: no new jobs; waiting for running ones to finish"
@@ -167,22 +176,23 @@ fn begin_stop(running: &HashMap<&'static str, i64>) -> bool {
 }
 
 fn start(
-    job: &'static str,
+    task: Task,
     config: &Path,
     t: i64,
-    tx: &tokio::sync::mpsc::UnboundedSender<(&'static str, i64, Option<i32>)>,
-    running: &mut HashMap<&'static str, i64>,
+    tx: &tokio::sync::mpsc::UnboundedSender<(Task, i64, Option<i32>)>,
+    running: &mut HashMap<Task, i64>,
 ) {
-    match process::spawn_self(&job_args(config, job)) {
+    let job = task.as_str();
+    match process::spawn_self(&job_args(config, task)) {
         Ok(mut child) => {
-            if job != "notify" {
+            if task != Task::Flush {
                 tracing::info!(job, "job started");
             }
-            running.insert(job, t);
+            running.insert(task, t);
             let tx = tx.clone();
             tokio::spawn(async move {
                 let code = child.wait().await.ok().and_then(|s| s.code());
-                let _ = tx.send((job, t, code));
+                let _ = tx.send((task, t, code));
             });
         }
         Err(e) => tracing::error!(job, error = %e, "cannot start job"),

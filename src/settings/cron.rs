@@ -2,89 +2,138 @@
 //! the evaluation the scheduler and the upgrade gate run over the parsed values.
 //!
 //! Admins write standard 5-field crontab lines (or `@daily`-style names); the `cron` crate wants
-//! a seconds field, so [`cron_to_schedule`] translates before parsing.
+//! a seconds field, so [`Cron::parse`] translates before parsing.
 
+use std::fmt;
 use std::str::FromStr;
 
 use super::Window;
 
-/// Parses a standard crontab expression (5 fields, or `@hourly`, `@daily`, `@weekly`, `@monthly`,
-/// `@yearly`) into a `cron::Schedule`.
-pub fn cron_to_schedule(expr: &str) -> Result<cron::Schedule, String> {
-    let e = expr.trim();
-    let six = match e {
-        "@hourly" => "0 0 * * * *".to_string(),
-        "@daily" | "@midnight" => "0 0 0 * * *".to_string(),
-        "@weekly" => "0 0 0 * * Sun".to_string(),
-        "@monthly" => "0 0 0 1 * *".to_string(),
-        "@yearly" | "@annually" => "0 0 0 1 1 *".to_string(),
-        _ => {
-            let fields: Vec<&str> = e.split_whitespace().collect();
-            if fields.len() != 5 {
-                return Err(format!(
-                    "invalid cron expression {expr:?}: expected 5 fields (minute hour day-of-month month day-of-week), found {}",
-                    fields.len()
-                ));
-            }
-            // crontab counts Sunday as 0 (and 7); the cron crate counts 1-7 from Sunday.
-            let dow = fields[4]
-                .split(',')
-                .map(shift_dow)
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|m| format!("invalid cron expression {expr:?}: {m}"))?
-                .join(",");
-            format!(
-                "0 {} {} {} {} {}",
-                fields[0], fields[1], fields[2], fields[3], dow
-            )
-        }
-    };
-    cron::Schedule::from_str(&six).map_err(|err| format!("invalid cron expression {expr:?}: {err}"))
+/// Why a crontab line or a time zone name was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum CronError {
+    #[error("invalid cron expression {expr:?}: expected 5 fields (minute hour day-of-month month day-of-week), found {found}")]
+    FieldCount { expr: String, found: usize },
+    #[error("invalid cron expression {expr:?}: day of week {day} is out of range 0-7")]
+    DayOfWeek { expr: String, day: u8 },
+    #[error("invalid cron expression {expr:?}: {source}")]
+    Syntax {
+        expr: String,
+        source: cron::error::Error,
+    },
+    #[error("unknown time zone {0:?} (an IANA name such as Europe/Berlin, UTC, or `local`)")]
+    Zone(String),
 }
 
-/// When a job with schedule `expr` that last started at `last` is next due: `None` when it is due
-/// now (never ran, no schedule, or its next time has passed), else that time. `timezone` is an
-/// IANA name (`Europe/Berlin`, `UTC`) or unset/`local` (the host's zone, as crontab does).
-pub fn next_due(
-    expr: Option<&str>,
-    timezone: Option<&str>,
-    last: Option<i64>,
-    now: i64,
-) -> Result<Option<i64>, String> {
-    let (Some(expr), Some(last)) = (expr, last) else {
-        return Ok(None);
+/// A parsed crontab line; keeps the text the admin wrote, for display.
+#[derive(Debug, Clone)]
+pub struct Cron {
+    expr: String,
+    schedule: cron::Schedule,
+}
+
+impl Cron {
+    /// Parses a standard crontab expression (5 fields, or `@hourly`, `@daily`, `@weekly`,
+    /// `@monthly`, `@yearly`).
+    pub fn parse(expr: &str) -> Result<Cron, CronError> {
+        let e = expr.trim();
+        let six = match e {
+            "@hourly" => "0 0 * * * *".to_string(),
+            "@daily" | "@midnight" => "0 0 0 * * *".to_string(),
+            "@weekly" => "0 0 0 * * Sun".to_string(),
+            "@monthly" => "0 0 0 1 * *".to_string(),
+            "@yearly" | "@annually" => "0 0 0 1 1 *".to_string(),
+            _ => {
+                let fields: Vec<&str> = e.split_whitespace().collect();
+                if fields.len() != 5 {
+                    return Err(CronError::FieldCount {
+                        expr: expr.to_string(),
+                        found: fields.len(),
+                    });
+                }
+                // crontab counts Sunday as 0 (and 7); the cron crate counts 1-7 from Sunday.
+                let dow = fields[4]
+                    .split(',')
+                    .map(shift_dow)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|day| CronError::DayOfWeek {
+                        expr: expr.to_string(),
+                        day,
+                    })?
+                    .join(",");
+                format!(
+                    "0 {} {} {} {} {}",
+                    fields[0], fields[1], fields[2], fields[3], dow
+                )
+            }
+        };
+        let schedule = cron::Schedule::from_str(&six).map_err(|source| CronError::Syntax {
+            expr: expr.to_string(),
+            source,
+        })?;
+        Ok(Cron {
+            expr: expr.to_string(),
+            schedule,
+        })
+    }
+
+    /// The expression as the admin wrote it.
+    pub fn as_str(&self) -> &str {
+        &self.expr
+    }
+}
+
+/// When a job with schedule `schedule` that last started at `last` is next due: `None` when it
+/// is due now (never ran, no schedule, or its next time has passed), else that time.
+pub fn next_due(schedule: Option<&Cron>, zone: Zone, last: Option<i64>, now: i64) -> Option<i64> {
+    let (Some(cron), Some(last)) = (schedule, last) else {
+        return None;
     };
-    let schedule = cron_to_schedule(expr)?;
-    let after = chrono::DateTime::from_timestamp(last, 0)
-        .ok_or_else(|| format!("invalid last-run time {last}"))?;
-    let next = match parse_zone(timezone)? {
-        Zone::Local => schedule
+    // A last start outside chrono's range is corrupt state: treat the job as due.
+    let after = chrono::DateTime::from_timestamp(last, 0)?;
+    let next = match zone {
+        Zone::Local => cron
+            .schedule
             .after(&after.with_timezone(&chrono::Local))
             .next()
             .map(|t| t.timestamp()),
-        Zone::Named(tz) => schedule
+        Zone::Named(tz) => cron
+            .schedule
             .after(&after.with_timezone(&tz))
             .next()
             .map(|t| t.timestamp()),
     };
-    Ok(next.filter(|n| *n > now))
+    next.filter(|n| *n > now)
 }
 
 /// A schedule's time zone: the host's (as crontab does) or an IANA zone from the tz database
 /// compiled into the binary (so a container without /usr/share/zoneinfo works the same).
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Zone {
+    #[default]
     Local,
     Named(chrono_tz::Tz),
 }
 
-/// `None`/`local` → the host's zone; otherwise an IANA name such as `Europe/Berlin` or `UTC`.
-pub fn parse_zone(name: Option<&str>) -> Result<Zone, String> {
-    match name {
-        None | Some("local") => Ok(Zone::Local),
-        Some(n) => n.parse::<chrono_tz::Tz>().map(Zone::Named).map_err(|_| {
-            format!("unknown time zone {n:?} (an IANA name such as Europe/Berlin, UTC, or `local`)")
-        }),
+impl Zone {
+    /// `None`/`local` → the host's zone; otherwise an IANA name such as `Europe/Berlin` or `UTC`.
+    pub fn parse(name: Option<&str>) -> Result<Zone, CronError> {
+        match name {
+            None | Some("local") => Ok(Zone::Local),
+            Some(n) => n
+                .parse::<chrono_tz::Tz>()
+                .map(Zone::Named)
+                .map_err(|_| CronError::Zone(n.to_string())),
+        }
+    }
+}
+
+impl fmt::Display for Zone {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Zone::Local => f.write_str("local"),
+            Zone::Named(tz) => f.write_str(tz.name()),
+        }
     }
 }
 
@@ -94,12 +143,11 @@ pub fn parse_zone(name: Option<&str>) -> Result<Zone, String> {
 pub fn window_allows(
     window: &Window,
     blackout: &[chrono::NaiveDate],
-    timezone: Option<&str>,
+    zone: Zone,
     now: i64,
     needed: i64,
 ) -> Result<(), Option<i64>> {
     use chrono::{Datelike, TimeZone};
-    let zone = parse_zone(timezone).map_err(|_| None)?;
     let Some(t) = chrono::DateTime::from_timestamp(now, 0) else {
         return Err(None);
     };
@@ -152,15 +200,17 @@ pub fn jitter_offset(job: &str, last: Option<i64>, jitter: std::time::Duration) 
     n % span
 }
 
-fn shift_dow(part: &str) -> Result<String, String> {
+/// One comma-separated part of a crontab day-of-week field, renumbered for the `cron` crate; the
+/// error is the out-of-range day.
+fn shift_dow(part: &str) -> Result<String, u8> {
     let (range, step) = match part.split_once('/') {
         Some((r, s)) => (r, Some(s)),
         None => (part, None),
     };
-    let map = |s: &str| -> Result<String, String> {
+    let map = |s: &str| -> Result<String, u8> {
         match s.parse::<u8>() {
             Ok(n @ 0..=7) => Ok(((n % 7) + 1).to_string()),
-            Ok(n) => Err(format!("day of week {n} is out of range 0-7")),
+            Ok(n) => Err(n),
             Err(_) => Ok(s.to_string()),
         }
     };
@@ -204,7 +254,7 @@ mod tests {
             duration: std::time::Duration::from_secs(hours * 3600),
             timezone: None,
         };
-        let utc = Some("UTC");
+        let utc = Zone::parse(Some("UTC")).expect("zone");
         assert_eq!(
             window_allows(&w(vec![Mon], "09:00", 2), &[], utc, t, 600),
             Ok(())
@@ -240,35 +290,38 @@ mod tests {
     fn due_times() {
         // 2026-11-23T10:00:00Z
         let t = 1_795_428_000;
+        let cron = |e: &str| Cron::parse(e).expect("valid");
+        let zone = |z: &str| Zone::parse(Some(z)).expect("zone");
         assert_eq!(
-            next_due(None, None, Some(t), t),
-            Ok(None),
+            next_due(None, Zone::Local, Some(t), t),
+            None,
             "no schedule: always due"
         );
         assert_eq!(
-            next_due(Some("@daily"), Some("UTC"), None, t),
-            Ok(None),
+            next_due(Some(&cron("@daily")), zone("UTC"), None, t),
+            None,
             "never ran"
         );
         // Ran at 10:00 with a 04:00 schedule: next due tomorrow 04:00.
+        let four = cron("0 4 * * *");
         assert_eq!(
-            next_due(Some("0 4 * * *"), Some("UTC"), Some(t), t + 60),
-            Ok(Some(t + 18 * 3600))
+            next_due(Some(&four), zone("UTC"), Some(t), t + 60),
+            Some(t + 18 * 3600)
         );
         assert_eq!(
-            next_due(Some("0 4 * * *"), Some("UTC"), Some(t), t + 18 * 3600),
-            Ok(None)
+            next_due(Some(&four), zone("UTC"), Some(t), t + 18 * 3600),
+            None
         );
-        assert!(next_due(Some("0 4 * * *"), Some("Mars/Olympus"), Some(t), t).is_err());
+        assert!(Zone::parse(Some("Mars/Olympus")).is_err());
         // Berlin is UTC+1 in November: 04:00 there is 03:00 UTC.
         assert_eq!(
-            next_due(Some("0 4 * * *"), Some("Europe/Berlin"), Some(t), t + 60),
-            Ok(Some(t + 17 * 3600))
+            next_due(Some(&four), zone("Europe/Berlin"), Some(t), t + 60),
+            Some(t + 17 * 3600)
         );
         // New York is UTC-5: 04:00 there is 09:00 UTC tomorrow (10:00 UTC today has passed it).
         assert_eq!(
-            next_due(Some("0 4 * * *"), Some("America/New_York"), Some(t), t + 60),
-            Ok(Some(t + 23 * 3600))
+            next_due(Some(&four), zone("America/New_York"), Some(t), t + 60),
+            Some(t + 23 * 3600)
         );
     }
 
@@ -283,7 +336,7 @@ mod tests {
         };
         // 2026-11-23 10:00 UTC is 11:00 in Berlin: inside a 10:00-12:00 Berlin window …
         let t = 1_795_428_000;
-        let berlin = Some("Europe/Berlin");
+        let berlin = Zone::parse(Some("Europe/Berlin")).expect("zone");
         assert_eq!(
             window_allows(&w(vec![Mon], "10:00", 2), &[], berlin, t, 600),
             Ok(())
@@ -293,7 +346,7 @@ mod tests {
             window_allows(
                 &w(vec![Mon], "09:00", 2),
                 &[],
-                Some("America/New_York"),
+                Zone::parse(Some("America/New_York")).expect("zone"),
                 t,
                 600
             ),
@@ -304,7 +357,7 @@ mod tests {
         let sat = 1_806_141_600; // 2027-03-27T10:00:00Z
         let next = window_allows(&w(vec![Sun], "02:30", 1), &[], berlin, sat, 600);
         assert_eq!(next, Err(Some(1_806_798_600)), "2027-04-04T00:30:00Z");
-        assert!(parse_zone(Some("Europe/Atlantis")).is_err());
+        assert!(Zone::parse(Some("Europe/Atlantis")).is_err());
     }
 
     #[test]
@@ -317,17 +370,21 @@ mod tests {
             "0 0 * * 0",
             "0 3 * * 1-5",
         ] {
-            assert!(cron_to_schedule(ok).is_ok(), "{ok}");
+            assert!(Cron::parse(ok).is_ok(), "{ok}");
         }
         for bad in ["0 4 * *", "61 * * * *", "0 4 * * 9", "banana", ""] {
-            assert!(cron_to_schedule(bad).is_err(), "{bad}");
+            assert!(Cron::parse(bad).is_err(), "{bad}");
         }
     }
 
     #[test]
     fn monday_means_monday() {
-        let s = cron_to_schedule("30 9 * * 1").expect("valid");
-        let next = s.upcoming(chrono::Utc).next().expect("a next time");
+        let s = Cron::parse("30 9 * * 1").expect("valid");
+        let next = s
+            .schedule
+            .upcoming(chrono::Utc)
+            .next()
+            .expect("a next time");
         assert_eq!(next.format("%a").to_string(), "Mon");
     }
 }

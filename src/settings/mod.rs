@@ -16,8 +16,10 @@ use std::time::Duration;
 
 use semver::{Version, VersionReq};
 
+use self::cron::{Cron, Zone};
+use self::notify_url::Target;
 use crate::event::Severity;
-pub use raw::{parse_duration, url_allowed, DurationValue};
+pub use raw::{parse_duration, url_allowed, DurationError, DurationValue};
 
 /// Default location of the config file.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/headwarden/headwarden.yaml";
@@ -58,7 +60,7 @@ pub struct Settings {
     pub keys: KeySettings,
     pub notify: Vec<NotifyTarget>,
     /// User → their own destination for key reminders.
-    pub notify_users: std::collections::BTreeMap<String, Secret>,
+    pub notify_users: std::collections::BTreeMap<String, UserDestination>,
     pub schedule: ScheduleSettings,
     pub metrics: MetricsSettings,
     pub playbooks: Playbooks,
@@ -76,8 +78,8 @@ impl Settings {
                 ));
             }
         }
-        for (user, url) in &self.notify_users {
-            if is_public_ntfy(url.expose()) {
+        for (user, d) in &self.notify_users {
+            if is_public_ntfy(d.url.expose()) {
                 out.push(format!(
                     "notify_users.{user} is a topic on the public ntfy.sh: anyone who guesses the topic reads the one-time keys; use your own ntfy server or an access token"
                 ));
@@ -195,7 +197,7 @@ pub struct Window {
     pub duration: Duration,
     /// The window's own zone (the Headscale host's users may not share the timer's); unset:
     /// `schedule.timezone`.
-    pub timezone: Option<String>,
+    pub timezone: Option<Zone>,
 }
 
 /// Which upgrade steps wait for `headwarden approve VERSION`.
@@ -304,6 +306,8 @@ pub enum KeyDelivery {
 pub struct NotifyTarget {
     /// The service URL (shoutrrr/apprise style or a plain https webhook); holds tokens.
     pub url: Secret,
+    /// What `url` names (with `endpoint` applied), parsed when the config loads.
+    pub targets: Vec<Target>,
     /// Event families (`release`, `upgrade`, `keys`, `audit`, `health`) or exact events
     /// (`keys.reminder`); empty means all.
     pub events: Vec<String>,
@@ -328,14 +332,52 @@ pub struct NotifyTarget {
     pub give_up_after: Duration,
 }
 
+/// A `notify_users` entry: the user's own destination URL and what it names.
+#[derive(Debug, Clone)]
+pub struct UserDestination {
+    pub url: Secret,
+    pub targets: Vec<Target>,
+}
+
+/// The scheduled jobs, in the order `run` takes them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Job {
+    Upgrade,
+    Keys,
+    Audit,
+}
+
+impl Job {
+    pub const ALL: [Job; 3] = [Job::Upgrade, Job::Keys, Job::Audit];
+    /// The name in `schedule.<job>`, state keys (`job.<name>.last`) and messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Job::Upgrade => "upgrade",
+            Job::Keys => "keys",
+            Job::Audit => "audit",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct ScheduleSettings {
-    pub upgrade: Option<String>,
-    pub keys: Option<String>,
-    pub audit: Option<String>,
-    pub timezone: Option<String>,
+    pub upgrade: Option<Cron>,
+    pub keys: Option<Cron>,
+    pub audit: Option<Cron>,
+    pub timezone: Zone,
     /// The daemon starts each job up to this much after its scheduled time (spread load).
     pub jitter: Duration,
+}
+
+impl ScheduleSettings {
+    /// A job's schedule; `None`: it runs only when asked (or on every `run`).
+    pub fn of(&self, job: Job) -> Option<&Cron> {
+        match job {
+            Job::Upgrade => self.upgrade.as_ref(),
+            Job::Keys => self.keys.as_ref(),
+            Job::Audit => self.audit.as_ref(),
+        }
+    }
 }
 
 /// A configuration error: file, key, line, what is wrong, and what to do.
@@ -383,17 +425,24 @@ pub const YAML_MAX_BYTES: usize = 1 << 20;
 const YAML_MAX_FLOW_DEPTH: usize = 64;
 const YAML_MAX_ALIASES: usize = 64;
 
+/// Why [`yaml_guard`] refused a YAML text before parsing it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum YamlRefused {
+    #[error("{0} bytes is more than the {YAML_MAX_BYTES} a YAML file here may have")]
+    Size(usize),
+    #[error("collections nested deeper than {YAML_MAX_FLOW_DEPTH} levels")]
+    Depth,
+    #[error("more than {YAML_MAX_ALIASES} alias references (*name)")]
+    Aliases,
+}
+
 /// Refuses YAML that would make the parser do unbounded work before it is parsed: more than
 /// 1 MiB, flow collections nested deeper than 64 (libyaml rescans every open level per token, so
 /// deep nesting is quadratic), or more than 64 alias references (each can expand a whole
 /// subtree: "billion laughs"). Real configs are far inside all three.
-pub fn yaml_guard(text: &str) -> Result<(), String> {
+pub fn yaml_guard(text: &str) -> Result<(), YamlRefused> {
     if text.len() > YAML_MAX_BYTES {
-        return Err(format!(
-            "{} bytes is more than the {} a YAML file here may have",
-            text.len(),
-            YAML_MAX_BYTES
-        ));
+        return Err(YamlRefused::Size(text.len()));
     }
     let (mut depth, mut aliases) = (0usize, 0usize);
     for line in text.lines() {
@@ -407,18 +456,14 @@ pub fn yaml_guard(text: &str) -> Result<(), String> {
                 (None, '[' | '{') => {
                     depth += 1;
                     if depth > YAML_MAX_FLOW_DEPTH {
-                        return Err(format!(
-                            "collections nested deeper than {YAML_MAX_FLOW_DEPTH} levels"
-                        ));
+                        return Err(YamlRefused::Depth);
                     }
                 }
                 (None, ']' | '}') => depth = depth.saturating_sub(1),
                 (None, '*') if prev.is_whitespace() || matches!(prev, '[' | ',' | ':') => {
                     aliases += 1;
                     if aliases > YAML_MAX_ALIASES {
-                        return Err(format!(
-                            "more than {YAML_MAX_ALIASES} alias references (*name)"
-                        ));
+                        return Err(YamlRefused::Aliases);
                     }
                 }
                 _ => {}
@@ -431,11 +476,11 @@ pub fn yaml_guard(text: &str) -> Result<(), String> {
 
 /// Parses and resolves config text; `path` is used for messages and relative paths.
 pub fn parse(path: &Path, text: &str) -> Result<Settings, ConfigError> {
-    yaml_guard(text).map_err(|message| ConfigError {
+    yaml_guard(text).map_err(|refused| ConfigError {
         file: path.to_path_buf(),
         key: None,
         line: None,
-        message,
+        message: refused.to_string(),
         hint: Some("a headwarden config is a few kilobytes of plain YAML".into()),
     })?;
     let de = serde_yaml_ng::Deserializer::from_str(text);

@@ -6,22 +6,37 @@ use std::time::Duration;
 use semver::{Version, VersionReq};
 use serde::{Deserialize, Deserializer};
 
-use super::cron;
+use super::cron::{Cron, Zone};
 use super::notify_url;
-use super::Window;
+use super::playbook::{self, PlaybookName};
 use super::{
-    line_of, Approval, Channel, ConfigError, Enforce, HeadscaleSettings, KeyDelivery, KeySettings,
-    MetricsSettings, NotifyTarget, ReleaseSettings, ReminderRouting, ScheduleSettings, Secret,
-    ServiceSettings, Settings, SmokeCheck, SmokeSettings, StagingSettings,
+    line_of, Accept, Approval, AuditSettings, Channel, ConfigError, Enforce, HeadscaleSettings,
+    KeyDelivery, KeySettings, LoadedPlaybook, MetricsSettings, NotifyTarget, Playbooks, Reach,
+    ReleaseSettings, ReminderRouting, ScheduleSettings, Secret, ServiceSettings, Settings,
+    SmokeCheck, SmokeSettings, StagingSettings, UserDestination, Window,
 };
 use crate::event::{self, Severity};
-use crate::settings::playbook;
+
+/// Why a duration was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DurationError {
+    #[error("empty duration")]
+    Empty,
+    #[error("invalid duration {0:?}: unknown unit {1:?}")]
+    Unit(String, char),
+    #[error("invalid duration {0:?}: a unit needs a number before it")]
+    Number(String),
+    #[error("invalid duration {0:?}: too large")]
+    TooLarge(String),
+    #[error("invalid duration {0:?}: missing unit (s, m, h, d, w)")]
+    MissingUnit(String),
+}
 
 /// Parses `60s`, `15m`, `12h`, `3d`, `2w` (and sums like `1d12h`).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
+pub fn parse_duration(s: &str) -> Result<Duration, DurationError> {
     let s = s.trim();
     if s.is_empty() {
-        return Err("empty duration".into());
+        return Err(DurationError::Empty);
     }
     let mut total: u64 = 0;
     let mut num = String::new();
@@ -36,21 +51,19 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             'h' => 3600,
             'd' => 86400,
             'w' => 7 * 86400,
-            _ => return Err(format!("invalid duration {s:?}: unknown unit {c:?}")),
+            _ => return Err(DurationError::Unit(s.to_string(), c)),
         };
         let n: u64 = num
             .parse()
-            .map_err(|_| format!("invalid duration {s:?}: a unit needs a number before it"))?;
+            .map_err(|_| DurationError::Number(s.to_string()))?;
         total = n
             .checked_mul(unit)
             .and_then(|v| total.checked_add(v))
-            .ok_or_else(|| format!("invalid duration {s:?}: too large"))?;
+            .ok_or_else(|| DurationError::TooLarge(s.to_string()))?;
         num.clear();
     }
     if !num.is_empty() {
-        return Err(format!(
-            "invalid duration {s:?}: missing unit (s, m, h, d, w)"
-        ));
+        return Err(DurationError::MissingUnit(s.to_string()));
     }
     Ok(Duration::from_secs(total))
 }
@@ -93,13 +106,14 @@ impl<'de> Deserialize<'de> for VersionValue {
 }
 
 #[derive(Debug, Clone)]
-struct CronValue(String);
+struct CronValue(Cron);
 
 impl<'de> Deserialize<'de> for CronValue {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        cron::cron_to_schedule(&s).map_err(serde::de::Error::custom)?;
-        Ok(CronValue(s))
+        Cron::parse(&s)
+            .map(CronValue)
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -412,8 +426,40 @@ pub(super) fn resolve(file: &Path, text: &str, raw: RawConfig) -> Result<Setting
         raw.state_dir
             .unwrap_or_else(|| PathBuf::from("/var/lib/headwarden")),
     );
+    // One section per function, in the file's order (the first error found is the one reported).
+    let release = release(&cx, raw.release)?;
+    let headscale = headscale(&cx, raw.headscale)?;
+    let smoke = smoke(&cx, raw.smoke)?;
+    let keys = keys(&cx, raw.keys)?;
+    let notify = raw
+        .notify
+        .into_iter()
+        .map(|n| resolve_notify(&cx, n))
+        .collect::<Result<Vec<_>, _>>()?;
+    let notify_users = notify_users(&cx, raw.notify_users)?;
+    let schedule = schedule(&cx, raw.schedule)?;
+    let audit = audit(&cx, raw.audit)?;
+    let playbooks = playbooks(&cx, raw.playbooks)?;
+    let metrics = metrics(&cx, raw.metrics)?;
+    let staging = staging(&cx, raw.staging)?;
+    Ok(Settings {
+        source: file.to_path_buf(),
+        state_dir,
+        release,
+        headscale,
+        staging,
+        smoke,
+        keys,
+        notify,
+        notify_users,
+        schedule,
+        metrics,
+        playbooks,
+        audit,
+    })
+}
 
-    let r = raw.release;
+fn release(cx: &Ctx<'_>, r: RawRelease) -> Result<ReleaseSettings, ConfigError> {
     let repo = r.repo.unwrap_or_else(|| "juanfont/headscale".into());
     let (owner, name) = repo
         .split_once('/')
@@ -452,7 +498,60 @@ pub(super) fn resolve(file: &Path, text: &str, raw: RawConfig) -> Result<Setting
             ))
         }
     };
-    let minisign_public_key = match r.minisign_public_key {
+    let minisign_public_key = minisign_key(cx, r.minisign_public_key)?;
+    // A configured key means signatures are required, unless the admin says otherwise.
+    let require_signature = r.require_signature.unwrap_or(minisign_public_key.is_some());
+    if require_signature && minisign_public_key.is_none() {
+        return Err(cx.err(
+            "release.require_signature",
+            "require_signature is true but no minisign_public_key is set",
+            "set release.minisign_public_key",
+        ));
+    }
+    let approval = approval(cx, r.approval.as_ref())?;
+    let window = r.window.as_ref().map(|w| window(cx, w)).transpose()?;
+    let blackout = r
+        .blackout
+        .iter()
+        .map(|d| {
+            chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").map_err(|_| {
+                cx.err(
+                    "release.blackout",
+                    format!("{d:?} is not a date"),
+                    "dates as YYYY-MM-DD",
+                )
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(ReleaseSettings {
+        approval,
+        window,
+        blackout,
+        owner: owner.to_string(),
+        repo: name.to_string(),
+        api_url,
+        token,
+        channel,
+        constraint: r
+            .constraint
+            .map(|c| c.0)
+            .unwrap_or_else(|| VersionReq::parse(">=0.26, <1.0").unwrap_or(VersionReq::STAR)),
+        min_age: r.min_age.map_or(Duration::from_secs(3 * 86400), |d| d.0),
+        skip: r.skip.into_iter().map(|v| v.0).collect(),
+        pin: r.pin.map(|v| v.0),
+        require_signature,
+        minisign_public_key,
+        allow_insecure_http: r.allow_insecure_http,
+        keep_versions: r.keep_versions.unwrap_or(3).max(2),
+        max_asset_size: r.max_asset_size_mb.unwrap_or(512) * 1024 * 1024,
+        feed_timeout: r.feed_timeout.map_or(Duration::from_secs(30), |d| d.0),
+        download_timeout: r.download_timeout.map_or(Duration::from_secs(600), |d| d.0),
+    })
+}
+
+/// `release.minisign_public_key`: the key itself (`RW…`) or the path of a minisign `.pub` file.
+fn minisign_key(cx: &Ctx<'_>, key: Option<String>) -> Result<Option<String>, ConfigError> {
+    let minisign_public_key = match key {
         None => None,
         Some(k) if k.trim_start().starts_with("RW") => Some(k.trim().to_string()),
         Some(p) => {
@@ -487,15 +586,10 @@ pub(super) fn resolve(file: &Path, text: &str, raw: RawConfig) -> Result<Setting
             ));
         }
     }
-    // A configured key means signatures are required, unless the admin says otherwise.
-    let require_signature = r.require_signature.unwrap_or(minisign_public_key.is_some());
-    if require_signature && minisign_public_key.is_none() {
-        return Err(cx.err(
-            "release.require_signature",
-            "require_signature is true but no minisign_public_key is set",
-            "set release.minisign_public_key",
-        ));
-    }
+    Ok(minisign_public_key)
+}
+
+fn approval(cx: &Ctx<'_>, approval: Option<&RawApproval>) -> Result<Approval, ConfigError> {
     let manual = |v: Option<&str>| -> Result<bool, ConfigError> {
         match v {
             None | Some("auto") => Ok(false),
@@ -507,7 +601,7 @@ pub(super) fn resolve(file: &Path, text: &str, raw: RawConfig) -> Result<Setting
             )),
         }
     };
-    let approval = match &r.approval {
+    Ok(match approval {
         None => Approval::default(),
         Some(RawApproval::All(m)) => {
             let m = manual(Some(m))?;
@@ -520,102 +614,67 @@ pub(super) fn resolve(file: &Path, text: &str, raw: RawConfig) -> Result<Setting
             patch_manual: manual(patch.as_deref())?,
             minor_manual: manual(minor.as_deref())?,
         },
-    };
-    let window = match &r.window {
-        None => None,
-        Some(w) => {
-            let days = if w.days.is_empty() {
-                vec![
-                    chrono::Weekday::Mon,
-                    chrono::Weekday::Tue,
-                    chrono::Weekday::Wed,
-                    chrono::Weekday::Thu,
-                    chrono::Weekday::Fri,
-                    chrono::Weekday::Sat,
-                    chrono::Weekday::Sun,
-                ]
-            } else {
-                w.days
-                    .iter()
-                    .map(|d| {
-                        d.parse::<chrono::Weekday>().map_err(|_| {
-                            cx.err(
-                                "release.window",
-                                format!("unknown day {d:?}"),
-                                "days are mon, tue, wed, thu, fri, sat, sun",
-                            )
-                        })
-                    })
-                    .collect::<Result<_, _>>()?
-            };
-            let start = chrono::NaiveTime::parse_from_str(&w.start, "%H:%M").map_err(|_| {
-                cx.err(
-                    "release.window",
-                    format!("start {:?} is not HH:MM", w.start),
-                    "e.g. start: \"02:00\"",
-                )
-            })?;
-            if w.duration.0.is_zero() || w.duration.0 > Duration::from_secs(7 * 86400) {
-                return Err(cx.err(
-                    "release.window",
-                    "duration must be between 1s and 7d",
-                    "e.g. duration: 4h",
-                ));
-            }
-            if let Err(e) = cron::parse_zone(w.timezone.as_deref()) {
-                return Err(cx.err(
-                    "release.window",
-                    e,
-                    "an IANA zone name such as Europe/Berlin; unset: schedule.timezone",
-                ));
-            }
-            Some(Window {
-                days,
-                start,
-                duration: w.duration.0,
-                timezone: w.timezone.clone(),
-            })
-        }
-    };
-    let blackout = r
-        .blackout
-        .iter()
-        .map(|d| {
-            chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").map_err(|_| {
-                cx.err(
-                    "release.blackout",
-                    format!("{d:?} is not a date"),
-                    "dates as YYYY-MM-DD",
-                )
-            })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let release = ReleaseSettings {
-        approval,
-        window,
-        blackout,
-        owner: owner.to_string(),
-        repo: name.to_string(),
-        api_url,
-        token,
-        channel,
-        constraint: r
-            .constraint
-            .map(|c| c.0)
-            .unwrap_or_else(|| VersionReq::parse(">=0.26, <1.0").unwrap_or(VersionReq::STAR)),
-        min_age: r.min_age.map_or(Duration::from_secs(3 * 86400), |d| d.0),
-        skip: r.skip.into_iter().map(|v| v.0).collect(),
-        pin: r.pin.map(|v| v.0),
-        require_signature,
-        minisign_public_key,
-        allow_insecure_http: r.allow_insecure_http,
-        keep_versions: r.keep_versions.unwrap_or(3).max(2),
-        max_asset_size: r.max_asset_size_mb.unwrap_or(512) * 1024 * 1024,
-        feed_timeout: r.feed_timeout.map_or(Duration::from_secs(30), |d| d.0),
-        download_timeout: r.download_timeout.map_or(Duration::from_secs(600), |d| d.0),
-    };
+    })
+}
 
-    let h = raw.headscale;
+fn window(cx: &Ctx<'_>, w: &RawWindow) -> Result<Window, ConfigError> {
+    let days = if w.days.is_empty() {
+        vec![
+            chrono::Weekday::Mon,
+            chrono::Weekday::Tue,
+            chrono::Weekday::Wed,
+            chrono::Weekday::Thu,
+            chrono::Weekday::Fri,
+            chrono::Weekday::Sat,
+            chrono::Weekday::Sun,
+        ]
+    } else {
+        w.days
+            .iter()
+            .map(|d| {
+                d.parse::<chrono::Weekday>().map_err(|_| {
+                    cx.err(
+                        "release.window",
+                        format!("unknown day {d:?}"),
+                        "days are mon, tue, wed, thu, fri, sat, sun",
+                    )
+                })
+            })
+            .collect::<Result<_, _>>()?
+    };
+    let start = chrono::NaiveTime::parse_from_str(&w.start, "%H:%M").map_err(|_| {
+        cx.err(
+            "release.window",
+            format!("start {:?} is not HH:MM", w.start),
+            "e.g. start: \"02:00\"",
+        )
+    })?;
+    if w.duration.0.is_zero() || w.duration.0 > Duration::from_secs(7 * 86400) {
+        return Err(cx.err(
+            "release.window",
+            "duration must be between 1s and 7d",
+            "e.g. duration: 4h",
+        ));
+    }
+    let timezone = match &w.timezone {
+        None => None,
+        Some(z) => Some(Zone::parse(Some(z)).map_err(|e| {
+            cx.err(
+                "release.window",
+                e.to_string(),
+                "an IANA zone name such as Europe/Berlin; unset: schedule.timezone",
+            )
+        })?),
+    };
+    Ok(Window {
+        days,
+        start,
+        duration: w.duration.0,
+        timezone,
+    })
+}
+
+fn headscale(cx: &Ctx<'_>, h: RawHeadscale) -> Result<HeadscaleSettings, ConfigError> {
     let service = match h.service.kind.as_deref().unwrap_or("systemd") {
         "systemd" => ServiceSettings::Systemd {
             unit: h.service.unit.unwrap_or_else(|| "headscale.service".into()),
@@ -669,7 +728,7 @@ pub(super) fn resolve(file: &Path, text: &str, raw: RawConfig) -> Result<Setting
             "use unix:///path/to.sock, https://host, grpcs://host:port (remote gRPC, ≤0.29), or http:// to a loopback address (the API key must not cross a network in clear text)",
         ));
     }
-    let headscale = HeadscaleSettings {
+    Ok(HeadscaleSettings {
         binary: cx.path(
             h.binary
                 .unwrap_or_else(|| PathBuf::from("/usr/local/bin/headscale")),
@@ -682,9 +741,11 @@ pub(super) fn resolve(file: &Path, text: &str, raw: RawConfig) -> Result<Setting
         api_url,
         api_key_file: h.api.api_key_file.map(|p| cx.path(p)),
         api_ca_file: h.api.ca_file.map(|p| cx.path(p)),
-    };
+    })
+}
 
-    let checks = match raw.smoke.checks {
+fn smoke(cx: &Ctx<'_>, s: RawSmoke) -> Result<SmokeSettings, ConfigError> {
+    let checks = match s.checks {
         None => vec![
             SmokeCheck::Health,
             SmokeCheck::Version,
@@ -706,27 +767,28 @@ pub(super) fn resolve(file: &Path, text: &str, raw: RawConfig) -> Result<Setting
             })
             .collect::<Result<_, _>>()?,
     };
-    if raw.smoke.commands.iter().any(Vec::is_empty) {
+    if s.commands.iter().any(Vec::is_empty) {
         return Err(cx.err(
             "smoke.commands",
             "an empty command",
             "each command is an argv list, e.g. [/usr/bin/tailscale, ping, -c, '1', node]",
         ));
     }
-    if let Some(c) = raw.smoke.commands.iter().find(|c| !c[0].starts_with('/')) {
+    if let Some(c) = s.commands.iter().find(|c| !c[0].starts_with('/')) {
         return Err(cx.err(
             "smoke.commands",
             format!("{:?} is not an absolute path", c[0]),
             "give the program's full path, e.g. [/usr/bin/tailscale, ping, -c, '1', node]",
         ));
     }
-    let smoke = SmokeSettings {
-        timeout: raw.smoke.timeout.map_or(Duration::from_secs(60), |d| d.0),
+    Ok(SmokeSettings {
+        timeout: s.timeout.map_or(Duration::from_secs(60), |d| d.0),
         checks,
-        commands: raw.smoke.commands,
-    };
+        commands: s.commands,
+    })
+}
 
-    let k = raw.keys;
+fn keys(cx: &Ctx<'_>, k: RawKeys) -> Result<KeySettings, ConfigError> {
     let keys = KeySettings {
         max_age: k.max_age.map_or(Duration::from_secs(90 * 86400), |d| d.0),
         remind_before: k.remind_before.map_or_else(
@@ -783,61 +845,92 @@ pub(super) fn resolve(file: &Path, text: &str, raw: RawConfig) -> Result<Setting
             "stages count back from the deadline, e.g. [14d, 7d, 1d] with max_age: 90d",
         ));
     }
+    Ok(keys)
+}
 
-    let notify = raw
-        .notify
-        .into_iter()
-        .map(|n| resolve_notify(&cx, n))
-        .collect::<Result<Vec<_>, _>>()?;
+fn notify_users(
+    cx: &Ctx<'_>,
+    users: std::collections::BTreeMap<String, String>,
+) -> Result<std::collections::BTreeMap<String, UserDestination>, ConfigError> {
     let mut notify_users = std::collections::BTreeMap::new();
-    for (user, url) in raw.notify_users {
-        notify_url::targets(&url, None).map_err(|e| {
+    for (user, url) in users {
+        let targets = notify_url::targets(&url, None).map_err(|e| {
             cx.err(
                 "notify_users",
                 format!("destination for user {user:?}: {e}"),
                 e.hint(),
             )
         })?;
-        notify_users.insert(user, Secret::new(url));
+        notify_users.insert(
+            user,
+            UserDestination {
+                url: Secret::new(url),
+                targets,
+            },
+        );
     }
+    Ok(notify_users)
+}
 
-    if let Err(e) = cron::parse_zone(raw.schedule.timezone.as_deref()) {
-        return Err(cx.err(
+fn schedule(cx: &Ctx<'_>, s: RawSchedule) -> Result<ScheduleSettings, ConfigError> {
+    let timezone = Zone::parse(s.timezone.as_deref()).map_err(|e| {
+        cx.err(
             "schedule.timezone",
-            e,
+            e.to_string(),
             "use an IANA zone name (Europe/Berlin, America/New_York, UTC), or leave it unset (or `local`) for the host's time zone, as crontab does",
+        )
+    })?;
+    Ok(ScheduleSettings {
+        upgrade: s.upgrade.map(|c| c.0),
+        keys: s.keys.map(|c| c.0),
+        audit: s.audit.map(|c| c.0),
+        timezone,
+        jitter: s.jitter.map_or(Duration::ZERO, |d| d.0),
+    })
+}
+
+/// A playbook from `path` (or the built-in `default`), checked, and named `name`.
+fn load_playbook(
+    cx: &Ctx<'_>,
+    key: &str,
+    path: Option<PathBuf>,
+    name: PlaybookName,
+    default: &str,
+) -> Result<LoadedPlaybook, ConfigError> {
+    let (text, shown) = match path {
+        None => (default.to_string(), None),
+        Some(p) => {
+            let p = cx.path(p);
+            let text = std::fs::read_to_string(&p)
+                .map_err(|e| cx.err(key, format!("cannot read {}: {e}", p.display()), ""))?;
+            (text, Some(p))
+        }
+    };
+    let pb = playbook::check(&text).map_err(|problems| {
+        cx.err(
+            key,
+            format!("playbook refused: {}", problems.join("; ")),
+            "`headwarden playbook check FILE` explains each refusal",
+        )
+    })?;
+    if pb.name != name {
+        return Err(cx.err(
+            key,
+            format!(
+                "this is the {:?} playbook, not {:?}",
+                pb.name.as_str(),
+                name.as_str()
+            ),
+            "",
         ));
     }
-    let load_playbook = |key: &str, path: Option<PathBuf>, name: &str, default: &str| {
-        let (text, shown) = match path {
-            None => (default.to_string(), None),
-            Some(p) => {
-                let p = cx.path(p);
-                let text = std::fs::read_to_string(&p)
-                    .map_err(|e| cx.err(key, format!("cannot read {}: {e}", p.display()), ""))?;
-                (text, Some(p))
-            }
-        };
-        let pb = playbook::check(&text).map_err(|problems| {
-            cx.err(
-                key,
-                format!("playbook refused: {}", problems.join("; ")),
-                "`headwarden playbook check FILE` explains each refusal",
-            )
-        })?;
-        if pb.name != name {
-            return Err(cx.err(
-                key,
-                format!("this is the {:?} playbook, not {name:?}", pb.name),
-                "",
-            ));
-        }
-        Ok::<_, ConfigError>(super::LoadedPlaybook {
-            playbook: pb,
-            path: shown,
-        })
-    };
-    let a = raw.audit;
+    Ok(LoadedPlaybook {
+        playbook: pb,
+        path: shown,
+    })
+}
+
+fn audit(cx: &Ctx<'_>, a: RawAudit) -> Result<AuditSettings, ConfigError> {
     let mut reachability = Vec::new();
     for (i, r) in a.reachability.into_iter().enumerate() {
         let allow = match r.expect.as_str() {
@@ -851,7 +944,7 @@ pub(super) fn resolve(file: &Path, text: &str, raw: RawConfig) -> Result<Setting
                 ))
             }
         };
-        reachability.push(super::Reach {
+        reachability.push(Reach {
             from: r.from,
             to: r.to,
             port: r.port,
@@ -874,7 +967,7 @@ pub(super) fn resolve(file: &Path, text: &str, raw: RawConfig) -> Result<Setting
                 "say why the risk is accepted, so the next admin knows",
             ));
         }
-        accept.push(super::Accept {
+        accept.push(Accept {
             id: r.id,
             until,
             reason: r.reason,
@@ -882,12 +975,13 @@ pub(super) fn resolve(file: &Path, text: &str, raw: RawConfig) -> Result<Setting
     }
     let days = |d: Option<DurationValue>, n: u64| d.map_or(Duration::from_secs(n * 86400), |d| d.0);
     let audit_playbook = load_playbook(
+        cx,
         "audit.playbook",
         a.playbook,
-        "audit",
+        PlaybookName::Audit,
         playbook::DEFAULT_AUDIT,
     )?;
-    let audit = super::AuditSettings {
+    Ok(AuditSettings {
         max_preauth_key_lifetime: days(a.max_preauth_key_lifetime, 7),
         unused_preauth_key_after: days(a.unused_preauth_key_after, 3),
         api_key_unused_after: days(a.api_key_unused_after, 90),
@@ -899,24 +993,32 @@ pub(super) fn resolve(file: &Path, text: &str, raw: RawConfig) -> Result<Setting
         reachability,
         accept,
         playbook: audit_playbook,
-    };
-    let playbooks = super::Playbooks {
+    })
+}
+
+fn playbooks(cx: &Ctx<'_>, p: RawPlaybooks) -> Result<Playbooks, ConfigError> {
+    Ok(Playbooks {
         upgrade: load_playbook(
+            cx,
             "playbooks.upgrade",
-            raw.playbooks.upgrade,
-            "upgrade",
+            p.upgrade,
+            PlaybookName::Upgrade,
             playbook::DEFAULT_UPGRADE,
         )?,
         rotate_keys: load_playbook(
+            cx,
             "playbooks.rotate_keys",
-            raw.playbooks.rotate_keys,
-            "rotate-keys",
+            p.rotate_keys,
+            PlaybookName::RotateKeys,
             playbook::DEFAULT_ROTATE_KEYS,
         )?,
-    };
-    let metrics = MetricsSettings {
-        textfile: raw.metrics.textfile.map(|p| cx.path(p)),
-        listen: match &raw.metrics.listen {
+    })
+}
+
+fn metrics(cx: &Ctx<'_>, m: RawMetrics) -> Result<MetricsSettings, ConfigError> {
+    Ok(MetricsSettings {
+        textfile: m.textfile.map(|p| cx.path(p)),
+        listen: match &m.listen {
             None => None,
             Some(a) => {
                 let addr: std::net::SocketAddr = a.parse().map_err(|_| {
@@ -936,17 +1038,12 @@ pub(super) fn resolve(file: &Path, text: &str, raw: RawConfig) -> Result<Setting
                 Some(addr)
             }
         },
-    };
-    let schedule = ScheduleSettings {
-        upgrade: raw.schedule.upgrade.map(|c| c.0),
-        keys: raw.schedule.keys.map(|c| c.0),
-        audit: raw.schedule.audit.map(|c| c.0),
-        timezone: raw.schedule.timezone,
-        jitter: raw.schedule.jitter.map_or(Duration::ZERO, |d| d.0),
-    };
+    })
+}
 
+fn staging(cx: &Ctx<'_>, s: RawStaging) -> Result<StagingSettings, ConfigError> {
     let staging = StagingSettings {
-        overlay: raw.staging.overlay.map(|p| cx.path(p)),
+        overlay: s.overlay.map(|p| cx.path(p)),
     };
     if let Some(o) = &staging.overlay {
         if !o.exists() {
@@ -957,21 +1054,7 @@ pub(super) fn resolve(file: &Path, text: &str, raw: RawConfig) -> Result<Setting
             ));
         }
     }
-    Ok(Settings {
-        source: file.to_path_buf(),
-        state_dir,
-        release,
-        headscale,
-        staging,
-        smoke,
-        keys,
-        notify,
-        notify_users,
-        schedule,
-        metrics,
-        playbooks,
-        audit,
-    })
+    Ok(staging)
 }
 
 fn resolve_notify(cx: &Ctx<'_>, n: RawNotify) -> Result<NotifyTarget, ConfigError> {
@@ -984,7 +1067,7 @@ fn resolve_notify(cx: &Ctx<'_>, n: RawNotify) -> Result<NotifyTarget, ConfigErro
             ));
         }
     }
-    notify_url::targets(&n.url, n.endpoint.as_deref())
+    let targets = notify_url::targets(&n.url, n.endpoint.as_deref())
         .map_err(|e| cx.err("notify.url", e.to_string(), e.hint()))?;
     for ev in &n.events {
         if !event::known_event(ev) {
@@ -1044,6 +1127,7 @@ fn resolve_notify(cx: &Ctx<'_>, n: RawNotify) -> Result<NotifyTarget, ConfigErro
     };
     Ok(NotifyTarget {
         url: Secret::new(n.url),
+        targets,
         events: n.events,
         min_severity,
         reminders,

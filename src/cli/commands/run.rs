@@ -3,6 +3,7 @@
 use crate::exit;
 use crate::metrics;
 use crate::settings::cron;
+use crate::settings::Job;
 use crate::state;
 use crate::state::Store;
 
@@ -16,30 +17,26 @@ pub async fn run(cli: &Cli) -> Result<u8, Failure> {
     let store = Store::open(&s.state_dir)?;
     let now = state::now();
     let mut result = exit::OK;
-    for (job, expr) in [
-        ("upgrade", &s.schedule.upgrade),
-        ("keys", &s.schedule.keys),
-        ("audit", &s.schedule.audit),
-    ] {
-        let key = format!("job.{job}.last");
+    for job in Job::ALL {
+        let key = format!("job.{}.last", job.as_str());
         let last = store.kv_get(&key)?.and_then(|v| v.parse().ok());
-        let next = cron::next_due(expr.as_deref(), s.schedule.timezone.as_deref(), last, now)
-            .map_err(|e| anyhow::anyhow!("schedule.{job}: {e}"))?;
+        let next = cron::next_due(s.schedule.of(job), s.schedule.timezone, last, now);
+        let job_name = job.as_str();
         if let Some(next) = next {
-            println!("{job}: not due; next at {}", fmt_local(next));
+            println!("{job_name}: not due; next at {}", fmt_local(next));
             continue;
         }
-        println!("{job}: due");
+        println!("{job_name}: due");
         let command = match job {
-            "upgrade" => Command::Upgrade {
+            Job::Upgrade => Command::Upgrade {
                 to: None,
                 yes: true,
                 dry_run: false,
                 allow_downgrade: false,
                 ignore_window: false,
             },
-            "keys" => Command::Keys { cmd: KeysCmd::Run },
-            _ => Command::Audit { fail_on: None },
+            Job::Keys => Command::Keys { cmd: KeysCmd::Run },
+            Job::Audit => Command::Audit { fail_on: None },
         };
         let sub = Cli {
             config: cli.config.clone(),
@@ -51,11 +48,11 @@ pub async fn run(cli: &Cli) -> Result<u8, Failure> {
         let code = match Box::pin(run_command(&sub)).await {
             Ok(code) => code,
             Err(f) if f.code == exit::LOCKED => {
-                println!("{job}: another run holds its lock; it runs at the next invocation");
+                println!("{job_name}: another run holds its lock; it runs at the next invocation");
                 continue;
             }
             Err(f) => {
-                eprintln!("error: {job}: {:#}", f.error);
+                eprintln!("error: {job_name}: {:#}", f.error);
                 if let Some(h) = &f.hint {
                     eprintln!("hint: {h}");
                 }
