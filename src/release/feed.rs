@@ -367,16 +367,12 @@ where
 mod tests {
     use super::*;
 
+    type Frames =
+        std::vec::IntoIter<Result<hyper::body::Frame<hyper::body::Bytes>, std::io::Error>>;
+    type Streamed = http::Response<http_body_util::StreamBody<tokio_stream::Iter<Frames>>>;
+
     /// A body streamed in 1 MiB frames without a `Content-Length`.
-    fn streamed(
-        mib: usize,
-    ) -> http::Response<
-        http_body_util::StreamBody<
-            tokio_stream::Iter<
-                std::vec::IntoIter<Result<hyper::body::Frame<hyper::body::Bytes>, std::io::Error>>,
-            >,
-        >,
-    > {
+    fn streamed(mib: usize) -> Streamed {
         let frames: Vec<_> = (0..mib)
             .map(|_| {
                 Ok(hyper::body::Frame::data(hyper::body::Bytes::from(
@@ -395,7 +391,7 @@ mod tests {
         assert_eq!(ok.len(), 2 << 20);
         let err = read_capped(streamed(17), "http://127.0.0.1/r")
             .await
-            .unwrap_err();
+            .expect_err("17 MiB is over the cap");
         assert!(
             err.to_string().contains("exceeds the 16777216-byte limit"),
             "{err}"
@@ -406,7 +402,9 @@ mod tests {
             http::header::CONTENT_LENGTH,
             http::HeaderValue::from_static("17000000"),
         );
-        let err = read_capped(r, "http://127.0.0.1/r").await.unwrap_err();
+        let err = read_capped(r, "http://127.0.0.1/r")
+            .await
+            .expect_err("a declared 17 MB is over the cap");
         assert!(err.to_string().contains("exceeds"), "{err}");
     }
 
