@@ -8,6 +8,7 @@ use crate::deploy::staging::{self, StageOutcome};
 use crate::deploy::transaction::{self, HopOutcome, Prod, Recovered};
 use crate::deploy::{self, Installed, Service};
 use crate::error::error_chain;
+use crate::event::{Event, Severity};
 use crate::headscale::config;
 use crate::hook;
 use crate::notify;
@@ -219,41 +220,11 @@ pub async fn upgrade(
 ) -> Result<UpgradeOutcome, PipelineError> {
     recover_and_report(s, store, say).await?;
     let (report, releases) = fetch_and_plan(s, store, opts).await?;
+    if let Some(out) = nothing_to_run(store, &report)? {
+        return Ok(out);
+    }
     let plan = report.plan;
-    let current = report.current.clone();
-    if let Some(reason) = plan.blocked.clone() {
-        return Ok(UpgradeOutcome::Blocked { current, reason });
-    }
-    if !report.config_problems.is_empty() {
-        let to = plan
-            .target
-            .as_ref()
-            .map(|t| t.to_string())
-            .unwrap_or_default();
-        store.push_event_once(
-            "upgrade.blocked",
-            "warning",
-            &serde_json::json!({"from": current.to_string(), "to": to, "problems": report.config_problems}),
-            &format!("upgrade.blocked:{to}"),
-            86400,
-        )?;
-        return Ok(UpgradeOutcome::ConfigIncompatible {
-            current,
-            problems: report.config_problems,
-        });
-    }
-    if plan.is_noop() {
-        return Ok(UpgradeOutcome::NothingToDo {
-            current,
-            notes: plan.notes,
-        });
-    }
-    if let Some(reason) = hold_reason(store)? {
-        return Ok(UpgradeOutcome::Blocked {
-            current,
-            reason: format!("upgrades are on hold ({reason}); `headwarden unhold` releases them"),
-        });
-    }
+    let current = report.current;
     let pb = &s.playbooks.upgrade.playbook;
     let target = plan
         .hops
@@ -295,8 +266,8 @@ pub async fn upgrade(
     let run = store.begin_run("upgrade", Some(&current.to_string()), Some(&target))?;
     if !stage_early {
         store.push_event(
-            "upgrade.started",
-            "info",
+            Event::UpgradeStarted,
+            Severity::Info,
             &serde_json::json!({"run": run, "from": current.to_string(), "to": target, "path": path}),
         )?;
     }
@@ -311,15 +282,127 @@ pub async fn upgrade(
         releases: &releases,
     };
     let result = ctx.walk(pb).await;
-    let event = match &result {
+    if let Some((name, severity, payload)) = outcome_event(&result, run, &current, &target, &path) {
+        store.push_event(name, severity, &payload)?;
+    }
+    let (outcome, detail) = run_outcome(&result, &target);
+    store.finish_run(run, outcome, &detail)?;
+    if outcome == "staged" {
+        // Staged once per target: the next run that must wait does not stage it again.
+        store.kv_set("staged_early", &target)?;
+    }
+    // A hook after promote asked for a rollback: restore this run's first backup in a run of its
+    // own (the upgrade run is closed first, so recovery never mixes the two journals).
+    if let Ok(UpgradeOutcome::HookFailed {
+        rollback: true,
+        step,
+        reason,
+        ..
+    }) = &result
+    {
+        let why = format!(
+            "hook step {step} failed after promotion: {reason}; production's data since the promotion is replaced by the pre-upgrade backup (a safety copy of it is kept under backups/)"
+        );
+        return roll_back_run(s, store, run, &current, &target, why, say).await;
+    }
+    result
+}
+
+/// Restores the first backup of `run` (a hook after promote asked for it). Everything written to
+/// production since the promotion is lost with this restore; the rollback's safety copy
+/// (backups/run<id>-before-rollback) keeps it.
+async fn roll_back_run(
+    s: &Settings,
+    store: &Store,
+    run: i64,
+    current: &Version,
+    target: &str,
+    why: String,
+    say: Say<'_>,
+) -> Result<UpgradeOutcome, PipelineError> {
+    let backup = store
+        .backups()?
+        .into_iter()
+        .find(|b| b.run_id == run && b.hop == 0)
+        .ok_or_else(|| PipelineError::Other("no backup from this run to roll back to".into()))?;
+    let failed = target.to_string();
+    match restore(s, store, &backup, &why, false, say).await {
+        Ok(now) => Ok(UpgradeOutcome::RolledBack {
+            from: current.clone(),
+            now: Version::parse(&now).unwrap_or_else(|_| current.clone()),
+            failed,
+            reason: why,
+        }),
+        Err(e) => Ok(UpgradeOutcome::RollbackFailed {
+            failed,
+            reason: why,
+            rollback_error: e.to_string(),
+            backup: Some(backup.dir),
+        }),
+    }
+}
+
+/// The outcomes decided before anything runs: blocked, an incompatible config, nothing to do, on
+/// hold.
+fn nothing_to_run(
+    store: &Store,
+    report: &CheckReport,
+) -> Result<Option<UpgradeOutcome>, PipelineError> {
+    let current = report.current.clone();
+    let plan = &report.plan;
+    if let Some(reason) = plan.blocked.clone() {
+        return Ok(Some(UpgradeOutcome::Blocked { current, reason }));
+    }
+    if !report.config_problems.is_empty() {
+        let to = plan
+            .target
+            .as_ref()
+            .map(|t| t.to_string())
+            .unwrap_or_default();
+        store.push_event_once(
+            Event::UpgradeBlocked,
+            Severity::Warning,
+            &serde_json::json!({"from": current.to_string(), "to": to, "problems": report.config_problems}),
+            &format!("upgrade.blocked:{to}"),
+            86400,
+        )?;
+        return Ok(Some(UpgradeOutcome::ConfigIncompatible {
+            current,
+            problems: report.config_problems.clone(),
+        }));
+    }
+    if plan.is_noop() {
+        return Ok(Some(UpgradeOutcome::NothingToDo {
+            current,
+            notes: plan.notes.clone(),
+        }));
+    }
+    if let Some(reason) = hold_reason(store)? {
+        return Ok(Some(UpgradeOutcome::Blocked {
+            current,
+            reason: format!("upgrades are on hold ({reason}); `headwarden unhold` releases them"),
+        }));
+    }
+    Ok(None)
+}
+
+/// The event an upgrade run's result sends to chat (`None`: nothing worth telling).
+fn outcome_event(
+    result: &Result<UpgradeOutcome, PipelineError>,
+    run: i64,
+    current: &Version,
+    target: &str,
+    path: &[String],
+) -> Option<(Event, Severity, serde_json::Value)> {
+    match result {
         Ok(UpgradeOutcome::Upgraded { from, to, hops, .. }) => Some((
-            "upgrade.succeeded",
-            "info",
+            Event::UpgradeSucceeded,
+            Severity::Info,
             serde_json::json!({"run": run, "from": from.to_string(), "to": to.to_string(), "hops": hops}),
         )),
         Ok(UpgradeOutcome::StagingFailed { version, reason }) => Some((
-            "upgrade.staging_failed",
-            "warning",
+            Event::UpgradeStagingFailed,
+            Severity::Warning,
             serde_json::json!({"run": run, "version": version, "reason": reason}),
         )),
         Ok(UpgradeOutcome::RolledBack {
@@ -328,8 +411,8 @@ pub async fn upgrade(
             reason,
             ..
         }) => Some((
-            "upgrade.rolled_back",
-            "critical",
+            Event::UpgradeRolledBack,
+            Severity::Critical,
             serde_json::json!({"run": run, "now": now.to_string(), "failed": failed, "reason": reason}),
         )),
         Ok(UpgradeOutcome::RollbackFailed {
@@ -338,8 +421,8 @@ pub async fn upgrade(
             rollback_error,
             backup,
         }) => Some((
-            "upgrade.rollback_failed",
-            "critical",
+            Event::UpgradeRollbackFailed,
+            Severity::Critical,
             serde_json::json!({"run": run, "failed": failed, "reason": reason, "rollback_error": rollback_error, "backup": backup}),
         )),
         Ok(UpgradeOutcome::HookFailed {
@@ -348,28 +431,32 @@ pub async fn upgrade(
             production,
             ..
         }) => Some((
-            "upgrade.hook_failed",
-            "critical",
+            Event::UpgradeHookFailed,
+            Severity::Critical,
             serde_json::json!({"run": run, "summary": format!("upgrade playbook step {step} (hook) failed; production on {production}"), "reason": reason, "production": production.to_string()}),
         )),
         Ok(UpgradeOutcome::AwaitingApproval { .. } | UpgradeOutcome::OutsideWindow { .. }) => {
             Some((
-                "upgrade.staged",
-                "info",
+                Event::UpgradeStaged,
+                Severity::Info,
                 serde_json::json!({"run": run, "summary": format!("Headscale {target} passed staging; promotion waits for approval or the maintenance window"), "path": path}),
             ))
         }
         Ok(_) => None,
         Err(e) => Some((
-            "upgrade.failed",
-            "critical",
+            Event::UpgradeFailed,
+            Severity::Critical,
             serde_json::json!({"run": run, "from": current.to_string(), "to": target, "error": error_chain(e)}),
         )),
-    };
-    if let Some((name, severity, payload)) = event {
-        store.push_event(name, severity, &payload)?;
     }
-    let (outcome, detail) = match &result {
+}
+
+/// How the run is recorded in `history`: its outcome and a one-line detail.
+fn run_outcome(
+    result: &Result<UpgradeOutcome, PipelineError>,
+    target: &str,
+) -> (&'static str, String) {
+    match result {
         Ok(UpgradeOutcome::Upgraded { to, .. }) => ("upgraded", format!("now on {to}")),
         Ok(UpgradeOutcome::StagingFailed { version, reason }) => {
             ("staging_failed", format!("{version}: {reason}"))
@@ -391,50 +478,7 @@ pub async fn upgrade(
         ),
         Ok(_) => ("ok", String::new()),
         Err(e) => ("failed", error_chain(e)),
-    };
-    store.finish_run(run, outcome, &detail)?;
-    if outcome == "staged" {
-        // Staged once per target: the next run that must wait does not stage it again.
-        store.kv_set("staged_early", &target)?;
     }
-    // A hook after promote asked for a rollback: restore this run's first backup in a run of its
-    // own (the upgrade run is closed first, so recovery never mixes the two journals).
-    if let Ok(UpgradeOutcome::HookFailed {
-        rollback: true,
-        step,
-        reason,
-        ..
-    }) = &result
-    {
-        let backup = store
-            .backups()?
-            .into_iter()
-            .find(|b| b.run_id == run && b.hop == 0)
-            .ok_or_else(|| {
-                PipelineError::Other("no backup from this run to roll back to".into())
-            })?;
-        // Everything written to production since the promotion is lost with this restore; the
-        // rollback's safety copy (backups/run<id>-before-rollback) keeps it.
-        let why = format!(
-            "hook step {step} failed after promotion: {reason}; production's data since the promotion is replaced by the pre-upgrade backup (a safety copy of it is kept under backups/)"
-        );
-        let failed = target.clone();
-        return match restore(s, store, &backup, &why, false, say).await {
-            Ok(now) => Ok(UpgradeOutcome::RolledBack {
-                from: current.clone(),
-                now: Version::parse(&now).unwrap_or(current),
-                failed,
-                reason: why,
-            }),
-            Err(e) => Ok(UpgradeOutcome::RollbackFailed {
-                failed,
-                reason: why,
-                rollback_error: e.to_string(),
-                backup: Some(backup.dir),
-            }),
-        };
-    }
-    result
 }
 
 /// The approval and window gates: `Some(outcome)` when promotion must wait.
@@ -450,8 +494,8 @@ fn gate(
     if !waiting.is_empty() && !opts.dry_run {
         for v in &waiting {
             store.push_event_once(
-                "upgrade.awaiting_approval",
-                "warning",
+                Event::UpgradeAwaitingApproval,
+                Severity::Warning,
                 &serde_json::json!({
                     "summary": format!("Headscale {v} is waiting for approval"),
                     "version": v,
@@ -623,8 +667,8 @@ impl RunCtx<'_> {
         match step.on_failure() {
             OnFailure::Continue => {
                 self.store.push_event(
-                    "upgrade.hook_failed",
-                    "warning",
+                    Event::UpgradeHookFailed,
+                    Severity::Warning,
                     &serde_json::json!({"run": self.run, "summary": format!("upgrade playbook step {} (hook) failed; the upgrade went on", i + 1), "reason": reason}),
                 )?;
                 Ok(None)
@@ -836,8 +880,8 @@ impl RunCtx<'_> {
                         .map(|(_, ms)| *ms)
                         .sum();
                     store.push_event(
-                        "upgrade.promoted",
-                        "info",
+                        Event::UpgradePromoted,
+                        Severity::Info,
                         &serde_json::json!({"run": run, "from": from.to_string(), "to": hop.version().to_string(), "downtime_ms": downtime}),
                     )?;
                     (self.say)(&format!(
@@ -960,8 +1004,8 @@ async fn restore(
             store.finish_run(run, "rolled_back", &format!("restored {}", backup.dir))?;
             if manual {
                 store.push_event(
-                    "upgrade.rolled_back",
-                    "warning",
+                    Event::UpgradeRolledBack,
+                    Severity::Warning,
                     &serde_json::json!({"run": run, "manual": true, "now": backup.version, "failed": current.to_string(), "reason": reason}),
                 )?;
             }
@@ -970,8 +1014,8 @@ async fn restore(
         Err(e) => {
             store.finish_run(run, "rollback_failed", &e)?;
             store.push_event(
-                "upgrade.rollback_failed",
-                "critical",
+                Event::UpgradeRollbackFailed,
+                Severity::Critical,
                 &serde_json::json!({"run": run, "failed": current.to_string(), "reason": reason, "rollback_error": e, "backup": backup.dir}),
             )?;
             Err(PipelineError::Other(format!("rollback failed: {e}")))

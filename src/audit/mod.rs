@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 
 use crate::deploy;
 use crate::error::error_chain;
-use crate::event::Severity;
+use crate::event::{Event, Severity};
 use crate::headscale::api;
 use crate::headscale::api::ApiClient;
 use crate::headscale::config;
@@ -374,8 +374,8 @@ fn finish(
     };
     store
         .push_event(
-            "audit.drift",
-            severity.as_str(),
+            Event::AuditDrift,
+            severity,
             &json!({
                 "summary": summary,
                 "new": report.new.iter().map(by_id).collect::<Vec<_>>(),

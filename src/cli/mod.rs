@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use semver::Version;
 
-use crate::event::Severity;
+use crate::event::{Event, Severity};
 use crate::exit;
 use crate::headscale::api;
 use crate::keys;
@@ -314,8 +314,8 @@ async fn report_health(cli: &Cli, f: &Failure) {
             let hours = (state::now() - since) / 3600;
             if hours >= 6 {
                 let _ = store.push_event_once(
-                    "health.lock_stuck",
-                    "warning",
+                    Event::HealthLockStuck,
+                    Severity::Warning,
                     &serde_json::json!({"summary": format!("headwarden's lock has been held for {hours} hours"), "holder": holder, "lock": path}),
                     &format!("health.lock_stuck:{holder}"),
                     6 * 3600,

@@ -33,6 +33,7 @@ use crate::deploy;
 use crate::deploy::service::ServiceState;
 use crate::deploy::{current_target, io_err, switch_binary, DeployError, Installed, Service};
 use crate::error::error_chain;
+use crate::event::{Event, Severity};
 use crate::files;
 use crate::headscale::cli;
 use crate::headscale::config::HeadscaleConfig;
@@ -312,8 +313,8 @@ pub async fn promote_hop(
         if let Err(e) = verified {
             tracing::error!(error = %e, "the pre-upgrade backup failed its integrity check");
             let _ = p.store.push_event(
-                "upgrade.backup_unverified",
-                "critical",
+                Event::UpgradeBackupUnverified,
+                Severity::Critical,
                 &json!({"run": run, "backup": bdir, "error": e}),
             );
         }
@@ -583,11 +584,11 @@ pub async fn recover(p: &Prod<'_>) -> Result<Vec<Recovered>, DeployError> {
             .finish_run(run.id, &outcome, &format!("recovered: {detail}"))?;
         // Chat hears how an interrupted run ended: nothing else would tell it.
         let severity = match outcome.as_str() {
-            "rollback_failed" | "failed" => "critical",
-            _ => "warning",
+            "rollback_failed" | "failed" => Severity::Critical,
+            _ => Severity::Warning,
         };
         p.store.push_event(
-            "upgrade.recovered",
+            Event::UpgradeRecovered,
             severity,
             &json!({"run": run.id, "kind": run.kind, "outcome": outcome, "detail": detail}),
         )?;

@@ -22,6 +22,7 @@ use std::collections::HashMap;
 use serde::Serialize;
 use serde_json::json;
 
+use crate::event::{Event, Severity};
 use crate::files::{self, FileError};
 use crate::headscale::api;
 use crate::headscale::api::{ApiClient, ApiError, Node};
@@ -260,8 +261,8 @@ pub async fn rotate_api_key_if_due(
     api.use_key(new);
     api.expire_api_key(&prefix).await?;
     store.push_event(
-        "keys.api_key_rotated",
-        "info",
+        Event::KeysApiKeyRotated,
+        Severity::Info,
         &json!({"old_prefix": prefix, "old_expiry": own.expiration.map(state::rfc3339), "file": file}),
     )?;
     tracing::info!(old_prefix = %prefix, file = %file.display(), "rotated headwarden's Headscale API key");
@@ -335,8 +336,8 @@ pub async fn run(
                     step.kind
                 ));
                 store.push_event(
-                    "keys.step_failed",
-                    "warning",
+                    Event::KeysStepFailed,
+                    Severity::Warning,
                     &json!({"summary": format!("key job step {} ({}) failed", i + 1, step.kind), "error": e.to_string()}),
                 )?;
             } else {
@@ -415,7 +416,7 @@ async fn rotate_step(
                     node_key: n.node_key.clone(),
                     registered_at: now(),
                 })?;
-                store.push_event("keys.rotated", "info", &json!({"node": n.given_name, "user": n.user.name, "how": "re-registered as a new node", "replaces": old}))?;
+                store.push_event(Event::KeysRotated, Severity::Info, &json!({"node": n.given_name, "user": n.user.name, "how": "re-registered as a new node", "replaces": old}))?;
                 report.rotated.push(n.given_name.clone());
                 retire_node_keys(store, api, *old, "used").await?;
             }
@@ -424,8 +425,8 @@ async fn rotate_step(
             api.delete_node(*old).await?;
             store.forget_node(*old as i64)?;
             store.push_event(
-                "keys.duplicate_removed",
-                "info",
+                Event::KeysDuplicateRemoved,
+                Severity::Info,
                 &json!({"node_id": old, "replaced_by": new}),
             )?;
             report.duplicates_removed.push(old.to_string());
@@ -457,8 +458,8 @@ async fn rotate_step(
                 })?;
                 report.keys_retired += retire_node_keys(store, api, node.id, "used").await?;
                 store.push_event(
-                    "keys.rotated",
-                    "info",
+                    Event::KeysRotated,
+                    Severity::Info,
                     &json!({"node": p.name, "user": p.user, "how": "new node key"}),
                 )?;
                 say(&format!("{}: rotated (new node key)", p.name));
@@ -472,7 +473,7 @@ async fn rotate_step(
                     node.id as i64,
                     deadline,
                     *stage as i64,
-                    "keys.reminder",
+                    Event::KeysReminder,
                     &payload,
                 )?;
                 tracing::info!(node = %p.name, user = %p.user, stage, deadline = %state::rfc3339(deadline), "key reminder queued with a one-time pre-auth key");
@@ -520,11 +521,11 @@ async fn expire_step(
         let Some(node) = planned.nodes.iter().find(|n| n.id == p.node_id) else {
             continue;
         };
-        store.push_event("keys.expiring", "critical", &json!({"node": p.name, "user": p.user, "deadline": p.deadline.map(state::rfc3339), "grace_days": s.keys.grace.as_secs() / 86400}))?;
+        store.push_event(Event::KeysExpiring, Severity::Critical, &json!({"node": p.name, "user": p.user, "deadline": p.deadline.map(state::rfc3339), "grace_days": s.keys.grace.as_secs() / 86400}))?;
         api.expire_node(node.id, None).await?;
         store.push_event(
-            "keys.expired",
-            "critical",
+            Event::KeysExpired,
+            Severity::Critical,
             &json!({"node": p.name, "user": p.user}),
         )?;
         say(&format!(
@@ -562,6 +563,6 @@ pub async fn rotate(
     let (key, key_expires) = mint_for(s, store, api, node).await?;
     let mut payload = reminder_payload(s, p, node, 0, &key, key_expires, &server_url(s));
     payload["requested"] = json!(true);
-    store.push_event("keys.rotation_requested", "warning", &payload)?;
+    store.push_event(Event::KeysRotationRequested, Severity::Warning, &payload)?;
     Ok(node.given_name.clone())
 }

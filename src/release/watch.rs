@@ -15,6 +15,7 @@ use super::feed::{self, FeedError, FeedResult};
 use super::notes;
 use super::plan::{self, Plan, Policy};
 use super::Release;
+use crate::event::{Event, Severity};
 use crate::headscale::config::{incompatibilities, HeadscaleConfig};
 use crate::settings::Settings;
 use crate::state::{now, StateError, Store};
@@ -176,8 +177,8 @@ fn artifacts_replaced(store: &Store, releases: &[Release]) -> Result<(), WatchEr
                     tracing::error!(tag = %r.tag, %name, "published artifact replaced");
                     store.mark_release_bad(&r.tag, &reason)?;
                     store.push_event_once(
-                        "release.artifact_replaced",
-                        "critical",
+                        Event::ReleaseArtifactReplaced,
+                        Severity::Critical,
                         &serde_json::json!({
                             "summary": format!("Headscale {}: a published file was replaced", r.tag),
                             "tag": r.tag, "asset": name, "first_seen": old, "now": digest,
@@ -308,12 +309,12 @@ fn announce_releases(
         };
         let h = notes::highlights(&r.notes);
         let severity = if !h.security.is_empty() || !h.breaking.is_empty() {
-            "warning"
+            Severity::Warning
         } else {
-            "info"
+            Severity::Info
         };
         store.push_event(
-            "release",
+            Event::Release,
             severity,
             &serde_json::json!({
                 "version": r.version.to_string(),
@@ -347,8 +348,8 @@ fn feed_unreachable(store: &Store, e: &FeedError) -> Result<(), WatchError> {
     };
     if now - since >= 86400 {
         store.push_event_once(
-            "health.feed_unreachable",
-            "warning",
+            Event::HealthFeedUnreachable,
+            Severity::Warning,
             &serde_json::json!({
                 "summary": "headwarden cannot read the release feed",
                 "error": e.to_string(),

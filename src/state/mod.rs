@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 
+use crate::event::{Event, Severity};
 use crate::files::{self, FileError};
 
 /// `state_dir`'s mode: traversable (not listable) by Headscale's account, which executes
@@ -632,7 +633,7 @@ impl Store {
         node_id: i64,
         deadline: i64,
         stage: i64,
-        event: &str,
+        event: Event,
         payload: &serde_json::Value,
     ) -> Result<(), StateError> {
         let tx = self.conn.unchecked_transaction()?;
@@ -642,7 +643,7 @@ impl Store {
         )?;
         tx.execute(
             "INSERT INTO outbox (event, severity, payload, created_at) VALUES (?1, 'warning', ?2, ?3)",
-            params![event, payload.to_string(), now()],
+            params![event.as_str(), payload.to_string(), now()],
         )?;
         tx.commit()?;
         Ok(())
@@ -690,13 +691,18 @@ impl Store {
     /// Queues a notification event (delivered by the notification backends).
     pub fn push_event(
         &self,
-        event: &str,
-        severity: &str,
+        event: Event,
+        severity: Severity,
         payload: &serde_json::Value,
     ) -> Result<(), StateError> {
         self.conn.execute(
             "INSERT INTO outbox (event, severity, payload, created_at) VALUES (?1, ?2, ?3, ?4)",
-            params![event, severity, payload.to_string(), now()],
+            params![
+                event.as_str(),
+                severity.as_str(),
+                payload.to_string(),
+                now()
+            ],
         )?;
         Ok(())
     }
@@ -705,8 +711,8 @@ impl Store {
     /// Returns whether it was queued.
     pub fn push_event_once(
         &self,
-        event: &str,
-        severity: &str,
+        event: Event,
+        severity: Severity,
         payload: &serde_json::Value,
         dedupe: &str,
         window: i64,
@@ -724,7 +730,7 @@ impl Store {
         }
         self.conn.execute(
             "INSERT INTO outbox (event, severity, payload, created_at, dedupe) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![event, severity, payload.to_string(), now(), dedupe],
+            params![event.as_str(), severity.as_str(), payload.to_string(), now(), dedupe],
         )?;
         Ok(true)
     }

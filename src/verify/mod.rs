@@ -21,7 +21,7 @@ use semver::Version;
 use sha2::{Digest, Sha256};
 
 use crate::error::error_chain;
-use crate::release::Release;
+use crate::release::{Asset, Release};
 use crate::settings;
 use crate::settings::ReleaseSettings;
 
@@ -192,35 +192,14 @@ impl Downloader {
         release: &Release,
         dir: &Path,
     ) -> Result<Verified, VerifyError> {
-        let tag = release.tag.clone();
         let name = release.host_asset_name();
         let asset = release
             .asset(&name)
             .ok_or_else(|| VerifyError::MissingAsset {
-                tag: tag.clone(),
+                tag: release.tag.clone(),
                 name: name.clone(),
             })?;
-        let sums_asset =
-            release
-                .asset("checksums.txt")
-                .ok_or_else(|| VerifyError::MissingAsset {
-                    tag: tag.clone(),
-                    name: "checksums.txt".into(),
-                })?;
-        let sums = self.fetch_small(&sums_asset.url, 1024 * 1024).await?;
-        let sums = String::from_utf8(sums).map_err(|_| VerifyError::MalformedChecksums {
-            tag: tag.clone(),
-            detail: "not UTF-8".into(),
-        })?;
-        let expected = checksum_for(&sums, &name)
-            .map_err(|detail| VerifyError::MalformedChecksums {
-                tag: tag.clone(),
-                detail,
-            })?
-            .ok_or_else(|| VerifyError::MissingChecksum {
-                tag: tag.clone(),
-                name: name.clone(),
-            })?;
+        let (sums, expected) = self.expected_checksum(release, &name).await?;
         let digest = match &asset.sha256 {
             None => None,
             Some(d) => Some(parse_digest(d).ok_or_else(|| VerifyError::BadDigest {
@@ -228,72 +207,13 @@ impl Downloader {
                 digest: d.clone(),
             })?),
         };
-
-        // Signatures.
-        let key = match &self.settings.minisign_public_key {
-            Some(k) => Some(minisign_verify::PublicKey::from_base64(k).map_err(|e| {
-                VerifyError::BadSignature {
-                    name: name.clone(),
-                    detail: e.to_string(),
-                }
-            })?),
-            None => None,
-        };
-        let mut asset_sig = None;
-        let mut signed = false;
-        if let Some(key) = &key {
-            let bad = |n: &str, e: minisign_verify::Error| VerifyError::BadSignature {
-                name: n.to_string(),
-                detail: e.to_string(),
-            };
-            if let Some(a) = release.asset(&format!("{name}.minisig")) {
-                let text = String::from_utf8_lossy(&self.fetch_small(&a.url, 64 * 1024).await?)
-                    .into_owned();
-                asset_sig =
-                    Some(minisign_verify::Signature::decode(&text).map_err(|e| bad(&name, e))?);
-            } else if let Some(a) = release.asset("checksums.txt.minisig") {
-                let text = String::from_utf8_lossy(&self.fetch_small(&a.url, 64 * 1024).await?)
-                    .into_owned();
-                let sig = minisign_verify::Signature::decode(&text)
-                    .map_err(|e| bad("checksums.txt", e))?;
-                key.verify(sums.as_bytes(), &sig, false)
-                    .map_err(|e| bad("checksums.txt", e))?;
-                signed = true;
-            }
-            if asset_sig.is_none() && !signed && self.settings.require_signature {
-                return Err(VerifyError::Unsigned { tag });
-            }
-        }
-
-        // Stream the binary.
+        let signing = self.signatures(release, &name, &sums).await?;
         let io = |source| VerifyError::Io {
             path: dir.to_path_buf(),
             source,
         };
         create_private_dir(dir).map_err(io)?;
-        self.check_url(&asset.url)?;
-        let derr = |detail: String| VerifyError::Download {
-            url: asset.url.clone(),
-            detail,
-        };
-        let deadline = tokio::time::Instant::now() + self.settings.download_timeout;
-        let mut resp = within(deadline, self.client.get(&asset.url).send())
-            .await
-            .map_err(derr)?
-            .map_err(|e| derr(error_chain(&e)))?;
-        if !resp.status().is_success() {
-            return Err(derr(format!("HTTP {}", resp.status())));
-        }
-        let limit = self.settings.max_asset_size;
-        if asset.size > limit || resp.content_length().is_some_and(|l| l > limit) {
-            return Err(VerifyError::TooLarge { name, limit });
-        }
-        let mut tmp = tempfile::Builder::new()
-            .prefix(".partial-")
-            .tempfile_in(dir)
-            .map_err(io)?;
-        let mut sha = Sha256::new();
-        let mut stream_verifier = match (&key, &asset_sig) {
+        let mut stream_verifier = match (&signing.key, &signing.asset) {
             (Some(k), Some(s)) => {
                 Some(k.verify_stream(s).map_err(|e| VerifyError::BadSignature {
                     name: name.clone(),
@@ -302,45 +222,13 @@ impl Downloader {
             }
             _ => None,
         };
-        let bar = self.progress.then(|| {
-            let b = indicatif::ProgressBar::new(asset.size);
-            b.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
-                )
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-            );
-            b.set_message(name.clone());
-            b
-        });
-        let mut total: u64 = 0;
-        loop {
-            let chunk = match within(deadline, resp.chunk()).await.map_err(derr)? {
-                Ok(Some(c)) => c,
-                Ok(None) => break,
-                Err(e) => {
-                    return Err(derr(format!(
-                        "transfer interrupted after {total} bytes: {e}"
-                    )))
+        let (tmp, actual, total) = self
+            .stream(asset, &name, dir, |chunk| {
+                if let Some(v) = stream_verifier.as_mut() {
+                    v.update(chunk);
                 }
-            };
-            total += chunk.len() as u64;
-            if total > limit {
-                return Err(VerifyError::TooLarge { name, limit });
-            }
-            sha.update(&chunk);
-            if let Some(v) = stream_verifier.as_mut() {
-                v.update(&chunk);
-            }
-            tmp.write_all(&chunk).map_err(io)?;
-            if let Some(b) = &bar {
-                b.set_position(total);
-            }
-        }
-        if let Some(b) = bar {
-            b.finish_and_clear();
-        }
-        tmp.as_file().sync_all().map_err(io)?;
+            })
+            .await?;
         if total != asset.size {
             return Err(VerifyError::SizeMismatch {
                 name,
@@ -348,7 +236,6 @@ impl Downloader {
                 actual: total,
             });
         }
-        let actual = hex::encode(sha.finalize());
         if actual != expected {
             return Err(VerifyError::ChecksumMismatch {
                 name,
@@ -366,6 +253,7 @@ impl Downloader {
                 });
             }
         }
+        let mut signed = signing.checksums_signed;
         if let Some(mut v) = stream_verifier {
             v.finalize().map_err(|e| VerifyError::BadSignature {
                 name: name.clone(),
@@ -384,6 +272,181 @@ impl Downloader {
             digest_checked,
         })
     }
+
+    /// `checksums.txt` of `release` and the sha256 it lists for `name`.
+    async fn expected_checksum(
+        &self,
+        release: &Release,
+        name: &str,
+    ) -> Result<(String, String), VerifyError> {
+        let tag = &release.tag;
+        let sums_asset =
+            release
+                .asset("checksums.txt")
+                .ok_or_else(|| VerifyError::MissingAsset {
+                    tag: tag.clone(),
+                    name: "checksums.txt".into(),
+                })?;
+        let sums = self.fetch_small(&sums_asset.url, 1024 * 1024).await?;
+        let sums = String::from_utf8(sums).map_err(|_| VerifyError::MalformedChecksums {
+            tag: tag.clone(),
+            detail: "not UTF-8".into(),
+        })?;
+        let expected = checksum_for(&sums, name)
+            .map_err(|detail| VerifyError::MalformedChecksums {
+                tag: tag.clone(),
+                detail,
+            })?
+            .ok_or_else(|| VerifyError::MissingChecksum {
+                tag: tag.clone(),
+                name: name.to_string(),
+            })?;
+        Ok((sums, expected))
+    }
+
+    /// The configured key and the release's signature: of the asset itself (checked while it
+    /// streams) or of `checksums.txt` (checked here). Unsigned with `require_signature` is an
+    /// error.
+    async fn signatures(
+        &self,
+        release: &Release,
+        name: &str,
+        sums: &str,
+    ) -> Result<Signing, VerifyError> {
+        let key = match &self.settings.minisign_public_key {
+            Some(k) => Some(minisign_verify::PublicKey::from_base64(k).map_err(|e| {
+                VerifyError::BadSignature {
+                    name: name.to_string(),
+                    detail: e.to_string(),
+                }
+            })?),
+            None => None,
+        };
+        let mut signing = Signing {
+            key: None,
+            asset: None,
+            checksums_signed: false,
+        };
+        let Some(key) = key else {
+            return Ok(signing);
+        };
+        let bad = |n: &str, e: minisign_verify::Error| VerifyError::BadSignature {
+            name: n.to_string(),
+            detail: e.to_string(),
+        };
+        if let Some(a) = release.asset(&format!("{name}.minisig")) {
+            let text =
+                String::from_utf8_lossy(&self.fetch_small(&a.url, 64 * 1024).await?).into_owned();
+            signing.asset =
+                Some(minisign_verify::Signature::decode(&text).map_err(|e| bad(name, e))?);
+        } else if let Some(a) = release.asset("checksums.txt.minisig") {
+            let text =
+                String::from_utf8_lossy(&self.fetch_small(&a.url, 64 * 1024).await?).into_owned();
+            let sig =
+                minisign_verify::Signature::decode(&text).map_err(|e| bad("checksums.txt", e))?;
+            key.verify(sums.as_bytes(), &sig, false)
+                .map_err(|e| bad("checksums.txt", e))?;
+            signing.checksums_signed = true;
+        }
+        if signing.asset.is_none() && !signing.checksums_signed && self.settings.require_signature {
+            return Err(VerifyError::Unsigned {
+                tag: release.tag.clone(),
+            });
+        }
+        signing.key = Some(key);
+        Ok(signing)
+    }
+
+    /// Streams `asset` into a private temporary file in `dir`, within the size cap and the
+    /// download deadline, handing each chunk to `each`. Returns the file, its sha256 and its
+    /// length.
+    async fn stream(
+        &self,
+        asset: &Asset,
+        name: &str,
+        dir: &Path,
+        mut each: impl FnMut(&[u8]),
+    ) -> Result<(tempfile::NamedTempFile, String, u64), VerifyError> {
+        let io = |source| VerifyError::Io {
+            path: dir.to_path_buf(),
+            source,
+        };
+        self.check_url(&asset.url)?;
+        let derr = |detail: String| VerifyError::Download {
+            url: asset.url.clone(),
+            detail,
+        };
+        let deadline = tokio::time::Instant::now() + self.settings.download_timeout;
+        let mut resp = within(deadline, self.client.get(&asset.url).send())
+            .await
+            .map_err(derr)?
+            .map_err(|e| derr(error_chain(&e)))?;
+        if !resp.status().is_success() {
+            return Err(derr(format!("HTTP {}", resp.status())));
+        }
+        let limit = self.settings.max_asset_size;
+        let too_large = || VerifyError::TooLarge {
+            name: name.to_string(),
+            limit,
+        };
+        if asset.size > limit || resp.content_length().is_some_and(|l| l > limit) {
+            return Err(too_large());
+        }
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".partial-")
+            .tempfile_in(dir)
+            .map_err(io)?;
+        let mut sha = Sha256::new();
+        let bar = self.progress.then(|| progress_bar(asset.size, name));
+        let mut total: u64 = 0;
+        loop {
+            let chunk = match within(deadline, resp.chunk()).await.map_err(derr)? {
+                Ok(Some(c)) => c,
+                Ok(None) => break,
+                Err(e) => {
+                    return Err(derr(format!(
+                        "transfer interrupted after {total} bytes: {e}"
+                    )))
+                }
+            };
+            total += chunk.len() as u64;
+            if total > limit {
+                return Err(too_large());
+            }
+            sha.update(&chunk);
+            each(&chunk);
+            tmp.write_all(&chunk).map_err(io)?;
+            if let Some(b) = &bar {
+                b.set_position(total);
+            }
+        }
+        if let Some(b) = bar {
+            b.finish_and_clear();
+        }
+        tmp.as_file().sync_all().map_err(io)?;
+        Ok((tmp, hex::encode(sha.finalize()), total))
+    }
+}
+
+/// The key and signatures a download is checked against.
+struct Signing {
+    key: Option<minisign_verify::PublicKey>,
+    /// The asset's own `.minisig`, verified while the asset streams.
+    asset: Option<minisign_verify::Signature>,
+    /// `checksums.txt.minisig` verified (the checksum then vouches for the asset).
+    checksums_signed: bool,
+}
+
+fn progress_bar(size: u64, name: &str) -> indicatif::ProgressBar {
+    let b = indicatif::ProgressBar::new(size);
+    b.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    b.set_message(name.to_string());
+    b
 }
 
 pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
