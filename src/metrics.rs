@@ -6,7 +6,7 @@ use std::fmt::Write;
 
 use crate::deploy;
 use crate::files::{self, FileError};
-use crate::settings::Settings;
+use crate::settings::{Job, Settings};
 use crate::state::{StateError, Store};
 
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {
@@ -30,9 +30,22 @@ pub async fn text(s: &Settings) -> Result<String, StateError> {
 /// Renders every metric from the state store; `running` is production's version when known.
 pub fn render(store: &Store, running: Option<&str>) -> Result<String, StateError> {
     let mut out = String::new();
+    version_metrics(&mut out, store, running)?;
+    audit_metrics(&mut out, store)?;
+    run_metrics(&mut out, store)?;
+    delivery_metrics(&mut out, store)?;
+    Ok(out)
+}
+
+/// Versions, approvals, hold and job starts.
+fn version_metrics(
+    out: &mut String,
+    store: &Store,
+    running: Option<&str>,
+) -> Result<(), StateError> {
     let kv = |k: &str| store.kv_get(k);
     family(
-        &mut out,
+        out,
         "headscale_version_info",
         "gauge",
         "Headscale version production runs.",
@@ -45,7 +58,7 @@ pub fn render(store: &Store, running: Option<&str>) -> Result<String, StateError
         );
     }
     family(
-        &mut out,
+        out,
         "newest_release_info",
         "gauge",
         "Newest stable Headscale release in the feed.",
@@ -58,7 +71,7 @@ pub fn render(store: &Store, running: Option<&str>) -> Result<String, StateError
         );
     }
     family(
-        &mut out,
+        out,
         "pending_approvals",
         "gauge",
         "Planned versions waiting for `headwarden approve`.",
@@ -67,15 +80,15 @@ pub fn render(store: &Store, running: Option<&str>) -> Result<String, StateError
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
     let _ = writeln!(out, "headwarden_pending_approvals {pending}");
-    family(&mut out, "hold", "gauge", "1 when upgrades are on hold.");
+    family(out, "hold", "gauge", "1 when upgrades are on hold.");
     let _ = writeln!(out, "headwarden_hold {}", u8::from(kv("hold")?.is_some()));
     family(
-        &mut out,
+        out,
         "job_last_start_timestamp_seconds",
         "gauge",
         "When a scheduled job last started.",
     );
-    for job in ["upgrade", "keys", "audit"] {
+    for job in Job::ALL.map(Job::as_str) {
         if let Some(t) = kv(&format!("job.{job}.last"))? {
             let _ = writeln!(
                 out,
@@ -83,8 +96,14 @@ pub fn render(store: &Store, running: Option<&str>) -> Result<String, StateError
             );
         }
     }
+    Ok(())
+}
+
+/// The last audit.
+fn audit_metrics(out: &mut String, store: &Store) -> Result<(), StateError> {
+    let kv = |k: &str| store.kv_get(k);
     family(
-        &mut out,
+        out,
         "audit_findings",
         "gauge",
         "Open (not accepted) findings of the last audit, by severity.",
@@ -102,7 +121,7 @@ pub fn render(store: &Store, running: Option<&str>) -> Result<String, StateError
         }
     }
     family(
-        &mut out,
+        out,
         "audit_last_timestamp_seconds",
         "gauge",
         "When the last audit finished.",
@@ -111,7 +130,7 @@ pub fn render(store: &Store, running: Option<&str>) -> Result<String, StateError
         let _ = writeln!(out, "headwarden_audit_last_timestamp_seconds {t}");
     }
     family(
-        &mut out,
+        out,
         "last_release_check_timestamp_seconds",
         "gauge",
         "When the release feed was last read successfully.",
@@ -119,15 +138,20 @@ pub fn render(store: &Store, running: Option<&str>) -> Result<String, StateError
     if let Some(t) = kv("feed.last_ok")? {
         let _ = writeln!(out, "headwarden_last_release_check_timestamp_seconds {t}");
     }
+    Ok(())
+}
+
+/// Upgrade runs and their outcomes.
+fn run_metrics(out: &mut String, store: &Store) -> Result<(), StateError> {
     let runs = store.recent_runs(10_000)?;
     family(
-        &mut out,
+        out,
         "last_upgrade_timestamp_seconds",
         "gauge",
         "When the last upgrade run finished.",
     );
     family(
-        &mut out,
+        out,
         "last_upgrade_success",
         "gauge",
         "1 when the last upgrade run upgraded production.",
@@ -148,7 +172,7 @@ pub fn render(store: &Store, running: Option<&str>) -> Result<String, StateError
         );
     }
     family(
-        &mut out,
+        out,
         "runs_total",
         "counter",
         "Finished runs by kind and outcome.",
@@ -168,7 +192,7 @@ pub fn render(store: &Store, running: Option<&str>) -> Result<String, StateError
         );
     }
     family(
-        &mut out,
+        out,
         "rollbacks_total",
         "counter",
         "Upgrades rolled back (automatically or by hand).",
@@ -178,8 +202,14 @@ pub fn render(store: &Store, running: Option<&str>) -> Result<String, StateError
         .filter(|r| r.outcome.as_deref() == Some("rolled_back"))
         .count();
     let _ = writeln!(out, "headwarden_rollbacks_total {rollbacks}");
+    Ok(())
+}
+
+/// Key states, chat deliveries and the feed's rate limit.
+fn delivery_metrics(out: &mut String, store: &Store) -> Result<(), StateError> {
+    let kv = |k: &str| store.kv_get(k);
     family(
-        &mut out,
+        out,
         "nodes",
         "gauge",
         "Nodes per key state at the last key job.",
@@ -197,7 +227,7 @@ pub fn render(store: &Store, running: Option<&str>) -> Result<String, StateError
         }
     }
     family(
-        &mut out,
+        out,
         "notifications",
         "gauge",
         "Chat deliveries by state (pending is the backlog).",
@@ -210,7 +240,7 @@ pub fn render(store: &Store, running: Option<&str>) -> Result<String, StateError
         );
     }
     family(
-        &mut out,
+        out,
         "github_rate_limit_remaining",
         "gauge",
         "GitHub API requests left at the last feed poll.",
@@ -218,7 +248,7 @@ pub fn render(store: &Store, running: Option<&str>) -> Result<String, StateError
     if let Some(v) = kv("feed.rate_remaining")? {
         let _ = writeln!(out, "headwarden_github_rate_limit_remaining {v}");
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Writes `text` to a node-exporter textfile atomically: a fresh file under a random name in the

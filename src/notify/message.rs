@@ -78,39 +78,66 @@ pub fn build(
         payload: p.clone(),
         mention: None,
     };
-    let fact = |m: &mut Message, k: &str, v: &str| {
-        if !v.is_empty() {
-            m.facts.push((k.to_string(), v.to_string()));
-        }
-    };
-    match event {
+    let handled = match event {
         "release" => {
-            m.title = format!("Headscale {} released", s(p, "version"));
-            for b in list(p, "breaking") {
-                m.lines.push(format!("Breaking: {b}"));
-            }
-            for b in list(p, "backup") {
-                m.lines.push(format!("Back up first: {b}"));
-            }
-            for b in list(p, "security") {
-                m.lines.push(format!("Security: {b}"));
-            }
-            fact(&mut m, "headwarden will", s(p, "action"));
-            fact(&mut m, "Minimum Tailscale client", s(p, "min_tailscale"));
-            fact(&mut m, "Running", s(p, "current"));
-            m.link = Some(s(p, "url").to_string()).filter(|u| u.starts_with("https://"));
+            release_text(&mut m, p);
+            true
         }
+        "test" => {
+            m.title = "headwarden test message".into();
+            m.lines
+                .push("If you can read this, headwarden can reach this destination.".into());
+            true
+        }
+        e if e.starts_with("upgrade.") => upgrade_text(&mut m, e, p),
+        e if e.starts_with("keys.") => keys_text(&mut m, e, p),
+        _ => false,
+    };
+    if !handled {
+        generic_text(&mut m, event, p);
+    }
+    m.lines.retain(|l| !l.is_empty());
+    m
+}
+
+fn fact(m: &mut Message, k: &str, v: &str) {
+    if !v.is_empty() {
+        m.facts.push((k.to_string(), v.to_string()));
+    }
+}
+
+/// A new release: what changed and what headwarden will do about it.
+fn release_text(m: &mut Message, p: &Value) {
+    m.title = format!("Headscale {} released", s(p, "version"));
+    for b in list(p, "breaking") {
+        m.lines.push(format!("Breaking: {b}"));
+    }
+    for b in list(p, "backup") {
+        m.lines.push(format!("Back up first: {b}"));
+    }
+    for b in list(p, "security") {
+        m.lines.push(format!("Security: {b}"));
+    }
+    fact(m, "headwarden will", s(p, "action"));
+    fact(m, "Minimum Tailscale client", s(p, "min_tailscale"));
+    fact(m, "Running", s(p, "current"));
+    m.link = Some(s(p, "url").to_string()).filter(|u| u.starts_with("https://"));
+}
+
+/// The `upgrade.*` events with their own wording; `false` for the rest.
+fn upgrade_text(m: &mut Message, event: &str, p: &Value) -> bool {
+    match event {
         "upgrade.started" => {
             m.title = format!("Upgrading Headscale {} → {}", s(p, "from"), s(p, "to"));
-            fact(&mut m, "Path", &list(p, "path").join(" → "));
+            fact(m, "Path", &list(p, "path").join(" → "));
             m.lines
                 .push("Each hop runs on staging first, on a copy of production's database.".into());
         }
         "upgrade.promoted" => {
             m.title = format!("Production now on Headscale {}", s(p, "to"));
-            fact(&mut m, "From", s(p, "from"));
+            fact(m, "From", s(p, "from"));
             if let Some(ms) = p.get("downtime_ms").and_then(Value::as_u64) {
-                fact(&mut m, "Downtime", &format!("{ms} ms"));
+                fact(m, "Downtime", &format!("{ms} ms"));
             }
         }
         "upgrade.succeeded" => {
@@ -142,13 +169,13 @@ pub fn build(
             );
             m.lines.push(s(p, "reason").to_string());
             m.lines.push(s(p, "rollback_error").to_string());
-            fact(&mut m, "Backup", s(p, "backup"));
+            fact(m, "Backup", s(p, "backup"));
         }
         "upgrade.backup_unverified" => {
             m.title = "The pre-upgrade backup failed its integrity check: take a backup now".into();
             m.lines.push(s(p, "error").to_string());
             m.lines.push("Production runs the new version and is healthy; a rollback to this backup would be refused.".into());
-            fact(&mut m, "Backup", s(p, "backup"));
+            fact(m, "Backup", s(p, "backup"));
         }
         "upgrade.recovered" => {
             m.title = format!(
@@ -165,6 +192,14 @@ pub fn build(
             m.title = format!("Headscale upgrade to {} is blocked", s(p, "to"));
             m.lines.extend(list(p, "problems"));
         }
+        _ => return false,
+    }
+    true
+}
+
+/// The `keys.*` events with their own wording; `false` for the rest.
+fn keys_text(m: &mut Message, event: &str, p: &Value) -> bool {
+    match event {
         "keys.reminder" | "keys.rotation_requested" => {
             let node = p
                 .pointer("/node/name")
@@ -192,44 +227,41 @@ pub fn build(
             }
             m.lines.push(s(p, "warning").to_string());
             let owner = m.user.clone().unwrap_or_default();
-            fact(&mut m, "Owner", &owner);
-            fact(&mut m, "Deadline", s(p, "deadline"));
-            fact(&mut m, "Key valid until", s(p, "key_expires"));
+            fact(m, "Owner", &owner);
+            fact(m, "Deadline", s(p, "deadline"));
+            fact(m, "Key valid until", s(p, "key_expires"));
         }
         "keys.rotated" => {
             m.title = format!("Node {} rotated its key", s(p, "node"));
-            fact(&mut m, "How", s(p, "how"));
+            fact(m, "How", s(p, "how"));
         }
         "keys.expiring" | "keys.expired" => {
             m.title = format!(
                 "Node {} expired: past its key deadline and grace period",
                 s(p, "node")
             );
-            fact(&mut m, "Deadline", s(p, "deadline"));
+            fact(m, "Deadline", s(p, "deadline"));
         }
-        "test" => {
-            m.title = "headwarden test message".into();
-            m.lines
-                .push("If you can read this, headwarden can reach this destination.".into());
-        }
-        _ => {
-            m.title = match s(p, "summary") {
-                "" => event.to_string(),
-                t => t.to_string(),
-            };
-            if let Some(o) = p.as_object() {
-                for (k, v) in o {
-                    if k != "summary" {
-                        if let Some(v) = scalar(v) {
-                            fact(&mut m, k, &v);
-                        }
-                    }
+        _ => return false,
+    }
+    true
+}
+
+/// Any other event: its summary as the title, its scalar fields as facts.
+fn generic_text(m: &mut Message, event: &str, p: &Value) {
+    m.title = match s(p, "summary") {
+        "" => event.to_string(),
+        t => t.to_string(),
+    };
+    if let Some(o) = p.as_object() {
+        for (k, v) in o {
+            if k != "summary" {
+                if let Some(v) = scalar(v) {
+                    fact(m, k, &v);
                 }
             }
         }
     }
-    m.lines.retain(|l| !l.is_empty());
-    m
 }
 
 impl Message {

@@ -26,7 +26,7 @@ pub use crate::settings::notify_url::{targets, Service, Target, UrlError};
 use crate::settings::playbook::Step;
 use crate::settings::{KeyDelivery, NotifyTarget, ReminderRouting, Settings};
 use crate::state;
-use crate::state::Store;
+use crate::state::{DeliveryRow, Store};
 
 /// How long a command waits for chat delivery after its work is done.
 pub const FLUSH_BUDGET: Duration = Duration::from_secs(20);
@@ -353,35 +353,10 @@ pub async fn flush(
     };
     let deadline = Instant::now() + budget;
     let dests = destinations(s);
-    for ev in store.unrouted_events()? {
-        let sev = Severity::parse(&ev.severity).unwrap_or_default();
-        let ids: Vec<String> = route(s, &dests, &ev.event, sev, &ev.payload)
-            .into_iter()
-            .map(|d| d.target.id.clone())
-            .collect();
-        store.route_event(ev.id, &ids)?;
-    }
+    route_new(s, store, &dests)?;
     let by_id: HashMap<&str, &Destination<'_>> =
         dests.iter().map(|d| (d.target.id.as_str(), d)).collect();
-    // Interrupted by a crash while sending: resend only where the service deduplicates.
-    for d in store.deliveries("sending")? {
-        let idempotent = by_id
-            .get(d.dest.as_str())
-            .is_some_and(|x| x.target.service == Service::Matrix);
-        if idempotent {
-            store.set_delivery(d.event_id, &d.dest, "pending", None, None)?;
-        } else {
-            store.set_delivery(
-                d.event_id,
-                &d.dest,
-                "uncertain",
-                None,
-                Some("interrupted while sending; not resent, so it cannot arrive twice"),
-            )?;
-            tracing::warn!(event = d.event_id, dest = %d.dest, "a delivery was interrupted mid-send; not resent");
-            report.uncertain += 1;
-        }
-    }
+    settle_interrupted(store, &by_id, &mut report)?;
     let http = client();
     let mut next_ok: HashMap<String, Instant> = HashMap::new();
     let mut down: HashMap<String, ()> = HashMap::new();
@@ -455,40 +430,7 @@ pub async fn flush(
             .await;
             next_ok.insert(d.dest.clone(), Instant::now() + interval(dest));
             progressed = true;
-            match outcome {
-                Sent::Ok => {
-                    store.set_delivery(d.event_id, &d.dest, "sent", None, None)?;
-                    tracing::debug!(event = %d.event, id = d.event_id, to = %dest.target.label, "notification delivered");
-                    report.sent += 1;
-                }
-                Sent::Retry { after, error } => {
-                    let backoff = dest.entry.map_or(30, |e| e.backoff.as_secs()) as i64;
-                    let exp = backoff
-                        .saturating_mul(1 << d.attempts.clamp(0, 10))
-                        .min(3600);
-                    // The clock is read in whole seconds: one more makes sure a Retry-After of
-                    // N seconds is never cut short by the fraction already past.
-                    let delay = after.map_or(exp, |a| a as i64 + 1);
-                    store.set_delivery(
-                        d.event_id,
-                        &d.dest,
-                        "pending",
-                        Some(state::now() + delay),
-                        Some(&error),
-                    )?;
-                    tracing::warn!(to = %dest.target.label, retry_in_s = delay, %error, "notification not delivered; will retry");
-                    report.errors.push(error);
-                    if delay > 0 {
-                        down.insert(d.dest.clone(), ());
-                    }
-                }
-                Sent::Permanent(error) => {
-                    store.set_delivery(d.event_id, &d.dest, "failed", None, Some(&error))?;
-                    tracing::error!(to = %dest.target.label, %error, "notification refused by the service; not retried");
-                    report.failed += 1;
-                    report.errors.push(error);
-                }
-            }
+            record(store, &d, dest, outcome, &mut report, &mut down)?;
         }
         if !progressed {
             match wait {
@@ -500,6 +442,98 @@ pub async fn flush(
     report.retrying = store.deliveries("pending")?.len();
     store.purge_delivered_keys()?;
     Ok(report)
+}
+
+/// Routes each new outbox event to the destinations that want it.
+fn route_new(
+    s: &Settings,
+    store: &Store,
+    dests: &[Destination<'_>],
+) -> Result<(), state::StateError> {
+    for ev in store.unrouted_events()? {
+        let sev = Severity::parse(&ev.severity).unwrap_or_default();
+        let ids: Vec<String> = route(s, &dests, &ev.event, sev, &ev.payload)
+            .into_iter()
+            .map(|d| d.target.id.clone())
+            .collect();
+        store.route_event(ev.id, &ids)?;
+    }
+    Ok(())
+}
+
+/// Deliveries a crash interrupted mid-send: resent only where the service deduplicates
+/// (Matrix), otherwise marked uncertain so nothing arrives twice.
+fn settle_interrupted(
+    store: &Store,
+    by_id: &HashMap<&str, &Destination<'_>>,
+    report: &mut FlushReport,
+) -> Result<(), state::StateError> {
+    for d in store.deliveries("sending")? {
+        let idempotent = by_id
+            .get(d.dest.as_str())
+            .is_some_and(|x| x.target.service == Service::Matrix);
+        if idempotent {
+            store.set_delivery(d.event_id, &d.dest, "pending", None, None)?;
+        } else {
+            store.set_delivery(
+                d.event_id,
+                &d.dest,
+                "uncertain",
+                None,
+                Some("interrupted while sending; not resent, so it cannot arrive twice"),
+            )?;
+            tracing::warn!(event = d.event_id, dest = %d.dest, "a delivery was interrupted mid-send; not resent");
+            report.uncertain += 1;
+        }
+    }
+    Ok(())
+}
+
+/// Records what one send came to: sent, retried later (with backoff or the service's
+/// Retry-After; the destination rests for this flush), or failed for good.
+fn record(
+    store: &Store,
+    d: &DeliveryRow,
+    dest: &Destination<'_>,
+    outcome: Sent,
+    report: &mut FlushReport,
+    down: &mut HashMap<String, ()>,
+) -> Result<(), state::StateError> {
+    match outcome {
+        Sent::Ok => {
+            store.set_delivery(d.event_id, &d.dest, "sent", None, None)?;
+            tracing::debug!(event = %d.event, id = d.event_id, to = %dest.target.label, "notification delivered");
+            report.sent += 1;
+        }
+        Sent::Retry { after, error } => {
+            let backoff = dest.entry.map_or(30, |e| e.backoff.as_secs()) as i64;
+            let exp = backoff
+                .saturating_mul(1 << d.attempts.clamp(0, 10))
+                .min(3600);
+            // The clock is read in whole seconds: one more makes sure a Retry-After of
+            // N seconds is never cut short by the fraction already past.
+            let delay = after.map_or(exp, |a| a as i64 + 1);
+            store.set_delivery(
+                d.event_id,
+                &d.dest,
+                "pending",
+                Some(state::now() + delay),
+                Some(&error),
+            )?;
+            tracing::warn!(to = %dest.target.label, retry_in_s = delay, %error, "notification not delivered; will retry");
+            report.errors.push(error);
+            if delay > 0 {
+                down.insert(d.dest.clone(), ());
+            }
+        }
+        Sent::Permanent(error) => {
+            store.set_delivery(d.event_id, &d.dest, "failed", None, Some(&error))?;
+            tracing::error!(to = %dest.target.label, %error, "notification refused by the service; not retried");
+            report.failed += 1;
+            report.errors.push(error);
+        }
+    }
+    Ok(())
 }
 
 /// Sends an event straight to its destinations, bypassing the outbox: for when the state store

@@ -119,58 +119,9 @@ pub fn request(m: &Message, t: &Target, secret: Option<&str>, now: i64) -> Reque
         }
         Service::Matrix => {
             method = reqwest::Method::PUT;
-            let room = t.chat.as_deref().unwrap_or("");
-            // The transaction id makes a resend after a crash idempotent on the homeserver.
-            url = format!(
-                "{}/_matrix/client/v3/rooms/{}/send/m.room.message/headwarden-{}-{}",
-                t.url.trim_end_matches('/'),
-                percent_encoding::utf8_percent_encode(room, SEGMENT),
-                m.id,
-                t.id
-            );
-            let text = |s: &str| html_escape(&defuse_mentions(s));
-            let mut html = format!("<strong>{} {}</strong>", icon(m.severity), text(&m.title));
-            if let Some(mn) = &m.mention {
-                html = format!("{} {html}", html_escape(mn));
-            }
-            for l in &m.lines {
-                html.push_str(&format!("<br>{}", text(l)));
-            }
-            if let Some(c) = &m.code {
-                html.push_str(&format!("<pre><code>{}</code></pre>", text(c)));
-            }
-            if !m.facts.is_empty() {
-                html.push_str("<ul>");
-                for (k, v) in &m.facts {
-                    html.push_str(&format!("<li>{}: {}</li>", text(k), text(v)));
-                }
-                html.push_str("</ul>");
-            }
-            if let Some(l) = m.link.as_deref().and_then(safe_link) {
-                html.push_str(&format!(
-                    "<a href=\"{}\">release notes</a>",
-                    html_escape(&l)
-                ));
-            }
-            let mut body = defuse_mentions(&format!("{}\n{}", m.title, m.text()));
-            // Intentional mentions only: the configured Matrix user id, nothing from the text
-            // (`m.mentions` makes clients ignore the legacy body rules, `@room` included).
-            let mut mentions = json!({});
-            if let Some(mn) = m
-                .mention
-                .as_deref()
-                .filter(|mn| mn.starts_with('@') && mn.contains(':'))
-            {
-                body = format!("{mn} {body}");
-                mentions = json!({"user_ids": [mn]});
-            }
-            json_body(&json!({
-                "msgtype": "m.notice",
-                "body": body,
-                "format": "org.matrix.custom.html",
-                "formatted_body": html,
-                "m.mentions": mentions,
-            }))
+            let (u, body) = matrix(m, t);
+            url = u;
+            body
         }
         Service::Telegram => {
             let chat = t.chat.clone().unwrap_or_default();
@@ -185,65 +136,14 @@ pub fn request(m: &Message, t: &Target, secret: Option<&str>, now: i64) -> Reque
                 "disable_web_page_preview": true,
             }))
         }
-        Service::Ntfy => {
-            let priority = t
-                .option("priority")
-                .and_then(|p| p.parse::<u8>().ok())
-                .unwrap_or(match m.severity {
-                    Severity::Info => 3,
-                    Severity::Warning => 4,
-                    Severity::Critical => 5,
-                });
-            let mut tags = vec![match m.severity {
-                Severity::Info => "information_source",
-                Severity::Warning => "warning",
-                Severity::Critical => "rotating_light",
-            }
-            .to_string()];
-            if let Some(extra) = t.option("tags") {
-                tags.extend(extra.split(',').map(str::to_string));
-            }
-            let mut v = json!({
-                "topic": t.chat.clone().unwrap_or_default(),
-                "title": truncate(&m.title, 250),
-                "message": m.text(),
-                "priority": priority,
-                "tags": tags,
-            });
-            if let Some(l) = m.link.as_deref().and_then(safe_link) {
-                v["click"] = json!(l);
-            }
-            json_body(&v)
-        }
+        Service::Ntfy => ntfy(m, t),
         Service::Gotify => json_body(&json!({
             "title": m.title,
             "message": m.text(),
             "priority": match m.severity { Severity::Info => 2, Severity::Warning => 5, Severity::Critical => 8 },
             "extras": {"client::display": {"contentType": "text/plain"}},
         })),
-        Service::Webhook => {
-            let body = json_body(&json!({
-                "schema": "headwarden.event/v1",
-                "id": m.id,
-                "event": m.event,
-                "severity": m.severity.as_str(),
-                "title": m.title,
-                "text": m.text(),
-                "user": m.user,
-                "created_at": state::rfc3339(m.created_at),
-                "data": m.payload,
-            }));
-            headers.push(("X-Headwarden-Event".into(), m.event.clone()));
-            headers.push(("X-Headwarden-Delivery".into(), format!("{}-{}", m.id, t.id)));
-            headers.push(("X-Headwarden-Timestamp".into(), now.to_string()));
-            if let Some(key) = secret {
-                headers.push((
-                    "X-Headwarden-Signature".into(),
-                    format!("sha256={}", sign(key, now, &body)),
-                ));
-            }
-            body
-        }
+        Service::Webhook => webhook(m, t, secret, now, &mut headers),
     };
     Request {
         method,
@@ -251,6 +151,127 @@ pub fn request(m: &Message, t: &Target, secret: Option<&str>, now: i64) -> Reque
         headers,
         body,
     }
+}
+
+/// Matrix: a PUT to the room with an HTML body and a transaction id of the message and the
+/// destination, so a resend after a crash is idempotent on the homeserver.
+fn matrix(m: &Message, t: &Target) -> (String, Vec<u8>) {
+    let room = t.chat.as_deref().unwrap_or("");
+    // The transaction id makes a resend after a crash idempotent on the homeserver.
+    let url = format!(
+        "{}/_matrix/client/v3/rooms/{}/send/m.room.message/headwarden-{}-{}",
+        t.url.trim_end_matches('/'),
+        percent_encoding::utf8_percent_encode(room, SEGMENT),
+        m.id,
+        t.id
+    );
+    let text = |s: &str| html_escape(&defuse_mentions(s));
+    let mut html = format!("<strong>{} {}</strong>", icon(m.severity), text(&m.title));
+    if let Some(mn) = &m.mention {
+        html = format!("{} {html}", html_escape(mn));
+    }
+    for l in &m.lines {
+        html.push_str(&format!("<br>{}", text(l)));
+    }
+    if let Some(c) = &m.code {
+        html.push_str(&format!("<pre><code>{}</code></pre>", text(c)));
+    }
+    if !m.facts.is_empty() {
+        html.push_str("<ul>");
+        for (k, v) in &m.facts {
+            html.push_str(&format!("<li>{}: {}</li>", text(k), text(v)));
+        }
+        html.push_str("</ul>");
+    }
+    if let Some(l) = m.link.as_deref().and_then(safe_link) {
+        html.push_str(&format!(
+            "<a href=\"{}\">release notes</a>",
+            html_escape(&l)
+        ));
+    }
+    let mut body = defuse_mentions(&format!("{}\n{}", m.title, m.text()));
+    // Intentional mentions only: the configured Matrix user id, nothing from the text
+    // (`m.mentions` makes clients ignore the legacy body rules, `@room` included).
+    let mut mentions = json!({});
+    if let Some(mn) = m
+        .mention
+        .as_deref()
+        .filter(|mn| mn.starts_with('@') && mn.contains(':'))
+    {
+        body = format!("{mn} {body}");
+        mentions = json!({"user_ids": [mn]});
+    }
+    let body = json_body(&json!({
+        "msgtype": "m.notice",
+        "body": body,
+        "format": "org.matrix.custom.html",
+        "formatted_body": html,
+        "m.mentions": mentions,
+    }));
+    (url, body)
+}
+
+fn ntfy(m: &Message, t: &Target) -> Vec<u8> {
+    let priority = t
+        .option("priority")
+        .and_then(|p| p.parse::<u8>().ok())
+        .unwrap_or(match m.severity {
+            Severity::Info => 3,
+            Severity::Warning => 4,
+            Severity::Critical => 5,
+        });
+    let mut tags = vec![match m.severity {
+        Severity::Info => "information_source",
+        Severity::Warning => "warning",
+        Severity::Critical => "rotating_light",
+    }
+    .to_string()];
+    if let Some(extra) = t.option("tags") {
+        tags.extend(extra.split(',').map(str::to_string));
+    }
+    let mut v = json!({
+        "topic": t.chat.clone().unwrap_or_default(),
+        "title": truncate(&m.title, 250),
+        "message": m.text(),
+        "priority": priority,
+        "tags": tags,
+    });
+    if let Some(l) = m.link.as_deref().and_then(safe_link) {
+        v["click"] = json!(l);
+    }
+    json_body(&v)
+}
+
+/// A generic webhook: the event as JSON, with delivery headers and, given a secret, an HMAC
+/// signature over timestamp and body.
+fn webhook(
+    m: &Message,
+    t: &Target,
+    secret: Option<&str>,
+    now: i64,
+    headers: &mut Vec<(String, String)>,
+) -> Vec<u8> {
+    let body = json_body(&json!({
+        "schema": "headwarden.event/v1",
+        "id": m.id,
+        "event": m.event,
+        "severity": m.severity.as_str(),
+        "title": m.title,
+        "text": m.text(),
+        "user": m.user,
+        "created_at": state::rfc3339(m.created_at),
+        "data": m.payload,
+    }));
+    headers.push(("X-Headwarden-Event".into(), m.event.clone()));
+    headers.push(("X-Headwarden-Delivery".into(), format!("{}-{}", m.id, t.id)));
+    headers.push(("X-Headwarden-Timestamp".into(), now.to_string()));
+    if let Some(key) = secret {
+        headers.push((
+            "X-Headwarden-Signature".into(),
+            format!("sha256={}", sign(key, now, &body)),
+        ));
+    }
+    body
 }
 
 /// HMAC-SHA256 over `"{timestamp}.{body}"`, hex: what a receiver recomputes to authenticate.

@@ -71,61 +71,7 @@ pub fn plan(
     now: i64,
 ) -> Plan {
     let mut notes = Vec::new();
-    let mut eligible: Vec<&Release> = Vec::new();
-    let mut known_series: BTreeMap<(u64, u64), ()> = BTreeMap::new();
-    for r in releases {
-        let v = &r.version;
-        if !v.pre.is_empty() && policy.channel == Channel::Stable {
-            if v > current {
-                notes.push(format!("{}: prerelease (channel is stable)", r.tag));
-            }
-            continue;
-        }
-        known_series.insert(series(v), ());
-        if v <= current && !policy.allow_downgrade {
-            continue;
-        }
-        let base = Version::new(v.major, v.minor, v.patch);
-        if !policy.constraint.matches(&base) {
-            notes.push(format!(
-                "{}: outside constraint {}",
-                r.tag, policy.constraint
-            ));
-            continue;
-        }
-        if policy.skip.contains(v) {
-            notes.push(format!("{}: listed in release.skip", r.tag));
-            continue;
-        }
-        if !r.assets_ready() {
-            notes.push(format!("{}: assets not published yet (binary or checksums.txt missing or still uploading); will retry", r.tag));
-            continue;
-        }
-        let explicit = policy.target.as_ref() == Some(v) || policy.pin.as_ref() == Some(v);
-        if let Some(reason) = bad.get(&r.tag) {
-            // A bad mark stops automatic retries; naming the version (`--to`) retries it, and
-            // verification and staging run again as always.
-            if policy.target.as_ref() != Some(v) {
-                notes.push(format!(
-                    "{}: recorded as bad ({reason}); retry with --to {v}",
-                    r.tag
-                ));
-                continue;
-            }
-        }
-        if let Some(published) = r.published_at {
-            let ready_at = published + policy.min_age_secs;
-            if ready_at > now && !explicit {
-                notes.push(format!(
-                    "{}: in cooldown for another {} (release.min_age)",
-                    r.tag,
-                    fmt_remaining(ready_at - now)
-                ));
-                continue;
-            }
-        }
-        eligible.push(r);
-    }
+    let (eligible, known_series) = eligible(current, releases, policy, bad, now, &mut notes);
 
     let wanted = policy.target.clone().or_else(|| policy.pin.clone());
     let target: Option<&Release> = match &wanted {
@@ -171,34 +117,7 @@ pub fn plan(
         };
     }
     if target.version < *current {
-        let blocked = if !policy.allow_downgrade {
-            Some(format!(
-                "{} is older than the running {current}; pass --allow-downgrade",
-                target.version
-            ))
-        } else if series(&target.version) != series(current) {
-            Some(format!(
-                "downgrading from {current} to {} crosses a minor version, which Headscale refuses; use `headwarden rollback` to restore the backup taken before the upgrade",
-                target.version
-            ))
-        } else {
-            None
-        };
-        let hops = if blocked.is_none() {
-            vec![Hop {
-                version: target.version.clone(),
-                tag: target.tag.clone(),
-            }]
-        } else {
-            vec![]
-        };
-        return Plan {
-            current: current.clone(),
-            target: Some(target.version.clone()),
-            hops,
-            notes,
-            blocked,
-        };
+        return downgrade(current, target, policy, notes);
     }
     if target.version.major != current.major {
         return Plan {
@@ -255,6 +174,106 @@ pub fn plan(
         hops,
         notes,
         blocked: None,
+    }
+}
+
+/// The releases a plan may use, and every minor series the feed shows; why each other newer
+/// release was left out goes to `notes`.
+fn eligible<'a>(
+    current: &Version,
+    releases: &'a [Release],
+    policy: &Policy,
+    bad: &HashMap<String, String>,
+    now: i64,
+    notes: &mut Vec<String>,
+) -> (Vec<&'a Release>, BTreeMap<(u64, u64), ()>) {
+    let mut eligible: Vec<&Release> = Vec::new();
+    let mut known_series: BTreeMap<(u64, u64), ()> = BTreeMap::new();
+    for r in releases {
+        let v = &r.version;
+        if !v.pre.is_empty() && policy.channel == Channel::Stable {
+            if v > current {
+                notes.push(format!("{}: prerelease (channel is stable)", r.tag));
+            }
+            continue;
+        }
+        known_series.insert(series(v), ());
+        if v <= current && !policy.allow_downgrade {
+            continue;
+        }
+        let base = Version::new(v.major, v.minor, v.patch);
+        if !policy.constraint.matches(&base) {
+            notes.push(format!(
+                "{}: outside constraint {}",
+                r.tag, policy.constraint
+            ));
+            continue;
+        }
+        if policy.skip.contains(v) {
+            notes.push(format!("{}: listed in release.skip", r.tag));
+            continue;
+        }
+        if !r.assets_ready() {
+            notes.push(format!("{}: assets not published yet (binary or checksums.txt missing or still uploading); will retry", r.tag));
+            continue;
+        }
+        let explicit = policy.target.as_ref() == Some(v) || policy.pin.as_ref() == Some(v);
+        if let Some(reason) = bad.get(&r.tag) {
+            // A bad mark stops automatic retries; naming the version (`--to`) retries it, and
+            // verification and staging run again as always.
+            if policy.target.as_ref() != Some(v) {
+                notes.push(format!(
+                    "{}: recorded as bad ({reason}); retry with --to {v}",
+                    r.tag
+                ));
+                continue;
+            }
+        }
+        if let Some(published) = r.published_at {
+            let ready_at = published + policy.min_age_secs;
+            if ready_at > now && !explicit {
+                notes.push(format!(
+                    "{}: in cooldown for another {} (release.min_age)",
+                    r.tag,
+                    fmt_remaining(ready_at - now)
+                ));
+                continue;
+            }
+        }
+        eligible.push(r);
+    }
+    (eligible, known_series)
+}
+
+/// A target older than the running version: one hop within the same minor, when allowed.
+fn downgrade(current: &Version, target: &Release, policy: &Policy, notes: Vec<String>) -> Plan {
+    let blocked = if !policy.allow_downgrade {
+        Some(format!(
+            "{} is older than the running {current}; pass --allow-downgrade",
+            target.version
+        ))
+    } else if series(&target.version) != series(current) {
+        Some(format!(
+            "downgrading from {current} to {} crosses a minor version, which Headscale refuses; use `headwarden rollback` to restore the backup taken before the upgrade",
+            target.version
+        ))
+    } else {
+        None
+    };
+    let hops = if blocked.is_none() {
+        vec![Hop {
+            version: target.version.clone(),
+            tag: target.tag.clone(),
+        }]
+    } else {
+        vec![]
+    };
+    Plan {
+        current: current.clone(),
+        target: Some(target.version.clone()),
+        hops,
+        notes,
+        blocked,
     }
 }
 
