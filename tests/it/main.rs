@@ -13,5 +13,6 @@ mod notify;
 mod playbook;
 mod real;
 mod schedule;
+mod snapshots;
 mod tidy;
 mod upgrade;

@@ -120,96 +120,17 @@ pub async fn run(keep: bool) -> Result<u8, Failure> {
     std::fs::write(&config_path, demo_config(&root, &addr, &pubkey) + &notify)?;
     let settings = settings::load(&config_path)?;
     let store = Store::open(&settings.state_dir)?;
-    let say = |line: &str| println!("   {line}");
-    let opts = UpgradeOptions::default();
-
+    let story = Story {
+        settings: &settings,
+        store: &store,
+        sim_bin: &sim_bin,
+        root: &root,
+        config_path: &config_path,
+    };
     let result: Result<u8, Failure> = async {
-        println!("\n-- step 1: check (changes nothing)");
-        let report = upgrade::check(&settings, &store, &opts).await?;
-        let path: Vec<String> = report.plan.hops.iter().map(|h| h.version.to_string()).collect();
-        println!("   production runs {}; plan: {}", report.current, path.join(" -> "));
-
-        println!("\n-- step 2: upgrade (two hops, each staged on a copy of production's database first)");
-        let out = upgrade::upgrade(&settings, &store, &opts, &say).await?;
-        describe(&out);
-
-        println!("\n-- step 3: v0.28.1 is published; it passes staging but crashes when started on production");
-        sim(&sim_bin, &["make-release", "--feed", &d("feed"), "--version", "0.28.1", "--fault", "prod-crash", "--sign", &d("keys/minisign.key")]).await?;
-        let out = upgrade::upgrade(&settings, &store, &opts, &say).await?;
-        describe(&out);
-
-        println!("\n-- step 4: v0.29.0 is published; its migration silently drops nodes");
-        sim(&sim_bin, &["make-release", "--feed", &d("feed"), "--version", "0.29.0", "--fault", "drop-rows", "--sign", &d("keys/minisign.key")]).await?;
-        let out = upgrade::upgrade(&settings, &store, &opts, &say).await?;
-        describe(&out);
-
-        let config = deploy::production_config(&settings)?;
-        let p = upgrade::prod(&settings, &store, &config);
-        let base = smoke::baseline(&p.target(), Duration::from_secs(10)).await.map_err(|e| anyhow::anyhow!(e))?;
-        let now = upgrade::current_version(&settings).await?;
-        println!("\n== result: production runs {now}, healthy, {} users and {} nodes (same as before the demo)", base.users.len(), base.nodes.len());
-        println!("   journal: `headwarden --config {} history`", config_path.display());
-
-        println!("\n-- step 5: the key job (over the unix socket: gRPC, since production runs {now})");
-        let prod_cfg = root.join("prod/etc/config.yaml").display().to_string();
-        let launcher = root.join("prod/bin/headscale");
-        for (prefix, age) in [("laptop", "80"), ("phone", "95")] {
-            process::run(
-                &[launcher.display().to_string(), "-c".into(), prod_cfg.clone(), "debug".into(), "seed".into(), "--users".into(), "1".into(),
-                  "--nodes-per-user".into(), "1".into(), "--age-days".into(), age.into(), "--prefix".into(), prefix.into()],
-                Duration::from_secs(30),
-            )
-            .await?;
-        }
-        println!("   registered a laptop 80 days ago and a phone 95 days ago (max_age 90d, reminders at 14d/7d/1d, grace 7d)");
-        let mut api = ApiClient::connect(&settings).await?;
-        for p in keys::plan_now(&settings, &store, &api).await?.iter().filter(|p| !p.name.starts_with("user")) {
-            let state = serde_json::to_value(&p.state).unwrap_or_default();
-            let action = serde_json::to_value(&p.action).unwrap_or_default();
-            println!(
-                "   plan: {:<14} {}{} -> {}{}",
-                p.name,
-                state["state"].as_str().unwrap_or("?"),
-                state.get("stage").map(|s| format!(" (stage {s})")).unwrap_or_default(),
-                action["action"].as_str().unwrap_or("?"),
-                action.get("stage").map(|s| format!(" (stage {s})")).unwrap_or_default()
-            );
-        }
-        keys::run(&settings, &store, &mut api, &say).await?;
-        for row in store.outbox()?.iter().filter(|r| r.event == "keys.reminder") {
-            let cmd = row.payload["command"].as_str().unwrap_or("");
-            let masked: String = cmd.split(' ').map(|w| if w.starts_with("hskey-auth-") { "hskey-auth-…(one-time key)" } else { w }).collect::<Vec<_>>().join(" ");
-            println!("   queued for {}: {masked}", row.payload["node"]["user"].as_str().unwrap_or(""));
-        }
-        println!("\n-- step 6: security audit (the seed mitigations as checks; chat hears only what changed)");
-        let report = audit::run(&settings, &store)
-            .await
-            .map_err(|e| anyhow::anyhow!("audit: {e}"))?;
-        for f in &report.findings {
-            println!("   [{}] {} — {}", f.severity.as_str(), f.id, f.title);
-        }
-        println!(
-            "   {} open finding(s), {} skipped check(s); the first audit is the baseline, later ones report only new and resolved findings",
-            report.findings.len(),
-            report.skipped.len()
-        );
-        println!("\n-- step 7: chat delivery (a local receiver speaking Slack's and a generic webhook's APIs)");
-        // The playbooks' notify steps already delivered most of it; this sends the rest.
-        let r = notify::flush(&settings, &store, notify::FLUSH_BUDGET).await?;
-        let messages = std::fs::read_to_string(root.join("chat/messages.jsonl")).unwrap_or_default();
-        for line in messages.lines() {
-            let m: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
-            if m["service"] == "webhook" {
-                println!("   [{}] {}", m["body"]["severity"].as_str().unwrap_or(""), m["body"]["title"].as_str().unwrap_or(""));
-            }
-        }
-        let delivered = messages.lines().count();
-        println!(
-            "   delivered {delivered} messages ({} events, each to Slack and the webhook); {} waiting, {} failed; a second run sends nothing again",
-            delivered / 2,
-            r.retrying,
-            r.failed
-        );
+        let now = upgrade_steps(&story).await?;
+        key_step(&story, &now).await?;
+        audit_and_chat_steps(&story).await?;
         Ok(exit::OK)
     }
     .await;
@@ -229,6 +150,212 @@ pub async fn run(keep: bool) -> Result<u8, Failure> {
         println!("kept {}", kept.display());
     }
     result
+}
+
+/// What the story's steps share.
+struct Story<'a> {
+    settings: &'a settings::Settings,
+    store: &'a Store,
+    sim_bin: &'a Path,
+    root: &'a Path,
+    config_path: &'a Path,
+}
+
+/// Steps 1–4: check, a two-hop upgrade, a release that crashes on production, one that drops
+/// rows; returns the version production ends on.
+async fn upgrade_steps(st: &Story<'_>) -> Result<semver::Version, Failure> {
+    let (settings, store, sim_bin, root, config_path) =
+        (st.settings, st.store, st.sim_bin, st.root, st.config_path);
+    let d = |p: &str| root.join(p).display().to_string();
+    let say = |line: &str| println!("   {line}");
+    let opts = UpgradeOptions::default();
+    println!("\n-- step 1: check (changes nothing)");
+    let report = upgrade::check(&settings, &store, &opts).await?;
+    let path: Vec<String> = report
+        .plan
+        .hops
+        .iter()
+        .map(|h| h.version.to_string())
+        .collect();
+    println!(
+        "   production runs {}; plan: {}",
+        report.current,
+        path.join(" -> ")
+    );
+
+    println!(
+        "\n-- step 2: upgrade (two hops, each staged on a copy of production's database first)"
+    );
+    let out = upgrade::upgrade(&settings, &store, &opts, &say).await?;
+    describe(&out);
+
+    println!("\n-- step 3: v0.28.1 is published; it passes staging but crashes when started on production");
+    sim(
+        &sim_bin,
+        &[
+            "make-release",
+            "--feed",
+            &d("feed"),
+            "--version",
+            "0.28.1",
+            "--fault",
+            "prod-crash",
+            "--sign",
+            &d("keys/minisign.key"),
+        ],
+    )
+    .await?;
+    let out = upgrade::upgrade(&settings, &store, &opts, &say).await?;
+    describe(&out);
+
+    println!("\n-- step 4: v0.29.0 is published; its migration silently drops nodes");
+    sim(
+        &sim_bin,
+        &[
+            "make-release",
+            "--feed",
+            &d("feed"),
+            "--version",
+            "0.29.0",
+            "--fault",
+            "drop-rows",
+            "--sign",
+            &d("keys/minisign.key"),
+        ],
+    )
+    .await?;
+    let out = upgrade::upgrade(&settings, &store, &opts, &say).await?;
+    describe(&out);
+
+    let config = deploy::production_config(&settings)?;
+    let p = upgrade::prod(&settings, &store, &config);
+    let base = smoke::baseline(&p.target(), Duration::from_secs(10))
+        .await
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let now = upgrade::current_version(&settings).await?;
+    println!("\n== result: production runs {now}, healthy, {} users and {} nodes (same as before the demo)", base.users.len(), base.nodes.len());
+    println!(
+        "   journal: `headwarden --config {} history`",
+        config_path.display()
+    );
+    Ok(now)
+}
+
+/// Step 5: the key job on nodes registered long ago.
+async fn key_step(st: &Story<'_>, now: &semver::Version) -> Result<(), Failure> {
+    let (settings, store, root) = (st.settings, st.store, st.root);
+    let say = |line: &str| println!("   {line}");
+    println!("\n-- step 5: the key job (over the unix socket: gRPC, since production runs {now})");
+    let prod_cfg = root.join("prod/etc/config.yaml").display().to_string();
+    let launcher = root.join("prod/bin/headscale");
+    for (prefix, age) in [("laptop", "80"), ("phone", "95")] {
+        process::run(
+            &[
+                launcher.display().to_string(),
+                "-c".into(),
+                prod_cfg.clone(),
+                "debug".into(),
+                "seed".into(),
+                "--users".into(),
+                "1".into(),
+                "--nodes-per-user".into(),
+                "1".into(),
+                "--age-days".into(),
+                age.into(),
+                "--prefix".into(),
+                prefix.into(),
+            ],
+            Duration::from_secs(30),
+        )
+        .await?;
+    }
+    println!("   registered a laptop 80 days ago and a phone 95 days ago (max_age 90d, reminders at 14d/7d/1d, grace 7d)");
+    let mut api = ApiClient::connect(&settings).await?;
+    for p in keys::plan_now(&settings, &store, &api)
+        .await?
+        .iter()
+        .filter(|p| !p.name.starts_with("user"))
+    {
+        let state = serde_json::to_value(&p.state).unwrap_or_default();
+        let action = serde_json::to_value(&p.action).unwrap_or_default();
+        println!(
+            "   plan: {:<14} {}{} -> {}{}",
+            p.name,
+            state["state"].as_str().unwrap_or("?"),
+            state
+                .get("stage")
+                .map(|s| format!(" (stage {s})"))
+                .unwrap_or_default(),
+            action["action"].as_str().unwrap_or("?"),
+            action
+                .get("stage")
+                .map(|s| format!(" (stage {s})"))
+                .unwrap_or_default()
+        );
+    }
+    keys::run(&settings, &store, &mut api, &say).await?;
+    for row in store
+        .outbox()?
+        .iter()
+        .filter(|r| r.event == "keys.reminder")
+    {
+        let cmd = row.payload["command"].as_str().unwrap_or("");
+        let masked: String = cmd
+            .split(' ')
+            .map(|w| {
+                if w.starts_with("hskey-auth-") {
+                    "hskey-auth-…(one-time key)"
+                } else {
+                    w
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(" ");
+        println!(
+            "   queued for {}: {masked}",
+            row.payload["node"]["user"].as_str().unwrap_or("")
+        );
+    }
+    Ok(())
+}
+
+/// Steps 6 and 7: the audit, then chat delivery.
+async fn audit_and_chat_steps(st: &Story<'_>) -> Result<(), Failure> {
+    let (settings, store, root) = (st.settings, st.store, st.root);
+    println!("\n-- step 6: security audit (the seed mitigations as checks; chat hears only what changed)");
+    let report = audit::run(&settings, &store)
+        .await
+        .map_err(|e| anyhow::anyhow!("audit: {e}"))?;
+    for f in &report.findings {
+        println!("   [{}] {} — {}", f.severity.as_str(), f.id, f.title);
+    }
+    println!(
+        "   {} open finding(s), {} skipped check(s); the first audit is the baseline, later ones report only new and resolved findings",
+        report.findings.len(),
+        report.skipped.len()
+    );
+    println!("\n-- step 7: chat delivery (a local receiver speaking Slack's and a generic webhook's APIs)");
+    // The playbooks' notify steps already delivered most of it; this sends the rest.
+    let r = notify::flush(&settings, &store, notify::FLUSH_BUDGET).await?;
+    let messages = std::fs::read_to_string(root.join("chat/messages.jsonl")).unwrap_or_default();
+    for line in messages.lines() {
+        let m: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
+        if m["service"] == "webhook" {
+            println!(
+                "   [{}] {}",
+                m["body"]["severity"].as_str().unwrap_or(""),
+                m["body"]["title"].as_str().unwrap_or("")
+            );
+        }
+    }
+    let delivered = messages.lines().count();
+    println!(
+        "   delivered {delivered} messages ({} events, each to Slack and the webhook); {} waiting, {} failed; a second run sends nothing again",
+        delivered / 2,
+        r.retrying,
+        r.failed
+    );
+    Ok(())
 }
 
 /// The address a fixture server wrote once it listens (empty after five seconds).

@@ -171,30 +171,12 @@ async fn headscale(root: &Path, args: &[&str]) -> Result<String, Failure> {
     Ok(out.stdout)
 }
 
-pub async fn run(keep: bool) -> Result<u8, Failure> {
-    let sim_bin = process::sibling_binary("headscale-sim").ok_or_else(|| {
-        anyhow::anyhow!("headscale-sim not found next to headwarden; build both with `cargo build`")
-    })?;
-    let rig = process::rig_dir()
-        .ok_or_else(|| anyhow::anyhow!("set HEADWARDEN_RIG or HOME to find the rig"))?;
-    let hs = |v: &str| rig_binary(&rig, &format!("headscale/{v}/headscale"));
-    let ts = tailscale_dir(&rig)?;
-    let tmp = tempfile::Builder::new()
-        .prefix("headwarden-demo-real-")
-        .tempdir()?;
-    let root = tmp.path().to_path_buf();
-    println!(
-        "== headwarden demo --real: real Headscale and real Tailscale clients on 127.0.0.1 =="
-    );
-    println!(
-        "   directory: {}; binaries: {}",
-        root.display(),
-        rig.display()
-    );
+/// Publishes real binary `binary` as signed release `v` in the demo's feed.
+async fn publish(sim_bin: &Path, root: &Path, v: &str, binary: PathBuf) -> Result<String, Failure> {
     let d = |p: &str| root.join(p).display().to_string();
-    let pubkey = sim(&sim_bin, &["keygen", "--out", &d("keys")]).await?;
-    let publish = |v: &str, binary: PathBuf| {
-        let args: Vec<String> = [
+    sim(
+        sim_bin,
+        &[
             "make-release",
             "--feed",
             &d("feed"),
@@ -204,44 +186,18 @@ pub async fn run(keep: bool) -> Result<u8, Failure> {
             &binary.display().to_string(),
             "--sign",
             &d("keys/minisign.key"),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        let sim_bin = sim_bin.clone();
-        async move {
-            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-            sim(&sim_bin, &refs).await
-        }
-    };
-    publish("0.27.1", hs("0.27.1")?).await?;
-    publish("0.28.0", hs("0.28.0")?).await?;
-    let base = hs("0.26.1")?.display().to_string();
-    let prod = d("prod");
-    let mut testbed = vec![
-        "testbed",
-        "--dir",
-        &prod,
-        "--version",
-        "0.26.1",
-        "--start",
-        "--binary",
-        &base,
-    ];
-    if nix::unistd::geteuid().is_root() {
-        testbed.extend(["--run-as", NOBODY]);
-    }
-    sim(&sim_bin, &testbed).await?;
-    let listen = std::fs::read_to_string(root.join("prod/etc/config.yaml"))?
-        .lines()
-        .find_map(|l| l.strip_prefix("listen_addr: ").map(str::to_string))
-        .unwrap_or_default();
-    let login = format!("http://{listen}");
+        ],
+    )
+    .await
+}
+
+/// alice-laptop and bob-phone: a user each, a pre-auth key each, a real `tailscaled` each.
+async fn join_clients(root: &Path, ts: &Path, login: &str) -> Result<Vec<Client>, Failure> {
     let mut clients = Vec::new();
     for (user, name) in [("alice", "alice-laptop"), ("bob", "bob-phone")] {
-        headscale(&root, &["users", "create", user]).await?;
+        headscale(root, &["users", "create", user]).await?;
         let users: serde_json::Value =
-            serde_json::from_str(&headscale(&root, &["users", "list", "-o", "json"]).await?)
+            serde_json::from_str(&headscale(root, &["users", "list", "-o", "json"]).await?)
                 .unwrap_or_default();
         let id = users
             .as_array()
@@ -265,8 +221,104 @@ pub async fn run(keep: bool) -> Result<u8, Failure> {
             .await?,
         )
         .unwrap_or_default();
-        clients.push(join(&root, &ts, name, &login, key["key"].as_str().unwrap_or("")).await?);
+        clients.push(join(root, ts, name, login, key["key"].as_str().unwrap_or("")).await?);
     }
+    Ok(clients)
+}
+
+/// The demo's steps over the running production, feed and clients.
+async fn story(
+    settings: &settings::Settings,
+    store: &Store,
+    sim_bin: &Path,
+    root: &Path,
+    clients: &[Client],
+    hs: &dyn Fn(&str) -> Result<PathBuf, Failure>,
+) -> Result<u8, Failure> {
+    let say = |line: &str| println!("   {line}");
+    let opts = UpgradeOptions::default();
+    println!("   {}", clients[0].ping(&clients[1]).await?);
+    println!("\n-- step 1: upgrade (two hops, each staged on a copy of production's real database first)");
+    describe(&upgrade::upgrade(&settings, &store, &opts, &say).await?);
+    println!("   {}", clients[0].ping(&clients[1]).await?);
+
+    println!("\n-- step 2: v0.29.3 is published, rigged to fail only as production (after migrating its database)");
+    let real = root.join("real-headscale-0.29.3");
+    std::fs::copy(hs("0.29.3")?, &real)?;
+    let wrapper = root.join("headscale-0.29.3-prod-fails");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\ncase \" $* \" in *\" serve \"*\"{}\"*) export HEADSCALE_LISTEN_ADDR=127.0.0.1:1 ;; esac\nexec '{}' \"$@\"\n",
+            root.join("prod/etc/config.yaml").display(),
+            real.display()
+        ),
+    )?;
+    publish(sim_bin, root, "0.29.3", wrapper).await?;
+    describe(&upgrade::upgrade(&settings, &store, &opts, &say).await?);
+    println!("   {}", clients[0].ping(&clients[1]).await?);
+
+    println!("\n-- step 3: the real v0.29.2 is published");
+    publish(sim_bin, root, "0.29.2", hs("0.29.2")?).await?;
+    describe(&upgrade::upgrade(&settings, &store, &opts, &say).await?);
+    println!("   {}", clients[1].ping(&clients[0]).await?);
+
+    println!("\n-- step 4: the key job (max_age 10m for the demo: every node is due)");
+    let mut api = ApiClient::connect(&settings).await?;
+    let report = keys::run(&settings, &store, &mut api, &say).await?;
+    println!(
+        "   {} reminder(s) with one-time keys; the keys go only to each owner's own destination (none configured here), never to logs",
+        report.reminders.len()
+    );
+    Ok(exit::OK)
+}
+
+pub async fn run(keep: bool) -> Result<u8, Failure> {
+    let sim_bin = process::sibling_binary("headscale-sim").ok_or_else(|| {
+        anyhow::anyhow!("headscale-sim not found next to headwarden; build both with `cargo build`")
+    })?;
+    let rig = process::rig_dir()
+        .ok_or_else(|| anyhow::anyhow!("set HEADWARDEN_RIG or HOME to find the rig"))?;
+    let hs = |v: &str| rig_binary(&rig, &format!("headscale/{v}/headscale"));
+    let ts = tailscale_dir(&rig)?;
+    let tmp = tempfile::Builder::new()
+        .prefix("headwarden-demo-real-")
+        .tempdir()?;
+    let root = tmp.path().to_path_buf();
+    println!(
+        "== headwarden demo --real: real Headscale and real Tailscale clients on 127.0.0.1 =="
+    );
+    println!(
+        "   directory: {}; binaries: {}",
+        root.display(),
+        rig.display()
+    );
+    let d = |p: &str| root.join(p).display().to_string();
+    let pubkey = sim(&sim_bin, &["keygen", "--out", &d("keys")]).await?;
+    publish(&sim_bin, &root, "0.27.1", hs("0.27.1")?).await?;
+    publish(&sim_bin, &root, "0.28.0", hs("0.28.0")?).await?;
+    let base = hs("0.26.1")?.display().to_string();
+    let prod = d("prod");
+    let mut testbed = vec![
+        "testbed",
+        "--dir",
+        &prod,
+        "--version",
+        "0.26.1",
+        "--start",
+        "--binary",
+        &base,
+    ];
+    if nix::unistd::geteuid().is_root() {
+        testbed.extend(["--run-as", NOBODY]);
+    }
+    sim(&sim_bin, &testbed).await?;
+    let listen = std::fs::read_to_string(root.join("prod/etc/config.yaml"))?
+        .lines()
+        .find_map(|l| l.strip_prefix("listen_addr: ").map(str::to_string))
+        .unwrap_or_default();
+    let login = format!("http://{listen}");
+    let clients = join_clients(&root, &ts, &login).await?;
     println!("-- production: real Headscale 0.26.1{}; alice-laptop and bob-phone joined with real tailscaled clients",
         if nix::unistd::geteuid().is_root() { " running as nobody" } else { "" });
 
@@ -290,46 +342,7 @@ pub async fn run(keep: bool) -> Result<u8, Failure> {
     )?;
     let settings = settings::load(&config_path)?;
     let store = Store::open(&settings.state_dir)?;
-    let say = |line: &str| println!("   {line}");
-    let opts = UpgradeOptions::default();
-
-    let result: Result<u8, Failure> = async {
-        println!("   {}", clients[0].ping(&clients[1]).await?);
-        println!("\n-- step 1: upgrade (two hops, each staged on a copy of production's real database first)");
-        describe(&upgrade::upgrade(&settings, &store, &opts, &say).await?);
-        println!("   {}", clients[0].ping(&clients[1]).await?);
-
-        println!("\n-- step 2: v0.29.3 is published, rigged to fail only as production (after migrating its database)");
-        let real = root.join("real-headscale-0.29.3");
-        std::fs::copy(hs("0.29.3")?, &real)?;
-        let wrapper = root.join("headscale-0.29.3-prod-fails");
-        std::fs::write(
-            &wrapper,
-            format!(
-                "#!/bin/sh\ncase \" $* \" in *\" serve \"*\"{}\"*) export HEADSCALE_LISTEN_ADDR=127.0.0.1:1 ;; esac\nexec '{}' \"$@\"\n",
-                root.join("prod/etc/config.yaml").display(),
-                real.display()
-            ),
-        )?;
-        publish("0.29.3", wrapper).await?;
-        describe(&upgrade::upgrade(&settings, &store, &opts, &say).await?);
-        println!("   {}", clients[0].ping(&clients[1]).await?);
-
-        println!("\n-- step 3: the real v0.29.2 is published");
-        publish("0.29.2", hs("0.29.2")?).await?;
-        describe(&upgrade::upgrade(&settings, &store, &opts, &say).await?);
-        println!("   {}", clients[1].ping(&clients[0]).await?);
-
-        println!("\n-- step 4: the key job (max_age 10m for the demo: every node is due)");
-        let mut api = ApiClient::connect(&settings).await?;
-        let report = keys::run(&settings, &store, &mut api, &say).await?;
-        println!(
-            "   {} reminder(s) with one-time keys; the keys go only to each owner's own destination (none configured here), never to logs",
-            report.reminders.len()
-        );
-        Ok(exit::OK)
-    }
-    .await;
+    let result = story(&settings, &store, &sim_bin, &root, &clients, &hs).await;
 
     for mut c in clients {
         process::terminate(&mut c.daemon, Duration::from_secs(2)).await;

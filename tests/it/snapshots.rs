@@ -1,0 +1,78 @@
+//! Snapshots of the text admins read — `check`, `status`, `keys plan`, `audit`, `history` — so a
+//! change to any of it shows up as a reviewed diff (`cargo insta review`, or
+//! `INSTA_UPDATE=always cargo test snapshots` and read `git diff`). What differs from run to run
+//! (temp paths, ports, times, durations, keys) is filtered to placeholders first; everything
+//! else must match byte for byte.
+
+use crate::support::{code, Sandbox};
+
+/// Replaces what differs between runs; `root` is the sandbox directory.
+fn settings(root: &str) -> insta::Settings {
+    let mut s = insta::Settings::clone_current();
+    s.set_prepend_module_to_snapshot(false);
+    s.set_snapshot_path("snapshots");
+    s.add_filter(&regex_escape(root), "[SANDBOX]");
+    s.add_filter(r"127\.0\.0\.1:\d+", "127.0.0.1:[PORT]");
+    s.add_filter(
+        r"\d{4}-\d\d-\d\d[T ]\d\d:\d\d(:\d\d)?(\.\d+)?(Z| ?[+-]\d\d:?\d\d)?( [A-Z]{2,5})?",
+        "[TIME]",
+    );
+    // Key deadlines count from each node's registration, which the fixture sets relative to now.
+    s.add_filter(r"\b\d{4}-\d\d-\d\d\b", "[DATE]");
+    // Right-aligned in history's columns: the padding goes with the number.
+    s.add_filter(r" +\d+(\.\d+)? ?(ms|s)\b", " [DURATION]");
+    s.add_filter(r"\b[0-9a-f]{64}\b", "[SHA256]");
+    s.add_filter(r"(API key |api_key_no_expiry:)[0-9a-f]+", "$1[PREFIX]");
+    s.add_filter(r"hskey-(auth|api)-[A-Za-z0-9_-]+", "hskey-$1-[KEY]");
+    s.add_filter(r"\brun \d+\b", "run [N]");
+    s.add_filter(r"#\d+\b", "#[N]");
+    s
+}
+
+fn regex_escape(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '/' || c == '_' {
+                c.to_string()
+            } else {
+                format!("\\{c}")
+            }
+        })
+        .collect()
+}
+
+/// stdout and stderr as an admin sees them, with the exit code.
+fn shown(sb: &Sandbox, args: &[&str]) -> String {
+    let out = sb.hw(args);
+    format!(
+        "$ headwarden {}\nexit: {}\n--- stdout\n{}--- stderr\n{}",
+        args.join(" "),
+        code(&out),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn the_text_admins_read() {
+    let mut sb = Sandbox::new("0.26.1");
+    for v in ["0.27.1", "0.28.0"] {
+        sb.release(v, "none");
+    }
+    sb.enable_api(false);
+    // One node of each key state the plan distinguishes.
+    sb.seed("fresh", 10, None, "");
+    sb.seed("due", 80, None, "");
+    sb.seed("overdue", 95, None, "");
+    sb.seed("server", 200, None, "tag:server");
+    let root = sb.path("").display().to_string();
+    settings(root.trim_end_matches('/')).bind(|| {
+        insta::assert_snapshot!("check", shown(&sb, &["check"]));
+        insta::assert_snapshot!("keys_plan", shown(&sb, &["keys", "plan"]));
+        insta::assert_snapshot!("audit", shown(&sb, &["audit"]));
+        insta::assert_snapshot!("status_before", shown(&sb, &["status"]));
+        assert_eq!(code(&sb.hw(&["upgrade", "--yes"])), 0);
+        insta::assert_snapshot!("history", shown(&sb, &["history"]));
+        insta::assert_snapshot!("status_after", shown(&sb, &["status"]));
+    });
+}
