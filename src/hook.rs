@@ -13,27 +13,53 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::process;
+use crate::process::{self, ProcessError};
 use crate::settings::playbook::Step;
 
-/// Runs one hook step with `context`; `Ok(summary)` or `Err(reason)`.
-pub async fn run(step: &Step, context: &Value) -> Result<String, String> {
+/// Why a hook failed. The URL is never part of it (it may carry a token): only its host.
+#[derive(Debug, thiserror::Error)]
+pub enum HookError {
+    #[error("{0}")]
+    Spawn(#[from] ProcessError),
+    #[error("{name} failed ({status}): {tail}")]
+    Command {
+        name: String,
+        status: std::process::ExitStatus,
+        tail: String,
+    },
+    #[error("{0}")]
+    Client(String),
+    #[error("POST to {host}: {detail}")]
+    Request { host: String, detail: String },
+    #[error("POST to {host} answered {status}")]
+    Status {
+        host: String,
+        status: reqwest::StatusCode,
+    },
+    #[error("hook has neither argv nor url")]
+    Empty,
+}
+
+/// Runs one hook step with `context`; `Ok(summary)` or why it failed.
+pub async fn run(step: &Step, context: &Value) -> Result<String, HookError> {
     let timeout = step.timeout().unwrap_or(Duration::from_secs(60));
     if let Some(argv) = &step.argv {
         let env = environment(context);
-        let out = process::run_env(argv, &env, timeout)
-            .await
-            .map_err(|e| e.to_string())?;
+        let out = process::run_env(argv, &env, timeout).await?;
         let name = argv.first().map(String::as_str).unwrap_or("");
         if out.success() {
             Ok(format!("{name}: ok"))
         } else {
-            Err(format!("{name} failed ({}): {}", out.status, out.tail()))
+            Err(HookError::Command {
+                name: name.to_string(),
+                status: out.status,
+                tail: out.tail(),
+            })
         }
     } else if let Some(url) = &step.url {
         post(url, context, timeout).await
     } else {
-        Err("hook has neither argv nor url".into())
+        Err(HookError::Empty)
     }
 }
 
@@ -63,12 +89,12 @@ fn environment(context: &Value) -> Vec<(String, String)> {
     env
 }
 
-async fn post(url: &str, context: &Value, timeout: Duration) -> Result<String, String> {
+async fn post(url: &str, context: &Value, timeout: Duration) -> Result<String, HookError> {
     let client = reqwest::Client::builder()
         .timeout(timeout)
         .redirect(reqwest::redirect::Policy::none())
         .build()
-        .map_err(|e| e.without_url().to_string())?;
+        .map_err(|e| HookError::Client(e.without_url().to_string()))?;
     // The URL may carry a token; errors are reported without it.
     let host = url::Url::parse(url)
         .ok()
@@ -84,12 +110,15 @@ async fn post(url: &str, context: &Value, timeout: Duration) -> Result<String, S
         .body(context.to_string())
         .send()
         .await
-        .map_err(|e| format!("POST to {host}: {}", e.without_url()))?;
+        .map_err(|e| HookError::Request {
+            host: host.clone(),
+            detail: e.without_url().to_string(),
+        })?;
     let status = resp.status();
     if status.is_success() {
         Ok(format!("POST to {host}: {status}"))
     } else {
-        Err(format!("POST to {host} answered {status}"))
+        Err(HookError::Status { host, status })
     }
 }
 

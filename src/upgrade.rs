@@ -106,7 +106,7 @@ pub enum PipelineError {
     #[error(transparent)]
     CurrentVersion(#[from] deploy::CurrentVersionError),
     #[error("production is not healthy before the upgrade: {0}")]
-    ProductionUnhealthy(String),
+    ProductionUnhealthy(smoke::SmokeError),
     #[error("{0}")]
     NotStopped(String),
     #[error("{0}")]
@@ -661,7 +661,7 @@ impl RunCtx<'_> {
                 (self.say)(&format!("hook (step {}): {summary}", i + 1));
                 return Ok(None);
             }
-            Err(reason) => reason,
+            Err(e) => e.to_string(),
         };
         (self.say)(&format!("hook (step {}) FAILED: {reason}", i + 1));
         match step.on_failure() {
@@ -1012,6 +1012,7 @@ async fn restore(
             Ok(backup.version.clone())
         }
         Err(e) => {
+            let e = e.to_string();
             store.finish_run(run, "rollback_failed", &e)?;
             store.push_event(
                 Event::UpgradeRollbackFailed,

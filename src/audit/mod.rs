@@ -123,39 +123,62 @@ impl Report {
     }
 }
 
+/// Why a check could not run: it is listed under `skipped` with this text, and its findings
+/// from the last audit are carried forward instead of being reported resolved.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Unavailable(pub String);
+
+impl From<String> for Unavailable {
+    fn from(s: String) -> Self {
+        Unavailable(s)
+    }
+}
+
+/// Why the audit as a whole failed: a step that may not be skipped could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("audit step {step} ({name}): {reason}")]
+    Step {
+        step: usize,
+        name: &'static str,
+        reason: Unavailable,
+    },
+}
+
 /// Everything the checks read, fetched once.
 struct Ctx<'a> {
     s: &'a Settings,
     store: &'a Store,
     config: Option<HeadscaleConfig>,
     version: Option<semver::Version>,
-    api: Option<Result<ApiClient, String>>,
+    api: Option<Result<ApiClient, Unavailable>>,
 }
 
 impl Ctx<'_> {
-    fn config(&self) -> Result<&HeadscaleConfig, String> {
+    fn config(&self) -> Result<&HeadscaleConfig, Unavailable> {
         self.config
             .as_ref()
-            .ok_or_else(|| format!("cannot read {}", self.s.headscale.config.display()))
+            .ok_or_else(|| format!("cannot read {}", self.s.headscale.config.display()).into())
     }
-    async fn api(&mut self) -> Result<&ApiClient, String> {
+    async fn api(&mut self) -> Result<&ApiClient, Unavailable> {
         if self.api.is_none() {
             self.api = Some(
                 ApiClient::connect(self.s)
                     .await
-                    .map_err(|e| format!("no API access: {}", error_chain(&e))),
+                    .map_err(|e| format!("no API access: {}", error_chain(&e)).into()),
             );
         }
         match self.api.as_ref() {
             Some(Ok(a)) => Ok(a),
             Some(Err(e)) => Err(e.clone()),
-            None => Err("no API access".into()),
+            None => Err(Unavailable("no API access".into())),
         }
     }
 }
 
 /// Runs the audit playbook. `Ok` even when some checks were skipped (they are listed).
-pub async fn run(s: &Settings, store: &Store) -> Result<Report, String> {
+pub async fn run(s: &Settings, store: &Store) -> Result<Report, AuditError> {
     let config = HeadscaleConfig::load(&s.headscale.config).ok();
     let version = deploy::current_version(s).await.ok();
     let mut ctx = Ctx {
@@ -200,8 +223,7 @@ pub async fn run(s: &Settings, store: &Store) -> Result<Report, String> {
                 .config()
                 .map(|c| dns_checks(c, s.audit.allowed_nameservers.as_deref())),
             StepKind::Report => {
-                finish(s, store, &mut report, std::mem::take(&mut found), &ran)?;
-                Ok(vec![])
+                finish(s, store, &mut report, std::mem::take(&mut found), &ran).map(|()| vec![])
             }
             StepKind::Notify => {
                 notify::notify_step(s, store, step).await;
@@ -216,12 +238,15 @@ pub async fn run(s: &Settings, store: &Store) -> Result<Report, String> {
                     "resolved": report.resolved.len(),
                     "worst": report.worst().map(Severity::as_str),
                 });
-                hook::run(step, &ctx).await.map(|_| vec![])
+                hook::run(step, &ctx)
+                    .await
+                    .map(|_| vec![])
+                    .map_err(|e| Unavailable(e.to_string()))
             }
-            other => Err(format!(
+            other => Err(Unavailable(format!(
                 "step {:?} is not in the audit catalogue",
                 other.as_str()
-            )),
+            ))),
         };
         match result {
             Ok(f) => {
@@ -233,10 +258,16 @@ pub async fn run(s: &Settings, store: &Store) -> Result<Report, String> {
             Err(reason) if step.on_failure() == OnFailure::Continue => {
                 report.skipped.push(Skipped {
                     step: name.to_string(),
-                    reason,
+                    reason: reason.0,
                 });
             }
-            Err(reason) => return Err(format!("audit step {} ({name}): {reason}", i + 1)),
+            Err(reason) => {
+                return Err(AuditError::Step {
+                    step: i + 1,
+                    name,
+                    reason,
+                })
+            }
         }
     }
     Ok(report)
@@ -249,7 +280,7 @@ fn finish(
     report: &mut Report,
     found: Vec<Finding>,
     ran: &BTreeSet<String>,
-) -> Result<(), String> {
+) -> Result<(), Unavailable> {
     let today = chrono::Utc::now().date_naive();
     let mut seen = BTreeSet::new();
     for mut f in found {
@@ -395,7 +426,7 @@ fn step_of(check: &str) -> &str {
 // ---------------------------------------------------------------------------------------------
 // version
 
-async fn version_checks(ctx: &Ctx<'_>) -> Result<Vec<Finding>, String> {
+async fn version_checks(ctx: &Ctx<'_>) -> Result<Vec<Finding>, Unavailable> {
     let s = ctx.s;
     let mut out = Vec::new();
     // Tampering: the running binary is not what headwarden installed for that version.
@@ -416,7 +447,7 @@ async fn version_checks(ctx: &Ctx<'_>) -> Result<Vec<Finding>, String> {
                 "find out who changed it; `headwarden upgrade --to VERSION` reinstalls a verified binary",
             )),
             Ok(_) => {}
-            Err(e) => return Err(format!("hashing {}: {e}", target.display())),
+            Err(e) => return Err(format!("hashing {}: {e}", target.display()).into()),
         }
     }
     let current = deploy::current_version(s)
@@ -634,7 +665,7 @@ fn file_checks(
     c: &HeadscaleConfig,
     api_key_file: Option<&Path>,
     service_user: Option<&str>,
-) -> Result<Vec<Finding>, String> {
+) -> Result<Vec<Finding>, Unavailable> {
     use std::os::unix::fs::MetadataExt;
     let r = &c.root;
     // (path, what, secret)
@@ -743,7 +774,7 @@ fn days(secs: i64) -> i64 {
     secs / 86400
 }
 
-async fn enrollment_checks(ctx: &mut Ctx<'_>) -> Result<Vec<Finding>, String> {
+async fn enrollment_checks(ctx: &mut Ctx<'_>) -> Result<Vec<Finding>, Unavailable> {
     let s = ctx.s;
     let minted: BTreeSet<i64> = ctx
         .store
@@ -860,7 +891,7 @@ async fn enrollment_checks(ctx: &mut Ctx<'_>) -> Result<Vec<Finding>, String> {
 // nodes (API)
 
 /// The inventory: a YAML list of names, or of `{name, user}`.
-fn inventory(path: &Path) -> Result<Vec<(String, Option<String>)>, String> {
+fn inventory(path: &Path) -> Result<Vec<(String, Option<String>)>, Unavailable> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read the inventory {}: {e}", path.display()))?;
     settings::yaml_guard(&text).map_err(|e| format!("inventory {}: {e}", path.display()))?;
@@ -878,16 +909,16 @@ fn inventory(path: &Path) -> Result<Vec<(String, Option<String>)>, String> {
                     n.to_string(),
                     m.get("user").and_then(|u| u.as_str()).map(str::to_string),
                 )),
-                None => Err(format!(
+                None => Err(Unavailable(format!(
                     "inventory {}: every entry needs a name",
                     path.display()
-                )),
+                ))),
             },
         })
         .collect()
 }
 
-async fn node_checks(ctx: &mut Ctx<'_>) -> Result<Vec<Finding>, String> {
+async fn node_checks(ctx: &mut Ctx<'_>) -> Result<Vec<Finding>, Unavailable> {
     let s = ctx.s;
     let expected = s.audit.inventory.as_deref().map(inventory).transpose()?;
     let api = ctx.api().await?;
@@ -990,7 +1021,7 @@ async fn node_checks(ctx: &mut Ctx<'_>) -> Result<Vec<Finding>, String> {
 // ---------------------------------------------------------------------------------------------
 // policy
 
-async fn policy_checks(ctx: &mut Ctx<'_>) -> Result<Vec<Finding>, String> {
+async fn policy_checks(ctx: &mut Ctx<'_>) -> Result<Vec<Finding>, Unavailable> {
     let c = ctx.config()?.clone();
     let s = ctx.s;
     let mode = str_at(&c.root, "policy.mode").unwrap_or_else(|| "file".into());
@@ -1006,7 +1037,7 @@ async fn policy_checks(ctx: &mut Ctx<'_>) -> Result<Vec<Finding>, String> {
                 if chain.contains("not found") {
                     (None, "the database".to_string())
                 } else {
-                    return Err(chain);
+                    return Err(chain.into());
                 }
             }
         }

@@ -8,10 +8,15 @@
 
 use serde_json::Value;
 
+/// A policy that is not valid HuJSON.
+#[derive(Debug, thiserror::Error)]
+#[error("not valid HuJSON: {0}")]
+pub struct HujsonError(#[from] serde_json::Error);
+
 /// Parses HuJSON (JSON with `//` and `/* */` comments and trailing commas), as Headscale does.
-pub fn parse_hujson(text: &str) -> Result<Value, String> {
+pub fn parse_hujson(text: &str) -> Result<Value, HujsonError> {
     let plain = strip_trailing_commas(&strip_comments(text));
-    serde_json::from_str(&plain).map_err(|e| format!("not valid HuJSON: {e}"))
+    Ok(serde_json::from_str(&plain)?)
 }
 
 /// Calls `f` with each character and whether it is inside a string literal.

@@ -3,10 +3,23 @@
 
 use std::time::Duration;
 
-use crate::process;
+use crate::process::{self, ProcessError};
 use crate::settings::ServiceSettings;
 
 const SERVICE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Why the service manager did not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("{0}")]
+    Spawn(#[from] ProcessError),
+    #[error("`{argv}` exited with {code}: {tail}")]
+    Exited {
+        argv: String,
+        code: i32,
+        tail: String,
+    },
+}
 
 /// What the service manager says about production.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,7 +42,7 @@ impl Service {
         }
     }
 
-    async fn run(&self, action: &str) -> Result<(), String> {
+    async fn run(&self, action: &str) -> Result<(), ServiceError> {
         let argv: Vec<String> = match (&self.settings, action) {
             (ServiceSettings::Systemd { unit }, _) => {
                 vec!["systemctl".into(), action.into(), unit.clone()]
@@ -45,31 +58,28 @@ impl Service {
             ) => status.clone(),
             (ServiceSettings::Command { .. }, _) => return Ok(()),
         };
-        let out = process::run(&argv, SERVICE_TIMEOUT)
-            .await
-            .map_err(|e| e.to_string())?;
+        let out = process::run(&argv, SERVICE_TIMEOUT).await?;
         if out.success() {
             Ok(())
         } else {
-            Err(format!(
-                "`{}` exited with {}: {}",
-                argv.join(" "),
-                out.status.code().unwrap_or(-1),
-                out.tail()
-            ))
+            Err(ServiceError::Exited {
+                argv: argv.join(" "),
+                code: out.status.code().unwrap_or(-1),
+                tail: out.tail(),
+            })
         }
     }
 
-    pub async fn stop(&self) -> Result<(), String> {
+    pub async fn stop(&self) -> Result<(), ServiceError> {
         self.run("stop").await
     }
 
-    pub async fn start(&self) -> Result<(), String> {
+    pub async fn start(&self) -> Result<(), ServiceError> {
         self.run("start").await
     }
 
     /// `Ok` while the service runs (or when there is no way to ask).
-    pub async fn is_running(&self) -> Result<(), String> {
+    pub async fn is_running(&self) -> Result<(), ServiceError> {
         self.run("is-active").await
     }
 

@@ -18,7 +18,7 @@ use crate::headscale::config::{derive_staging, staging_env, HeadscaleConfig, Sta
 use crate::process;
 use crate::settings;
 use crate::settings::Settings;
-use crate::smoke::{self, Baseline, Report, Target};
+use crate::smoke::{self, Baseline, Report, SmokeError, Target};
 use crate::state::{sqlite_files, RunId, Store};
 use crate::verify;
 
@@ -247,14 +247,14 @@ async fn start_hop(
         let t = std::time::Instant::now();
         tracing::info!(version = %hop.version, pid, url = %base_url, attempt, "staging instance starting");
         let health = smoke::wait_healthy(&base_url, s.smoke.timeout, || match child.try_wait() {
-            Ok(Some(status)) => Err(format!(
+            Ok(Some(status)) => Err(SmokeError::Died(format!(
                 "staging process exited ({status}): {}",
                 log_tail(&log)
-            )),
+            ))),
             _ => Ok(()),
         })
         .await;
-        let Err(reason) = health else {
+        let Err(e) = health else {
             return Ok(Ok(Started {
                 child,
                 step,
@@ -263,6 +263,7 @@ async fn start_hop(
                 config_path,
             }));
         };
+        let reason = e.to_string();
         process::terminate(&mut child, Duration::from_secs(5)).await;
         store.step_finish(step, false, &reason, t.elapsed().as_millis())?;
         let port_conflict = reason.contains("address already in use");

@@ -30,16 +30,16 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use crate::deploy;
-use crate::deploy::service::ServiceState;
+use crate::deploy::service::{ServiceError, ServiceState};
 use crate::deploy::{current_target, io_err, switch_binary, DeployError, Installed, Service};
 use crate::error::error_chain;
 use crate::event::{Event, Severity};
 use crate::files;
-use crate::headscale::cli;
+use crate::headscale::cli::{self, CliError};
 use crate::headscale::config::HeadscaleConfig;
 use crate::process;
 use crate::settings::Settings;
-use crate::smoke::{self, Baseline, Target};
+use crate::smoke::{self, Baseline, SmokeError, Target};
 use crate::state;
 use crate::state::{sqlite_files, RunId, StepRow, Store};
 use crate::verify;
@@ -80,42 +80,37 @@ impl Prod<'_> {
         }
     }
 
-    async fn step<T>(
+    async fn step<T, E: Into<StepError>>(
         &self,
         run: RunId,
         hop: i64,
         name: &str,
         data: serde_json::Value,
         timings: &mut Vec<(String, u128)>,
-        f: impl std::future::Future<Output = Result<T, String>>,
-    ) -> Result<T, String> {
-        let id = self
-            .store
-            .step_start(run, hop, name, &data)
-            .map_err(|e| e.to_string())?;
+        f: impl std::future::Future<Output = Result<T, E>>,
+    ) -> Result<T, StepError> {
+        let id = self.store.step_start(run, hop, name, &data)?;
         process::crash_point(&format!("{name}:before"));
         let t = Instant::now();
         let r = match process::fail_point(name) {
-            Some(injected) => Err(injected),
-            None => f.await,
+            Some(injected) => Err(StepError::Injected(injected)),
+            None => f.await.map_err(Into::into),
         };
         process::crash_point(&format!("{name}:after"));
         let ms = t.elapsed().as_millis();
         timings.push((name.to_string(), ms));
         let msg = match &r {
             Ok(_) => "ok".to_string(),
-            Err(e) => e.clone(),
+            Err(e) => e.to_string(),
         };
-        self.store
-            .step_finish(id, r.is_ok(), &msg, ms)
-            .map_err(|e| e.to_string())?;
+        self.store.step_finish(id, r.is_ok(), &msg, ms)?;
         process::crash_point(&format!("{name}:done"));
         r
     }
 
     /// Polls `/health`; meanwhile asks the service manager every 200 ms whether the service is
     /// still running, so a crash at start fails fast instead of waiting out the timeout.
-    pub async fn wait_healthy(&self) -> Result<Duration, String> {
+    pub async fn wait_healthy(&self) -> Result<Duration, SmokeError> {
         let dead = std::sync::Arc::new(std::sync::Mutex::new(None::<String>));
         let watcher = {
             let dead = dead.clone();
@@ -125,7 +120,7 @@ impl Prod<'_> {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     if let Err(e) = service.is_running().await {
                         if let Ok(mut d) = dead.lock() {
-                            *d = Some(e);
+                            *d = Some(e.to_string());
                         }
                         return;
                     }
@@ -136,7 +131,7 @@ impl Prod<'_> {
             &self.config.http_base(),
             self.settings.smoke.timeout,
             || match dead.lock().ok().and_then(|d| d.clone()) {
-                Some(e) => Err(format!("the service is not running: {e}")),
+                Some(e) => Err(SmokeError::Died(format!("the service is not running: {e}"))),
                 None => Ok(()),
             },
         )
@@ -144,6 +139,32 @@ impl Prod<'_> {
         watcher.abort();
         r
     }
+}
+
+/// Why a journal step (or a promotion's or rollback's sequence of them) failed. Its text is what
+/// the journal records and what the run reports, as before the type had variants.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    #[error("{0}")]
+    Service(#[from] ServiceError),
+    #[error("{0}")]
+    Smoke(#[from] SmokeError),
+    /// With its sources: what failed on disk, and why.
+    #[error("{}", error_chain(.0))]
+    Deploy(#[from] DeployError),
+    #[error("{0}")]
+    State(#[from] state::StateError),
+    /// A fault injected by a test (`HEADWARDEN_FAIL_AT`).
+    #[error("{0}")]
+    Injected(String),
+    /// The smoke checks after the start failed: their failures.
+    #[error("{0}")]
+    SmokeFailed(String),
+    #[error("cannot read the version of {path}: {source}")]
+    ReadVersion { path: PathBuf, source: CliError },
+    /// Refused to go on, with what to do instead.
+    #[error("{0}")]
+    Refused(String),
 }
 
 pub fn backup_dir(s: &Settings, run: RunId, hop: i64, from: &str) -> PathBuf {
@@ -191,31 +212,34 @@ fn restore_backup(config: &HeadscaleConfig, dir: &Path) -> Result<(), DeployErro
 
 /// Stops production for a rollback and makes sure it is down: a rollback must never replace
 /// files under a running server.
-async fn stop_for_rollback(service: &Service) -> Result<(), String> {
+async fn stop_for_rollback(service: &Service) -> Result<(), StepError> {
     let hint = "production may still be running on the upgraded data, so nothing was restored; stop Headscale by hand, then run `headwarden rollback`";
     service
         .stop()
         .await
-        .map_err(|e| format!("stopping production failed: {e}; {hint}"))?;
+        .map_err(|e| StepError::Refused(format!("stopping production failed: {e}; {hint}")))?;
     match service.state().await {
-        ServiceState::Running => Err(format!(
+        ServiceState::Running => Err(StepError::Refused(format!(
             "production still runs after `stop` ({}); {hint}",
             service.describe()
-        )),
+        ))),
         ServiceState::Stopped | ServiceState::Unknown => Ok(()),
     }
 }
 
 /// After a rollback's start: the server that answers must be the version rolled back to.
-async fn check_rolled_back_version(p: &Prod<'_>, target: &Path) -> Result<(), String> {
+async fn check_rolled_back_version(p: &Prod<'_>, target: &Path) -> Result<(), StepError> {
     let timeout = p.settings.smoke.timeout;
     let expected = cli::binary_version(target, timeout)
         .await
-        .map_err(|e| format!("cannot read the version of {}: {e}", target.display()))?;
+        .map_err(|source| StepError::ReadVersion {
+            path: target.to_path_buf(),
+            source,
+        })?;
     match smoke::served_version(&p.target(), timeout).await? {
-        Some(v) if v != expected => Err(format!(
+        Some(v) if v != expected => Err(StepError::Refused(format!(
             "after the rollback production reports {v}, not {expected}: another server answers on its address"
-        )),
+        ))),
         _ => Ok(()),
     }
 }
@@ -270,18 +294,17 @@ pub async fn promote_hop(
             json!({"dir": bdir}),
             &mut timings,
             async {
-                take_backup(p.config, &bdir).map_err(|e| error_chain(&e))?;
+                take_backup(p.config, &bdir)?;
                 p.store
-                    .record_backup(run, hop, from, &to.version.to_string(), &bdir, true)
-                    .map_err(|e| e.to_string())?;
-                Ok(())
+                    .record_backup(run, hop, from, &to.version.to_string(), &bdir, true)?;
+                Ok::<(), StepError>(())
             },
         )
         .await;
     // Only a backup that completed (copied and integrity-checked) may ever be restored; a failed
     // one means production's database was never touched.
     let backed_up = backup.is_ok();
-    let result: Result<(), String> = async {
+    let result: Result<(), StepError> = async {
         backup?;
         p.step(
             run,
@@ -289,12 +312,13 @@ pub async fn promote_hop(
             "switch",
             json!({"from": old_target, "to": to.path}),
             &mut timings,
-            async { switch_binary(&s.headscale.binary, &to.path).map_err(|e| error_chain(&e)) },
+            async { switch_binary(&s.headscale.binary, &to.path) },
         )
         .await?;
         p.step(run, hop, "start", json!({}), &mut timings, async {
             p.service.start().await?;
-            p.wait_healthy().await.map(|_| ())
+            p.wait_healthy().await?;
+            Ok::<(), StepError>(())
         })
         .await?;
         // The backup's integrity check waits until production answers again: it is not part of
@@ -307,7 +331,7 @@ pub async fn promote_hop(
                 "verify_backup",
                 json!({"dir": bdir}),
                 &mut timings,
-                async { verify_backup(&bdir).map_err(|e| error_chain(&e)) },
+                async { verify_backup(&bdir) },
             )
             .await;
         if let Err(e) = verified {
@@ -315,7 +339,7 @@ pub async fn promote_hop(
             let _ = p.store.push_event(
                 Event::UpgradeBackupUnverified,
                 Severity::Critical,
-                &json!({"run": run, "backup": bdir, "error": e}),
+                &json!({"run": run, "backup": bdir, "error": e.to_string()}),
             );
         }
         p.step(run, hop, "smoke", json!({}), &mut timings, async {
@@ -323,7 +347,7 @@ pub async fn promote_hop(
             if report.passed() {
                 Ok(())
             } else {
-                Err(report.failures())
+                Err(StepError::SmokeFailed(report.failures()))
             }
         })
         .await?;
@@ -338,7 +362,8 @@ pub async fn promote_hop(
                 .and_then(|id| p.store.step_finish(id, true, "committed", 0));
             HopOutcome::Promoted { timings }
         }
-        Err(reason) => {
+        Err(e) => {
+            let reason = e.to_string();
             let has_backup = backed_up;
             match rollback(
                 p,
@@ -353,7 +378,7 @@ pub async fn promote_hop(
                 Ok(()) => HopOutcome::RolledBack { reason },
                 Err(rollback_error) => HopOutcome::RollbackFailed {
                     reason,
-                    rollback_error,
+                    rollback_error: rollback_error.to_string(),
                     backup: has_backup.then_some(bdir),
                 },
             }
@@ -369,7 +394,7 @@ pub async fn rollback(
     reason: &str,
     backup: Option<&Path>,
     old_target: Option<&Path>,
-) -> Result<(), String> {
+) -> Result<(), StepError> {
     let mut timings = Vec::new();
     tracing::warn!(run, hop, reason, "rolling back production");
     p.step(
@@ -382,13 +407,13 @@ pub async fn rollback(
             stop_for_rollback(&p.service).await?;
             if let Some(dir) = backup {
                 if let Some(injected) = process::fail_point("restore") {
-                    return Err(injected);
+                    return Err(StepError::Injected(injected));
                 }
-                restore_backup(p.config, dir).map_err(|e| error_chain(&e))?;
+                restore_backup(p.config, dir)?;
             }
             if let Some(t) = old_target {
                 if current_target(&p.settings.headscale.binary) != t {
-                    switch_binary(&p.settings.headscale.binary, t).map_err(|e| error_chain(&e))?;
+                    switch_binary(&p.settings.headscale.binary, t)?;
                 }
             }
             p.service.start().await?;
@@ -404,11 +429,12 @@ pub async fn rollback(
 
 /// Starts production unless the service manager says it runs (never a second server), then
 /// waits for it to be healthy.
-async fn ensure_running(p: &Prod<'_>) -> Result<(), String> {
+async fn ensure_running(p: &Prod<'_>) -> Result<(), StepError> {
     if p.service.state().await != ServiceState::Running {
         p.service.start().await?;
     }
-    p.wait_healthy().await.map(|_| ())
+    p.wait_healthy().await?;
+    Ok(())
 }
 
 /// What recovery did with one interrupted run.
@@ -465,7 +491,7 @@ async fn finish_rollback(
     .await
     {
         Ok(()) => ("rolled_back".into(), done.to_string()),
-        Err(e) => ("rollback_failed".into(), e),
+        Err(e) => ("rollback_failed".into(), e.to_string()),
     }
 }
 
@@ -607,18 +633,17 @@ pub async fn manual_rollback(
     p: &Prod<'_>,
     run: RunId,
     backup: &state::BackupRow,
-) -> Result<(), String> {
+) -> Result<(), StepError> {
     let s = p.settings;
-    let target = deploy::version_path(
-        s,
-        &semver::Version::parse(&backup.version).map_err(|e| e.to_string())?,
-    );
+    let version = semver::Version::parse(&backup.version)
+        .map_err(|e| StepError::Refused(format!("{:?} is not a version: {e}", backup.version)))?;
+    let target = deploy::version_path(s, &version);
     if !target.exists() {
-        return Err(format!(
+        return Err(StepError::Refused(format!(
             "the binary for {} is no longer installed at {}",
             backup.version,
             target.display()
-        ));
+        )));
     }
     let dir = PathBuf::from(&backup.dir);
     let mut timings = Vec::new();
@@ -630,10 +655,10 @@ pub async fn manual_rollback(
     p.step(run, 0, "stop", json!({}), &mut timings, p.service.stop())
         .await?;
     if p.service.state().await == ServiceState::Running {
-        return Err(format!(
+        return Err(StepError::Refused(format!(
             "production still runs after `stop` ({}); nothing was restored: stop Headscale by hand and run `headwarden rollback` again",
             p.service.describe()
-        ));
+        )));
     }
     let safety_result = p
         .step(
@@ -642,11 +667,7 @@ pub async fn manual_rollback(
             "safety_backup",
             json!({"dir": safety}),
             &mut timings,
-            async {
-                take_backup(p.config, &safety)
-                    .and_then(|()| verify_backup(&safety))
-                    .map_err(|e| error_chain(&e))
-            },
+            async { take_backup(p.config, &safety).and_then(|()| verify_backup(&safety)) },
         )
         .await;
     if let Err(e) = safety_result {
@@ -655,13 +676,14 @@ pub async fn manual_rollback(
             Ok(()) => p
                 .wait_healthy()
                 .await
-                .map(|_| "production restarted unchanged".to_string()),
-            Err(e) => Err(e),
+                .map(|_| "production restarted unchanged".to_string())
+                .map_err(StepError::from),
+            Err(e) => Err(StepError::from(e)),
         };
-        return Err(format!(
+        return Err(StepError::Refused(format!(
             "the safety backup failed ({e}); {}",
             restarted.unwrap_or_else(|e| format!("restarting production failed too: {e}"))
-        ));
+        )));
     }
     p.step(
         run,
@@ -670,8 +692,8 @@ pub async fn manual_rollback(
         json!({"backup": dir, "to": target}),
         &mut timings,
         async {
-            restore_backup(p.config, &dir).map_err(|e| error_chain(&e))?;
-            switch_binary(&s.headscale.binary, &target).map_err(|e| error_chain(&e))?;
+            restore_backup(p.config, &dir)?;
+            switch_binary(&s.headscale.binary, &target)?;
             p.service.start().await?;
             p.wait_healthy().await?;
             check_rolled_back_version(p, &target).await

@@ -29,6 +29,7 @@ use crate::headscale::api::{ApiClient, ApiError, Node};
 use crate::headscale::config;
 use crate::headscale::config::HeadscaleConfig;
 use crate::hook;
+use crate::hook::HookError;
 use crate::notify;
 use crate::settings;
 use crate::settings::playbook::{OnFailure, StepKind};
@@ -51,7 +52,9 @@ pub enum KeysError {
     #[error("cannot read production's Headscale config")]
     Config(#[from] config::HeadscaleConfigError),
     #[error("rotate-keys playbook step {0}: {1}")]
-    Hook(usize, String),
+    Hook(usize, HookError),
+    #[error("rotate-keys playbook step {0}: step {1:?} needs the plan step before it")]
+    NeedsPlan(usize, &'static str),
 }
 
 impl KeysError {
@@ -323,10 +326,7 @@ pub async fn run(
                     Err(reason) => Err(KeysError::Hook(i + 1, reason)),
                 }
             }
-            (other, _) => Err(KeysError::Hook(
-                i + 1,
-                format!("step {:?} needs the plan step before it", other.as_str()),
-            )),
+            (other, _) => Err(KeysError::NeedsPlan(i + 1, other.as_str())),
         };
         if let Err(e) = result {
             if step.on_failure() == OnFailure::Continue {

@@ -124,6 +124,11 @@ pub struct FlushReport {
     pub errors: Vec<String>,
 }
 
+/// A test message the destination did not take: what the service (or the network) said.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct NotDelivered(pub String);
+
 /// What a send attempt came to.
 #[derive(Debug)]
 pub enum Sent {
@@ -452,7 +457,7 @@ fn route_new(
 ) -> Result<(), state::StateError> {
     for ev in store.unrouted_events()? {
         let sev = Severity::parse(&ev.severity).unwrap_or_default();
-        let ids: Vec<String> = route(s, &dests, &ev.event, sev, &ev.payload)
+        let ids: Vec<String> = route(s, dests, &ev.event, sev, &ev.payload)
             .into_iter()
             .map(|d| d.target.id.clone())
             .collect();
@@ -564,7 +569,7 @@ pub async fn send_direct(
 pub async fn test(
     s: &Settings,
     url: Option<&str>,
-) -> Result<Vec<(String, Result<u128, String>)>, UrlError> {
+) -> Result<Vec<(String, Result<u128, NotDelivered>)>, UrlError> {
     let extra: Vec<Destination<'_>>;
     let dests = match url {
         Some(u) => {
@@ -598,7 +603,7 @@ pub async fn test(
         let t = Instant::now();
         let r = match send(&http, &req, &d.target, secret, timeout(d)).await {
             Sent::Ok => Ok(t.elapsed().as_millis()),
-            Sent::Retry { error, .. } | Sent::Permanent(error) => Err(error),
+            Sent::Retry { error, .. } | Sent::Permanent(error) => Err(NotDelivered(error)),
         };
         out.push((d.target.label.clone(), r));
     }

@@ -209,9 +209,9 @@ pub async fn fetch(settings: &ReleaseSettings, store: &Store) -> Result<FeedResu
         }
         other => return Err(FeedError::Status { url, status: other }),
     };
-    let (releases, ignored) = parse_releases(&body).map_err(|detail| FeedError::Malformed {
+    let (releases, ignored) = parse_releases(&body).map_err(|e| FeedError::Malformed {
         url: url.clone(),
-        detail,
+        detail: e.to_string(),
     })?;
     if !not_modified {
         let etag = headers
@@ -275,8 +275,8 @@ fn parse_time(s: &str) -> Option<i64> {
 }
 
 /// Wire JSON to domain releases (pure; the fuzz/property tests target this).
-pub fn parse_releases(body: &str) -> Result<(Vec<Release>, Vec<String>), String> {
-    let wire: Vec<WireRelease> = serde_json::from_str(body).map_err(|e| e.to_string())?;
+pub fn parse_releases(body: &str) -> Result<(Vec<Release>, Vec<String>), serde_json::Error> {
+    let wire: Vec<WireRelease> = serde_json::from_str(body)?;
     let mut out = Vec::new();
     let mut ignored = Vec::new();
     for w in wire {

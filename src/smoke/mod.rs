@@ -7,9 +7,47 @@ use std::time::{Duration, Instant};
 use semver::Version;
 use serde::Serialize;
 
-use crate::headscale::{cli, http, NodeRef, UserRef};
-use crate::process;
+use crate::headscale::cli::{self, CliError};
+use crate::headscale::http::{self, HttpError};
+use crate::headscale::{NodeRef, UserRef};
+use crate::process::{self, ProcessError};
 use crate::settings::{SmokeCheck, SmokeSettings};
+
+/// Why an instance failed a check (the text goes into the report and the journal).
+#[derive(Debug, thiserror::Error)]
+pub enum SmokeError {
+    #[error(transparent)]
+    Http(#[from] HttpError),
+    #[error(transparent)]
+    Cli(#[from] CliError),
+    #[error(transparent)]
+    Process(#[from] ProcessError),
+    #[error("not healthy after {secs}s: {last}")]
+    NotHealthy { secs: u64, last: String },
+    /// The process (or the service) is gone while its health was awaited.
+    #[error("{0}")]
+    Died(String),
+    #[error("reports {reported}, expected {expected}")]
+    WrongVersion {
+        reported: Version,
+        expected: Version,
+    },
+    #[error("Noise public key changed from {was} to {now}: every client would fail its handshake")]
+    NoiseKeyChanged { was: String, now: String },
+    #[error("{} of {} users and {} of {} nodes missing after migration (users: [{}], nodes: [{}])", .users.len(), .of_users, .nodes.len(), .of_nodes, sample(.users), sample(.nodes))]
+    DataMissing {
+        users: Vec<String>,
+        of_users: usize,
+        nodes: Vec<String>,
+        of_nodes: usize,
+    },
+    #[error("exit {code}: {tail}")]
+    Command { code: i32, tail: String },
+}
+
+fn sample(v: &[String]) -> String {
+    v.iter().take(5).cloned().collect::<Vec<_>>().join(", ")
+}
 
 /// How to reach an instance.
 #[derive(Debug, Clone)]
@@ -57,15 +95,11 @@ impl Report {
 }
 
 /// Captures the baseline from a healthy instance.
-pub async fn baseline(t: &Target, timeout: Duration) -> Result<Baseline, String> {
+pub async fn baseline(t: &Target, timeout: Duration) -> Result<Baseline, SmokeError> {
     let client = http::client(timeout);
     let noise_key = http::noise_key(&client, &t.base_url).await.ok();
-    let users = cli::list_users(&t.binary, &t.config, timeout)
-        .await
-        .map_err(|e| e.to_string())?;
-    let nodes = cli::list_nodes(&t.binary, &t.config, timeout)
-        .await
-        .map_err(|e| e.to_string())?;
+    let users = cli::list_users(&t.binary, &t.config, timeout).await?;
+    let nodes = cli::list_nodes(&t.binary, &t.config, timeout).await?;
     Ok(Baseline {
         noise_key,
         users,
@@ -77,8 +111,8 @@ pub async fn baseline(t: &Target, timeout: Duration) -> Result<Baseline, String>
 pub async fn wait_healthy(
     base_url: &str,
     timeout: Duration,
-    mut alive: impl FnMut() -> Result<(), String>,
-) -> Result<Duration, String> {
+    mut alive: impl FnMut() -> Result<(), SmokeError>,
+) -> Result<Duration, SmokeError> {
     let start = Instant::now();
     let client = http::client(Duration::from_secs(2));
     let mut last = String::from("no answer yet");
@@ -90,7 +124,10 @@ pub async fn wait_healthy(
         alive()?;
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    Err(format!("not healthy after {}s: {last}", timeout.as_secs()))
+    Err(SmokeError::NotHealthy {
+        secs: timeout.as_secs(),
+        last,
+    })
 }
 
 pub async fn run(
@@ -104,13 +141,13 @@ pub async fn run(
     let mut results = Vec::new();
     for check in &settings.checks {
         let start = Instant::now();
-        let (name, outcome): (&str, Result<String, String>) = match check {
+        let (name, outcome): (&str, Result<String, SmokeError>) = match check {
             SmokeCheck::Health => (
                 "health",
                 http::health(&client, &t.base_url)
                     .await
                     .map(|()| "/health passes".to_string())
-                    .map_err(|e| e.to_string()),
+                    .map_err(SmokeError::from),
             ),
             SmokeCheck::Version => (
                 "version",
@@ -122,7 +159,7 @@ pub async fn run(
         results.push(CheckResult {
             check: name.to_string(),
             ok: outcome.is_ok(),
-            detail: outcome.unwrap_or_else(|e| e),
+            detail: outcome.unwrap_or_else(|e| e.to_string()),
             elapsed_ms: start.elapsed().as_millis(),
         });
     }
@@ -130,17 +167,16 @@ pub async fn run(
         let start = Instant::now();
         let outcome = match process::run_env(argv, &[], timeout).await {
             Ok(o) if o.success() => Ok("exit 0".to_string()),
-            Ok(o) => Err(format!(
-                "exit {}: {}",
-                o.status.code().unwrap_or(-1),
-                o.tail()
-            )),
-            Err(e) => Err(e.to_string()),
+            Ok(o) => Err(SmokeError::Command {
+                code: o.status.code().unwrap_or(-1),
+                tail: o.tail(),
+            }),
+            Err(e) => Err(SmokeError::from(e)),
         };
         results.push(CheckResult {
             check: format!("command `{}`", argv.join(" ")),
             ok: outcome.is_ok(),
-            detail: outcome.unwrap_or_else(|e| e),
+            detail: outcome.unwrap_or_else(|e| e.to_string()),
             elapsed_ms: start.elapsed().as_millis(),
         });
     }
@@ -151,11 +187,9 @@ pub async fn run(
 }
 
 /// The version the server at `t` reports on `/version`; `None` before 0.27, which has none.
-pub async fn served_version(t: &Target, timeout: Duration) -> Result<Option<Version>, String> {
+pub async fn served_version(t: &Target, timeout: Duration) -> Result<Option<Version>, SmokeError> {
     let client = http::client(timeout.min(Duration::from_secs(10)));
-    http::version(&client, &t.base_url)
-        .await
-        .map_err(|e| e.to_string())
+    Ok(http::version(&client, &t.base_url).await?)
 }
 
 async fn check_version(
@@ -163,21 +197,19 @@ async fn check_version(
     t: &Target,
     expected: &Version,
     timeout: Duration,
-) -> Result<String, String> {
-    let reported = match http::version(client, &t.base_url)
-        .await
-        .map_err(|e| e.to_string())?
-    {
+) -> Result<String, SmokeError> {
+    let reported = match http::version(client, &t.base_url).await? {
         Some(v) => v,
         // Before 0.27 there is no /version: ask the binary that was started.
-        None => cli::binary_version(&t.binary, timeout)
-            .await
-            .map_err(|e| e.to_string())?,
+        None => cli::binary_version(&t.binary, timeout).await?,
     };
     if &reported == expected {
         Ok(format!("reports {reported}"))
     } else {
-        Err(format!("reports {reported}, expected {expected}"))
+        Err(SmokeError::WrongVersion {
+            reported,
+            expected: expected.clone(),
+        })
     }
 }
 
@@ -185,26 +217,25 @@ async fn check_noise(
     client: &reqwest::Client,
     t: &Target,
     base: &Baseline,
-) -> Result<String, String> {
-    let key = http::noise_key(client, &t.base_url)
-        .await
-        .map_err(|e| e.to_string())?;
+) -> Result<String, SmokeError> {
+    let key = http::noise_key(client, &t.base_url).await?;
     match &base.noise_key {
         Some(k) if *k == key => Ok("Noise public key unchanged".to_string()),
-        Some(k) => Err(format!(
-            "Noise public key changed from {k} to {key}: every client would fail its handshake"
-        )),
+        Some(k) => Err(SmokeError::NoiseKeyChanged {
+            was: k.clone(),
+            now: key,
+        }),
         None => Ok("no baseline key to compare (served one now)".to_string()),
     }
 }
 
-async fn check_parity(t: &Target, base: &Baseline, timeout: Duration) -> Result<String, String> {
-    let users = cli::list_users(&t.binary, &t.config, timeout)
-        .await
-        .map_err(|e| e.to_string())?;
-    let nodes = cli::list_nodes(&t.binary, &t.config, timeout)
-        .await
-        .map_err(|e| e.to_string())?;
+async fn check_parity(
+    t: &Target,
+    base: &Baseline,
+    timeout: Duration,
+) -> Result<String, SmokeError> {
+    let users = cli::list_users(&t.binary, &t.config, timeout).await?;
+    let nodes = cli::list_nodes(&t.binary, &t.config, timeout).await?;
     let missing_users: Vec<String> = base
         .users
         .iter()
@@ -224,15 +255,11 @@ async fn check_parity(t: &Target, base: &Baseline, timeout: Duration) -> Result<
             base.nodes.len()
         ))
     } else {
-        let sample = |v: &[String]| v.iter().take(5).cloned().collect::<Vec<_>>().join(", ");
-        Err(format!(
-            "{} of {} users and {} of {} nodes missing after migration (users: [{}], nodes: [{}])",
-            missing_users.len(),
-            base.users.len(),
-            missing_nodes.len(),
-            base.nodes.len(),
-            sample(&missing_users),
-            sample(&missing_nodes)
-        ))
+        Err(SmokeError::DataMissing {
+            users: missing_users,
+            of_users: base.users.len(),
+            nodes: missing_nodes,
+            of_nodes: base.nodes.len(),
+        })
     }
 }

@@ -167,7 +167,7 @@ impl Downloader {
         let deadline = tokio::time::Instant::now() + self.settings.download_timeout;
         let mut resp = within(deadline, self.client.get(url).send())
             .await
-            .map_err(err)?
+            .map_err(|e| err(e.to_string()))?
             .map_err(|e| err(error_chain(&e)))?;
         if !resp.status().is_success() {
             return Err(err(format!("HTTP {}", resp.status())));
@@ -175,7 +175,7 @@ impl Downloader {
         let mut buf = Vec::new();
         while let Some(chunk) = within(deadline, resp.chunk())
             .await
-            .map_err(err)?
+            .map_err(|e| err(e.to_string()))?
             .map_err(|e| err(error_chain(&e)))?
         {
             buf.extend_from_slice(&chunk);
@@ -293,9 +293,9 @@ impl Downloader {
             detail: "not UTF-8".into(),
         })?;
         let expected = checksum_for(&sums, name)
-            .map_err(|detail| VerifyError::MalformedChecksums {
+            .map_err(|e| VerifyError::MalformedChecksums {
                 tag: tag.clone(),
-                detail,
+                detail: e.to_string(),
             })?
             .ok_or_else(|| VerifyError::MissingChecksum {
                 tag: tag.clone(),
@@ -379,7 +379,7 @@ impl Downloader {
         let deadline = tokio::time::Instant::now() + self.settings.download_timeout;
         let mut resp = within(deadline, self.client.get(&asset.url).send())
             .await
-            .map_err(derr)?
+            .map_err(|e| derr(e.to_string()))?
             .map_err(|e| derr(error_chain(&e)))?;
         if !resp.status().is_success() {
             return Err(derr(format!("HTTP {}", resp.status())));
@@ -400,7 +400,10 @@ impl Downloader {
         let bar = self.progress.then(|| progress_bar(asset.size, name));
         let mut total: u64 = 0;
         loop {
-            let chunk = match within(deadline, resp.chunk()).await.map_err(derr)? {
+            let chunk = match within(deadline, resp.chunk())
+                .await
+                .map_err(|e| derr(e.to_string()))?
+            {
                 Ok(Some(c)) => c,
                 Ok(None) => break,
                 Err(e) => {
@@ -462,14 +465,30 @@ pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
 async fn within<T>(
     deadline: tokio::time::Instant,
     f: impl std::future::Future<Output = T>,
-) -> Result<T, String> {
+) -> Result<T, Overdue> {
     tokio::time::timeout_at(deadline, f)
         .await
-        .map_err(|_| "the download did not finish within release.download_timeout".to_string())
+        .map_err(|_| Overdue)
+}
+
+/// A download that outlived `release.download_timeout`.
+#[derive(Debug, thiserror::Error)]
+#[error("the download did not finish within release.download_timeout")]
+struct Overdue;
+
+/// A checksums.txt that is not one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChecksumsError {
+    #[error("line {0}: expected \"<sha256>  <file>\"")]
+    Line(usize),
+    #[error("line {line}: {hash:?} is not a sha256")]
+    NotSha256 { line: usize, hash: String },
+    #[error("{0} is listed twice")]
+    Twice(String),
 }
 
 /// The sha256 for `name` in a goreleaser checksums.txt (`<64 hex>  <name>`, `*` binary marker allowed).
-pub fn checksum_for(text: &str, name: &str) -> Result<Option<String>, String> {
+pub fn checksum_for(text: &str, name: &str) -> Result<Option<String>, ChecksumsError> {
     let mut found = None;
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
@@ -477,14 +496,17 @@ pub fn checksum_for(text: &str, name: &str) -> Result<Option<String>, String> {
         }
         let (hash, file) = line
             .split_once(char::is_whitespace)
-            .ok_or_else(|| format!("line {}: expected \"<sha256>  <file>\"", i + 1))?;
+            .ok_or(ChecksumsError::Line(i + 1))?;
         let file = file.trim_start().trim_start_matches('*');
         if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(format!("line {}: {hash:?} is not a sha256", i + 1));
+            return Err(ChecksumsError::NotSha256 {
+                line: i + 1,
+                hash: hash.to_string(),
+            });
         }
         if file == name {
             if found.is_some() {
-                return Err(format!("{name} is listed twice"));
+                return Err(ChecksumsError::Twice(name.to_string()));
             }
             found = Some(hash.to_ascii_lowercase());
         }

@@ -170,7 +170,7 @@ async fn upgrade_steps(st: &Story<'_>) -> Result<semver::Version, Failure> {
     let say = |line: &str| println!("   {line}");
     let opts = UpgradeOptions::default();
     println!("\n-- step 1: check (changes nothing)");
-    let report = upgrade::check(&settings, &store, &opts).await?;
+    let report = upgrade::check(settings, store, &opts).await?;
     let path: Vec<String> = report
         .plan
         .hops
@@ -186,12 +186,12 @@ async fn upgrade_steps(st: &Story<'_>) -> Result<semver::Version, Failure> {
     println!(
         "\n-- step 2: upgrade (two hops, each staged on a copy of production's database first)"
     );
-    let out = upgrade::upgrade(&settings, &store, &opts, &say).await?;
+    let out = upgrade::upgrade(settings, store, &opts, &say).await?;
     describe(&out);
 
     println!("\n-- step 3: v0.28.1 is published; it passes staging but crashes when started on production");
     sim(
-        &sim_bin,
+        sim_bin,
         &[
             "make-release",
             "--feed",
@@ -205,12 +205,12 @@ async fn upgrade_steps(st: &Story<'_>) -> Result<semver::Version, Failure> {
         ],
     )
     .await?;
-    let out = upgrade::upgrade(&settings, &store, &opts, &say).await?;
+    let out = upgrade::upgrade(settings, store, &opts, &say).await?;
     describe(&out);
 
     println!("\n-- step 4: v0.29.0 is published; its migration silently drops nodes");
     sim(
-        &sim_bin,
+        sim_bin,
         &[
             "make-release",
             "--feed",
@@ -224,15 +224,15 @@ async fn upgrade_steps(st: &Story<'_>) -> Result<semver::Version, Failure> {
         ],
     )
     .await?;
-    let out = upgrade::upgrade(&settings, &store, &opts, &say).await?;
+    let out = upgrade::upgrade(settings, store, &opts, &say).await?;
     describe(&out);
 
-    let config = deploy::production_config(&settings)?;
-    let p = upgrade::prod(&settings, &store, &config);
+    let config = deploy::production_config(settings)?;
+    let p = upgrade::prod(settings, store, &config);
     let base = smoke::baseline(&p.target(), Duration::from_secs(10))
         .await
         .map_err(|e| anyhow::anyhow!(e))?;
-    let now = upgrade::current_version(&settings).await?;
+    let now = upgrade::current_version(settings).await?;
     println!("\n== result: production runs {now}, healthy, {} users and {} nodes (same as before the demo)", base.users.len(), base.nodes.len());
     println!(
         "   journal: `headwarden --config {} history`",
@@ -270,8 +270,8 @@ async fn key_step(st: &Story<'_>, now: &semver::Version) -> Result<(), Failure> 
         .await?;
     }
     println!("   registered a laptop 80 days ago and a phone 95 days ago (max_age 90d, reminders at 14d/7d/1d, grace 7d)");
-    let mut api = ApiClient::connect(&settings).await?;
-    for p in keys::plan_now(&settings, &store, &api)
+    let mut api = ApiClient::connect(settings).await?;
+    for p in keys::plan_now(settings, store, &api)
         .await?
         .iter()
         .filter(|p| !p.name.starts_with("user"))
@@ -293,7 +293,7 @@ async fn key_step(st: &Story<'_>, now: &semver::Version) -> Result<(), Failure> 
                 .unwrap_or_default()
         );
     }
-    keys::run(&settings, &store, &mut api, &say).await?;
+    keys::run(settings, store, &mut api, &say).await?;
     for row in store
         .outbox()?
         .iter()
@@ -323,7 +323,7 @@ async fn key_step(st: &Story<'_>, now: &semver::Version) -> Result<(), Failure> 
 async fn audit_and_chat_steps(st: &Story<'_>) -> Result<(), Failure> {
     let (settings, store, root) = (st.settings, st.store, st.root);
     println!("\n-- step 6: security audit (the seed mitigations as checks; chat hears only what changed)");
-    let report = audit::run(&settings, &store)
+    let report = audit::run(settings, store)
         .await
         .map_err(|e| anyhow::anyhow!("audit: {e}"))?;
     for f in &report.findings {
@@ -336,7 +336,7 @@ async fn audit_and_chat_steps(st: &Story<'_>) -> Result<(), Failure> {
     );
     println!("\n-- step 7: chat delivery (a local receiver speaking Slack's and a generic webhook's APIs)");
     // The playbooks' notify steps already delivered most of it; this sends the rest.
-    let r = notify::flush(&settings, &store, notify::FLUSH_BUDGET).await?;
+    let r = notify::flush(settings, store, notify::FLUSH_BUDGET).await?;
     let messages = std::fs::read_to_string(root.join("chat/messages.jsonl")).unwrap_or_default();
     for line in messages.lines() {
         let m: serde_json::Value = serde_json::from_str(line).unwrap_or_default();

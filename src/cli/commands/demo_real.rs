@@ -206,7 +206,7 @@ async fn join_clients(root: &Path, ts: &Path, login: &str) -> Result<Vec<Client>
             .unwrap_or_default();
         let key: serde_json::Value = serde_json::from_str(
             &headscale(
-                &root,
+                root,
                 &[
                     "preauthkeys",
                     "create",
@@ -239,7 +239,7 @@ async fn story(
     let opts = UpgradeOptions::default();
     println!("   {}", clients[0].ping(&clients[1]).await?);
     println!("\n-- step 1: upgrade (two hops, each staged on a copy of production's real database first)");
-    describe(&upgrade::upgrade(&settings, &store, &opts, &say).await?);
+    describe(&upgrade::upgrade(settings, store, &opts, &say).await?);
     println!("   {}", clients[0].ping(&clients[1]).await?);
 
     println!("\n-- step 2: v0.29.3 is published, rigged to fail only as production (after migrating its database)");
@@ -255,17 +255,17 @@ async fn story(
         ),
     )?;
     publish(sim_bin, root, "0.29.3", wrapper).await?;
-    describe(&upgrade::upgrade(&settings, &store, &opts, &say).await?);
+    describe(&upgrade::upgrade(settings, store, &opts, &say).await?);
     println!("   {}", clients[0].ping(&clients[1]).await?);
 
     println!("\n-- step 3: the real v0.29.2 is published");
     publish(sim_bin, root, "0.29.2", hs("0.29.2")?).await?;
-    describe(&upgrade::upgrade(&settings, &store, &opts, &say).await?);
+    describe(&upgrade::upgrade(settings, store, &opts, &say).await?);
     println!("   {}", clients[1].ping(&clients[0]).await?);
 
     println!("\n-- step 4: the key job (max_age 10m for the demo: every node is due)");
-    let mut api = ApiClient::connect(&settings).await?;
-    let report = keys::run(&settings, &store, &mut api, &say).await?;
+    let mut api = ApiClient::connect(settings).await?;
+    let report = keys::run(settings, store, &mut api, &say).await?;
     println!(
         "   {} reminder(s) with one-time keys; the keys go only to each owner's own destination (none configured here), never to logs",
         report.reminders.len()
