@@ -19,7 +19,7 @@ use crate::deploy;
 use crate::error::error_chain;
 use crate::event::{Event, Severity};
 use crate::headscale::api;
-use crate::headscale::api::ApiClient;
+use crate::headscale::api::{ApiClient, ApiKeyInfo};
 use crate::headscale::config;
 use crate::headscale::config::HeadscaleConfig;
 use crate::hook;
@@ -273,14 +273,9 @@ pub async fn run(s: &Settings, store: &Store) -> Result<Report, AuditError> {
     Ok(report)
 }
 
-/// The `report` step: acceptances, ordering, drift against the stored result, one event.
-fn finish(
-    s: &Settings,
-    store: &Store,
-    report: &mut Report,
-    found: Vec<Finding>,
-    ran: &BTreeSet<String>,
-) -> Result<(), Unavailable> {
+/// Each finding is open, accepted (`audit.accept`, not expired) or re-opened by an expired
+/// acceptance; duplicates are dropped.
+fn apply_acceptances(s: &Settings, report: &mut Report, found: Vec<Finding>) {
     let today = chrono::Utc::now().date_naive();
     let mut seen = BTreeSet::new();
     for mut f in found {
@@ -310,6 +305,65 @@ fn finish(
             None => report.findings.push(f),
         }
     }
+}
+
+/// One `audit.drift` event with the new and resolved findings (a baseline the first time).
+fn drift_event(
+    store: &Store,
+    report: &Report,
+    previous: &BTreeMap<String, Value>,
+    current: &BTreeMap<String, Value>,
+    first: bool,
+) -> Result<(), state::StateError> {
+    let by_id = |id: &String| -> String {
+        let v = &current
+            .get(id)
+            .or_else(|| previous.get(id))
+            .cloned()
+            .unwrap_or_default();
+        format!(
+            "[{}] {} ({id})",
+            v["severity"].as_str().unwrap_or("?"),
+            v["title"].as_str().unwrap_or("")
+        )
+    };
+    let severity = report
+        .new
+        .iter()
+        .filter_map(|id| current.get(id))
+        .filter_map(|v| v["severity"].as_str().and_then(Severity::parse))
+        .max()
+        .unwrap_or(Severity::Info);
+    let summary = if first {
+        format!("Security audit baseline: {} finding(s)", report.new.len())
+    } else {
+        format!(
+            "Security audit: {} new finding(s), {} resolved",
+            report.new.len(),
+            report.resolved.len()
+        )
+    };
+    store.push_event(
+        Event::AuditDrift,
+        severity,
+        &json!({
+            "summary": summary,
+            "new": report.new.iter().map(by_id).collect::<Vec<_>>(),
+            "resolved": report.resolved.iter().map(by_id).collect::<Vec<_>>(),
+            "how": "`headwarden audit` shows evidence and fixes",
+        }),
+    )
+}
+
+/// The `report` step: acceptances, ordering, drift against the stored result, one event.
+fn finish(
+    s: &Settings,
+    store: &Store,
+    report: &mut Report,
+    found: Vec<Finding>,
+    ran: &BTreeSet<String>,
+) -> Result<(), Unavailable> {
+    apply_acceptances(s, report, found);
     report
         .findings
         .sort_by(|a, b| b.severity.cmp(&a.severity).then(a.id.cmp(&b.id)));
@@ -375,47 +429,7 @@ fn finish(
     if report.new.is_empty() && report.resolved.is_empty() {
         return Ok(());
     }
-    let by_id = |id: &String| -> String {
-        let v = &current
-            .get(id)
-            .or_else(|| previous.get(id))
-            .cloned()
-            .unwrap_or_default();
-        format!(
-            "[{}] {} ({id})",
-            v["severity"].as_str().unwrap_or("?"),
-            v["title"].as_str().unwrap_or("")
-        )
-    };
-    let severity = report
-        .new
-        .iter()
-        .filter_map(|id| current.get(id))
-        .filter_map(|v| v["severity"].as_str().and_then(Severity::parse))
-        .max()
-        .unwrap_or(Severity::Info);
-    let summary = if first {
-        format!("Security audit baseline: {} finding(s)", report.new.len())
-    } else {
-        format!(
-            "Security audit: {} new finding(s), {} resolved",
-            report.new.len(),
-            report.resolved.len()
-        )
-    };
-    store
-        .push_event(
-            Event::AuditDrift,
-            severity,
-            &json!({
-                "summary": summary,
-                "new": report.new.iter().map(by_id).collect::<Vec<_>>(),
-                "resolved": report.resolved.iter().map(by_id).collect::<Vec<_>>(),
-                "how": "`headwarden audit` shows evidence and fixes",
-            }),
-        )
-        .map_err(err)?;
-    Ok(())
+    Ok(drift_event(store, report, &previous, &current, first).map_err(err)?)
 }
 
 /// Which playbook step a check belongs to (its id's first segment).
@@ -774,6 +788,49 @@ fn days(secs: i64) -> i64 {
     secs / 86400
 }
 
+/// API keys that never expire or that nothing uses.
+fn api_key_findings(s: &Settings, api_keys: &[ApiKeyInfo], t: i64) -> Vec<Finding> {
+    let mut out = Vec::new();
+    for k in api_keys {
+        let live = k.expiration.is_none_or(|x| x > t);
+        if !live {
+            continue;
+        }
+        if k.expiration.is_none() {
+            out.push(finding(
+                "enrollment.api_key_no_expiry",
+                Some(&k.prefix),
+                Severity::Warning,
+                format!("API key {} never expires", k.prefix),
+                format!(
+                    "created {}",
+                    k.created_at.map(state::rfc3339).unwrap_or_default()
+                ),
+                mitigation::AUTH,
+                "create keys with an expiration (`headscale apikeys create -e 90d`) and expire this one",
+            ));
+        }
+        let last = k.last_seen.or(k.created_at).unwrap_or(t);
+        if t - last > s.audit.api_key_unused_after.as_secs() as i64 {
+            out.push(finding(
+                "enrollment.api_key_unused",
+                Some(&k.prefix),
+                Severity::Info,
+                format!("API key {} unused for {} days", k.prefix, days(t - last)),
+                format!(
+                    "last seen {}",
+                    k.last_seen
+                        .map(state::rfc3339)
+                        .unwrap_or_else(|| "never".into())
+                ),
+                mitigation::AUTH,
+                "expire API keys nothing uses (`headscale apikeys expire --prefix PREFIX`)",
+            ));
+        }
+    }
+    out
+}
+
 async fn enrollment_checks(ctx: &mut Ctx<'_>) -> Result<Vec<Finding>, Unavailable> {
     let s = ctx.s;
     let minted: BTreeSet<i64> = ctx
@@ -847,43 +904,7 @@ async fn enrollment_checks(ctx: &mut Ctx<'_>) -> Result<Vec<Finding>, Unavailabl
             ));
         }
     }
-    for k in api_keys {
-        let live = k.expiration.is_none_or(|x| x > t);
-        if !live {
-            continue;
-        }
-        if k.expiration.is_none() {
-            out.push(finding(
-                "enrollment.api_key_no_expiry",
-                Some(&k.prefix),
-                Severity::Warning,
-                format!("API key {} never expires", k.prefix),
-                format!(
-                    "created {}",
-                    k.created_at.map(state::rfc3339).unwrap_or_default()
-                ),
-                mitigation::AUTH,
-                "create keys with an expiration (`headscale apikeys create -e 90d`) and expire this one",
-            ));
-        }
-        let last = k.last_seen.or(k.created_at).unwrap_or(t);
-        if t - last > s.audit.api_key_unused_after.as_secs() as i64 {
-            out.push(finding(
-                "enrollment.api_key_unused",
-                Some(&k.prefix),
-                Severity::Info,
-                format!("API key {} unused for {} days", k.prefix, days(t - last)),
-                format!(
-                    "last seen {}",
-                    k.last_seen
-                        .map(state::rfc3339)
-                        .unwrap_or_else(|| "never".into())
-                ),
-                mitigation::AUTH,
-                "expire API keys nothing uses (`headscale apikeys expire --prefix PREFIX`)",
-            ));
-        }
-    }
+    out.extend(api_key_findings(s, &api_keys, t));
     Ok(out)
 }
 
@@ -1021,11 +1042,14 @@ async fn node_checks(ctx: &mut Ctx<'_>) -> Result<Vec<Finding>, Unavailable> {
 // ---------------------------------------------------------------------------------------------
 // policy
 
-async fn policy_checks(ctx: &mut Ctx<'_>) -> Result<Vec<Finding>, Unavailable> {
-    let c = ctx.config()?.clone();
-    let s = ctx.s;
-    let mode = str_at(&c.root, "policy.mode").unwrap_or_else(|| "file".into());
-    let (text, source) = if mode == "database" {
+/// The policy's text (none when there is none) and where it came from: the database
+/// (`policy.mode: database`, through the API) or `policy.path`.
+async fn policy_text(
+    ctx: &mut Ctx<'_>,
+    c: &HeadscaleConfig,
+    mode: &str,
+) -> Result<(Option<String>, String), Unavailable> {
+    Ok(if mode == "database" {
         let api = ctx.api().await?;
         match api.get_policy().await {
             Ok(t) => (
@@ -1045,13 +1069,60 @@ async fn policy_checks(ctx: &mut Ctx<'_>) -> Result<Vec<Finding>, Unavailable> {
         match str_at(&c.root, "policy.path").filter(|p| !p.is_empty()) {
             None => (None, format!("{} (policy.path is empty)", c.path.display())),
             Some(p) => {
-                let path = resolve(&c, &p);
+                let path = resolve(c, &p);
                 let t = std::fs::read_to_string(&path)
                     .map_err(|e| format!("cannot read the policy {}: {e}", path.display()))?;
                 (Some(t), path.display().to_string())
             }
         }
-    };
+    })
+}
+
+/// Allow-all rules, and groups and tags that no rule uses.
+fn rule_findings(p: &Value, source: &str) -> Vec<Finding> {
+    let mut out = Vec::new();
+    for i in policy::allow_all_rules(p) {
+        out.push(finding(
+            "policy.allow_all",
+            Some(&i.to_string()),
+            Severity::Warning,
+            format!("ACL rule {i} lets every node reach every port of every other node"),
+            format!("{source}: acls[{}]: src [\"*\"] → dst [\"*:*\"]", i - 1),
+            mitigation::ACL,
+            "replace it with rules per group and tag (least privilege)",
+        ));
+    }
+    let (groups, tags) = policy::unused_names(p);
+    for g in groups {
+        out.push(finding(
+            "policy.unused_group",
+            Some(&g),
+            Severity::Info,
+            format!("{g} is defined but no rule uses it"),
+            source.to_string(),
+            mitigation::ACL,
+            "remove it, or write the rule it was meant for",
+        ));
+    }
+    for t in tags {
+        out.push(finding(
+            "policy.unused_tag",
+            Some(&t),
+            Severity::Info,
+            format!("{t} has owners but no rule mentions it"),
+            source.to_string(),
+            mitigation::ACL,
+            "remove it, or write the rule it was meant for",
+        ));
+    }
+    out
+}
+
+async fn policy_checks(ctx: &mut Ctx<'_>) -> Result<Vec<Finding>, Unavailable> {
+    let c = ctx.config()?.clone();
+    let s = ctx.s;
+    let mode = str_at(&c.root, "policy.mode").unwrap_or_else(|| "file".into());
+    let (text, source) = policy_text(ctx, &c, &mode).await?;
     let mut out = Vec::new();
     let parsed = match &text {
         None => {
@@ -1083,40 +1154,7 @@ async fn policy_checks(ctx: &mut Ctx<'_>) -> Result<Vec<Finding>, Unavailable> {
         },
     };
     if let Some(p) = &parsed {
-        for i in policy::allow_all_rules(p) {
-            out.push(finding(
-                "policy.allow_all",
-                Some(&i.to_string()),
-                Severity::Warning,
-                format!("ACL rule {i} lets every node reach every port of every other node"),
-                format!("{source}: acls[{}]: src [\"*\"] → dst [\"*:*\"]", i - 1),
-                mitigation::ACL,
-                "replace it with rules per group and tag (least privilege)",
-            ));
-        }
-        let (groups, tags) = policy::unused_names(p);
-        for g in groups {
-            out.push(finding(
-                "policy.unused_group",
-                Some(&g),
-                Severity::Info,
-                format!("{g} is defined but no rule uses it"),
-                source.clone(),
-                mitigation::ACL,
-                "remove it, or write the rule it was meant for",
-            ));
-        }
-        for t in tags {
-            out.push(finding(
-                "policy.unused_tag",
-                Some(&t),
-                Severity::Info,
-                format!("{t} has owners but no rule mentions it"),
-                source.clone(),
-                mitigation::ACL,
-                "remove it, or write the rule it was meant for",
-            ));
-        }
+        out.extend(rule_findings(p, &source));
     }
     for (i, r) in s.audit.reachability.iter().enumerate() {
         let got = policy::allows(parsed.as_ref(), &r.from, &r.to, r.port);

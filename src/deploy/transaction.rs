@@ -41,7 +41,7 @@ use crate::process;
 use crate::settings::Settings;
 use crate::smoke::{self, Baseline, SmokeError, Target};
 use crate::state;
-use crate::state::{sqlite_files, RunId, StepRow, Store};
+use crate::state::{sqlite_files, RunId, RunRow, StepRow, Store};
 use crate::verify;
 
 #[derive(Debug)]
@@ -268,23 +268,7 @@ pub async fn promote_hop(
         )
         .await;
     if let Err(e) = stopped {
-        // Nothing was touched. Production may still run the old version: start it only if the
-        // service manager says it is down (a second start would fight the first for the port).
-        let detail = match p.service.state().await {
-            ServiceState::Running | ServiceState::Unknown => {
-                "production was left running on the old version".to_string()
-            }
-            ServiceState::Stopped => match p.service.start().await {
-                Ok(()) => match p.wait_healthy().await {
-                    Ok(_) => "production was started again on the old version".to_string(),
-                    Err(h) => format!("production was started again but is not healthy: {h}"),
-                },
-                Err(s) => format!("starting production again failed too: {s}"),
-            },
-        };
-        return HopOutcome::NotStopped {
-            reason: format!("stopping production failed: {e}; nothing was changed, {detail}"),
-        };
+        return not_stopped(p, e).await;
     }
     let backup = p
         .step(
@@ -304,56 +288,12 @@ pub async fn promote_hop(
     // Only a backup that completed (copied and integrity-checked) may ever be restored; a failed
     // one means production's database was never touched.
     let backed_up = backup.is_ok();
-    let result: Result<(), StepError> = async {
-        backup?;
-        p.step(
-            run,
-            hop,
-            "switch",
-            json!({"from": old_target, "to": to.path}),
-            &mut timings,
-            async { switch_binary(&s.headscale.binary, &to.path) },
-        )
-        .await?;
-        p.step(run, hop, "start", json!({}), &mut timings, async {
-            p.service.start().await?;
-            p.wait_healthy().await?;
-            Ok::<(), StepError>(())
-        })
-        .await?;
-        // The backup's integrity check waits until production answers again: it is not part of
-        // the downtime. A bad copy does not undo a healthy promotion (it could not be restored
-        // anyway); it is an alarm, and a later rollback refuses it before writing anything.
-        let verified = p
-            .step(
-                run,
-                hop,
-                "verify_backup",
-                json!({"dir": bdir}),
-                &mut timings,
-                async { verify_backup(&bdir) },
-            )
-            .await;
-        if let Err(e) = verified {
-            tracing::error!(error = %e, "the pre-upgrade backup failed its integrity check");
-            let _ = p.store.push_event(
-                Event::UpgradeBackupUnverified,
-                Severity::Critical,
-                &json!({"run": run, "backup": bdir, "error": e.to_string()}),
-            );
+    let result = match backup {
+        Ok(()) => {
+            switch_and_start(p, run, hop, old_target, to, baseline, &bdir, &mut timings).await
         }
-        p.step(run, hop, "smoke", json!({}), &mut timings, async {
-            let report = smoke::run(&p.target(), &to.version, baseline, &s.smoke).await;
-            if report.passed() {
-                Ok(())
-            } else {
-                Err(StepError::SmokeFailed(report.failures()))
-            }
-        })
-        .await?;
-        Ok(())
-    }
-    .await;
+        Err(e) => Err(e),
+    };
     match result {
         Ok(()) => {
             let _ = p
@@ -384,6 +324,88 @@ pub async fn promote_hop(
             }
         }
     }
+}
+
+/// The stop failed: nothing was touched. Production may still run the old version; it is
+/// started only if the service manager says it is down (a second start would fight the first
+/// for the port).
+async fn not_stopped(p: &Prod<'_>, e: StepError) -> HopOutcome {
+    let detail = match p.service.state().await {
+        ServiceState::Running | ServiceState::Unknown => {
+            "production was left running on the old version".to_string()
+        }
+        ServiceState::Stopped => match p.service.start().await {
+            Ok(()) => match p.wait_healthy().await {
+                Ok(_) => "production was started again on the old version".to_string(),
+                Err(h) => format!("production was started again but is not healthy: {h}"),
+            },
+            Err(s) => format!("starting production again failed too: {s}"),
+        },
+    };
+    HopOutcome::NotStopped {
+        reason: format!("stopping production failed: {e}; nothing was changed, {detail}"),
+    }
+}
+
+/// After the backup: switch the binary, start, check the backup (outside the downtime), smoke.
+#[allow(clippy::too_many_arguments)]
+async fn switch_and_start(
+    p: &Prod<'_>,
+    run: RunId,
+    hop: i64,
+    old_target: &Path,
+    to: &Installed,
+    baseline: &Baseline,
+    bdir: &Path,
+    timings: &mut Vec<(String, u128)>,
+) -> Result<(), StepError> {
+    let s = p.settings;
+    p.step(
+        run,
+        hop,
+        "switch",
+        json!({"from": old_target, "to": to.path}),
+        timings,
+        async { switch_binary(&s.headscale.binary, &to.path) },
+    )
+    .await?;
+    p.step(run, hop, "start", json!({}), timings, async {
+        p.service.start().await?;
+        p.wait_healthy().await?;
+        Ok::<(), StepError>(())
+    })
+    .await?;
+    // The backup's integrity check waits until production answers again: it is not part of
+    // the downtime. A bad copy does not undo a healthy promotion (it could not be restored
+    // anyway); it is an alarm, and a later rollback refuses it before writing anything.
+    let verified = p
+        .step(
+            run,
+            hop,
+            "verify_backup",
+            json!({"dir": bdir}),
+            timings,
+            async { verify_backup(bdir) },
+        )
+        .await;
+    if let Err(e) = verified {
+        tracing::error!(error = %e, "the pre-upgrade backup failed its integrity check");
+        let _ = p.store.push_event(
+            Event::UpgradeBackupUnverified,
+            Severity::Critical,
+            &json!({"run": run, "backup": bdir, "error": e.to_string()}),
+        );
+    }
+    p.step(run, hop, "smoke", json!({}), timings, async {
+        let report = smoke::run(&p.target(), &to.version, baseline, &s.smoke).await;
+        if report.passed() {
+            Ok(())
+        } else {
+            Err(StepError::SmokeFailed(report.failures()))
+        }
+    })
+    .await?;
+    Ok(())
 }
 
 /// Restores production to the pre-hop state: old binary, old database, old noise key and config.
@@ -495,117 +517,134 @@ async fn finish_rollback(
     }
 }
 
-/// Finishes every interrupted run found in the journal.
-pub async fn recover(p: &Prod<'_>) -> Result<Vec<Recovered>, DeployError> {
-    let mut out = Vec::new();
-    for run in p.store.open_runs()? {
-        let steps = p.store.steps(run.id)?;
-        for st in steps.iter().filter(|st| st.name == "stage_start") {
-            if let (Some(pid), Some(marker)) = (
-                st.data.get("pid").and_then(|v| v.as_u64()),
-                st.data.get("marker").and_then(|v| v.as_str()),
-            ) {
-                if process::terminate_pid_if(pid as u32, marker) {
-                    tracing::warn!(pid, "stopped an orphaned staging instance");
-                }
+/// Staging instances an interrupted run left behind (matched by pid and command line).
+fn stop_orphaned_staging(steps: &[StepRow]) {
+    for st in steps.iter().filter(|st| st.name == "stage_start") {
+        if let (Some(pid), Some(marker)) = (
+            st.data.get("pid").and_then(|v| v.as_u64()),
+            st.data.get("marker").and_then(|v| v.as_str()),
+        ) {
+            if process::terminate_pid_if(pid as u32, marker) {
+                tracing::warn!(pid, "stopped an orphaned staging instance");
             }
         }
-        let prod_steps: Vec<&StepRow> = steps
-            .iter()
-            .filter(|st| PRODUCTION_STEPS.contains(&st.name.as_str()))
-            .collect();
-        let hop = prod_steps.last().map_or(0, |st| st.hop);
-        let (outcome, detail) = if run.kind == "rollback" && !prod_steps.is_empty() {
-            let st = last(&steps, hop, "manual_rollback");
-            if st.is_none() {
-                // Stopped (maybe with a safety backup) but nothing restored yet.
-                match ensure_running(p).await {
-                    Ok(()) => (
-                        "aborted".into(),
-                        "interrupted before the restore; production restarted unchanged".into(),
-                    ),
-                    Err(e) => (
-                        "failed".into(),
-                        format!("restarting production failed: {e}"),
-                    ),
-                }
-            } else if st.is_some_and(|st| st.status == "done") {
-                match ensure_running(p).await {
-                    Ok(()) => ("rolled_back".into(), "manual rollback had completed".into()),
-                    Err(e) => (
-                        "failed".into(),
-                        format!("restarting production failed: {e}"),
-                    ),
-                }
-            } else {
-                let (backup, to) = (path_in(st, "backup"), path_in(st, "to"));
-                finish_rollback(
-                    p,
-                    run.id,
-                    hop,
-                    backup,
-                    to,
-                    "finished the interrupted manual rollback",
-                )
-                .await
-            }
-        } else if last(&steps, hop, "commit").is_some() {
-            ("upgraded".into(), "the promotion had committed".into())
-        } else if last(&steps, hop, "smoke").is_some_and(|st| st.status == "done") {
-            let _ = p
-                .store
-                .step_start(run.id, hop, "commit", &json!({"recovered": true}))
-                .and_then(|id| p.store.step_finish(id, true, "committed by recovery", 0));
-            (
-                "upgraded".into(),
-                "promotion had passed its smoke checks; committed".into(),
-            )
-        } else if last(&steps, hop, "rollback").is_some_and(|st| st.status == "done") {
-            // The rollback finished before the crash: repeating it would throw away what
-            // production wrote since. Only make sure it runs.
+    }
+}
+
+/// How one interrupted run ends, decided from its journal: committed, rolled back (finishing
+/// the rollback), or aborted with production started unchanged. `touched`: a step acted on
+/// production.
+async fn settle(
+    p: &Prod<'_>,
+    run: &RunRow,
+    steps: &[StepRow],
+    hop: i64,
+    touched: bool,
+) -> (String, String) {
+    if run.kind == "rollback" && touched {
+        let st = last(steps, hop, "manual_rollback");
+        if st.is_none() {
+            // Stopped (maybe with a safety backup) but nothing restored yet.
             match ensure_running(p).await {
-                Ok(()) => ("rolled_back".into(), "the rollback had completed".into()),
+                Ok(()) => (
+                    "aborted".into(),
+                    "interrupted before the restore; production restarted unchanged".into(),
+                ),
                 Err(e) => (
                     "failed".into(),
                     format!("restarting production failed: {e}"),
                 ),
             }
-        } else if let Some(sw) = last(&steps, hop, "switch") {
-            let backup = path_in(last(&steps, hop, "backup"), "dir");
-            let detail =
-                "interrupted after the switch; restored the backup and the previous binary";
-            finish_rollback(p, run.id, hop, backup, path_in(Some(sw), "from"), detail).await
-        } else if let Some(rb) = last(&steps, hop, "rollback") {
-            let (backup, to) = (path_in(Some(rb), "backup"), path_in(Some(rb), "to"));
-            finish_rollback(
-                p,
-                run.id,
-                hop,
-                backup,
-                to,
-                "finished an interrupted rollback",
-            )
-            .await
-        } else if last(&steps, hop, "stop").is_some() {
-            // Stopped (maybe backed up) but nothing switched: the old version on untouched data.
-            // The crash may have come before the stop took effect: never start a second server.
-            let started = ensure_running(p).await;
-            match started {
-                Ok(()) => (
-                    "aborted".into(),
-                    "interrupted before the switch; restarted the unchanged production".into(),
-                ),
+        } else if st.is_some_and(|st| st.status == "done") {
+            match ensure_running(p).await {
+                Ok(()) => ("rolled_back".into(), "manual rollback had completed".into()),
                 Err(e) => (
                     "failed".into(),
                     format!("restarting production failed: {e}"),
                 ),
             }
         } else {
-            (
-                "aborted".into(),
-                "interrupted before production was touched".into(),
+            let (backup, to) = (path_in(st, "backup"), path_in(st, "to"));
+            finish_rollback(
+                p,
+                run.id,
+                hop,
+                backup,
+                to,
+                "finished the interrupted manual rollback",
             )
-        };
+            .await
+        }
+    } else if last(steps, hop, "commit").is_some() {
+        ("upgraded".into(), "the promotion had committed".into())
+    } else if last(steps, hop, "smoke").is_some_and(|st| st.status == "done") {
+        let _ = p
+            .store
+            .step_start(run.id, hop, "commit", &json!({"recovered": true}))
+            .and_then(|id| p.store.step_finish(id, true, "committed by recovery", 0));
+        (
+            "upgraded".into(),
+            "promotion had passed its smoke checks; committed".into(),
+        )
+    } else if last(steps, hop, "rollback").is_some_and(|st| st.status == "done") {
+        // The rollback finished before the crash: repeating it would throw away what
+        // production wrote since. Only make sure it runs.
+        match ensure_running(p).await {
+            Ok(()) => ("rolled_back".into(), "the rollback had completed".into()),
+            Err(e) => (
+                "failed".into(),
+                format!("restarting production failed: {e}"),
+            ),
+        }
+    } else if let Some(sw) = last(steps, hop, "switch") {
+        let backup = path_in(last(steps, hop, "backup"), "dir");
+        let detail = "interrupted after the switch; restored the backup and the previous binary";
+        finish_rollback(p, run.id, hop, backup, path_in(Some(sw), "from"), detail).await
+    } else if let Some(rb) = last(steps, hop, "rollback") {
+        let (backup, to) = (path_in(Some(rb), "backup"), path_in(Some(rb), "to"));
+        finish_rollback(
+            p,
+            run.id,
+            hop,
+            backup,
+            to,
+            "finished an interrupted rollback",
+        )
+        .await
+    } else if last(steps, hop, "stop").is_some() {
+        // Stopped (maybe backed up) but nothing switched: the old version on untouched data.
+        // The crash may have come before the stop took effect: never start a second server.
+        let started = ensure_running(p).await;
+        match started {
+            Ok(()) => (
+                "aborted".into(),
+                "interrupted before the switch; restarted the unchanged production".into(),
+            ),
+            Err(e) => (
+                "failed".into(),
+                format!("restarting production failed: {e}"),
+            ),
+        }
+    } else {
+        (
+            "aborted".into(),
+            "interrupted before production was touched".into(),
+        )
+    }
+}
+
+/// Finishes every interrupted run found in the journal.
+pub async fn recover(p: &Prod<'_>) -> Result<Vec<Recovered>, DeployError> {
+    let mut out = Vec::new();
+    for run in p.store.open_runs()? {
+        let steps = p.store.steps(run.id)?;
+        stop_orphaned_staging(&steps);
+        let prod_steps: Vec<&StepRow> = steps
+            .iter()
+            .filter(|st| PRODUCTION_STEPS.contains(&st.name.as_str()))
+            .collect();
+        let hop = prod_steps.last().map_or(0, |st| st.hop);
+        let (outcome, detail) = settle(p, &run, &steps, hop, !prod_steps.is_empty()).await;
         p.store
             .finish_run(run.id, &outcome, &format!("recovered: {detail}"))?;
         // Chat hears how an interrupted run ended: nothing else would tell it.

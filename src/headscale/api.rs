@@ -385,68 +385,42 @@ pub fn check_version(v: &Version) -> Result<(), ApiError> {
     }
 }
 
+/// The version of production's binary (beside the server; gRPC has no version endpoint).
+async fn server_binary_version(s: &Settings) -> Result<Version, ApiError> {
+    cli::binary_version(&s.headscale.binary, Duration::from_secs(15))
+        .await
+        .map_err(|e| ApiError::Unreachable {
+            target: s.headscale.binary.display().to_string(),
+            detail: e.to_string(),
+        })
+}
+
 impl ApiClient {
     /// Connects according to `headscale.api`, detecting the server version from `/version`
     /// (0.27+) or, failing that, the local binary's `headscale version`.
     pub async fn connect(s: &Settings) -> Result<ApiClient, ApiError> {
         let url = s.headscale.api_url.clone();
-        let binary_version = || async {
-            cli::binary_version(&s.headscale.binary, Duration::from_secs(15))
-                .await
-                .map_err(|e| ApiError::Unreachable {
-                    target: s.headscale.binary.display().to_string(),
-                    detail: e.to_string(),
-                })
-        };
         if let Some(path) = url.strip_prefix("unix://") {
             let socket = PathBuf::from(path);
-            let version = binary_version().await?;
-            check_version(&version)?;
-            if version.minor < 30 {
-                let grpc = super::grpc::GrpcClient::connect(&socket).await?;
-                grpc.health().await?;
-                return Ok(ApiClient {
-                    transport: Transport::Grpc(grpc),
-                    version,
-                    target: url,
-                });
-            }
-            let client = ApiClient {
-                transport: Transport::Unix {
-                    socket: socket.clone(),
-                },
-                version,
-                target: url,
-            };
-            client.request("GET", "/api/v1/health", None).await?;
-            return Ok(client);
+            return Self::connect_unix(s, socket, url.clone()).await;
         }
         if let Some(host_port) = url.strip_prefix("grpcs://") {
-            let key_file = s
-                .headscale
-                .api_key_file
-                .as_ref()
-                .ok_or_else(|| ApiError::MissingKey { url: url.clone() })?;
-            let key = read_key_file(key_file)?;
-            let ca = match &s.headscale.api_ca_file {
-                Some(p) => Some(std::fs::read(p).map_err(|e| ApiError::KeyFile {
-                    path: p.clone(),
-                    detail: e.to_string(),
-                })?),
-                None => None,
-            };
-            // gRPC has no version endpoint: headwarden runs beside Headscale and asks its binary.
-            let version = binary_version().await?;
-            check_version(&version)?;
-            if version.minor >= 30 {
-                return Err(ApiError::Unreachable {
-                    target: url,
-                    detail: "Headscale 0.30 removed gRPC; use its https:// REST address".into(),
-                });
-            }
-            let grpc =
-                super::grpc::GrpcClient::connect_tls(host_port.trim_end_matches('/'), ca, &key)
-                    .await?;
+            let host_port = host_port.to_string();
+            return Self::connect_grpcs(s, &host_port, url).await;
+        }
+        Self::connect_rest(s, url).await
+    }
+
+    /// The unix socket: gRPC up to 0.29, REST from 0.30.
+    async fn connect_unix(
+        s: &Settings,
+        socket: PathBuf,
+        url: String,
+    ) -> Result<ApiClient, ApiError> {
+        let version = server_binary_version(s).await?;
+        check_version(&version)?;
+        if version.minor < 30 {
+            let grpc = super::grpc::GrpcClient::connect(&socket).await?;
             grpc.health().await?;
             return Ok(ApiClient {
                 transport: Transport::Grpc(grpc),
@@ -454,6 +428,57 @@ impl ApiClient {
                 target: url,
             });
         }
+        let client = ApiClient {
+            transport: Transport::Unix {
+                socket: socket.clone(),
+            },
+            version,
+            target: url,
+        };
+        client.request("GET", "/api/v1/health", None).await?;
+        Ok(client)
+    }
+
+    /// Remote gRPC over TLS with an API key (0.29 and older).
+    async fn connect_grpcs(
+        s: &Settings,
+        host_port: &str,
+        url: String,
+    ) -> Result<ApiClient, ApiError> {
+        let key_file = s
+            .headscale
+            .api_key_file
+            .as_ref()
+            .ok_or_else(|| ApiError::MissingKey { url: url.clone() })?;
+        let key = read_key_file(key_file)?;
+        let ca = match &s.headscale.api_ca_file {
+            Some(p) => Some(std::fs::read(p).map_err(|e| ApiError::KeyFile {
+                path: p.clone(),
+                detail: e.to_string(),
+            })?),
+            None => None,
+        };
+        // gRPC has no version endpoint: headwarden runs beside Headscale and asks its binary.
+        let version = server_binary_version(s).await?;
+        check_version(&version)?;
+        if version.minor >= 30 {
+            return Err(ApiError::Unreachable {
+                target: url,
+                detail: "Headscale 0.30 removed gRPC; use its https:// REST address".into(),
+            });
+        }
+        let grpc =
+            super::grpc::GrpcClient::connect_tls(host_port.trim_end_matches('/'), ca, &key).await?;
+        grpc.health().await?;
+        Ok(ApiClient {
+            transport: Transport::Grpc(grpc),
+            version,
+            target: url,
+        })
+    }
+
+    /// REST over https (or http to loopback) with an API key.
+    async fn connect_rest(s: &Settings, url: String) -> Result<ApiClient, ApiError> {
         let key_file = s
             .headscale
             .api_key_file
@@ -472,7 +497,7 @@ impl ApiClient {
         let http = hs_http::client(Duration::from_secs(10));
         let version = match hs_http::version(&http, &base).await {
             Ok(Some(v)) => v,
-            Ok(None) => binary_version().await?,
+            Ok(None) => server_binary_version(s).await?,
             Err(e) => {
                 return Err(ApiError::Unreachable {
                     target: base,

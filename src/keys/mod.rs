@@ -393,19 +393,18 @@ async fn plan_step(s: &Settings, store: &Store, api: &ApiClient) -> Result<Plann
 }
 
 /// `rotate`: re-registrations, reminders with one-time keys, and retiring used or lapsed keys.
-async fn rotate_step(
+/// Same machine, new node: the new node is the rotation; the old entry is stale (removed when
+/// `keys.remove_stale_duplicates` says so).
+async fn settle_duplicates(
     s: &Settings,
     store: &Store,
     api: &ApiClient,
     planned: &Planned,
+    by_id: &HashMap<i64, &KeyObservation>,
     report: &mut RunReport,
-    say: &(dyn Fn(&str) + Sync),
 ) -> Result<(), KeysError> {
-    let observed = store.key_observations()?;
-    let by_id: HashMap<i64, &KeyObservation> = observed.iter().map(|o| (o.node_id, o)).collect();
     let all_nodes = &planned.nodes;
     let dups = &planned.duplicates;
-    // Same machine, new node: the new node is the rotation; the old entry is stale.
     for (old, new) in dups {
         let new_node = all_nodes.iter().find(|n| n.id == *new);
         if let Some(n) = new_node {
@@ -432,6 +431,56 @@ async fn rotate_step(
             report.duplicates_removed.push(old.to_string());
         }
     }
+    Ok(())
+}
+
+/// A reminder with a freshly minted one-time key, queued with its stage so it goes out once.
+#[allow(clippy::too_many_arguments)]
+async fn remind(
+    s: &Settings,
+    store: &Store,
+    api: &ApiClient,
+    p: &NodePlan,
+    node: &Node,
+    stage: usize,
+    server: &str,
+    say: &(dyn Fn(&str) + Sync),
+) -> Result<(), KeysError> {
+    let (key, key_expires) = mint_for(s, store, api, node).await?;
+    let payload = reminder_payload(s, p, node, stage, &key, key_expires, server);
+    let deadline = p.deadline.unwrap_or(0);
+    store.record_reminder(
+        node.id as i64,
+        deadline,
+        stage as i64,
+        Event::KeysReminder,
+        &payload,
+    )?;
+    tracing::info!(node = %p.name, user = %p.user, stage, deadline = %state::rfc3339(deadline), "key reminder queued with a one-time pre-auth key");
+    let what = if stage > s.keys.remind_before.len() {
+        "overdue reminder".to_string()
+    } else {
+        format!("reminder stage {stage}")
+    };
+    say(&format!(
+        "{}: {what} queued (deadline {}), one-time key minted",
+        p.name,
+        state::rfc3339(deadline)
+    ));
+    Ok(())
+}
+
+async fn rotate_step(
+    s: &Settings,
+    store: &Store,
+    api: &ApiClient,
+    planned: &Planned,
+    report: &mut RunReport,
+    say: &(dyn Fn(&str) + Sync),
+) -> Result<(), KeysError> {
+    let observed = store.key_observations()?;
+    let by_id: HashMap<i64, &KeyObservation> = observed.iter().map(|o| (o.node_id, o)).collect();
+    settle_duplicates(s, store, api, planned, &by_id, report).await?;
 
     let (nodes, plans) = (&planned.nodes, &planned.plans);
     let server = server_url(s);
@@ -466,27 +515,7 @@ async fn rotate_step(
                 report.rotated.push(p.name.clone());
             }
             Action::Remind { stage } => {
-                let (key, key_expires) = mint_for(s, store, api, node).await?;
-                let payload = reminder_payload(s, p, node, *stage, &key, key_expires, &server);
-                let deadline = p.deadline.unwrap_or(0);
-                store.record_reminder(
-                    node.id as i64,
-                    deadline,
-                    *stage as i64,
-                    Event::KeysReminder,
-                    &payload,
-                )?;
-                tracing::info!(node = %p.name, user = %p.user, stage, deadline = %state::rfc3339(deadline), "key reminder queued with a one-time pre-auth key");
-                let what = if *stage > s.keys.remind_before.len() {
-                    "overdue reminder".to_string()
-                } else {
-                    format!("reminder stage {stage}")
-                };
-                say(&format!(
-                    "{}: {what} queued (deadline {}), one-time key minted",
-                    p.name,
-                    state::rfc3339(deadline)
-                ));
+                remind(s, store, api, p, node, *stage, &server, say).await?;
                 report.reminders.push(format!("{} stage {stage}", p.name));
             }
             // Expiry is the playbook's `expire` step, after every reminder went out.

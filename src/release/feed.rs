@@ -115,20 +115,7 @@ pub async fn fetch(settings: &ReleaseSettings, store: &Store) -> Result<FeedResu
     let (status, headers, body) = loop {
         attempt += 1;
         requests += 1;
-        let mut h = HeaderMap::new();
-        h.insert(
-            http::header::ACCEPT,
-            http::HeaderValue::from_static("application/vnd.github+json"),
-        );
-        h.insert(
-            "x-github-api-version",
-            http::HeaderValue::from_static("2022-11-28"),
-        );
-        if let Some(etag) = cached.as_ref().and_then(|(e, _)| e.as_deref()) {
-            if let Ok(v) = http::HeaderValue::from_str(etag) {
-                h.insert(http::header::IF_NONE_MATCH, v);
-            }
-        }
+        let h = request_headers(cached.as_ref().and_then(|(e, _)| e.as_deref()));
         let result = client._get_with_headers(url.as_str(), Some(h)).await;
         let response = match result {
             Ok(r) => r,
@@ -185,7 +172,54 @@ pub async fn fetch(settings: &ReleaseSettings, store: &Store) -> Result<FeedResu
         .and_then(|v| v.to_str().ok())
         .and_then(|s| s.parse().ok());
 
-    let (not_modified, body) = match status {
+    let (not_modified, body) = checked_body(status, body, cached, &url)?;
+    let (releases, ignored) = parse_releases(&body).map_err(|e| FeedError::Malformed {
+        url: url.clone(),
+        detail: e.to_string(),
+    })?;
+    if !not_modified {
+        let etag = headers
+            .get(http::header::ETAG)
+            .and_then(|v| v.to_str().ok());
+        store.store_feed_cache(&url, etag, &body)?;
+    }
+    Ok(FeedResult {
+        releases,
+        not_modified,
+        requests,
+        rate_remaining,
+        ignored,
+    })
+}
+
+/// GitHub's JSON media type and API version, and the cached ETag for a conditional request.
+fn request_headers(etag: Option<&str>) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(
+        http::header::ACCEPT,
+        http::HeaderValue::from_static("application/vnd.github+json"),
+    );
+    h.insert(
+        "x-github-api-version",
+        http::HeaderValue::from_static("2022-11-28"),
+    );
+    if let Some(etag) = etag {
+        if let Ok(v) = http::HeaderValue::from_str(etag) {
+            h.insert(http::header::IF_NONE_MATCH, v);
+        }
+    }
+    h
+}
+
+/// 304 → the cached body; 200 → the body within the size limit; anything else is an error.
+fn checked_body(
+    status: u16,
+    body: String,
+    cached: Option<(Option<String>, String)>,
+    url: &str,
+) -> Result<(bool, String), FeedError> {
+    let url = url.to_string();
+    Ok(match status {
         304 => match cached {
             Some((_, body)) => (true, body),
             None => {
@@ -208,23 +242,6 @@ pub async fn fetch(settings: &ReleaseSettings, store: &Store) -> Result<FeedResu
             (false, body)
         }
         other => return Err(FeedError::Status { url, status: other }),
-    };
-    let (releases, ignored) = parse_releases(&body).map_err(|e| FeedError::Malformed {
-        url: url.clone(),
-        detail: e.to_string(),
-    })?;
-    if !not_modified {
-        let etag = headers
-            .get(http::header::ETAG)
-            .and_then(|v| v.to_str().ok());
-        store.store_feed_cache(&url, etag, &body)?;
-    }
-    Ok(FeedResult {
-        releases,
-        not_modified,
-        requests,
-        rate_remaining,
-        ignored,
     })
 }
 

@@ -130,6 +130,44 @@ pub fn plan(
     }
 
     // Every series strictly between current and target must be visited.
+    let mut hops = match hops_between(current, target, &eligible, &known_series) {
+        Ok(h) => h,
+        Err(blocked) => {
+            return Plan {
+                current: current.clone(),
+                target: Some(target.version.clone()),
+                hops: vec![],
+                notes,
+                blocked: Some(blocked.to_string()),
+            }
+        }
+    };
+    hops.push(Hop {
+        version: target.version.clone(),
+        tag: target.tag.clone(),
+    });
+    Plan {
+        current: current.clone(),
+        target: Some(target.version.clone()),
+        hops,
+        notes,
+        blocked: None,
+    }
+}
+
+/// A minor series the path must pass through that has no eligible release.
+#[derive(Debug, thiserror::Error)]
+#[error("no eligible {0}.{1}.x release to pass through (Headscale cannot skip a minor version)")]
+struct NoReleaseIn(u64, u64);
+
+/// The newest eligible release of each minor series between `current` and `target` (Headscale
+/// cannot skip a minor); `Err` names a series with none.
+fn hops_between(
+    current: &Version,
+    target: &Release,
+    eligible: &[&Release],
+    known_series: &BTreeMap<(u64, u64), ()>,
+) -> Result<Vec<Hop>, NoReleaseIn> {
     let mut hops = Vec::new();
     let first_between = (current.major, current.minor + 1);
     let between: Vec<(u64, u64)> = if first_between < series(&target.version) {
@@ -151,30 +189,11 @@ pub fn plan(
                 tag: r.tag.clone(),
             }),
             None => {
-                return Plan {
-                    current: current.clone(),
-                    target: Some(target.version.clone()),
-                    hops: vec![],
-                    notes,
-                    blocked: Some(format!(
-                        "no eligible {}.{}.x release to pass through (Headscale cannot skip a minor version)",
-                        s.0, s.1
-                    )),
-                };
+                return Err(NoReleaseIn(s.0, s.1));
             }
         }
     }
-    hops.push(Hop {
-        version: target.version.clone(),
-        tag: target.tag.clone(),
-    });
-    Plan {
-        current: current.clone(),
-        target: Some(target.version.clone()),
-        hops,
-        notes,
-        blocked: None,
-    }
+    Ok(hops)
 }
 
 /// The releases a plan may use, and every minor series the feed shows; why each other newer

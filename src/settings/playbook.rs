@@ -285,16 +285,28 @@ impl RawPlaybook {
     }
 }
 
+/// Every reason a playbook was refused, each naming the step and the risk.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", .0.join("; "))]
+pub struct Refused(pub Vec<String>);
+
+impl Refused {
+    pub fn problems(&self) -> &[String] {
+        &self.0
+    }
+}
+
 /// Parses and validates a playbook (`name: upgrade`, `rotate-keys` or `audit`); every problem is
 /// reported, not just the first.
-pub fn check(text: &str) -> Result<Playbook, Vec<String>> {
-    yaml_guard(text).map_err(|e| vec![e.to_string()])?;
-    let pb: RawPlaybook = serde_yaml_ng::from_str(text).map_err(|e| vec![e.to_string()])?;
+pub fn check(text: &str) -> Result<Playbook, Refused> {
+    yaml_guard(text).map_err(|e| Refused(vec![e.to_string()]))?;
+    let pb: RawPlaybook =
+        serde_yaml_ng::from_str(text).map_err(|e| Refused(vec![e.to_string()]))?;
     let Some(name) = PlaybookName::parse(&pb.name) else {
-        return Err(vec![format!(
+        return Err(Refused(vec![format!(
             "unknown playbook name {:?} (upgrade, rotate-keys or audit)",
             pb.name
-        )]);
+        )]));
     };
     let mut problems = Vec::new();
     for (i, s) in pb.steps.iter().enumerate() {
@@ -306,14 +318,14 @@ pub fn check(text: &str) -> Result<Playbook, Vec<String>> {
         PlaybookName::RotateKeys => check_rotate_keys_order(&pb, &mut problems),
     }
     if !problems.is_empty() {
-        return Err(problems);
+        return Err(Refused(problems));
     }
     let steps = pb
         .steps
         .iter()
         .map(|s| {
             let kind = StepKind::parse(&s.step)
-                .ok_or_else(|| vec![format!("unknown step {:?}", s.step)])?;
+                .ok_or_else(|| Refused(vec![format!("unknown step {:?}", s.step)]))?;
             Ok(Step {
                 kind,
                 timeout: s.timeout.map(|t| t.0),
@@ -322,7 +334,7 @@ pub fn check(text: &str) -> Result<Playbook, Vec<String>> {
                 url: s.url.clone(),
             })
         })
-        .collect::<Result<_, Vec<String>>>()?;
+        .collect::<Result<_, Refused>>()?;
     Ok(Playbook { name, steps })
 }
 
@@ -601,7 +613,7 @@ mod tests {
             ),
             (default.replace("name: upgrade", "name: rotate-keys"), "unknown step"),
         ] {
-            let problems = check(&text).expect_err(expect);
+            let problems = check(&text).expect_err(expect).0;
             assert!(
                 problems.iter().any(|p| p.contains(expect)),
                 "{expect}: {problems:?}"
@@ -639,7 +651,7 @@ mod tests {
             ("name: rotate-keys\nsteps:\n  - step: plan\n  - step: rotate\n    on_failure: continue\n", "may continue"),
             ("name: deploy\nsteps: []\n", "unknown playbook name"),
         ] {
-            let problems = check(text).expect_err(expect);
+            let problems = check(text).expect_err(expect).0;
             assert!(problems.iter().any(|p| p.contains(expect)), "{expect}: {problems:?}");
         }
     }

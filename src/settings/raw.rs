@@ -906,10 +906,10 @@ fn load_playbook(
             (text, Some(p))
         }
     };
-    let pb = playbook::check(&text).map_err(|problems| {
+    let pb = playbook::check(&text).map_err(|refused| {
         cx.err(
             key,
-            format!("playbook refused: {}", problems.join("; ")),
+            format!("playbook refused: {refused}"),
             "`headwarden playbook check FILE` explains each refusal",
         )
     })?;

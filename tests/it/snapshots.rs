@@ -48,9 +48,25 @@ fn shown(sb: &Sandbox, args: &[&str]) -> String {
         "$ headwarden {}\nexit: {}\n--- stdout\n{}--- stderr\n{}",
         args.join(" "),
         code(&out),
-        String::from_utf8_lossy(&out.stdout),
+        installed_sorted(&String::from_utf8_lossy(&out.stdout)),
         String::from_utf8_lossy(&out.stderr)
     )
+}
+
+/// `status` lists installed versions newest install first; versions installed within the same
+/// second (a run's downloads, the adopted original) come in either order, so they are compared
+/// sorted.
+fn installed_sorted(text: &str) -> String {
+    text.lines()
+        .map(|l| match l.strip_prefix("installed: ") {
+            Some(list) => {
+                let mut v: Vec<&str> = list.split(", ").collect();
+                v.sort_unstable();
+                format!("installed: {}\n", v.join(", "))
+            }
+            None => format!("{l}\n"),
+        })
+        .collect()
 }
 
 #[test]

@@ -20,8 +20,8 @@ pub fn run(file: &Path) -> Result<u8, Failure> {
             );
             Ok(exit::OK)
         }
-        Err(problems) => {
-            for p in &problems {
+        Err(refused) => {
+            for p in refused.problems() {
                 eprintln!("error: {}: {p}", file.display());
             }
             Ok(exit::USAGE)

@@ -4,7 +4,7 @@ use crate::deploy;
 use crate::exit;
 use crate::headscale::http;
 use crate::settings::Settings;
-use crate::state::Store;
+use crate::state::{BackupRow, InstallRow, RunRow, Store};
 use crate::upgrade;
 
 use crate::cli::{fmt_local, load, print_json, Cli, Failure};
@@ -15,7 +15,29 @@ pub async fn run(cli: &Cli) -> Result<u8, Failure> {
     show(cli, &s, &store).await
 }
 
+/// What both renderings show.
+struct Facts {
+    current: String,
+    target: std::path::PathBuf,
+    health: String,
+    open: Vec<RunRow>,
+    last: Vec<RunRow>,
+    installs: Vec<InstallRow>,
+    backups: Vec<BackupRow>,
+    bad: Vec<(String, String)>,
+}
+
 async fn show(cli: &Cli, s: &Settings, store: &Store) -> Result<u8, Failure> {
+    let f = facts(s, store).await?;
+    if cli.json {
+        json(s, store, &f)?;
+    } else {
+        text(s, store, &f)?;
+    }
+    Ok(exit::OK)
+}
+
+async fn facts(s: &Settings, store: &Store) -> Result<Facts, Failure> {
     let current = upgrade::current_version(s)
         .await
         .map(|v| v.to_string())
@@ -36,40 +58,75 @@ async fn show(cli: &Cli, s: &Settings, store: &Store) -> Result<u8, Failure> {
     let installs = store.installs()?;
     let backups = store.backups()?;
     let bad = store.bad_releases()?;
-    if cli.json {
-        let jobs: std::collections::BTreeMap<&str, Option<i64>> = ["upgrade", "keys", "audit"]
-            .into_iter()
-            .map(|j| {
-                let last = store
-                    .kv_get(&format!("job.{j}.last"))
-                    .ok()
-                    .flatten()
-                    .and_then(|v| v.parse().ok());
-                (j, last)
-            })
-            .collect();
-        print_json(&serde_json::json!({
-            "schema": "headwarden.status/v1",
-            "newest_release": store.kv_get("feed.newest")?,
-            "pending_approvals": store.kv_get("approvals.pending")?.and_then(|v| v.parse::<u64>().ok()).unwrap_or(0),
-            "audit": {
-                "last": store.kv_get("audit.last_at")?.and_then(|v| v.parse::<i64>().ok()),
-                "open": store.kv_get("audit.counts")?.and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok()),
-            },
-            "jobs_last_start": jobs,
-            "production": {"version": current, "binary": s.headscale.binary, "target": target, "health": health},
-            "interrupted_runs": open,
-            "last_run": last.first(),
-            "installed": installs,
-            "backups": backups,
-            "bad_releases": bad,
-            "state_schema": store.schema_version()?,
-            "hold": store.kv_get("hold")?,
-            "notifications_queued": store.outbox()?.iter().filter(|r| r.state == "pending").count(),
-            "notifications": store.delivery_counts()?.into_iter().collect::<std::collections::BTreeMap<_, _>>(),
-        }))?;
-        return Ok(exit::OK);
-    }
+    Ok(Facts {
+        current,
+        target,
+        health,
+        open,
+        last,
+        installs,
+        backups,
+        bad,
+    })
+}
+
+/// `status --json` (schema headwarden.status/v1).
+fn json(s: &Settings, store: &Store, f: &Facts) -> Result<(), Failure> {
+    let Facts {
+        current,
+        target,
+        health,
+        open,
+        last,
+        installs,
+        backups,
+        bad,
+    } = f;
+    let jobs: std::collections::BTreeMap<&str, Option<i64>> = ["upgrade", "keys", "audit"]
+        .into_iter()
+        .map(|j| {
+            let last = store
+                .kv_get(&format!("job.{j}.last"))
+                .ok()
+                .flatten()
+                .and_then(|v| v.parse().ok());
+            (j, last)
+        })
+        .collect();
+    print_json(&serde_json::json!({
+        "schema": "headwarden.status/v1",
+        "newest_release": store.kv_get("feed.newest")?,
+        "pending_approvals": store.kv_get("approvals.pending")?.and_then(|v| v.parse::<u64>().ok()).unwrap_or(0),
+        "audit": {
+            "last": store.kv_get("audit.last_at")?.and_then(|v| v.parse::<i64>().ok()),
+            "open": store.kv_get("audit.counts")?.and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok()),
+        },
+        "jobs_last_start": jobs,
+        "production": {"version": current, "binary": s.headscale.binary, "target": target, "health": health},
+        "interrupted_runs": open,
+        "last_run": last.first(),
+        "installed": installs,
+        "backups": backups,
+        "bad_releases": bad,
+        "state_schema": store.schema_version()?,
+        "hold": store.kv_get("hold")?,
+        "notifications_queued": store.outbox()?.iter().filter(|r| r.state == "pending").count(),
+        "notifications": store.delivery_counts()?.into_iter().collect::<std::collections::BTreeMap<_, _>>(),
+    }))?;
+    Ok(())
+}
+
+fn text(s: &Settings, store: &Store, f: &Facts) -> Result<(), Failure> {
+    let Facts {
+        current,
+        target,
+        health,
+        open,
+        last,
+        installs,
+        backups,
+        bad,
+    } = f;
     println!("production: {current} ({health})");
     if let Some(reason) = store.kv_get("hold")? {
         println!("  upgrades ON HOLD: {reason} (`headwarden unhold` releases them)");
@@ -79,7 +136,7 @@ async fn show(cli: &Cli, s: &Settings, store: &Store) -> Result<u8, Failure> {
         s.headscale.binary.display(),
         target.display()
     );
-    for r in &open {
+    for r in open {
         println!(
             "INTERRUPTED run {} ({} {} -> {}): the next upgrade/rollback finishes it",
             r.id,
@@ -156,5 +213,5 @@ async fn show(cli: &Cli, s: &Settings, store: &Store) -> Result<u8, Failure> {
         let parts: Vec<String> = counts.iter().map(|(k, n)| format!("{k} {n}")).collect();
         println!("notification deliveries: {}", parts.join(", "));
     }
-    Ok(exit::OK)
+    Ok(())
 }

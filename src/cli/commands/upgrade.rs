@@ -5,6 +5,7 @@ use semver::Version;
 use crate::exit;
 use crate::lock::RunLock;
 use crate::process;
+use crate::settings::Settings;
 use crate::state::Store;
 use crate::upgrade::{self, UpgradeOptions, UpgradeOutcome};
 
@@ -28,32 +29,12 @@ pub async fn run(
         progress: process::stderr_is_tty(),
         ignore_window: *ignore_window,
     };
-    if !yes && !dry_run && std::io::IsTerminal::is_terminal(&std::io::stdin()) {
-        let report = upgrade::check(&s, &store, &opts).await?;
-        if report.plan.hops.is_empty() {
-            println!(
-                "nothing to do ({})",
-                report.plan.blocked.unwrap_or_else(|| "up to date".into())
-            );
-            return Ok(exit::OK);
-        }
-        let path: Vec<String> = report
-            .plan
-            .hops
-            .iter()
-            .map(|h| h.version.to_string())
-            .collect();
-        eprint!(
-            "upgrade production {} -> {}? [y/N] ",
-            report.current,
-            path.join(" -> ")
-        );
-        let mut answer = String::new();
-        let _ = std::io::stdin().read_line(&mut answer);
-        if !answer.trim().eq_ignore_ascii_case("y") {
-            println!("cancelled");
-            return Ok(exit::OK);
-        }
+    if !yes
+        && !dry_run
+        && std::io::IsTerminal::is_terminal(&std::io::stdin())
+        && !confirmed(&s, &store, &opts).await?
+    {
+        return Ok(exit::OK);
     }
     let quiet = cli.json;
     let say = move |line: &str| {
@@ -65,9 +46,44 @@ pub async fn run(
     if cli.json {
         print_json(&outcome)?;
     }
-    Ok(match outcome {
+    Ok(report(&outcome, cli.json))
+}
+
+/// Shows the plan and asks on the terminal; `false`: nothing to do, or the admin said no.
+async fn confirmed(s: &Settings, store: &Store, opts: &UpgradeOptions) -> Result<bool, Failure> {
+    let report = upgrade::check(s, store, opts).await?;
+    if report.plan.hops.is_empty() {
+        println!(
+            "nothing to do ({})",
+            report.plan.blocked.unwrap_or_else(|| "up to date".into())
+        );
+        return Ok(false);
+    }
+    let path: Vec<String> = report
+        .plan
+        .hops
+        .iter()
+        .map(|h| h.version.to_string())
+        .collect();
+    eprint!(
+        "upgrade production {} -> {}? [y/N] ",
+        report.current,
+        path.join(" -> ")
+    );
+    let mut answer = String::new();
+    let _ = std::io::stdin().read_line(&mut answer);
+    if !answer.trim().eq_ignore_ascii_case("y") {
+        println!("cancelled");
+        return Ok(false);
+    }
+    Ok(true)
+}
+
+/// The outcome as text (unless `--json` printed it) and its exit code.
+fn report(outcome: &UpgradeOutcome, json: bool) -> u8 {
+    match outcome {
         UpgradeOutcome::NothingToDo { current, notes } => {
-            if !cli.json {
+            if !json {
                 println!("production runs {current}; nothing to do");
                 for n in notes {
                     println!("  skipped {n}");
@@ -76,7 +92,7 @@ pub async fn run(
             exit::OK
         }
         UpgradeOutcome::Blocked { reason, .. } => {
-            if !cli.json {
+            if !json {
                 println!("blocked: {reason}");
             }
             exit::OK
@@ -87,36 +103,36 @@ pub async fn run(
             next,
             needed_minutes,
         } => {
-            if !cli.json {
+            if !json {
                 println!(
                         "production runs {current}; outside the maintenance window (an upgrade needs about {needed_minutes} min); next window: {}",
-                        next.unwrap_or_else(|| "none within two weeks".into())
+                        next.as_deref().unwrap_or("none within two weeks")
                     );
                 println!("  promote now anyway with: headwarden upgrade --ignore-window");
             }
             exit::OK
         }
         UpgradeOutcome::AwaitingApproval { current, versions } => {
-            if !cli.json {
+            if !json {
                 println!(
                     "production runs {current}; waiting for approval of {}",
                     versions.join(", ")
                 );
-                for v in &versions {
+                for v in versions {
                     println!("  approve with: headwarden approve {v}");
                 }
             }
             exit::OK
         }
         UpgradeOutcome::ConfigIncompatible { problems, .. } => {
-            for p in &problems {
+            for p in problems {
                 eprintln!("error: {p}");
             }
             eprintln!("hint: fix production's Headscale config first (compare with the new release's config-example.yaml); nothing was changed");
             exit::FAILURE
         }
         UpgradeOutcome::Upgraded { from, to, .. } => {
-            if !cli.json {
+            if !json {
                 println!("upgraded {from} -> {to}");
             }
             exit::OK
@@ -145,5 +161,5 @@ pub async fn run(
             }
             exit::ROLLBACK_FAILED
         }
-    })
+    }
 }
