@@ -6,7 +6,7 @@
 //! - L1 config and store: [`settings`] (YAML → immutable `Settings`: cron, zones, notification
 //!   URLs and playbooks parsed), [`state`] (the SQLite store and journal; the only SQL).
 //! - L2 adapters: [`headscale`] (the only module that knows Headscale's wire formats and config
-//!   keys), [`release`] (feed, notes, the pure planner, watching), [`verify`] (only it builds
+//!   keys), [`compose`] (compose files and the container engine's CLI), [`release`] (feed, notes, the pure planner, watching), [`verify`] (only it builds
 //!   `Verified`), [`smoke`], [`notify`] (events → outbox → chat), [`hook`].
 //! - L3 domain: [`deploy`] (install layout, staging, the promotion transaction, recovery),
 //!   [`keys`] (planner + executor), [`audit`].
@@ -27,6 +27,7 @@ pub mod settings;
 pub mod state;
 // L2 adapters
 pub mod headscale;
+pub mod compose;
 pub mod release;
 pub mod verify;
 pub mod smoke;

@@ -6,14 +6,16 @@ use serde::Serialize;
 
 use crate::deploy::staging::{self, StageOutcome};
 use crate::deploy::transaction::{self, HopOutcome, Prod, Recovered};
-use crate::deploy::{self, Installed, Service};
+use crate::compose::{ImageFacts, TagKind};
+use crate::deploy::container;
+use crate::deploy::{self, Artifact, Installed, Service};
 use crate::error::error_chain;
 use crate::event::{Event, Severity};
 use crate::headscale::config;
 use crate::hook;
 use crate::notify;
 use crate::release::feed;
-use crate::release::plan::Plan;
+use crate::release::plan::{Hop, Plan};
 use crate::release::watch::{
     self, awaiting_approval, estimate_secs, hold_reason, CheckReport, WatchError,
 };
@@ -21,7 +23,7 @@ pub use crate::release::watch::{approve, set_hold, UpgradeOptions};
 use crate::release::Release;
 use crate::settings::cron;
 use crate::settings::playbook::{self, OnFailure, StepKind};
-use crate::settings::Settings;
+use crate::settings::{ComposeInstall, Install, Settings};
 use crate::smoke;
 use crate::state;
 use crate::state::Store;
@@ -148,17 +150,18 @@ impl PipelineError {
     }
 }
 
-pub fn prod<'a>(
+pub async fn prod<'a>(
     s: &'a Settings,
     store: &'a Store,
     config: &'a config::HeadscaleConfig,
-) -> Prod<'a> {
-    Prod {
+) -> Result<Prod<'a>, PipelineError> {
+    Ok(Prod {
         settings: s,
         store,
         config,
         service: Service::new(&s.headscale.service),
-    }
+        cli: deploy::production_cli(s).await?,
+    })
 }
 
 pub async fn current_version(s: &Settings) -> Result<Version, PipelineError> {
@@ -170,8 +173,8 @@ pub async fn recover(s: &Settings, store: &Store) -> Result<Vec<Recovered>, Pipe
     if store.open_runs()?.is_empty() {
         return Ok(vec![]);
     }
-    let config = deploy::production_config(s)?;
-    Ok(transaction::recover(&prod(s, store, &config)).await?)
+    let config = deploy::production_config(s).await?;
+    Ok(transaction::recover(&prod(s, store, &config).await?).await?)
 }
 
 /// `headwarden check`: what would happen. Reads the feed (updating its cache) and changes nothing else.
@@ -190,8 +193,23 @@ async fn fetch_and_plan(
     opts: &UpgradeOptions,
 ) -> Result<(CheckReport, Vec<Release>), PipelineError> {
     let current = current_version(s).await?;
-    let prod_config = deploy::production_config(s)?;
-    Ok(watch::fetch_and_plan(s, store, current, &prod_config, opts).await?)
+    let prod_config = deploy::production_config(s).await?;
+    let image = image_facts(s, &current)?;
+    let (mut report, releases) =
+        watch::fetch_and_plan(s, store, current, &prod_config, opts).await?;
+    report.image = image;
+    Ok((report, releases))
+}
+
+/// A compose install's image and, when its tag floats, what the next upgrade pins it to.
+pub fn image_facts(s: &Settings, current: &Version) -> Result<Option<ImageFacts>, PipelineError> {
+    match &s.headscale.install {
+        Install::Binary => Ok(None),
+        Install::Compose(c) => Ok(Some(ImageFacts::of(
+            &container::current_image(c)?,
+            current,
+        ))),
+    }
 }
 
 /// Finishes interrupted runs first and says what recovery did (start of every locked command).
@@ -580,7 +598,7 @@ impl RunCtx<'_> {
                         .map_err(|_| timed_out("fetch"))??,
                     None => self.fetch(&mut progress).await?,
                 },
-                StepKind::Verify => self.verify_installed(&progress)?,
+                StepKind::Verify => self.verify_installed(&progress).await?,
                 StepKind::Stage => {
                     let full = pb.has(StepKind::Smoke);
                     if let Some(out) = self.stage(&progress, full).await? {
@@ -601,7 +619,7 @@ impl RunCtx<'_> {
                     }
                 }
                 StepKind::Backup => {
-                    let config = deploy::production_config(self.s)?;
+                    let config = deploy::production_config(self.s).await?;
                     deploy::check_backup_space(self.s, &config)?;
                 }
                 StepKind::Promote => {
@@ -691,6 +709,10 @@ impl RunCtx<'_> {
         let mut downloader = Downloader::new(&s.release);
         downloader.progress = self.opts.progress;
         for (i, hop) in self.plan.hops.iter().enumerate() {
+            if let Install::Compose(c) = &s.headscale.install {
+                self.fetch_image(c, i, hop, progress).await?;
+                continue;
+            }
             let release = self
                 .releases
                 .iter()
@@ -751,18 +773,87 @@ impl RunCtx<'_> {
         Ok(())
     }
 
-    /// `verify`: the installed binaries still hash to what was verified (nothing swapped them
-    /// on disk between download and use).
-    fn verify_installed(&self, progress: &Progress) -> Result<(), PipelineError> {
+    /// `fetch` for a compose install: pull `image:X.Y.Z` and hold it to the digest first
+    /// recorded for that tag.
+    async fn fetch_image(
+        &self,
+        c: &ComposeInstall,
+        i: usize,
+        hop: &Hop,
+        progress: &mut Progress,
+    ) -> Result<(), PipelineError> {
+        let (store, run) = (self.store, self.run);
+        let reference = format!("{}:{}", c.image, hop.version);
+        let step = store.step_start(
+            run,
+            i as i64,
+            "download",
+            &serde_json::json!({"tag": hop.tag, "image": reference}),
+        )?;
+        let t = std::time::Instant::now();
+        let engine = container::engine(c);
+        match verify::image::pull_verified(&engine, store, &c.image, &hop.version).await {
+            Ok(v) => {
+                store.step_finish(
+                    step,
+                    true,
+                    &format!("digest {}", v.digest()),
+                    t.elapsed().as_millis(),
+                )?;
+                (self.say)(&format!(
+                    "pulled {}: digest {} (the first seen for this tag)",
+                    v.reference(),
+                    v.digest()
+                ));
+                let digest = v.digest().to_string();
+                progress.installed.push((Installed::image(v), digest));
+                Ok(())
+            }
+            Err(e) => {
+                store.step_finish(step, false, &e.to_string(), t.elapsed().as_millis())?;
+                if e.release_is_bad() {
+                    store.mark_release_bad(&hop.tag, &e.to_string())?;
+                }
+                Err(PipelineError::Other(e.to_string()))
+            }
+        }
+    }
+
+    /// `verify`: the installed binaries still hash to what was verified, and pulled images
+    /// still carry the digest they were verified at (nothing swapped them between fetch and
+    /// use).
+    async fn verify_installed(&self, progress: &Progress) -> Result<(), PipelineError> {
         for (inst, sha) in &progress.installed {
-            let now = verify::sha256_file(inst.path()).map_err(|e| {
-                PipelineError::Other(format!("re-hashing {}: {e}", inst.path().display()))
-            })?;
-            if &now != sha {
-                return Err(PipelineError::Other(format!(
-                    "{} changed on disk after verification (sha256 {now}, verified {sha}); refusing to run it",
-                    inst.path().display()
-                )));
+            match (inst.artifact(), &self.s.headscale.install) {
+                (Artifact::Binary(path), _) => {
+                    let now = verify::sha256_file(path).map_err(|e| {
+                        PipelineError::Other(format!("re-hashing {}: {e}", path.display()))
+                    })?;
+                    if &now != sha {
+                        return Err(PipelineError::Other(format!(
+                            "{} changed on disk after verification (sha256 {now}, verified {sha}); refusing to run it",
+                            path.display()
+                        )));
+                    }
+                }
+                (Artifact::Image { reference, digest }, Install::Compose(c)) => {
+                    let now = container::engine(c)
+                        .image(reference)
+                        .await
+                        .map_err(|e| PipelineError::Other(e.to_string()))?
+                        .and_then(|i| i.digest_for(&c.image));
+                    if now.as_deref() != Some(digest.as_str()) {
+                        return Err(PipelineError::Other(format!(
+                            "{reference} changed in the engine's storage after verification (digest {}, verified {digest}); refusing to run it",
+                            now.unwrap_or_else(|| "none".into())
+                        )));
+                    }
+                }
+                (Artifact::Image { reference, .. }, Install::Binary) => {
+                    return Err(PipelineError::Other(format!(
+                        "{reference} is an image, but headscale.install.kind is binary"
+                    )))
+                }
             }
         }
         Ok(())
@@ -775,8 +866,8 @@ impl RunCtx<'_> {
         full_checks: bool,
     ) -> Result<Option<UpgradeOutcome>, PipelineError> {
         let s = self.s;
-        let config = deploy::production_config(s)?;
-        let p = prod(s, self.store, &config);
+        let config = deploy::production_config(s).await?;
+        let p = prod(s, self.store, &config).await?;
         smoke::wait_healthy(
             &config.http_base(),
             std::time::Duration::from_secs(5),
@@ -841,16 +932,80 @@ impl RunCtx<'_> {
         }
     }
 
+    /// Before a compose install's first hop: a floating tag (`latest`, `0.29`, …) is pinned to
+    /// the exact version running now, so that the backup, the rollback and every later run name
+    /// one release. Refused when the image running is not that release's image.
+    async fn pin_floating(&self, c: &ComposeInstall) -> Result<(), PipelineError> {
+        let image = container::current_image(c)?;
+        let TagKind::Floating(tag) = image.tag_kind() else {
+            return Ok(());
+        };
+        if !image.same_repository(&c.image) {
+            return Err(PipelineError::Other(format!(
+                "the compose file runs {image}, but headscale.install.image is {}; make them name the same repository",
+                c.image
+            )));
+        }
+        let engine = container::engine(c);
+        let step = self.store.step_start(
+            self.run,
+            0,
+            "pin",
+            &serde_json::json!({"from": image.to_string(), "to": c.image.clone() + ":" + &self.current.to_string()}),
+        )?;
+        let t = std::time::Instant::now();
+        let result = async {
+            let pinned = verify::image::pull_verified(&engine, self.store, &c.image, self.current)
+                .await
+                .map_err(|e| PipelineError::Other(e.to_string()))?;
+            let running = container::discover(c)
+                .await?
+                .container
+                .map(|i| i.image_id)
+                .unwrap_or_default();
+            let pinned_id = engine
+                .image(pinned.reference())
+                .await
+                .map_err(|e| PipelineError::Other(e.to_string()))?
+                .map(|i| i.id)
+                .unwrap_or_default();
+            if running.is_empty() || running != pinned_id {
+                return Err(PipelineError::Other(format!(
+                    "the compose file names {image} (tag {tag}), but the image running ({}) is not {} ({pinned_id}); pin the tag by hand to the image that runs, then run again",
+                    if running.is_empty() { "none" } else { &running },
+                    pinned.reference()
+                )));
+            }
+            deploy::switch_to(self.s, &deploy::Slot::Image(pinned.reference().to_string()))?;
+            Ok::<String, PipelineError>(pinned.reference().to_string())
+        }
+        .await;
+        match &result {
+            Ok(to) => {
+                self.store.step_finish(step, true, &format!("pinned to {to}"), t.elapsed().as_millis())?;
+                (self.say)(&format!(
+                    "pinned the compose file's floating {image} to {to} (the version running now; previous file kept as {})",
+                    container::previous_copy(&c.file).display()
+                ));
+            }
+            Err(e) => self.store.step_finish(step, false, &e.to_string(), t.elapsed().as_millis())?,
+        }
+        result.map(drop)
+    }
+
     /// `promote`: hop by hop; each hop is its own transaction with its own backup.
     async fn promote(
         &self,
         progress: &mut Progress,
     ) -> Result<Option<UpgradeOutcome>, PipelineError> {
         let (s, store, run, current) = (self.s, self.store, self.run, self.current);
-        let config = deploy::production_config(s)?;
+        let config = deploy::production_config(s).await?;
         deploy::check_backup_space(s, &config)?;
-        let p = prod(s, store, &config);
+        let p = prod(s, store, &config).await?;
         let mut from = current.clone();
+        if let Install::Compose(c) = &s.headscale.install {
+            self.pin_floating(c).await?;
+        }
         let mut old_target = deploy::adopt_current(s, store, current)?;
         for (i, (hop, _)) in progress.installed.iter().enumerate() {
             let baseline = smoke::baseline(&p.target(), s.smoke.timeout)
@@ -895,7 +1050,7 @@ impl RunCtx<'_> {
                     ));
                     progress.timings.push(timings);
                     from = hop.version().clone();
-                    old_target = hop.path().to_path_buf();
+                    old_target = hop.slot();
                     progress.promoted = Some(from.clone());
                 }
                 HopOutcome::NotStopped { reason } => {
@@ -983,8 +1138,8 @@ async fn restore(
     say: Say<'_>,
 ) -> Result<String, PipelineError> {
     let current = current_version(s).await?;
-    let config = deploy::production_config(s)?;
-    let p = prod(s, store, &config);
+    let config = deploy::production_config(s).await?;
+    let p = prod(s, store, &config).await?;
     let run = store.begin_run(
         "rollback",
         Some(&current.to_string()),

@@ -15,7 +15,9 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use serde_json::{json, Value};
 
+use crate::compose::ImageFacts;
 use crate::deploy;
+use crate::deploy::container;
 use crate::error::error_chain;
 use crate::event::{Event, Severity};
 use crate::headscale::api;
@@ -28,7 +30,7 @@ use crate::release::notes;
 use crate::release::watch::{self, UpgradeOptions};
 use crate::settings;
 use crate::settings::playbook::{self, OnFailure, StepKind};
-use crate::settings::Settings;
+use crate::settings::{Install, Settings};
 use crate::state;
 use crate::state::{now, Store};
 use crate::verify;
@@ -467,7 +469,22 @@ async fn version_checks(ctx: &Ctx<'_>) -> Result<Vec<Finding>, Unavailable> {
     let current = deploy::current_version(s)
         .await
         .map_err(|e| error_chain(&e))?;
-    let prod_config = deploy::production_config(s).map_err(|e| error_chain(&e))?;
+    if let Install::Compose(c) = &s.headscale.install {
+        let image = container::current_image(c).map_err(|e| error_chain(&e))?;
+        let facts = ImageFacts::of(&image, &current);
+        if let Some(tag) = &facts.floating {
+            out.push(finding(
+                "version.floating_image_tag",
+                None,
+                Severity::Warning,
+                format!("the compose file runs Headscale from the floating tag {tag}"),
+                facts.describe(),
+                mitigation::UPDATED,
+                "`headwarden upgrade` pins it to the running version first; or write the exact version into the compose file's image: line",
+            ));
+        }
+    }
+    let prod_config = deploy::production_config(s).await.map_err(|e| error_chain(&e))?;
     let (report, releases) = watch::fetch_and_plan(
         s,
         ctx.store,

@@ -14,6 +14,7 @@
 //! staging/                       the staging instance: config, db copy, socket, logs
 //! ```
 
+pub mod container;
 pub mod service;
 pub mod staging;
 pub mod transaction;
@@ -23,12 +24,13 @@ use std::time::Duration;
 
 use semver::Version;
 
+use crate::compose::{ComposeError, EngineError};
 use crate::files::{self, FileMeta};
-use crate::headscale::cli::{binary_version, CliError};
+use crate::headscale::cli::{self, binary_version, Cli, CliError};
 use crate::headscale::config;
 use crate::headscale::config::HeadscaleConfig;
 use crate::process;
-use crate::settings::Settings;
+use crate::settings::{Install, Settings};
 use crate::state;
 use crate::state::sqlite_files;
 use crate::state::Store;
@@ -54,6 +56,10 @@ pub enum DeployError {
     Config(#[from] config::HeadscaleConfigError),
     #[error(transparent)]
     File(#[from] files::FileError),
+    #[error(transparent)]
+    Compose(#[from] ComposeError),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
     #[error("{0}")]
     Other(String),
 }
@@ -78,30 +84,138 @@ pub struct CurrentVersionError {
     pub source: CliError,
 }
 
-/// The version production runs, from `<headscale.binary> version`.
+/// The version production runs: `<headscale.binary> version`, or `headscale version` inside the
+/// compose service's container.
 pub async fn current_version(s: &Settings) -> Result<Version, CurrentVersionError> {
-    binary_version(&s.headscale.binary, Duration::from_secs(30))
+    let (cli, what) = match &s.headscale.install {
+        Install::Binary => (
+            Cli::binary(&s.headscale.binary),
+            s.headscale.binary.display().to_string(),
+        ),
+        Install::Compose(c) => {
+            let what = format!("compose service {} of {}", c.service, c.file.display());
+            match container::production_cli(c).await {
+                Ok(cli) => (cli, what),
+                Err(e) => {
+                    return Err(CurrentVersionError {
+                        binary: what,
+                        source: CliError::Failed {
+                            command: "headscale version".into(),
+                            detail: crate::error::error_chain(&e),
+                        },
+                    })
+                }
+            }
+        }
+    };
+    cli::cli_version(&cli, Duration::from_secs(30))
         .await
         .map_err(|source| CurrentVersionError {
-            binary: s.headscale.binary.display().to_string(),
+            binary: what,
             source,
         })
 }
 
-/// A binary installed under `versions/`, ready to be staged or promoted.
+/// Production's `headscale` CLI: the binary, or the one in the compose service's container.
+pub async fn production_cli(s: &Settings) -> Result<Cli, DeployError> {
+    match &s.headscale.install {
+        Install::Binary => Ok(Cli::binary(&s.headscale.binary)),
+        Install::Compose(c) => container::production_cli(c).await,
+    }
+}
+
+/// What production runs from, as the journal records it: the binary its symlink points at, or
+/// the image its compose file names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Slot {
+    Binary(PathBuf),
+    Image(String),
+}
+
+impl Slot {
+    /// The journal's text for it.
+    pub fn journal(&self) -> String {
+        match self {
+            Slot::Binary(p) => p.display().to_string(),
+            Slot::Image(r) => r.clone(),
+        }
+    }
+    /// Reads a journal entry back, as the install kind records it.
+    pub fn from_journal(s: &Settings, text: &str) -> Self {
+        match &s.headscale.install {
+            Install::Binary => Slot::Binary(PathBuf::from(text)),
+            Install::Compose(_) => Slot::Image(text.to_string()),
+        }
+    }
+    /// The version it runs: the binary's own report, or the image's exact tag.
+    pub async fn version(&self, timeout: Duration) -> Result<Version, CliError> {
+        match self {
+            Slot::Binary(p) => binary_version(p, timeout).await,
+            Slot::Image(r) => container::image_version(r).ok_or_else(|| CliError::Output {
+                command: format!("the tag of {r}"),
+                detail: "not an exact version".into(),
+            }),
+        }
+    }
+}
+
+/// Where production points now.
+pub fn current_slot(s: &Settings) -> Result<Slot, DeployError> {
+    match &s.headscale.install {
+        Install::Binary => Ok(Slot::Binary(current_target(&s.headscale.binary))),
+        Install::Compose(c) => Ok(Slot::Image(container::current_image(c)?.to_string())),
+    }
+}
+
+/// Points production at `slot` (the symlink, or the compose file's `image:` line).
+pub fn switch_to(s: &Settings, slot: &Slot) -> Result<(), DeployError> {
+    match (&s.headscale.install, slot) {
+        (Install::Binary, Slot::Binary(p)) => switch_binary(&s.headscale.binary, p),
+        (Install::Compose(c), Slot::Image(r)) => container::switch_image(c, r),
+        (_, other) => Err(DeployError::Other(format!(
+            "{} does not fit this install kind",
+            other.journal()
+        ))),
+    }
+}
+
+/// A verified release ready to be staged or promoted: a binary under `versions/`, or a pulled
+/// image with the digest it was verified at.
 #[derive(Debug, Clone)]
 pub struct Installed {
     version: Version,
-    path: PathBuf,
+    artifact: Artifact,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Artifact {
+    Binary(PathBuf),
+    Image { reference: String, digest: String },
 }
 
 impl Installed {
     pub fn version(&self) -> &Version {
         &self.version
     }
-    /// The binary under `versions/<v>/`.
-    pub fn path(&self) -> &Path {
-        &self.path
+    pub fn artifact(&self) -> &Artifact {
+        &self.artifact
+    }
+    /// What production points at once this is promoted.
+    pub fn slot(&self) -> Slot {
+        match &self.artifact {
+            Artifact::Binary(p) => Slot::Binary(p.clone()),
+            Artifact::Image { reference, .. } => Slot::Image(reference.clone()),
+        }
+    }
+    /// An image pulled and checked by `verify` (its digest recorded).
+    pub fn image(verified: verify::VerifiedImage) -> Self {
+        Self {
+            version: verified.version().clone(),
+            artifact: Artifact::Image {
+                reference: verified.reference().to_string(),
+                digest: verified.digest().to_string(),
+            },
+        }
     }
 }
 
@@ -127,7 +241,7 @@ pub fn install(s: &Settings, store: &Store, verified: Verified) -> Result<Instal
     store.record_install(&verified.version().to_string(), &target, verified.sha256())?;
     Ok(Installed {
         version: verified.version().clone(),
-        path: target,
+        artifact: Artifact::Binary(target),
     })
 }
 
@@ -176,15 +290,21 @@ pub fn switch_binary(binary: &Path, target: &Path) -> Result<(), DeployError> {
 
 /// Makes sure the running version's binary lives under `versions/` so a rollback can return to
 /// it even when production's binary path is still the plain file an admin installed.
+///
+/// For a compose install the running image stays where the engine keeps it: the slot is the
+/// compose file's (pinned) image.
 pub fn adopt_current(
     s: &Settings,
     store: &Store,
     current: &Version,
-) -> Result<PathBuf, DeployError> {
+) -> Result<Slot, DeployError> {
+    let Install::Binary = &s.headscale.install else {
+        return current_slot(s);
+    };
     let binary = &s.headscale.binary;
     let target = current_target(binary);
     if target.starts_with(versions_dir(s)) {
-        return Ok(target);
+        return Ok(Slot::Binary(target));
     }
     let dest = version_path(s, current);
     version_dir(s, &dest)?;
@@ -195,7 +315,7 @@ pub fn adopt_current(
         let sha = verify::sha256_file(&dest).map_err(io_err("hashing", &dest))?;
         store.record_install(&current.to_string(), &dest, &sha)?;
     }
-    Ok(dest)
+    Ok(Slot::Binary(dest))
 }
 
 /// Keeps the newest `keep` installed versions, never removing `protect`ed paths.
@@ -223,7 +343,17 @@ pub fn prune_versions(
 /// environment of the running server (systemd `Environment=`/`EnvironmentFile=`, a compose
 /// `environment:`, whatever its service manager gave it), read from `/proc`. The running server
 /// is the process serving with this config file, or executing production's binary.
-pub fn production_config(s: &Settings) -> Result<HeadscaleConfig, DeployError> {
+///
+/// A compose install's config is read through the service's volumes and environment
+/// ([`container::Discovered::config`]).
+pub async fn production_config(s: &Settings) -> Result<HeadscaleConfig, DeployError> {
+    match &s.headscale.install {
+        Install::Binary => binary_production_config(s),
+        Install::Compose(c) => container::discover(c).await?.config(&s.headscale.config),
+    }
+}
+
+fn binary_production_config(s: &Settings) -> Result<HeadscaleConfig, DeployError> {
     let file = HeadscaleConfig::load(&s.headscale.config)?;
     let config = s.headscale.config.display().to_string();
     let binary = std::fs::canonicalize(current_target(&s.headscale.binary)).ok();

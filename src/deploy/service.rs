@@ -3,8 +3,9 @@
 
 use std::time::Duration;
 
+use crate::compose::{ComposeFile, Engine, EngineError};
 use crate::process::{self, ProcessError};
-use crate::settings::ServiceSettings;
+use crate::settings::{ComposeInstall, ServiceSettings};
 
 const SERVICE_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -13,6 +14,11 @@ const SERVICE_TIMEOUT: Duration = Duration::from_secs(120);
 pub enum ServiceError {
     #[error("{0}")]
     Spawn(#[from] ProcessError),
+    #[error("{0}")]
+    Engine(#[from] EngineError),
+    /// The compose service's container is not running.
+    #[error("the container of compose service {0} is not running")]
+    NotRunning(String),
     #[error("`{argv}` exited with {code}: {tail}")]
     Exited {
         argv: String,
@@ -44,6 +50,12 @@ impl Service {
 
     async fn run(&self, action: &str) -> Result<(), ServiceError> {
         let argv: Vec<String> = match (&self.settings, action) {
+            (ServiceSettings::Compose(c), "is-active") => return compose_running(c).await,
+            (ServiceSettings::Compose(c), "start") => compose_argv(
+                c,
+                &["up", "-d", "--force-recreate", "--no-deps", &c.service],
+            ),
+            (ServiceSettings::Compose(c), _) => compose_argv(c, &[action, &c.service]),
             (ServiceSettings::Systemd { unit }, _) => {
                 vec!["systemctl".into(), action.into(), unit.clone()]
             }
@@ -99,6 +111,37 @@ impl Service {
         match &self.settings {
             ServiceSettings::Systemd { unit } => format!("systemd unit {unit}"),
             ServiceSettings::Command { .. } => "service commands".to_string(),
+            ServiceSettings::Compose(c) => {
+                format!("compose service {} of {}", c.service, c.file.display())
+            }
         }
+    }
+}
+
+/// `<compose command> -f <file> <args…>`.
+fn compose_argv(c: &ComposeInstall, args: &[&str]) -> Vec<String> {
+    let mut argv = c.command.clone();
+    argv.push("-f".into());
+    argv.push(c.file.display().to_string());
+    argv.extend(args.iter().map(|a| a.to_string()));
+    argv
+}
+
+/// The service's container runs (asked of the engine: compose commands' `ps` output differs
+/// between implementations).
+async fn compose_running(c: &ComposeInstall) -> Result<(), ServiceError> {
+    let engine = Engine::new(c.engine.clone());
+    let dir = c.file.parent().unwrap_or(std::path::Path::new("/"));
+    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let file = ComposeFile::load(&c.file).ok();
+    let name = file
+        .and_then(|f| f.service(&c.service).ok())
+        .and_then(|s| s.container_name);
+    match engine
+        .compose_container(&dir, &c.service, name.as_deref())
+        .await?
+    {
+        Some(info) if info.running => Ok(()),
+        _ => Err(ServiceError::NotRunning(c.service.clone())),
     }
 }

@@ -12,12 +12,15 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::deploy::{io_err, DeployError, Installed};
+use crate::compose::Engine;
+use crate::deploy::container::{self, Discovered};
+use crate::deploy::{io_err, Artifact, DeployError, Installed};
 use crate::files;
 use crate::headscale::config::{derive_staging, staging_env, HeadscaleConfig, StagingLayout};
 use crate::process;
 use crate::settings;
-use crate::settings::Settings;
+use crate::headscale::cli::Cli;
+use crate::settings::{Install, Settings};
 use crate::smoke::{self, Baseline, Report, SmokeError, Target};
 use crate::state::{sqlite_files, RunId, Store};
 use crate::verify;
@@ -80,11 +83,27 @@ pub async fn stage(
         derp_map: derp,
     };
     copy_production(store, run, prod, &layout)?;
+    let host = match &s.headscale.install {
+        Install::Binary => Host::Process,
+        Install::Compose(c) => Host::Container {
+            engine: container::engine(c),
+            production: Box::new(container::discover(c).await?),
+        },
+    };
 
     let mut reports = Vec::new();
     for (i, hop) in hops.iter().enumerate() {
-        let started = match start_hop(s, store, run, i, hop, prod, &mut layout, overlay.as_ref())
-            .await?
+        let hop_env = HopEnv {
+            s,
+            store,
+            run,
+            i,
+            hop,
+            prod,
+            overlay: overlay.as_ref(),
+            host: &host,
+        };
+        let started = match start_hop(&hop_env, &mut layout).await?
         {
             Ok(started) => started,
             Err((reason, port_conflict)) => {
@@ -101,11 +120,12 @@ pub async fn stage(
             }
         };
         let Started {
-            mut child,
+            mut instance,
             step,
             t,
             base_url,
             config_path,
+            cli,
         } = started;
         store.step_finish(step, true, "healthy", t.elapsed().as_millis())?;
 
@@ -119,7 +139,7 @@ pub async fn stage(
         let target = Target {
             name: "staging",
             base_url,
-            binary: hop.path.clone(),
+            cli,
             config: config_path.clone(),
         };
         // Without the playbook's smoke step staging only proves the candidate starts, migrates
@@ -129,7 +149,7 @@ pub async fn stage(
         } else {
             Report::default()
         };
-        process::terminate(&mut child, Duration::from_secs(10)).await;
+        instance.stop().await;
         let passed = report.passed();
         let failures = report.failures();
         store.step_finish(
@@ -195,28 +215,156 @@ fn copy_production(
     Ok(())
 }
 
+/// Where staging instances run: as our own child processes, or as throwaway containers of the
+/// candidate image beside production's (which they never share a volume with, but for its
+/// config directory, read only).
+enum Host {
+    Process,
+    Container {
+        engine: Engine,
+        production: Box<Discovered>,
+    },
+}
+
+/// One running staging instance.
+enum Instance {
+    Child(tokio::process::Child),
+    Container { engine: Engine, name: String },
+}
+
+impl Instance {
+    async fn stop(&mut self) {
+        match self {
+            Instance::Child(child) => process::terminate(child, Duration::from_secs(10)).await,
+            Instance::Container { engine, name } => {
+                if let Err(e) = engine.remove(name).await {
+                    tracing::error!(name = %name, error = %e, "cannot remove the staging container");
+                }
+            }
+        }
+    }
+
+    /// `Err(why)` once the instance has exited.
+    async fn exited(&mut self, log: &Path) -> Result<(), String> {
+        match self {
+            Instance::Child(child) => match child.try_wait() {
+                Ok(Some(status)) => Err(format!(
+                    "staging process exited ({status}): {}",
+                    log_tail(log)
+                )),
+                _ => Ok(()),
+            },
+            Instance::Container { engine, name } => match engine.container(name).await {
+                Ok(Some(info)) if info.running => Ok(()),
+                Ok(_) => Err(format!(
+                    "staging container exited: {}",
+                    engine.logs_tail(name).await
+                )),
+                Err(e) => Err(format!("cannot ask the engine about the staging container: {e}")),
+            },
+        }
+    }
+
+    async fn log_tail(&self, log: &Path) -> String {
+        match self {
+            Instance::Child(_) => log_tail(log),
+            Instance::Container { engine, name } => engine.logs_tail(name).await,
+        }
+    }
+}
+
 /// A staging instance that became healthy, with its open journal step.
 struct Started {
-    child: tokio::process::Child,
+    instance: Instance,
     step: i64,
     t: std::time::Instant,
     base_url: String,
     config_path: PathBuf,
+    cli: Cli,
+}
+
+/// What one hop's start needs.
+struct HopEnv<'a> {
+    s: &'a Settings,
+    store: &'a Store,
+    run: RunId,
+    i: usize,
+    hop: &'a Installed,
+    prod: &'a HeadscaleConfig,
+    overlay: Option<&'a serde_yaml_ng::Value>,
+    host: &'a Host,
+}
+
+/// Starts the hop's candidate (process or container) with the staging config written at
+/// `config_path`; returns it and the journal data that lets recovery stop it.
+async fn launch(
+    h: &HopEnv<'_>,
+    layout: &StagingLayout,
+    config_path: &Path,
+    log: &Path,
+) -> Result<(Instance, Cli, serde_json::Value), DeployError> {
+    let config_arg = config_path.display().to_string();
+    let version = h.hop.version.to_string();
+    match (&h.hop.artifact, h.host) {
+        (Artifact::Binary(path), _) => {
+            let child = process::spawn_logged_env(
+                path,
+                &["serve", "-c", &config_arg],
+                log,
+                &staging_env(h.prod),
+            )
+            .map_err(|e| DeployError::Other(e.to_string()))?;
+            let pid = child.id().unwrap_or(0);
+            let data = serde_json::json!({"version": version, "pid": pid, "marker": config_arg});
+            Ok((Instance::Child(child), Cli::binary(path), data))
+        }
+        (Artifact::Image { reference, digest }, Host::Container { engine, production }) => {
+            let name = container::staging_name(h.run, h.i);
+            engine.remove(&name).await?;
+            let mut mounts = vec![(layout.dir.clone(), layout.dir.clone(), false)];
+            mounts.extend(
+                production
+                    .shared_mounts(&h.prod.database_path)
+                    .into_iter()
+                    .map(|(src, dst)| (src, dst, true)),
+            );
+            let run = h.run.to_string();
+            // The journal names the container before it exists: recovery removes it by name.
+            let data = serde_json::json!({"version": version, "container": name, "image": reference, "digest": digest});
+            let image = format!("{}@{digest}", crate::compose::ImageRef::parse(reference).repository);
+            engine
+                .run_detached(
+                    &name,
+                    &image,
+                    &mounts,
+                    &staging_env(h.prod),
+                    &[("io.headwarden.staging", &run)],
+                    &["serve", "-c", &config_arg],
+                )
+                .await?;
+            let cli = container::cli_in(engine, &name, &image).await?;
+            Ok((
+                Instance::Container {
+                    engine: engine.clone(),
+                    name,
+                },
+                cli,
+                data,
+            ))
+        }
+        (Artifact::Image { reference, .. }, Host::Process) => Err(DeployError::Other(format!(
+            "{reference} is an image, but headscale.install.kind is binary"
+        ))),
+    }
 }
 
 /// Starts one hop's candidate on the copy and waits for `/health`. `Err((reason, port
 /// conflict))` when it did not become healthy (its step is closed as failed).
-#[allow(clippy::too_many_arguments)]
 async fn start_hop(
-    s: &Settings,
-    store: &Store,
-    run: RunId,
-    i: usize,
-    hop: &Installed,
-    prod: &HeadscaleConfig,
+    h: &HopEnv<'_>,
     layout: &mut StagingLayout,
-    overlay: Option<&serde_yaml_ng::Value>,
 ) -> Result<Result<Started, (String, bool)>, DeployError> {
+    let (s, store, hop) = (h.s, h.store, h.hop);
     let log = layout.dir.join(format!("headscale-{}.log", hop.version));
     // Ports are picked free just before the start; another process can take one in between.
     // A start that fails with "address already in use" gets one retry on fresh ports, and a
@@ -227,44 +375,40 @@ async fn start_hop(
         layout.http_port = free_port()?;
         layout.metrics_port = free_port()?;
         layout.grpc_port = free_port()?;
-        let config = derive_staging(prod, layout, overlay);
+        let config = derive_staging(h.prod, layout, h.overlay);
         let config_path = layout.config();
         let text = serde_yaml_ng::to_string(&config)
             .map_err(|e| DeployError::Other(format!("serialising staging config: {e}")))?;
         std::fs::write(&config_path, text).map_err(io_err("writing", &config_path))?;
         let base_url = format!("http://127.0.0.1:{}", layout.http_port);
-        let config_arg = config_path.display().to_string();
-        let mut child = process::spawn_logged_env(
-            &hop.path,
-            &["serve", "-c", &config_arg],
-            &log,
-            &staging_env(prod),
-        )
-        .map_err(|e| DeployError::Other(e.to_string()))?;
-        let pid = child.id().unwrap_or(0);
-        let step = store.step_start(run, i as i64, "stage_start", &serde_json::json!({"version": hop.version.to_string(), "pid": pid, "marker": config_arg}))?;
+        let (mut instance, cli, data) = match launch(h, layout, &config_path, &log).await {
+            Ok(started) => started,
+            // An image that cannot even be started is the release's failure, as a crash is.
+            Err(e) => return Ok(Err((crate::error::error_chain(&e), false))),
+        };
+        let step = store.step_start(h.run, h.i as i64, "stage_start", &data)?;
         process::crash_point("stage_start:after");
         let t = std::time::Instant::now();
-        tracing::info!(version = %hop.version, pid, url = %base_url, attempt, "staging instance starting");
-        let health = smoke::wait_healthy(&base_url, s.smoke.timeout, || match child.try_wait() {
-            Ok(Some(status)) => Err(SmokeError::Died(format!(
-                "staging process exited ({status}): {}",
-                log_tail(&log)
-            ))),
-            _ => Ok(()),
-        })
-        .await;
+        tracing::info!(version = %hop.version, url = %base_url, attempt, "staging instance starting");
+        let health = wait_healthy(&mut instance, &base_url, s.smoke.timeout, &log).await;
         let Err(e) = health else {
             return Ok(Ok(Started {
-                child,
+                instance,
                 step,
                 t,
                 base_url,
                 config_path,
+                cli,
             }));
         };
-        let reason = e.to_string();
-        process::terminate(&mut child, Duration::from_secs(5)).await;
+        let mut reason = e.to_string();
+        if !reason.contains("exited") {
+            let tail = instance.log_tail(&log).await;
+            if !tail.is_empty() {
+                reason = format!("{reason}; last log lines: {tail}");
+            }
+        }
+        instance.stop().await;
         store.step_finish(step, false, &reason, t.elapsed().as_millis())?;
         let port_conflict = reason.contains("address already in use");
         if port_conflict && attempt < 2 {
@@ -272,5 +416,34 @@ async fn start_hop(
             continue;
         }
         return Ok(Err((reason, port_conflict)));
+    }
+}
+
+/// Polls `/health`, failing fast once the instance has exited.
+async fn wait_healthy(
+    instance: &mut Instance,
+    base_url: &str,
+    timeout: Duration,
+    log: &Path,
+) -> Result<(), SmokeError> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        // Each round: up to half a second of health polling, then ask whether it still runs.
+        let round = left.min(Duration::from_millis(500));
+        match smoke::wait_healthy(base_url, round, || Ok(())).await {
+            Ok(_) => return Ok(()),
+            Err(SmokeError::NotHealthy { last, .. }) if left <= round => {
+                return Err(SmokeError::NotHealthy {
+                    secs: timeout.as_secs(),
+                    last,
+                })
+            }
+            Err(e) if left <= round => return Err(e),
+            Err(_) => {}
+        }
+        if let Err(why) = instance.exited(log).await {
+            return Err(SmokeError::Died(why));
+        }
     }
 }

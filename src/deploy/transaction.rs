@@ -31,14 +31,15 @@ use serde_json::json;
 
 use crate::deploy;
 use crate::deploy::service::{ServiceError, ServiceState};
-use crate::deploy::{current_target, io_err, switch_binary, DeployError, Installed, Service};
+use crate::deploy::container;
+use crate::deploy::{current_slot, io_err, switch_to, DeployError, Installed, Service, Slot};
 use crate::error::error_chain;
 use crate::event::{Event, Severity};
 use crate::files;
-use crate::headscale::cli::{self, CliError};
+use crate::headscale::cli::{Cli, CliError};
 use crate::headscale::config::HeadscaleConfig;
 use crate::process;
-use crate::settings::Settings;
+use crate::settings::{Install, Settings};
 use crate::smoke::{self, Baseline, SmokeError, Target};
 use crate::state;
 use crate::state::{sqlite_files, RunId, RunRow, StepRow, Store};
@@ -68,6 +69,8 @@ pub struct Prod<'a> {
     pub store: &'a Store,
     pub config: &'a HeadscaleConfig,
     pub service: Service,
+    /// Production's `headscale` CLI (the binary, or inside the compose service's container).
+    pub cli: Cli,
 }
 
 impl Prod<'_> {
@@ -75,7 +78,7 @@ impl Prod<'_> {
         Target {
             name: "production",
             base_url: self.config.http_base(),
-            binary: self.settings.headscale.binary.clone(),
+            cli: self.cli.clone(),
             config: self.settings.headscale.config.clone(),
         }
     }
@@ -160,8 +163,8 @@ pub enum StepError {
     /// The smoke checks after the start failed: their failures.
     #[error("{0}")]
     SmokeFailed(String),
-    #[error("cannot read the version of {path}: {source}")]
-    ReadVersion { path: PathBuf, source: CliError },
+    #[error("cannot read the version of {slot}: {source}")]
+    ReadVersion { slot: String, source: CliError },
     /// Refused to go on, with what to do instead.
     #[error("{0}")]
     Refused(String),
@@ -179,10 +182,19 @@ pub fn backup_dir(s: &Settings, run: RunId, hop: i64, from: &str) -> PathBuf {
 /// The copy's `PRAGMA integrity_check` is [`verify_backup`], run by a promotion right after the
 /// new version's start (outside the downtime window): the copy comes from SQLite's backup API
 /// on a stopped database, and a restore checks it again before it writes anything.
-pub fn take_backup(config: &HeadscaleConfig, dir: &Path) -> Result<(), DeployError> {
+///
+/// A compose install's compose file is kept beside them (`compose.yaml`).
+pub fn take_backup(
+    s: &Settings,
+    config: &HeadscaleConfig,
+    dir: &Path,
+) -> Result<(), DeployError> {
     verify::create_private_dir(dir).map_err(io_err("creating", dir))?;
     sqlite_files::online_copy(&config.database_path, &dir.join("db.sqlite"))?;
     files::copy_preserving(&config.path, &dir.join("config.yaml"))?;
+    if let Install::Compose(c) = &s.headscale.install {
+        files::copy_preserving(&c.file, &dir.join("compose.yaml"))?;
+    }
     if files::regular_meta(&config.noise_key_path)?.is_some() {
         files::copy_preserving(&config.noise_key_path, &dir.join("noise_private.key"))?;
     }
@@ -194,9 +206,13 @@ pub fn verify_backup(dir: &Path) -> Result<(), DeployError> {
     Ok(sqlite_files::integrity_check(&dir.join("db.sqlite"))?)
 }
 
-/// Puts a backup back: database, noise key, config; each through a fresh file renamed into
-/// place, with the owner and mode the backup recorded.
-fn restore_backup(config: &HeadscaleConfig, dir: &Path) -> Result<(), DeployError> {
+/// Puts a backup back: database, noise key, config (and a compose install's compose file); each
+/// through a fresh file renamed into place, with the owner and mode the backup recorded.
+fn restore_backup(
+    s: &Settings,
+    config: &HeadscaleConfig,
+    dir: &Path,
+) -> Result<(), DeployError> {
     sqlite_files::integrity_check(&dir.join("db.sqlite"))?;
     sqlite_files::restore(&dir.join("db.sqlite"), &config.database_path)?;
     let key = dir.join("noise_private.key");
@@ -206,6 +222,12 @@ fn restore_backup(config: &HeadscaleConfig, dir: &Path) -> Result<(), DeployErro
     let cfg = dir.join("config.yaml");
     if files::regular_meta(&cfg)?.is_some() {
         files::restore_copy(&cfg, &config.path)?;
+    }
+    let compose = dir.join("compose.yaml");
+    if let Install::Compose(c) = &s.headscale.install {
+        if files::regular_meta(&compose)?.is_some() {
+            files::restore_copy(&compose, &c.file)?;
+        }
     }
     Ok(())
 }
@@ -228,12 +250,13 @@ async fn stop_for_rollback(service: &Service) -> Result<(), StepError> {
 }
 
 /// After a rollback's start: the server that answers must be the version rolled back to.
-async fn check_rolled_back_version(p: &Prod<'_>, target: &Path) -> Result<(), StepError> {
+async fn check_rolled_back_version(p: &Prod<'_>, target: &Slot) -> Result<(), StepError> {
     let timeout = p.settings.smoke.timeout;
-    let expected = cli::binary_version(target, timeout)
+    let expected = target
+        .version(timeout)
         .await
         .map_err(|source| StepError::ReadVersion {
-            path: target.to_path_buf(),
+            slot: target.journal(),
             source,
         })?;
     match smoke::served_version(&p.target(), timeout).await? {
@@ -250,7 +273,7 @@ pub async fn promote_hop(
     run: RunId,
     hop: i64,
     from: &str,
-    old_target: &Path,
+    old_target: &Slot,
     to: &Installed,
     baseline: &Baseline,
 ) -> HopOutcome {
@@ -278,7 +301,7 @@ pub async fn promote_hop(
             json!({"dir": bdir}),
             &mut timings,
             async {
-                take_backup(p.config, &bdir)?;
+                take_backup(s, p.config, &bdir)?;
                 p.store
                     .record_backup(run, hop, from, &to.version.to_string(), &bdir, true)?;
                 Ok::<(), StepError>(())
@@ -353,7 +376,7 @@ async fn switch_and_start(
     p: &Prod<'_>,
     run: RunId,
     hop: i64,
-    old_target: &Path,
+    old_target: &Slot,
     to: &Installed,
     baseline: &Baseline,
     bdir: &Path,
@@ -364,9 +387,9 @@ async fn switch_and_start(
         run,
         hop,
         "switch",
-        json!({"from": old_target, "to": to.path}),
+        json!({"from": old_target.journal(), "to": to.slot().journal()}),
         timings,
-        async { switch_binary(&s.headscale.binary, &to.path) },
+        async { switch_to(s, &to.slot()) },
     )
     .await?;
     p.step(run, hop, "start", json!({}), timings, async {
@@ -415,7 +438,7 @@ pub async fn rollback(
     hop: i64,
     reason: &str,
     backup: Option<&Path>,
-    old_target: Option<&Path>,
+    old_target: Option<&Slot>,
 ) -> Result<(), StepError> {
     let mut timings = Vec::new();
     tracing::warn!(run, hop, reason, "rolling back production");
@@ -423,7 +446,7 @@ pub async fn rollback(
         run,
         hop,
         "rollback",
-        json!({"reason": reason, "backup": backup, "to": old_target}),
+        json!({"reason": reason, "backup": backup, "to": old_target.map(Slot::journal)}),
         &mut timings,
         async {
             stop_for_rollback(&p.service).await?;
@@ -431,11 +454,11 @@ pub async fn rollback(
                 if let Some(injected) = process::fail_point("restore") {
                     return Err(StepError::Injected(injected));
                 }
-                restore_backup(p.config, dir)?;
+                restore_backup(p.settings, p.config, dir)?;
             }
             if let Some(t) = old_target {
-                if current_target(&p.settings.headscale.binary) != t {
-                    switch_binary(&p.settings.headscale.binary, t)?;
+                if &current_slot(p.settings)? != t {
+                    switch_to(p.settings, t)?;
                 }
             }
             p.service.start().await?;
@@ -494,12 +517,19 @@ fn path_in(step: Option<&StepRow>, key: &str) -> Option<PathBuf> {
         .map(PathBuf::from)
 }
 
+/// What production pointed at, as a journal step's data recorded it.
+fn slot_in(s: &Settings, step: Option<&StepRow>, key: &str) -> Option<Slot> {
+    step.and_then(|st| st.data.get(key))
+        .and_then(|v| v.as_str())
+        .map(|t| Slot::from_journal(s, t))
+}
+
 async fn finish_rollback(
     p: &Prod<'_>,
     run: RunId,
     hop: i64,
     backup: Option<PathBuf>,
-    to: Option<PathBuf>,
+    to: Option<Slot>,
     done: &str,
 ) -> (String, String) {
     match rollback(
@@ -508,7 +538,7 @@ async fn finish_rollback(
         hop,
         "recovering an interrupted run",
         backup.as_deref(),
-        to.as_deref(),
+        to.as_ref(),
     )
     .await
     {
@@ -518,8 +548,18 @@ async fn finish_rollback(
 }
 
 /// Staging instances an interrupted run left behind (matched by pid and command line).
-fn stop_orphaned_staging(steps: &[StepRow]) {
+async fn stop_orphaned_staging(s: &Settings, steps: &[StepRow]) {
     for st in steps.iter().filter(|st| st.name == "stage_start") {
+        if let (Install::Compose(c), Some(name)) = (
+            &s.headscale.install,
+            st.data.get("container").and_then(|v| v.as_str()),
+        ) {
+            match container::engine(c).remove(name).await {
+                Ok(()) => tracing::warn!(name, "removed a staging container an interrupted run left"),
+                Err(e) => tracing::error!(name, error = %e, "cannot remove a staging container an interrupted run left"),
+            }
+            continue;
+        }
         if let (Some(pid), Some(marker)) = (
             st.data.get("pid").and_then(|v| v.as_u64()),
             st.data.get("marker").and_then(|v| v.as_str()),
@@ -564,7 +604,7 @@ async fn settle(
                 ),
             }
         } else {
-            let (backup, to) = (path_in(st, "backup"), path_in(st, "to"));
+            let (backup, to) = (path_in(st, "backup"), slot_in(p.settings, st, "to"));
             finish_rollback(
                 p,
                 run.id,
@@ -599,9 +639,13 @@ async fn settle(
     } else if let Some(sw) = last(steps, hop, "switch") {
         let backup = path_in(last(steps, hop, "backup"), "dir");
         let detail = "interrupted after the switch; restored the backup and the previous binary";
-        finish_rollback(p, run.id, hop, backup, path_in(Some(sw), "from"), detail).await
+        let from = slot_in(p.settings, Some(sw), "from");
+        finish_rollback(p, run.id, hop, backup, from, detail).await
     } else if let Some(rb) = last(steps, hop, "rollback") {
-        let (backup, to) = (path_in(Some(rb), "backup"), path_in(Some(rb), "to"));
+        let (backup, to) = (
+            path_in(Some(rb), "backup"),
+            slot_in(p.settings, Some(rb), "to"),
+        );
         finish_rollback(
             p,
             run.id,
@@ -638,7 +682,7 @@ pub async fn recover(p: &Prod<'_>) -> Result<Vec<Recovered>, DeployError> {
     let mut out = Vec::new();
     for run in p.store.open_runs()? {
         let steps = p.store.steps(run.id)?;
-        stop_orphaned_staging(&steps);
+        stop_orphaned_staging(p.settings, &steps).await;
         let prod_steps: Vec<&StepRow> = steps
             .iter()
             .filter(|st| PRODUCTION_STEPS.contains(&st.name.as_str()))
@@ -676,14 +720,33 @@ pub async fn manual_rollback(
     let s = p.settings;
     let version = semver::Version::parse(&backup.version)
         .map_err(|e| StepError::Refused(format!("{:?} is not a version: {e}", backup.version)))?;
-    let target = deploy::version_path(s, &version);
-    if !target.exists() {
-        return Err(StepError::Refused(format!(
-            "the binary for {} is no longer installed at {}",
-            backup.version,
-            target.display()
-        )));
-    }
+    let target = match &s.headscale.install {
+        Install::Binary => {
+            let path = deploy::version_path(s, &version);
+            if !path.exists() {
+                return Err(StepError::Refused(format!(
+                    "the binary for {} is no longer installed at {}",
+                    backup.version,
+                    path.display()
+                )));
+            }
+            Slot::Binary(path)
+        }
+        Install::Compose(c) => {
+            let reference = format!("{}:{version}", c.image);
+            if container::engine(c)
+                .image(&reference)
+                .await
+                .map_err(DeployError::from)?
+                .is_none()
+            {
+                return Err(StepError::Refused(format!(
+                    "the image {reference} is no longer in the engine's storage; pull it, then run `headwarden rollback` again"
+                )));
+            }
+            Slot::Image(reference)
+        }
+    };
     let dir = PathBuf::from(&backup.dir);
     let mut timings = Vec::new();
     // Keep what is being replaced, so the rollback itself can be undone by hand.
@@ -706,7 +769,7 @@ pub async fn manual_rollback(
             "safety_backup",
             json!({"dir": safety}),
             &mut timings,
-            async { take_backup(p.config, &safety).and_then(|()| verify_backup(&safety)) },
+            async { take_backup(s, p.config, &safety).and_then(|()| verify_backup(&safety)) },
         )
         .await;
     if let Err(e) = safety_result {
@@ -728,11 +791,11 @@ pub async fn manual_rollback(
         run,
         0,
         "manual_rollback",
-        json!({"backup": dir, "to": target}),
+        json!({"backup": dir, "to": target.journal()}),
         &mut timings,
         async {
-            restore_backup(p.config, &dir)?;
-            switch_binary(&s.headscale.binary, &target)?;
+            restore_backup(s, p.config, &dir)?;
+            switch_to(s, &target)?;
             p.service.start().await?;
             p.wait_healthy().await?;
             check_rolled_back_version(p, &target).await

@@ -21,17 +21,38 @@ pub enum CliError {
     Output { command: String, detail: String },
 }
 
+/// How to run an instance's `headscale` CLI: the binary itself, or an argv that runs it inside
+/// a container (`podman exec <container> /ko-app/headscale`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cli {
+    argv: Vec<String>,
+}
+
+impl Cli {
+    pub fn binary(path: &Path) -> Self {
+        Self {
+            argv: vec![path.display().to_string()],
+        }
+    }
+    /// `argv` runs `headscale` (its arguments follow).
+    pub fn prefixed(argv: Vec<String>) -> Self {
+        Self { argv }
+    }
+    pub fn describe(&self) -> String {
+        self.argv.join(" ")
+    }
+    fn with(&self, args: impl IntoIterator<Item = String>) -> Vec<String> {
+        self.argv.iter().cloned().chain(args).collect()
+    }
+}
+
 async fn run_json(
-    binary: &Path,
+    cli: &Cli,
     config: &Path,
     args: &[&str],
     timeout: Duration,
 ) -> Result<Value, CliError> {
-    let mut argv = vec![
-        binary.display().to_string(),
-        "-c".into(),
-        config.display().to_string(),
-    ];
+    let mut argv = cli.with(["-c".into(), config.display().to_string()]);
     argv.extend(args.iter().map(|s| s.to_string()));
     argv.extend(["-o".to_string(), "json".to_string()]);
     let command = format!("headscale {}", args.join(" "));
@@ -50,7 +71,12 @@ async fn run_json(
 
 /// The version a binary reports (`headscale version`, JSON when supported).
 pub async fn binary_version(binary: &Path, timeout: Duration) -> Result<Version, CliError> {
-    let argv = vec![binary.display().to_string(), "version".to_string()];
+    cli_version(&Cli::binary(binary), timeout).await
+}
+
+/// The version `headscale version` reports, run through `cli`.
+pub async fn cli_version(cli: &Cli, timeout: Duration) -> Result<Version, CliError> {
+    let argv = cli.with(["version".to_string()]);
     let out = process::run(&argv, timeout).await?;
     if !out.success() {
         return Err(CliError::Failed {
@@ -88,7 +114,7 @@ fn list(v: Value, wrapper: &str) -> Vec<Value> {
 }
 
 pub async fn list_users(
-    binary: &Path,
+    binary: &Cli,
     config: &Path,
     timeout: Duration,
 ) -> Result<Vec<UserRef>, CliError> {
@@ -107,7 +133,7 @@ pub async fn list_users(
 }
 
 pub async fn list_nodes(
-    binary: &Path,
+    binary: &Cli,
     config: &Path,
     timeout: Duration,
 ) -> Result<Vec<NodeRef>, CliError> {

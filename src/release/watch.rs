@@ -15,6 +15,7 @@ use super::feed::{self, FeedError, FeedResult};
 use super::notes;
 use super::plan::{self, Plan, Policy};
 use super::Release;
+use crate::compose::ImageFacts;
 use crate::event::{Event, Severity};
 use crate::headscale::config::{incompatibilities, HeadscaleConfig};
 use crate::settings::Settings;
@@ -49,6 +50,9 @@ pub struct CheckReport {
     pub new_releases: Vec<String>,
     /// Keys in production's Headscale config that a planned version refuses to start with.
     pub config_problems: Vec<String>,
+    /// A compose install's image (absent for other install kinds).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<ImageFacts>,
 }
 
 pub fn policy(s: &Settings, opts: &UpgradeOptions) -> Policy {
@@ -145,6 +149,7 @@ pub async fn fetch_and_plan(
             ignored,
             new_releases,
             config_problems,
+            image: None,
         },
         releases,
     ))

@@ -219,11 +219,38 @@ pub enum ServiceSettings {
         stop: Vec<String>,
         status: Option<Vec<String>>,
     },
+    /// The compose install's own service: `stop` / `up -d --force-recreate` of that service.
+    Compose(ComposeInstall),
+}
+
+/// How Headscale is installed (`headscale.install.kind`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Install {
+    /// `headscale.binary` is a symlink headwarden points at `versions/<v>/headscale`.
+    Binary,
+    /// A service of a compose file, run by Docker or Podman.
+    Compose(ComposeInstall),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ComposeInstall {
+    pub file: PathBuf,
+    pub service: String,
+    /// The compose command, first element an absolute path: `[/usr/bin/docker, compose]`,
+    /// `[/usr/bin/podman, compose]` or `[/usr/bin/podman-compose]`.
+    pub command: Vec<String>,
+    /// The engine CLI beside it (`/usr/bin/podman` or `/usr/bin/docker`).
+    pub engine: Vec<String>,
+    /// The image repository the tag is pinned in, e.g. `docker.io/headscale/headscale`.
+    pub image: String,
 }
 
 #[derive(Debug, Clone)]
 pub struct HeadscaleSettings {
+    pub install: Install,
     pub binary: PathBuf,
+    /// The config file the server reads; for a compose install, its path inside the container
+    /// (the host path follows from the service's volumes).
     pub config: PathBuf,
     pub service: ServiceSettings,
     pub api_url: String,

@@ -12,7 +12,7 @@ use super::playbook::{self, PlaybookName};
 use super::{
     line_of, Accept, Approval, AuditSettings, Channel, ConfigError, Enforce, HeadscaleSettings,
     KeyDelivery, KeySettings, LoadedPlaybook, MetricsSettings, NotifyTarget, Playbooks, Reach,
-    ReleaseSettings, ReminderRouting, ScheduleSettings, Secret, ServiceSettings, Settings,
+    ReleaseSettings, ReminderRouting, ScheduleSettings, Secret, ServiceSettings, Settings, ComposeInstall, Install,
     SmokeCheck, SmokeSettings, StagingSettings, UserDestination, Window,
 };
 use crate::event::{self, Severity};
@@ -241,12 +241,25 @@ enum RawApproval {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawHeadscale {
+    #[serde(default)]
+    install: RawInstall,
     binary: Option<PathBuf>,
     config: Option<PathBuf>,
     #[serde(default)]
     service: RawService,
     #[serde(default)]
     api: RawApi,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawInstall {
+    kind: Option<String>,
+    file: Option<PathBuf>,
+    service: Option<String>,
+    command: Vec<String>,
+    engine: Vec<String>,
+    image: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -674,8 +687,119 @@ fn window(cx: &Ctx<'_>, w: &RawWindow) -> Result<Window, ConfigError> {
     })
 }
 
+/// Where a program named without a path is looked for: the system's own directories, never the
+/// caller's PATH (headwarden runs as root).
+const PROGRAM_DIRS: &[&str] = &[
+    "/usr/local/sbin",
+    "/usr/local/bin",
+    "/usr/sbin",
+    "/usr/bin",
+    "/sbin",
+    "/bin",
+];
+
+fn program(cx: &Ctx<'_>, key: &str, name: &str) -> Result<String, ConfigError> {
+    if name.starts_with('/') {
+        return Ok(name.to_string());
+    }
+    if name.contains('/') || name.is_empty() {
+        return Err(cx.err(key, format!("{name:?} is neither a program name nor an absolute path"), "e.g. podman-compose or /usr/bin/podman-compose"));
+    }
+    PROGRAM_DIRS
+        .iter()
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file())
+        .map(|p| p.display().to_string())
+        .ok_or_else(|| {
+            cx.err(
+                key,
+                format!("{name} is not installed in {}", PROGRAM_DIRS.join(", ")),
+                "install it, or give its absolute path",
+            )
+        })
+}
+
+fn install(cx: &Ctx<'_>, i: RawInstall) -> Result<Install, ConfigError> {
+    match i.kind.as_deref().unwrap_or("binary") {
+        "binary" => Ok(Install::Binary),
+        "compose" => {
+            let file = i.file.ok_or_else(|| {
+                cx.err("headscale.install.file", "kind: compose needs the compose file", "e.g. file: /srv/headscale/compose.yaml")
+            })?;
+            let mut command = if i.command.is_empty() {
+                vec!["docker".to_string(), "compose".to_string()]
+            } else {
+                i.command
+            };
+            command[0] = program(cx, "headscale.install.command", &command[0])?;
+            let engine = if i.engine.is_empty() {
+                let base = Path::new(&command[0])
+                    .file_name()
+                    .map(|n| n.to_string_lossy().to_string())
+                    .unwrap_or_default();
+                match base.as_str() {
+                    "podman" | "docker" => vec![command[0].clone()],
+                    "podman-compose" => vec![program(cx, "headscale.install.engine", "podman")?],
+                    "docker-compose" => vec![program(cx, "headscale.install.engine", "docker")?],
+                    other => {
+                        return Err(cx.err(
+                            "headscale.install.engine",
+                            format!("cannot tell which engine {other} drives"),
+                            "set engine: [/usr/bin/podman] or [/usr/bin/docker]",
+                        ))
+                    }
+                }
+            } else {
+                let mut e = i.engine;
+                e[0] = program(cx, "headscale.install.engine", &e[0])?;
+                e
+            };
+            let image = i.image.unwrap_or_else(|| "docker.io/headscale/headscale".into());
+            if image.contains('@') || image.rsplit('/').next().is_some_and(|last| last.contains(':')) {
+                return Err(cx.err(
+                    "headscale.install.image",
+                    format!("{image:?} names a tag or digest"),
+                    "give the repository only (docker.io/headscale/headscale); headwarden pins the tag",
+                ));
+            }
+            Ok(Install::Compose(ComposeInstall {
+                file: cx.path(file),
+                service: i.service.unwrap_or_else(|| "headscale".into()),
+                command,
+                engine,
+                image,
+            }))
+        }
+        "deb" => Err(cx.err(
+            "headscale.install.kind",
+            "kind: deb is not built yet",
+            "use binary or compose",
+        )),
+        other => Err(cx.err(
+            "headscale.install.kind",
+            format!("unknown install kind {other:?}"),
+            "use binary or compose",
+        )),
+    }
+}
+
 fn headscale(cx: &Ctx<'_>, h: RawHeadscale) -> Result<HeadscaleSettings, ConfigError> {
-    let service = match h.service.kind.as_deref().unwrap_or("systemd") {
+    let install = install(cx, h.install)?;
+    let default_kind = match &install {
+        Install::Binary => "systemd",
+        Install::Compose(_) => "compose",
+    };
+    let service = match h.service.kind.as_deref().unwrap_or(default_kind) {
+        "compose" => match &install {
+            Install::Compose(c) => ServiceSettings::Compose(c.clone()),
+            Install::Binary => {
+                return Err(cx.err(
+                    "headscale.service.kind",
+                    "service kind compose needs headscale.install.kind: compose",
+                    "",
+                ))
+            }
+        },
         "systemd" => ServiceSettings::Systemd {
             unit: h.service.unit.unwrap_or_else(|| "headscale.service".into()),
         },
@@ -710,7 +834,7 @@ fn headscale(cx: &Ctx<'_>, h: RawHeadscale) -> Result<HeadscaleSettings, ConfigE
             return Err(cx.err(
                 "headscale.service.kind",
                 format!("unknown service kind {other:?}"),
-                "use systemd or command",
+                "use systemd, command or (with install kind compose) compose",
             ))
         }
     };
@@ -729,6 +853,7 @@ fn headscale(cx: &Ctx<'_>, h: RawHeadscale) -> Result<HeadscaleSettings, ConfigE
         ));
     }
     Ok(HeadscaleSettings {
+        install,
         binary: cx.path(
             h.binary
                 .unwrap_or_else(|| PathBuf::from("/usr/local/bin/headscale")),

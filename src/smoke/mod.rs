@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use semver::Version;
 use serde::Serialize;
 
-use crate::headscale::cli::{self, CliError};
+use crate::headscale::cli::{self, Cli, CliError};
 use crate::headscale::http::{self, HttpError};
 use crate::headscale::{NodeRef, UserRef};
 use crate::process::{self, ProcessError};
@@ -54,7 +54,9 @@ fn sample(v: &[String]) -> String {
 pub struct Target {
     pub name: &'static str,
     pub base_url: String,
-    pub binary: PathBuf,
+    /// Runs the instance's `headscale` CLI.
+    pub cli: Cli,
+    /// The config file as that CLI sees it (inside the container, for a compose install).
     pub config: PathBuf,
 }
 
@@ -98,8 +100,8 @@ impl Report {
 pub async fn baseline(t: &Target, timeout: Duration) -> Result<Baseline, SmokeError> {
     let client = http::client(timeout);
     let noise_key = http::noise_key(&client, &t.base_url).await.ok();
-    let users = cli::list_users(&t.binary, &t.config, timeout).await?;
-    let nodes = cli::list_nodes(&t.binary, &t.config, timeout).await?;
+    let users = cli::list_users(&t.cli, &t.config, timeout).await?;
+    let nodes = cli::list_nodes(&t.cli, &t.config, timeout).await?;
     Ok(Baseline {
         noise_key,
         users,
@@ -201,7 +203,7 @@ async fn check_version(
     let reported = match http::version(client, &t.base_url).await? {
         Some(v) => v,
         // Before 0.27 there is no /version: ask the binary that was started.
-        None => cli::binary_version(&t.binary, timeout).await?,
+        None => cli::cli_version(&t.cli, timeout).await?,
     };
     if &reported == expected {
         Ok(format!("reports {reported}"))
@@ -234,8 +236,8 @@ async fn check_parity(
     base: &Baseline,
     timeout: Duration,
 ) -> Result<String, SmokeError> {
-    let users = cli::list_users(&t.binary, &t.config, timeout).await?;
-    let nodes = cli::list_nodes(&t.binary, &t.config, timeout).await?;
+    let users = cli::list_users(&t.cli, &t.config, timeout).await?;
+    let nodes = cli::list_nodes(&t.cli, &t.config, timeout).await?;
     let missing_users: Vec<String> = base
         .users
         .iter()

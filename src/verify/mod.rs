@@ -13,6 +13,8 @@
 //! 5. fsync; compare sha256 with checksums.txt and GitHub's `digest`; finish the signature.
 //! 6. Only then rename the file into place and return `Verified`.
 
+pub mod image;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -24,6 +26,8 @@ use crate::error::error_chain;
 use crate::release::{Asset, Release};
 use crate::settings;
 use crate::settings::ReleaseSettings;
+
+pub use image::{ImageError, VerifiedImage};
 
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {

@@ -21,6 +21,9 @@ pub async fn run(cli: &Cli, to: &Option<Version>) -> Result<u8, Failure> {
     } else {
         let p = &report.plan;
         println!("production runs {}", report.current);
+        if let Some(image) = &report.image {
+            println!("{}", image.describe());
+        }
         println!(
             "release feed: {} ({} request{}, rate limit remaining: {})",
             if report.feed_not_modified {

@@ -227,8 +227,8 @@ async fn upgrade_steps(st: &Story<'_>) -> Result<semver::Version, Failure> {
     let out = upgrade::upgrade(settings, store, &opts, &say).await?;
     describe(&out);
 
-    let config = deploy::production_config(settings)?;
-    let p = upgrade::prod(settings, store, &config);
+    let config = deploy::production_config(settings).await?;
+    let p = upgrade::prod(settings, store, &config).await?;
     let base = smoke::baseline(&p.target(), Duration::from_secs(10))
         .await
         .map_err(|e| anyhow::anyhow!(e))?;

@@ -1,9 +1,10 @@
 //! `headwarden status [--json]`: production, the last runs, pending approvals, open findings.
 
+use crate::compose::ImageFacts;
 use crate::deploy;
 use crate::exit;
 use crate::headscale::http;
-use crate::settings::Settings;
+use crate::settings::{Install, Settings};
 use crate::state::{BackupRow, InstallRow, RunRow, Store};
 use crate::upgrade;
 
@@ -18,6 +19,8 @@ pub async fn run(cli: &Cli) -> Result<u8, Failure> {
 /// What both renderings show.
 struct Facts {
     current: String,
+    /// A compose install's image.
+    image: Option<ImageFacts>,
     target: std::path::PathBuf,
     health: String,
     open: Vec<RunRow>,
@@ -38,12 +41,16 @@ async fn show(cli: &Cli, s: &Settings, store: &Store) -> Result<u8, Failure> {
 }
 
 async fn facts(s: &Settings, store: &Store) -> Result<Facts, Failure> {
-    let current = upgrade::current_version(s)
-        .await
+    let running = upgrade::current_version(s).await;
+    let image = match &running {
+        Ok(v) => upgrade::image_facts(s, v).unwrap_or_default(),
+        Err(_) => None,
+    };
+    let current = running
         .map(|v| v.to_string())
         .unwrap_or_else(|e| format!("unknown ({e})"));
     let target = deploy::current_target(&s.headscale.binary);
-    let health = match deploy::production_config(s) {
+    let health = match deploy::production_config(s).await {
         Ok(c) => {
             let client = http::client(std::time::Duration::from_secs(5));
             match http::health(&client, &c.http_base()).await {
@@ -60,6 +67,7 @@ async fn facts(s: &Settings, store: &Store) -> Result<Facts, Failure> {
     let bad = store.bad_releases()?;
     Ok(Facts {
         current,
+        image,
         target,
         health,
         open,
@@ -74,6 +82,7 @@ async fn facts(s: &Settings, store: &Store) -> Result<Facts, Failure> {
 fn json(s: &Settings, store: &Store, f: &Facts) -> Result<(), Failure> {
     let Facts {
         current,
+        image,
         target,
         health,
         open,
@@ -102,7 +111,10 @@ fn json(s: &Settings, store: &Store, f: &Facts) -> Result<(), Failure> {
             "open": store.kv_get("audit.counts")?.and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok()),
         },
         "jobs_last_start": jobs,
-        "production": {"version": current, "binary": s.headscale.binary, "target": target, "health": health},
+        "production": match image {
+            None => serde_json::json!({"version": current, "binary": s.headscale.binary, "target": target, "health": health}),
+            Some(image) => serde_json::json!({"version": current, "image": image, "health": health}),
+        },
         "interrupted_runs": open,
         "last_run": last.first(),
         "installed": installs,
@@ -119,6 +131,7 @@ fn json(s: &Settings, store: &Store, f: &Facts) -> Result<(), Failure> {
 fn text(s: &Settings, store: &Store, f: &Facts) -> Result<(), Failure> {
     let Facts {
         current,
+        image,
         target,
         health,
         open,
@@ -131,11 +144,17 @@ fn text(s: &Settings, store: &Store, f: &Facts) -> Result<(), Failure> {
     if let Some(reason) = store.kv_get("hold")? {
         println!("  upgrades ON HOLD: {reason} (`headwarden unhold` releases them)");
     }
-    println!(
-        "  binary {} -> {}",
-        s.headscale.binary.display(),
-        target.display()
-    );
+    match (image, &s.headscale.install) {
+        (Some(image), Install::Compose(c)) => {
+            println!("  compose service {} of {}", c.service, c.file.display());
+            println!("  {}", image.describe());
+        }
+        _ => println!(
+            "  binary {} -> {}",
+            s.headscale.binary.display(),
+            target.display()
+        ),
+    }
     for r in open {
         println!(
             "INTERRUPTED run {} ({} {} -> {}): the next upgrade/rollback finishes it",

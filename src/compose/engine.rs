@@ -1,0 +1,303 @@
+//! The container engine's CLI (`podman` or `docker`; both take the same arguments for what is
+//! used here) and the compose command (`podman-compose`, `podman compose`, `docker compose`).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::process::{self, ProcessError};
+
+/// Pulls can be slow on a real network; everything else answers in seconds.
+const PULL_TIMEOUT: Duration = Duration::from_secs(900);
+const ENGINE_TIMEOUT: Duration = Duration::from_secs(120);
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("{0}")]
+    Spawn(#[from] ProcessError),
+    #[error("`{argv}` exited with {code}: {tail}")]
+    Exited {
+        argv: String,
+        code: i32,
+        tail: String,
+    },
+    #[error("`{argv}` printed output headwarden cannot read: {detail}")]
+    Output { argv: String, detail: String },
+}
+
+/// The engine binary (first element) and any fixed arguments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Engine {
+    argv: Vec<String>,
+}
+
+/// What `image inspect` says about a local image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageInfo {
+    pub id: String,
+    /// `repository@sha256:…` for each registry the image was pulled from.
+    pub repo_digests: Vec<String>,
+    pub entrypoint: Vec<String>,
+}
+
+impl ImageInfo {
+    /// The registry's manifest digest for `repository`, as recorded at pull time.
+    pub fn digest_for(&self, repository: &str) -> Option<String> {
+        let want = super::normal_repository(repository);
+        self.repo_digests.iter().find_map(|rd| {
+            let (repo, digest) = rd.split_once('@')?;
+            (super::normal_repository(repo) == want).then(|| digest.to_string())
+        })
+    }
+}
+
+/// What `inspect` says about a container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerInfo {
+    pub name: String,
+    pub running: bool,
+    /// The image id it was created from.
+    pub image_id: String,
+    /// `(host source, container destination)` of each mount, volumes resolved.
+    pub mounts: Vec<(PathBuf, PathBuf)>,
+    pub env: BTreeMap<String, String>,
+}
+
+fn strs(v: Option<&Value>) -> Vec<String> {
+    v.and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+impl Engine {
+    pub fn new(argv: Vec<String>) -> Self {
+        Self { argv }
+    }
+
+    pub fn program(&self) -> &str {
+        self.argv.first().map_or("", String::as_str)
+    }
+
+    fn argv<'a>(&self, args: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+        self.argv
+            .iter()
+            .cloned()
+            .chain(args.into_iter().map(str::to_string))
+            .collect()
+    }
+
+    async fn run(&self, args: &[&str], timeout: Duration) -> Result<String, EngineError> {
+        let argv = self.argv(args.iter().copied());
+        let out = process::run(&argv, timeout).await?;
+        if out.success() {
+            Ok(out.stdout)
+        } else {
+            Err(EngineError::Exited {
+                argv: argv.join(" "),
+                code: out.status.code().unwrap_or(-1),
+                tail: out.tail(),
+            })
+        }
+    }
+
+    async fn json(&self, args: &[&str]) -> Result<Value, EngineError> {
+        let text = self.run(args, ENGINE_TIMEOUT).await?;
+        serde_json::from_str(&text).map_err(|e| EngineError::Output {
+            argv: self.argv(args.iter().copied()).join(" "),
+            detail: e.to_string(),
+        })
+    }
+
+    pub async fn pull(&self, reference: &str) -> Result<(), EngineError> {
+        self.run(&["pull", "--quiet", reference], PULL_TIMEOUT)
+            .await
+            .map(drop)
+    }
+
+    /// A local image, or `None` when the engine has no such image.
+    pub async fn image(&self, reference: &str) -> Result<Option<ImageInfo>, EngineError> {
+        let v = match self
+            .json(&["image", "inspect", reference])
+            .await
+        {
+            Ok(v) => v,
+            Err(EngineError::Exited { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let Some(i) = v.as_array().and_then(|a| a.first()) else {
+            return Ok(None);
+        };
+        Ok(Some(ImageInfo {
+            id: i.get("Id").and_then(Value::as_str).unwrap_or("").to_string(),
+            repo_digests: strs(i.get("RepoDigests")),
+            entrypoint: strs(i.get("Config").and_then(|c| c.get("Entrypoint"))),
+        }))
+    }
+
+    /// The container compose made for `service` of the project in `dir` (or the service's
+    /// `container_name`), running or not.
+    pub async fn compose_container(
+        &self,
+        dir: &Path,
+        service: &str,
+        container_name: Option<&str>,
+    ) -> Result<Option<ContainerInfo>, EngineError> {
+        let name = match container_name {
+            Some(n) => n.to_string(),
+            None => {
+                let wd = format!("label=com.docker.compose.project.working_dir={}", dir.display());
+                let svc = format!("label=com.docker.compose.service={service}");
+                let out = self
+                    .run(
+                        &["ps", "-a", "--filter", &wd, "--filter", &svc, "--format", "{{.Names}}"],
+                        ENGINE_TIMEOUT,
+                    )
+                    .await?;
+                match out.lines().map(str::trim).find(|l| !l.is_empty()) {
+                    Some(n) => n.to_string(),
+                    None => return Ok(None),
+                }
+            }
+        };
+        self.container(&name).await
+    }
+
+    /// A container by name, or `None` when there is none.
+    pub async fn container(&self, name: &str) -> Result<Option<ContainerInfo>, EngineError> {
+        let v = match self
+            .json(&["container", "inspect", name])
+            .await
+        {
+            Ok(v) => v,
+            Err(EngineError::Exited { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let Some(c) = v.as_array().and_then(|a| a.first()) else {
+            return Ok(None);
+        };
+        let mounts = c
+            .get("Mounts")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|m| {
+                        Some((
+                            PathBuf::from(m.get("Source")?.as_str()?),
+                            PathBuf::from(m.get("Destination")?.as_str()?),
+                        ))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let env = strs(c.get("Config").and_then(|c| c.get("Env")))
+            .iter()
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Ok(Some(ContainerInfo {
+            name: c
+                .get("Name")
+                .and_then(Value::as_str)
+                .unwrap_or(name)
+                .trim_start_matches('/')
+                .to_string(),
+            running: c
+                .get("State")
+                .and_then(|s| s.get("Running"))
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+            image_id: c.get("Image").and_then(Value::as_str).unwrap_or("").to_string(),
+            mounts,
+            env,
+        }))
+    }
+
+    /// The argv that runs `program` inside `container` (the image has no shell).
+    pub fn exec(&self, container: &str, program: &str) -> Vec<String> {
+        self.argv(["exec", container, program])
+    }
+
+    /// Starts a throwaway container on the host's network: `mounts` as `(host, inside, read
+    /// only)`, `env` set, `args` after the image's entrypoint.
+    pub async fn run_detached(
+        &self,
+        name: &str,
+        image: &str,
+        mounts: &[(PathBuf, PathBuf, bool)],
+        env: &[(String, String)],
+        labels: &[(&str, &str)],
+        args: &[&str],
+    ) -> Result<(), EngineError> {
+        let mut a: Vec<String> = ["run", "-d", "--name", name, "--network", "host"]
+            .into_iter()
+            .map(str::to_string)
+            .collect();
+        for (src, dst, ro) in mounts {
+            a.push("-v".into());
+            a.push(format!(
+                "{}:{}{}",
+                src.display(),
+                dst.display(),
+                if *ro { ":ro" } else { "" }
+            ));
+        }
+        for (k, v) in env {
+            a.push("-e".into());
+            a.push(format!("{k}={v}"));
+        }
+        for (k, v) in labels {
+            a.push("--label".into());
+            a.push(format!("{k}={v}"));
+        }
+        a.push(image.into());
+        a.extend(args.iter().map(|s| s.to_string()));
+        let refs: Vec<&str> = a.iter().map(String::as_str).collect();
+        self.run(&refs, ENGINE_TIMEOUT).await.map(drop)
+    }
+
+    /// Stops and removes a container; one that is already gone is not an error.
+    pub async fn remove(&self, name: &str) -> Result<(), EngineError> {
+        match self.run(&["rm", "-f", "-t", "10", name], ENGINE_TIMEOUT).await {
+            Ok(_) => Ok(()),
+            Err(e) if self.container(name).await.ok().flatten().is_none() => {
+                tracing::debug!(error = %e, name, "container already gone");
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The last lines a container printed (for error messages).
+    pub async fn logs_tail(&self, name: &str) -> String {
+        let argv = self.argv(["logs", "--tail", "5", name]);
+        match process::run(&argv, ENGINE_TIMEOUT).await {
+            Ok(out) => {
+                let text = format!("{}{}", out.stdout, out.stderr);
+                let lines: Vec<&str> = text.lines().collect();
+                lines[lines.len().saturating_sub(3)..].join(" | ")
+            }
+            Err(e) => e.to_string(),
+        }
+    }
+
+    /// Containers carrying `label` (name per line), running or not.
+    pub async fn labelled(&self, label: &str) -> Result<Vec<String>, EngineError> {
+        let filter = format!("label={label}");
+        let out = self
+            .run(&["ps", "-a", "--filter", &filter, "--format", "{{.Names}}"], ENGINE_TIMEOUT)
+            .await?;
+        Ok(out
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect())
+    }
+}

@@ -1,0 +1,251 @@
+//! The compose install kind: production is one service of a compose file, run by Docker or
+//! Podman. What a binary install reads from the host (the config file, the data paths, the
+//! running version) is read here through the service's volumes, environment, published ports
+//! and container; "switching" changes only that service's `image:` line.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use semver::Version;
+
+use crate::compose::{ComposeFile, ContainerInfo, Engine, ImageRef, MountSource, ServiceSpec, TagKind};
+use crate::deploy::{io_err, DeployError};
+use crate::files;
+use crate::headscale::cli::Cli;
+use crate::headscale::config::HeadscaleConfig;
+use crate::settings::ComposeInstall;
+
+/// The program ko-built images (upstream's) run, used when an image declares no entrypoint.
+const DEFAULT_ENTRYPOINT: &str = "/ko-app/headscale";
+
+/// What the compose file and the engine say about production.
+#[derive(Debug, Clone)]
+pub struct Discovered {
+    pub file: ComposeFile,
+    pub spec: ServiceSpec,
+    /// The service's container, when compose has created one.
+    pub container: Option<ContainerInfo>,
+    /// `(host, container)` of each mount: from the container when there is one (named volumes
+    /// resolved by the engine), else the file's bind mounts.
+    pub mounts: Vec<(PathBuf, PathBuf)>,
+}
+
+pub fn engine(c: &ComposeInstall) -> Engine {
+    Engine::new(c.engine.clone())
+}
+
+pub async fn discover(c: &ComposeInstall) -> Result<Discovered, DeployError> {
+    let file = ComposeFile::load(&c.file)?;
+    let spec = file.service(&c.service)?;
+    let container = engine(c)
+        .compose_container(&file.dir(), &c.service, spec.container_name.as_deref())
+        .await?;
+    let mounts = match &container {
+        Some(info) if !info.mounts.is_empty() => info.mounts.clone(),
+        _ => spec
+            .mounts
+            .iter()
+            .filter_map(|m| match &m.source {
+                MountSource::Bind(p) => Some((p.clone(), m.target.clone())),
+                MountSource::Volume(_) => None,
+            })
+            .collect(),
+    };
+    Ok(Discovered {
+        file,
+        spec,
+        container,
+        mounts,
+    })
+}
+
+impl Discovered {
+    /// The host path behind a path inside the container (the longest mount that holds it).
+    pub fn host_path(&self, inside: &Path) -> Option<PathBuf> {
+        self.mounts
+            .iter()
+            .filter(|(_, dst)| inside.starts_with(dst))
+            .max_by_key(|(_, dst)| dst.as_os_str().len())
+            .map(|(src, dst)| {
+                let rest = inside.strip_prefix(dst).unwrap_or(Path::new(""));
+                if rest.as_os_str().is_empty() {
+                    src.clone()
+                } else {
+                    src.join(rest)
+                }
+            })
+    }
+
+    fn must_host(&self, what: &str, inside: &Path) -> Result<PathBuf, DeployError> {
+        self.host_path(inside).ok_or_else(|| {
+            DeployError::Other(format!(
+                "{what} {} is not on a volume of compose service {}: headwarden cannot back it up or stage a copy; mount it from the host",
+                inside.display(),
+                self.spec.name
+            ))
+        })
+    }
+
+    /// The service's `HEADSCALE_*` environment: the container's when it exists (compose has
+    /// resolved `env_file:` and interpolation), else the file's `environment:`.
+    pub fn headscale_env(&self) -> std::collections::BTreeMap<String, String> {
+        let all = match &self.container {
+            Some(c) => c.env.clone(),
+            None => self.spec.environment.clone(),
+        };
+        all.into_iter()
+            .filter(|(k, _)| k.starts_with("HEADSCALE_"))
+            .collect()
+    }
+
+    /// Production's config as it runs, seen from the host: paths mapped through the volumes,
+    /// the listen address replaced by the published one.
+    pub fn config(&self, inside: &Path) -> Result<HeadscaleConfig, DeployError> {
+        let host = self.must_host("the config file", inside)?;
+        let text = std::fs::read_to_string(&host).map_err(io_err("reading", &host))?;
+        let mut cfg = HeadscaleConfig::parse(inside, &text)?.with_env(self.headscale_env())?;
+        cfg.path = host;
+        cfg.database_path = self.must_host("the database", &cfg.database_path)?;
+        cfg.noise_key_path = self.must_host("the noise key", &cfg.noise_key_path)?;
+        if let Some(sock) = self.host_path(&cfg.unix_socket) {
+            cfg.unix_socket = sock;
+        }
+        let port = listen_port(&cfg.listen_addr).ok_or_else(|| {
+            DeployError::Other(format!(
+                "cannot read the port of listen_addr {:?}",
+                cfg.listen_addr
+            ))
+        })?;
+        let published = self
+            .spec
+            .ports
+            .iter()
+            .find(|p| p.container_port == port)
+            .ok_or_else(|| {
+                DeployError::Other(format!(
+                    "compose service {} publishes no port for listen_addr {} (ports: \"127.0.0.1:8080:{port}\"); headwarden checks health through it",
+                    self.spec.name, cfg.listen_addr
+                ))
+            })?;
+        let ip = match published.host_ip.as_deref() {
+            None | Some("") | Some("0.0.0.0") | Some("::") => "127.0.0.1",
+            Some(ip) => ip,
+        };
+        cfg.listen_addr = format!("{ip}:{}", published.host_port);
+        Ok(cfg)
+    }
+
+    /// Production's mounts a staging container needs too (config, policy, certificates), read
+    /// only: every mount but the one holding the database.
+    pub fn shared_mounts(&self, database: &Path) -> Vec<(PathBuf, PathBuf)> {
+        self.mounts
+            .iter()
+            .filter(|(src, _)| !database.starts_with(src))
+            .cloned()
+            .collect()
+    }
+}
+
+fn listen_port(addr: &str) -> Option<u16> {
+    addr.rsplit(':').next()?.parse().ok()
+}
+
+/// The argv that runs `headscale` inside `container` of `image` (its entrypoint; the image has
+/// no shell).
+pub async fn cli_in(engine: &Engine, container: &str, image: &str) -> Result<Cli, DeployError> {
+    let entry = engine
+        .image(image)
+        .await?
+        .and_then(|i| i.entrypoint.first().cloned())
+        .unwrap_or_else(|| DEFAULT_ENTRYPOINT.to_string());
+    Ok(Cli::prefixed(engine.exec(container, &entry)))
+}
+
+/// Production's CLI: `headscale` inside the service's container. While compose has no
+/// container for the service (a recreate was interrupted), the name compose will give it.
+pub async fn production_cli(c: &ComposeInstall) -> Result<Cli, DeployError> {
+    let d = discover(c).await?;
+    let engine = engine(c);
+    let (name, image) = match &d.container {
+        Some(info) => (info.name.clone(), info.image_id.clone()),
+        None => (expected_name(c, &d), d.spec.image.to_string()),
+    };
+    let entry = engine
+        .image(&image)
+        .await?
+        .and_then(|i| i.entrypoint.first().cloned())
+        .unwrap_or_else(|| DEFAULT_ENTRYPOINT.to_string());
+    Ok(Cli::prefixed(engine.exec(&name, &entry)))
+}
+
+/// The container name compose gives the service: `container_name:`, else the project (the
+/// directory's name, lower-cased, `[a-z0-9_-]` kept) and service joined by `_` (podman-compose)
+/// or `-` (Docker Compose v2), numbered 1.
+fn expected_name(c: &ComposeInstall, d: &Discovered) -> String {
+    if let Some(n) = &d.spec.container_name {
+        return n.clone();
+    }
+    let dir = d.file.dir();
+    let project: String = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().to_lowercase())
+        .unwrap_or_default()
+        .chars()
+        .filter(|ch| ch.is_ascii_alphanumeric() || *ch == '-' || *ch == '_')
+        .collect();
+    let sep = if c.command[0].ends_with("podman-compose") { "_" } else { "-" };
+    format!("{project}{sep}{}{sep}1", c.service)
+}
+
+/// The image reference the compose file names now.
+pub fn current_image(c: &ComposeInstall) -> Result<ImageRef, DeployError> {
+    Ok(ComposeFile::load(&c.file)?.service(&c.service)?.image)
+}
+
+/// Whether the compose file pins an exact version, and which.
+pub fn tag_kind(c: &ComposeInstall) -> Result<TagKind, DeployError> {
+    Ok(current_image(c)?.tag_kind())
+}
+
+/// Points the compose file's `image:` line of the service at `image`: the new text is written
+/// to a temp file beside it and renamed over (owner and mode kept), after the previous file was
+/// kept as `<file>.headwarden-previous`.
+pub fn switch_image(c: &ComposeInstall, image: &str) -> Result<(), DeployError> {
+    let file = ComposeFile::load(&c.file)?;
+    if file.service(&c.service)?.image.to_string() == image {
+        return Ok(());
+    }
+    let text = file.with_image(&c.service, image)?;
+    let previous = previous_copy(&c.file);
+    files::copy_preserving(&c.file, &previous)?;
+    let meta = files::regular_meta(&c.file)?;
+    files::replace_with(
+        &c.file,
+        &mut std::io::Cursor::new(text.into_bytes()),
+        meta,
+        0o644,
+    )?;
+    Ok(())
+}
+
+pub fn previous_copy(file: &Path) -> PathBuf {
+    let mut name = file.as_os_str().to_owned();
+    name.push(".headwarden-previous");
+    PathBuf::from(name)
+}
+
+/// The version an image reference pins (its exact tag).
+pub fn image_version(image: &str) -> Option<Version> {
+    match ImageRef::parse(image).tag_kind() {
+        TagKind::Exact(v) => Some(v),
+        TagKind::Floating(_) => None,
+    }
+}
+
+/// How long a staging container may take to be removed.
+pub const STAGING_STOP: Duration = Duration::from_secs(15);
+
+/// The journal's name for a staging container of `run`, hop `hop`.
+pub fn staging_name(run: i64, hop: usize) -> String {
+    format!("headwarden-staging-run{run}-hop{hop}")
+}

@@ -1,0 +1,134 @@
+//! Container images: pull `repository:X.Y.Z`, read the manifest digest the registry served,
+//! and hold the tag to the first digest ever seen for it. Only this module builds
+//! [`VerifiedImage`].
+//!
+//! Upstream's images are built by ko from the same source as the release binaries, not from
+//! the release binaries themselves, so the binary inside is not byte-identical to the release
+//! asset and cannot be checked against `checksums.txt` (ARCHITECTURE.md); the digest pin is the
+//! check: a tag that later resolves to another digest was replaced after publication.
+
+use semver::Version;
+
+use crate::compose::{Engine, EngineError};
+use crate::event::{Event, Severity};
+use crate::state::{StateError, Store};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("pulling {reference} failed: {source}")]
+    Pull {
+        reference: String,
+        #[source]
+        source: EngineError,
+    },
+    #[error("{reference}: the engine reports no registry digest for {repository} after the pull")]
+    NoDigest {
+        reference: String,
+        repository: String,
+    },
+    #[error("{reference} was replaced after publication: digest {first} when first pulled, now {now}")]
+    Replaced {
+        reference: String,
+        first: String,
+        now: String,
+    },
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+impl ImageError {
+    /// Failures that mean the release itself is bad (record it), not a transient problem.
+    pub fn release_is_bad(&self) -> bool {
+        matches!(self, ImageError::Replaced { .. })
+    }
+}
+
+/// An image pulled at an exact version whose digest matches the first one recorded for its tag.
+#[derive(Debug)]
+pub struct VerifiedImage {
+    version: Version,
+    reference: String,
+    digest: String,
+}
+
+impl VerifiedImage {
+    pub fn version(&self) -> &Version {
+        &self.version
+    }
+    /// `repository:X.Y.Z`.
+    pub fn reference(&self) -> &str {
+        &self.reference
+    }
+    /// `sha256:…`, the registry's manifest digest.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+}
+
+fn key(reference: &str) -> String {
+    format!("image.{reference}")
+}
+
+/// The digest recorded for `reference` when it was first pulled.
+pub fn recorded_digest(store: &Store, reference: &str) -> Result<Option<String>, StateError> {
+    store.kv_get(&key(reference))
+}
+
+/// Pulls `repository:version` and checks its digest against the one recorded for that tag; a
+/// different digest raises the critical `release.artifact_replaced` alarm (once per digest).
+pub async fn pull_verified(
+    engine: &Engine,
+    store: &Store,
+    repository: &str,
+    version: &Version,
+) -> Result<VerifiedImage, ImageError> {
+    let reference = format!("{repository}:{version}");
+    engine
+        .pull(&reference)
+        .await
+        .map_err(|source| ImageError::Pull {
+            reference: reference.clone(),
+            source,
+        })?;
+    let info = engine
+        .image(&reference)
+        .await
+        .map_err(|source| ImageError::Pull {
+            reference: reference.clone(),
+            source,
+        })?;
+    let digest = info
+        .and_then(|i| i.digest_for(repository))
+        .ok_or_else(|| ImageError::NoDigest {
+            reference: reference.clone(),
+            repository: repository.to_string(),
+        })?;
+    match recorded_digest(store, &reference)? {
+        Some(first) if first != digest => {
+            tracing::error!(%reference, %first, now = %digest, "image tag replaced after publication");
+            store.push_event_once(
+                Event::ReleaseArtifactReplaced,
+                Severity::Critical,
+                &serde_json::json!({
+                    "summary": format!("Headscale {version}: the image {reference} was replaced"),
+                    "tag": format!("v{version}"), "asset": reference, "first_seen": first, "now": digest,
+                    "action": "recorded as bad; headwarden will not install it. Compare with upstream's announcement before trusting it.",
+                }),
+                &format!("release.artifact_replaced:v{version}:{reference}:{digest}"),
+                365 * 86400,
+            )?;
+            return Err(ImageError::Replaced {
+                reference,
+                first,
+                now: digest,
+            });
+        }
+        Some(_) => {}
+        None => store.kv_set(&key(&reference), &digest)?,
+    }
+    Ok(VerifiedImage {
+        version: version.clone(),
+        reference,
+        digest,
+    })
+}
