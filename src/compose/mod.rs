@@ -442,10 +442,10 @@ fn replace_value(line: &str, new: &str) -> String {
             let end = value[1..].find(q).map_or(value.len(), |i| i + 2);
             (Some(q), &value[end.min(value.len())..])
         }
-        _ => match value.find(" #") {
-            Some(i) => (None, &value[i..]),
-            None => (None, &value[value.trim_end().len()..]),
-        },
+        _ => {
+            let core = value.find(" #").map_or(value, |i| &value[..i]).trim_end();
+            (None, &value[core.len()..])
+        }
     };
     match quote {
         Some(q) => format!("{head}:{lead}{q}{new}{q}{after}{eol}"),

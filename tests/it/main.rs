@@ -6,6 +6,7 @@
 use testkit as support;
 
 mod audit;
+mod compose;
 mod faults;
 mod fuzz;
 mod keys;

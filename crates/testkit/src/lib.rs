@@ -8,6 +8,8 @@
 //! of the workspace, so [`sim_bin`] builds it once per process (`cargo build -p headscale-sim`,
 //! same profile and target directory; seconds when it is up to date) so it is never stale.
 
+pub mod compose;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
@@ -716,7 +718,35 @@ impl Client {
 
     /// Starts `tailscaled` only (not logged in).
     pub fn start(sb: &Sandbox, name: &str) -> Client {
-        let dir = sb.path(&format!("clients/{name}"));
+        Self::start_in(&sb.path(&format!("clients/{name}")), name)
+    }
+
+    /// Starts `tailscaled` for `name` in `dir` and logs in to `login` with `auth_key`.
+    pub fn join_at(dir: &Path, name: &str, login: &str, auth_key: &str) -> Client {
+        let client = Client::start_in(dir, name);
+        let out = client.cli(&[
+            "up",
+            "--login-server",
+            login,
+            "--authkey",
+            auth_key,
+            "--hostname",
+            name,
+            "--accept-dns=false",
+            "--timeout",
+            "60s",
+        ]);
+        assert!(
+            out.status.success(),
+            "tailscale up for {name}: {}",
+            text(&out)
+        );
+        client
+    }
+
+    /// Starts `tailscaled` only (not logged in), its state in `dir`.
+    pub fn start_in(dir: &Path, name: &str) -> Client {
+        let dir = dir.to_path_buf();
         std::fs::create_dir_all(&dir).expect("client dir");
         let port = std::net::UdpSocket::bind("127.0.0.1:0")
             .and_then(|s| s.local_addr())

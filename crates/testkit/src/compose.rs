@@ -1,0 +1,387 @@
+//! A compose install of real Headscale for the tests: a project directory with a compose file
+//! (bind-mounted config and data, the port published on 127.0.0.1), run by real
+//! `podman-compose` from images scripts/containers built from the rig's binaries and serves
+//! from a registry on 127.0.0.1 (`HEADWARDEN_REGISTRY`). Each sandbox pushes the versions it
+//! needs into a repository of its own, so digests and tags never leak between tests.
+//! Dropping it takes the project down and removes its containers, network and images.
+
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::{hw, sim, text, wait_for_addr};
+
+pub struct ComposeSandbox {
+    pub dir: tempfile::TempDir,
+    feed: std::process::Child,
+    pub feed_addr: String,
+    pub pubkey: String,
+    /// `127.0.0.1:PORT/<unique>/headscale`.
+    pub repo: String,
+    pub project: String,
+    pub port: u16,
+    /// Appended to headwarden's config (top level).
+    pub extra_top: String,
+}
+
+fn registry() -> String {
+    std::env::var("HEADWARDEN_REGISTRY").unwrap_or_else(|_| {
+        panic!("HEADWARDEN_REGISTRY is not set: run the suite through scripts/test (it builds the images and serves them on 127.0.0.1)")
+    })
+}
+
+/// Runs the engine (podman) and panics with its output on failure.
+pub fn podman(args: &[&str]) -> String {
+    let out = Command::new("podman")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run podman");
+    assert!(out.status.success(), "podman {args:?}: {}", text(&out));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+const CONFIG: &str = "server_url: http://127.0.0.1:{port}
+listen_addr: 0.0.0.0:8080
+metrics_listen_addr: 127.0.0.1:9090
+grpc_listen_addr: 127.0.0.1:50443
+noise:
+  private_key_path: /var/lib/headscale/noise_private.key
+prefixes:
+  v4: 100.64.0.0/10
+  v6: fd7a:115c:a1e0::/48
+  allocation: sequential
+derp:
+  server:
+    enabled: false
+  urls: []
+  paths: [/etc/headscale/derp.yaml]
+  auto_update_enabled: false
+disable_check_updates: true
+ephemeral_node_inactivity_timeout: 30m
+database:
+  type: sqlite
+  sqlite:
+    path: /var/lib/headscale/db.sqlite
+    write_ahead_log: true
+log:
+  level: info
+policy:
+  mode: database
+dns:
+  magic_dns: false
+  base_domain: tailnet.example
+  override_local_dns: false
+  nameservers:
+    global: []
+unix_socket: /var/run/headscale/headscale.sock
+unix_socket_permission: \"0770\"
+";
+
+const DERP: &str = "regions:
+  900:
+    regionid: 900
+    regioncode: local
+    regionname: Offline
+    nodes:
+      - name: 900a
+        regionid: 900
+        hostname: 127.0.0.1
+        ipv4: 127.0.0.1
+        stunport: -1
+        derpport: 1
+";
+
+impl ComposeSandbox {
+    /// Production is real Headscale `version` from the compose file, the image named by `tag`
+    /// (`version` itself, or a floating tag such as `latest` pushed for the same image).
+    pub fn new(version: &str, tag: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let unique = dir
+            .path()
+            .file_name()
+            .expect("name")
+            .to_string_lossy()
+            .to_lowercase()
+            .replace(|c: char| !c.is_ascii_alphanumeric(), "");
+        let project = format!("hs{unique}");
+        let p = |s: &str| dir.path().join(s).display().to_string();
+        let pubkey = sim(&["keygen", "--out", &p("keys")]);
+        std::fs::create_dir_all(dir.path().join("feed/releases")).expect("feed dir");
+        let addr_file = dir.path().join("feed.addr");
+        let feed = Command::new(crate::sim_bin())
+            .args(["github-feed", "--dir", &p("feed"), "--addr-file", &addr_file.display().to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("feed");
+        let feed_addr = wait_for_addr(&addr_file);
+        let sb = ComposeSandbox {
+            repo: format!("{}/{unique}/headscale", registry()),
+            project,
+            port: free_port(),
+            dir,
+            feed,
+            feed_addr,
+            pubkey,
+            extra_top: String::new(),
+        };
+        let proj = sb.project_dir();
+        std::fs::create_dir_all(proj.join("config")).expect("config dir");
+        std::fs::create_dir_all(proj.join("data")).expect("data dir");
+        std::fs::write(
+            proj.join("config/config.yaml"),
+            CONFIG.replace("{port}", &sb.port.to_string()),
+        )
+        .expect("config");
+        std::fs::write(proj.join("config/derp.yaml"), DERP).expect("derp");
+        sb.push(version, version);
+        if tag != version {
+            sb.push(version, tag);
+        }
+        sb.write_compose(tag);
+        sb.write_config();
+        sb.compose(&["up", "-d"]);
+        sb.wait_healthy();
+        sb
+    }
+
+    pub fn path(&self, s: &str) -> PathBuf {
+        self.dir.path().join(s)
+    }
+
+    pub fn project_dir(&self) -> PathBuf {
+        self.path(&self.project)
+    }
+
+    pub fn compose_file(&self) -> PathBuf {
+        self.project_dir().join("compose.yaml")
+    }
+
+    /// Pushes the rig's image of `version` into this sandbox's repository as `tag`.
+    pub fn push(&self, version: &str, tag: &str) {
+        self.push_image(&format!("localhost/headwarden-rig/headscale:{version}"), tag);
+    }
+
+    /// Pushes a local image into this sandbox's repository as `tag`.
+    pub fn push_image(&self, local: &str, tag: &str) {
+        podman(&[
+            "push",
+            "-q",
+            "--tls-verify=false",
+            local,
+            &format!("docker://{}:{tag}", self.repo),
+        ]);
+    }
+
+    /// Builds an image `FROM` the rig's `version` with `entrypoint`, and pushes it as `tag`.
+    pub fn push_variant(&self, version: &str, tag: &str, entrypoint: &[&str]) {
+        let ctx = self.path(&format!("variant-{tag}"));
+        std::fs::create_dir_all(&ctx).expect("ctx");
+        let entry = serde_json::to_string(entrypoint).expect("json");
+        std::fs::write(
+            ctx.join("Containerfile"),
+            format!("FROM localhost/headwarden-rig/headscale:{version}\nENTRYPOINT {entry}\n"),
+        )
+        .expect("containerfile");
+        let local = format!("localhost/{}-variant:{tag}", self.project);
+        podman(&["build", "-q", "-t", &local, &ctx.display().to_string()]);
+        self.push_image(&local, tag);
+        podman(&["untag", &local, &local]);
+    }
+
+    pub fn write_compose(&self, tag: &str) {
+        let text = format!(
+            "# Headscale on this host (the admin's own comments stay)\nservices:\n  headscale:\n    image: {repo}:{tag}  # upgraded by headwarden\n    restart: unless-stopped\n    command: serve\n    volumes:\n      - ./config:/etc/headscale\n      - ./data:/var/lib/headscale\n    ports:\n      - \"127.0.0.1:{port}:8080\"\n    environment:\n      - HEADSCALE_LOG_LEVEL=info\n",
+            repo = self.repo,
+            port = self.port
+        );
+        std::fs::write(self.compose_file(), text).expect("compose file");
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.path("headwarden.yaml")
+    }
+
+    pub fn write_config(&self) {
+        let r = self.dir.path().display();
+        let text = format!(
+            "state_dir: {r}/state\nrelease:\n  api_url: http://{addr}\n  allow_insecure_http: true\n  min_age: 1d\n  minisign_public_key: {key}\nheadscale:\n  install:\n    kind: compose\n    file: {file}\n    service: headscale\n    command: [podman-compose]\n    image: {repo}\n  config: /etc/headscale/config.yaml\nsmoke:\n  timeout: 30s\n{top}",
+            addr = self.feed_addr,
+            key = self.pubkey,
+            file = self.compose_file().display(),
+            repo = self.repo,
+            top = self.extra_top
+        );
+        std::fs::write(self.config_path(), text).expect("config");
+    }
+
+    /// Publishes release `version` in the feed (the real binary as its asset, signed).
+    pub fn release(&self, version: &str) {
+        let feed = self.path("feed").display().to_string();
+        let key = self.path("keys/minisign.key").display().to_string();
+        let binary = crate::headscale(version).display().to_string();
+        sim(&["make-release", "--feed", &feed, "--version", version, "--binary", &binary, "--sign", &key]);
+    }
+
+    pub fn compose(&self, args: &[&str]) -> String {
+        let file = self.compose_file().display().to_string();
+        let out = Command::new("podman-compose")
+            .args(["-f", &file])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("podman-compose");
+        assert!(out.status.success(), "podman-compose {args:?}: {}", text(&out));
+        String::from_utf8_lossy(&out.stdout).to_string()
+    }
+
+    pub fn hw(&self, args: &[&str]) -> Output {
+        self.hw_env(args, &[])
+    }
+
+    pub fn hw_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let cfg = self.config_path().display().to_string();
+        let mut cmd = Command::new(hw());
+        cmd.args(["--config", &cfg])
+            .args(args)
+            .stdin(Stdio::null())
+            .env_remove("HEADWARDEN_CRASH_AT")
+            .env_remove("HEADWARDEN_FAIL_AT");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().expect("run headwarden")
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn wait_healthy(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while crate::http_get(&self.addr(), "/health").is_none() {
+            assert!(Instant::now() < deadline, "compose production never became healthy: {}", self.logs());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `/version` of what answers on production's port ("none" when nothing answers; 0.26 has
+    /// no /version and answers with its CLI's version instead).
+    pub fn served_version(&self) -> String {
+        match crate::http_get(&self.addr(), "/version") {
+            Some(body) => match serde_json::from_str::<serde_json::Value>(&body) {
+                Ok(v) => v["version"].as_str().unwrap_or("unparsable").to_string(),
+                Err(_) => format!("unparsable: {body}"),
+            },
+            None if crate::http_get(&self.addr(), "/health").is_some() => {
+                format!("v{}", self.cli_version())
+            }
+            None => "none".into(),
+        }
+    }
+
+    fn cli_version(&self) -> String {
+        self.exec(&["version"]).lines().next().unwrap_or("").trim().trim_start_matches('v').to_string()
+    }
+
+    /// The service's container (running or not).
+    pub fn containers(&self) -> Vec<String> {
+        podman(&["ps", "-a", "--filter", &format!("label=com.docker.compose.project={}", self.project), "--format", "{{.Names}}"])
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// `headscale ARGS` inside production's container.
+    pub fn exec(&self, args: &[&str]) -> String {
+        let name = format!("{}_headscale_1", self.project);
+        let mut all = vec!["exec", &name, "/ko-app/headscale"];
+        all.extend_from_slice(args);
+        podman(&all)
+    }
+
+    /// Production's CLI with `-o json`, parsed.
+    pub fn exec_json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = args.to_vec();
+        all.extend(["-o", "json"]);
+        let out = self.exec(&all);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: {e}: {out}"))
+    }
+
+    pub fn logs(&self) -> String {
+        let name = format!("{}_headscale_1", self.project);
+        let out = Command::new("podman").args(["logs", "--tail", "20", &name]).output();
+        out.map(|o| text(&o)).unwrap_or_default()
+    }
+
+    /// The image line of the compose file.
+    pub fn image_line(&self) -> String {
+        std::fs::read_to_string(self.compose_file())
+            .expect("compose file")
+            .lines()
+            .find(|l| l.trim_start().starts_with("image:"))
+            .expect("image line")
+            .to_string()
+    }
+
+    pub fn db(&self) -> PathBuf {
+        self.project_dir().join("data/db.sqlite")
+    }
+
+    pub fn login_server(&self) -> String {
+        format!("http://{}", self.addr())
+    }
+
+    pub fn client_dir(&self, name: &str) -> PathBuf {
+        self.path(&format!("clients/{name}"))
+    }
+}
+
+impl Drop for ComposeSandbox {
+    fn drop(&mut self) {
+        let file = self.compose_file().display().to_string();
+        let _ = Command::new("podman-compose")
+            .args(["-f", &file, "down"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let quiet = |args: &[&str]| {
+            let _ = Command::new("podman").args(args).stdout(Stdio::null()).stderr(Stdio::null()).status();
+        };
+        // Staging containers of this sandbox's image, the project's network and its images.
+        if let Ok(out) = Command::new("podman")
+            .args(["ps", "-a", "--filter", "label=io.headwarden.staging", "--format", "{{.Names}} {{.Image}}"])
+            .output()
+        {
+            for line in String::from_utf8_lossy(&out.stdout).lines() {
+                if let Some((name, image)) = line.split_once(' ') {
+                    if image.starts_with(&self.repo) {
+                        quiet(&["rm", "-f", name]);
+                    }
+                }
+            }
+        }
+        quiet(&["network", "rm", "-f", &format!("{}_default", self.project)]);
+        // Only this sandbox's names: the images themselves are the rig's, shared by every test.
+        if let Ok(out) = Command::new("podman")
+            .args(["images", "--format", "{{.Repository}}:{{.Tag}}"])
+            .output()
+        {
+            for image in String::from_utf8_lossy(&out.stdout).lines() {
+                if image.starts_with(&format!("{}:", self.repo)) {
+                    quiet(&["untag", image, image]);
+                }
+            }
+        }
+        let _ = self.feed.kill();
+        let _ = self.feed.wait();
+    }
+}
