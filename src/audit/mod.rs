@@ -181,7 +181,11 @@ impl Ctx<'_> {
 
 /// Runs the audit playbook. `Ok` even when some checks were skipped (they are listed).
 pub async fn run(s: &Settings, store: &Store) -> Result<Report, AuditError> {
-    let config = HeadscaleConfig::load(&s.headscale.config).ok();
+    let config = match &s.headscale.install {
+        Install::Binary => HeadscaleConfig::load(&s.headscale.config).ok(),
+        // Read through the service's volumes and environment.
+        Install::Compose(_) => deploy::production_config(s).await.ok(),
+    };
     let version = deploy::current_version(s).await.ok();
     let mut ctx = Ctx {
         s,

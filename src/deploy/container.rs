@@ -59,6 +59,28 @@ pub async fn discover(c: &ComposeInstall) -> Result<Discovered, DeployError> {
     })
 }
 
+/// The host path of the config file from the compose file's bind mounts alone (no engine
+/// asked): for readers that only need `server_url`.
+pub fn host_config_path(c: &ComposeInstall, inside: &Path) -> Option<PathBuf> {
+    let file = ComposeFile::load(&c.file).ok()?;
+    let spec = file.service(&c.service).ok()?;
+    let mounts = spec
+        .mounts
+        .iter()
+        .filter_map(|m| match &m.source {
+            MountSource::Bind(p) => Some((p.clone(), m.target.clone())),
+            MountSource::Volume(_) => None,
+        })
+        .collect();
+    Discovered {
+        file,
+        spec,
+        container: None,
+        mounts,
+    }
+    .host_path(inside)
+}
+
 impl Discovered {
     /// The host path behind a path inside the container (the longest mount that holds it).
     pub fn host_path(&self, inside: &Path) -> Option<PathBuf> {

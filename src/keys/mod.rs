@@ -31,10 +31,11 @@ use crate::headscale::config::HeadscaleConfig;
 use crate::hook;
 use crate::hook::HookError;
 use crate::notify;
+use crate::deploy::container;
 use crate::settings;
 use crate::settings::playbook::{OnFailure, StepKind};
 use crate::settings::Secret;
-use crate::settings::Settings;
+use crate::settings::{Install, Settings};
 use crate::state;
 use crate::state::{now, KeyObservation, MintedKey, StateError, Store};
 use plan::{Action, KeyState, NodePlan, Observed, Policy};
@@ -141,7 +142,11 @@ pub async fn plan_now(
 }
 
 fn server_url(s: &Settings) -> String {
-    HeadscaleConfig::load(&s.headscale.config)
+    let path = match &s.headscale.install {
+        Install::Binary => Some(s.headscale.config.clone()),
+        Install::Compose(c) => container::host_config_path(c, &s.headscale.config),
+    };
+    path.and_then(|p| HeadscaleConfig::load(&p).ok())
         .map(|c| c.server_url)
         .unwrap_or_default()
 }

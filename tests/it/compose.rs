@@ -2,8 +2,6 @@
 //! real binaries, pulled from a registry on 127.0.0.1 (scripts/test starts it). Podman only:
 //! Docker's `docker compose` takes the same code path but is not installed here.
 
-use std::time::Duration;
-
 use crate::support::compose::{podman, ComposeSandbox};
 use crate::support::{code, text, Client};
 
@@ -172,6 +170,5 @@ fn compose_candidate_that_crashes_is_rejected_on_staging() {
     assert_eq!(std::fs::read(sb.compose_file()).expect("compose"), compose);
     assert_eq!(identities(&sb), ids);
     assert_eq!(sb.served_version(), "v0.26.1");
-    std::thread::sleep(Duration::from_millis(100));
     assert!(staging_containers(&sb).is_empty(), "{:?}", staging_containers(&sb));
 }
