@@ -4,10 +4,10 @@
 use semver::Version;
 use serde::Serialize;
 
-use crate::deploy::staging::{self, StageOutcome};
-use crate::deploy::transaction::{self, HopOutcome, Prod, Recovered};
 use crate::compose::{ImageFacts, TagKind};
 use crate::deploy::container;
+use crate::deploy::staging::{self, StageOutcome};
+use crate::deploy::transaction::{self, HopOutcome, Prod, Recovered};
 use crate::deploy::{self, Artifact, Installed, Service};
 use crate::error::error_chain;
 use crate::event::{Event, Severity};
@@ -205,10 +205,7 @@ async fn fetch_and_plan(
 pub fn image_facts(s: &Settings, current: &Version) -> Result<Option<ImageFacts>, PipelineError> {
     match &s.headscale.install {
         Install::Binary => Ok(None),
-        Install::Compose(c) => Ok(Some(ImageFacts::of(
-            &container::current_image(c)?,
-            current,
-        ))),
+        Install::Compose(c) => Ok(Some(ImageFacts::of(&container::current_image(c)?, current))),
     }
 }
 
@@ -982,13 +979,21 @@ impl RunCtx<'_> {
         .await;
         match &result {
             Ok(to) => {
-                self.store.step_finish(step, true, &format!("pinned to {to}"), t.elapsed().as_millis())?;
+                self.store.step_finish(
+                    step,
+                    true,
+                    &format!("pinned to {to}"),
+                    t.elapsed().as_millis(),
+                )?;
                 (self.say)(&format!(
                     "pinned the compose file's floating {image} to {to} (the version running now; previous file kept as {})",
                     container::previous_copy(&c.file).display()
                 ));
             }
-            Err(e) => self.store.step_finish(step, false, &e.to_string(), t.elapsed().as_millis())?,
+            Err(e) => {
+                self.store
+                    .step_finish(step, false, &e.to_string(), t.elapsed().as_millis())?
+            }
         }
         result.map(drop)
     }

@@ -488,7 +488,9 @@ async fn version_checks(ctx: &Ctx<'_>) -> Result<Vec<Finding>, Unavailable> {
             ));
         }
     }
-    let prod_config = deploy::production_config(s).await.map_err(|e| error_chain(&e))?;
+    let prod_config = deploy::production_config(s)
+        .await
+        .map_err(|e| error_chain(&e))?;
     let (report, releases) = watch::fetch_and_plan(
         s,
         ctx.store,

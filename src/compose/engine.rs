@@ -123,10 +123,7 @@ impl Engine {
 
     /// A local image, or `None` when the engine has no such image.
     pub async fn image(&self, reference: &str) -> Result<Option<ImageInfo>, EngineError> {
-        let v = match self
-            .json(&["image", "inspect", reference])
-            .await
-        {
+        let v = match self.json(&["image", "inspect", reference]).await {
             Ok(v) => v,
             Err(EngineError::Exited { .. }) => return Ok(None),
             Err(e) => return Err(e),
@@ -135,7 +132,11 @@ impl Engine {
             return Ok(None);
         };
         Ok(Some(ImageInfo {
-            id: i.get("Id").and_then(Value::as_str).unwrap_or("").to_string(),
+            id: i
+                .get("Id")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string(),
             repo_digests: strs(i.get("RepoDigests")),
             entrypoint: strs(i.get("Config").and_then(|c| c.get("Entrypoint"))),
         }))
@@ -152,11 +153,23 @@ impl Engine {
         let name = match container_name {
             Some(n) => n.to_string(),
             None => {
-                let wd = format!("label=com.docker.compose.project.working_dir={}", dir.display());
+                let wd = format!(
+                    "label=com.docker.compose.project.working_dir={}",
+                    dir.display()
+                );
                 let svc = format!("label=com.docker.compose.service={service}");
                 let out = self
                     .run(
-                        &["ps", "-a", "--filter", &wd, "--filter", &svc, "--format", "{{.Names}}"],
+                        &[
+                            "ps",
+                            "-a",
+                            "--filter",
+                            &wd,
+                            "--filter",
+                            &svc,
+                            "--format",
+                            "{{.Names}}",
+                        ],
                         ENGINE_TIMEOUT,
                     )
                     .await?;
@@ -171,10 +184,7 @@ impl Engine {
 
     /// A container by name, or `None` when there is none.
     pub async fn container(&self, name: &str) -> Result<Option<ContainerInfo>, EngineError> {
-        let v = match self
-            .json(&["container", "inspect", name])
-            .await
-        {
+        let v = match self.json(&["container", "inspect", name]).await {
             Ok(v) => v,
             Err(EngineError::Exited { .. }) => return Ok(None),
             Err(e) => return Err(e),
@@ -213,7 +223,11 @@ impl Engine {
                 .and_then(|s| s.get("Running"))
                 .and_then(Value::as_bool)
                 .unwrap_or(false),
-            image_id: c.get("Image").and_then(Value::as_str).unwrap_or("").to_string(),
+            image_id: c
+                .get("Image")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string(),
             mounts,
             env,
         }))
@@ -264,7 +278,10 @@ impl Engine {
 
     /// Stops and removes a container; one that is already gone is not an error.
     pub async fn remove(&self, name: &str) -> Result<(), EngineError> {
-        match self.run(&["rm", "-f", "-t", "10", name], ENGINE_TIMEOUT).await {
+        match self
+            .run(&["rm", "-f", "-t", "10", name], ENGINE_TIMEOUT)
+            .await
+        {
             Ok(_) => Ok(()),
             Err(e) if self.container(name).await.ok().flatten().is_none() => {
                 tracing::debug!(error = %e, name, "container already gone");
@@ -291,7 +308,10 @@ impl Engine {
     pub async fn labelled(&self, label: &str) -> Result<Vec<String>, EngineError> {
         let filter = format!("label={label}");
         let out = self
-            .run(&["ps", "-a", "--filter", &filter, "--format", "{{.Names}}"], ENGINE_TIMEOUT)
+            .run(
+                &["ps", "-a", "--filter", &filter, "--format", "{{.Names}}"],
+                ENGINE_TIMEOUT,
+            )
             .await?;
         Ok(out
             .lines()

@@ -264,10 +264,12 @@ impl ComposeFile {
 
     pub fn service(&self, name: &str) -> Result<ServiceSpec, ComposeError> {
         let v = self.service_value(name)?;
-        let image = v
-            .get("image")
-            .and_then(Value::as_str)
-            .ok_or_else(|| self.bad(name, "has no `image:` (a `build:` service is not an install headwarden can upgrade)"))?;
+        let image = v.get("image").and_then(Value::as_str).ok_or_else(|| {
+            self.bad(
+                name,
+                "has no `image:` (a `build:` service is not an install headwarden can upgrade)",
+            )
+        })?;
         let mounts = match v.get("volumes") {
             None => vec![],
             Some(Value::Sequence(s)) => s
@@ -335,8 +337,9 @@ impl ComposeFile {
     pub fn with_image(&self, service: &str, image: &str) -> Result<String, ComposeError> {
         let bad = |d: &str| self.bad(service, d.to_string());
         let lines: Vec<&str> = self.text.split_inclusive('\n').collect();
-        let at = image_line(&lines, service)
-            .ok_or_else(|| bad("has no `image:` line headwarden can edit (flow style or anchors?)"))?;
+        let at = image_line(&lines, service).ok_or_else(|| {
+            bad("has no `image:` line headwarden can edit (flow style or anchors?)")
+        })?;
         let mut out = String::with_capacity(self.text.len() + image.len());
         for (i, line) in lines.iter().enumerate() {
             if i == at {
@@ -356,7 +359,9 @@ impl ComposeFile {
             svc.insert(Value::from("image"), Value::from(image));
         }
         if edited.root != expect {
-            return Err(bad("edit would change more than its `image:` line; refused"));
+            return Err(bad(
+                "edit would change more than its `image:` line; refused",
+            ));
         }
         Ok(out)
     }
@@ -559,7 +564,10 @@ volumes:
         assert_eq!(s.mounts[2].source, MountSource::Bind("/srv/extra".into()));
         assert_eq!(s.ports.len(), 3);
         assert_eq!(s.ports[0].host_ip.as_deref(), Some("127.0.0.1"));
-        assert_eq!((s.ports[1].host_port, s.ports[1].container_port), (9090, 9090));
+        assert_eq!(
+            (s.ports[1].host_port, s.ports[1].container_port),
+            (9090, 9090)
+        );
         assert_eq!(s.ports[2].host_port, 50443);
         assert_eq!(s.environment["HEADSCALE_LOG_LEVEL"], "debug");
         let missing = file().service("nope").unwrap_err().to_string();
@@ -577,17 +585,33 @@ volumes:
             kind("127.0.0.1:5055/headscale/headscale:v0.29.3"),
             TagKind::Exact(Version::new(0, 29, 3))
         );
-        for floating in ["latest", "stable", "0", "0.29", "main-abc1234", "sha-1a2b3c4", "unstable"] {
+        for floating in [
+            "latest",
+            "stable",
+            "0",
+            "0.29",
+            "main-abc1234",
+            "sha-1a2b3c4",
+            "unstable",
+        ] {
             assert!(
-                matches!(kind(&format!("headscale/headscale:{floating}")), TagKind::Floating(_)),
+                matches!(
+                    kind(&format!("headscale/headscale:{floating}")),
+                    TagKind::Floating(_)
+                ),
                 "{floating}"
             );
         }
-        assert!(matches!(kind("127.0.0.1:5055/headscale/headscale"), TagKind::Floating(_)));
+        assert!(matches!(
+            kind("127.0.0.1:5055/headscale/headscale"),
+            TagKind::Floating(_)
+        ));
         let r = ImageRef::parse("127.0.0.1:5055/headscale/headscale:0.26.1@sha256:ab");
         assert_eq!(r.repository, "127.0.0.1:5055/headscale/headscale");
         assert_eq!(r.digest.as_deref(), Some("sha256:ab"));
-        assert!(ImageRef::parse("headscale/headscale").same_repository("docker.io/headscale/headscale"));
+        assert!(
+            ImageRef::parse("headscale/headscale").same_repository("docker.io/headscale/headscale")
+        );
     }
 
     #[test]
@@ -611,7 +635,10 @@ volumes:
         assert_eq!(FILE.lines().count(), new.lines().count());
         // The other service's image is untouched; a bare value keeps its comment.
         let other = f.with_image("db-proxy", "alpine:3.20").expect("edit");
-        assert!(other.contains("    image: alpine:3.20   # not ours\n"), "{other}");
+        assert!(
+            other.contains("    image: alpine:3.20   # not ours\n"),
+            "{other}"
+        );
         assert!(other.contains("headscale:latest"));
     }
 

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use semver::Version;
 
-use crate::compose::{ComposeFile, ContainerInfo, Engine, ImageRef, MountSource, ServiceSpec, TagKind};
+use crate::compose::{
+    ComposeFile, ContainerInfo, Engine, ImageRef, MountSource, ServiceSpec, TagKind,
+};
 use crate::deploy::{io_err, DeployError};
 use crate::files;
 use crate::headscale::cli::Cli;
@@ -215,7 +217,11 @@ fn expected_name(c: &ComposeInstall, d: &Discovered) -> String {
         .chars()
         .filter(|ch| ch.is_ascii_alphanumeric() || *ch == '-' || *ch == '_')
         .collect();
-    let sep = if c.command[0].ends_with("podman-compose") { "_" } else { "-" };
+    let sep = if c.command[0].ends_with("podman-compose") {
+        "_"
+    } else {
+        "-"
+    };
     format!("{project}{sep}{}{sep}1", c.service)
 }
 

@@ -293,11 +293,7 @@ pub fn switch_binary(binary: &Path, target: &Path) -> Result<(), DeployError> {
 ///
 /// For a compose install the running image stays where the engine keeps it: the slot is the
 /// compose file's (pinned) image.
-pub fn adopt_current(
-    s: &Settings,
-    store: &Store,
-    current: &Version,
-) -> Result<Slot, DeployError> {
+pub fn adopt_current(s: &Settings, store: &Store, current: &Version) -> Result<Slot, DeployError> {
     let Install::Binary = &s.headscale.install else {
         return current_slot(s);
     };

@@ -16,10 +16,10 @@ use crate::compose::Engine;
 use crate::deploy::container::{self, Discovered};
 use crate::deploy::{io_err, Artifact, DeployError, Installed};
 use crate::files;
+use crate::headscale::cli::Cli;
 use crate::headscale::config::{derive_staging, staging_env, HeadscaleConfig, StagingLayout};
 use crate::process;
 use crate::settings;
-use crate::headscale::cli::Cli;
 use crate::settings::{Install, Settings};
 use crate::smoke::{self, Baseline, Report, SmokeError, Target};
 use crate::state::{sqlite_files, RunId, Store};
@@ -103,8 +103,7 @@ pub async fn stage(
             overlay: overlay.as_ref(),
             host: &host,
         };
-        let started = match start_hop(&hop_env, &mut layout).await?
-        {
+        let started = match start_hop(&hop_env, &mut layout).await? {
             Ok(started) => started,
             Err((reason, port_conflict)) => {
                 return Ok(StageOutcome::Failed {
@@ -260,7 +259,9 @@ impl Instance {
                     "staging container exited: {}",
                     engine.logs_tail(name).await
                 )),
-                Err(e) => Err(format!("cannot ask the engine about the staging container: {e}")),
+                Err(e) => Err(format!(
+                    "cannot ask the engine about the staging container: {e}"
+                )),
             },
         }
     }
@@ -331,7 +332,10 @@ async fn launch(
             let run = h.run.to_string();
             // The journal names the container before it exists: recovery removes it by name.
             let data = serde_json::json!({"version": version, "container": name, "image": reference, "digest": digest});
-            let image = format!("{}@{digest}", crate::compose::ImageRef::parse(reference).repository);
+            let image = format!(
+                "{}@{digest}",
+                crate::compose::ImageRef::parse(reference).repository
+            );
             engine
                 .run_detached(
                     &name,

@@ -30,8 +30,8 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use crate::deploy;
-use crate::deploy::service::{ServiceError, ServiceState};
 use crate::deploy::container;
+use crate::deploy::service::{ServiceError, ServiceState};
 use crate::deploy::{current_slot, io_err, switch_to, DeployError, Installed, Service, Slot};
 use crate::error::error_chain;
 use crate::event::{Event, Severity};
@@ -184,11 +184,7 @@ pub fn backup_dir(s: &Settings, run: RunId, hop: i64, from: &str) -> PathBuf {
 /// on a stopped database, and a restore checks it again before it writes anything.
 ///
 /// A compose install's compose file is kept beside them (`compose.yaml`).
-pub fn take_backup(
-    s: &Settings,
-    config: &HeadscaleConfig,
-    dir: &Path,
-) -> Result<(), DeployError> {
+pub fn take_backup(s: &Settings, config: &HeadscaleConfig, dir: &Path) -> Result<(), DeployError> {
     verify::create_private_dir(dir).map_err(io_err("creating", dir))?;
     sqlite_files::online_copy(&config.database_path, &dir.join("db.sqlite"))?;
     files::copy_preserving(&config.path, &dir.join("config.yaml"))?;
@@ -208,11 +204,7 @@ pub fn verify_backup(dir: &Path) -> Result<(), DeployError> {
 
 /// Puts a backup back: database, noise key, config (and a compose install's compose file); each
 /// through a fresh file renamed into place, with the owner and mode the backup recorded.
-fn restore_backup(
-    s: &Settings,
-    config: &HeadscaleConfig,
-    dir: &Path,
-) -> Result<(), DeployError> {
+fn restore_backup(s: &Settings, config: &HeadscaleConfig, dir: &Path) -> Result<(), DeployError> {
     sqlite_files::integrity_check(&dir.join("db.sqlite"))?;
     sqlite_files::restore(&dir.join("db.sqlite"), &config.database_path)?;
     let key = dir.join("noise_private.key");
@@ -555,8 +547,12 @@ async fn stop_orphaned_staging(s: &Settings, steps: &[StepRow]) {
             st.data.get("container").and_then(|v| v.as_str()),
         ) {
             match container::engine(c).remove(name).await {
-                Ok(()) => tracing::warn!(name, "removed a staging container an interrupted run left"),
-                Err(e) => tracing::error!(name, error = %e, "cannot remove a staging container an interrupted run left"),
+                Ok(()) => {
+                    tracing::warn!(name, "removed a staging container an interrupted run left")
+                }
+                Err(e) => {
+                    tracing::error!(name, error = %e, "cannot remove a staging container an interrupted run left")
+                }
             }
             continue;
         }

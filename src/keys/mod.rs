@@ -22,6 +22,7 @@ use std::collections::HashMap;
 use serde::Serialize;
 use serde_json::json;
 
+use crate::deploy::container;
 use crate::event::{Event, Severity};
 use crate::files::{self, FileError};
 use crate::headscale::api;
@@ -31,7 +32,6 @@ use crate::headscale::config::HeadscaleConfig;
 use crate::hook;
 use crate::hook::HookError;
 use crate::notify;
-use crate::deploy::container;
 use crate::settings;
 use crate::settings::playbook::{OnFailure, StepKind};
 use crate::settings::Secret;

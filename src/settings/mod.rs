@@ -599,6 +599,45 @@ mod tests {
     }
 
     #[test]
+    fn compose_installs_resolve_their_commands_and_refuse_a_tagged_repository() {
+        let compose = |extra: &str| {
+            format!("state_dir: /tmp/hw\nheadscale:\n  install:\n    kind: compose\n    file: /srv/hs/compose.yaml\n{extra}")
+        };
+        let s = parse(
+            Path::new("hw.yaml"),
+            &compose("    command: [/usr/bin/podman-compose]\n    image: 127.0.0.1:5000/headscale/headscale\n"),
+        )
+        .expect("valid");
+        let Install::Compose(c) = &s.headscale.install else {
+            panic!("not compose: {:?}", s.headscale.install)
+        };
+        assert_eq!(c.service, "headscale");
+        assert_eq!(c.command, vec!["/usr/bin/podman-compose".to_string()]);
+        assert!(c.engine[0].ends_with("/podman"), "{:?}", c.engine);
+        assert!(matches!(s.headscale.service, ServiceSettings::Compose(_)));
+        for (extra, says) in [
+            (
+                "    command: [/usr/bin/podman-compose]\n    image: headscale/headscale:0.26.1\n",
+                "names a tag",
+            ),
+            (
+                "    command: [/opt/bin/nerdctl-compose]\n",
+                "cannot tell which engine",
+            ),
+            ("    command: [no/such]\n", "neither a program name"),
+        ] {
+            let e = parse(Path::new("hw.yaml"), &compose(extra)).expect_err(extra);
+            assert!(e.to_string().contains(says), "{e}");
+        }
+        let e = parse(
+            Path::new("hw.yaml"),
+            "state_dir: /tmp/hw\nheadscale:\n  install:\n    kind: flatpak\n",
+        )
+        .expect_err("unknown kind");
+        assert!(e.to_string().contains("unknown install kind"), "{e}");
+    }
+
+    #[test]
     fn minimal_config_gets_defaults() {
         let s = parse(Path::new("hw.yaml"), MINIMAL).expect("valid");
         assert_eq!(s.release.owner, "juanfont");

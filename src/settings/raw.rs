@@ -10,10 +10,10 @@ use super::cron::{Cron, Zone};
 use super::notify_url;
 use super::playbook::{self, PlaybookName};
 use super::{
-    line_of, Accept, Approval, AuditSettings, Channel, ConfigError, Enforce, HeadscaleSettings,
-    KeyDelivery, KeySettings, LoadedPlaybook, MetricsSettings, NotifyTarget, Playbooks, Reach,
-    ReleaseSettings, ReminderRouting, ScheduleSettings, Secret, ServiceSettings, Settings, ComposeInstall, Install,
-    SmokeCheck, SmokeSettings, StagingSettings, UserDestination, Window,
+    line_of, Accept, Approval, AuditSettings, Channel, ComposeInstall, ConfigError, Enforce,
+    HeadscaleSettings, Install, KeyDelivery, KeySettings, LoadedPlaybook, MetricsSettings,
+    NotifyTarget, Playbooks, Reach, ReleaseSettings, ReminderRouting, ScheduleSettings, Secret,
+    ServiceSettings, Settings, SmokeCheck, SmokeSettings, StagingSettings, UserDestination, Window,
 };
 use crate::event::{self, Severity};
 
@@ -703,7 +703,11 @@ fn program(cx: &Ctx<'_>, key: &str, name: &str) -> Result<String, ConfigError> {
         return Ok(name.to_string());
     }
     if name.contains('/') || name.is_empty() {
-        return Err(cx.err(key, format!("{name:?} is neither a program name nor an absolute path"), "e.g. podman-compose or /usr/bin/podman-compose"));
+        return Err(cx.err(
+            key,
+            format!("{name:?} is neither a program name nor an absolute path"),
+            "e.g. podman-compose or /usr/bin/podman-compose",
+        ));
     }
     PROGRAM_DIRS
         .iter()
@@ -724,7 +728,11 @@ fn install(cx: &Ctx<'_>, i: RawInstall) -> Result<Install, ConfigError> {
         "binary" => Ok(Install::Binary),
         "compose" => {
             let file = i.file.ok_or_else(|| {
-                cx.err("headscale.install.file", "kind: compose needs the compose file", "e.g. file: /srv/headscale/compose.yaml")
+                cx.err(
+                    "headscale.install.file",
+                    "kind: compose needs the compose file",
+                    "e.g. file: /srv/headscale/compose.yaml",
+                )
             })?;
             let mut command = if i.command.is_empty() {
                 vec!["docker".to_string(), "compose".to_string()]
@@ -754,8 +762,15 @@ fn install(cx: &Ctx<'_>, i: RawInstall) -> Result<Install, ConfigError> {
                 e[0] = program(cx, "headscale.install.engine", &e[0])?;
                 e
             };
-            let image = i.image.unwrap_or_else(|| "docker.io/headscale/headscale".into());
-            if image.contains('@') || image.rsplit('/').next().is_some_and(|last| last.contains(':')) {
+            let image = i
+                .image
+                .unwrap_or_else(|| "docker.io/headscale/headscale".into());
+            if image.contains('@')
+                || image
+                    .rsplit('/')
+                    .next()
+                    .is_some_and(|last| last.contains(':'))
+            {
                 return Err(cx.err(
                     "headscale.install.image",
                     format!("{image:?} names a tag or digest"),

@@ -26,7 +26,9 @@ pub enum ImageError {
         reference: String,
         repository: String,
     },
-    #[error("{reference} was replaced after publication: digest {first} when first pulled, now {now}")]
+    #[error(
+        "{reference} was replaced after publication: digest {first} when first pulled, now {now}"
+    )]
     Replaced {
         reference: String,
         first: String,
@@ -97,12 +99,12 @@ pub async fn pull_verified(
             reference: reference.clone(),
             source,
         })?;
-    let digest = info
-        .and_then(|i| i.digest_for(repository))
-        .ok_or_else(|| ImageError::NoDigest {
-            reference: reference.clone(),
-            repository: repository.to_string(),
-        })?;
+    let digest =
+        info.and_then(|i| i.digest_for(repository))
+            .ok_or_else(|| ImageError::NoDigest {
+                reference: reference.clone(),
+                repository: repository.to_string(),
+            })?;
     match recorded_digest(store, &reference)? {
         Some(first) if first != digest => {
             tracing::error!(%reference, %first, now = %digest, "image tag replaced after publication");

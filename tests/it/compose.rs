@@ -7,11 +7,9 @@ use crate::support::{code, text, Client};
 
 /// The users and nodes in production's database (identity columns every version has).
 fn identities(sb: &ComposeSandbox) -> Vec<String> {
-    let db = rusqlite::Connection::open_with_flags(
-        sb.db(),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )
-    .expect("db");
+    let db =
+        rusqlite::Connection::open_with_flags(sb.db(), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .expect("db");
     let mut out = Vec::new();
     for (sql, what) in [
         ("SELECT id || ' ' || name FROM users ORDER BY id", "user"),
@@ -33,12 +31,12 @@ fn identities(sb: &ComposeSandbox) -> Vec<String> {
 }
 
 fn migrations(sb: &ComposeSandbox) -> Vec<String> {
-    let db = rusqlite::Connection::open_with_flags(
-        sb.db(),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )
-    .expect("db");
-    let mut stmt = db.prepare("SELECT id FROM migrations ORDER BY id").expect("migrations");
+    let db =
+        rusqlite::Connection::open_with_flags(sb.db(), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .expect("db");
+    let mut stmt = db
+        .prepare("SELECT id FROM migrations ORDER BY id")
+        .expect("migrations");
     let rows = stmt
         .query_map([], |r| r.get::<_, String>(0))
         .expect("rows")
@@ -58,16 +56,30 @@ fn key_for(sb: &ComposeSandbox, user: &str) -> String {
         .find(|u| u["name"] == user)
         .map(|u| u["id"].to_string().trim_matches('"').to_string())
         .expect("user id");
-    let key = sb.exec_json(&["preauthkeys", "create", "--user", &id, "--expiration", "24h"]);
+    let key = sb.exec_json(&[
+        "preauthkeys",
+        "create",
+        "--user",
+        &id,
+        "--expiration",
+        "24h",
+    ]);
     key["key"].as_str().expect("key").to_string()
 }
 
 fn staging_containers(sb: &ComposeSandbox) -> Vec<String> {
-    podman(&["ps", "-a", "--filter", "label=io.headwarden.staging", "--format", "{{.Names}} {{.Image}}"])
-        .lines()
-        .filter(|l| l.contains(&sb.repo))
-        .map(str::to_string)
-        .collect()
+    podman(&[
+        "ps",
+        "-a",
+        "--filter",
+        "label=io.headwarden.staging",
+        "--format",
+        "{{.Names}} {{.Image}}",
+    ])
+    .lines()
+    .filter(|l| l.contains(&sb.repo))
+    .map(str::to_string)
+    .collect()
 }
 
 /// A compose install on the floating tag `latest` (0.26.1): `check` says it floats and what it
@@ -79,8 +91,18 @@ fn staging_containers(sb: &ComposeSandbox) -> Vec<String> {
 fn compose_upgrade_pins_a_floating_tag_then_goes_hop_by_hop_to_the_newest_0_29() {
     let sb = ComposeSandbox::new("0.26.1", "latest");
     let login = sb.login_server();
-    let alice = Client::join_at(&sb.client_dir("alice"), "alice-laptop", &login, &key_for(&sb, "alice"));
-    let bob = Client::join_at(&sb.client_dir("bob"), "bob-phone", &login, &key_for(&sb, "bob"));
+    let alice = Client::join_at(
+        &sb.client_dir("alice"),
+        "alice-laptop",
+        &login,
+        &key_for(&sb, "alice"),
+    );
+    let bob = Client::join_at(
+        &sb.client_dir("bob"),
+        "bob-phone",
+        &login,
+        &key_for(&sb, "bob"),
+    );
     assert!(alice.pings(&bob), "the tailnet works before the upgrade");
     for v in ["0.27.1", "0.28.0", "0.29.2", "0.29.3"] {
         sb.release(v);
@@ -90,17 +112,30 @@ fn compose_upgrade_pins_a_floating_tag_then_goes_hop_by_hop_to_the_newest_0_29()
     assert_eq!(code(&check), 0, "{}", text(&check));
     let said = text(&check);
     assert!(said.contains("floats (tag latest)"), "{said}");
-    assert!(said.contains(&format!("pins it to {}:0.26.1", sb.repo)), "{said}");
-    assert!(said.contains("0.26.1 -> 0.27.1 -> 0.28.0 -> 0.29.3"), "{said}");
+    assert!(
+        said.contains(&format!("pins it to {}:0.26.1", sb.repo)),
+        "{said}"
+    );
+    assert!(
+        said.contains("0.26.1 -> 0.27.1 -> 0.28.0 -> 0.29.3"),
+        "{said}"
+    );
     let audit = sb.hw(&["audit"]);
-    assert!(text(&audit).contains("version.floating_image_tag"), "{}", text(&audit));
+    assert!(
+        text(&audit).contains("version.floating_image_tag"),
+        "{}",
+        text(&audit)
+    );
 
     let before = identities(&sb);
     let noise = std::fs::read(sb.project_dir().join("data/noise_private.key")).expect("noise");
     let out = sb.hw(&["upgrade", "--yes"]);
     let said = text(&out);
     assert_eq!(code(&out), 0, "{said}");
-    assert!(said.contains(&format!("to {}:0.26.1", sb.repo)), "pinned first: {said}");
+    assert!(
+        said.contains(&format!("to {}:0.26.1", sb.repo)),
+        "pinned first: {said}"
+    );
     for v in ["0.27.1", "0.28.0", "0.29.3"] {
         assert!(said.contains(&format!("production now on {v}")), "{said}");
     }
@@ -115,10 +150,18 @@ fn compose_upgrade_pins_a_floating_tag_then_goes_hop_by_hop_to_the_newest_0_29()
         noise
     );
     assert_eq!(sb.containers().len(), 1, "one production container");
-    assert!(staging_containers(&sb).is_empty(), "{:?}", staging_containers(&sb));
+    assert!(
+        staging_containers(&sb).is_empty(),
+        "{:?}",
+        staging_containers(&sb)
+    );
     assert!(alice.pings(&bob), "alice reaches bob after the upgrade");
     let status = sb.hw(&["status"]);
-    assert!(text(&status).contains("pinned to an exact version"), "{}", text(&status));
+    assert!(
+        text(&status).contains("pinned to an exact version"),
+        "{}",
+        text(&status)
+    );
 }
 
 /// A real 0.28.0 image that migrates production's database, then fails its smoke checks on
@@ -170,5 +213,9 @@ fn compose_candidate_that_crashes_is_rejected_on_staging() {
     assert_eq!(std::fs::read(sb.compose_file()).expect("compose"), compose);
     assert_eq!(identities(&sb), ids);
     assert_eq!(sb.served_version(), "v0.26.1");
-    assert!(staging_containers(&sb).is_empty(), "{:?}", staging_containers(&sb));
+    assert!(
+        staging_containers(&sb).is_empty(),
+        "{:?}",
+        staging_containers(&sb)
+    );
 }

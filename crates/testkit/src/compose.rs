@@ -5,7 +5,7 @@
 //! needs into a repository of its own, so digests and tags never leak between tests.
 //! Dropping it takes the project down and removes its containers, network and images.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -117,7 +117,13 @@ impl ComposeSandbox {
         std::fs::create_dir_all(dir.path().join("feed/releases")).expect("feed dir");
         let addr_file = dir.path().join("feed.addr");
         let feed = Command::new(crate::sim_bin())
-            .args(["github-feed", "--dir", &p("feed"), "--addr-file", &addr_file.display().to_string()])
+            .args([
+                "github-feed",
+                "--dir",
+                &p("feed"),
+                "--addr-file",
+                &addr_file.display().to_string(),
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -167,7 +173,10 @@ impl ComposeSandbox {
 
     /// Pushes the rig's image of `version` into this sandbox's repository as `tag`.
     pub fn push(&self, version: &str, tag: &str) {
-        self.push_image(&format!("localhost/headwarden-rig/headscale:{version}"), tag);
+        self.push_image(
+            &format!("localhost/headwarden-rig/headscale:{version}"),
+            tag,
+        );
     }
 
     /// Pushes a local image into this sandbox's repository as `tag`.
@@ -228,7 +237,17 @@ impl ComposeSandbox {
         let feed = self.path("feed").display().to_string();
         let key = self.path("keys/minisign.key").display().to_string();
         let binary = crate::headscale(version).display().to_string();
-        sim(&["make-release", "--feed", &feed, "--version", version, "--binary", &binary, "--sign", &key]);
+        sim(&[
+            "make-release",
+            "--feed",
+            &feed,
+            "--version",
+            version,
+            "--binary",
+            &binary,
+            "--sign",
+            &key,
+        ]);
     }
 
     pub fn compose(&self, args: &[&str]) -> String {
@@ -239,7 +258,11 @@ impl ComposeSandbox {
             .stdin(Stdio::null())
             .output()
             .expect("podman-compose");
-        assert!(out.status.success(), "podman-compose {args:?}: {}", text(&out));
+        assert!(
+            out.status.success(),
+            "podman-compose {args:?}: {}",
+            text(&out)
+        );
         String::from_utf8_lossy(&out.stdout).to_string()
     }
 
@@ -268,7 +291,11 @@ impl ComposeSandbox {
     pub fn wait_healthy(&self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         while crate::http_get(&self.addr(), "/health").is_none() {
-            assert!(Instant::now() < deadline, "compose production never became healthy: {}", self.logs());
+            assert!(
+                Instant::now() < deadline,
+                "compose production never became healthy: {}",
+                self.logs()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -289,15 +316,28 @@ impl ComposeSandbox {
     }
 
     fn cli_version(&self) -> String {
-        self.exec(&["version"]).lines().next().unwrap_or("").trim().trim_start_matches('v').to_string()
+        self.exec(&["version"])
+            .lines()
+            .next()
+            .unwrap_or("")
+            .trim()
+            .trim_start_matches('v')
+            .to_string()
     }
 
     /// The service's container (running or not).
     pub fn containers(&self) -> Vec<String> {
-        podman(&["ps", "-a", "--filter", &format!("label=com.docker.compose.project={}", self.project), "--format", "{{.Names}}"])
-            .lines()
-            .map(str::to_string)
-            .collect()
+        podman(&[
+            "ps",
+            "-a",
+            "--filter",
+            &format!("label=com.docker.compose.project={}", self.project),
+            "--format",
+            "{{.Names}}",
+        ])
+        .lines()
+        .map(str::to_string)
+        .collect()
     }
 
     /// `headscale ARGS` inside production's container.
@@ -318,7 +358,9 @@ impl ComposeSandbox {
 
     pub fn logs(&self) -> String {
         let name = format!("{}_headscale_1", self.project);
-        let out = Command::new("podman").args(["logs", "--tail", "20", &name]).output();
+        let out = Command::new("podman")
+            .args(["logs", "--tail", "20", &name])
+            .output();
         out.map(|o| text(&o)).unwrap_or_default()
     }
 
@@ -354,11 +396,22 @@ impl Drop for ComposeSandbox {
             .stderr(Stdio::null())
             .status();
         let quiet = |args: &[&str]| {
-            let _ = Command::new("podman").args(args).stdout(Stdio::null()).stderr(Stdio::null()).status();
+            let _ = Command::new("podman")
+                .args(args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
         };
         // Staging containers of this sandbox's image, the project's network and its images.
         if let Ok(out) = Command::new("podman")
-            .args(["ps", "-a", "--filter", "label=io.headwarden.staging", "--format", "{{.Names}} {{.Image}}"])
+            .args([
+                "ps",
+                "-a",
+                "--filter",
+                "label=io.headwarden.staging",
+                "--format",
+                "{{.Names}} {{.Image}}",
+            ])
             .output()
         {
             for line in String::from_utf8_lossy(&out.stdout).lines() {
@@ -369,7 +422,10 @@ impl Drop for ComposeSandbox {
                 }
             }
         }
-        quiet(&["network", "rm", "-f", &format!("{}_default", self.project)]);
+        let network = format!("{}_default", self.project);
+        quiet(&["network", "rm", "-f", &network]);
+        // CNI's host-local IPAM keeps the network's leases here; the network is gone with it.
+        let _ = std::fs::remove_dir_all(Path::new("/var/lib/cni/networks").join(&network));
         // Only this sandbox's names: the images themselves are the rig's, shared by every test.
         if let Ok(out) = Command::new("podman")
             .args(["images", "--format", "{{.Repository}}:{{.Tag}}"])

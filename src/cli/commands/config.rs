@@ -1,6 +1,7 @@
 //! `headwarden config check`: loads and validates the config, prints what it resolved to.
 
 use crate::exit;
+use crate::settings::Install;
 
 use crate::cli::{load, print_json, Cli, Failure};
 
@@ -15,11 +16,21 @@ pub fn check(cli: &Cli) -> Result<u8, Failure> {
             "  release feed: {}/{} at {}",
             s.release.owner, s.release.repo, s.release.api_url
         );
-        println!(
-            "  headscale: {} with {}",
-            s.headscale.binary.display(),
-            s.headscale.config.display()
-        );
+        match &s.headscale.install {
+            Install::Binary => println!(
+                "  headscale: {} with {}",
+                s.headscale.binary.display(),
+                s.headscale.config.display()
+            ),
+            Install::Compose(c) => println!(
+                "  headscale: compose service {} of {} ({}), image {}, config {} inside the container",
+                c.service,
+                c.file.display(),
+                c.command.join(" "),
+                c.image,
+                s.headscale.config.display()
+            ),
+        }
         if s.release.token.is_some() {
             println!("  github token: set (not shown)");
         }
