@@ -25,6 +25,7 @@ use std::time::Duration;
 use semver::Version;
 
 use crate::compose::{ComposeError, EngineError};
+use crate::error::error_chain;
 use crate::files::{self, FileMeta};
 use crate::headscale::cli::{self, binary_version, Cli, CliError};
 use crate::headscale::config;
@@ -101,7 +102,7 @@ pub async fn current_version(s: &Settings) -> Result<Version, CurrentVersionErro
                         binary: what,
                         source: CliError::Failed {
                             command: "headscale version".into(),
-                            detail: crate::error::error_chain(&e),
+                            detail: error_chain(&e),
                         },
                     })
                 }

@@ -12,9 +12,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::compose::Engine;
+use crate::compose::{Engine, ImageRef};
 use crate::deploy::container::{self, Discovered};
 use crate::deploy::{io_err, Artifact, DeployError, Installed};
+use crate::error::error_chain;
 use crate::files;
 use crate::headscale::cli::Cli;
 use crate::headscale::config::{derive_staging, staging_env, HeadscaleConfig, StagingLayout};
@@ -334,7 +335,7 @@ async fn launch(
             let data = serde_json::json!({"version": version, "container": name, "image": reference, "digest": digest});
             let image = format!(
                 "{}@{digest}",
-                crate::compose::ImageRef::parse(reference).repository
+                ImageRef::parse(reference).repository
             );
             engine
                 .run_detached(
@@ -388,7 +389,7 @@ async fn start_hop(
         let (mut instance, cli, data) = match launch(h, layout, &config_path, &log).await {
             Ok(started) => started,
             // An image that cannot even be started is the release's failure, as a crash is.
-            Err(e) => return Ok(Err((crate::error::error_chain(&e), false))),
+            Err(e) => return Ok(Err((error_chain(&e), false))),
         };
         let step = store.step_start(h.run, h.i as i64, "stage_start", &data)?;
         process::crash_point("stage_start:after");
