@@ -333,10 +333,7 @@ async fn launch(
             let run = h.run.to_string();
             // The journal names the container before it exists: recovery removes it by name.
             let data = serde_json::json!({"version": version, "container": name, "image": reference, "digest": digest});
-            let image = format!(
-                "{}@{digest}",
-                ImageRef::parse(reference).repository
-            );
+            let image = format!("{}@{digest}", ImageRef::parse(reference).repository);
             engine
                 .run_detached(
                     &name,

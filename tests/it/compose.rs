@@ -2,8 +2,11 @@
 //! real binaries, pulled from a registry on 127.0.0.1 (scripts/test starts it). Podman only:
 //! Docker's `docker compose` takes the same code path but is not installed here.
 
+use std::os::unix::fs::PermissionsExt;
+use std::process::Output;
+
 use crate::support::compose::{podman, ComposeSandbox};
-use crate::support::{code, text, Client};
+use crate::support::{code, dump_sqlite, text, Client};
 
 /// The users and nodes in production's database (identity columns every version has).
 fn identities(sb: &ComposeSandbox) -> Vec<String> {
@@ -194,28 +197,468 @@ fn compose_failure_after_the_switch_restores_data_config_and_compose_file() {
     assert!(staging_containers(&sb).is_empty());
 }
 
-/// A candidate image that exits at start (a real 0.27.1 binary given an unknown flag by its
-/// entrypoint) is rejected on staging: production's container, compose file and data are not
-/// touched, and the staging container is removed.
-#[test]
-fn compose_candidate_that_crashes_is_rejected_on_staging() {
-    let sb = ComposeSandbox::new("0.26.1", "0.26.1");
+// ---------------------------------------------------------------------------------------------
+// The fault rows that apply to compose installs, each with the binary matrix's end-state checks:
+// the exit code; the version answering on production's published port; exactly one production
+// container, running; for "old" outcomes the database row by row, the noise key, the config and
+// the compose file byte for byte; no run left open; no staging container left; whether the
+// release was recorded bad; the events in the outbox; what the output says.
+
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum End {
+    /// Still the old version, database, config and compose file as before.
+    Old,
+    /// The new version, every user kept.
+    New,
+}
+
+struct Expect {
+    exit: &'static [i32],
+    end: End,
+    bad: bool,
+    events: &'static [&'static str],
+    says: &'static [&'static str],
+}
+
+struct Before {
+    dump: Vec<String>,
+    noise: Vec<u8>,
+    config: Vec<u8>,
+    compose: Vec<u8>,
+    users: Vec<String>,
+}
+
+fn before(sb: &ComposeSandbox) -> Before {
+    Before {
+        dump: dump_sqlite(&sb.db()).expect("dump"),
+        noise: std::fs::read(sb.project_dir().join("data/noise_private.key")).expect("noise"),
+        config: std::fs::read(sb.headscale_config()).expect("config"),
+        compose: std::fs::read(sb.compose_file()).expect("compose"),
+        users: identities(sb)
+            .into_iter()
+            .filter(|l| l.starts_with("user "))
+            .collect(),
+    }
+}
+
+fn outbox(sb: &ComposeSandbox) -> Vec<String> {
+    let db = rusqlite::Connection::open(sb.path("state/state.db")).expect("state.db");
+    let mut stmt = db
+        .prepare("SELECT event FROM outbox ORDER BY id")
+        .expect("query");
+    let rows = stmt
+        .query_map([], |r| r.get::<_, String>(0))
+        .expect("rows")
+        .collect::<Result<Vec<_>, _>>()
+        .expect("rows");
+    rows
+}
+
+fn open_runs(sb: &ComposeSandbox) -> i64 {
+    let db = rusqlite::Connection::open(sb.path("state/state.db")).expect("state.db");
+    db.query_row(
+        "SELECT count(*) FROM runs WHERE finished_at IS NULL",
+        [],
+        |r| r.get(0),
+    )
+    .expect("runs")
+}
+
+fn recorded_bad(sb: &ComposeSandbox, version: &str) -> bool {
+    let out = sb.hw(&["status", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status json");
+    v["bad_releases"].as_array().is_some_and(|a| {
+        a.iter()
+            .any(|r| r.to_string().contains(&format!("v{version}")))
+    })
+}
+
+/// One row: production on `from`, release `to` published (its image pushed by `prepare`
+/// unless the row makes its own), then `run`, then every end-state check.
+fn compose_row(
+    from: &str,
+    to: &str,
+    prepare: impl FnOnce(&mut ComposeSandbox),
+    run: impl FnOnce(&ComposeSandbox) -> Output,
+    e: Expect,
+) {
+    let mut sb = ComposeSandbox::new(from, from);
     key_for(&sb, "alice");
-    sb.release("0.27.1");
-    sb.push_variant("0.27.1", "0.27.1", &["/ko-app/headscale", "--no-such-flag"]);
-    let compose = std::fs::read(sb.compose_file()).expect("compose");
-    let ids = identities(&sb);
-    let out = sb.hw(&["upgrade", "--yes"]);
+    sb.release(to);
+    prepare(&mut sb);
+    let was = before(&sb);
+    let out = run(&sb);
     let said = text(&out);
-    assert_ne!(code(&out), 0, "{said}");
-    assert!(said.contains("staging REJECTED 0.27.1"), "{said}");
-    assert!(said.contains("production was not touched"), "{said}");
-    assert_eq!(std::fs::read(sb.compose_file()).expect("compose"), compose);
-    assert_eq!(identities(&sb), ids);
-    assert_eq!(sb.served_version(), "v0.26.1");
+    assert!(e.exit.contains(&code(&out)), "exit {}: {said}", code(&out));
+    for needle in e.says {
+        assert!(
+            said.to_lowercase().contains(&needle.to_lowercase()),
+            "output does not say {needle:?}: {said}"
+        );
+    }
+    let running = podman(&[
+        "ps",
+        "--filter",
+        &format!("label=com.docker.compose.project={}", sb.project),
+        "--format",
+        "{{.Names}}",
+    ]);
+    assert_eq!(
+        running.lines().count(),
+        1,
+        "one production container runs: {running:?}; {said}"
+    );
+    assert_eq!(sb.containers().len(), 1, "{said}");
+    match e.end {
+        End::Old => {
+            assert_eq!(sb.served_version(), format!("v{from}"), "{said}");
+            assert_eq!(
+                dump_sqlite(&sb.db()).expect("dump"),
+                was.dump,
+                "database unchanged: {said}"
+            );
+            assert_eq!(
+                std::fs::read(sb.project_dir().join("data/noise_private.key")).expect("noise"),
+                was.noise
+            );
+            assert_eq!(
+                std::fs::read(sb.headscale_config()).expect("config"),
+                was.config
+            );
+            assert_eq!(
+                std::fs::read(sb.compose_file()).expect("compose"),
+                was.compose,
+                "{said}"
+            );
+        }
+        End::New => {
+            assert_eq!(sb.served_version(), format!("v{to}"), "{said}");
+            let users: Vec<String> = identities(&sb)
+                .into_iter()
+                .filter(|l| l.starts_with("user "))
+                .collect();
+            assert_eq!(users, was.users, "every user kept");
+            assert!(
+                sb.image_line().contains(&format!(":{to} ")),
+                "{}",
+                sb.image_line()
+            );
+        }
+    }
+    assert_eq!(open_runs(&sb), 0, "no run left open: {said}");
     assert!(
         staging_containers(&sb).is_empty(),
         "{:?}",
         staging_containers(&sb)
+    );
+    assert_eq!(recorded_bad(&sb, to), e.bad, "recorded bad: {said}");
+    let events = outbox(&sb);
+    for ev in e.events {
+        assert!(
+            events.iter().any(|x| x == ev),
+            "no {ev} event in {events:?}"
+        );
+    }
+}
+
+fn upgrade(sb: &ComposeSandbox) -> Output {
+    sb.hw(&["upgrade", "--yes"])
+}
+
+/// Killed at `point`, then a fresh `upgrade`: recovery finishes the interrupted run, then the
+/// upgrade succeeds.
+fn crash_then_upgrade(sb: &ComposeSandbox, point: &str) -> Output {
+    let killed = sb.hw_env(&["upgrade", "--yes"], &[("HEADWARDEN_CRASH_AT", point)]);
+    assert_eq!(
+        killed.status.code(),
+        None,
+        "{point}: killed\n{}",
+        text(&killed)
+    );
+    upgrade(sb)
+}
+
+const CRASHED: Expect = Expect {
+    exit: &[0],
+    end: End::New,
+    bad: false,
+    events: &["upgrade.recovered"],
+    says: &["recovered interrupted run 1"],
+};
+
+macro_rules! crash_rows {
+    ($($name:ident: $point:literal,)*) => {$(
+        /// SIGKILL at the journaled point, then a fresh `upgrade`.
+        #[test]
+        fn $name() {
+            compose_row("0.27.1", "0.28.0", |sb| sb.push("0.28.0", "0.28.0"), |sb| crash_then_upgrade(sb, $point), CRASHED);
+        }
+    )*};
+}
+
+crash_rows! {
+    compose_sigkill_after_the_staging_container_started: "stage_start:after",
+    compose_sigkill_after_the_stop: "stop:after",
+    compose_sigkill_after_the_backup: "backup:after",
+    compose_sigkill_after_the_image_line_changed: "switch:after",
+    compose_sigkill_after_the_recreate: "start:after",
+    compose_sigkill_after_the_smoke_checks: "smoke:done",
+}
+
+/// Smoke fails on production, then SIGKILL inside the rollback: recovery finishes it (data,
+/// config and compose file back), and the fresh run upgrades.
+#[test]
+fn compose_sigkill_inside_the_rollback() {
+    compose_row(
+        "0.27.1",
+        "0.28.0",
+        |sb| sb.push("0.28.0", "0.28.0"),
+        |sb| {
+            let env = [
+                ("HEADWARDEN_FAIL_AT", "smoke"),
+                ("HEADWARDEN_CRASH_AT", "rollback:before"),
+            ];
+            let killed = sb.hw_env(&["upgrade", "--yes"], &env);
+            assert_eq!(killed.status.code(), None, "killed: {}", text(&killed));
+            upgrade(sb)
+        },
+        Expect {
+            says: &["recovered interrupted run 1: rolled_back"],
+            ..CRASHED
+        },
+    );
+}
+
+/// A candidate image that exits at start (a real 0.27.1 binary given an unknown flag by its
+/// entrypoint) is rejected on staging; production is not touched.
+#[test]
+fn compose_candidate_that_crashes_is_rejected_on_staging() {
+    compose_row(
+        "0.26.1",
+        "0.27.1",
+        |sb| {
+            sb.push_variant(
+                "0.27.1",
+                "0.27.1",
+                r#"ENTRYPOINT ["/ko-app/headscale", "--no-such-flag"]"#,
+                &[],
+            )
+        },
+        upgrade,
+        Expect {
+            exit: &[1],
+            end: End::Old,
+            bad: true,
+            events: &["upgrade.staging_failed"],
+            says: &[
+                "staging REJECTED 0.27.1",
+                "staging container exited",
+                "production was not touched",
+            ],
+        },
+    );
+}
+
+/// A candidate that runs but never answers on the address staging gave it (its image sets
+/// `HEADSCALE_LISTEN_ADDR`, which wins over the config file) is rejected after the timeout.
+#[test]
+fn compose_candidate_never_healthy_is_rejected_on_staging() {
+    compose_row(
+        "0.26.1",
+        "0.27.1",
+        |sb| {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("port")
+                .port();
+            sb.push_variant(
+                "0.27.1",
+                "0.27.1",
+                &format!("ENV HEADSCALE_LISTEN_ADDR=127.0.0.1:{port}"),
+                &[],
+            );
+            sb.smoke_timeout = "8s".into();
+            sb.write_config();
+        },
+        upgrade,
+        Expect {
+            exit: &[1],
+            end: End::Old,
+            bad: true,
+            events: &["upgrade.staging_failed"],
+            says: &["staging REJECTED 0.27.1", "did not become healthy"],
+        },
+    );
+}
+
+/// A candidate that serves on an empty database of its own (its image points
+/// `HEADSCALE_DATABASE_SQLITE_PATH` elsewhere): data parity on staging sees the users gone.
+#[test]
+fn compose_candidate_that_loses_the_data_is_rejected_on_staging() {
+    compose_row(
+        "0.26.1",
+        "0.27.1",
+        |sb| {
+            sb.push_variant(
+                "0.27.1",
+                "0.27.1",
+                "ENV HEADSCALE_DATABASE_SQLITE_PATH=/ko-app/empty.sqlite",
+                &[],
+            )
+        },
+        upgrade,
+        Expect {
+            exit: &[1],
+            end: End::Old,
+            bad: true,
+            events: &["upgrade.staging_failed"],
+            says: &["staging REJECTED 0.27.1", "alice"],
+        },
+    );
+}
+
+/// A candidate that generates a noise key of its own (its image points
+/// `HEADSCALE_NOISE_PRIVATE_KEY_PATH` elsewhere): every client would fail the handshake, and
+/// staging's noise-key check rejects it.
+#[test]
+fn compose_candidate_with_another_noise_key_is_rejected_on_staging() {
+    compose_row(
+        "0.27.1",
+        "0.28.0",
+        |sb| {
+            sb.push_variant(
+                "0.28.0",
+                "0.28.0",
+                "ENV HEADSCALE_NOISE_PRIVATE_KEY_PATH=/ko-app/other_noise.key",
+                &[],
+            )
+        },
+        upgrade,
+        Expect {
+            exit: &[1],
+            end: End::Old,
+            bad: true,
+            events: &["upgrade.staging_failed"],
+            says: &["staging REJECTED 0.28.0", "noise"],
+        },
+    );
+}
+
+/// A real 0.28.0 that passes staging but, run by compose (no `-c`, so its image's
+/// `HEADSCALE_CONFIG` applies), migrates production's database and then listens on a port that
+/// is not published: never healthy on production, rolled back with data, config and compose
+/// file.
+#[test]
+fn compose_candidate_that_fails_only_on_production_is_rolled_back_with_its_data() {
+    compose_row(
+        "0.27.1",
+        "0.28.0",
+        |sb| {
+            let prod = sb
+                .headscale_config_text()
+                .replace("listen_addr: 0.0.0.0:8080", "listen_addr: 0.0.0.0:8089");
+            sb.push_variant(
+                "0.28.0",
+                "0.28.0",
+                "COPY prod.yaml /ko-app/prod.yaml\nENV HEADSCALE_CONFIG=/ko-app/prod.yaml",
+                &[("prod.yaml", &prod)],
+            );
+            sb.smoke_timeout = "10s".into();
+            sb.write_config();
+        },
+        upgrade,
+        Expect {
+            exit: &[3],
+            end: End::Old,
+            bad: true,
+            events: &["upgrade.rolled_back"],
+            says: &["staging passed for 0.28.0", "rolled back to 0.27.1"],
+        },
+    );
+}
+
+/// The compose command fails on `stop`: nothing is changed, the old container keeps running and
+/// the release is not blamed.
+#[test]
+fn compose_engine_command_failing_changes_nothing() {
+    compose_row(
+        "0.27.1",
+        "0.28.0",
+        |sb| {
+            sb.push("0.28.0", "0.28.0");
+            let dir = sb.path("bin");
+            std::fs::create_dir_all(&dir).expect("bin");
+            let wrapper = dir.join("podman-compose");
+            std::fs::write(
+                &wrapper,
+                "#!/bin/sh\n# podman-compose whose `stop` fails\ncase \" $* \" in *\" stop \"*) echo 'Error: engine refused' >&2; exit 125 ;; esac\nexec /usr/bin/podman-compose \"$@\"\n",
+            )
+            .expect("wrapper");
+            std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755))
+                .expect("chmod");
+            sb.command = wrapper.display().to_string();
+            sb.write_config();
+        },
+        upgrade,
+        Expect {
+            exit: &[1],
+            end: End::Old,
+            bad: false,
+            events: &[],
+            says: &[
+                "stopping production failed",
+                "engine refused",
+                "nothing was changed",
+            ],
+        },
+    );
+}
+
+/// The release is in the feed but its image cannot be pulled: a clear error, nothing changed,
+/// the release not blamed.
+#[test]
+fn compose_pull_failing_changes_nothing() {
+    compose_row(
+        "0.27.1",
+        "0.28.0",
+        |_| {},
+        upgrade,
+        Expect {
+            exit: &[1],
+            end: End::Old,
+            bad: false,
+            events: &[],
+            says: &["pulling", ":0.28.0 failed"],
+        },
+    );
+}
+
+/// A tag that resolves to another digest than when headwarden first pulled it (re-pushed
+/// after publication): the critical `release.artifact_replaced` alarm, the release recorded
+/// bad, never installed.
+#[test]
+fn compose_image_replaced_after_publication_is_refused() {
+    compose_row(
+        "0.27.1",
+        "0.28.0",
+        |sb| {
+            sb.push("0.28.0", "0.28.0");
+            // A first run pulls 0.28.0 (its digest recorded) and is killed on staging.
+            let killed = sb.hw_env(
+                &["upgrade", "--yes"],
+                &[("HEADWARDEN_CRASH_AT", "stage_start:after")],
+            );
+            assert_eq!(killed.status.code(), None, "{}", text(&killed));
+            // The same tag now points at another image.
+            sb.push_variant("0.28.0", "0.28.0", "LABEL replaced=yes", &[]);
+        },
+        upgrade,
+        Expect {
+            exit: &[1],
+            end: End::Old,
+            bad: true,
+            events: &["release.artifact_replaced"],
+            says: &["was replaced after publication"],
+        },
     );
 }

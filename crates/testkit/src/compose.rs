@@ -22,6 +22,10 @@ pub struct ComposeSandbox {
     pub port: u16,
     /// Appended to headwarden's config (top level).
     pub extra_top: String,
+    /// `smoke.timeout`.
+    pub smoke_timeout: String,
+    /// `headscale.install.command`.
+    pub command: String,
 }
 
 fn registry() -> String {
@@ -138,6 +142,8 @@ impl ComposeSandbox {
             feed_addr,
             pubkey,
             extra_top: String::new(),
+            smoke_timeout: "30s".into(),
+            command: "podman-compose".into(),
         };
         let proj = sb.project_dir();
         std::fs::create_dir_all(proj.join("config")).expect("config dir");
@@ -190,14 +196,17 @@ impl ComposeSandbox {
         ]);
     }
 
-    /// Builds an image `FROM` the rig's `version` with `entrypoint`, and pushes it as `tag`.
-    pub fn push_variant(&self, version: &str, tag: &str, entrypoint: &[&str]) {
+    /// Builds an image `FROM` the rig's `version` with the Containerfile `lines` after it (and
+    /// `files` in its context), and pushes it as `tag`.
+    pub fn push_variant(&self, version: &str, tag: &str, lines: &str, files: &[(&str, &str)]) {
         let ctx = self.path(&format!("variant-{tag}"));
         std::fs::create_dir_all(&ctx).expect("ctx");
-        let entry = serde_json::to_string(entrypoint).expect("json");
+        for (name, content) in files {
+            std::fs::write(ctx.join(name), content).expect("context file");
+        }
         std::fs::write(
             ctx.join("Containerfile"),
-            format!("FROM localhost/headwarden-rig/headscale:{version}\nENTRYPOINT {entry}\n"),
+            format!("FROM localhost/headwarden-rig/headscale:{version}\n{lines}\n"),
         )
         .expect("containerfile");
         let local = format!("localhost/{}-variant:{tag}", self.project);
@@ -222,11 +231,13 @@ impl ComposeSandbox {
     pub fn write_config(&self) {
         let r = self.dir.path().display();
         let text = format!(
-            "state_dir: {r}/state\nrelease:\n  api_url: http://{addr}\n  allow_insecure_http: true\n  min_age: 1d\n  minisign_public_key: {key}\nheadscale:\n  install:\n    kind: compose\n    file: {file}\n    service: headscale\n    command: [podman-compose]\n    image: {repo}\n  config: /etc/headscale/config.yaml\nsmoke:\n  timeout: 30s\n{top}",
+            "state_dir: {r}/state\nrelease:\n  api_url: http://{addr}\n  allow_insecure_http: true\n  min_age: 1d\n  minisign_public_key: {key}\nheadscale:\n  install:\n    kind: compose\n    file: {file}\n    service: headscale\n    command: [{command}]\n    image: {repo}\n  config: /etc/headscale/config.yaml\nsmoke:\n  timeout: {timeout}\n{top}",
             addr = self.feed_addr,
             key = self.pubkey,
             file = self.compose_file().display(),
             repo = self.repo,
+            command = self.command,
+            timeout = self.smoke_timeout,
             top = self.extra_top
         );
         std::fs::write(self.config_path(), text).expect("config");
@@ -372,6 +383,16 @@ impl ComposeSandbox {
             .find(|l| l.trim_start().starts_with("image:"))
             .expect("image line")
             .to_string()
+    }
+
+    /// Production's config file on the host.
+    pub fn headscale_config(&self) -> PathBuf {
+        self.project_dir().join("config/config.yaml")
+    }
+
+    /// The text of production's config (for variants that change one key).
+    pub fn headscale_config_text(&self) -> String {
+        std::fs::read_to_string(self.headscale_config()).expect("config")
     }
 
     pub fn db(&self) -> PathBuf {
