@@ -131,7 +131,7 @@ fn compose_upgrade_pins_a_floating_tag_then_goes_hop_by_hop_to_the_newest_0_29()
     );
 
     let before = identities(&sb);
-    let noise = std::fs::read(sb.project_dir().join("data/noise_private.key")).expect("noise");
+    let noise = std::fs::read(sb.data_dir().join("noise_private.key")).expect("noise");
     let out = sb.hw(&["upgrade", "--yes"]);
     let said = text(&out);
     assert_eq!(code(&out), 0, "{said}");
@@ -149,7 +149,7 @@ fn compose_upgrade_pins_a_floating_tag_then_goes_hop_by_hop_to_the_newest_0_29()
     );
     assert_eq!(identities(&sb), before, "every user, node and key kept");
     assert_eq!(
-        std::fs::read(sb.project_dir().join("data/noise_private.key")).expect("noise"),
+        std::fs::read(sb.data_dir().join("noise_private.key")).expect("noise"),
         noise
     );
     assert_eq!(sb.containers().len(), 1, "one production container");
@@ -170,10 +170,16 @@ fn compose_upgrade_pins_a_floating_tag_then_goes_hop_by_hop_to_the_newest_0_29()
 /// A real 0.28.0 image that migrates production's database, then fails its smoke checks on
 /// production (injected at the `smoke` step): headwarden stops the service, restores the
 /// database, the config and the compose file byte for byte, recreates the 0.27.1 container and
-/// checks that 0.27.1 answers.
+/// checks that 0.27.1 answers. The data lives on a named volume: headwarden finds it through the
+/// container's mounts.
 #[test]
 fn compose_failure_after_the_switch_restores_data_config_and_compose_file() {
-    let sb = ComposeSandbox::new("0.27.1", "0.27.1");
+    let sb = ComposeSandbox::with_named_volume("0.27.1", "0.27.1");
+    assert!(
+        !sb.data_dir().starts_with(sb.project_dir()),
+        "{}",
+        sb.data_dir().display()
+    );
     key_for(&sb, "alice");
     sb.release("0.28.0");
     sb.push("0.28.0", "0.28.0");
@@ -231,7 +237,7 @@ struct Before {
 fn before(sb: &ComposeSandbox) -> Before {
     Before {
         dump: dump_sqlite(&sb.db()).expect("dump"),
-        noise: std::fs::read(sb.project_dir().join("data/noise_private.key")).expect("noise"),
+        noise: std::fs::read(sb.data_dir().join("noise_private.key")).expect("noise"),
         config: std::fs::read(sb.headscale_config()).expect("config"),
         compose: std::fs::read(sb.compose_file()).expect("compose"),
         users: identities(sb)
@@ -318,7 +324,7 @@ fn compose_row(
                 "database unchanged: {said}"
             );
             assert_eq!(
-                std::fs::read(sb.project_dir().join("data/noise_private.key")).expect("noise"),
+                std::fs::read(sb.data_dir().join("noise_private.key")).expect("noise"),
                 was.noise
             );
             assert_eq!(

@@ -26,6 +26,8 @@ pub struct ComposeSandbox {
     pub smoke_timeout: String,
     /// `headscale.install.command`.
     pub command: String,
+    /// The data directory is the named volume `headscale-data`, not a bind mount.
+    pub named_volume: bool,
 }
 
 fn registry() -> String {
@@ -107,6 +109,15 @@ impl ComposeSandbox {
     /// Production is real Headscale `version` from the compose file, the image named by `tag`
     /// (`version` itself, or a floating tag such as `latest` pushed for the same image).
     pub fn new(version: &str, tag: &str) -> Self {
+        Self::build(version, tag, false)
+    }
+
+    /// [`ComposeSandbox::new`] with production's data on a named volume.
+    pub fn with_named_volume(version: &str, tag: &str) -> Self {
+        Self::build(version, tag, true)
+    }
+
+    fn build(version: &str, tag: &str, named_volume: bool) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let unique = dir
             .path()
@@ -144,6 +155,7 @@ impl ComposeSandbox {
             extra_top: String::new(),
             smoke_timeout: "30s".into(),
             command: "podman-compose".into(),
+            named_volume,
         };
         let proj = sb.project_dir();
         std::fs::create_dir_all(proj.join("config")).expect("config dir");
@@ -216,8 +228,13 @@ impl ComposeSandbox {
     }
 
     pub fn write_compose(&self, tag: &str) {
+        let (data, volumes) = if self.named_volume {
+            ("headscale-data", "volumes:\n  headscale-data: {}\n")
+        } else {
+            ("./data", "")
+        };
         let text = format!(
-            "# Headscale on this host (the admin's own comments stay)\nservices:\n  headscale:\n    image: {repo}:{tag}  # upgraded by headwarden\n    restart: unless-stopped\n    command: serve\n    volumes:\n      - ./config:/etc/headscale\n      - ./data:/var/lib/headscale\n    ports:\n      - \"127.0.0.1:{port}:8080\"\n    environment:\n      - HEADSCALE_LOG_LEVEL=info\n",
+            "# Headscale on this host (the admin's own comments stay)\nservices:\n  headscale:\n    image: {repo}:{tag}  # upgraded by headwarden\n    restart: unless-stopped\n    command: serve\n    volumes:\n      - ./config:/etc/headscale\n      - {data}:/var/lib/headscale\n    ports:\n      - \"127.0.0.1:{port}:8080\"\n    environment:\n      - HEADSCALE_LOG_LEVEL=info\n{volumes}",
             repo = self.repo,
             port = self.port
         );
@@ -395,8 +412,27 @@ impl ComposeSandbox {
         std::fs::read_to_string(self.headscale_config()).expect("config")
     }
 
+    /// Production's data directory on the host: `./data`, or the named volume's mount point.
+    pub fn data_dir(&self) -> PathBuf {
+        if self.named_volume {
+            PathBuf::from(podman(&[
+                "volume",
+                "inspect",
+                "--format",
+                "{{.Mountpoint}}",
+                &self.volume(),
+            ]))
+        } else {
+            self.project_dir().join("data")
+        }
+    }
+
+    fn volume(&self) -> String {
+        format!("{}_headscale-data", self.project)
+    }
+
     pub fn db(&self) -> PathBuf {
-        self.project_dir().join("data/db.sqlite")
+        self.data_dir().join("db.sqlite")
     }
 
     pub fn login_server(&self) -> String {
@@ -443,6 +479,9 @@ impl Drop for ComposeSandbox {
                 }
             }
         }
+        if self.named_volume {
+            quiet(&["volume", "rm", "-f", &self.volume()]);
+        }
         let network = format!("{}_default", self.project);
         quiet(&["network", "rm", "-f", &network]);
         // CNI's host-local IPAM keeps the network's leases here; the network is gone with it.
@@ -458,6 +497,8 @@ impl Drop for ComposeSandbox {
                 }
             }
         }
+        // Untagged, they dangle: the suite's private storage holds nothing else that dangles.
+        quiet(&["image", "prune", "-f"]);
         let _ = self.feed.kill();
         let _ = self.feed.wait();
     }

@@ -65,6 +65,12 @@ async fn confirmed(s: &Settings, store: &Store, opts: &UpgradeOptions) -> Result
         .iter()
         .map(|h| h.version.to_string())
         .collect();
+    if let Some(pin) = report.image.as_ref().and_then(|i| i.pin_to.as_ref()) {
+        eprintln!(
+            "the compose file's image {} floats; it is pinned to {pin} first (the version running now)",
+            report.image.as_ref().map_or("", |i| i.image.as_str())
+        );
+    }
     eprint!(
         "upgrade production {} -> {}? [y/N] ",
         report.current,
