@@ -94,8 +94,19 @@ impl Engine {
     }
 
     async fn run(&self, args: &[&str], timeout: Duration) -> Result<String, EngineError> {
+        self.run_env(args, &[], timeout).await
+    }
+
+    /// With `env` in the engine's own environment (values never on its command line, so never
+    /// in an error's text).
+    async fn run_env(
+        &self,
+        args: &[&str],
+        env: &[(String, String)],
+        timeout: Duration,
+    ) -> Result<String, EngineError> {
         let argv = self.argv(args.iter().copied());
-        let out = process::run(&argv, timeout).await?;
+        let out = process::run_env(&argv, env, timeout).await?;
         if out.success() {
             Ok(out.stdout)
         } else {
@@ -239,7 +250,9 @@ impl Engine {
     }
 
     /// Starts a throwaway container on the host's network: `mounts` as `(host, inside, read
-    /// only)`, `env` set, `args` after the image's entrypoint.
+    /// only)`, `env` set, `args` after the image's entrypoint. The values of `env` (an OIDC
+    /// secret, say) reach the container through the engine's environment (`-e NAME`), never
+    /// its argv.
     pub async fn run_detached(
         &self,
         name: &str,
@@ -262,9 +275,9 @@ impl Engine {
                 if *ro { ":ro" } else { "" }
             ));
         }
-        for (k, v) in env {
+        for (k, _) in env {
             a.push("-e".into());
-            a.push(format!("{k}={v}"));
+            a.push(k.clone());
         }
         for (k, v) in labels {
             a.push("--label".into());
@@ -273,7 +286,7 @@ impl Engine {
         a.push(image.into());
         a.extend(args.iter().map(|s| s.to_string()));
         let refs: Vec<&str> = a.iter().map(String::as_str).collect();
-        self.run(&refs, ENGINE_TIMEOUT).await.map(drop)
+        self.run_env(&refs, env, ENGINE_TIMEOUT).await.map(drop)
     }
 
     /// Stops and removes a container; one that is already gone is not an error.

@@ -570,7 +570,10 @@ volumes:
         );
         assert_eq!(s.ports[2].host_port, 50443);
         assert_eq!(s.environment["HEADSCALE_LOG_LEVEL"], "debug");
-        let missing = file().service("nope").expect_err("no such service").to_string();
+        let missing = file()
+            .service("nope")
+            .expect_err("no such service")
+            .to_string();
         assert!(missing.contains("db-proxy, headscale"), "{missing}");
     }
 

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use semver::Version;
+use sha2::{Digest, Sha256};
 
 use crate::compose::{
     ComposeFile, ContainerInfo, Engine, ImageRef, MountSource, ServiceSpec, TagKind,
@@ -273,7 +274,23 @@ pub fn image_version(image: &str) -> Option<Version> {
 /// How long a staging container may take to be removed.
 pub const STAGING_STOP: Duration = Duration::from_secs(15);
 
-/// The journal's name for a staging container of `run`, hop `hop`.
-pub fn staging_name(run: i64, hop: usize) -> String {
-    format!("headwarden-staging-run{run}-hop{hop}")
+/// This headwarden's staging containers among others on the same engine (another install's
+/// headwarden, with its own `state_dir`, counts its runs from 1 too): the start of the sha256 of
+/// `state_dir`.
+fn instance(state_dir: &Path) -> String {
+    let digest = Sha256::digest(state_dir.as_os_str().as_encoded_bytes());
+    digest.iter().take(4).map(|b| format!("{b:02x}")).collect()
+}
+
+/// The name of the staging container of `run`, hop `hop` (the journal records it).
+pub fn staging_name(state_dir: &Path, run: i64, hop: usize) -> String {
+    format!(
+        "headwarden-staging-{}-run{run}-hop{hop}",
+        instance(state_dir)
+    )
+}
+
+/// The label value every staging container of `run` carries (`io.headwarden.staging=…`).
+pub fn staging_label(state_dir: &Path, run: i64) -> String {
+    format!("{}-run{run}", instance(state_dir))
 }

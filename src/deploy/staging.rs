@@ -321,7 +321,7 @@ async fn launch(
             Ok((Instance::Child(child), Cli::binary(path), data))
         }
         (Artifact::Image { reference, digest }, Host::Container { engine, production }) => {
-            let name = container::staging_name(h.run, h.i);
+            let name = container::staging_name(&h.s.state_dir, h.run, h.i);
             engine.remove(&name).await?;
             let mut mounts = vec![(layout.dir.clone(), layout.dir.clone(), false)];
             mounts.extend(
@@ -330,7 +330,7 @@ async fn launch(
                     .into_iter()
                     .map(|(src, dst)| (src, dst, true)),
             );
-            let run = h.run.to_string();
+            let label = container::staging_label(&h.s.state_dir, h.run);
             // The journal names the container before it exists: recovery removes it by name.
             let data = serde_json::json!({"version": version, "container": name, "image": reference, "digest": digest});
             let image = format!("{}@{digest}", ImageRef::parse(reference).repository);
@@ -340,7 +340,7 @@ async fn launch(
                     &image,
                     &mounts,
                     &staging_env(h.prod),
-                    &[("io.headwarden.staging", &run)],
+                    &[("io.headwarden.staging", &label)],
                     &["serve", "-c", &config_arg],
                 )
                 .await?;

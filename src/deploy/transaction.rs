@@ -540,22 +540,39 @@ async fn finish_rollback(
 }
 
 /// Staging instances an interrupted run left behind (matched by pid and command line).
-async fn stop_orphaned_staging(s: &Settings, steps: &[StepRow]) {
-    for st in steps.iter().filter(|st| st.name == "stage_start") {
-        if let (Install::Compose(c), Some(name)) = (
-            &s.headscale.install,
-            st.data.get("container").and_then(|v| v.as_str()),
-        ) {
-            match container::engine(c).remove(name).await {
+async fn stop_orphaned_staging(s: &Settings, run: RunId, steps: &[StepRow]) {
+    if let Install::Compose(c) = &s.headscale.install {
+        // Every container labelled with this run: also one whose start was not journaled yet.
+        let engine = container::engine(c);
+        let mut names: Vec<String> = steps
+            .iter()
+            .filter(|st| st.name == "stage_start")
+            .filter_map(|st| st.data.get("container").and_then(|v| v.as_str()))
+            .map(str::to_string)
+            .collect();
+        let label = container::staging_label(&s.state_dir, run);
+        match engine
+            .labelled(&format!("io.headwarden.staging={label}"))
+            .await
+        {
+            Ok(found) => names.extend(found),
+            Err(e) => tracing::error!(error = %e, "cannot list staging containers"),
+        }
+        names.sort();
+        names.dedup();
+        for name in names {
+            match engine.remove(&name).await {
                 Ok(()) => {
-                    tracing::warn!(name, "removed a staging container an interrupted run left")
+                    tracing::warn!(%name, "removed a staging container an interrupted run left")
                 }
                 Err(e) => {
-                    tracing::error!(name, error = %e, "cannot remove a staging container an interrupted run left")
+                    tracing::error!(%name, error = %e, "cannot remove a staging container an interrupted run left")
                 }
             }
-            continue;
         }
+        return;
+    }
+    for st in steps.iter().filter(|st| st.name == "stage_start") {
         if let (Some(pid), Some(marker)) = (
             st.data.get("pid").and_then(|v| v.as_u64()),
             st.data.get("marker").and_then(|v| v.as_str()),
@@ -678,7 +695,7 @@ pub async fn recover(p: &Prod<'_>) -> Result<Vec<Recovered>, DeployError> {
     let mut out = Vec::new();
     for run in p.store.open_runs()? {
         let steps = p.store.steps(run.id)?;
-        stop_orphaned_staging(p.settings, &steps).await;
+        stop_orphaned_staging(p.settings, run.id, &steps).await;
         let prod_steps: Vec<&StepRow> = steps
             .iter()
             .filter(|st| PRODUCTION_STEPS.contains(&st.name.as_str()))

@@ -404,10 +404,14 @@ macro_rules! crash_rows {
 
 crash_rows! {
     compose_sigkill_after_the_staging_container_started: "stage_start:after",
+    compose_sigkill_before_the_stop: "stop:before",
     compose_sigkill_after_the_stop: "stop:after",
     compose_sigkill_after_the_backup: "backup:after",
+    compose_sigkill_before_the_image_line_changes: "switch:before",
     compose_sigkill_after_the_image_line_changed: "switch:after",
     compose_sigkill_after_the_recreate: "start:after",
+    compose_sigkill_before_the_smoke_checks: "smoke:before",
+    compose_sigkill_during_the_smoke_checks: "smoke:after",
     compose_sigkill_after_the_smoke_checks: "smoke:done",
 }
 
