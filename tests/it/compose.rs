@@ -6,13 +6,10 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::Output;
 
 use crate::support::compose::{podman, ComposeSandbox};
-use crate::support::{code, dump_sqlite, text, Client};
+use crate::support::{code, dump_sqlite, sqlite_column, text, Client};
 
-/// The users and nodes in production's database (identity columns every version has).
+/// The users, nodes and pre-auth keys in production's database (columns every version has).
 fn identities(sb: &ComposeSandbox) -> Vec<String> {
-    let db =
-        rusqlite::Connection::open_with_flags(sb.db(), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .expect("db");
     let mut out = Vec::new();
     for (sql, what) in [
         ("SELECT id || ' ' || name FROM users ORDER BY id", "user"),
@@ -22,30 +19,13 @@ fn identities(sb: &ComposeSandbox) -> Vec<String> {
         ),
         ("SELECT id FROM pre_auth_keys ORDER BY id", "pre_auth_key"),
     ] {
-        let mut stmt = db.prepare(sql).expect("query");
-        let rows = stmt
-            .query_map([], |r| r.get::<_, String>(0).or_else(|_| r.get::<_, i64>(0).map(|i| i.to_string())))
-            .expect("rows");
-        for r in rows {
-            out.push(format!("{what} {}", r.expect("row")));
-        }
+        out.extend(sqlite_column(&sb.db(), sql).into_iter().map(|r| format!("{what} {r}")));
     }
     out
 }
 
 fn migrations(sb: &ComposeSandbox) -> Vec<String> {
-    let db =
-        rusqlite::Connection::open_with_flags(sb.db(), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .expect("db");
-    let mut stmt = db
-        .prepare("SELECT id FROM migrations ORDER BY id")
-        .expect("migrations");
-    let rows = stmt
-        .query_map([], |r| r.get::<_, String>(0))
-        .expect("rows")
-        .collect::<Result<Vec<_>, _>>()
-        .expect("rows");
-    rows
+    sqlite_column(&sb.db(), "SELECT id FROM migrations ORDER BY id")
 }
 
 /// A user's id and a pre-auth key for it, through production's CLI in its container.
@@ -123,6 +103,17 @@ fn compose_upgrade_pins_a_floating_tag_then_goes_hop_by_hop_to_the_newest_0_29()
         said.contains("0.26.1 -> 0.27.1 -> 0.28.0 -> 0.29.3"),
         "{said}"
     );
+    let status: serde_json::Value =
+        serde_json::from_slice(&sb.hw(&["status", "--json"]).stdout).expect("status json");
+    assert_eq!(
+        status["production"]["image"]["floating"], "latest",
+        "{status}"
+    );
+    assert_eq!(
+        status["production"]["image"]["pin_to"],
+        format!("{}:0.26.1", sb.repo).as_str()
+    );
+    assert!(status["production"]["binary"].is_null(), "{status}");
     let audit = sb.hw(&["audit"]);
     assert!(
         text(&audit).contains("version.floating_image_tag"),

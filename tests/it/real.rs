@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::{code, text, Client, Sandbox};
+use crate::support::{code, sqlite_column, text, Client, Sandbox};
 
 /// Every headscale version of the rig, oldest first.
 pub fn headscale_versions() -> Vec<String> {
@@ -200,20 +200,10 @@ fn real_upgrade_through_every_minor_keeps_the_tailnet() {
 
 /// The ids of the migrations applied to production's database (gormigrate's table).
 fn migrations(sb: &Sandbox) -> Vec<String> {
-    let db = rusqlite::Connection::open_with_flags(
-        sb.path("prod/lib/db.sqlite"),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    sqlite_column(
+        &sb.path("prod/lib/db.sqlite"),
+        "SELECT id FROM migrations ORDER BY id",
     )
-    .expect("db");
-    let mut stmt = db
-        .prepare("SELECT id FROM migrations ORDER BY id")
-        .expect("migrations");
-    let rows = stmt
-        .query_map([], |r| r.get::<_, String>(0))
-        .expect("rows")
-        .collect::<Result<Vec<_>, _>>()
-        .expect("rows");
-    rows
 }
 
 /// A real 0.28.0 that migrates production's database and then fails: rolled back to 0.27.1

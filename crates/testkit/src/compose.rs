@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::{hw, sim, text, wait_for_addr};
+use crate::{run_hw, sim, text, wait_for_addr};
 
 pub struct ComposeSandbox {
     pub dir: tempfile::TempDir,
@@ -299,17 +299,7 @@ impl ComposeSandbox {
     }
 
     pub fn hw_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
-        let cfg = self.config_path().display().to_string();
-        let mut cmd = Command::new(hw());
-        cmd.args(["--config", &cfg])
-            .args(args)
-            .stdin(Stdio::null())
-            .env_remove("HEADWARDEN_CRASH_AT")
-            .env_remove("HEADWARDEN_FAIL_AT");
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        cmd.output().expect("run headwarden")
+        run_hw(&self.config_path(), args, env)
     }
 
     pub fn addr(&self) -> String {

@@ -123,6 +123,38 @@ pub struct Sandbox {
     pub extra_top: String,
 }
 
+/// `headwarden --config CONFIG ARGS` with `env` (and no fault injection but what `env` asks).
+pub fn run_hw(config: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let cfg = config.display().to_string();
+    let mut cmd = Command::new(hw());
+    cmd.args(["--config", &cfg])
+        .args(args)
+        .stdin(Stdio::null())
+        .env_remove("HEADWARDEN_CRASH_AT")
+        .env_remove("HEADWARDEN_FAIL_AT");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run headwarden")
+}
+
+/// The first column of `sql`'s rows in the SQLite database at `path` (read only), as text.
+pub fn sqlite_column(path: &Path, sql: &str) -> Vec<String> {
+    let db =
+        rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .expect("open database");
+    let mut stmt = db.prepare(sql).expect("query");
+    let rows = stmt
+        .query_map([], |r| {
+            r.get::<_, String>(0)
+                .or_else(|_| r.get::<_, i64>(0).map(|i| i.to_string()))
+        })
+        .expect("rows")
+        .collect::<Result<Vec<_>, _>>()
+        .expect("rows");
+    rows
+}
+
 /// The address a fixture server published once it listens (panics after 10 s).
 pub fn wait_for_addr(addr_file: &Path) -> String {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -419,17 +451,7 @@ impl Sandbox {
     }
 
     pub fn hw_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
-        let cfg = self.config_path().display().to_string();
-        let mut cmd = Command::new(hw());
-        cmd.args(["--config", &cfg])
-            .args(args)
-            .stdin(Stdio::null())
-            .env_remove("HEADWARDEN_CRASH_AT")
-            .env_remove("HEADWARDEN_FAIL_AT");
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        cmd.output().expect("run headwarden")
+        run_hw(&self.config_path(), args, env)
     }
 
     /// The version the process that answers on production's address reports (`GET /version`),
@@ -694,26 +716,8 @@ impl Drop for Client {
 impl Client {
     /// Starts `tailscaled` for `name` and runs `tailscale up` with `auth_key`.
     pub fn join(sb: &Sandbox, name: &str, auth_key: &str) -> Client {
-        let client = Client::start(sb, name);
         let login = format!("http://{}", sb.prod_setting("listen_addr"));
-        let out = client.cli(&[
-            "up",
-            "--login-server",
-            &login,
-            "--authkey",
-            auth_key,
-            "--hostname",
-            name,
-            "--accept-dns=false",
-            "--timeout",
-            "60s",
-        ]);
-        assert!(
-            out.status.success(),
-            "tailscale up for {name}: {}",
-            text(&out)
-        );
-        client
+        Self::join_at(&sb.path(&format!("clients/{name}")), name, &login, auth_key)
     }
 
     /// Starts `tailscaled` only (not logged in).

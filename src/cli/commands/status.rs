@@ -113,7 +113,8 @@ fn json(s: &Settings, store: &Store, f: &Facts) -> Result<(), Failure> {
         "jobs_last_start": jobs,
         "production": match image {
             None => serde_json::json!({"version": current, "binary": s.headscale.binary, "target": target, "health": health}),
-            Some(image) => serde_json::json!({"version": current, "image": image, "health": health}),
+            // A compose install has no binary or symlink of its own: those keys stay, null.
+            Some(image) => serde_json::json!({"version": current, "binary": null, "target": null, "image": image, "health": health}),
         },
         "interrupted_runs": open,
         "last_run": last.first(),
