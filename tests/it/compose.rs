@@ -50,21 +50,6 @@ fn key_for(sb: &ComposeSandbox, user: &str) -> String {
     key["key"].as_str().expect("key").to_string()
 }
 
-fn staging_containers(sb: &ComposeSandbox) -> Vec<String> {
-    podman(&[
-        "ps",
-        "-a",
-        "--filter",
-        "label=io.headwarden.staging",
-        "--format",
-        "{{.Names}} {{.Image}}",
-    ])
-    .lines()
-    .filter(|l| l.contains(&sb.repo))
-    .map(str::to_string)
-    .collect()
-}
-
 /// A compose install on the floating tag `latest` (0.26.1): `check` says it floats and what it
 /// will be pinned to; one `upgrade` pins it, then takes it hop by hop (one minor per hop, newest
 /// patch) to the newest 0.29.x, each hop staged in a throwaway container on a copy of the data;
@@ -145,9 +130,9 @@ fn compose_upgrade_pins_a_floating_tag_then_goes_hop_by_hop_to_the_newest_0_29()
     );
     assert_eq!(sb.containers().len(), 1, "one production container");
     assert!(
-        staging_containers(&sb).is_empty(),
+        sb.staging_containers().is_empty(),
         "{:?}",
-        staging_containers(&sb)
+        sb.staging_containers()
     );
     assert!(alice.pings(&bob), "alice reaches bob after the upgrade");
     let status = sb.hw(&["status"]);
@@ -191,7 +176,7 @@ fn compose_failure_after_the_switch_restores_data_config_and_compose_file() {
         config
     );
     assert_eq!(sb.containers().len(), 1);
-    assert!(staging_containers(&sb).is_empty());
+    assert!(sb.staging_containers().is_empty());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -344,9 +329,9 @@ fn compose_row(
     }
     assert_eq!(open_runs(&sb), 0, "no run left open: {said}");
     assert!(
-        staging_containers(&sb).is_empty(),
+        sb.staging_containers().is_empty(),
         "{:?}",
-        staging_containers(&sb)
+        sb.staging_containers()
     );
     assert_eq!(recorded_bad(&sb, to), e.bad, "recorded bad: {said}");
     let events = outbox(&sb);

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::{run_hw, sim, text, wait_for_addr};
+use crate::{run_hw, sim, start_feed, text};
 
 pub struct ComposeSandbox {
     pub dir: tempfile::TempDir,
@@ -129,21 +129,7 @@ impl ComposeSandbox {
         let project = format!("hs{unique}");
         let p = |s: &str| dir.path().join(s).display().to_string();
         let pubkey = sim(&["keygen", "--out", &p("keys")]);
-        std::fs::create_dir_all(dir.path().join("feed/releases")).expect("feed dir");
-        let addr_file = dir.path().join("feed.addr");
-        let feed = Command::new(crate::sim_bin())
-            .args([
-                "github-feed",
-                "--dir",
-                &p("feed"),
-                "--addr-file",
-                &addr_file.display().to_string(),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("feed");
-        let feed_addr = wait_for_addr(&addr_file);
+        let (feed, feed_addr) = start_feed(dir.path());
         let sb = ComposeSandbox {
             repo: format!("{}/{unique}/headscale", registry()),
             project,
@@ -358,6 +344,27 @@ impl ComposeSandbox {
         .collect()
     }
 
+    /// Staging containers of this sandbox's repository (`name image` per line).
+    pub fn staging_containers(&self) -> Vec<String> {
+        // Not `podman()`: teardown calls this too, and must not panic while unwinding.
+        let out = Command::new("podman")
+            .args([
+                "ps",
+                "-a",
+                "--filter",
+                "label=io.headwarden.staging",
+                "--format",
+                "{{.Names}} {{.Image}}",
+            ])
+            .output()
+            .expect("run podman");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains(&self.repo))
+            .map(str::to_string)
+            .collect()
+    }
+
     /// `headscale ARGS` inside production's container.
     pub fn exec(&self, args: &[&str]) -> String {
         let name = format!("{}_headscale_1", self.project);
@@ -450,23 +457,9 @@ impl Drop for ComposeSandbox {
                 .status();
         };
         // Staging containers of this sandbox's image, the project's network and its images.
-        if let Ok(out) = Command::new("podman")
-            .args([
-                "ps",
-                "-a",
-                "--filter",
-                "label=io.headwarden.staging",
-                "--format",
-                "{{.Names}} {{.Image}}",
-            ])
-            .output()
-        {
-            for line in String::from_utf8_lossy(&out.stdout).lines() {
-                if let Some((name, image)) = line.split_once(' ') {
-                    if image.starts_with(&self.repo) {
-                        quiet(&["rm", "-f", name]);
-                    }
-                }
+        for line in self.staging_containers() {
+            if let Some((name, _)) = line.split_once(' ') {
+                quiet(&["rm", "-f", name]);
             }
         }
         if self.named_volume {

@@ -123,6 +123,27 @@ pub struct Sandbox {
     pub extra_top: String,
 }
 
+/// The stand-in's GitHub releases API over `dir/feed` (its releases under `feed/releases`), and
+/// the address it listens on.
+pub fn start_feed(dir: &Path) -> (Child, String) {
+    std::fs::create_dir_all(dir.join("feed/releases")).expect("feed dir");
+    let addr_file = dir.join("feed.addr");
+    let feed = Command::new(sim_bin())
+        .args([
+            "github-feed",
+            "--dir",
+            &dir.join("feed").display().to_string(),
+            "--addr-file",
+            &addr_file.display().to_string(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("feed");
+    let addr = wait_for_addr(&addr_file);
+    (feed, addr)
+}
+
 /// `headwarden --config CONFIG ARGS` with `env` (and no fault injection but what `env` asks).
 pub fn run_hw(config: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     let cfg = config.display().to_string();
@@ -238,21 +259,7 @@ impl Sandbox {
             args.extend(["--run-as", &uid]);
         }
         sim(&args);
-        std::fs::create_dir_all(dir.path().join("feed/releases")).expect("feed dir");
-        let addr_file = dir.path().join("feed.addr");
-        let feed = Command::new(sim_bin())
-            .args([
-                "github-feed",
-                "--dir",
-                &p("feed"),
-                "--addr-file",
-                &addr_file.display().to_string(),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("feed");
-        let feed_addr = wait_for_addr(&addr_file);
+        let (feed, feed_addr) = start_feed(dir.path());
         let sb = Sandbox {
             dir,
             feed,
