@@ -81,10 +81,6 @@ impl Engine {
         Self { argv }
     }
 
-    pub fn program(&self) -> &str {
-        self.argv.first().map_or("", String::as_str)
-    }
-
     fn argv<'a>(&self, args: impl IntoIterator<Item = &'a str>) -> Vec<String> {
         self.argv
             .iter()
@@ -132,14 +128,34 @@ impl Engine {
             .map(drop)
     }
 
+    /// The first object `<kind> inspect <name>` prints, or `None` when there is no such object.
+    async fn inspect(&self, kind: &str, name: &str) -> Result<Option<Value>, EngineError> {
+        match self.json(&[kind, "inspect", name]).await {
+            Ok(Value::Array(mut a)) if !a.is_empty() => Ok(Some(a.swap_remove(0))),
+            Ok(_) | Err(EngineError::Exited { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Names of the containers (running or not) that match every `label=…` filter.
+    async fn names(&self, filters: &[&str]) -> Result<Vec<String>, EngineError> {
+        let mut args = vec!["ps", "-a"];
+        for f in filters {
+            args.extend(["--filter", f]);
+        }
+        args.extend(["--format", "{{.Names}}"]);
+        let out = self.run(&args, ENGINE_TIMEOUT).await?;
+        Ok(out
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect())
+    }
+
     /// A local image, or `None` when the engine has no such image.
     pub async fn image(&self, reference: &str) -> Result<Option<ImageInfo>, EngineError> {
-        let v = match self.json(&["image", "inspect", reference]).await {
-            Ok(v) => v,
-            Err(EngineError::Exited { .. }) => return Ok(None),
-            Err(e) => return Err(e),
-        };
-        let Some(i) = v.as_array().and_then(|a| a.first()) else {
+        let Some(i) = self.inspect("image", reference).await? else {
             return Ok(None);
         };
         Ok(Some(ImageInfo {
@@ -169,23 +185,8 @@ impl Engine {
                     dir.display()
                 );
                 let svc = format!("label=com.docker.compose.service={service}");
-                let out = self
-                    .run(
-                        &[
-                            "ps",
-                            "-a",
-                            "--filter",
-                            &wd,
-                            "--filter",
-                            &svc,
-                            "--format",
-                            "{{.Names}}",
-                        ],
-                        ENGINE_TIMEOUT,
-                    )
-                    .await?;
-                match out.lines().map(str::trim).find(|l| !l.is_empty()) {
-                    Some(n) => n.to_string(),
+                match self.names(&[&wd, &svc]).await?.into_iter().next() {
+                    Some(n) => n,
                     None => return Ok(None),
                 }
             }
@@ -195,12 +196,7 @@ impl Engine {
 
     /// A container by name, or `None` when there is none.
     pub async fn container(&self, name: &str) -> Result<Option<ContainerInfo>, EngineError> {
-        let v = match self.json(&["container", "inspect", name]).await {
-            Ok(v) => v,
-            Err(EngineError::Exited { .. }) => return Ok(None),
-            Err(e) => return Err(e),
-        };
-        let Some(c) = v.as_array().and_then(|a| a.first()) else {
+        let Some(c) = self.inspect("container", name).await? else {
             return Ok(None);
         };
         let mounts = c
@@ -317,20 +313,8 @@ impl Engine {
         }
     }
 
-    /// Containers carrying `label` (name per line), running or not.
+    /// Containers carrying `label` (`key=value`), running or not.
     pub async fn labelled(&self, label: &str) -> Result<Vec<String>, EngineError> {
-        let filter = format!("label={label}");
-        let out = self
-            .run(
-                &["ps", "-a", "--filter", &filter, "--format", "{{.Names}}"],
-                ENGINE_TIMEOUT,
-            )
-            .await?;
-        Ok(out
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .map(str::to_string)
-            .collect())
+        self.names(&[&format!("label={label}")]).await
     }
 }

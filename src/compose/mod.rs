@@ -226,10 +226,6 @@ impl ComposeFile {
         })
     }
 
-    pub fn text(&self) -> &str {
-        &self.text
-    }
-
     /// The directory relative paths are resolved against (and the project's working dir).
     pub fn dir(&self) -> PathBuf {
         let dir = self.path.parent().unwrap_or(Path::new("/"));

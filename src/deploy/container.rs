@@ -4,7 +4,6 @@
 //! and container; "switching" changes only that service's `image:` line.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use semver::Version;
 use sha2::{Digest, Sha256};
@@ -45,14 +44,7 @@ pub async fn discover(c: &ComposeInstall) -> Result<Discovered, DeployError> {
         .await?;
     let mounts = match &container {
         Some(info) if !info.mounts.is_empty() => info.mounts.clone(),
-        _ => spec
-            .mounts
-            .iter()
-            .filter_map(|m| match &m.source {
-                MountSource::Bind(p) => Some((p.clone(), m.target.clone())),
-                MountSource::Volume(_) => None,
-            })
-            .collect(),
+        _ => bind_mounts(&spec),
     };
     Ok(Discovered {
         file,
@@ -67,14 +59,7 @@ pub async fn discover(c: &ComposeInstall) -> Result<Discovered, DeployError> {
 pub fn host_config_path(c: &ComposeInstall, inside: &Path) -> Option<PathBuf> {
     let file = ComposeFile::load(&c.file).ok()?;
     let spec = file.service(&c.service).ok()?;
-    let mounts = spec
-        .mounts
-        .iter()
-        .filter_map(|m| match &m.source {
-            MountSource::Bind(p) => Some((p.clone(), m.target.clone())),
-            MountSource::Volume(_) => None,
-        })
-        .collect();
+    let mounts = bind_mounts(&spec);
     Discovered {
         file,
         spec,
@@ -82,6 +67,17 @@ pub fn host_config_path(c: &ComposeInstall, inside: &Path) -> Option<PathBuf> {
         mounts,
     }
     .host_path(inside)
+}
+
+/// `(host, container)` of the service's bind mounts (named volumes need the engine).
+fn bind_mounts(spec: &ServiceSpec) -> Vec<(PathBuf, PathBuf)> {
+    spec.mounts
+        .iter()
+        .filter_map(|m| match &m.source {
+            MountSource::Bind(p) => Some((p.clone(), m.target.clone())),
+            MountSource::Volume(_) => None,
+        })
+        .collect()
 }
 
 impl Discovered {
@@ -190,17 +186,11 @@ pub async fn cli_in(engine: &Engine, container: &str, image: &str) -> Result<Cli
 /// container for the service (a recreate was interrupted), the name compose will give it.
 pub async fn production_cli(c: &ComposeInstall) -> Result<Cli, DeployError> {
     let d = discover(c).await?;
-    let engine = engine(c);
     let (name, image) = match &d.container {
         Some(info) => (info.name.clone(), info.image_id.clone()),
         None => (expected_name(c, &d), d.spec.image.to_string()),
     };
-    let entry = engine
-        .image(&image)
-        .await?
-        .and_then(|i| i.entrypoint.first().cloned())
-        .unwrap_or_else(|| DEFAULT_ENTRYPOINT.to_string());
-    Ok(Cli::prefixed(engine.exec(&name, &entry)))
+    cli_in(&engine(c), &name, &image).await
 }
 
 /// The container name compose gives the service: `container_name:`, else the project (the
@@ -229,11 +219,6 @@ fn expected_name(c: &ComposeInstall, d: &Discovered) -> String {
 /// The image reference the compose file names now.
 pub fn current_image(c: &ComposeInstall) -> Result<ImageRef, DeployError> {
     Ok(ComposeFile::load(&c.file)?.service(&c.service)?.image)
-}
-
-/// Whether the compose file pins an exact version, and which.
-pub fn tag_kind(c: &ComposeInstall) -> Result<TagKind, DeployError> {
-    Ok(current_image(c)?.tag_kind())
 }
 
 /// Points the compose file's `image:` line of the service at `image`: the new text is written
@@ -270,9 +255,6 @@ pub fn image_version(image: &str) -> Option<Version> {
         TagKind::Floating(_) => None,
     }
 }
-
-/// How long a staging container may take to be removed.
-pub const STAGING_STOP: Duration = Duration::from_secs(15);
 
 /// This headwarden's staging containers among others on the same engine (another install's
 /// headwarden, with its own `state_dir`, counts its runs from 1 too): the start of the sha256 of

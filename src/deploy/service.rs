@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::compose::{ComposeFile, Engine, EngineError};
+use crate::compose::{ComposeError, ComposeFile, Engine, EngineError};
 use crate::process::{self, ProcessError};
 use crate::settings::{ComposeInstall, ServiceSettings};
 
@@ -16,6 +16,8 @@ pub enum ServiceError {
     Spawn(#[from] ProcessError),
     #[error("{0}")]
     Engine(#[from] EngineError),
+    #[error("{0}")]
+    Compose(#[from] ComposeError),
     /// The compose service's container is not running.
     #[error("the container of compose service {0} is not running")]
     NotRunning(String),
@@ -130,15 +132,10 @@ fn compose_argv(c: &ComposeInstall, args: &[&str]) -> Vec<String> {
 /// The service's container runs (asked of the engine: compose commands' `ps` output differs
 /// between implementations).
 async fn compose_running(c: &ComposeInstall) -> Result<(), ServiceError> {
-    let engine = Engine::new(c.engine.clone());
-    let dir = c.file.parent().unwrap_or(std::path::Path::new("/"));
-    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
-    let file = ComposeFile::load(&c.file).ok();
-    let name = file
-        .and_then(|f| f.service(&c.service).ok())
-        .and_then(|s| s.container_name);
-    match engine
-        .compose_container(&dir, &c.service, name.as_deref())
+    let file = ComposeFile::load(&c.file)?;
+    let name = file.service(&c.service)?.container_name;
+    match Engine::new(c.engine.clone())
+        .compose_container(&file.dir(), &c.service, name.as_deref())
         .await?
     {
         Some(info) if info.running => Ok(()),

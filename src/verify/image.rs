@@ -72,7 +72,7 @@ fn key(reference: &str) -> String {
 }
 
 /// The digest recorded for `reference` when it was first pulled.
-pub fn recorded_digest(store: &Store, reference: &str) -> Result<Option<String>, StateError> {
+fn recorded_digest(store: &Store, reference: &str) -> Result<Option<String>, StateError> {
     store.kv_get(&key(reference))
 }
 
