@@ -20,7 +20,7 @@ use crate::release::watch::{
     self, awaiting_approval, estimate_secs, hold_reason, CheckReport, WatchError,
 };
 pub use crate::release::watch::{approve, set_hold, UpgradeOptions};
-use crate::release::Release;
+use crate::release::{AssetKind, Release};
 use crate::settings::cron;
 use crate::settings::playbook::{self, OnFailure, StepKind};
 use crate::settings::{ComposeInstall, Install, Settings};
@@ -192,6 +192,9 @@ async fn fetch_and_plan(
     store: &Store,
     opts: &UpgradeOptions,
 ) -> Result<(CheckReport, Vec<Release>), PipelineError> {
+    if let Some(conflict) = deploy::install_conflict(s).await {
+        return Err(PipelineError::Other(conflict));
+    }
     let current = current_version(s).await?;
     let prod_config = deploy::production_config(s).await?;
     let image = image_facts(s, &current)?;
@@ -204,7 +207,7 @@ async fn fetch_and_plan(
 /// A compose install's image and, when its tag floats, what the next upgrade pins it to.
 pub fn image_facts(s: &Settings, current: &Version) -> Result<Option<ImageFacts>, PipelineError> {
     match &s.headscale.install {
-        Install::Binary => Ok(None),
+        Install::Binary | Install::Deb(_) => Ok(None),
         Install::Compose(c) => Ok(Some(ImageFacts::of(&container::current_image(c)?, current))),
     }
 }
@@ -705,6 +708,10 @@ impl RunCtx<'_> {
         let (s, store, run) = (self.s, self.store, self.run);
         let mut downloader = Downloader::new(&s.release);
         downloader.progress = self.opts.progress;
+        let kind = watch::asset_kind(s);
+        if let Install::Deb(d) = &s.headscale.install {
+            self.keep_running_package(&downloader, &d.package).await?;
+        }
         for (i, hop) in self.plan.hops.iter().enumerate() {
             if let Install::Compose(c) = &s.headscale.install {
                 self.fetch_image(c, i, hop, progress).await?;
@@ -725,7 +732,7 @@ impl RunCtx<'_> {
             )?;
             let t = std::time::Instant::now();
             match downloader
-                .fetch_verified(release, &deploy::downloads_dir(s))
+                .fetch_verified(release, kind, &deploy::downloads_dir(s))
                 .await
             {
                 Ok(v) => {
@@ -754,9 +761,11 @@ impl RunCtx<'_> {
                         }
                     ));
                     let sha = v.sha256().to_string();
-                    progress
-                        .installed
-                        .push((deploy::install(s, store, v)?, sha));
+                    let installed = match kind {
+                        AssetKind::Deb => deploy::install_package(s, store, v).await?,
+                        AssetKind::Binary => deploy::install(s, store, v)?,
+                    };
+                    progress.installed.push((installed, sha));
                 }
                 Err(e) => {
                     store.step_finish(step, false, &e.to_string(), t.elapsed().as_millis())?;
@@ -768,6 +777,76 @@ impl RunCtx<'_> {
             }
         }
         Ok(())
+    }
+
+    /// Before a deb install's first download: the package of the version running now is the
+    /// way back, so it is kept under `versions/` first (fetched from its release and verified
+    /// like any other), and dpkg must record that version as installed and configured.
+    async fn keep_running_package(
+        &self,
+        downloader: &Downloader,
+        package: &str,
+    ) -> Result<(), PipelineError> {
+        let (s, current) = (self.s, self.current);
+        let state = deploy::package::installed(package)
+            .await
+            .map_err(|e| PipelineError::Other(e.to_string()))?;
+        match &state {
+            Some(st) if st.configured() && st.release().as_ref() == Some(current) => {}
+            other => {
+                return Err(PipelineError::Other(format!(
+                    "headscale.install.kind is deb, but dpkg records {package} {} while {} runs {current}; install the release's package (apt install ./headscale_{current}_linux_amd64.deb) or fix headscale.binary",
+                    other.as_ref().map_or("not installed".to_string(), |st| format!("{} ({})", st.version, st.status)),
+                    s.headscale.binary.display()
+                )))
+            }
+        }
+        if deploy::package_path(s, current).exists() {
+            return Ok(());
+        }
+        let tag = format!("v{current}");
+        let release = self
+            .releases
+            .iter()
+            .find(|r| r.version == *current)
+            .ok_or_else(|| {
+                PipelineError::Other(format!(
+                    "the feed has no release {tag}, whose package a rollback would reinstall; nothing was changed"
+                ))
+            })?;
+        let step = self.store.step_start(
+            self.run,
+            -1,
+            "download",
+            &serde_json::json!({"tag": tag, "keep": "rollback package"}),
+        )?;
+        let t = std::time::Instant::now();
+        let result = downloader
+            .fetch_verified(release, AssetKind::Deb, &deploy::downloads_dir(s))
+            .await;
+        match result {
+            Ok(v) => {
+                let deb = deploy::keep_package(s, &v)?;
+                self.store.step_finish(
+                    step,
+                    true,
+                    &format!("sha256 {}", v.sha256()),
+                    t.elapsed().as_millis(),
+                )?;
+                (self.say)(&format!(
+                    "kept the package of the running {current} for a rollback: {} (verified)",
+                    deb.display()
+                ));
+                Ok(())
+            }
+            Err(e) => {
+                self.store
+                    .step_finish(step, false, &e.to_string(), t.elapsed().as_millis())?;
+                Err(PipelineError::Other(format!(
+                    "cannot keep the package of the running {current} for a rollback: {e}; nothing was changed"
+                )))
+            }
+        }
     }
 
     /// `fetch` for a compose install: pull `image:X.Y.Z` and hold it to the digest first
@@ -822,7 +901,7 @@ impl RunCtx<'_> {
     async fn verify_installed(&self, progress: &Progress) -> Result<(), PipelineError> {
         for (inst, sha) in &progress.installed {
             match (inst.artifact(), &self.s.headscale.install) {
-                (Artifact::Binary(path), _) => {
+                (Artifact::Binary(path), _) | (Artifact::Package { deb: path, .. }, _) => {
                     let now = verify::sha256_file(path).map_err(|e| {
                         PipelineError::Other(format!("re-hashing {}: {e}", path.display()))
                     })?;
@@ -846,7 +925,7 @@ impl RunCtx<'_> {
                         )));
                     }
                 }
-                (Artifact::Image { reference, .. }, Install::Binary) => {
+                (Artifact::Image { reference, .. }, Install::Binary | Install::Deb(_)) => {
                     return Err(PipelineError::Other(format!(
                         "{reference} is an image, but headscale.install.kind is binary"
                     )))
@@ -973,7 +1052,7 @@ impl RunCtx<'_> {
                     pinned.reference()
                 )));
             }
-            deploy::switch_to(self.s, &deploy::Slot::Image(pinned.reference().to_string()))?;
+            deploy::switch_to(self.s, &deploy::Slot::Image(pinned.reference().to_string())).await?;
             Ok::<String, PipelineError>(pinned.reference().to_string())
         }
         .await;
@@ -1011,7 +1090,7 @@ impl RunCtx<'_> {
         if let Install::Compose(c) = &s.headscale.install {
             self.pin_floating(c).await?;
         }
-        let mut old_target = deploy::adopt_current(s, store, current)?;
+        let mut old_target = deploy::adopt_current(s, store, current).await?;
         for (i, (hop, _)) in progress.installed.iter().enumerate() {
             let baseline = smoke::baseline(&p.target(), s.smoke.timeout)
                 .await

@@ -383,7 +383,7 @@ pub(crate) async fn run_command(cli: &Cli) -> Result<u8, Failure> {
         Command::Notify { cmd } => commands::notify::run(cli, cmd).await,
         Command::Config {
             cmd: ConfigCmd::Check,
-        } => commands::config::check(cli),
+        } => commands::config::check(cli).await,
         Command::Check { to } => commands::check::run(cli, to).await,
         Command::Upgrade {
             to,

@@ -15,6 +15,7 @@
 //! ```
 
 pub mod container;
+pub mod package;
 pub mod service;
 pub mod staging;
 pub mod transaction;
@@ -31,6 +32,7 @@ use crate::headscale::cli::{self, binary_version, Cli, CliError};
 use crate::headscale::config;
 use crate::headscale::config::HeadscaleConfig;
 use crate::process;
+use crate::release::{asset_name, AssetKind};
 use crate::settings::{Install, Settings};
 use crate::state;
 use crate::state::sqlite_files;
@@ -38,6 +40,7 @@ use crate::state::Store;
 use crate::verify;
 use crate::verify::Verified;
 
+use package::PackageError;
 pub use service::Service;
 
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +64,8 @@ pub enum DeployError {
     Compose(#[from] ComposeError),
     #[error(transparent)]
     Engine(#[from] EngineError),
+    #[error(transparent)]
+    Package(#[from] PackageError),
     #[error("{0}")]
     Other(String),
 }
@@ -89,7 +94,7 @@ pub struct CurrentVersionError {
 /// compose service's container.
 pub async fn current_version(s: &Settings) -> Result<Version, CurrentVersionError> {
     let (cli, what) = match &s.headscale.install {
-        Install::Binary => (
+        Install::Binary | Install::Deb(_) => (
             Cli::binary(&s.headscale.binary),
             s.headscale.binary.display().to_string(),
         ),
@@ -120,24 +125,26 @@ pub async fn current_version(s: &Settings) -> Result<Version, CurrentVersionErro
 /// Production's `headscale` CLI: the binary, or the one in the compose service's container.
 pub async fn production_cli(s: &Settings) -> Result<Cli, DeployError> {
     match &s.headscale.install {
-        Install::Binary => Ok(Cli::binary(&s.headscale.binary)),
+        Install::Binary | Install::Deb(_) => Ok(Cli::binary(&s.headscale.binary)),
         Install::Compose(c) => container::production_cli(c).await,
     }
 }
 
-/// What production runs from, as the journal records it: the binary its symlink points at, or
-/// the image its compose file names.
+/// What production runs from, as the journal records it: the binary its symlink points at, the
+/// image its compose file names, or the package file dpkg installed it from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Slot {
     Binary(PathBuf),
     Image(String),
+    /// A verified `.deb` kept under `versions/<v>/`.
+    Package(PathBuf),
 }
 
 impl Slot {
     /// The journal's text for it.
     pub fn journal(&self) -> String {
         match self {
-            Slot::Binary(p) => p.display().to_string(),
+            Slot::Binary(p) | Slot::Package(p) => p.display().to_string(),
             Slot::Image(r) => r.clone(),
         }
     }
@@ -145,10 +152,12 @@ impl Slot {
     pub fn from_journal(s: &Settings, text: &str) -> Self {
         match &s.headscale.install {
             Install::Binary => Slot::Binary(PathBuf::from(text)),
+            Install::Deb(_) => Slot::Package(PathBuf::from(text)),
             Install::Compose(_) => Slot::Image(text.to_string()),
         }
     }
-    /// The version it runs: the binary's own report, or the image's exact tag.
+    /// The version it runs: the binary's own report, the image's exact tag, or the package's
+    /// `Version` field.
     pub async fn version(&self, timeout: Duration) -> Result<Version, CliError> {
         match self {
             Slot::Binary(p) => binary_version(p, timeout).await,
@@ -156,28 +165,68 @@ impl Slot {
                 command: format!("the tag of {r}"),
                 detail: "not an exact version".into(),
             }),
+            Slot::Package(p) => package::release_of(p).await.map_err(|e| CliError::Output {
+                command: format!("dpkg-deb -f {} Version", p.display()),
+                detail: e.to_string(),
+            }),
         }
     }
 }
 
-/// Where production points now.
-pub fn current_slot(s: &Settings) -> Result<Slot, DeployError> {
+/// Where production points now. For a deb install: the kept package file of the version dpkg
+/// records as installed (which need not exist yet: the upgrade's fetch keeps it).
+pub async fn current_slot(s: &Settings) -> Result<Slot, DeployError> {
     match &s.headscale.install {
         Install::Binary => Ok(Slot::Binary(current_target(&s.headscale.binary))),
         Install::Compose(c) => Ok(Slot::Image(container::current_image(c)?.to_string())),
+        Install::Deb(d) => {
+            let state = package::installed(&d.package).await?.ok_or_else(|| {
+                DeployError::Other(format!(
+                    "dpkg has no package {} installed (headscale.install.kind is deb)",
+                    d.package
+                ))
+            })?;
+            let version = state.release().ok_or_else(|| {
+                DeployError::Other(format!(
+                    "dpkg records {} {}, which is not a Headscale release",
+                    d.package, state.version
+                ))
+            })?;
+            Ok(Slot::Package(package_path(s, &version)))
+        }
     }
 }
 
-/// Points production at `slot` (the symlink, or the compose file's `image:` line).
-pub fn switch_to(s: &Settings, slot: &Slot) -> Result<(), DeployError> {
+/// Points production at `slot`: the symlink, the compose file's `image:` line, or `dpkg -i` of
+/// the package (whose postinst restarts an enabled unit).
+pub async fn switch_to(s: &Settings, slot: &Slot) -> Result<(), DeployError> {
     match (&s.headscale.install, slot) {
         (Install::Binary, Slot::Binary(p)) => switch_binary(&s.headscale.binary, p),
         (Install::Compose(c), Slot::Image(r)) => container::switch_image(c, r),
+        (Install::Deb(d), Slot::Package(p)) => {
+            package::install(&d.package, p).await?;
+            Ok(())
+        }
         (_, other) => Err(DeployError::Other(format!(
             "{} does not fit this install kind",
             other.journal()
         ))),
     }
+}
+
+/// Why the install kind does not fit the host, if it does not: `kind: binary` over a path dpkg
+/// owns fights dpkg (the next `apt install` of the package replaces headwarden's symlink, and the
+/// way back with it).
+pub async fn install_conflict(s: &Settings) -> Option<String> {
+    let Install::Binary = &s.headscale.install else {
+        return None;
+    };
+    let binary = &s.headscale.binary;
+    let owner = package::owner(binary).await.ok().flatten()?;
+    Some(format!(
+        "headscale.binary {} belongs to the Debian package {owner} (dpkg-query -S): a symlink swap over it fights dpkg, whose next install of {owner} replaces the link and with it the way back; set headscale.install.kind: deb (package: {owner})",
+        binary.display()
+    ))
 }
 
 /// A verified release ready to be staged or promoted: a binary under `versions/`, or a pulled
@@ -191,7 +240,15 @@ pub struct Installed {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Artifact {
     Binary(PathBuf),
-    Image { reference: String, digest: String },
+    Image {
+        reference: String,
+        digest: String,
+    },
+    /// A verified `.deb` and the binary unpacked from it (what staging runs).
+    Package {
+        deb: PathBuf,
+        binary: PathBuf,
+    },
 }
 
 impl Installed {
@@ -206,6 +263,7 @@ impl Installed {
         match &self.artifact {
             Artifact::Binary(p) => Slot::Binary(p.clone()),
             Artifact::Image { reference, .. } => Slot::Image(reference.clone()),
+            Artifact::Package { deb, .. } => Slot::Package(deb.clone()),
         }
     }
     /// An image pulled and checked by `verify` (its digest recorded).
@@ -230,6 +288,50 @@ pub fn downloads_dir(s: &Settings) -> PathBuf {
 
 pub fn version_path(s: &Settings, v: &Version) -> PathBuf {
     versions_dir(s).join(v.to_string()).join("headscale")
+}
+
+/// Where a deb install keeps the verified package of `v`: `versions/<v>/<upstream's name>.deb`.
+pub fn package_path(s: &Settings, v: &Version) -> PathBuf {
+    versions_dir(s)
+        .join(v.to_string())
+        .join(asset_name(&format!("v{v}"), AssetKind::Deb))
+}
+
+/// Moves a verified `.deb` to [`package_path`] (0644) and unpacks its `headscale.binary` beside
+/// it as `versions/<v>/headscale` (0755) for staging; records the package's sha256.
+pub async fn install_package(
+    s: &Settings,
+    store: &Store,
+    verified: Verified,
+) -> Result<Installed, DeployError> {
+    let deb = keep_package(s, &verified)?;
+    let binary = version_path(s, verified.version());
+    let tmp = tempfile::Builder::new()
+        .prefix(".unpack-")
+        .tempdir_in(versions_dir(s))
+        .map_err(io_err("creating a directory in", &versions_dir(s)))?;
+    let inside = package::unpack(&deb, tmp.path(), &s.headscale.binary).await?;
+    let mut src = files::open_nofollow(&inside)?;
+    files::replace_with(&binary, &mut src, Some(executable_meta()), 0o755)?;
+    store.record_install(&verified.version().to_string(), &deb, verified.sha256())?;
+    Ok(Installed {
+        version: verified.version().clone(),
+        artifact: Artifact::Package { deb, binary },
+    })
+}
+
+/// Moves a verified `.deb` to [`package_path`] (0644, headwarden's own).
+pub fn keep_package(s: &Settings, verified: &Verified) -> Result<PathBuf, DeployError> {
+    let deb = package_path(s, verified.version());
+    version_dir(s, &deb)?;
+    let mut src = files::open_nofollow(verified.path())?;
+    let meta = FileMeta {
+        mode: 0o644,
+        ..executable_meta()
+    };
+    files::replace_with(&deb, &mut src, Some(meta), 0o644)?;
+    let _ = std::fs::remove_file(verified.path());
+    Ok(deb)
 }
 
 /// Moves a verified download into `versions/<v>/headscale` (0755) and records it.
@@ -294,10 +396,29 @@ pub fn switch_binary(binary: &Path, target: &Path) -> Result<(), DeployError> {
 ///
 /// For a compose install the running image stays where the engine keeps it: the slot is the
 /// compose file's (pinned) image.
-pub fn adopt_current(s: &Settings, store: &Store, current: &Version) -> Result<Slot, DeployError> {
-    let Install::Binary = &s.headscale.install else {
-        return current_slot(s);
-    };
+///
+/// For a deb install the slot is the running version's package, which the upgrade's fetch
+/// kept under `versions/` (verified like any release file) before anything was touched.
+pub async fn adopt_current(
+    s: &Settings,
+    store: &Store,
+    current: &Version,
+) -> Result<Slot, DeployError> {
+    match &s.headscale.install {
+        Install::Binary => {}
+        Install::Compose(_) => return current_slot(s).await,
+        Install::Deb(d) => {
+            let deb = package_path(s, current);
+            if files::regular_meta(&deb)?.is_none() {
+                return Err(DeployError::Other(format!(
+                    "the package of the running version ({} {current}) is not kept at {}: without it there is no way back",
+                    d.package,
+                    deb.display()
+                )));
+            }
+            return Ok(Slot::Package(deb));
+        }
+    }
     let binary = &s.headscale.binary;
     let target = current_target(binary);
     if target.starts_with(versions_dir(s)) {
@@ -345,7 +466,7 @@ pub fn prune_versions(
 /// ([`container::Discovered::config`]).
 pub async fn production_config(s: &Settings) -> Result<HeadscaleConfig, DeployError> {
     match &s.headscale.install {
-        Install::Binary => binary_production_config(s),
+        Install::Binary | Install::Deb(_) => binary_production_config(s),
         Install::Compose(c) => container::discover(c).await?.config(&s.headscale.config),
     }
 }

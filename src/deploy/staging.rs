@@ -85,7 +85,7 @@ pub async fn stage(
     };
     copy_production(store, run, prod, &layout)?;
     let host = match &s.headscale.install {
-        Install::Binary => Host::Process,
+        Install::Binary | Install::Deb(_) => Host::Process,
         Install::Compose(c) => Host::Container {
             engine: container::engine(c),
             production: Box::new(container::discover(c).await?),
@@ -308,7 +308,7 @@ async fn launch(
     let config_arg = config_path.display().to_string();
     let version = h.hop.version.to_string();
     match (&h.hop.artifact, h.host) {
-        (Artifact::Binary(path), _) => {
+        (Artifact::Binary(path), _) | (Artifact::Package { binary: path, .. }, _) => {
             let child = process::spawn_logged_env(
                 path,
                 &["serve", "-c", &config_arg],

@@ -381,7 +381,7 @@ async fn switch_and_start(
         "switch",
         json!({"from": old_target.journal(), "to": to.slot().journal()}),
         timings,
-        async { switch_to(s, &to.slot()) },
+        switch_to(s, &to.slot()),
     )
     .await?;
     p.step(run, hop, "start", json!({}), timings, async {
@@ -449,8 +449,8 @@ pub async fn rollback(
                 restore_backup(p.settings, p.config, dir)?;
             }
             if let Some(t) = old_target {
-                if &current_slot(p.settings)? != t {
-                    switch_to(p.settings, t)?;
+                if &current_slot(p.settings).await? != t {
+                    switch_to(p.settings, t).await?;
                 }
             }
             p.service.start().await?;
@@ -759,6 +759,17 @@ pub async fn manual_rollback(
             }
             Slot::Image(reference)
         }
+        Install::Deb(_) => {
+            let path = deploy::package_path(s, &version);
+            if !path.exists() {
+                return Err(StepError::Refused(format!(
+                    "the package for {} is no longer kept at {}",
+                    backup.version,
+                    path.display()
+                )));
+            }
+            Slot::Package(path)
+        }
     };
     let dir = PathBuf::from(&backup.dir);
     let mut timings = Vec::new();
@@ -808,7 +819,7 @@ pub async fn manual_rollback(
         &mut timings,
         async {
             restore_backup(s, p.config, &dir)?;
-            switch_to(s, &target)?;
+            switch_to(s, &target).await?;
             p.service.start().await?;
             p.wait_healthy().await?;
             check_rolled_back_version(p, &target).await

@@ -143,7 +143,7 @@ pub async fn plan_now(
 
 fn server_url(s: &Settings) -> String {
     let path = match &s.headscale.install {
-        Install::Binary => Some(s.headscale.config.clone()),
+        Install::Binary | Install::Deb(_) => Some(s.headscale.config.clone()),
         Install::Compose(c) => container::host_config_path(c, &s.headscale.config),
     };
     path.and_then(|p| HeadscaleConfig::load(&p).ok())

@@ -38,17 +38,36 @@ impl Release {
         self.assets.iter().find(|a| a.name == name)
     }
 
-    /// The binary for this host, by upstream's naming: `headscale_<ver>_<os>_<arch>`.
-    pub fn host_asset_name(&self) -> String {
-        host_asset_name(&self.tag)
+    /// The file of `kind` for this host, by upstream's naming: `headscale_<ver>_<os>_<arch>`,
+    /// `.deb` appended for the package.
+    pub fn asset_name(&self, kind: AssetKind) -> String {
+        asset_name(&self.tag, kind)
     }
 
     /// Assets needed to install are all present and uploaded.
-    pub fn assets_ready(&self) -> bool {
-        let name = self.host_asset_name();
+    pub fn assets_ready(&self, kind: AssetKind) -> bool {
+        let name = self.asset_name(kind);
         [name.as_str(), "checksums.txt"]
             .iter()
             .all(|n| self.asset(n).is_some_and(|a| a.uploaded))
+    }
+}
+
+/// Which of a release's files an install kind installs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum AssetKind {
+    /// The bare binary (also what a compose install's planning looks for: upstream publishes
+    /// binary and images together).
+    #[default]
+    Binary,
+    /// The Debian package upstream builds with nFPM.
+    Deb,
+}
+
+pub fn asset_name(tag: &str, kind: AssetKind) -> String {
+    match kind {
+        AssetKind::Binary => host_asset_name(tag),
+        AssetKind::Deb => format!("{}.deb", host_asset_name(tag)),
     }
 }
 

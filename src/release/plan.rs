@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use semver::{Version, VersionReq};
 use serde::Serialize;
 
-use super::Release;
+use super::{AssetKind, Release};
 use crate::settings::Channel;
 
 #[derive(Debug, Clone)]
@@ -22,6 +22,8 @@ pub struct Policy {
     pub allow_downgrade: bool,
     /// An explicit target (`upgrade --to`); policy filters still apply except cooldown.
     pub target: Option<Version>,
+    /// The file the install kind needs published before a release can be planned.
+    pub asset: AssetKind,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -232,7 +234,7 @@ fn eligible<'a>(
             notes.push(format!("{}: listed in release.skip", r.tag));
             continue;
         }
-        if !r.assets_ready() {
+        if !r.assets_ready(policy.asset) {
             notes.push(format!("{}: assets not published yet (binary or checksums.txt missing or still uploading); will retry", r.tag));
             continue;
         }
@@ -299,7 +301,7 @@ fn downgrade(current: &Version, target: &Release, policy: &Policy, notes: Vec<St
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::release::{host_asset_name, Asset};
+    use crate::release::{host_asset_name, Asset, AssetKind};
 
     const DAY: i64 = 86400;
     const NOW: i64 = 1_800_000_000;
@@ -348,6 +350,7 @@ mod tests {
             pin: None,
             allow_downgrade: false,
             target: None,
+            asset: AssetKind::Binary,
         }
     }
 

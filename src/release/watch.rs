@@ -14,11 +14,11 @@ use serde::Serialize;
 use super::feed::{self, FeedError, FeedResult};
 use super::notes;
 use super::plan::{self, Plan, Policy};
-use super::Release;
+use super::{AssetKind, Release};
 use crate::compose::ImageFacts;
 use crate::event::{Event, Severity};
 use crate::headscale::config::{incompatibilities, HeadscaleConfig};
-use crate::settings::Settings;
+use crate::settings::{Install, Settings};
 use crate::state::{now, StateError, Store};
 
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +64,15 @@ pub fn policy(s: &Settings, opts: &UpgradeOptions) -> Policy {
         pin: s.release.pin.clone(),
         allow_downgrade: opts.allow_downgrade,
         target: opts.to.clone(),
+        asset: asset_kind(s),
+    }
+}
+
+/// The release file `s`'s install kind installs.
+pub fn asset_kind(s: &Settings) -> AssetKind {
+    match s.headscale.install {
+        Install::Deb(_) => AssetKind::Deb,
+        Install::Binary | Install::Compose(_) => AssetKind::Binary,
     }
 }
 

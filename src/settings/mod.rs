@@ -230,6 +230,15 @@ pub enum Install {
     Binary,
     /// A service of a compose file, run by Docker or Podman.
     Compose(ComposeInstall),
+    /// Upstream's Debian package: `headscale.binary` belongs to dpkg, and a version changes
+    /// through `dpkg -i` of the release's `.deb`.
+    Deb(DebInstall),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DebInstall {
+    /// The package's name in dpkg's database (upstream's: `headscale`).
+    pub package: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

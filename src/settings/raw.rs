@@ -10,8 +10,8 @@ use super::cron::{Cron, Zone};
 use super::notify_url;
 use super::playbook::{self, PlaybookName};
 use super::{
-    line_of, Accept, Approval, AuditSettings, Channel, ComposeInstall, ConfigError, Enforce,
-    HeadscaleSettings, Install, KeyDelivery, KeySettings, LoadedPlaybook, MetricsSettings,
+    line_of, Accept, Approval, AuditSettings, Channel, ComposeInstall, ConfigError, DebInstall,
+    Enforce, HeadscaleSettings, Install, KeyDelivery, KeySettings, LoadedPlaybook, MetricsSettings,
     NotifyTarget, Playbooks, Reach, ReleaseSettings, ReminderRouting, ScheduleSettings, Secret,
     ServiceSettings, Settings, SmokeCheck, SmokeSettings, StagingSettings, UserDestination, Window,
 };
@@ -260,6 +260,7 @@ struct RawInstall {
     command: Vec<String>,
     engine: Vec<String>,
     image: Option<String>,
+    package: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -785,15 +786,25 @@ fn install(cx: &Ctx<'_>, i: RawInstall) -> Result<Install, ConfigError> {
                 image,
             }))
         }
-        "deb" => Err(cx.err(
-            "headscale.install.kind",
-            "kind: deb is not built yet",
-            "use binary or compose",
-        )),
+        "deb" => {
+            let package = i.package.unwrap_or_else(|| "headscale".into());
+            if package.is_empty()
+                || !package
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c))
+            {
+                return Err(cx.err(
+                    "headscale.install.package",
+                    format!("{package:?} is not a Debian package name"),
+                    "the package's name as dpkg -l shows it, e.g. headscale",
+                ));
+            }
+            Ok(Install::Deb(DebInstall { package }))
+        }
         other => Err(cx.err(
             "headscale.install.kind",
             format!("unknown install kind {other:?}"),
-            "use binary or compose",
+            "use binary, deb or compose",
         )),
     }
 }
@@ -801,13 +812,13 @@ fn install(cx: &Ctx<'_>, i: RawInstall) -> Result<Install, ConfigError> {
 fn headscale(cx: &Ctx<'_>, h: RawHeadscale) -> Result<HeadscaleSettings, ConfigError> {
     let install = install(cx, h.install)?;
     let default_kind = match &install {
-        Install::Binary => "systemd",
+        Install::Binary | Install::Deb(_) => "systemd",
         Install::Compose(_) => "compose",
     };
     let service = match h.service.kind.as_deref().unwrap_or(default_kind) {
         "compose" => match &install {
             Install::Compose(c) => ServiceSettings::Compose(c.clone()),
-            Install::Binary => {
+            Install::Binary | Install::Deb(_) => {
                 return Err(cx.err(
                     "headscale.service.kind",
                     "service kind compose needs headscale.install.kind: compose",
@@ -867,12 +878,16 @@ fn headscale(cx: &Ctx<'_>, h: RawHeadscale) -> Result<HeadscaleSettings, ConfigE
             "use unix:///path/to.sock, https://host, grpcs://host:port (remote gRPC, ≤0.29), or http:// to a loopback address (the API key must not cross a network in clear text)",
         ));
     }
+    // Where upstream's package puts it (nFPM `bindir`), or where admins copy the binary.
+    let binary = cx.path(h.binary.unwrap_or_else(|| {
+        PathBuf::from(match &install {
+            Install::Deb(_) => "/usr/bin/headscale",
+            _ => "/usr/local/bin/headscale",
+        })
+    }));
     Ok(HeadscaleSettings {
         install,
-        binary: cx.path(
-            h.binary
-                .unwrap_or_else(|| PathBuf::from("/usr/local/bin/headscale")),
-        ),
+        binary,
         config: cx.path(
             h.config
                 .unwrap_or_else(|| PathBuf::from("/etc/headscale/config.yaml")),

@@ -23,7 +23,7 @@ use semver::Version;
 use sha2::{Digest, Sha256};
 
 use crate::error::error_chain;
-use crate::release::{Asset, Release};
+use crate::release::{Asset, AssetKind, Release};
 use crate::settings;
 use crate::settings::ReleaseSettings;
 
@@ -190,13 +190,14 @@ impl Downloader {
         Ok(buf)
     }
 
-    /// Downloads and verifies the host binary of `release` into `dir`.
+    /// Downloads and verifies `release`'s file of `kind` for this host into `dir`.
     pub async fn fetch_verified(
         &self,
         release: &Release,
+        kind: AssetKind,
         dir: &Path,
     ) -> Result<Verified, VerifyError> {
-        let name = release.host_asset_name();
+        let name = release.asset_name(kind);
         let asset = release
             .asset(&name)
             .ok_or_else(|| VerifyError::MissingAsset {

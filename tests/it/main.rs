@@ -7,6 +7,7 @@ use testkit as support;
 
 mod audit;
 mod compose;
+mod deb;
 mod faults;
 mod fuzz;
 mod keys;

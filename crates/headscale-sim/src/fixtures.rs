@@ -406,6 +406,10 @@ pub struct MakeRelease {
     /// real-server tests: scripts/rig builds them).
     #[arg(long, conflicts_with_all = ["fault", "pad"])]
     pub binary: Option<PathBuf>,
+    /// Also publish this Debian package as `<asset>.deb`, checksummed and signed like the
+    /// binary (upstream's releases carry both; scripts/debs builds them).
+    #[arg(long)]
+    pub deb: Option<PathBuf>,
 }
 
 pub fn host_asset_name(version: &str) -> String {
@@ -451,11 +455,18 @@ pub fn make_release(a: MakeRelease) -> Result<()> {
     // A second artifact so checksums.txt has more than one line, sorted by name as goreleaser does.
     let source = format!("headscale_{}.tar.gz", a.version);
     std::fs::write(assets.join(&source), format!("source of {tag}\n"))?;
-    let mut lines: Vec<(String, String)> = [&name, &source]
+    let mut published = vec![name.clone(), source];
+    if let Some(deb) = &a.deb {
+        let deb_name = format!("{name}.deb");
+        std::fs::copy(deb, assets.join(&deb_name))
+            .with_context(|| format!("publishing {}", deb.display()))?;
+        published.push(deb_name);
+    }
+    let mut lines: Vec<(String, String)> = published
         .iter()
         .map(|n| {
             Ok((
-                (*n).clone(),
+                n.clone(),
                 hex::encode(Sha256::digest(std::fs::read(assets.join(n))?)),
             ))
         })
@@ -468,7 +479,12 @@ pub fn make_release(a: MakeRelease) -> Result<()> {
         let sk = minisign::SecretKey::from_bytes(&hex::decode(
             std::fs::read_to_string(sk_path)?.trim(),
         )?)?;
-        for file in [name.as_str(), "checksums.txt"] {
+        let signed = published
+            .iter()
+            .filter(|n| !n.ends_with(".tar.gz"))
+            .map(String::as_str)
+            .chain(["checksums.txt"]);
+        for file in signed {
             let data = std::fs::read(assets.join(file))?;
             let sig = minisign::sign(
                 None,

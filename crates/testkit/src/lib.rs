@@ -9,6 +9,7 @@
 //! same profile and target directory; seconds when it is up to date) so it is never stale.
 
 pub mod compose;
+pub mod deb;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

@@ -1,12 +1,17 @@
 //! `headwarden config check`: loads and validates the config, prints what it resolved to.
 
+use crate::deploy;
 use crate::exit;
 use crate::settings::Install;
 
 use crate::cli::{load, print_json, Cli, Failure};
 
-pub fn check(cli: &Cli) -> Result<u8, Failure> {
+pub async fn check(cli: &Cli) -> Result<u8, Failure> {
     let s = load(cli)?;
+    if let Some(conflict) = deploy::install_conflict(&s).await {
+        eprintln!("error: {conflict}");
+        return Ok(exit::USAGE);
+    }
     if cli.json {
         print_json(&serde_json::json!({"ok": true, "file": s.source}))?;
     } else {
@@ -19,6 +24,12 @@ pub fn check(cli: &Cli) -> Result<u8, Failure> {
         match &s.headscale.install {
             Install::Binary => println!(
                 "  headscale: {} with {}",
+                s.headscale.binary.display(),
+                s.headscale.config.display()
+            ),
+            Install::Deb(d) => println!(
+                "  headscale: Debian package {} ({}) with {}",
+                d.package,
                 s.headscale.binary.display(),
                 s.headscale.config.display()
             ),

@@ -22,6 +22,10 @@ struct Facts {
     /// A compose install's image.
     image: Option<ImageFacts>,
     target: std::path::PathBuf,
+    /// A deb install: what dpkg records (`0.29.3 (ii)`).
+    package: Option<String>,
+    /// `kind: binary` over a path dpkg owns.
+    conflict: Option<String>,
     health: String,
     open: Vec<RunRow>,
     last: Vec<RunRow>,
@@ -50,6 +54,15 @@ async fn facts(s: &Settings, store: &Store) -> Result<Facts, Failure> {
         .map(|v| v.to_string())
         .unwrap_or_else(|e| format!("unknown ({e})"));
     let target = deploy::current_target(&s.headscale.binary);
+    let package = match &s.headscale.install {
+        Install::Deb(d) => Some(match deploy::package::installed(&d.package).await {
+            Ok(Some(st)) => format!("{} ({})", st.version, st.status),
+            Ok(None) => "not installed".to_string(),
+            Err(e) => format!("unknown: {e}"),
+        }),
+        _ => None,
+    };
+    let conflict = deploy::install_conflict(s).await;
     let health = match deploy::production_config(s).await {
         Ok(c) => {
             let client = http::client(std::time::Duration::from_secs(5));
@@ -69,6 +82,8 @@ async fn facts(s: &Settings, store: &Store) -> Result<Facts, Failure> {
         current,
         image,
         target,
+        package,
+        conflict,
         health,
         open,
         last,
@@ -84,6 +99,8 @@ fn json(s: &Settings, store: &Store, f: &Facts) -> Result<(), Failure> {
         current,
         image,
         target,
+        package,
+        conflict,
         health,
         open,
         last,
@@ -112,7 +129,7 @@ fn json(s: &Settings, store: &Store, f: &Facts) -> Result<(), Failure> {
         },
         "jobs_last_start": jobs,
         "production": match image {
-            None => serde_json::json!({"version": current, "binary": s.headscale.binary, "target": target, "health": health}),
+            None => serde_json::json!({"version": current, "binary": s.headscale.binary, "target": target, "package": package, "install_conflict": conflict, "health": health}),
             // A compose install has no binary or symlink of its own: those keys stay, null.
             Some(image) => serde_json::json!({"version": current, "binary": null, "target": null, "image": image, "health": health}),
         },
@@ -134,6 +151,8 @@ fn text(s: &Settings, store: &Store, f: &Facts) -> Result<(), Failure> {
         current,
         image,
         target,
+        package,
+        conflict,
         health,
         open,
         last,
@@ -150,11 +169,20 @@ fn text(s: &Settings, store: &Store, f: &Facts) -> Result<(), Failure> {
             println!("  compose service {} of {}", c.service, c.file.display());
             println!("  {}", image.describe());
         }
+        (_, Install::Deb(d)) => println!(
+            "  Debian package {}: dpkg records {}; binary {}",
+            d.package,
+            package.as_deref().unwrap_or("?"),
+            s.headscale.binary.display()
+        ),
         _ => println!(
             "  binary {} -> {}",
             s.headscale.binary.display(),
             target.display()
         ),
+    }
+    if let Some(c) = conflict {
+        println!("  WARNING: {c}");
     }
     for r in open {
         println!(
