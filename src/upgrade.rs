@@ -1095,6 +1095,13 @@ impl RunCtx<'_> {
             let baseline = smoke::baseline(&p.target(), s.smoke.timeout)
                 .await
                 .map_err(PipelineError::ProductionUnhealthy)?;
+            if let Install::Deb(_) = &s.headscale.install {
+                if let Some(pid) = deploy::package::lock_holder() {
+                    return Err(PipelineError::Other(format!(
+                        "dpkg is locked by process {pid} (apt or unattended-upgrades?); nothing was changed, production stays on {from}; run again once it is done"
+                    )));
+                }
+            }
             (self.say)(&format!(
                 "promoting {from} -> {} on production",
                 hop.version()

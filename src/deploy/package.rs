@@ -83,6 +83,28 @@ fn failed(argv: &[&str], out: &process::Output) -> PackageError {
     }
 }
 
+/// The process holding dpkg's lock (`apt`, `unattended-upgrades`, another `dpkg`), asked
+/// without taking it (`F_GETLK` on the lock files dpkg and apt take); `None` when it is free.
+pub fn lock_holder() -> Option<i32> {
+    for path in ["/var/lib/dpkg/lock-frontend", "/var/lib/dpkg/lock"] {
+        let Ok(f) = std::fs::OpenOptions::new().read(true).write(true).open(path) else {
+            continue;
+        };
+        let mut fl = libc::flock {
+            l_type: libc::F_WRLCK as libc::c_short,
+            l_whence: libc::SEEK_SET as libc::c_short,
+            l_start: 0,
+            l_len: 0,
+            l_pid: 0,
+        };
+        let asked = nix::fcntl::fcntl(&f, nix::fcntl::FcntlArg::F_GETLK(&mut fl));
+        if asked.is_ok() && fl.l_type != libc::F_UNLCK as libc::c_short {
+            return Some(fl.l_pid);
+        }
+    }
+    None
+}
+
 /// What dpkg records for `package`; `None` when dpkg has never heard of it.
 pub async fn installed(package: &str) -> Result<Option<PackageState>, PackageError> {
     let argv = [

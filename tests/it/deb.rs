@@ -4,7 +4,7 @@
 //! run for real, the unit run as its `User=headscale` by a systemctl stand-in.
 
 use crate::support::deb::{package, DebHost};
-use crate::support::{code, sqlite_column, text, Client};
+use crate::support::{code, dump_sqlite, sqlite_column, text, Client};
 
 /// The users, nodes and pre-auth keys in production's database (columns every version has).
 fn identities(sb: &DebHost) -> Vec<String> {
@@ -107,4 +107,277 @@ fn deb_upgrade_goes_hop_by_hop_through_dpkg_to_the_newest_0_29() {
     while !alice.pings(&bob) {
         assert!(std::time::Instant::now() < deadline, "the clients came back");
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The fault rows for deb installs, each with the binary matrix's end-state checks: the exit
+// code; the version that answers (its CLI, and dpkg's record: installed and configured); one
+// server, running as `headscale`; for "old" outcomes the database row by row, the noise key and
+// the conffile byte for byte; no run left open; whether the release was recorded bad; the events
+// in the outbox; what the output says.
+
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum End {
+    /// Still the old version and package, database, noise key and config as before.
+    Old,
+    /// The new version and package, every user kept.
+    New,
+}
+
+struct Expect {
+    exit: &'static [i32],
+    end: End,
+    bad: bool,
+    events: &'static [&'static str],
+    says: &'static [&'static str],
+}
+
+fn state_db(sb: &DebHost) -> rusqlite::Connection {
+    rusqlite::Connection::open(sb.path("state/state.db")).expect("state.db")
+}
+
+fn outbox(sb: &DebHost) -> Vec<String> {
+    let db = state_db(sb);
+    let mut stmt = db.prepare("SELECT event FROM outbox ORDER BY id").expect("query");
+    let rows = stmt
+        .query_map([], |r| r.get::<_, String>(0))
+        .expect("rows")
+        .collect::<Result<Vec<_>, _>>()
+        .expect("rows");
+    rows
+}
+
+fn open_runs(sb: &DebHost) -> i64 {
+    state_db(sb)
+        .query_row("SELECT count(*) FROM runs WHERE finished_at IS NULL", [], |r| r.get(0))
+        .expect("runs")
+}
+
+fn recorded_bad(sb: &DebHost, version: &str) -> bool {
+    let out = sb.hw(&["status", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status json");
+    v["bad_releases"].as_array().is_some_and(|a| {
+        a.iter().any(|r| r.to_string().contains(&format!("v{version}")))
+    })
+}
+
+fn users(sb: &DebHost) -> Vec<String> {
+    identities(sb).into_iter().filter(|l| l.starts_with("user ")).collect()
+}
+
+/// One row: production on `from` from its package, release `to` published by `prepare`, then
+/// `run`, then every end-state check.
+fn deb_row(
+    from: &str,
+    to: &str,
+    prepare: impl FnOnce(&DebHost),
+    run: impl FnOnce(&DebHost) -> std::process::Output,
+    e: Expect,
+) {
+    let sb = DebHost::new(from);
+    let uid = headscale_uid(&sb);
+    key_for(&sb, "alice");
+    sb.release(from);
+    prepare(&sb);
+    let dump = dump_sqlite(&sb.db()).expect("dump");
+    let noise = std::fs::read(sb.root("/var/lib/headscale/noise_private.key")).expect("noise");
+    let config = std::fs::read(sb.root("/etc/headscale/config.yaml")).expect("config");
+    let before_users = users(&sb);
+    let out = run(&sb);
+    let said = text(&out);
+    assert!(e.exit.contains(&code(&out)), "exit {}: {said}", code(&out));
+    for needle in e.says {
+        assert!(
+            said.to_lowercase().contains(&needle.to_lowercase()),
+            "output does not say {needle:?}: {said}"
+        );
+    }
+    sb.wait_healthy();
+    assert_eq!(sb.service_process().map(|p| p.1), Some(uid), "one server, as headscale: {said}");
+    assert_eq!(sb.servers(), 1, "one production server: {said}");
+    let want = match e.end {
+        End::Old => from,
+        End::New => to,
+    };
+    assert_eq!(sb.dpkg_state("headscale"), format!("{want} ii"), "{said}");
+    assert_eq!(sb.cli_version(), want, "{said}");
+    match e.end {
+        End::Old => {
+            assert_eq!(dump_sqlite(&sb.db()).expect("dump"), dump, "database unchanged: {said}");
+            assert_eq!(
+                std::fs::read(sb.root("/var/lib/headscale/noise_private.key")).expect("noise"),
+                noise
+            );
+            assert_eq!(std::fs::read(sb.root("/etc/headscale/config.yaml")).expect("config"), config);
+        }
+        End::New => assert_eq!(users(&sb), before_users, "every user kept: {said}"),
+    }
+    assert_eq!(open_runs(&sb), 0, "no run left open: {said}");
+    assert_eq!(recorded_bad(&sb, to), e.bad, "recorded bad: {said}");
+    let events = outbox(&sb);
+    for ev in e.events {
+        assert!(events.iter().any(|x| x == ev), "no {ev} event in {events:?}");
+    }
+}
+
+fn upgrade(sb: &DebHost) -> std::process::Output {
+    sb.hw(&["upgrade", "--yes"])
+}
+
+const ROLLED_BACK: Expect = Expect {
+    exit: &[3],
+    end: End::Old,
+    bad: true,
+    events: &["upgrade.rolled_back"],
+    says: &["rolled back to 0.27.1"],
+};
+
+/// A failure after the switch (the smoke checks on production fail): data, noise key and config
+/// are restored and the previous package is reinstalled (dpkg records 0.27.1 again).
+#[test]
+fn deb_failure_after_the_switch_restores_data_and_the_previous_package() {
+    deb_row(
+        "0.27.1",
+        "0.28.0",
+        |sb| sb.release("0.28.0"),
+        |sb| sb.hw_env(&["upgrade", "--yes"], &[("HEADWARDEN_FAIL_AT", "smoke")]),
+        Expect {
+            says: &["staging passed for 0.28.0", "rolled back to 0.27.1"],
+            ..ROLLED_BACK
+        },
+    );
+}
+
+/// A package whose server passes staging but fails as production (after postinst's restart
+/// migrated the database): rolled back with the data and the previous package.
+#[test]
+fn deb_candidate_that_fails_only_on_production_is_rolled_back_with_its_data() {
+    deb_row(
+        "0.27.1",
+        "0.28.0",
+        |sb| {
+            let deb = sb.package_failing_on_production("0.28.0");
+            sb.release_package("0.28.0", &deb);
+        },
+        upgrade,
+        Expect {
+            says: &["staging passed for 0.28.0", "production FAILED on 0.28.0", "rolled back to 0.27.1"],
+            ..ROLLED_BACK
+        },
+    );
+}
+
+/// dpkg itself fails during the switch: the package's postinst exits 1 (dpkg leaves it
+/// half-configured). The data is restored and the previous package reinstalled over it.
+#[test]
+fn deb_dpkg_failing_in_postinst_is_rolled_back_to_the_previous_package() {
+    deb_row(
+        "0.27.1",
+        "0.28.0",
+        |sb| {
+            let deb = sb.variant("0.28.0", "postinst-fails", |tree| {
+                let postinst = tree.join("DEBIAN/postinst");
+                let text = std::fs::read_to_string(&postinst).expect("postinst");
+                std::fs::write(&postinst, text.replacen("set -e\n", "set -e\necho 'postinst: disk full' >&2; exit 1\n", 1))
+                    .expect("postinst");
+            });
+            sb.release_package("0.28.0", &deb);
+        },
+        upgrade,
+        Expect {
+            says: &["post-installation script subprocess returned error exit status 1", "rolled back to 0.27.1"],
+            ..ROLLED_BACK
+        },
+    );
+}
+
+/// Another package manager holds dpkg's lock (apt, unattended-upgrades): refused before the
+/// stop, nothing changed, the release not blamed.
+#[test]
+fn deb_dpkg_locked_by_another_package_manager_changes_nothing() {
+    deb_row(
+        "0.27.1",
+        "0.28.0",
+        |sb| sb.release("0.28.0"),
+        |sb| {
+            // python's fcntl.lockf takes the same POSIX lock dpkg and apt take.
+            let out = sb.ns(&[
+                "python3",
+                "-c",
+                "import fcntl,subprocess,sys\nf=open('/var/lib/dpkg/lock-frontend','w')\nfcntl.lockf(f,fcntl.LOCK_EX)\nr=subprocess.run(sys.argv[1:])\nsys.exit(r.returncode)",
+                crate::support::hw(),
+                "--config",
+                &sb.config_path().display().to_string(),
+                "upgrade",
+                "--yes",
+            ]);
+            out
+        },
+        Expect {
+            exit: &[1],
+            end: End::Old,
+            bad: false,
+            events: &[],
+            says: &["dpkg is locked", "nothing was changed"],
+        },
+    );
+}
+
+/// Killed at `point`, then a fresh `upgrade`: recovery finishes the interrupted run (with dpkg
+/// where the switch had happened), then the upgrade succeeds.
+fn crash_then_upgrade(sb: &DebHost, point: &str) -> std::process::Output {
+    let killed = sb.hw_env(&["upgrade", "--yes"], &[("HEADWARDEN_CRASH_AT", point)]);
+    assert_eq!(killed.status.code(), None, "{point}: killed\n{}", text(&killed));
+    upgrade(sb)
+}
+
+const CRASHED: Expect = Expect {
+    exit: &[0],
+    end: End::New,
+    bad: false,
+    events: &["upgrade.recovered"],
+    says: &["recovered interrupted run 1"],
+};
+
+macro_rules! crash_rows {
+    ($($name:ident: $point:literal,)*) => {$(
+        /// SIGKILL at the journaled point, then a fresh `upgrade`.
+        #[test]
+        fn $name() {
+            deb_row("0.27.1", "0.28.0", |sb| sb.release("0.28.0"), |sb| crash_then_upgrade(sb, $point), CRASHED);
+        }
+    )*};
+}
+
+crash_rows! {
+    deb_sigkill_after_the_staging_server_started: "stage_start:after",
+    deb_sigkill_before_the_stop: "stop:before",
+    deb_sigkill_after_the_stop: "stop:after",
+    deb_sigkill_after_the_backup: "backup:after",
+    deb_sigkill_before_dpkg_runs: "switch:before",
+    deb_sigkill_after_dpkg_installed_the_package: "switch:after",
+    deb_sigkill_after_the_start: "start:after",
+    deb_sigkill_during_the_smoke_checks: "smoke:after",
+    deb_sigkill_after_the_smoke_checks: "smoke:done",
+}
+
+/// Smoke fails on production, then SIGKILL inside the rollback: recovery finishes it (data back,
+/// the previous package reinstalled), and the fresh run upgrades.
+#[test]
+fn deb_sigkill_inside_the_rollback() {
+    deb_row(
+        "0.27.1",
+        "0.28.0",
+        |sb| sb.release("0.28.0"),
+        |sb| {
+            let env = [("HEADWARDEN_FAIL_AT", "smoke"), ("HEADWARDEN_CRASH_AT", "rollback:before")];
+            let killed = sb.hw_env(&["upgrade", "--yes"], &env);
+            assert_eq!(killed.status.code(), None, "killed: {}", text(&killed));
+            upgrade(sb)
+        },
+        Expect {
+            says: &["recovered interrupted run 1: rolled_back"],
+            ..CRASHED
+        },
+    );
 }

@@ -125,6 +125,9 @@ impl DebHost {
     /// The throwaway root alone: nothing installed.
     pub fn bare() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
+        // The service account reaches the binaries some tests keep here.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod");
         let mut mounts = String::new();
         for d in OVERLAID {
             for layer in ["upper", "work"] {
@@ -296,6 +299,45 @@ impl DebHost {
         ]);
     }
 
+    /// Upstream's package of `version` rebuilt after `edit` changed its tree (`dpkg-deb -R`
+    /// layout: the files, and DEBIAN/ with control and maintainer scripts).
+    pub fn variant(&self, version: &str, name: &str, edit: impl FnOnce(&Path)) -> PathBuf {
+        let tree = self.path(&format!("variant-{name}"));
+        let run = |args: &[&str]| {
+            let out = Command::new("dpkg-deb").args(args).output().expect("dpkg-deb");
+            assert!(out.status.success(), "dpkg-deb {args:?}: {}", text(&out));
+        };
+        let upstream = package(version).display().to_string();
+        let t = tree.display().to_string();
+        run(&["-R", &upstream, &t]);
+        edit(&tree);
+        let out = self.path(&format!("headscale-{version}-{name}.deb"));
+        run(&["--build", "--root-owner-group", &t, &out.display().to_string()]);
+        out
+    }
+
+    /// Upstream's package of `version` whose binary fails only as production, after migrating
+    /// production's database: started by the unit (`headscale serve`, the package's config) it
+    /// cannot bind its port (127.0.0.1:1 as `headscale`); staging (`serve -c <staging config>`)
+    /// passes.
+    pub fn package_failing_on_production(&self, version: &str) -> PathBuf {
+        let real = self.path(&format!("real-headscale-{version}"));
+        std::fs::copy(crate::headscale(version), &real).expect("copy");
+        std::fs::set_permissions(&real, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        self.variant(version, "prod-fails", |tree| {
+            let bin = tree.join("usr/bin/headscale");
+            std::fs::write(
+                &bin,
+                format!(
+                    "#!/bin/sh\n# headscale {version}, failing after migration when the unit serves production\n[ \"$*\" = serve ] && export HEADSCALE_LISTEN_ADDR=127.0.0.1:1\nexec '{real}' \"$@\"\n",
+                    real = real.display()
+                ),
+            )
+            .expect("wrapper");
+            std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        })
+    }
+
     /// headwarden inside the throwaway root (it runs dpkg and systemctl there).
     pub fn hw(&self, args: &[&str]) -> Output {
         self.hw_env(args, &[])
@@ -370,6 +412,21 @@ impl DebHost {
             .parse()
             .ok()?;
         Some((pid, uid))
+    }
+
+    /// Production servers running in the throwaway root (`… serve` without a staging `-c`).
+    pub fn servers(&self) -> usize {
+        self.processes()
+            .into_iter()
+            .filter(|pid| {
+                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                let words: Vec<String> = cmdline
+                    .split(|b| *b == 0)
+                    .map(|w| String::from_utf8_lossy(w).to_string())
+                    .collect();
+                words.iter().any(|w| w == "serve") && !words.iter().any(|w| w == "-c")
+            })
+            .count()
     }
 
     /// Processes in the namespace but the holder.
