@@ -381,3 +381,87 @@ fn deb_sigkill_inside_the_rollback() {
         },
     );
 }
+
+/// `kind: binary` over the dpkg-owned /usr/bin/headscale is refused by `config check`, flagged by
+/// `status` and refused by `upgrade` with the hint to use `kind: deb`; nothing is touched.
+#[test]
+fn kind_binary_over_a_dpkg_owned_headscale_is_refused_with_a_hint() {
+    let mut sb = DebHost::new("0.27.1");
+    sb.kind = "binary".into();
+    sb.extra_headscale = "  binary: /usr/bin/headscale\n".into();
+    sb.write_config();
+    sb.release("0.27.1");
+    sb.release("0.28.0");
+    let check = sb.hw(&["config", "check"]);
+    assert_eq!(code(&check), 2, "{}", text(&check));
+    let said = text(&check);
+    assert!(said.contains("/usr/bin/headscale belongs to the Debian package headscale"), "{said}");
+    assert!(said.contains("kind: deb"), "{said}");
+    let status = sb.hw(&["status"]);
+    assert!(text(&status).contains("WARNING: headscale.binary /usr/bin/headscale belongs"), "{}", text(&status));
+    let json: serde_json::Value = serde_json::from_slice(&sb.hw(&["status", "--json"]).stdout).expect("json");
+    assert!(json["production"]["install_conflict"].as_str().is_some_and(|c| c.contains("kind: deb")), "{json}");
+    let up = sb.hw(&["upgrade", "--yes"]);
+    assert_eq!(code(&up), 1, "{}", text(&up));
+    assert!(text(&up).contains("belongs to the Debian package headscale"), "{}", text(&up));
+    assert_eq!(sb.dpkg_state("headscale"), "0.27.1 ii");
+    let binary = std::fs::symlink_metadata(sb.root("/usr/bin/headscale")).expect("binary");
+    assert!(binary.is_file(), "still dpkg's file, no symlink");
+    assert_eq!(sb.cli_version(), "0.27.1");
+    // The same config with kind: deb is accepted.
+    sb.kind = "deb".into();
+    sb.write_config();
+    let check = sb.hw(&["config", "check"]);
+    assert_eq!(code(&check), 0, "{}", text(&check));
+    assert!(text(&check).contains("Debian package headscale"), "{}", text(&check));
+}
+
+/// headwarden's own package (scripts/package, cargo-deb; scripts/test builds it from the dev
+/// build) installs with real dpkg next to upstream's headscale package without a file conflict:
+/// binary, man page, completions, example config, and the units installed but not enabled. The
+/// installed headwarden then reads a deb config and plans the upgrade.
+#[test]
+fn headwardens_own_package_installs_next_to_headscales() {
+    let own = std::env::var("HEADWARDEN_OWN_DEB").unwrap_or_else(|_| {
+        panic!("HEADWARDEN_OWN_DEB is not set: run the suite through scripts/test (scripts/package --dev builds the package)")
+    });
+    let sb = DebHost::new("0.27.1");
+    let out = sb.ns(&["dpkg", "-i", &own]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(sb.dpkg_state("headwarden"), "0.1.0-1 ii");
+    assert_eq!(sb.dpkg_state("headscale"), "0.27.1 ii");
+    let files = sb.ns_ok(&["dpkg-query", "-L", "headwarden"]);
+    for f in [
+        "/usr/bin/headwarden",
+        "/usr/share/man/man1/headwarden.1.gz",
+        "/usr/share/bash-completion/completions/headwarden",
+        "/usr/share/zsh/vendor-completions/_headwarden",
+        "/usr/share/fish/vendor_completions.d/headwarden.fish",
+        "/usr/share/doc/headwarden/examples/headwarden.example.yaml",
+        "/usr/lib/systemd/system/headwarden.service",
+        "/usr/lib/systemd/system/headwarden.timer",
+        "/usr/lib/systemd/system/headwarden-daemon.service",
+    ] {
+        assert!(files.lines().any(|l| l == f), "{f} not in the package: {files}");
+        assert!(sb.root(f).exists(), "{f} not installed");
+    }
+    let unit = std::fs::read_to_string(sb.root("/usr/lib/systemd/system/headwarden.service")).expect("unit");
+    assert!(unit.contains("ExecStart=/usr/bin/headwarden --config /etc/headwarden/headwarden.yaml run"), "{unit}");
+    for unit in ["headwarden.timer", "headwarden.service", "headwarden-daemon.service"] {
+        let enabled = sb.ns(&["systemctl", "is-enabled", unit]);
+        assert_eq!(String::from_utf8_lossy(&enabled.stdout).trim(), "disabled", "{unit}");
+    }
+    assert!(!sb.root("/etc/headwarden").exists(), "no active config of its own");
+    assert!(sb.ns_ok(&["/usr/bin/headwarden", "--version"]).contains("0.1.0"));
+    sb.release("0.27.1");
+    sb.release("0.28.0");
+    let cfg = sb.config_path().display().to_string();
+    let check = sb.ns(&["/usr/bin/headwarden", "--config", &cfg, "check"]);
+    assert_eq!(code(&check), 0, "{}", text(&check));
+    assert!(text(&check).contains("0.27.1 -> 0.28.0"), "{}", text(&check));
+    // Both packages go again without leaving files of the other behind.
+    sb.ns_ok(&["dpkg", "--remove", "headwarden"]);
+    assert!(!sb.root("/usr/bin/headwarden").exists());
+    assert_eq!(sb.dpkg_state("headscale"), "0.27.1 ii");
+    assert!(sb.root("/usr/bin/headscale").exists());
+}
