@@ -87,7 +87,11 @@ fn failed(argv: &[&str], out: &process::Output) -> PackageError {
 /// without taking it (`F_GETLK` on the lock files dpkg and apt take); `None` when it is free.
 pub fn lock_holder() -> Option<i32> {
     for path in ["/var/lib/dpkg/lock-frontend", "/var/lib/dpkg/lock"] {
-        let Ok(f) = std::fs::OpenOptions::new().read(true).write(true).open(path) else {
+        let Ok(f) = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+        else {
             continue;
         };
         let mut fl = libc::flock {
@@ -229,10 +233,7 @@ mod tests {
 
     #[test]
     fn debian_versions_map_to_releases() {
-        assert_eq!(
-            debian_to_semver("0.29.3"),
-            Some(Version::new(0, 29, 3))
-        );
+        assert_eq!(debian_to_semver("0.29.3"), Some(Version::new(0, 29, 3)));
         assert_eq!(
             debian_to_semver("0.28.0~beta.1").map(|v| v.to_string()),
             Some("0.28.0-beta.1".into())

@@ -34,7 +34,14 @@ fn key_for(sb: &DebHost, user: &str) -> String {
         .find(|u| u["name"] == user)
         .map(|u| u["id"].to_string().trim_matches('"').to_string())
         .expect("user id");
-    let key = sb.cli_json(&["preauthkeys", "create", "--user", &id, "--expiration", "24h"]);
+    let key = sb.cli_json(&[
+        "preauthkeys",
+        "create",
+        "--user",
+        &id,
+        "--expiration",
+        "24h",
+    ]);
     key["key"].as_str().expect("key").to_string()
 }
 
@@ -59,19 +66,41 @@ fn deb_upgrade_goes_hop_by_hop_through_dpkg_to_the_newest_0_29() {
     let sb = DebHost::new("0.26.1");
     let uid = headscale_uid(&sb);
     assert_ne!(uid, 0);
-    assert_eq!(sb.service_process().map(|p| p.1), Some(uid), "runs as headscale");
+    assert_eq!(
+        sb.service_process().map(|p| p.1),
+        Some(uid),
+        "runs as headscale"
+    );
     let login = format!("http://{}", sb.addr());
-    let alice = Client::join_at(&sb.path("clients/alice"), "alice-laptop", &login, &key_for(&sb, "alice"));
-    let bob = Client::join_at(&sb.path("clients/bob"), "bob-phone", &login, &key_for(&sb, "bob"));
+    let alice = Client::join_at(
+        &sb.path("clients/alice"),
+        "alice-laptop",
+        &login,
+        &key_for(&sb, "alice"),
+    );
+    let bob = Client::join_at(
+        &sb.path("clients/bob"),
+        "bob-phone",
+        &login,
+        &key_for(&sb, "bob"),
+    );
     assert!(alice.pings(&bob), "the tailnet works before the upgrade");
     for v in ["0.26.1", "0.27.1", "0.28.0", "0.29.2", "0.29.3"] {
         sb.release(v);
     }
     let check = sb.hw(&["check"]);
     assert_eq!(code(&check), 0, "{}", text(&check));
-    assert!(text(&check).contains("0.26.1 -> 0.27.1 -> 0.28.0 -> 0.29.3"), "{}", text(&check));
+    assert!(
+        text(&check).contains("0.26.1 -> 0.27.1 -> 0.28.0 -> 0.29.3"),
+        "{}",
+        text(&check)
+    );
     let status = sb.hw(&["status"]);
-    assert!(text(&status).contains("dpkg records 0.26.1 (ii)"), "{}", text(&status));
+    assert!(
+        text(&status).contains("dpkg records 0.26.1 (ii)"),
+        "{}",
+        text(&status)
+    );
 
     let config = std::fs::read(sb.root("/etc/headscale/config.yaml")).expect("config");
     let noise = std::fs::read(sb.root("/var/lib/headscale/noise_private.key")).expect("noise");
@@ -79,24 +108,31 @@ fn deb_upgrade_goes_hop_by_hop_through_dpkg_to_the_newest_0_29() {
     let out = sb.hw(&["upgrade", "--yes"]);
     let said = text(&out);
     assert_eq!(code(&out), 0, "{said}");
-    assert!(said.contains("kept the package of the running 0.26.1"), "{said}");
+    assert!(
+        said.contains("kept the package of the running 0.26.1"),
+        "{said}"
+    );
     for v in ["0.27.1", "0.28.0", "0.29.3"] {
         assert!(said.contains(&format!("production now on {v}")), "{said}");
     }
     assert_eq!(sb.dpkg_state("headscale"), "0.29.3 ii");
     assert_eq!(sb.cli_version(), "0.29.3");
     assert_eq!(identities(&sb), before, "users, nodes and keys kept");
-    assert_eq!(std::fs::read(sb.root("/var/lib/headscale/noise_private.key")).expect("noise"), noise);
+    assert_eq!(
+        std::fs::read(sb.root("/var/lib/headscale/noise_private.key")).expect("noise"),
+        noise
+    );
     assert_eq!(
         std::fs::read(sb.root("/etc/headscale/config.yaml")).expect("config"),
         config,
         "the admin's conffile is kept (--force-confold)"
     );
-    assert_eq!(sb.service_process().map(|p| p.1), Some(uid), "still runs as headscale");
-    let migrations = sqlite_column(
-        &sb.db(),
-        "SELECT count(*) FROM migrations",
+    assert_eq!(
+        sb.service_process().map(|p| p.1),
+        Some(uid),
+        "still runs as headscale"
     );
+    let migrations = sqlite_column(&sb.db(), "SELECT count(*) FROM migrations");
     assert_ne!(migrations, vec!["0".to_string()]);
     let kept = sb.path("state/versions/0.26.1/headscale_0.26.1_linux_amd64.deb");
     assert_eq!(
@@ -105,7 +141,10 @@ fn deb_upgrade_goes_hop_by_hop_through_dpkg_to_the_newest_0_29() {
     );
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while !alice.pings(&bob) {
-        assert!(std::time::Instant::now() < deadline, "the clients came back");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the clients came back"
+        );
     }
 }
 
@@ -138,7 +177,9 @@ fn state_db(sb: &DebHost) -> rusqlite::Connection {
 
 fn outbox(sb: &DebHost) -> Vec<String> {
     let db = state_db(sb);
-    let mut stmt = db.prepare("SELECT event FROM outbox ORDER BY id").expect("query");
+    let mut stmt = db
+        .prepare("SELECT event FROM outbox ORDER BY id")
+        .expect("query");
     let rows = stmt
         .query_map([], |r| r.get::<_, String>(0))
         .expect("rows")
@@ -149,7 +190,11 @@ fn outbox(sb: &DebHost) -> Vec<String> {
 
 fn open_runs(sb: &DebHost) -> i64 {
     state_db(sb)
-        .query_row("SELECT count(*) FROM runs WHERE finished_at IS NULL", [], |r| r.get(0))
+        .query_row(
+            "SELECT count(*) FROM runs WHERE finished_at IS NULL",
+            [],
+            |r| r.get(0),
+        )
         .expect("runs")
 }
 
@@ -157,12 +202,16 @@ fn recorded_bad(sb: &DebHost, version: &str) -> bool {
     let out = sb.hw(&["status", "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status json");
     v["bad_releases"].as_array().is_some_and(|a| {
-        a.iter().any(|r| r.to_string().contains(&format!("v{version}")))
+        a.iter()
+            .any(|r| r.to_string().contains(&format!("v{version}")))
     })
 }
 
 fn users(sb: &DebHost) -> Vec<String> {
-    identities(sb).into_iter().filter(|l| l.starts_with("user ")).collect()
+    identities(sb)
+        .into_iter()
+        .filter(|l| l.starts_with("user "))
+        .collect()
 }
 
 /// One row: production on `from` from its package, release `to` published by `prepare`, then
@@ -193,7 +242,11 @@ fn deb_row(
         );
     }
     sb.wait_healthy();
-    assert_eq!(sb.service_process().map(|p| p.1), Some(uid), "one server, as headscale: {said}");
+    assert_eq!(
+        sb.service_process().map(|p| p.1),
+        Some(uid),
+        "one server, as headscale: {said}"
+    );
     assert_eq!(sb.servers(), 1, "one production server: {said}");
     let want = match e.end {
         End::Old => from,
@@ -203,12 +256,19 @@ fn deb_row(
     assert_eq!(sb.cli_version(), want, "{said}");
     match e.end {
         End::Old => {
-            assert_eq!(dump_sqlite(&sb.db()).expect("dump"), dump, "database unchanged: {said}");
+            assert_eq!(
+                dump_sqlite(&sb.db()).expect("dump"),
+                dump,
+                "database unchanged: {said}"
+            );
             assert_eq!(
                 std::fs::read(sb.root("/var/lib/headscale/noise_private.key")).expect("noise"),
                 noise
             );
-            assert_eq!(std::fs::read(sb.root("/etc/headscale/config.yaml")).expect("config"), config);
+            assert_eq!(
+                std::fs::read(sb.root("/etc/headscale/config.yaml")).expect("config"),
+                config
+            );
         }
         End::New => assert_eq!(users(&sb), before_users, "every user kept: {said}"),
     }
@@ -216,7 +276,10 @@ fn deb_row(
     assert_eq!(recorded_bad(&sb, to), e.bad, "recorded bad: {said}");
     let events = outbox(&sb);
     for ev in e.events {
-        assert!(events.iter().any(|x| x == ev), "no {ev} event in {events:?}");
+        assert!(
+            events.iter().any(|x| x == ev),
+            "no {ev} event in {events:?}"
+        );
     }
 }
 
@@ -261,7 +324,11 @@ fn deb_candidate_that_fails_only_on_production_is_rolled_back_with_its_data() {
         },
         upgrade,
         Expect {
-            says: &["staging passed for 0.28.0", "production FAILED on 0.28.0", "rolled back to 0.27.1"],
+            says: &[
+                "staging passed for 0.28.0",
+                "production FAILED on 0.28.0",
+                "rolled back to 0.27.1",
+            ],
             ..ROLLED_BACK
         },
     );
@@ -278,14 +345,24 @@ fn deb_dpkg_failing_in_postinst_is_rolled_back_to_the_previous_package() {
             let deb = sb.variant("0.28.0", "postinst-fails", |tree| {
                 let postinst = tree.join("DEBIAN/postinst");
                 let text = std::fs::read_to_string(&postinst).expect("postinst");
-                std::fs::write(&postinst, text.replacen("set -e\n", "set -e\necho 'postinst: disk full' >&2; exit 1\n", 1))
-                    .expect("postinst");
+                std::fs::write(
+                    &postinst,
+                    text.replacen(
+                        "set -e\n",
+                        "set -e\necho 'postinst: disk full' >&2; exit 1\n",
+                        1,
+                    ),
+                )
+                .expect("postinst");
             });
             sb.release_package("0.28.0", &deb);
         },
         upgrade,
         Expect {
-            says: &["post-installation script subprocess returned error exit status 1", "rolled back to 0.27.1"],
+            says: &[
+                "post-installation script subprocess returned error exit status 1",
+                "rolled back to 0.27.1",
+            ],
             ..ROLLED_BACK
         },
     );
@@ -327,7 +404,12 @@ fn deb_dpkg_locked_by_another_package_manager_changes_nothing() {
 /// where the switch had happened), then the upgrade succeeds.
 fn crash_then_upgrade(sb: &DebHost, point: &str) -> std::process::Output {
     let killed = sb.hw_env(&["upgrade", "--yes"], &[("HEADWARDEN_CRASH_AT", point)]);
-    assert_eq!(killed.status.code(), None, "{point}: killed\n{}", text(&killed));
+    assert_eq!(
+        killed.status.code(),
+        None,
+        "{point}: killed\n{}",
+        text(&killed)
+    );
     upgrade(sb)
 }
 
@@ -370,7 +452,10 @@ fn deb_sigkill_inside_the_rollback() {
         "0.28.0",
         |sb| sb.release("0.28.0"),
         |sb| {
-            let env = [("HEADWARDEN_FAIL_AT", "smoke"), ("HEADWARDEN_CRASH_AT", "rollback:before")];
+            let env = [
+                ("HEADWARDEN_FAIL_AT", "smoke"),
+                ("HEADWARDEN_CRASH_AT", "rollback:before"),
+            ];
             let killed = sb.hw_env(&["upgrade", "--yes"], &env);
             assert_eq!(killed.status.code(), None, "killed: {}", text(&killed));
             upgrade(sb)
@@ -395,15 +480,32 @@ fn kind_binary_over_a_dpkg_owned_headscale_is_refused_with_a_hint() {
     let check = sb.hw(&["config", "check"]);
     assert_eq!(code(&check), 2, "{}", text(&check));
     let said = text(&check);
-    assert!(said.contains("/usr/bin/headscale belongs to the Debian package headscale"), "{said}");
+    assert!(
+        said.contains("/usr/bin/headscale belongs to the Debian package headscale"),
+        "{said}"
+    );
     assert!(said.contains("kind: deb"), "{said}");
     let status = sb.hw(&["status"]);
-    assert!(text(&status).contains("WARNING: headscale.binary /usr/bin/headscale belongs"), "{}", text(&status));
-    let json: serde_json::Value = serde_json::from_slice(&sb.hw(&["status", "--json"]).stdout).expect("json");
-    assert!(json["production"]["install_conflict"].as_str().is_some_and(|c| c.contains("kind: deb")), "{json}");
+    assert!(
+        text(&status).contains("WARNING: headscale.binary /usr/bin/headscale belongs"),
+        "{}",
+        text(&status)
+    );
+    let json: serde_json::Value =
+        serde_json::from_slice(&sb.hw(&["status", "--json"]).stdout).expect("json");
+    assert!(
+        json["production"]["install_conflict"]
+            .as_str()
+            .is_some_and(|c| c.contains("kind: deb")),
+        "{json}"
+    );
     let up = sb.hw(&["upgrade", "--yes"]);
     assert_eq!(code(&up), 1, "{}", text(&up));
-    assert!(text(&up).contains("belongs to the Debian package headscale"), "{}", text(&up));
+    assert!(
+        text(&up).contains("belongs to the Debian package headscale"),
+        "{}",
+        text(&up)
+    );
     assert_eq!(sb.dpkg_state("headscale"), "0.27.1 ii");
     let binary = std::fs::symlink_metadata(sb.root("/usr/bin/headscale")).expect("binary");
     assert!(binary.is_file(), "still dpkg's file, no symlink");
@@ -413,7 +515,11 @@ fn kind_binary_over_a_dpkg_owned_headscale_is_refused_with_a_hint() {
     sb.write_config();
     let check = sb.hw(&["config", "check"]);
     assert_eq!(code(&check), 0, "{}", text(&check));
-    assert!(text(&check).contains("Debian package headscale"), "{}", text(&check));
+    assert!(
+        text(&check).contains("Debian package headscale"),
+        "{}",
+        text(&check)
+    );
 }
 
 /// headwarden's own package (scripts/package, cargo-deb; scripts/test builds it from the dev
@@ -442,23 +548,47 @@ fn headwardens_own_package_installs_next_to_headscales() {
         "/usr/lib/systemd/system/headwarden.timer",
         "/usr/lib/systemd/system/headwarden-daemon.service",
     ] {
-        assert!(files.lines().any(|l| l == f), "{f} not in the package: {files}");
+        assert!(
+            files.lines().any(|l| l == f),
+            "{f} not in the package: {files}"
+        );
         assert!(sb.root(f).exists(), "{f} not installed");
     }
-    let unit = std::fs::read_to_string(sb.root("/usr/lib/systemd/system/headwarden.service")).expect("unit");
-    assert!(unit.contains("ExecStart=/usr/bin/headwarden --config /etc/headwarden/headwarden.yaml run"), "{unit}");
-    for unit in ["headwarden.timer", "headwarden.service", "headwarden-daemon.service"] {
+    let unit = std::fs::read_to_string(sb.root("/usr/lib/systemd/system/headwarden.service"))
+        .expect("unit");
+    assert!(
+        unit.contains("ExecStart=/usr/bin/headwarden --config /etc/headwarden/headwarden.yaml run"),
+        "{unit}"
+    );
+    for unit in [
+        "headwarden.timer",
+        "headwarden.service",
+        "headwarden-daemon.service",
+    ] {
         let enabled = sb.ns(&["systemctl", "is-enabled", unit]);
-        assert_eq!(String::from_utf8_lossy(&enabled.stdout).trim(), "disabled", "{unit}");
+        assert_eq!(
+            String::from_utf8_lossy(&enabled.stdout).trim(),
+            "disabled",
+            "{unit}"
+        );
     }
-    assert!(!sb.root("/etc/headwarden").exists(), "no active config of its own");
-    assert!(sb.ns_ok(&["/usr/bin/headwarden", "--version"]).contains("0.1.0"));
+    assert!(
+        !sb.root("/etc/headwarden").exists(),
+        "no active config of its own"
+    );
+    assert!(sb
+        .ns_ok(&["/usr/bin/headwarden", "--version"])
+        .contains("0.1.0"));
     sb.release("0.27.1");
     sb.release("0.28.0");
     let cfg = sb.config_path().display().to_string();
     let check = sb.ns(&["/usr/bin/headwarden", "--config", &cfg, "check"]);
     assert_eq!(code(&check), 0, "{}", text(&check));
-    assert!(text(&check).contains("0.27.1 -> 0.28.0"), "{}", text(&check));
+    assert!(
+        text(&check).contains("0.27.1 -> 0.28.0"),
+        "{}",
+        text(&check)
+    );
     // Both packages go again without leaving files of the other behind.
     sb.ns_ok(&["dpkg", "--remove", "headwarden"]);
     assert!(!sb.root("/usr/bin/headwarden").exists());

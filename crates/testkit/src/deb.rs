@@ -304,7 +304,10 @@ impl DebHost {
     pub fn variant(&self, version: &str, name: &str, edit: impl FnOnce(&Path)) -> PathBuf {
         let tree = self.path(&format!("variant-{name}"));
         let run = |args: &[&str]| {
-            let out = Command::new("dpkg-deb").args(args).output().expect("dpkg-deb");
+            let out = Command::new("dpkg-deb")
+                .args(args)
+                .output()
+                .expect("dpkg-deb");
             assert!(out.status.success(), "dpkg-deb {args:?}: {}", text(&out));
         };
         let upstream = package(version).display().to_string();
@@ -312,7 +315,12 @@ impl DebHost {
         run(&["-R", &upstream, &t]);
         edit(&tree);
         let out = self.path(&format!("headscale-{version}-{name}.deb"));
-        run(&["--build", "--root-owner-group", &t, &out.display().to_string()]);
+        run(&[
+            "--build",
+            "--root-owner-group",
+            &t,
+            &out.display().to_string(),
+        ]);
         out
     }
 
@@ -393,13 +401,12 @@ impl DebHost {
 
     /// The unit's main process: its pid and the account it runs as.
     pub fn service_process(&self) -> Option<(i32, u32)> {
-        let pid: i32 = std::fs::read_to_string(
-            self.root("/run/systemctl-stand-in/headscale.service.pid"),
-        )
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
+        let pid: i32 =
+            std::fs::read_to_string(self.root("/run/systemctl-stand-in/headscale.service.pid"))
+                .ok()?
+                .trim()
+                .parse()
+                .ok()?;
         if !crate::alive(pid) {
             return None;
         }
