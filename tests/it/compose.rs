@@ -5,6 +5,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::process::Output;
 
+use crate::rows::{check_output, check_records, End, Expect, CRASHED};
 use crate::support::compose::{podman, ComposeSandbox};
 use crate::support::{code, dump_sqlite, sqlite_column, text, Client};
 
@@ -186,22 +187,6 @@ fn compose_failure_after_the_switch_restores_data_config_and_compose_file() {
 // the compose file byte for byte; no run left open; no staging container left; whether the
 // release was recorded bad; the events in the outbox; what the output says.
 
-#[derive(Clone, Copy, PartialEq, Debug)]
-enum End {
-    /// Still the old version, database, config and compose file as before.
-    Old,
-    /// The new version, every user kept.
-    New,
-}
-
-struct Expect {
-    exit: &'static [i32],
-    end: End,
-    bad: bool,
-    events: &'static [&'static str],
-    says: &'static [&'static str],
-}
-
 struct Before {
     dump: Vec<String>,
     noise: Vec<u8>,
@@ -223,38 +208,6 @@ fn before(sb: &ComposeSandbox) -> Before {
     }
 }
 
-fn outbox(sb: &ComposeSandbox) -> Vec<String> {
-    let db = rusqlite::Connection::open(sb.path("state/state.db")).expect("state.db");
-    let mut stmt = db
-        .prepare("SELECT event FROM outbox ORDER BY id")
-        .expect("query");
-    let rows = stmt
-        .query_map([], |r| r.get::<_, String>(0))
-        .expect("rows")
-        .collect::<Result<Vec<_>, _>>()
-        .expect("rows");
-    rows
-}
-
-fn open_runs(sb: &ComposeSandbox) -> i64 {
-    let db = rusqlite::Connection::open(sb.path("state/state.db")).expect("state.db");
-    db.query_row(
-        "SELECT count(*) FROM runs WHERE finished_at IS NULL",
-        [],
-        |r| r.get(0),
-    )
-    .expect("runs")
-}
-
-fn recorded_bad(sb: &ComposeSandbox, version: &str) -> bool {
-    let out = sb.hw(&["status", "--json"]);
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status json");
-    v["bad_releases"].as_array().is_some_and(|a| {
-        a.iter()
-            .any(|r| r.to_string().contains(&format!("v{version}")))
-    })
-}
-
 /// One row: production on `from`, release `to` published (its image pushed by `prepare`
 /// unless the row makes its own), then `run`, then every end-state check.
 fn compose_row(
@@ -270,14 +223,7 @@ fn compose_row(
     prepare(&mut sb);
     let was = before(&sb);
     let out = run(&sb);
-    let said = text(&out);
-    assert!(e.exit.contains(&code(&out)), "exit {}: {said}", code(&out));
-    for needle in e.says {
-        assert!(
-            said.to_lowercase().contains(&needle.to_lowercase()),
-            "output does not say {needle:?}: {said}"
-        );
-    }
+    let said = check_output(&out, &e);
     let running = podman(&[
         "ps",
         "--filter",
@@ -327,20 +273,18 @@ fn compose_row(
             );
         }
     }
-    assert_eq!(open_runs(&sb), 0, "no run left open: {said}");
     assert!(
         sb.staging_containers().is_empty(),
         "{:?}",
         sb.staging_containers()
     );
-    assert_eq!(recorded_bad(&sb, to), e.bad, "recorded bad: {said}");
-    let events = outbox(&sb);
-    for ev in e.events {
-        assert!(
-            events.iter().any(|x| x == ev),
-            "no {ev} event in {events:?}"
-        );
-    }
+    check_records(
+        &sb.path("state"),
+        &sb.hw(&["status", "--json"]),
+        to,
+        &said,
+        &e,
+    );
 }
 
 fn upgrade(sb: &ComposeSandbox) -> Output {
@@ -359,14 +303,6 @@ fn crash_then_upgrade(sb: &ComposeSandbox, point: &str) -> Output {
     );
     upgrade(sb)
 }
-
-const CRASHED: Expect = Expect {
-    exit: &[0],
-    end: End::New,
-    bad: false,
-    events: &["upgrade.recovered"],
-    says: &["recovered interrupted run 1"],
-};
 
 macro_rules! crash_rows {
     ($($name:ident: $point:literal,)*) => {$(

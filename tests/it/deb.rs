@@ -3,6 +3,7 @@
 //! namespace over overlays of the machine's /usr, /etc, /var and /run), their maintainer scripts
 //! run for real, the unit run as its `User=headscale` by a systemctl stand-in.
 
+use crate::rows::{check_output, check_records, End, Expect, CRASHED};
 use crate::support::deb::{package, DebHost};
 use crate::support::{code, dump_sqlite, sqlite_column, text, Client};
 
@@ -155,58 +156,6 @@ fn deb_upgrade_goes_hop_by_hop_through_dpkg_to_the_newest_0_29() {
 // the conffile byte for byte; no run left open; whether the release was recorded bad; the events
 // in the outbox; what the output says.
 
-#[derive(Clone, Copy, PartialEq, Debug)]
-enum End {
-    /// Still the old version and package, database, noise key and config as before.
-    Old,
-    /// The new version and package, every user kept.
-    New,
-}
-
-struct Expect {
-    exit: &'static [i32],
-    end: End,
-    bad: bool,
-    events: &'static [&'static str],
-    says: &'static [&'static str],
-}
-
-fn state_db(sb: &DebHost) -> rusqlite::Connection {
-    rusqlite::Connection::open(sb.path("state/state.db")).expect("state.db")
-}
-
-fn outbox(sb: &DebHost) -> Vec<String> {
-    let db = state_db(sb);
-    let mut stmt = db
-        .prepare("SELECT event FROM outbox ORDER BY id")
-        .expect("query");
-    let rows = stmt
-        .query_map([], |r| r.get::<_, String>(0))
-        .expect("rows")
-        .collect::<Result<Vec<_>, _>>()
-        .expect("rows");
-    rows
-}
-
-fn open_runs(sb: &DebHost) -> i64 {
-    state_db(sb)
-        .query_row(
-            "SELECT count(*) FROM runs WHERE finished_at IS NULL",
-            [],
-            |r| r.get(0),
-        )
-        .expect("runs")
-}
-
-fn recorded_bad(sb: &DebHost, version: &str) -> bool {
-    let out = sb.hw(&["status", "--json"]);
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status json");
-    v["bad_releases"].as_array().is_some_and(|a| {
-        a.iter()
-            .any(|r| r.to_string().contains(&format!("v{version}")))
-    })
-}
-
 fn users(sb: &DebHost) -> Vec<String> {
     identities(sb)
         .into_iter()
@@ -233,14 +182,7 @@ fn deb_row(
     let config = std::fs::read(sb.root("/etc/headscale/config.yaml")).expect("config");
     let before_users = users(&sb);
     let out = run(&sb);
-    let said = text(&out);
-    assert!(e.exit.contains(&code(&out)), "exit {}: {said}", code(&out));
-    for needle in e.says {
-        assert!(
-            said.to_lowercase().contains(&needle.to_lowercase()),
-            "output does not say {needle:?}: {said}"
-        );
-    }
+    let said = check_output(&out, &e);
     sb.wait_healthy();
     assert_eq!(
         sb.service_process().map(|p| p.1),
@@ -272,15 +214,13 @@ fn deb_row(
         }
         End::New => assert_eq!(users(&sb), before_users, "every user kept: {said}"),
     }
-    assert_eq!(open_runs(&sb), 0, "no run left open: {said}");
-    assert_eq!(recorded_bad(&sb, to), e.bad, "recorded bad: {said}");
-    let events = outbox(&sb);
-    for ev in e.events {
-        assert!(
-            events.iter().any(|x| x == ev),
-            "no {ev} event in {events:?}"
-        );
-    }
+    check_records(
+        &sb.path("state"),
+        &sb.hw(&["status", "--json"]),
+        to,
+        &said,
+        &e,
+    );
 }
 
 fn upgrade(sb: &DebHost) -> std::process::Output {
@@ -412,14 +352,6 @@ fn crash_then_upgrade(sb: &DebHost, point: &str) -> std::process::Output {
     );
     upgrade(sb)
 }
-
-const CRASHED: Expect = Expect {
-    exit: &[0],
-    end: End::New,
-    bad: false,
-    events: &["upgrade.recovered"],
-    says: &["recovered interrupted run 1"],
-};
 
 macro_rules! crash_rows {
     ($($name:ident: $point:literal,)*) => {$(

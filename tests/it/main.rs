@@ -14,6 +14,7 @@ mod keys;
 mod notify;
 mod playbook;
 mod real;
+mod rows;
 mod schedule;
 mod snapshots;
 mod tidy;

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::{run_hw, sim, start_feed, text};
+use crate::{free_port, run_hw, sim, start_feed, text, upstream_config, OFFLINE_DERP};
 
 pub struct ComposeSandbox {
     pub dir: tempfile::TempDir,
@@ -46,64 +46,6 @@ pub fn podman(args: &[&str]) -> String {
     assert!(out.status.success(), "podman {args:?}: {}", text(&out));
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
-
-const CONFIG: &str = "server_url: http://127.0.0.1:{port}
-listen_addr: 0.0.0.0:8080
-metrics_listen_addr: 127.0.0.1:9090
-grpc_listen_addr: 127.0.0.1:50443
-noise:
-  private_key_path: /var/lib/headscale/noise_private.key
-prefixes:
-  v4: 100.64.0.0/10
-  v6: fd7a:115c:a1e0::/48
-  allocation: sequential
-derp:
-  server:
-    enabled: false
-  urls: []
-  paths: [/etc/headscale/derp.yaml]
-  auto_update_enabled: false
-disable_check_updates: true
-ephemeral_node_inactivity_timeout: 30m
-database:
-  type: sqlite
-  sqlite:
-    path: /var/lib/headscale/db.sqlite
-    write_ahead_log: true
-log:
-  level: info
-policy:
-  mode: database
-dns:
-  magic_dns: false
-  base_domain: tailnet.example
-  override_local_dns: false
-  nameservers:
-    global: []
-unix_socket: /var/run/headscale/headscale.sock
-unix_socket_permission: \"0770\"
-";
-
-const DERP: &str = "regions:
-  900:
-    regionid: 900
-    regioncode: local
-    regionname: Offline
-    nodes:
-      - name: 900a
-        regionid: 900
-        hostname: 127.0.0.1
-        ipv4: 127.0.0.1
-        stunport: -1
-        derpport: 1
-";
 
 impl ComposeSandbox {
     /// Production is real Headscale `version` from the compose file, the image named by `tag`
@@ -148,10 +90,15 @@ impl ComposeSandbox {
         std::fs::create_dir_all(proj.join("data")).expect("data dir");
         std::fs::write(
             proj.join("config/config.yaml"),
-            CONFIG.replace("{port}", &sb.port.to_string()),
+            upstream_config(
+                &format!("http://127.0.0.1:{}", sb.port),
+                "0.0.0.0:8080",
+                "127.0.0.1:9090",
+                "127.0.0.1:50443",
+            ),
         )
         .expect("config");
-        std::fs::write(proj.join("config/derp.yaml"), DERP).expect("derp");
+        std::fs::write(proj.join("config/derp.yaml"), OFFLINE_DERP).expect("derp");
         sb.push(version, version);
         if tag != version {
             sb.push(version, tag);

@@ -16,70 +16,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::{hw, rig_dir, sim, start_feed, text};
+use crate::{free_port, hw, rig_dir, sim, start_feed, text, upstream_config, OFFLINE_DERP};
 
 const OVERLAID: [&str; 4] = ["usr", "etc", "var", "run"];
 
 const SYSTEMCTL: &str = include_str!("../systemctl.sh");
-
-/// The admin's edits to the package's /etc/headscale/config.yaml: loopback ports of this
-/// sandbox, offline DERP; paths are upstream's (/var/lib/headscale, /var/run/headscale).
-const CONFIG: &str = "server_url: http://127.0.0.1:{port}
-listen_addr: 127.0.0.1:{port}
-metrics_listen_addr: 127.0.0.1:{metrics}
-grpc_listen_addr: 127.0.0.1:{grpc}
-noise:
-  private_key_path: /var/lib/headscale/noise_private.key
-prefixes:
-  v4: 100.64.0.0/10
-  v6: fd7a:115c:a1e0::/48
-  allocation: sequential
-derp:
-  server:
-    enabled: false
-  urls: []
-  paths: [/etc/headscale/derp.yaml]
-  auto_update_enabled: false
-disable_check_updates: true
-database:
-  type: sqlite
-  sqlite:
-    path: /var/lib/headscale/db.sqlite
-    write_ahead_log: true
-log:
-  level: info
-policy:
-  mode: database
-dns:
-  magic_dns: false
-  base_domain: tailnet.example
-  override_local_dns: false
-  nameservers:
-    global: []
-unix_socket: /var/run/headscale/headscale.sock
-unix_socket_permission: \"0770\"
-";
-
-const DERP: &str = "regions:
-  900:
-    regionid: 900
-    regioncode: local
-    regionname: Offline
-    nodes:
-      - name: 900a
-        regionid: 900
-        hostname: 127.0.0.1
-        ipv4: 127.0.0.1
-        stunport: -1
-        derpport: 1
-";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
 
 /// `$RIG/deb/headscale_<version>_linux_<arch>.deb` (scripts/debs builds it).
 pub fn package(version: &str) -> PathBuf {
@@ -244,13 +185,16 @@ impl DebHost {
     pub fn configure_and_start(&self) {
         std::fs::write(
             self.root("/etc/headscale/config.yaml"),
-            CONFIG
-                .replace("{port}", &self.port.to_string())
-                .replace("{metrics}", &free_port().to_string())
-                .replace("{grpc}", &free_port().to_string()),
+            // The admin's edits to the package's conffile: this sandbox's loopback ports.
+            upstream_config(
+                &format!("http://{}", self.addr()),
+                &self.addr(),
+                &format!("127.0.0.1:{}", free_port()),
+                &format!("127.0.0.1:{}", free_port()),
+            ),
         )
         .expect("config");
-        std::fs::write(self.root("/etc/headscale/derp.yaml"), DERP).expect("derp");
+        std::fs::write(self.root("/etc/headscale/derp.yaml"), OFFLINE_DERP).expect("derp");
         self.ns_ok(&["systemctl", "enable", "headscale.service"]);
         self.ns_ok(&["systemctl", "start", "headscale.service"]);
         self.wait_healthy();

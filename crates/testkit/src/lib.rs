@@ -107,6 +107,77 @@ fn newest_mtime(dir: &Path) -> Option<std::time::SystemTime> {
     }
     newest
 }
+/// A loopback port free right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// Real Headscale's config as the compose and deb sandboxes give it: upstream's paths
+/// (/var/lib/headscale, /var/run/headscale, /etc/headscale/derp.yaml), offline DERP, no update
+/// check, policy in the database.
+pub fn upstream_config(server_url: &str, listen: &str, metrics: &str, grpc: &str) -> String {
+    UPSTREAM_CONFIG
+        .replace("{server}", server_url)
+        .replace("{listen}", listen)
+        .replace("{metrics}", metrics)
+        .replace("{grpc}", grpc)
+}
+
+const UPSTREAM_CONFIG: &str = "server_url: {server}
+listen_addr: {listen}
+metrics_listen_addr: {metrics}
+grpc_listen_addr: {grpc}
+noise:
+  private_key_path: /var/lib/headscale/noise_private.key
+prefixes:
+  v4: 100.64.0.0/10
+  v6: fd7a:115c:a1e0::/48
+  allocation: sequential
+derp:
+  server:
+    enabled: false
+  urls: []
+  paths: [/etc/headscale/derp.yaml]
+  auto_update_enabled: false
+disable_check_updates: true
+ephemeral_node_inactivity_timeout: 30m
+database:
+  type: sqlite
+  sqlite:
+    path: /var/lib/headscale/db.sqlite
+    write_ahead_log: true
+log:
+  level: info
+policy:
+  mode: database
+dns:
+  magic_dns: false
+  base_domain: tailnet.example
+  override_local_dns: false
+  nameservers:
+    global: []
+unix_socket: /var/run/headscale/headscale.sock
+unix_socket_permission: \"0770\"
+";
+
+/// An offline DERP map (the real server must start without fetching one).
+pub const OFFLINE_DERP: &str = "regions:
+  900:
+    regionid: 900
+    regioncode: local
+    regionname: Offline
+    nodes:
+      - name: 900a
+        regionid: 900
+        hostname: 127.0.0.1
+        ipv4: 127.0.0.1
+        stunport: -1
+        derpport: 1
+";
+
 /// The account production runs as when the suite runs as root (`nobody`).
 pub const PROD_UID: u32 = 65534;
 
