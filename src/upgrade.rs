@@ -15,7 +15,7 @@ use crate::headscale::config;
 use crate::hook;
 use crate::notify;
 use crate::release::feed;
-use crate::release::plan::{Hop, Plan};
+use crate::release::plan::{self, Hop, Plan};
 use crate::release::watch::{
     self, awaiting_approval, estimate_secs, hold_reason, CheckReport, WatchError,
 };
@@ -23,7 +23,7 @@ pub use crate::release::watch::{approve, set_hold, UpgradeOptions};
 use crate::release::{AssetKind, Release};
 use crate::settings::cron;
 use crate::settings::playbook::{self, OnFailure, StepKind};
-use crate::settings::{ComposeInstall, Install, Settings};
+use crate::settings::{ComposeInstall, ExternalInstall, Install, Settings};
 use crate::smoke;
 use crate::state;
 use crate::state::Store;
@@ -197,6 +197,9 @@ async fn fetch_and_plan(
     }
     let current = current_version(s).await?;
     let prod_config = deploy::production_config(s).await?;
+    if let Install::External(e) = &s.headscale.install {
+        return external_report(s, e, current, &prod_config).await;
+    }
     let image = image_facts(s, &current)?;
     let (mut report, releases) =
         watch::fetch_and_plan(s, store, current, &prod_config, opts).await?;
@@ -204,10 +207,42 @@ async fn fetch_and_plan(
     Ok((report, releases))
 }
 
+/// An external install's plan: no feed (the package manager decides the version); the restart
+/// onto the binary on disk, guarded one minor at a time.
+async fn external_report(
+    s: &Settings,
+    e: &ExternalInstall,
+    current: Version,
+    prod_config: &config::HeadscaleConfig,
+) -> Result<(CheckReport, Vec<Release>), PipelineError> {
+    let facts =
+        deploy::external::facts(s, e)
+            .await
+            .map_err(|source| deploy::CurrentVersionError {
+                binary: s.headscale.binary.display().to_string(),
+                source,
+            })?;
+    let plan = plan::restart_plan(&current, &facts.on_disk);
+    let config_problems = watch::config_problems(prod_config, &plan);
+    let report = CheckReport {
+        current,
+        plan,
+        feed_not_modified: false,
+        feed_requests: 0,
+        rate_remaining: None,
+        ignored: vec![],
+        new_releases: vec![],
+        config_problems,
+        image: None,
+        external: Some(facts),
+    };
+    Ok((report, vec![]))
+}
+
 /// A compose install's image and, when its tag floats, what the next upgrade pins it to.
 pub fn image_facts(s: &Settings, current: &Version) -> Result<Option<ImageFacts>, PipelineError> {
     match &s.headscale.install {
-        Install::Binary | Install::Deb(_) => Ok(None),
+        Install::Binary | Install::Deb(_) | Install::External(_) => Ok(None),
         Install::Compose(c) => Ok(Some(ImageFacts::of(&container::current_image(c)?, current))),
     }
 }
@@ -709,8 +744,16 @@ impl RunCtx<'_> {
         let mut downloader = Downloader::new(&s.release);
         downloader.progress = self.opts.progress;
         let kind = watch::asset_kind(s);
-        if let Install::Deb(d) = &s.headscale.install {
-            self.keep_running_package(&downloader, &d.package).await?;
+        match &s.headscale.install {
+            Install::Deb(d) => self.keep_running_package(&downloader, &d.package).await?,
+            Install::External(_) => {
+                // Nothing to download: the candidate is what the package manager installed.
+                for hop in &self.plan.hops {
+                    progress.installed.push(deploy::on_disk(s, &hop.version)?);
+                }
+                return Ok(());
+            }
+            Install::Binary | Install::Compose(_) => {}
         }
         for (i, hop) in self.plan.hops.iter().enumerate() {
             if let Install::Compose(c) = &s.headscale.install {
@@ -925,7 +968,10 @@ impl RunCtx<'_> {
                         )));
                     }
                 }
-                (Artifact::Image { reference, .. }, Install::Binary | Install::Deb(_)) => {
+                (
+                    Artifact::Image { reference, .. },
+                    Install::Binary | Install::Deb(_) | Install::External(_),
+                ) => {
                     return Err(PipelineError::Other(format!(
                         "{reference} is an image, but headscale.install.kind is binary"
                     )))

@@ -182,7 +182,9 @@ impl Ctx<'_> {
 /// Runs the audit playbook. `Ok` even when some checks were skipped (they are listed).
 pub async fn run(s: &Settings, store: &Store) -> Result<Report, AuditError> {
     let config = match &s.headscale.install {
-        Install::Binary | Install::Deb(_) => HeadscaleConfig::load(&s.headscale.config).ok(),
+        Install::Binary | Install::Deb(_) | Install::External(_) => {
+            HeadscaleConfig::load(&s.headscale.config).ok()
+        }
         // Read through the service's volumes and environment.
         Install::Compose(_) => deploy::production_config(s).await.ok(),
     };

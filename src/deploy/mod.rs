@@ -15,6 +15,7 @@
 //! ```
 
 pub mod container;
+pub mod external;
 pub mod package;
 pub mod service;
 pub mod staging;
@@ -94,6 +95,22 @@ pub struct CurrentVersionError {
 /// compose service's container.
 pub async fn current_version(s: &Settings) -> Result<Version, CurrentVersionError> {
     let (cli, what) = match &s.headscale.install {
+        // The running server's own executable: after a package manager replaced the binary it
+        // still runs the old version until restarted.
+        Install::External(_) => {
+            if let Some(pid) = external::running_server(&s.headscale.binary) {
+                return external::running_version(pid).await.map_err(|source| {
+                    CurrentVersionError {
+                        binary: format!("the running server (pid {pid})"),
+                        source,
+                    }
+                });
+            }
+            (
+                Cli::binary(&s.headscale.binary),
+                s.headscale.binary.display().to_string(),
+            )
+        }
         Install::Binary | Install::Deb(_) => (
             Cli::binary(&s.headscale.binary),
             s.headscale.binary.display().to_string(),
@@ -125,7 +142,9 @@ pub async fn current_version(s: &Settings) -> Result<Version, CurrentVersionErro
 /// Production's `headscale` CLI: the binary, or the one in the compose service's container.
 pub async fn production_cli(s: &Settings) -> Result<Cli, DeployError> {
     match &s.headscale.install {
-        Install::Binary | Install::Deb(_) => Ok(Cli::binary(&s.headscale.binary)),
+        Install::Binary | Install::Deb(_) | Install::External(_) => {
+            Ok(Cli::binary(&s.headscale.binary))
+        }
         Install::Compose(c) => container::production_cli(c).await,
     }
 }
@@ -151,7 +170,7 @@ impl Slot {
     /// Reads a journal entry back, as the install kind records it.
     pub fn from_journal(s: &Settings, text: &str) -> Self {
         match &s.headscale.install {
-            Install::Binary => Slot::Binary(PathBuf::from(text)),
+            Install::Binary | Install::External(_) => Slot::Binary(PathBuf::from(text)),
             Install::Deb(_) => Slot::Package(PathBuf::from(text)),
             Install::Compose(_) => Slot::Image(text.to_string()),
         }
@@ -178,6 +197,7 @@ impl Slot {
 pub async fn current_slot(s: &Settings) -> Result<Slot, DeployError> {
     match &s.headscale.install {
         Install::Binary => Ok(Slot::Binary(current_target(&s.headscale.binary))),
+        Install::External(_) => Ok(Slot::Binary(s.headscale.binary.clone())),
         Install::Compose(c) => Ok(Slot::Image(container::current_image(c)?.to_string())),
         Install::Deb(d) => {
             let state = package::installed(&d.package).await?.ok_or_else(|| {
@@ -206,6 +226,24 @@ pub async fn switch_to(s: &Settings, slot: &Slot) -> Result<(), DeployError> {
         (Install::Deb(d), Slot::Package(p)) => {
             package::install(&d.package, p).await?;
             Ok(())
+        }
+        // The package manager's binary is already in place; the way back is the admin's.
+        (Install::External(_), Slot::Binary(p)) if p == &s.headscale.binary => Ok(()),
+        (Install::External(e), Slot::Binary(kept)) => {
+            let old = kept
+                .parent()
+                .and_then(|d| d.file_name())
+                .and_then(|v| Version::parse(&v.to_string_lossy()).ok())
+                .ok_or_else(|| {
+                    DeployError::Other(format!("{} is not a kept binary", kept.display()))
+                })?;
+            let new = binary_version(&s.headscale.binary, Duration::from_secs(30))
+                .await
+                .map_or_else(|_| "the new version".to_string(), |v| v.to_string());
+            let m = external::manager(e, &s.headscale.binary).await;
+            Err(DeployError::Other(external::instructions(
+                m, &e.package, &old, &new, kept,
+            )))
         }
         (_, other) => Err(DeployError::Other(format!(
             "{} does not fit this install kind",
@@ -334,6 +372,20 @@ pub fn keep_package(s: &Settings, verified: &Verified) -> Result<PathBuf, Deploy
     Ok(deb)
 }
 
+/// An external install's candidate: the binary the package manager put on disk, as it is now
+/// (its sha256 is re-checked before the restart).
+pub fn on_disk(s: &Settings, version: &Version) -> Result<(Installed, String), DeployError> {
+    let binary = &s.headscale.binary;
+    let sha = verify::sha256_file(binary).map_err(io_err("hashing", binary))?;
+    Ok((
+        Installed {
+            version: version.clone(),
+            artifact: Artifact::Binary(binary.clone()),
+        },
+        sha,
+    ))
+}
+
 /// Moves a verified download into `versions/<v>/headscale` (0755) and records it.
 pub fn install(s: &Settings, store: &Store, verified: Verified) -> Result<Installed, DeployError> {
     let target = version_path(s, verified.version());
@@ -407,6 +459,27 @@ pub async fn adopt_current(
     match &s.headscale.install {
         Install::Binary => {}
         Install::Compose(_) => return current_slot(s).await,
+        // The running server's executable, copied before the restart replaces it in memory.
+        Install::External(_) => {
+            let pid = external::running_server(&s.headscale.binary).ok_or_else(|| {
+                DeployError::Other(format!(
+                    "no server of {} runs: nothing to guard",
+                    s.headscale.binary.display()
+                ))
+            })?;
+            let dest = version_path(s, current);
+            version_dir(s, &dest)?;
+            if !dest.exists() {
+                // Readable through /proc after the package manager deleted the file.
+                let exe = PathBuf::from(format!("/proc/{pid}/exe"));
+                let mut src = std::fs::File::open(&exe)
+                    .map_err(io_err("copying the running binary", &exe))?;
+                files::replace_with(&dest, &mut src, Some(executable_meta()), 0o755)?;
+            }
+            let sha = verify::sha256_file(&dest).map_err(io_err("hashing", &dest))?;
+            store.record_install(&current.to_string(), &dest, &sha)?;
+            return Ok(Slot::Binary(dest));
+        }
         Install::Deb(d) => {
             let deb = package_path(s, current);
             if files::regular_meta(&deb)?.is_none() {
@@ -466,7 +539,7 @@ pub fn prune_versions(
 /// ([`container::Discovered::config`]).
 pub async fn production_config(s: &Settings) -> Result<HeadscaleConfig, DeployError> {
     match &s.headscale.install {
-        Install::Binary | Install::Deb(_) => binary_production_config(s),
+        Install::Binary | Install::Deb(_) | Install::External(_) => binary_production_config(s),
         Install::Compose(c) => container::discover(c).await?.config(&s.headscale.config),
     }
 }
@@ -477,7 +550,12 @@ fn binary_production_config(s: &Settings) -> Result<HeadscaleConfig, DeployError
     let binary = std::fs::canonicalize(current_target(&s.headscale.binary)).ok();
     let env = process::headscale_env_of(|cmdline, exe| {
         let serving = cmdline.split_whitespace().any(|w| w == "serve");
-        serving && (cmdline.contains(&config) || binary.as_deref() == Some(exe))
+        // A package manager may have replaced the file under the running server.
+        let exe = exe
+            .to_str()
+            .and_then(|e| e.strip_suffix(" (deleted)"))
+            .map_or(exe.to_path_buf(), PathBuf::from);
+        serving && (cmdline.contains(&config) || binary.as_deref() == Some(exe.as_path()))
     });
     match env {
         Some(env) if !env.is_empty() => Ok(file.with_env(env)?),

@@ -85,7 +85,7 @@ pub async fn stage(
     };
     copy_production(store, run, prod, &layout)?;
     let host = match &s.headscale.install {
-        Install::Binary | Install::Deb(_) => Host::Process,
+        Install::Binary | Install::Deb(_) | Install::External(_) => Host::Process,
         Install::Compose(c) => Host::Container {
             engine: container::engine(c),
             production: Box::new(container::discover(c).await?),

@@ -759,6 +759,14 @@ pub async fn manual_rollback(
             }
             Slot::Image(reference)
         }
+        Install::External(_) => {
+            return Err(StepError::Refused(format!(
+                "headscale.install.kind is external: the package manager owns {}, so `headwarden rollback` cannot put {} back; reinstall that version with it, then restore the data from {} by hand (db.sqlite, noise_private.key, config.yaml)",
+                s.headscale.binary.display(),
+                backup.version,
+                backup.dir
+            )))
+        }
         Install::Deb(_) => {
             let path = deploy::package_path(s, &version);
             if !path.exists() {

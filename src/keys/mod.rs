@@ -143,7 +143,9 @@ pub async fn plan_now(
 
 fn server_url(s: &Settings) -> String {
     let path = match &s.headscale.install {
-        Install::Binary | Install::Deb(_) => Some(s.headscale.config.clone()),
+        Install::Binary | Install::Deb(_) | Install::External(_) => {
+            Some(s.headscale.config.clone())
+        }
         Install::Compose(c) => container::host_config_path(c, &s.headscale.config),
     };
     path.and_then(|p| HeadscaleConfig::load(&p).ok())

@@ -64,6 +64,41 @@ fn fmt_remaining(secs: i64) -> String {
     }
 }
 
+/// An external install's plan: the package manager put `on_disk` in place while `running`
+/// runs. One hop (the restart) within the minor or to the next one; blocked when the restart
+/// would skip a minor or go back (Headscale migrates forward, one minor at a time).
+pub fn restart_plan(running: &Version, on_disk: &Version) -> Plan {
+    let mut plan = Plan {
+        current: running.clone(),
+        target: None,
+        hops: vec![],
+        notes: vec![],
+        blocked: None,
+    };
+    if on_disk == running {
+        return plan;
+    }
+    plan.target = Some(on_disk.clone());
+    let (major, minor) = series(running);
+    if on_disk < running {
+        plan.blocked = Some(format!(
+            "the package manager installed {on_disk}, older than the running {running}: Headscale cannot migrate its database back; put {running} back with the package manager before anything restarts the server"
+        ));
+    } else if series(on_disk) != (major, minor) && series(on_disk) != (major, minor + 1) {
+        plan.blocked = Some(format!(
+            "the package manager installed {on_disk} while {running} runs: a restart would skip {major}.{}, and Headscale upgrades one minor at a time; install the newest {major}.{} package, let headwarden restart onto it, then go on to {on_disk} (until then nothing may restart the server)",
+            minor + 1,
+            minor + 1
+        ));
+    } else {
+        plan.hops.push(Hop {
+            version: on_disk.clone(),
+            tag: format!("v{on_disk}"),
+        });
+    }
+    plan
+}
+
 /// `bad` maps tags to the reason they were recorded as bad.
 pub fn plan(
     current: &Version,
@@ -339,6 +374,29 @@ mod tests {
             rel("v0.29.1", 9),
             rel("v0.29.2", 1),
         ]
+    }
+
+    #[test]
+    fn restart_plans_guard_one_minor_at_a_time() {
+        let v = |s: &str| Version::parse(s).expect("v");
+        let p = restart_plan(&v("0.27.1"), &v("0.28.0"));
+        assert_eq!(p.hops.len(), 1);
+        assert!(p.blocked.is_none());
+        assert!(restart_plan(&v("0.27.1"), &v("0.27.1")).is_noop());
+        assert_eq!(restart_plan(&v("0.27.0"), &v("0.27.1")).hops.len(), 1);
+        let skip = restart_plan(&v("0.27.1"), &v("0.29.3"));
+        assert!(skip.hops.is_empty());
+        assert!(
+            skip.blocked
+                .as_deref()
+                .is_some_and(|b| b.contains("skip 0.28")),
+            "{skip:?}"
+        );
+        let back = restart_plan(&v("0.28.0"), &v("0.27.1"));
+        assert!(
+            back.blocked.as_deref().is_some_and(|b| b.contains("older")),
+            "{back:?}"
+        );
     }
 
     fn policy() -> Policy {

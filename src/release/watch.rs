@@ -53,6 +53,63 @@ pub struct CheckReport {
     /// A compose install's image (absent for other install kinds).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub image: Option<ImageFacts>,
+    /// An external install's binary on disk and running server (absent for other kinds).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub external: Option<ExternalFacts>,
+}
+
+/// What `check` and `status` report of an external install (`deploy::external` reads it).
+#[derive(Debug, Clone, Serialize)]
+pub struct ExternalFacts {
+    /// `headscale.binary version`.
+    pub on_disk: Version,
+    /// The running server's own version (`/proc/<pid>/exe version`), when one runs.
+    pub running: Option<Version>,
+    /// The package manager's update waiting to be installed, when it can tell (APT).
+    pub pending: Option<String>,
+    pub manager: &'static str,
+}
+
+impl ExternalFacts {
+    /// A line for admins.
+    pub fn describe(&self) -> String {
+        let mut line = match &self.running {
+            Some(r) if *r != self.on_disk => format!(
+                "the binary on disk is {} but the server still runs {r}: the next restart migrates the database; `headwarden upgrade` stages {} and guards that restart",
+                self.on_disk, self.on_disk
+            ),
+            Some(r) => format!("the server runs the binary on disk ({r})"),
+            None => format!("no server runs; the binary on disk is {}", self.on_disk),
+        };
+        if let Some(p) = &self.pending {
+            line.push_str(&format!(
+                "; {} has an update to {p} pending: once it is installed, `headwarden upgrade` stages and guards the restart",
+                self.manager
+            ));
+        }
+        line
+    }
+}
+
+/// The keys of production's config that a planned version refuses to start with.
+pub fn config_problems(prod_config: &HeadscaleConfig, plan: &Plan) -> Vec<String> {
+    let mut problems = Vec::new();
+    for hop in &plan.hops {
+        for p in incompatibilities(prod_config, &hop.version) {
+            let line = format!(
+                "{}: `{}` stops Headscale {} from starting (since {}): {}",
+                prod_config.path.display(),
+                p.key,
+                hop.version,
+                p.since,
+                p.fix
+            );
+            if !problems.contains(&line) {
+                problems.push(line);
+            }
+        }
+    }
+    problems
 }
 
 pub fn policy(s: &Settings, opts: &UpgradeOptions) -> Policy {
@@ -72,7 +129,7 @@ pub fn policy(s: &Settings, opts: &UpgradeOptions) -> Policy {
 pub fn asset_kind(s: &Settings) -> AssetKind {
     match s.headscale.install {
         Install::Deb(_) => AssetKind::Deb,
-        Install::Binary | Install::Compose(_) => AssetKind::Binary,
+        Install::Binary | Install::Compose(_) | Install::External(_) => AssetKind::Binary,
     }
 }
 
@@ -132,22 +189,7 @@ pub async fn fetch_and_plan(
             hold.as_deref(),
         )?;
     }
-    let mut config_problems = Vec::new();
-    for hop in &plan.hops {
-        for p in incompatibilities(prod_config, &hop.version) {
-            let line = format!(
-                "{}: `{}` stops Headscale {} from starting (since {}): {}",
-                prod_config.path.display(),
-                p.key,
-                hop.version,
-                p.since,
-                p.fix
-            );
-            if !config_problems.contains(&line) {
-                config_problems.push(line);
-            }
-        }
-    }
+    let config_problems = config_problems(prod_config, &plan);
     Ok((
         CheckReport {
             current,
@@ -159,6 +201,7 @@ pub async fn fetch_and_plan(
             new_releases,
             config_problems,
             image: None,
+            external: None,
         },
         releases,
     ))

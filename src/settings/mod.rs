@@ -233,6 +233,32 @@ pub enum Install {
     /// Upstream's Debian package: `headscale.binary` belongs to dpkg, and a version changes
     /// through `dpkg -i` of the release's `.deb`.
     Deb(DebInstall),
+    /// A package manager (NixOS, Alpine, Arch, an APT repository) installs the binary:
+    /// headwarden installs nothing and guards the restart onto what is on disk.
+    External(ExternalInstall),
+}
+
+/// Who installs Headscale's binary when headwarden does not (`kind: external`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PackageManager {
+    /// Told apart at run time: a /nix/store binary is Nix's; else the first of dpkg, apk and
+    /// pacman that owns `headscale.binary`.
+    Auto,
+    Apt,
+    Apk,
+    Pacman,
+    Nix,
+    /// Something else (a configuration-management tool, a script): no commands to suggest.
+    Other,
+}
+
+/// `kind: external`: a package manager owns the binary and decides when it changes; headwarden
+/// stages what is on disk and guards the restart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExternalInstall {
+    pub manager: PackageManager,
+    /// The package's name in that manager.
+    pub package: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -11,9 +11,10 @@ use super::notify_url;
 use super::playbook::{self, PlaybookName};
 use super::{
     line_of, Accept, Approval, AuditSettings, Channel, ComposeInstall, ConfigError, DebInstall,
-    Enforce, HeadscaleSettings, Install, KeyDelivery, KeySettings, LoadedPlaybook, MetricsSettings,
-    NotifyTarget, Playbooks, Reach, ReleaseSettings, ReminderRouting, ScheduleSettings, Secret,
-    ServiceSettings, Settings, SmokeCheck, SmokeSettings, StagingSettings, UserDestination, Window,
+    Enforce, ExternalInstall, HeadscaleSettings, Install, KeyDelivery, KeySettings, LoadedPlaybook,
+    MetricsSettings, NotifyTarget, PackageManager, Playbooks, Reach, ReleaseSettings,
+    ReminderRouting, ScheduleSettings, Secret, ServiceSettings, Settings, SmokeCheck,
+    SmokeSettings, StagingSettings, UserDestination, Window,
 };
 use crate::event::{self, Severity};
 
@@ -261,6 +262,7 @@ struct RawInstall {
     engine: Vec<String>,
     image: Option<String>,
     package: Option<String>,
+    manager: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -724,6 +726,23 @@ fn program(cx: &Ctx<'_>, key: &str, name: &str) -> Result<String, ConfigError> {
         })
 }
 
+/// `headscale.install.package`: a package name as dpkg, apk and pacman spell them.
+fn package_name(cx: &Ctx<'_>, package: Option<String>) -> Result<String, ConfigError> {
+    let package = package.unwrap_or_else(|| "headscale".into());
+    if package.is_empty()
+        || !package
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-._".contains(c))
+    {
+        return Err(cx.err(
+            "headscale.install.package",
+            format!("{package:?} is not a package name"),
+            "the package's name as the package manager lists it, e.g. headscale",
+        ));
+    }
+    Ok(package)
+}
+
 fn install(cx: &Ctx<'_>, i: RawInstall) -> Result<Install, ConfigError> {
     match i.kind.as_deref().unwrap_or("binary") {
         "binary" => Ok(Install::Binary),
@@ -786,25 +805,34 @@ fn install(cx: &Ctx<'_>, i: RawInstall) -> Result<Install, ConfigError> {
                 image,
             }))
         }
-        "deb" => {
-            let package = i.package.unwrap_or_else(|| "headscale".into());
-            if package.is_empty()
-                || !package
-                    .chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c))
-            {
-                return Err(cx.err(
-                    "headscale.install.package",
-                    format!("{package:?} is not a Debian package name"),
-                    "the package's name as dpkg -l shows it, e.g. headscale",
-                ));
-            }
-            Ok(Install::Deb(DebInstall { package }))
+        "external" => {
+            let manager = match i.manager.as_deref().unwrap_or("auto") {
+                "auto" => PackageManager::Auto,
+                "apt" => PackageManager::Apt,
+                "apk" => PackageManager::Apk,
+                "pacman" => PackageManager::Pacman,
+                "nix" => PackageManager::Nix,
+                "other" => PackageManager::Other,
+                m => {
+                    return Err(cx.err(
+                        "headscale.install.manager",
+                        format!("unknown package manager {m:?}"),
+                        "use auto, apt, apk, pacman, nix or other",
+                    ))
+                }
+            };
+            Ok(Install::External(ExternalInstall {
+                manager,
+                package: package_name(cx, i.package)?,
+            }))
         }
+        "deb" => Ok(Install::Deb(DebInstall {
+            package: package_name(cx, i.package)?,
+        })),
         other => Err(cx.err(
             "headscale.install.kind",
             format!("unknown install kind {other:?}"),
-            "use binary, deb or compose",
+            "use binary, deb, compose or external",
         )),
     }
 }
@@ -812,13 +840,13 @@ fn install(cx: &Ctx<'_>, i: RawInstall) -> Result<Install, ConfigError> {
 fn headscale(cx: &Ctx<'_>, h: RawHeadscale) -> Result<HeadscaleSettings, ConfigError> {
     let install = install(cx, h.install)?;
     let default_kind = match &install {
-        Install::Binary | Install::Deb(_) => "systemd",
+        Install::Binary | Install::Deb(_) | Install::External(_) => "systemd",
         Install::Compose(_) => "compose",
     };
     let service = match h.service.kind.as_deref().unwrap_or(default_kind) {
         "compose" => match &install {
             Install::Compose(c) => ServiceSettings::Compose(c.clone()),
-            Install::Binary | Install::Deb(_) => {
+            Install::Binary | Install::Deb(_) | Install::External(_) => {
                 return Err(cx.err(
                     "headscale.service.kind",
                     "service kind compose needs headscale.install.kind: compose",
@@ -881,7 +909,7 @@ fn headscale(cx: &Ctx<'_>, h: RawHeadscale) -> Result<HeadscaleSettings, ConfigE
     // Where upstream's package puts it (nFPM `bindir`), or where admins copy the binary.
     let binary = cx.path(h.binary.unwrap_or_else(|| {
         PathBuf::from(match &install {
-            Install::Deb(_) => "/usr/bin/headscale",
+            Install::Deb(_) | Install::External(_) => "/usr/bin/headscale",
             _ => "/usr/local/bin/headscale",
         })
     }));

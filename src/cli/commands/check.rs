@@ -24,19 +24,25 @@ pub async fn run(cli: &Cli, to: &Option<Version>) -> Result<u8, Failure> {
         if let Some(image) = &report.image {
             println!("{}", image.describe());
         }
-        println!(
-            "release feed: {} ({} request{}, rate limit remaining: {})",
-            if report.feed_not_modified {
-                "unchanged since last poll (304)"
-            } else {
-                "fetched"
-            },
-            report.feed_requests,
-            if report.feed_requests == 1 { "" } else { "s" },
-            report
-                .rate_remaining
-                .map_or("unknown".to_string(), |r| r.to_string())
-        );
+        match &report.external {
+            Some(facts) => println!(
+                "{} (kind external: no release feed is read)",
+                facts.describe()
+            ),
+            None => println!(
+                "release feed: {} ({} request{}, rate limit remaining: {})",
+                if report.feed_not_modified {
+                    "unchanged since last poll (304)"
+                } else {
+                    "fetched"
+                },
+                report.feed_requests,
+                if report.feed_requests == 1 { "" } else { "s" },
+                report
+                    .rate_remaining
+                    .map_or("unknown".to_string(), |r| r.to_string())
+            ),
+        }
         match (&p.blocked, p.hops.is_empty()) {
             (Some(reason), _) => println!("blocked: {reason}"),
             (None, true) => println!("up to date: nothing to do"),

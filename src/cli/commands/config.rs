@@ -33,6 +33,12 @@ pub async fn check(cli: &Cli) -> Result<u8, Failure> {
                 s.headscale.binary.display(),
                 s.headscale.config.display()
             ),
+            Install::External(e) => println!(
+                "  headscale: {} from package {} (kind external: the package manager installs it; headwarden stages and guards the restart) with {}",
+                s.headscale.binary.display(),
+                e.package,
+                s.headscale.config.display()
+            ),
             Install::Compose(c) => println!(
                 "  headscale: compose service {} of {} ({}), image {}, config {} inside the container",
                 c.service,

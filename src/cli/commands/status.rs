@@ -4,6 +4,7 @@ use crate::compose::ImageFacts;
 use crate::deploy;
 use crate::exit;
 use crate::headscale::http;
+use crate::release::watch::ExternalFacts;
 use crate::settings::{Install, Settings};
 use crate::state::{BackupRow, InstallRow, RunRow, Store};
 use crate::upgrade;
@@ -24,6 +25,8 @@ struct Facts {
     target: std::path::PathBuf,
     /// A deb install: what dpkg records (`0.29.3 (ii)`).
     package: Option<String>,
+    /// An external install: the binary on disk against the running server.
+    external: Option<ExternalFacts>,
     /// `kind: binary` over a path dpkg owns.
     conflict: Option<String>,
     health: String,
@@ -63,6 +66,10 @@ async fn facts(s: &Settings, store: &Store) -> Result<Facts, Failure> {
         _ => None,
     };
     let conflict = deploy::install_conflict(s).await;
+    let external = match &s.headscale.install {
+        Install::External(e) => deploy::external::facts(s, e).await.ok(),
+        _ => None,
+    };
     let health = match deploy::production_config(s).await {
         Ok(c) => {
             let client = http::client(std::time::Duration::from_secs(5));
@@ -83,6 +90,7 @@ async fn facts(s: &Settings, store: &Store) -> Result<Facts, Failure> {
         image,
         target,
         package,
+        external,
         conflict,
         health,
         open,
@@ -100,6 +108,7 @@ fn json(s: &Settings, store: &Store, f: &Facts) -> Result<(), Failure> {
         image,
         target,
         package,
+        external,
         conflict,
         health,
         open,
@@ -129,7 +138,7 @@ fn json(s: &Settings, store: &Store, f: &Facts) -> Result<(), Failure> {
         },
         "jobs_last_start": jobs,
         "production": match image {
-            None => serde_json::json!({"version": current, "binary": s.headscale.binary, "target": target, "package": package, "install_conflict": conflict, "health": health}),
+            None => serde_json::json!({"version": current, "binary": s.headscale.binary, "target": target, "package": package, "external": external, "install_conflict": conflict, "health": health}),
             // A compose install has no binary or symlink of its own: those keys stay, null.
             Some(image) => serde_json::json!({"version": current, "binary": null, "target": null, "image": image, "health": health}),
         },
@@ -152,6 +161,7 @@ fn text(s: &Settings, store: &Store, f: &Facts) -> Result<(), Failure> {
         image,
         target,
         package,
+        external,
         conflict,
         health,
         open,
@@ -169,6 +179,11 @@ fn text(s: &Settings, store: &Store, f: &Facts) -> Result<(), Failure> {
             println!("  compose service {} of {}", c.service, c.file.display());
             println!("  {}", image.describe());
         }
+        (_, Install::External(e)) => println!(
+            "  binary {} (package {}, installed by the package manager)",
+            s.headscale.binary.display(),
+            e.package
+        ),
         (_, Install::Deb(d)) => println!(
             "  Debian package {}: dpkg records {}; binary {}",
             d.package,
@@ -180,6 +195,9 @@ fn text(s: &Settings, store: &Store, f: &Facts) -> Result<(), Failure> {
             s.headscale.binary.display(),
             target.display()
         ),
+    }
+    if let Some(e) = external {
+        println!("  kind external ({}): {}", e.manager, e.describe());
     }
     if let Some(c) = conflict {
         println!("  WARNING: {c}");
