@@ -29,6 +29,8 @@ pub enum Event {
     UpgradePromoted,
     UpgradeRecovered,
     UpgradeBackupUnverified,
+    /// Too few nodes came back after a promotion, and `smoke.reconnect.on_failure: alert` kept it.
+    UpgradeReconnectIncomplete,
     KeysReminder,
     KeysRotationRequested,
     KeysRotated,
@@ -61,6 +63,7 @@ impl Event {
             Event::UpgradePromoted => "upgrade.promoted",
             Event::UpgradeRecovered => "upgrade.recovered",
             Event::UpgradeBackupUnverified => "upgrade.backup_unverified",
+            Event::UpgradeReconnectIncomplete => "upgrade.reconnect_incomplete",
             Event::KeysReminder => "keys.reminder",
             Event::KeysRotationRequested => "keys.rotation_requested",
             Event::KeysRotated => "keys.rotated",

@@ -679,9 +679,12 @@ impl RunCtx<'_> {
         match progress.promoted {
             Some(to) => {
                 // Keep what production runs now and what it ran before this upgrade.
+                // (A deb install records its packages, kept beside the unpacked binaries.)
                 let protect = vec![
                     deploy::version_path(self.s, &to),
                     deploy::version_path(self.s, self.current),
+                    deploy::package_path(self.s, &to),
+                    deploy::package_path(self.s, self.current),
                 ];
                 let _ = deploy::prune_versions(self.s, self.store, &protect);
                 Ok(UpgradeOutcome::Upgraded {
@@ -1163,7 +1166,7 @@ impl RunCtx<'_> {
             )
             .await
             {
-                HopOutcome::Promoted { timings } => {
+                HopOutcome::Promoted { timings, reconnect } => {
                     let downtime: u128 = timings
                         .iter()
                         .filter(|(n, _)| {
@@ -1174,7 +1177,7 @@ impl RunCtx<'_> {
                     store.push_event(
                         Event::UpgradePromoted,
                         Severity::Info,
-                        &serde_json::json!({"run": run, "from": from.to_string(), "to": hop.version().to_string(), "downtime_ms": downtime}),
+                        &serde_json::json!({"run": run, "from": from.to_string(), "to": hop.version().to_string(), "downtime_ms": downtime, "reconnect": reconnect}),
                     )?;
                     (self.say)(&format!(
                         "production now on {} ({})",
@@ -1185,6 +1188,7 @@ impl RunCtx<'_> {
                             .collect::<Vec<_>>()
                             .join(", ")
                     ));
+                    (self.say)(&format!("  {reconnect}"));
                     progress.timings.push(timings);
                     from = hop.version().clone();
                     old_target = hop.slot();

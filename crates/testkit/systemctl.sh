@@ -33,11 +33,16 @@ unit_file() {
 }
 key() { sed -n "s/^$1=//p" "$file" | tail -n 1; }
 
+# A process's start time (clock ticks since boot): with its pid it names the process, even after
+# the pid was reused (pids wrap at 32768 on a busy test machine).
+started_at() { sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null | awk '{print $20}'; }
+
 running() {
     [ -f "$S/$unit.pid" ] || return 1
-    pid=$(cat "$S/$unit.pid")
+    read -r pid at <"$S/$unit.pid" || return 1
+    [ -n "$at" ] && [ "$(started_at "$pid")" = "$at" ] || return 1
     # An exited service lingers as a zombie until init reaps it: that counts as stopped.
-    kill -0 "$pid" 2>/dev/null && [ "$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)" != Z ]
+    [ "$(sed 's/^.*) //' "/proc/$pid/stat" 2>/dev/null | awk '{print $1}')" != Z ]
 }
 
 start() {
@@ -63,14 +68,15 @@ start() {
         # shellcheck disable=SC2086 # the unit's words, as systemd splits them
         exec setsid env $env_args $priv $exec_start >>"$S/$unit.log" 2>&1 </dev/null
     ) &
-    echo $! >"$S/$unit.pid"
+    echo "$! $(started_at $!)" >"$S/$unit.pid"
 }
 
 stop() {
-    [ -f "$S/$unit.pid" ] || return 0
-    pid=$(cat "$S/$unit.pid")
-    kill "$pid" 2>/dev/null || true
-    while running; do sleep 0.02; done
+    # Only the process this unit started: a stale pid may belong to someone else by now.
+    if running; then
+        kill "$pid" 2>/dev/null || true
+        while running; do sleep 0.02; done
+    fi
     rm -f "$S/$unit.pid"
 }
 

@@ -42,10 +42,19 @@ pub async fn facts(s: &Settings, e: &ExternalInstall) -> Result<ExternalFacts, C
 }
 
 /// The running server of `binary`: a process serving whose executable is `binary`, or was (a
-/// package manager replaced the file: the link then reads `<path> (deleted)`).
+/// package manager replaced the file: the link then reads `<path> (deleted)`), and which sees
+/// the same file at that path (its `/proc/<pid>/root`): a server in another mount namespace
+/// with its own `/usr` (a container, a chroot) is not this one, while a unit's private mounts
+/// over the same file system are.
 pub fn running_server(binary: &Path) -> Option<i32> {
+    use std::os::unix::fs::MetadataExt;
     let path = std::fs::canonicalize(binary).unwrap_or_else(|_| binary.to_path_buf());
     let deleted = format!("{} (deleted)", path.display());
+    let ours = std::fs::metadata(&path).ok()?;
+    let same_file = |pid: i32| {
+        let theirs = format!("/proc/{pid}/root{}", path.display());
+        std::fs::metadata(theirs).is_ok_and(|m| m.dev() == ours.dev() && m.ino() == ours.ino())
+    };
     for entry in std::fs::read_dir("/proc").ok()?.flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
             continue;
@@ -59,7 +68,7 @@ pub fn running_server(binary: &Path) -> Option<i32> {
         let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
         let serving = cmdline.split(|b| *b == 0).any(|w| w == b"serve");
         let staging = cmdline.split(|b| *b == 0).any(|w| w == b"-c");
-        if serving && !staging {
+        if serving && !staging && same_file(pid) {
             return Some(pid);
         }
     }

@@ -39,7 +39,7 @@ use crate::files;
 use crate::headscale::cli::{Cli, CliError};
 use crate::headscale::config::HeadscaleConfig;
 use crate::process;
-use crate::settings::{Install, Settings};
+use crate::settings::{Install, ReconnectPolicy, Settings};
 use crate::smoke::{self, Baseline, SmokeError, Target};
 use crate::state;
 use crate::state::{sqlite_files, RunId, RunRow, StepRow, Store};
@@ -49,6 +49,8 @@ use crate::verify;
 pub enum HopOutcome {
     Promoted {
         timings: Vec<(String, u128)>,
+        /// What the reconnect bake saw (`smoke.reconnect`).
+        reconnect: String,
     },
     /// Production could not be stopped: nothing was changed and the release is not to blame.
     NotStopped {
@@ -163,6 +165,9 @@ pub enum StepError {
     /// The smoke checks after the start failed: their failures.
     #[error("{0}")]
     SmokeFailed(String),
+    /// Too few of the nodes online before the stop came back (`smoke.reconnect`).
+    #[error("{0}")]
+    Reconnect(String),
     #[error("cannot read the version of {slot}: {source}")]
     ReadVersion { slot: String, source: CliError },
     /// Refused to go on, with what to do instead.
@@ -310,12 +315,12 @@ pub async fn promote_hop(
         Err(e) => Err(e),
     };
     match result {
-        Ok(()) => {
+        Ok(reconnect) => {
             let _ = p
                 .store
                 .step_start(run, hop, "commit", &json!({}))
                 .and_then(|id| p.store.step_finish(id, true, "committed", 0));
-            HopOutcome::Promoted { timings }
+            HopOutcome::Promoted { timings, reconnect }
         }
         Err(e) => {
             let reason = e.to_string();
@@ -362,7 +367,8 @@ async fn not_stopped(p: &Prod<'_>, e: StepError) -> HopOutcome {
     }
 }
 
-/// After the backup: switch the binary, start, check the backup (outside the downtime), smoke.
+/// After the backup: switch the binary, start, check the backup (outside the downtime), smoke
+/// and the reconnect bake (whose description it returns).
 #[allow(clippy::too_many_arguments)]
 async fn switch_and_start(
     p: &Prod<'_>,
@@ -373,7 +379,7 @@ async fn switch_and_start(
     baseline: &Baseline,
     bdir: &Path,
     timings: &mut Vec<(String, u128)>,
-) -> Result<(), StepError> {
+) -> Result<String, StepError> {
     let s = p.settings;
     p.step(
         run,
@@ -411,16 +417,32 @@ async fn switch_and_start(
             &json!({"run": run, "backup": bdir, "error": e.to_string()}),
         );
     }
+    // The reconnect bake is part of the smoke step: a crash while it waits is not a passed
+    // smoke step, so recovery rolls back rather than committing an unjudged promotion.
     p.step(run, hop, "smoke", json!({}), timings, async {
         let report = smoke::run(&p.target(), &to.version, baseline, &s.smoke).await;
-        if report.passed() {
-            Ok(())
-        } else {
-            Err(StepError::SmokeFailed(report.failures()))
+        if !report.passed() {
+            return Err(StepError::SmokeFailed(report.failures()));
+        }
+        let r = &s.smoke.reconnect;
+        let bake = smoke::reconnect(&p.target(), baseline, r, s.smoke.timeout).await;
+        tracing::info!("{}", bake.describe());
+        if bake.passed() {
+            return Ok(bake.describe());
+        }
+        match r.on_failure {
+            ReconnectPolicy::Rollback => Err(StepError::Reconnect(bake.describe())),
+            ReconnectPolicy::Alert => {
+                p.store.push_event(
+                    Event::UpgradeReconnectIncomplete,
+                    Severity::Warning,
+                    &json!({"run": run, "version": to.version.to_string(), "before": bake.before, "back": bake.back, "needed": bake.needed, "missing": bake.missing, "within_secs": r.within.as_secs()}),
+                )?;
+                Ok(format!("{} (kept: on_failure is alert)", bake.describe()))
+            }
         }
     })
-    .await?;
-    Ok(())
+    .await
 }
 
 /// Restores production to the pre-hop state: old binary, old database, old noise key and config.

@@ -150,6 +150,12 @@ pub async fn list_nodes(
                     .and_then(|s| s.as_str())
                     .unwrap_or("")
                     .to_string(),
+                name: field(n, "given_name", "givenName")
+                    .or_else(|| n.get("name"))
+                    .and_then(|s| s.as_str())
+                    .unwrap_or("")
+                    .to_string(),
+                online: n.get("online").and_then(|o| o.as_bool()).unwrap_or(false),
             })
         })
         .collect();

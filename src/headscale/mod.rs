@@ -20,12 +20,16 @@ pub struct UserRef {
     pub name: String,
 }
 
-/// A node as far as data parity cares: identity and owner.
+/// A node as far as data parity and the reconnect bake care: identity, owner, name, and whether
+/// the server sees it connected now.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
 pub struct NodeRef {
     pub id: u64,
     pub machine_key: String,
     pub user: String,
+    /// The given name (or hostname), for messages.
+    pub name: String,
+    pub online: bool,
 }
 
 /// The special user that owns tagged nodes from 0.28 (tags as identity: the one-time migration

@@ -139,6 +139,11 @@ fn upgrade_text(m: &mut Message, event: &str, p: &Value) -> bool {
             if let Some(ms) = p.get("downtime_ms").and_then(Value::as_u64) {
                 fact(m, "Downtime", &format!("{ms} ms"));
             }
+            fact(
+                m,
+                "Clients",
+                s(p, "reconnect").trim_start_matches("reconnect: "),
+            );
         }
         "upgrade.succeeded" => {
             m.title = format!("Headscale upgraded {} → {}", s(p, "from"), s(p, "to"));
@@ -170,6 +175,19 @@ fn upgrade_text(m: &mut Message, event: &str, p: &Value) -> bool {
             m.lines.push(s(p, "reason").to_string());
             m.lines.push(s(p, "rollback_error").to_string());
             fact(m, "Backup", s(p, "backup"));
+        }
+        "upgrade.reconnect_incomplete" => {
+            m.title = format!(
+                "Headscale {}: only {} of {} nodes came back after the upgrade",
+                s(p, "version"),
+                p.get("back").and_then(Value::as_u64).unwrap_or(0),
+                p.get("before").and_then(Value::as_u64).unwrap_or(0)
+            );
+            fact(m, "Missing", &list(p, "missing").join(", "));
+            m.lines.push(format!(
+                "They were online before the stop and not again within {} s; the upgrade was kept (smoke.reconnect.on_failure: alert). Check those clients (`tailscale status`; a `tailscaled` restart has helped after past upgrades).",
+                p.get("within_secs").and_then(Value::as_u64).unwrap_or(0)
+            ));
         }
         "upgrade.backup_unverified" => {
             m.title = "The pre-upgrade backup failed its integrity check: take a backup now".into();

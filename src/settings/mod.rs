@@ -312,6 +312,28 @@ pub struct SmokeSettings {
     pub timeout: Duration,
     pub checks: Vec<SmokeCheck>,
     pub commands: Vec<Vec<String>>,
+    /// After a promotion's smoke checks: the nodes online before the stop must come back.
+    pub reconnect: Reconnect,
+}
+
+/// The reconnect bake (`smoke.reconnect`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Reconnect {
+    /// How long the nodes online before the stop have to come back.
+    pub within: Duration,
+    /// The share of them that must (0 turns the bake off).
+    pub min_ratio: f64,
+    /// Fewer nodes online before the stop than this: too few to judge, the bake passes.
+    pub min_nodes: usize,
+    pub on_failure: ReconnectPolicy,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReconnectPolicy {
+    /// The promotion fails and is rolled back.
+    Rollback,
+    /// The promotion commits; a warning event names the nodes missing.
+    Alert,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

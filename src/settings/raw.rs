@@ -12,9 +12,9 @@ use super::playbook::{self, PlaybookName};
 use super::{
     line_of, Accept, Approval, AuditSettings, Channel, ComposeInstall, ConfigError, DebInstall,
     Enforce, ExternalInstall, HeadscaleSettings, Install, KeyDelivery, KeySettings, LoadedPlaybook,
-    MetricsSettings, NotifyTarget, PackageManager, Playbooks, Reach, ReleaseSettings,
-    ReminderRouting, ScheduleSettings, Secret, ServiceSettings, Settings, SmokeCheck,
-    SmokeSettings, StagingSettings, UserDestination, Window,
+    MetricsSettings, NotifyTarget, PackageManager, Playbooks, Reach, Reconnect, ReconnectPolicy,
+    ReleaseSettings, ReminderRouting, ScheduleSettings, Secret, ServiceSettings, Settings,
+    SmokeCheck, SmokeSettings, StagingSettings, UserDestination, Window,
 };
 use crate::event::{self, Severity};
 
@@ -295,6 +295,16 @@ struct RawSmoke {
     timeout: Option<DurationValue>,
     checks: Option<Vec<String>>,
     commands: Vec<Vec<String>>,
+    reconnect: RawReconnect,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawReconnect {
+    within: Option<DurationValue>,
+    min_ratio: Option<f64>,
+    min_nodes: Option<usize>,
+    on_failure: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -964,10 +974,36 @@ fn smoke(cx: &Ctx<'_>, s: RawSmoke) -> Result<SmokeSettings, ConfigError> {
             "give the program's full path, e.g. [/usr/bin/tailscale, ping, -c, '1', node]",
         ));
     }
+    let r = s.reconnect;
+    let min_ratio = r.min_ratio.unwrap_or(0.9);
+    if !(0.0..=1.0).contains(&min_ratio) {
+        return Err(cx.err(
+            "smoke.reconnect.min_ratio",
+            format!("{min_ratio} is not a ratio"),
+            "a number from 0 (off) to 1, e.g. 0.9",
+        ));
+    }
+    let on_failure = match r.on_failure.as_deref().unwrap_or("rollback") {
+        "rollback" => ReconnectPolicy::Rollback,
+        "alert" => ReconnectPolicy::Alert,
+        other => {
+            return Err(cx.err(
+                "smoke.reconnect.on_failure",
+                format!("unknown policy {other:?}"),
+                "rollback (the default) or alert",
+            ))
+        }
+    };
     Ok(SmokeSettings {
         timeout: s.timeout.map_or(Duration::from_secs(60), |d| d.0),
         checks,
         commands: s.commands,
+        reconnect: Reconnect {
+            within: r.within.map_or(Duration::from_secs(180), |d| d.0),
+            min_ratio,
+            min_nodes: r.min_nodes.unwrap_or(3),
+            on_failure,
+        },
     })
 }
 

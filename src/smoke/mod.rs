@@ -11,7 +11,7 @@ use crate::headscale::cli::{self, Cli, CliError};
 use crate::headscale::http::{self, HttpError};
 use crate::headscale::{NodeRef, UserRef};
 use crate::process::{self, ProcessError};
-use crate::settings::{SmokeCheck, SmokeSettings};
+use crate::settings::{Reconnect, SmokeCheck, SmokeSettings};
 
 /// Why an instance failed a check (the text goes into the report and the journal).
 #[derive(Debug, thiserror::Error)]
@@ -185,6 +185,85 @@ pub async fn run(
     Report {
         target: t.name.to_string(),
         results,
+    }
+}
+
+/// What the reconnect bake saw: of the nodes online just before the stop, how many the server
+/// sees online again, and which are missing.
+#[derive(Debug, Clone, Serialize)]
+pub struct Bake {
+    /// Nodes online before the stop.
+    pub before: usize,
+    /// Of those, online again.
+    pub back: usize,
+    /// How many had to be back (`ceil(min_ratio × before)`).
+    pub needed: usize,
+    /// Names of those not back (at most 20).
+    pub missing: Vec<String>,
+    /// `false`: too few nodes were online before to judge (`min_nodes`), or the bake is off.
+    pub judged: bool,
+    pub waited_ms: u128,
+}
+
+impl Bake {
+    pub fn passed(&self) -> bool {
+        !self.judged || self.back >= self.needed
+    }
+
+    pub fn describe(&self) -> String {
+        if !self.judged {
+            return format!(
+                "reconnect: {} node(s) online before the stop, too few to judge",
+                self.before
+            );
+        }
+        let mut line = format!(
+            "reconnect: {} of {} nodes online before the stop are back after {}s ({} needed)",
+            self.back,
+            self.before,
+            self.waited_ms / 1000,
+            self.needed
+        );
+        if !self.missing.is_empty() {
+            line.push_str(&format!("; missing: {}", self.missing.join(", ")));
+        }
+        line
+    }
+}
+
+/// The reconnect bake after a promotion: polls the nodes every second until at least
+/// `min_ratio` of those online in `base` (captured just before the stop) are online again, or
+/// `within` passes. Below `min_nodes` online before, it does not judge.
+pub async fn reconnect(t: &Target, base: &Baseline, r: &Reconnect, timeout: Duration) -> Bake {
+    let start = Instant::now();
+    let before: Vec<&NodeRef> = base.nodes.iter().filter(|n| n.online).collect();
+    let needed = (r.min_ratio * before.len() as f64).ceil() as usize;
+    let mut bake = Bake {
+        before: before.len(),
+        back: 0,
+        needed,
+        missing: before.iter().map(|n| n.name.clone()).collect(),
+        judged: r.min_ratio > 0.0 && before.len() >= r.min_nodes.max(1),
+        waited_ms: 0,
+    };
+    if !bake.judged {
+        return bake;
+    }
+    loop {
+        // A failed listing (the server busy right after its start) is asked again.
+        if let Ok(now) = cli::list_nodes(&t.cli, &t.config, timeout).await {
+            let missing: Vec<&&NodeRef> = before
+                .iter()
+                .filter(|b| !now.iter().any(|n| n.id == b.id && n.online))
+                .collect();
+            bake.back = before.len() - missing.len();
+            bake.missing = missing.iter().take(20).map(|n| n.name.clone()).collect();
+        }
+        bake.waited_ms = start.elapsed().as_millis();
+        if bake.back >= needed || start.elapsed() >= r.within {
+            return bake;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 

@@ -746,3 +746,39 @@ fn external_install_failing_after_the_restart_restores_data_and_says_how_to_go_b
     assert_eq!(dump_sqlite(&sb.db()).expect("dump"), dump);
     assert_eq!(open_runs(&sb.path("state")), 0);
 }
+
+/// `headwarden rollback` after a deb upgrade: the backup from before it is restored and the
+/// kept package of the old version reinstalled with dpkg; a safety copy of what it replaced is
+/// kept. With `keep_versions: 1` the pruning after the upgrade still keeps both packages.
+#[test]
+fn deb_manual_rollback_reinstalls_the_previous_package_with_its_data() {
+    let sb = DebHost::new("0.27.1");
+    let config = std::fs::read_to_string(sb.config_path()).expect("config");
+    std::fs::write(
+        sb.config_path(),
+        config.replace("  min_age: 1d\n", "  min_age: 1d\n  keep_versions: 1\n"),
+    )
+    .expect("config");
+    key_for(&sb, "alice");
+    sb.release("0.27.1");
+    sb.release("0.28.0");
+    let dump = dump_sqlite(&sb.db()).expect("dump");
+    let out = sb.hw(&["upgrade", "--yes"]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert_eq!(sb.dpkg_state("headscale"), "0.28.0 ii");
+    for v in ["0.27.1", "0.28.0"] {
+        let kept = sb.path(&format!("state/versions/{v}/headscale_{v}_linux_amd64.deb"));
+        assert!(kept.exists(), "{} pruned", kept.display());
+    }
+    let back = sb.hw(&["rollback"]);
+    assert_eq!(code(&back), 0, "{}", text(&back));
+    sb.wait_healthy();
+    assert_eq!(sb.dpkg_state("headscale"), "0.27.1 ii");
+    assert_eq!(sb.cli_version(), "0.27.1");
+    assert_eq!(
+        dump_sqlite(&sb.db()).expect("dump"),
+        dump,
+        "the pre-upgrade database"
+    );
+    assert_eq!(sb.servers(), 1);
+}

@@ -641,7 +641,34 @@ pub fn testbed(a: Testbed) -> Result<()> {
         run_as = format!("env '{kv}' {run_as}");
     }
     let service = format!(
-        "#!/bin/sh\n# Service manager stand-in for tests (what systemctl does on a real host).\nD='{d}'\ncase \"$1\" in\n  start)\n    if [ -f \"$D/headscale.pid\" ] && kill -0 \"$(cat \"$D/headscale.pid\")\" 2>/dev/null && [ \"$(awk '{{print $3}}' /proc/$(cat \"$D/headscale.pid\")/stat 2>/dev/null)\" != Z ]; then exit 0; fi\n    {run_as}\"$D/bin/headscale\" serve -c \"$D/etc/config.yaml\" >>\"$D/headscale.log\" 2>&1 &\n    echo $! > \"$D/headscale.pid\" ;;\n  stop)\n    [ -f \"$D/headscale.pid\" ] || exit 0\n    pid=$(cat \"$D/headscale.pid\")\n    kill \"$pid\" 2>/dev/null || true\n    # An exited child of ours may linger as a zombie until init reaps it: that counts as stopped.\n    while kill -0 \"$pid\" 2>/dev/null && [ \"$(awk '{{print $3}}' /proc/$pid/stat 2>/dev/null)\" != Z ]; do sleep 0.01; done\n    rm -f \"$D/headscale.pid\" ;;\n  status)\n    [ -f \"$D/headscale.pid\" ] || exit 3\n    pid=$(cat \"$D/headscale.pid\")\n    kill -0 \"$pid\" 2>/dev/null && [ \"$(awk '{{print $3}}' /proc/$pid/stat 2>/dev/null)\" != Z ] ;;\nesac\n",
+        r#"#!/bin/sh
+# Service manager stand-in for tests (what systemctl does on a real host). The pid file holds
+# the pid and the process's start time: pids wrap (32768) on a busy machine, and a stale pid
+# must never be signalled once someone else has it.
+D='{d}'
+started_at() {{ sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null | awk '{{print $20}}'; }}
+running() {{
+    [ -f "$D/headscale.pid" ] || return 1
+    read -r pid at <"$D/headscale.pid" || return 1
+    [ -n "$at" ] && [ "$(started_at "$pid")" = "$at" ] || return 1
+    # An exited child of ours may linger as a zombie until init reaps it: that counts as stopped.
+    [ "$(sed 's/^.*) //' "/proc/$pid/stat" 2>/dev/null | awk '{{print $1}}')" != Z ]
+}}
+case "$1" in
+  start)
+    running && exit 0
+    {run_as}"$D/bin/headscale" serve -c "$D/etc/config.yaml" >>"$D/headscale.log" 2>&1 &
+    echo "$! $(started_at $!)" > "$D/headscale.pid" ;;
+  stop)
+    if running; then
+      kill "$pid" 2>/dev/null || true
+      while running; do sleep 0.01; done
+    fi
+    rm -f "$D/headscale.pid" ;;
+  status)
+    running ;;
+esac
+"#,
         d = d.display()
     );
     std::fs::write(d.join("service.sh"), service)?;

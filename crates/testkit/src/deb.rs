@@ -348,10 +348,12 @@ impl DebHost {
         let pid: i32 =
             std::fs::read_to_string(self.root("/run/systemctl-stand-in/headscale.service.pid"))
                 .ok()?
-                .trim()
+                .split_whitespace()
+                .next()?
                 .parse()
                 .ok()?;
-        if !crate::alive(pid) {
+        // The unit's process, alive, and in this root (a stale pid may be reused by now).
+        if !crate::alive(pid) || !self.processes().contains(&pid) {
             return None;
         }
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -384,6 +386,10 @@ impl DebHost {
     fn processes(&self) -> Vec<i32> {
         let ns = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/mnt")).ok();
         let ours = ns(&self.holder.id().to_string());
+        // Never the test's own namespace (a holder gone and its pid reused would name it).
+        if ours.is_none() || ours == ns("self") {
+            return Vec::new();
+        }
         let mut pids = Vec::new();
         for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
             let name = entry.file_name().to_string_lossy().to_string();
