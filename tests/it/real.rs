@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::{code, sqlite_column, text, Client, Sandbox};
+use crate::support::{code, hw, journal_has, sqlite_column, text, Client, Sandbox};
 
 /// Every headscale version of the rig, oldest first.
 pub fn headscale_versions() -> Vec<String> {
@@ -610,4 +610,104 @@ fn real_upgrade_of_a_thousand_node_tailnet() {
     assert_eq!(sb.served_version(), format!("v{newest}"));
     assert_eq!(identities(&sb), before);
     drop(client);
+}
+
+/// `upgrade` with `kill` run once production is stopped (the journal has its `stop`), so the
+/// nodes that were online before the stop cannot come back.
+fn upgrade_killing_clients(sb: &Sandbox, kill: impl FnOnce()) -> std::process::Output {
+    let cfg = sb.config_path().display().to_string();
+    let child = Command::new(hw())
+        .args(["--config", &cfg, "upgrade", "--yes"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("headwarden");
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while !journal_has(&sb.path("state"), "stop") {
+        assert!(Instant::now() < deadline, "production was never stopped");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    kill();
+    child.wait_with_output().expect("headwarden")
+}
+
+/// After a promotion the real clients come back: the reconnect bake waits for them and says so.
+#[test]
+fn real_reconnect_bake_passes_when_the_clients_come_back() {
+    let mut sb = Sandbox::new_real("0.27.1");
+    sb.extra_smoke = "  reconnect:\n    within: 120s\n    min_nodes: 2\n".into();
+    sb.write_config();
+    let net = tailnet(&sb);
+    sb.release_real("0.28.0");
+    let out = sb.hw(&["upgrade", "--yes"]);
+    let said = text(&out);
+    assert_eq!(code(&out), 0, "{said}");
+    assert!(
+        said.contains("reconnect: 3 of 3 nodes online before the stop are back"),
+        "{said}"
+    );
+    assert!(net.alice.pings(&net.bob));
+}
+
+/// Clients stopped while production is down cannot come back: the bake fails after
+/// `smoke.reconnect.within`, the promotion is rolled back with its data, and the reason names the
+/// counts and the nodes missing.
+#[test]
+fn real_clients_that_cannot_come_back_fail_the_bake_and_production_rolls_back() {
+    let mut sb = Sandbox::new_real("0.27.1");
+    sb.extra_smoke = "  reconnect:\n    within: 15s\n    min_nodes: 2\n".into();
+    sb.write_config();
+    let mut net = tailnet(&sb);
+    sb.release_real("0.28.0");
+    let (ids, applied) = (identities(&sb), migrations(&sb));
+    let out = upgrade_killing_clients(&sb, || {
+        net.alice.kill();
+        net.bob.kill();
+        net.server.kill();
+    });
+    let said = text(&out);
+    assert_eq!(code(&out), 3, "{said}");
+    assert!(
+        said.contains("reconnect: 0 of 3 nodes online before the stop are back"),
+        "{said}"
+    );
+    for name in ["alice-laptop", "bob-phone", "build-server"] {
+        assert!(said.contains(name), "{name} named as missing: {said}");
+    }
+    assert!(said.contains("rolled back to 0.27.1"), "{said}");
+    assert_eq!(sb.served_version(), "v0.27.1");
+    assert_eq!(migrations(&sb), applied, "the pre-upgrade database is back");
+    assert_eq!(identities(&sb), ids);
+    assert_eq!(sb.prod_processes().len(), 1);
+}
+
+/// With `on_failure: alert` a partial return keeps the promotion and sends the
+/// `upgrade.reconnect_incomplete` event with the counts and the node missing.
+#[test]
+fn real_partial_reconnect_with_alert_keeps_the_upgrade_and_warns() {
+    let mut sb = Sandbox::new_real("0.27.1");
+    sb.extra_smoke =
+        "  reconnect:\n    within: 30s\n    min_nodes: 2\n    on_failure: alert\n".into();
+    sb.write_config();
+    let mut net = tailnet(&sb);
+    sb.release_real("0.28.0");
+    let out = upgrade_killing_clients(&sb, || net.server.kill());
+    let said = text(&out);
+    assert_eq!(code(&out), 0, "{said}");
+    assert!(
+        said.contains("reconnect: 2 of 3 nodes online before the stop are back"),
+        "{said}"
+    );
+    assert!(said.contains("missing: build-server"), "{said}");
+    assert_eq!(sb.served_version(), "v0.28.0");
+    let events = sb.outbox();
+    let (_, payload) = events
+        .iter()
+        .find(|(e, _)| e == "upgrade.reconnect_incomplete")
+        .unwrap_or_else(|| panic!("no reconnect event in {events:?}"));
+    assert_eq!(payload["back"], 2);
+    assert_eq!(payload["before"], 3);
+    assert_eq!(payload["missing"], serde_json::json!(["build-server"]));
+    assert!(net.alice.pings(&net.bob));
 }

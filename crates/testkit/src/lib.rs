@@ -793,6 +793,12 @@ impl Drop for Client {
 }
 
 impl Client {
+    /// Kills `tailscaled` (SIGKILL): the node goes offline and cannot come back.
+    pub fn kill(&mut self) {
+        let _ = self.daemon.kill();
+        let _ = self.daemon.wait();
+    }
+
     /// Starts `tailscaled` for `name` and runs `tailscale up` with `auth_key`.
     pub fn join(sb: &Sandbox, name: &str, auth_key: &str) -> Client {
         let login = format!("http://{}", sb.prod_setting("listen_addr"));
