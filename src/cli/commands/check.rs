@@ -3,6 +3,7 @@
 use semver::Version;
 
 use crate::exit;
+use crate::settings::ReconnectPolicy;
 use crate::state::Store;
 use crate::upgrade::{self, UpgradeOptions};
 
@@ -50,6 +51,19 @@ pub async fn run(cli: &Cli, to: &Option<Version>) -> Result<u8, Failure> {
                 let path: Vec<String> = p.hops.iter().map(|h| h.version.to_string()).collect();
                 println!("plan: {} -> {}", report.current, path.join(" -> "));
                 println!("  (Headscale cannot skip a minor version: one hop per minor, newest patch of each)");
+                let r = &s.smoke.reconnect;
+                if r.min_ratio > 0.0 {
+                    println!(
+                        "  after each promotion: {:.0}% of the nodes online before the stop must be back within {}s (from {} nodes online; else {})",
+                        r.min_ratio * 100.0,
+                        r.within.as_secs(),
+                        r.min_nodes,
+                        match r.on_failure {
+                            ReconnectPolicy::Rollback => "roll back",
+                            ReconnectPolicy::Alert => "alert",
+                        }
+                    );
+                }
             }
         }
         for n in &p.notes {
