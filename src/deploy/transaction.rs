@@ -426,7 +426,6 @@ async fn switch_and_start(
         }
         let r = &s.smoke.reconnect;
         let bake = smoke::reconnect(&p.target(), baseline, r, s.smoke.timeout).await;
-        tracing::info!("{}", bake.describe());
         if bake.passed() {
             return Ok(bake.describe());
         }

@@ -338,7 +338,9 @@ pub async fn run(keep: bool) -> Result<u8, Failure> {
     let config_path = root.join("headwarden.yaml");
     std::fs::write(
         &config_path,
-        demo_config(&root, &addr, &pubkey) + "keys:\n  max_age: 10m\n  remind_before: [599s]\n",
+        // The two clients are enough for the reconnect bake to judge each promotion.
+        demo_config(&root, &addr, &pubkey)
+            + "  reconnect:\n    min_nodes: 2\n    within: 60s\nkeys:\n  max_age: 10m\n  remind_before: [599s]\n",
     )?;
     let settings = settings::load(&config_path)?;
     let store = Store::open(&settings.state_dir)?;
