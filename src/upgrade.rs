@@ -20,7 +20,7 @@ use crate::release::watch::{
     self, awaiting_approval, estimate_secs, hold_reason, CheckReport, WatchError,
 };
 pub use crate::release::watch::{approve, set_hold, UpgradeOptions};
-use crate::release::{AssetKind, Release};
+use crate::release::{asset_name, AssetKind, Release};
 use crate::settings::cron;
 use crate::settings::playbook::{self, OnFailure, StepKind};
 use crate::settings::{ComposeInstall, ExternalInstall, Install, Settings};
@@ -841,9 +841,10 @@ impl RunCtx<'_> {
             Some(st) if st.configured() && st.release().as_ref() == Some(current) => {}
             other => {
                 return Err(PipelineError::Other(format!(
-                    "headscale.install.kind is deb, but dpkg records {package} {} while {} runs {current}; install the release's package (apt install ./headscale_{current}_linux_amd64.deb) or fix headscale.binary",
+                    "headscale.install.kind is deb, but dpkg records {package} {} while {} runs {current}; install the release's package (apt install ./{}) or fix headscale.binary",
                     other.as_ref().map_or("not installed".to_string(), |st| format!("{} ({})", st.version, st.status)),
-                    s.headscale.binary.display()
+                    s.headscale.binary.display(),
+                    asset_name(&format!("v{current}"), AssetKind::Deb)
                 )))
             }
         }
@@ -976,7 +977,7 @@ impl RunCtx<'_> {
                     Install::Binary | Install::Deb(_) | Install::External(_),
                 ) => {
                     return Err(PipelineError::Other(format!(
-                        "{reference} is an image, but headscale.install.kind is binary"
+                        "{reference} is an image, but headscale.install.kind is not compose"
                     )))
                 }
             }

@@ -3,11 +3,13 @@
 //! Promotion of one hop (every step is journaled *before* it acts):
 //! 1. `stop`    stop production through the service manager (no writes are lost after this)
 //! 2. `backup`  online copy of the stopped database (SQLite backup API), config, noise key
-//! 3. `switch`  point the binary symlink at the new version (atomic rename); data: from/to
+//! 3. `switch`  point production at the new version ([`switch_to`]: the binary symlink's atomic
+//!    rename, the compose file's `image:` line, `dpkg -i` of the package); data: from/to
 //! 4. `start`   start the service; poll `/health` every 10 ms until healthy or timeout
 //!    `verify_backup` `PRAGMA integrity_check` of the copy, once production answers (outside
 //!    the downtime); a failure is a critical `upgrade.backup_unverified` alarm
-//! 5. `smoke`   the smoke checks against production and the pre-upgrade baseline
+//! 5. `smoke`   the smoke checks against production and the pre-upgrade baseline, then the
+//!    reconnect bake (the nodes online before the stop must be online again)
 //! 6. `commit`
 //!
 //! A failed `stop` touches nothing: production keeps running the old version (it is started only
