@@ -60,6 +60,8 @@ impl ComposeSandbox {
     }
 
     fn build(version: &str, tag: &str, named_volume: bool) -> Self {
+        // Asked first: a missing registry fails the test before it starts anything to leak.
+        let registry = registry();
         let dir = tempfile::tempdir().expect("tempdir");
         let unique = dir
             .path()
@@ -73,7 +75,7 @@ impl ComposeSandbox {
         let pubkey = sim(&["keygen", "--out", &p("keys")]);
         let (feed, feed_addr) = start_feed(dir.path());
         let sb = ComposeSandbox {
-            repo: format!("{}/{unique}/headscale", registry()),
+            repo: format!("{registry}/{unique}/headscale"),
             project,
             port: free_port(),
             dir,
