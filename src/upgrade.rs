@@ -195,11 +195,11 @@ async fn fetch_and_plan(
     if let Some(conflict) = deploy::install_conflict(s).await {
         return Err(PipelineError::Other(conflict));
     }
+    if let Install::External(e) = &s.headscale.install {
+        return external_report(s, e).await;
+    }
     let current = current_version(s).await?;
     let prod_config = deploy::production_config(s).await?;
-    if let Install::External(e) = &s.headscale.install {
-        return external_report(s, e, current, &prod_config).await;
-    }
     let image = image_facts(s, &current)?;
     let (mut report, releases) =
         watch::fetch_and_plan(s, store, current, &prod_config, opts).await?;
@@ -212,8 +212,6 @@ async fn fetch_and_plan(
 async fn external_report(
     s: &Settings,
     e: &ExternalInstall,
-    current: Version,
-    prod_config: &config::HeadscaleConfig,
 ) -> Result<(CheckReport, Vec<Release>), PipelineError> {
     let facts =
         deploy::external::facts(s, e)
@@ -222,8 +220,15 @@ async fn external_report(
                 binary: s.headscale.binary.display().to_string(),
                 source,
             })?;
+    // What production runs: the running server, or (none running) the binary on disk, as
+    // `deploy::current_version` has it; read once here with the rest of the facts.
+    let current = facts
+        .running
+        .clone()
+        .unwrap_or_else(|| facts.on_disk.clone());
+    let prod_config = deploy::production_config(s).await?;
     let plan = plan::restart_plan(&current, &facts.on_disk);
-    let config_problems = watch::config_problems(prod_config, &plan);
+    let config_problems = watch::config_problems(&prod_config, &plan);
     let report = CheckReport {
         current,
         plan,
@@ -1145,12 +1150,10 @@ impl RunCtx<'_> {
             let baseline = smoke::baseline(&p.target(), s.smoke.timeout)
                 .await
                 .map_err(PipelineError::ProductionUnhealthy)?;
-            if let Install::Deb(_) = &s.headscale.install {
-                if let Some(pid) = deploy::package::lock_holder() {
-                    return Err(PipelineError::Other(format!(
-                        "dpkg is locked by process {pid} (apt or unattended-upgrades?); nothing was changed, production stays on {from}; run again once it is done"
-                    )));
-                }
+            if let Some(busy) = deploy::switch_blocked(s) {
+                return Err(PipelineError::Other(format!(
+                    "{busy}; nothing was changed, production stays on {from}; run again once it is done"
+                )));
             }
             (self.say)(&format!(
                 "promoting {from} -> {} on production",

@@ -267,6 +267,16 @@ pub async fn install_conflict(s: &Settings) -> Option<String> {
     ))
 }
 
+/// Why a switch cannot be made now although nothing is wrong with the release: another package
+/// manager holds dpkg's lock (a deb install's switch is `dpkg -i`). Asked before each hop's stop.
+pub fn switch_blocked(s: &Settings) -> Option<String> {
+    let Install::Deb(_) = &s.headscale.install else {
+        return None;
+    };
+    package::lock_holder()
+        .map(|pid| format!("dpkg is locked by process {pid} (apt or unattended-upgrades?)"))
+}
+
 /// A verified release ready to be staged or promoted: a binary under `versions/`, or a pulled
 /// image with the digest it was verified at.
 #[derive(Debug, Clone)]

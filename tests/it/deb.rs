@@ -46,6 +46,27 @@ fn key_for(sb: &DebHost, user: &str) -> String {
     key["key"].as_str().expect("key").to_string()
 }
 
+/// Real clients of two new users, logged in to production.
+fn two_clients(sb: &DebHost) -> (Client, Client) {
+    let login = format!("http://{}", sb.addr());
+    let join = |user: &str, host: &str| {
+        let dir = sb.path(&format!("clients/{user}"));
+        Client::join_at(&dir, host, &login, &key_for(sb, user))
+    };
+    (join("alice", "alice-laptop"), join("bob", "bob-phone"))
+}
+
+/// `a` reaches `b` again within a minute (they reconnect after production's restart).
+fn assert_pings_again(a: &Client, b: &Client) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !a.pings(b) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the clients came back"
+        );
+    }
+}
+
 /// The headscale account the package's postinst created, as the throwaway root's passwd has it.
 fn headscale_uid(sb: &DebHost) -> u32 {
     let passwd = std::fs::read_to_string(sb.root("/etc/passwd")).expect("passwd");
@@ -72,19 +93,7 @@ fn deb_upgrade_goes_hop_by_hop_through_dpkg_to_the_newest_0_29() {
         Some(uid),
         "runs as headscale"
     );
-    let login = format!("http://{}", sb.addr());
-    let alice = Client::join_at(
-        &sb.path("clients/alice"),
-        "alice-laptop",
-        &login,
-        &key_for(&sb, "alice"),
-    );
-    let bob = Client::join_at(
-        &sb.path("clients/bob"),
-        "bob-phone",
-        &login,
-        &key_for(&sb, "bob"),
-    );
+    let (alice, bob) = two_clients(&sb);
     assert!(alice.pings(&bob), "the tailnet works before the upgrade");
     for v in ["0.26.1", "0.27.1", "0.28.0", "0.29.2", "0.29.3"] {
         sb.release(v);
@@ -140,13 +149,7 @@ fn deb_upgrade_goes_hop_by_hop_through_dpkg_to_the_newest_0_29() {
         std::fs::read(&kept).expect("kept package"),
         std::fs::read(package("0.26.1")).expect("package"),
     );
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while !alice.pings(&bob) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the clients came back"
-        );
-    }
+    assert_pings_again(&alice, &bob);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -534,15 +537,21 @@ fn headwardens_own_package_installs_next_to_headscales() {
 // do not restart the service) replaces the binary under the running server; headwarden stages
 // the binary on disk and guards the restart.
 
-/// Out-of-band package updates as Alpine and Arch do them: the new binary is installed, the
+/// Runs `install` the way Alpine and Arch update packages: the new binary is installed, the
 /// running server is not restarted (policy-rc.d says 101, so postinst does not bounce the unit).
-fn install_without_restart(sb: &DebHost, deb: &std::path::Path) {
+fn without_restart<T>(sb: &DebHost, install: impl FnOnce() -> T) -> T {
     let policy = sb.root("/usr/sbin/policy-rc.d");
     std::fs::write(&policy, "#!/bin/sh\nexit 101\n").expect("policy-rc.d");
     std::fs::set_permissions(&policy, std::os::unix::fs::PermissionsExt::from_mode(0o755))
         .expect("chmod");
-    sb.dpkg_install(deb);
+    let out = install();
     std::fs::remove_file(&policy).expect("policy-rc.d");
+    out
+}
+
+/// `dpkg -i deb` without a restart ([`without_restart`]).
+fn install_without_restart(sb: &DebHost, deb: &std::path::Path) {
+    without_restart(sb, || sb.dpkg_install(deb));
 }
 
 fn external_host(version: &str) -> DebHost {
@@ -560,19 +569,7 @@ fn external_host(version: &str) -> DebHost {
 #[test]
 fn external_install_stages_and_guards_the_restart_after_a_package_update() {
     let sb = external_host("0.27.1");
-    let login = format!("http://{}", sb.addr());
-    let alice = Client::join_at(
-        &sb.path("clients/alice"),
-        "alice-laptop",
-        &login,
-        &key_for(&sb, "alice"),
-    );
-    let bob = Client::join_at(
-        &sb.path("clients/bob"),
-        "bob-phone",
-        &login,
-        &key_for(&sb, "bob"),
-    );
+    let (alice, bob) = two_clients(&sb);
     assert!(alice.pings(&bob));
     // A local APT repository holding 0.28.0 (as a distribution's archive would).
     let repo = sb.path("repo");
@@ -613,24 +610,21 @@ fn external_install_stages_and_guards_the_restart_after_a_package_update() {
     );
     assert!(text(&check).contains("up to date"), "{}", text(&check));
 
-    let policy = sb.root("/usr/sbin/policy-rc.d");
-    std::fs::write(&policy, "#!/bin/sh\nexit 101\n").expect("policy-rc.d");
-    std::fs::set_permissions(&policy, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-        .expect("chmod");
-    let apt = sb.ns_env(
-        &[
-            "apt-get",
-            "install",
-            "-y",
-            "-qq",
-            "-o",
-            "Dpkg::Options::=--force-confold",
-            "headscale",
-        ],
-        &[("DEBIAN_FRONTEND", "noninteractive")],
-    );
+    let apt = without_restart(&sb, || {
+        sb.ns_env(
+            &[
+                "apt-get",
+                "install",
+                "-y",
+                "-qq",
+                "-o",
+                "Dpkg::Options::=--force-confold",
+                "headscale",
+            ],
+            &[("DEBIAN_FRONTEND", "noninteractive")],
+        )
+    });
     assert!(apt.status.success(), "{}", text(&apt));
-    std::fs::remove_file(&policy).expect("policy-rc.d");
     assert_eq!(sb.dpkg_state("headscale"), "0.28.0 ii");
     assert_eq!(sb.cli_version(), "0.28.0", "the binary on disk");
 
@@ -679,13 +673,7 @@ fn external_install_stages_and_guards_the_restart_after_a_package_update() {
         .output()
         .expect("kept binary");
     assert!(text(&v).contains("0.27.1"), "{}", text(&v));
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while !alice.pings(&bob) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the clients came back"
-        );
-    }
+    assert_pings_again(&alice, &bob);
 }
 
 /// The package manager skipped a minor (0.27.1 runs, 0.29.3 is on disk): refused before anything

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::{free_port, run_hw, sim, start_feed, text, upstream_config, OFFLINE_DERP};
+use crate::{free_port, publish, run_hw, sim, start_feed, text, upstream_config, OFFLINE_DERP};
 
 pub struct ComposeSandbox {
     pub dir: tempfile::TempDir,
@@ -197,20 +197,7 @@ impl ComposeSandbox {
 
     /// Publishes release `version` in the feed (the real binary as its asset, signed).
     pub fn release(&self, version: &str) {
-        let feed = self.path("feed").display().to_string();
-        let key = self.path("keys/minisign.key").display().to_string();
-        let binary = crate::headscale(version).display().to_string();
-        sim(&[
-            "make-release",
-            "--feed",
-            &feed,
-            "--version",
-            version,
-            "--binary",
-            &binary,
-            "--sign",
-            &key,
-        ]);
+        publish(self.dir.path(), version, &crate::headscale(version), None);
     }
 
     pub fn compose(&self, args: &[&str]) -> String {

@@ -16,7 +16,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::{free_port, hw, rig_dir, sim, start_feed, text, upstream_config, OFFLINE_DERP};
+use crate::{
+    free_port, hw, publish, rig_dir, sim, start_feed, text, upstream_config, OFFLINE_DERP,
+};
 
 const OVERLAID: [&str; 4] = ["usr", "etc", "var", "run"];
 
@@ -224,23 +226,12 @@ impl DebHost {
 
     /// Publishes release `version` with `deb` as its package.
     pub fn release_package(&self, version: &str, deb: &Path) {
-        let feed = self.path("feed").display().to_string();
-        let key = self.path("keys/minisign.key").display().to_string();
-        let binary = crate::headscale(version).display().to_string();
-        let deb = deb.display().to_string();
-        sim(&[
-            "make-release",
-            "--feed",
-            &feed,
-            "--version",
+        publish(
+            self.dir.path(),
             version,
-            "--binary",
-            &binary,
-            "--deb",
-            &deb,
-            "--sign",
-            &key,
-        ]);
+            &crate::headscale(version),
+            Some(deb),
+        );
     }
 
     /// Upstream's package of `version` rebuilt after `edit` changed its tree (`dpkg-deb -R`

@@ -216,6 +216,31 @@ pub fn start_feed(dir: &Path) -> (Child, String) {
     (feed, addr)
 }
 
+/// Publishes release `version` in the feed under `dir` (`dir/feed`, signed with
+/// `dir/keys/minisign.key`): `binary` as its asset and, when given, `deb` as its package, named,
+/// checksummed and signed like upstream's.
+pub fn publish(dir: &Path, version: &str, binary: &Path, deb: Option<&Path>) {
+    let feed = dir.join("feed").display().to_string();
+    let key = dir.join("keys/minisign.key").display().to_string();
+    let binary = binary.display().to_string();
+    let deb = deb.map(|d| d.display().to_string());
+    let mut args = vec![
+        "make-release",
+        "--feed",
+        &feed,
+        "--version",
+        version,
+        "--binary",
+        &binary,
+        "--sign",
+        &key,
+    ];
+    if let Some(d) = &deb {
+        args.extend(["--deb", d.as_str()]);
+    }
+    sim(&args);
+}
+
 /// `headwarden --config CONFIG ARGS` with `env` (and no fault injection but what `env` asks).
 pub fn run_hw(config: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     let cfg = config.display().to_string();
@@ -434,20 +459,7 @@ impl Sandbox {
 
     /// Publishes `binary` as release `version`, named, checksummed and signed like upstream's.
     fn publish_binary(&self, version: &str, binary: &Path) {
-        let feed = self.path("feed").display().to_string();
-        let binary = binary.display().to_string();
-        let key = self.path("keys/minisign.key").display().to_string();
-        sim(&[
-            "make-release",
-            "--feed",
-            &feed,
-            "--version",
-            version,
-            "--binary",
-            &binary,
-            "--sign",
-            &key,
-        ]);
+        publish(self.dir.path(), version, binary, None);
     }
 
     /// A release of the real `version` that fails only as production, after migrating production's
