@@ -168,6 +168,29 @@ pub async fn current_version(s: &Settings) -> Result<Version, PipelineError> {
     Ok(deploy::current_version(s).await?)
 }
 
+/// `headwarden smoke`: the configured smoke checks against production as it runs now (the
+/// baseline is taken right before, so noise key and parity compare production with itself; the
+/// probe's node and user are removed afterwards). Interrupted runs are recovered first.
+pub async fn smoke_production(s: &Settings, store: &Store) -> Result<smoke::Report, PipelineError> {
+    recover(s, store).await?;
+    let current = current_version(s).await?;
+    let config = deploy::production_config(s).await?;
+    let p = prod(s, store, &config).await?;
+    let baseline = smoke::baseline(&p.target(), s.smoke.timeout)
+        .await
+        .map_err(|e| PipelineError::Other(format!("production does not answer its CLI: {e}")))?;
+    // Journaled, so that recovery sweeps the probe's node after a crash.
+    let run = store.begin_run("smoke", Some(&current.to_string()), None)?;
+    let report = smoke::run(&p.target(), &current, &baseline, &s.smoke).await;
+    let (outcome, detail) = if report.passed() {
+        ("passed", "all checks passed".to_string())
+    } else {
+        ("failed", report.failures())
+    };
+    store.finish_run(run, outcome, &detail)?;
+    Ok(report)
+}
+
 /// Finishes interrupted runs (crash recovery); safe to call at the start of every locked command.
 pub async fn recover(s: &Settings, store: &Store) -> Result<Vec<Recovered>, PipelineError> {
     if store.open_runs()?.is_empty() {
@@ -1170,7 +1193,11 @@ impl RunCtx<'_> {
             )
             .await
             {
-                HopOutcome::Promoted { timings, reconnect } => {
+                HopOutcome::Promoted {
+                    timings,
+                    reconnect,
+                    connectivity,
+                } => {
                     let downtime: u128 = timings
                         .iter()
                         .filter(|(n, _)| {
@@ -1181,7 +1208,7 @@ impl RunCtx<'_> {
                     store.push_event(
                         Event::UpgradePromoted,
                         Severity::Info,
-                        &serde_json::json!({"run": run, "from": from.to_string(), "to": hop.version().to_string(), "downtime_ms": downtime, "reconnect": reconnect}),
+                        &serde_json::json!({"run": run, "from": from.to_string(), "to": hop.version().to_string(), "downtime_ms": downtime, "reconnect": reconnect, "connectivity": connectivity}),
                     )?;
                     (self.say)(&format!(
                         "production now on {} ({})",
@@ -1192,6 +1219,9 @@ impl RunCtx<'_> {
                             .collect::<Vec<_>>()
                             .join(", ")
                     ));
+                    if let Some(c) = &connectivity {
+                        (self.say)(&format!("  connectivity: {c}"));
+                    }
                     (self.say)(&format!("  {reconnect}"));
                     progress.timings.push(timings);
                     from = hop.version().clone();

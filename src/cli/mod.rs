@@ -79,6 +79,9 @@ enum Command {
     },
     /// Production version and health, interrupted runs, installed versions, backups.
     Status,
+    /// Run the smoke checks (smoke.checks, smoke.commands) against production now; exit 1 if one
+    /// fails. The connectivity probe's node and user are removed afterwards.
+    Smoke,
     /// Past runs and their journaled steps.
     History {
         #[arg(long, default_value_t = 20)]
@@ -394,6 +397,7 @@ pub(crate) async fn run_command(cli: &Cli) -> Result<u8, Failure> {
         } => commands::upgrade::run(cli, to, yes, dry_run, allow_downgrade, ignore_window).await,
         Command::Rollback { to } => commands::rollback::run(cli, to).await,
         Command::Status => commands::status::run(cli).await,
+        Command::Smoke => commands::smoke::run(cli).await,
         Command::History { limit } => commands::history::run(cli, limit),
         Command::Demo { keep, real: false } => commands::demo::run(*keep).await,
         Command::Demo { keep, real: true } => commands::demo_real::run(*keep).await,

@@ -141,6 +141,7 @@ pub async fn stage(
             base_url,
             cli,
             config: config_path.clone(),
+            open_policy: prod.open_policy(),
         };
         // Without the playbook's smoke step staging only proves the candidate starts, migrates
         // the copy and answers /health (checked above).

@@ -41,7 +41,7 @@ use crate::files;
 use crate::headscale::cli::{Cli, CliError};
 use crate::headscale::config::HeadscaleConfig;
 use crate::process;
-use crate::settings::{Install, ReconnectPolicy, Settings};
+use crate::settings::{Install, ReconnectPolicy, Settings, SmokeCheck};
 use crate::smoke::{self, Baseline, SmokeError, Target};
 use crate::state;
 use crate::state::{sqlite_files, RunId, RunRow, StepRow, Store};
@@ -53,6 +53,8 @@ pub enum HopOutcome {
         timings: Vec<(String, u128)>,
         /// What the reconnect bake saw (`smoke.reconnect`).
         reconnect: String,
+        /// What the connectivity probe saw on production (when `smoke.checks` has it).
+        connectivity: Option<String>,
     },
     /// Production could not be stopped: nothing was changed and the release is not to blame.
     NotStopped {
@@ -84,6 +86,7 @@ impl Prod<'_> {
             base_url: self.config.http_base(),
             cli: self.cli.clone(),
             config: self.settings.headscale.config.clone(),
+            open_policy: self.config.open_policy(),
         }
     }
 
@@ -317,12 +320,16 @@ pub async fn promote_hop(
         Err(e) => Err(e),
     };
     match result {
-        Ok(reconnect) => {
+        Ok((connectivity, reconnect)) => {
             let _ = p
                 .store
                 .step_start(run, hop, "commit", &json!({}))
                 .and_then(|id| p.store.step_finish(id, true, "committed", 0));
-            HopOutcome::Promoted { timings, reconnect }
+            HopOutcome::Promoted {
+                timings,
+                reconnect,
+                connectivity,
+            }
         }
         Err(e) => {
             let reason = e.to_string();
@@ -370,7 +377,7 @@ async fn not_stopped(p: &Prod<'_>, e: StepError) -> HopOutcome {
 }
 
 /// After the backup: switch the binary, start, check the backup (outside the downtime), smoke
-/// and the reconnect bake (whose description it returns).
+/// and the reconnect bake. Returns what the connectivity probe and the bake saw.
 #[allow(clippy::too_many_arguments)]
 async fn switch_and_start(
     p: &Prod<'_>,
@@ -381,7 +388,7 @@ async fn switch_and_start(
     baseline: &Baseline,
     bdir: &Path,
     timings: &mut Vec<(String, u128)>,
-) -> Result<String, StepError> {
+) -> Result<(Option<String>, String), StepError> {
     let s = p.settings;
     p.step(
         run,
@@ -426,10 +433,11 @@ async fn switch_and_start(
         if !report.passed() {
             return Err(StepError::SmokeFailed(report.failures()));
         }
+        let connectivity = report.detail_of(SmokeCheck::Connectivity);
         let r = &s.smoke.reconnect;
         let bake = smoke::reconnect(&p.target(), baseline, r, s.smoke.timeout).await;
         if bake.passed() {
-            return Ok(bake.describe());
+            return Ok((connectivity, bake.describe()));
         }
         match r.on_failure {
             ReconnectPolicy::Rollback => Err(StepError::Reconnect(bake.describe())),
@@ -439,7 +447,10 @@ async fn switch_and_start(
                     Severity::Warning,
                     &json!({"run": run, "version": to.version.to_string(), "before": bake.before, "back": bake.back, "needed": bake.needed, "missing": bake.missing, "within_secs": r.within.as_secs()}),
                 )?;
-                Ok(format!("{} (kept: on_failure is alert)", bake.describe()))
+                Ok((
+                    connectivity,
+                    format!("{} (kept: on_failure is alert)", bake.describe()),
+                ))
             }
         }
     })
@@ -617,6 +628,13 @@ async fn settle(
     hop: i64,
     touched: bool,
 ) -> (String, String) {
+    if run.kind == "smoke" {
+        // `headwarden smoke` changes nothing but the probe's node, which recovery sweeps.
+        return (
+            "aborted".into(),
+            "the smoke checks were interrupted; production was not changed".into(),
+        );
+    }
     if run.kind == "rollback" && touched {
         let st = last(steps, hop, "manual_rollback");
         if st.is_none() {
@@ -743,6 +761,16 @@ pub async fn recover(p: &Prod<'_>) -> Result<Vec<Recovered>, DeployError> {
             outcome,
             detail,
         });
+    }
+    if !out.is_empty() {
+        // A crash inside the connectivity probe can leave its node and user behind when the
+        // run did not roll production's data back (on staging they go with the copy).
+        match smoke::probe::sweep(&p.target(), p.settings.smoke.timeout).await {
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "could not look for the connectivity probe's node")
+            }
+        }
     }
     Ok(out)
 }

@@ -1,6 +1,7 @@
 //! Talking to an instance through its own CLI (`headscale -c CONFIG … -o json`), as an admin
 //! would on the host: over the local unix socket, no API key needed. Used for the version of a
-//! binary and for data-parity snapshots of users and nodes.
+//! binary, for data-parity snapshots of users and nodes, and for the connectivity probe's
+//! own user, one-time key and node.
 
 use std::path::Path;
 use std::time::Duration;
@@ -10,6 +11,7 @@ use serde_json::Value;
 
 use super::{parse_version_text, NodeRef, UserRef};
 use crate::process;
+use crate::settings::Secret;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
@@ -161,4 +163,93 @@ pub async fn list_nodes(
         .collect();
     nodes.sort();
     Ok(nodes)
+}
+
+/// Creates user `name` (`headscale users create NAME`).
+pub async fn create_user(
+    cli: &Cli,
+    config: &Path,
+    name: &str,
+    timeout: Duration,
+) -> Result<UserRef, CliError> {
+    let v = run_json(cli, config, &["users", "create", name], timeout).await?;
+    let id = id_of(&v).ok_or_else(|| CliError::Output {
+        command: "headscale users create".into(),
+        detail: "no id in the created user".into(),
+    })?;
+    Ok(UserRef {
+        id,
+        name: name.to_string(),
+    })
+}
+
+/// Deletes the user with `id` (`headscale users destroy`); it must own no nodes.
+pub async fn destroy_user(
+    cli: &Cli,
+    config: &Path,
+    id: u64,
+    timeout: Duration,
+) -> Result<(), CliError> {
+    let id = id.to_string();
+    run_json(
+        cli,
+        config,
+        &["users", "destroy", "--identifier", &id, "--force"],
+        timeout,
+    )
+    .await
+    .map(drop)
+}
+
+/// Deletes the node with `id` (`headscale nodes delete`).
+pub async fn delete_node(
+    cli: &Cli,
+    config: &Path,
+    id: u64,
+    timeout: Duration,
+) -> Result<(), CliError> {
+    let id = id.to_string();
+    run_json(
+        cli,
+        config,
+        &["nodes", "delete", "--identifier", &id, "--force"],
+        timeout,
+    )
+    .await
+    .map(drop)
+}
+
+/// Mints a one-time, ephemeral pre-auth key for user `user` that expires after `expiration`
+/// (a Go duration such as `10m`). The key is returned as a [`Secret`]; it is never in an error.
+pub async fn ephemeral_key(
+    cli: &Cli,
+    config: &Path,
+    user: u64,
+    expiration: &str,
+    timeout: Duration,
+) -> Result<Secret, CliError> {
+    let user = user.to_string();
+    let command = "headscale preauthkeys create --ephemeral".to_string();
+    let v = run_json(
+        cli,
+        config,
+        &[
+            "preauthkeys",
+            "create",
+            "--user",
+            &user,
+            "--ephemeral",
+            "--expiration",
+            expiration,
+        ],
+        timeout,
+    )
+    .await?;
+    match v.get("key").and_then(Value::as_str) {
+        Some(k) if !k.is_empty() => Ok(Secret::new(k)),
+        _ => Err(CliError::Output {
+            command,
+            detail: "no key in its answer".into(),
+        }),
+    }
 }

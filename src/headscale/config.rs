@@ -188,6 +188,15 @@ impl HeadscaleConfig {
         })
     }
 
+    /// No ACL policy restricts what nodes see: no policy file (`policy.path`, before 0.23
+    /// `acl_policy_path`) and not `policy.mode: database` (whose policy headwarden cannot read).
+    pub fn open_policy(&self) -> bool {
+        let set = |k: &str| self.value(k).is_some_and(|v| !v.trim().is_empty());
+        !set("policy.path")
+            && !set("acl_policy_path")
+            && self.value("policy.mode").as_deref() != Some("database")
+    }
+
     /// Base URL for HTTP checks: the listen address (wildcard host replaced by loopback), or
     /// `server_url` when Headscale itself serves TLS (its certificate names that host).
     pub fn http_base(&self) -> String {

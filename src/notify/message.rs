@@ -139,6 +139,9 @@ fn upgrade_text(m: &mut Message, event: &str, p: &Value) -> bool {
             if let Some(ms) = p.get("downtime_ms").and_then(Value::as_u64) {
                 fact(m, "Downtime", &format!("{ms} ms"));
             }
+            if p.get("connectivity").is_some_and(Value::is_string) {
+                fact(m, "Protocol probe", s(p, "connectivity"));
+            }
             fact(
                 m,
                 "Clients",

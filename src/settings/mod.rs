@@ -305,6 +305,29 @@ pub enum SmokeCheck {
     Version,
     NoiseKey,
     DataParity,
+    /// The Tailscale-protocol probe: handshake, register, map (`smoke::probe`).
+    Connectivity,
+}
+
+impl SmokeCheck {
+    pub const ALL: [SmokeCheck; 5] = [
+        SmokeCheck::Health,
+        SmokeCheck::Version,
+        SmokeCheck::NoiseKey,
+        SmokeCheck::DataParity,
+        SmokeCheck::Connectivity,
+    ];
+
+    /// The name in `smoke.checks` and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            SmokeCheck::Health => "health",
+            SmokeCheck::Version => "version",
+            SmokeCheck::NoiseKey => "noise_key",
+            SmokeCheck::DataParity => "data_parity",
+            SmokeCheck::Connectivity => "connectivity",
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -742,6 +765,33 @@ mod example_tests {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("headwarden.example.yaml");
         let s = super::load(&path).expect("headwarden.example.yaml must stay valid");
         assert_eq!(s.release.owner, "juanfont");
-        assert_eq!(s.smoke.checks.len(), 4);
+        assert_eq!(s.smoke.checks, super::SmokeCheck::ALL.to_vec());
+    }
+
+    #[test]
+    fn the_connectivity_probe_is_a_default_check_and_can_be_left_out() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.yaml");
+        let load = |smoke: &str| {
+            std::fs::write(
+                &path,
+                format!(
+                    "state_dir: {}/state\nheadscale:\n  binary: /usr/local/bin/headscale\nsmoke:\n{smoke}",
+                    dir.path().display()
+                ),
+            )
+            .expect("write");
+            super::load(&path)
+        };
+        let s = load("  timeout: 5s\n").expect("defaults");
+        assert!(s.smoke.checks.contains(&super::SmokeCheck::Connectivity));
+        let s = load("  checks: [health, data_parity]\n").expect("chosen");
+        assert_eq!(
+            s.smoke.checks,
+            vec![super::SmokeCheck::Health, super::SmokeCheck::DataParity]
+        );
+        let e = load("  checks: [health, ping]\n").expect_err("unknown");
+        assert!(e.message.contains("unknown check \"ping\""), "{e:?}");
+        assert!(e.hint.is_some_and(|h| h.contains("connectivity")));
     }
 }

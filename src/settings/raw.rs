@@ -939,24 +939,20 @@ fn headscale(cx: &Ctx<'_>, h: RawHeadscale) -> Result<HeadscaleSettings, ConfigE
 
 fn smoke(cx: &Ctx<'_>, s: RawSmoke) -> Result<SmokeSettings, ConfigError> {
     let checks = match s.checks {
-        None => vec![
-            SmokeCheck::Health,
-            SmokeCheck::Version,
-            SmokeCheck::NoiseKey,
-            SmokeCheck::DataParity,
-        ],
+        None => SmokeCheck::ALL.to_vec(),
         Some(list) => list
             .iter()
-            .map(|c| match c.as_str() {
-                "health" => Ok(SmokeCheck::Health),
-                "version" => Ok(SmokeCheck::Version),
-                "noise_key" => Ok(SmokeCheck::NoiseKey),
-                "data_parity" => Ok(SmokeCheck::DataParity),
-                other => Err(cx.err(
-                    "smoke.checks",
-                    format!("unknown check {other:?}"),
-                    "known checks: health, version, noise_key, data_parity",
-                )),
+            .map(|c| {
+                SmokeCheck::ALL
+                    .into_iter()
+                    .find(|k| k.name() == c)
+                    .ok_or_else(|| {
+                        cx.err(
+                            "smoke.checks",
+                            format!("unknown check {c:?}"),
+                            "known checks: health, version, noise_key, data_parity, connectivity",
+                        )
+                    })
             })
             .collect::<Result<_, _>>()?,
     };

@@ -1,5 +1,8 @@
 //! Smoke checks against a running instance (staging or production), each with a timeout and a
-//! line in the report: health, reported version, unchanged Noise key, data parity, custom argv.
+//! line in the report: health, reported version, unchanged Noise key, data parity, the
+//! Tailscale-protocol probe ([`probe`]), custom argv; and the reconnect bake after a promotion.
+
+pub mod probe;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -41,6 +44,8 @@ pub enum SmokeError {
         nodes: Vec<String>,
         of_nodes: usize,
     },
+    #[error("connectivity probe {0}")]
+    Probe(#[from] probe::ProbeError),
     #[error("exit {code}: {tail}")]
     Command { code: i32, tail: String },
 }
@@ -58,6 +63,8 @@ pub struct Target {
     pub cli: Cli,
     /// The config file as that CLI sees it (inside the container, for a compose install).
     pub config: PathBuf,
+    /// No ACL policy restricts what a node sees: the probe must see every node as a peer.
+    pub open_policy: bool,
 }
 
 /// What production looked like before the change.
@@ -85,6 +92,13 @@ pub struct Report {
 impl Report {
     pub fn passed(&self) -> bool {
         self.results.iter().all(|r| r.ok)
+    }
+    /// The report line of `check`, when it ran.
+    pub fn detail_of(&self, check: SmokeCheck) -> Option<String> {
+        self.results
+            .iter()
+            .find(|r| r.check == check.name())
+            .map(|r| r.detail.clone())
     }
     pub fn failures(&self) -> String {
         self.results
@@ -143,23 +157,21 @@ pub async fn run(
     let mut results = Vec::new();
     for check in &settings.checks {
         let start = Instant::now();
-        let (name, outcome): (&str, Result<String, SmokeError>) = match check {
-            SmokeCheck::Health => (
-                "health",
-                http::health(&client, &t.base_url)
-                    .await
-                    .map(|()| "/health passes".to_string())
-                    .map_err(SmokeError::from),
-            ),
-            SmokeCheck::Version => (
-                "version",
-                check_version(&client, t, expected, timeout).await,
-            ),
-            SmokeCheck::NoiseKey => ("noise_key", check_noise(&client, t, base).await),
-            SmokeCheck::DataParity => ("data_parity", check_parity(t, base, timeout).await),
+        let outcome = match check {
+            SmokeCheck::Health => http::health(&client, &t.base_url)
+                .await
+                .map(|()| "/health passes".to_string())
+                .map_err(SmokeError::from),
+            SmokeCheck::Version => check_version(&client, t, expected, timeout).await,
+            SmokeCheck::NoiseKey => check_noise(&client, t, base).await,
+            SmokeCheck::DataParity => check_parity(t, base, timeout).await,
+            SmokeCheck::Connectivity => probe::probe(t, base.noise_key.as_deref(), timeout)
+                .await
+                .map(|p| p.describe())
+                .map_err(SmokeError::from),
         };
         results.push(CheckResult {
-            check: name.to_string(),
+            check: check.name().to_string(),
             ok: outcome.is_ok(),
             detail: outcome.unwrap_or_else(|e| e.to_string()),
             elapsed_ms: start.elapsed().as_millis(),

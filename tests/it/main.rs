@@ -13,6 +13,7 @@ mod fuzz;
 mod keys;
 mod notify;
 mod playbook;
+mod probe;
 mod real;
 mod rows;
 mod schedule;

@@ -178,6 +178,9 @@ pub const OFFLINE_DERP: &str = "regions:
         derpport: 1
 ";
 
+/// `smoke.checks` for a stand-in production: every check but the connectivity probe.
+pub const STAND_IN_CHECKS: &str = "  checks: [health, version, noise_key, data_parity]\n";
+
 /// The account production runs as when the suite runs as root (`nobody`).
 pub const PROD_UID: u32 = 65534;
 
@@ -187,6 +190,9 @@ pub struct Sandbox {
     pub feed_addr: String,
     pub pubkey: String,
     pub extra_release: String,
+    /// Under `smoke:`: `checks:` (the stand-in does not speak the Tailscale control protocol,
+    /// so its sandboxes leave the connectivity probe out; real production keeps the default).
+    pub checks: String,
     /// Appended under `smoke:`.
     pub extra_smoke: String,
     /// Appended under `headscale:` (e.g. the `api:` section).
@@ -363,6 +369,11 @@ impl Sandbox {
             feed_addr,
             pubkey,
             extra_release: String::new(),
+            checks: if real_arg.is_some() {
+                String::new()
+            } else {
+                STAND_IN_CHECKS.to_string()
+            },
             extra_smoke: String::new(),
             extra_headscale: String::new(),
             extra_top: String::new(),
@@ -526,7 +537,8 @@ impl Sandbox {
     pub fn write_config(&self) {
         let r = self.dir.path().display();
         let text = format!(
-            "state_dir: {r}/state\nrelease:\n  api_url: http://{addr}\n  allow_insecure_http: true\n  min_age: 1d\n  minisign_public_key: {key}\n{extra}headscale:\n  binary: {r}/prod/bin/headscale\n  config: {r}/prod/etc/config.yaml\n  service:\n    kind: command\n    start: [{r}/prod/service.sh, start]\n    stop: [{r}/prod/service.sh, stop]\n    status: [{r}/prod/service.sh, status]\n{api}smoke:\n  timeout: 5s\n{smoke}{top}",
+            "state_dir: {r}/state\nrelease:\n  api_url: http://{addr}\n  allow_insecure_http: true\n  min_age: 1d\n  minisign_public_key: {key}\n{extra}headscale:\n  binary: {r}/prod/bin/headscale\n  config: {r}/prod/etc/config.yaml\n  service:\n    kind: command\n    start: [{r}/prod/service.sh, start]\n    stop: [{r}/prod/service.sh, stop]\n    status: [{r}/prod/service.sh, status]\n{api}smoke:\n  timeout: 5s\n{checks}{smoke}{top}",
+            checks = self.checks,
             addr = self.feed_addr,
             key = self.pubkey,
             extra = self.extra_release,

@@ -3,7 +3,7 @@
 use semver::Version;
 
 use crate::exit;
-use crate::settings::ReconnectPolicy;
+use crate::settings::{ReconnectPolicy, SmokeCheck};
 use crate::state::Store;
 use crate::upgrade::{self, UpgradeOptions};
 
@@ -51,6 +51,16 @@ pub async fn run(cli: &Cli, to: &Option<Version>) -> Result<u8, Failure> {
                 let path: Vec<String> = p.hops.iter().map(|h| h.version.to_string()).collect();
                 println!("plan: {} -> {}", report.current, path.join(" -> "));
                 println!("  (Headscale cannot skip a minor version: one hop per minor, newest patch of each)");
+                let checks: Vec<&str> = s.smoke.checks.iter().map(|c| c.name()).collect();
+                println!(
+                    "  smoke checks, on staging and on production before commit: {}{}",
+                    checks.join(", "),
+                    if s.smoke.checks.contains(&SmokeCheck::Connectivity) {
+                        " (connectivity: ts2021 handshake with production's key, an ephemeral probe node registers and reads its map)"
+                    } else {
+                        ""
+                    }
+                );
                 let r = &s.smoke.reconnect;
                 if r.min_ratio > 0.0 {
                     println!(

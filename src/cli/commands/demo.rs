@@ -117,7 +117,10 @@ pub async fn run(keep: bool) -> Result<u8, Failure> {
     let notify = format!(
         "notify:\n  - url: slack://T000/B000/DEMO\n    endpoint: http://{chat_addr}/slack\n    min_interval: 0s\n  - url: generic+http://{chat_addr}/webhook/headwarden\n    min_interval: 0s\n"
     );
-    std::fs::write(&config_path, demo_config(&root, &addr, &pubkey) + &notify)?;
+    std::fs::write(
+        &config_path,
+        demo_config(&root, &addr, &pubkey) + STAND_IN_CHECKS + &notify,
+    )?;
     let settings = settings::load(&config_path)?;
     let store = Store::open(&settings.state_dir)?;
     let story = Story {
@@ -378,6 +381,10 @@ pub(super) fn describe(out: &UpgradeOutcome) {
         other => println!("   => {other:?}"),
     }
 }
+
+/// The stand-in does not speak the Tailscale control protocol: its demo leaves the connectivity
+/// probe out (`headwarden demo --real` runs it against real Headscale).
+const STAND_IN_CHECKS: &str = "  # the stand-in does not speak the Tailscale control protocol; `headwarden demo --real` runs the connectivity probe\n  checks: [health, version, noise_key, data_parity]\n";
 
 pub(super) fn demo_config(root: &Path, feed_addr: &str, pubkey: &str) -> String {
     let r = root.display();

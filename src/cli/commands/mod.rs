@@ -17,5 +17,6 @@ pub mod notify;
 pub mod playbook;
 pub mod rollback;
 pub mod run;
+pub mod smoke;
 pub mod status;
 pub mod upgrade;

@@ -1,0 +1,207 @@
+//! The connectivity probe (`smoke.checks: connectivity`) against real Headscale from the rig:
+//! headwarden registers an ephemeral node over ts2021 and reads its map, on every version; a
+//! candidate that lost production's Noise key or refuses registration fails at the named step on
+//! staging with production untouched; a crash inside the probe leaves no probe node after
+//! recovery.
+
+use std::path::Path;
+
+use crate::real::{cli_json, headscale_versions, identities, preauth_key};
+use crate::support::{code, text, Client, Sandbox};
+
+/// What production lists of the probe: its user's nodes and the user itself.
+fn probe_leftovers(sb: &Sandbox) -> Vec<String> {
+    let mut out = Vec::new();
+    for n in cli_json(sb, &["nodes", "list"])
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        if n["user"]["name"] == "headwarden-probe" {
+            out.push(format!("node {}", n["given_name"]));
+        }
+    }
+    for u in cli_json(sb, &["users", "list"])
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        if u["name"] == "headwarden-probe" {
+            out.push("user headwarden-probe".into());
+        }
+    }
+    out
+}
+
+/// One user with a real client: the probe must see it as its peer (no ACL policy).
+fn one_client(sb: &Sandbox) -> Client {
+    sb.prod_cmd(&["users", "create", "alice"]);
+    let key = preauth_key(sb, "alice", &[]);
+    Client::join(sb, "alice", &key)
+}
+
+#[test]
+fn probe_passes_on_every_rig_version() {
+    for v in headscale_versions() {
+        let sb = Sandbox::new_real(&v);
+        let _alice = one_client(&sb);
+        let out = sb.hw(&["smoke"]);
+        assert_eq!(code(&out), 0, "{v}: {}", text(&out));
+        assert!(
+            text(&out).contains("ok   connectivity: ts2021 handshake, registration and map: 1 DERP region(s), 1 peer(s) of 1 node(s)"),
+            "{v}: {}",
+            text(&out)
+        );
+        assert_eq!(probe_leftovers(&sb), Vec::<String>::new(), "{v}");
+    }
+}
+
+/// `release` wrapped: as staging (not with production's config) it runs `env` first.
+fn publish_wrapped(sb: &Sandbox, version: &str, what: &str, script: &str) {
+    let real = sb.path(&format!("real-headscale-{version}"));
+    std::fs::copy(crate::support::headscale(version), &real).expect("copy");
+    let wrapper = sb.path(&format!("headscale-{version}-{what}"));
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\n# headscale {version}, {what}\nreal='{real}'\n{script}\nexec \"$real\" \"$@\"\n",
+            real = real.display()
+        ),
+    )
+    .expect("wrapper");
+    crate::support::publish(sb.dir.path(), version, &wrapper, None);
+}
+
+fn assert_untouched(sb: &Sandbox, before: &[String], version: &str) {
+    assert_eq!(sb.served_version(), format!("v{version}"));
+    assert_eq!(identities(sb), before, "production's data");
+    assert_eq!(probe_leftovers(sb), Vec::<String>::new());
+}
+
+/// A real 0.29 started with another noise key file: the probe's handshake with production's key
+/// fails on staging, and production (0.28.0) is never stopped.
+#[test]
+fn candidate_with_another_noise_key_fails_the_probe_at_the_handshake() {
+    let versions = headscale_versions();
+    let newest = versions.last().expect("versions");
+    let sb = Sandbox::new_real("0.28.0");
+    let _alice = one_client(&sb);
+    let other = sb.path("other-noise.key");
+    publish_wrapped(
+        &sb,
+        newest,
+        "with another noise key",
+        &format!(
+            "case \" $* \" in *\" serve \"*) export HEADSCALE_NOISE_PRIVATE_KEY_PATH='{}' ;; esac",
+            other.display()
+        ),
+    );
+    let before = identities(&sb);
+    let out = sb.hw(&["upgrade", "--yes"]);
+    let t = text(&out);
+    assert_eq!(code(&out), 1, "{t}");
+    assert!(
+        t.contains("connectivity: connectivity probe failed at handshake"),
+        "{t}"
+    );
+    assert!(t.contains("production's key is mkey:"), "{t}");
+    assert!(Path::new(&other).exists(), "the candidate made its own key");
+    assert!(!crate::support::journal_has(&sb.path("state"), "stop"));
+    assert_untouched(&sb, &before, "0.28.0");
+}
+
+/// A real 0.29 whose one-time keys are expired as soon as they are minted (the failure mode of
+/// upstream's pre-auth-key regressions): the server refuses the probe's registration, the probe
+/// names that step, and nothing is left behind.
+#[test]
+fn candidate_that_refuses_registration_fails_the_probe_at_register() {
+    let versions = headscale_versions();
+    let newest = versions.last().expect("versions");
+    let sb = Sandbox::new_real("0.28.0");
+    let _alice = one_client(&sb);
+    publish_wrapped(
+        &sb,
+        newest,
+        "refusing the keys it mints",
+        r#"case " $* " in
+  *" preauthkeys create "*)
+    out=$("$real" "$@") || exit $?
+    id=$(printf '%s' "$out" | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+    "$real" "$1" "$2" preauthkeys expire --id "$id" >/dev/null || exit 9
+    printf '%s\n' "$out"
+    exit 0 ;;
+esac"#,
+    );
+    let before = identities(&sb);
+    let out = sb.hw(&["upgrade", "--yes"]);
+    let t = text(&out);
+    assert_eq!(code(&out), 1, "{t}");
+    assert!(
+        t.contains("connectivity probe failed at register: refused: authkey expired"),
+        "{t}"
+    );
+    assert!(!t.contains("hskey-auth-"), "no key in the output: {t}");
+    assert!(!crate::support::journal_has(&sb.path("state"), "stop"));
+    assert_untouched(&sb, &before, "0.28.0");
+}
+
+/// SIGKILL after the probe registered on production during `headwarden smoke`: the node is
+/// there, and the next locked command's recovery removes it and its user.
+#[test]
+fn sigkill_inside_the_smoke_commands_probe_then_recovery_removes_the_node() {
+    let sb = Sandbox::new_real("0.29.3");
+    let _alice = one_client(&sb);
+    let killed = sb.hw_env(
+        &["smoke"],
+        &[("HEADWARDEN_CRASH_AT", "probe:production:registered")],
+    );
+    assert_eq!(killed.status.code(), None, "killed: {}", text(&killed));
+    assert!(
+        probe_leftovers(&sb).iter().any(|l| l.starts_with("node")),
+        "the crash left the probe node: {:?}",
+        probe_leftovers(&sb)
+    );
+    // Nothing to upgrade to: the run only recovers.
+    let out = sb.hw(&["upgrade", "--yes"]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert!(
+        text(&out).contains("the smoke checks were interrupted"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(probe_leftovers(&sb), Vec::<String>::new());
+}
+
+/// SIGKILL inside the probe on production during an upgrade: recovery rolls back to the old
+/// version with its data (the probe node goes with the data), and the next upgrade completes.
+#[test]
+fn sigkill_inside_the_production_probe_then_recovery_leaves_no_probe_node() {
+    let versions = headscale_versions();
+    let newest = versions.last().expect("versions");
+    let sb = Sandbox::new_real("0.28.0");
+    let alice = one_client(&sb);
+    sb.release_real(newest);
+    let before = identities(&sb);
+    let killed = sb.hw_env(
+        &["upgrade", "--yes"],
+        &[("HEADWARDEN_CRASH_AT", "probe:production:registered")],
+    );
+    assert_eq!(killed.status.code(), None, "killed: {}", text(&killed));
+    assert_eq!(sb.served_version(), format!("v{newest}"));
+    assert!(
+        probe_leftovers(&sb).iter().any(|l| l.starts_with("node")),
+        "the crash left the probe node: {:?}",
+        probe_leftovers(&sb)
+    );
+    let out = sb.hw(&["upgrade", "--yes"]);
+    let t = text(&out);
+    assert_eq!(code(&out), 0, "{t}");
+    assert!(t.contains("recovered interrupted run"), "{t}");
+    assert_eq!(sb.served_version(), format!("v{newest}"));
+    assert_eq!(identities(&sb), before);
+    assert_eq!(probe_leftovers(&sb), Vec::<String>::new());
+    assert!(
+        alice.ipv4().starts_with("100."),
+        "the client is still registered"
+    );
+}
