@@ -170,7 +170,7 @@ pub async fn current_version(s: &Settings) -> Result<Version, PipelineError> {
 
 /// `headwarden smoke`: the configured smoke checks against production as it runs now (the
 /// baseline is taken right before, so noise key and parity compare production with itself; the
-/// probe's node and user are removed afterwards). Interrupted runs are recovered first.
+/// probe's node is removed afterwards). Interrupted runs are recovered first.
 pub async fn smoke_production(s: &Settings, store: &Store) -> Result<smoke::Report, PipelineError> {
     recover(s, store).await?;
     let current = current_version(s).await?;

@@ -80,7 +80,7 @@ enum Command {
     /// Production version and health, interrupted runs, installed versions, backups.
     Status,
     /// Run the smoke checks (smoke.checks, smoke.commands) against production now; exit 1 if one
-    /// fails. The connectivity probe's node and user are removed afterwards.
+    /// fails. The connectivity probe's node is removed afterwards.
     Smoke,
     /// Past runs and their journaled steps.
     History {

@@ -183,24 +183,6 @@ pub async fn create_user(
     })
 }
 
-/// Deletes the user with `id` (`headscale users destroy`); it must own no nodes.
-pub async fn destroy_user(
-    cli: &Cli,
-    config: &Path,
-    id: u64,
-    timeout: Duration,
-) -> Result<(), CliError> {
-    let id = id.to_string();
-    run_json(
-        cli,
-        config,
-        &["users", "destroy", "--identifier", &id, "--force"],
-        timeout,
-    )
-    .await
-    .map(drop)
-}
-
 /// Deletes the node with `id` (`headscale nodes delete`).
 pub async fn delete_node(
     cli: &Cli,

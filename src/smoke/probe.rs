@@ -11,8 +11,8 @@
 //! 5. `map`        a streaming map request; the first response must carry the probe node itself,
 //!    a non-empty DERP map and peers the server knows (all of them when no ACL policy restricts
 //!    what the probe may see).
-//! 6. `cleanup`    the probe's nodes and user are deleted, also after a failed step. [`sweep`] is
-//!    what recovery runs after a crash.
+//! 6. `cleanup`    the probe's nodes are deleted, also after a failed step. [`sweep`] is what
+//!    recovery runs after a crash. The user `headwarden-probe` stays (see [`sweep`]).
 //!
 //! The protocol is tailscale-rs's (`ts_control`, `ts_control_noise`); the key fetch is
 //! headwarden's own (`headscale::http`), so it honours loopback http like every other check.
@@ -103,8 +103,8 @@ impl Probed {
 }
 
 /// Runs the probe against `t`. `production_key` is the Noise key production served before the
-/// change (the one clients hold). Each step has `timeout`; the probe's node and user are removed
-/// before it returns, whatever failed.
+/// change (the one clients hold). Each step has `timeout`; the probe's node is removed before it
+/// returns, whatever failed.
 pub async fn probe(
     t: &Target,
     production_key: Option<&str>,
@@ -295,18 +295,16 @@ async fn register(
     Ok(())
 }
 
-/// Deletes every node of the probe's user, then the user. Returns the nodes the instance lists
-/// besides them. Recovery runs this after a crash; a missing user is nothing to do.
+/// Deletes every node of the probe's user and returns the nodes the instance lists besides
+/// them. Recovery runs this after a crash. The user itself is kept: on Headscale 0.28
+/// `users destroy` deletes the pre-auth keys of *every* user (measured on the rig's 0.28.0;
+/// 0.29.3 deletes only the user's own).
 pub async fn sweep(t: &Target, timeout: Duration) -> Result<Vec<NodeRef>, CliError> {
     let nodes = cli::list_nodes(&t.cli, &t.config, timeout).await?;
     let (probes, others): (Vec<NodeRef>, Vec<NodeRef>) =
         nodes.into_iter().partition(|n| n.user == PROBE_USER);
     for n in &probes {
         cli::delete_node(&t.cli, &t.config, n.id, timeout).await?;
-    }
-    let users = cli::list_users(&t.cli, &t.config, timeout).await?;
-    if let Some(u) = users.iter().find(|u| u.name == PROBE_USER) {
-        cli::destroy_user(&t.cli, &t.config, u.id, timeout).await?;
     }
     Ok(others)
 }

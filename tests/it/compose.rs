@@ -10,15 +10,22 @@ use crate::support::compose::{podman, ComposeSandbox};
 use crate::support::{code, dump_sqlite, sqlite_column, text, Client};
 
 /// The users, nodes and pre-auth keys in production's database (columns every version has).
+/// The connectivity probe's own user and its used one-time keys, which it keeps, are left out.
 fn identities(sb: &ComposeSandbox) -> Vec<String> {
     let mut out = Vec::new();
     for (sql, what) in [
-        ("SELECT id || ' ' || name FROM users ORDER BY id", "user"),
+        (
+            "SELECT id || ' ' || name FROM users WHERE name <> 'headwarden-probe' ORDER BY id",
+            "user",
+        ),
         (
             "SELECT id || ' ' || machine_key || ' ' || node_key || ' ' || hostname FROM nodes ORDER BY id",
             "node",
         ),
-        ("SELECT id FROM pre_auth_keys ORDER BY id", "pre_auth_key"),
+        (
+            "SELECT id FROM pre_auth_keys WHERE user_id IS NULL OR user_id NOT IN (SELECT id FROM users WHERE name = 'headwarden-probe') ORDER BY id",
+            "pre_auth_key",
+        ),
     ] {
         out.extend(sqlite_column(&sb.db(), sql).into_iter().map(|r| format!("{what} {r}")));
     }
