@@ -47,22 +47,6 @@ fn probe_passes_on_every_rig_version() {
     }
 }
 
-/// `release` wrapped: as staging (not with production's config) it runs `env` first.
-fn publish_wrapped(sb: &Sandbox, version: &str, what: &str, script: &str) {
-    let real = sb.path(&format!("real-headscale-{version}"));
-    std::fs::copy(crate::support::headscale(version), &real).expect("copy");
-    let wrapper = sb.path(&format!("headscale-{version}-{what}"));
-    std::fs::write(
-        &wrapper,
-        format!(
-            "#!/bin/sh\n# headscale {version}, {what}\nreal='{real}'\n{script}\nexec \"$real\" \"$@\"\n",
-            real = real.display()
-        ),
-    )
-    .expect("wrapper");
-    crate::support::publish(sb.dir.path(), version, &wrapper, None);
-}
-
 fn assert_untouched(sb: &Sandbox, before: &[String], version: &str) {
     assert_eq!(sb.served_version(), format!("v{version}"));
     assert_eq!(identities(sb), before, "production's data");
@@ -78,8 +62,7 @@ fn candidate_with_another_noise_key_fails_the_probe_at_the_handshake() {
     let sb = Sandbox::new_real("0.28.0");
     let _alice = one_client(&sb);
     let other = sb.path("other-noise.key");
-    publish_wrapped(
-        &sb,
+    sb.release_wrapped(
         newest,
         "with another noise key",
         &format!(
@@ -110,8 +93,7 @@ fn candidate_that_refuses_registration_fails_the_probe_at_register() {
     let newest = versions.last().expect("versions");
     let sb = Sandbox::new_real("0.28.0");
     let _alice = one_client(&sb);
-    publish_wrapped(
-        &sb,
+    sb.release_wrapped(
         newest,
         "refusing the keys it mints",
         r#"case " $* " in

@@ -477,14 +477,26 @@ impl Sandbox {
     /// database: run with production's config it cannot bind its port (127.0.0.1:1 as `nobody`),
     /// which real Headscale tries only after opening and migrating the database. Staging passes.
     pub fn release_failing_on_production(&self, version: &str) {
+        self.release_wrapped(
+            version,
+            "failing after migration when it serves production",
+            &format!(
+                "case \" $* \" in *\" serve \"*\"{prod}\"*) export HEADSCALE_LISTEN_ADDR=127.0.0.1:1 ;; esac",
+                prod = self.path("prod/etc/config.yaml").display()
+            ),
+        );
+    }
+
+    /// Publishes release `version` as a shell wrapper around the real binary: `script` runs
+    /// first (with `$real` set to it and the arguments in `$@`), then the real binary is exec'd.
+    pub fn release_wrapped(&self, version: &str, what: &str, script: &str) {
         let real = self.path(&format!("real-headscale-{version}"));
         std::fs::copy(headscale(version), &real).expect("copy");
-        let wrapper = self.path(&format!("headscale-{version}-prod-fails"));
+        let wrapper = self.path(&format!("headscale-{version}-{}", what.replace(' ', "-")));
         std::fs::write(
             &wrapper,
             format!(
-                "#!/bin/sh\n# headscale {version}, failing after migration when it serves production\ncase \" $* \" in *\" serve \"*\"{prod}\"*) export HEADSCALE_LISTEN_ADDR=127.0.0.1:1 ;; esac\nexec '{real}' \"$@\"\n",
-                prod = self.path("prod/etc/config.yaml").display(),
+                "#!/bin/sh\n# headscale {version}, {what}\nreal='{real}'\n{script}\nexec \"$real\" \"$@\"\n",
                 real = real.display()
             ),
         )
