@@ -140,7 +140,12 @@ pub async fn probe(
         (Ok(_), Err(e)) => return Err(fail(Step::Cleanup, e)),
         (Ok(update), Ok(listed)) => (update, listed),
     };
-    judge(t, &state, &probed, &listed)
+    judge(
+        t.open_policy,
+        &state.node_keys.public.to_string(),
+        &MapSeen::of(&probed),
+        &listed,
+    )
 }
 
 /// Steps 3 to 5: mint a key, register, read the first map response.
@@ -309,45 +314,63 @@ pub async fn sweep(t: &Target, timeout: Duration) -> Result<Vec<NodeRef>, CliErr
     Ok(others)
 }
 
-/// Step 5's checks of the first map response, against the nodes the instance lists.
+/// What step 5 judges of the first map response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct MapSeen {
+    /// The node key of the node the map describes as the probe itself.
+    own: Option<String>,
+    derp_regions: usize,
+    peers: Vec<u64>,
+}
+
+impl MapSeen {
+    fn of(update: &StateUpdate) -> Self {
+        let peers = match &update.peer_update {
+            Some(PeerUpdate::Full(peers)) => peers.iter().map(|p| p.id).collect(),
+            Some(PeerUpdate::Delta { upsert, .. }) => upsert.iter().map(|p| p.id).collect(),
+            None => Vec::new(),
+        };
+        MapSeen {
+            own: update.node.as_ref().map(|n| n.node_key.to_string()),
+            derp_regions: update.derp.as_ref().map_or(0, |d| d.len()),
+            // A negative id is no node headscale lists (its ids are unsigned).
+            peers: peers
+                .into_iter()
+                .map(|id: i64| u64::try_from(id).unwrap_or(u64::MAX))
+                .collect(),
+        }
+    }
+}
+
+/// Step 5's checks of the first map response against the nodes the instance lists (besides the
+/// probe's own): the probe itself, DERP regions, only known peers, and every node when
+/// `open_policy` (no ACL policy restricts what the probe sees).
 fn judge(
-    t: &Target,
-    state: &NodeState,
-    update: &StateUpdate,
+    open_policy: bool,
+    own_key: &str,
+    map: &MapSeen,
     listed: &[NodeRef],
 ) -> Result<Probed, ProbeError> {
-    match &update.node {
-        Some(n) if n.node_key == state.node_keys.public => {}
-        Some(n) => {
+    match &map.own {
+        Some(k) if k == own_key => {}
+        Some(k) => {
             return Err(fail(
                 Step::Map,
-                format!(
-                    "the map describes another node ({}) as the probe",
-                    n.node_key
-                ),
+                format!("the map describes another node ({k}) as the probe"),
             ))
         }
         None => return Err(fail(Step::Map, "the map does not describe the probe node")),
     }
-    let derp_regions = update.derp.as_ref().map_or(0, |d| d.len());
-    if derp_regions == 0 {
+    if map.derp_regions == 0 {
         return Err(fail(
             Step::Map,
             "the map has no DERP region: clients behind NAT could not reach each other",
         ));
     }
-    let peers: Vec<i64> = match &update.peer_update {
-        Some(PeerUpdate::Full(peers)) => peers.iter().map(|p| p.id).collect(),
-        Some(PeerUpdate::Delta { upsert, .. }) => upsert.iter().map(|p| p.id).collect(),
-        None => vec![],
-    };
-    let unknown: Vec<String> = peers
+    let unknown: Vec<String> = map
+        .peers
         .iter()
-        .filter(|id| {
-            !listed
-                .iter()
-                .any(|n| i64::try_from(n.id).ok() == Some(**id))
-        })
+        .filter(|id| !listed.iter().any(|n| n.id == **id))
         .map(|id| id.to_string())
         .collect();
     if !unknown.is_empty() {
@@ -359,10 +382,10 @@ fn judge(
             ),
         ));
     }
-    if t.open_policy {
+    if open_policy {
         let unseen: Vec<&str> = listed
             .iter()
-            .filter(|n| !peers.contains(&i64::try_from(n.id).unwrap_or(-1)))
+            .filter(|n| !map.peers.contains(&n.id))
             .map(|n| n.name.as_str())
             .collect();
         if !unseen.is_empty() {
@@ -383,8 +406,133 @@ fn judge(
         }
     }
     Ok(Probed {
-        derp_regions,
-        peers: peers.len(),
+        derp_regions: map.derp_regions,
+        peers: map.peers.len(),
         nodes: listed.len(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(id: u64, name: &str) -> NodeRef {
+        NodeRef {
+            id,
+            machine_key: format!("mkey:{id}"),
+            user: "alice".into(),
+            name: name.into(),
+            online: false,
+        }
+    }
+
+    fn seen(own: Option<&str>, derp_regions: usize, peers: &[u64]) -> MapSeen {
+        MapSeen {
+            own: own.map(str::to_string),
+            derp_regions,
+            peers: peers.to_vec(),
+        }
+    }
+
+    fn failure(r: Result<Probed, ProbeError>) -> String {
+        let e = r.expect_err("must fail");
+        assert_eq!(e.step, Step::Map);
+        e.to_string()
+    }
+
+    #[test]
+    fn a_map_with_the_probe_derp_and_every_node_passes() {
+        let listed = [node(1, "laptop"), node(2, "phone")];
+        let p = judge(
+            true,
+            "nodekey:aa",
+            &seen(Some("nodekey:aa"), 1, &[2, 1]),
+            &listed,
+        )
+        .expect("passes");
+        assert_eq!(
+            p.describe(),
+            "ts2021 handshake, registration and map: 1 DERP region(s), 2 peer(s) of 2 node(s)"
+        );
+    }
+
+    #[test]
+    fn the_map_must_describe_the_probe_itself() {
+        let e = failure(judge(true, "nodekey:aa", &seen(None, 1, &[]), &[]));
+        assert!(e.contains("does not describe the probe node"), "{e}");
+        let e = failure(judge(
+            true,
+            "nodekey:aa",
+            &seen(Some("nodekey:bb"), 1, &[]),
+            &[],
+        ));
+        assert!(e.contains("another node (nodekey:bb)"), "{e}");
+    }
+
+    #[test]
+    fn an_empty_derp_map_fails() {
+        let e = failure(judge(true, "k", &seen(Some("k"), 0, &[]), &[]));
+        assert!(e.contains("no DERP region"), "{e}");
+    }
+
+    #[test]
+    fn peers_the_server_does_not_list_fail() {
+        let e = failure(judge(
+            false,
+            "k",
+            &seen(Some("k"), 1, &[1, 9]),
+            &[node(1, "a")],
+        ));
+        assert!(e.contains("peers the instance does not (ids 9)"), "{e}");
+    }
+
+    #[test]
+    fn without_a_policy_every_node_must_be_a_peer_with_one_only_what_it_lets_through() {
+        let listed = [node(1, "laptop"), node(2, "phone")];
+        let map = seen(Some("k"), 1, &[1]);
+        let e = failure(judge(true, "k", &map, &listed));
+        assert!(e.contains("1 of 2 nodes are not its peers (phone)"), "{e}");
+        let p = judge(false, "k", &map, &listed).expect("a policy may hide phone");
+        assert_eq!((p.peers, p.nodes), (1, 2));
+    }
+
+    #[test]
+    fn the_hostname_carries_the_node_key_prefix() {
+        let state = NodeState::generate();
+        let h = hostname(&state);
+        assert!(h.starts_with(PROBE_HOST_PREFIX), "{h}");
+        assert_eq!(h.len(), PROBE_HOST_PREFIX.len() + 8, "{h}");
+        let key = state.node_keys.public.to_string();
+        assert!(key.contains(&h[PROBE_HOST_PREFIX.len()..]), "{h} {key}");
+    }
+
+    #[test]
+    fn steps_are_named_as_the_report_says_them() {
+        let names: Vec<String> = [
+            Step::KeyFetch,
+            Step::Handshake,
+            Step::MintKey,
+            Step::Register,
+            Step::Map,
+            Step::Cleanup,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        assert_eq!(
+            names,
+            [
+                "key fetch",
+                "handshake",
+                "mint key",
+                "register",
+                "map",
+                "cleanup"
+            ]
+        );
+        assert_eq!(
+            fail(Step::Register, "refused: authkey expired").to_string(),
+            "failed at register: refused: authkey expired"
+        );
+    }
 }
