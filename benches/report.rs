@@ -11,9 +11,12 @@
 //! 5. an unchanged-feed poll: requests and rate-limit units spent, vs an unconditional poll;
 //! 6. key planning for 100,000 nodes (REST and gRPC);
 //! 7. an end-to-end staged upgrade of a 10,000-node database vs the manual procedure;
-//! 8. peak memory while downloading and verifying a 200 MB release.
+//! 8. peak memory while downloading and verifying a 200 MB release;
+//! 9. the connectivity probe on every rig version vs a real `tailscaled` joining with an
+//!    ephemeral key (what an admin does by hand to see that clients can register).
 //!
-//! Everything runs on 127.0.0.1 against the stand-in; the numbers are for this machine only.
+//! Everything runs on 127.0.0.1 against the stand-in or the rig's real server; the numbers are
+//! for this machine only.
 
 use testkit as support;
 
@@ -57,7 +60,7 @@ fn main() {
     }
     let only: Option<String> = std::env::var("HEADWARDEN_BENCH_ONLY").ok();
     // `HEADWARDEN_BENCH_ONLY=downtime,feed` runs a subset (the report says which ran).
-    let benches: [(&str, fn()); 11] = [
+    let benches: [(&str, fn()); 12] = [
         ("downtime", promotion_downtime),
         ("rollback", rollback_time),
         ("real-downtime", real_promotion_downtime),
@@ -69,6 +72,7 @@ fn main() {
         ("e2e", end_to_end_10k),
         ("real-e2e", real_end_to_end_fleet),
         ("memory", peak_memory),
+        ("probe", connectivity_probe),
     ];
     for (name, bench) in benches {
         if only
@@ -790,24 +794,84 @@ fn seed_10k(sb: &Sandbox) {
 /// Real Headscale 0.28.0 with 1,001 nodes (one real client's node cloned in the database).
 /// 10,000 nodes in one allow-all tailnet did not start within two minutes on this machine (real
 /// 0.28.0 sat after "Opening database"), so the real-server figure is for 1,001 nodes.
+/// A new user on real production and a pre-auth key for it (`extra`: e.g. `--ephemeral`).
+fn real_user_key(sb: &Sandbox, user: &str, extra: &[&str]) -> String {
+    let made: serde_json::Value =
+        serde_json::from_str(&sb.prod_cmd(&["users", "create", user, "-o", "json"])).expect("user");
+    let id = made["id"].to_string();
+    let mut args = vec!["preauthkeys", "create", "--user", &id, "--expiration", "1h"];
+    args.extend_from_slice(extra);
+    args.extend(["-o", "json"]);
+    let key: serde_json::Value = serde_json::from_str(&sb.prod_cmd(&args)).expect("key");
+    key["key"].as_str().expect("key").to_string()
+}
+
+/// The connectivity probe (`headwarden smoke`, its `connectivity` line) on every rig version,
+/// next to what an admin does by hand to see that a client can register: a fresh `tailscaled`
+/// brought up with an ephemeral key until `tailscale up` returns.
+fn connectivity_probe() {
+    let list = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("rig/versions"),
+    )
+    .expect("rig/versions");
+    let versions: Vec<&str> = list
+        .lines()
+        .filter_map(|l| l.strip_prefix("headscale "))
+        .map(str::trim)
+        .collect();
+    w!("## The connectivity probe on the real server (median of 3, one real client as its peer)\n");
+    w!("| version | headwarden probe (key fetch, handshake, mint key, register, map, cleanup) | a real `tailscaled` joining with an ephemeral key |\n|---|---|---|");
+    let (mut ours_all, mut theirs_all) = (Vec::new(), Vec::new());
+    for v in &versions {
+        let sb = Sandbox::new_real(v);
+        let _peer = support::Client::join(&sb, "peer", &real_user_key(&sb, "alice", &[]));
+        let (ours, ()) = median_of(3, || {
+            let out = sb.hw(&["--json", "smoke"]);
+            assert_eq!(code(&out), 0, "{}", text(&out));
+            let report: serde_json::Value =
+                serde_json::from_slice(&out.stdout).expect("smoke --json");
+            let probe = report["results"]
+                .as_array()
+                .and_then(|r| r.iter().find(|c| c["check"] == "connectivity"))
+                .expect("connectivity ran");
+            (
+                Duration::from_millis(probe["elapsed_ms"].as_u64().expect("ms")),
+                (),
+            )
+        });
+        let mut round = 0;
+        let (theirs, ()) = median_of(3, || {
+            round += 1;
+            let key = real_user_key(&sb, &format!("manual{round}"), &["--ephemeral"]);
+            let login = format!("http://{}", sb.prod_setting("listen_addr"));
+            let dir = sb.path(&format!("clients/manual{round}"));
+            let t = Instant::now();
+            let client = support::Client::join_at(&dir, &format!("manual{round}"), &login, &key);
+            let took = t.elapsed();
+            drop(client);
+            (took, ())
+        });
+        w!("| {v} | **{:.0} ms** | {:.0} ms |", ms(ours), ms(theirs));
+        ours_all.push(ms(ours));
+        theirs_all.push(ms(theirs));
+    }
+    w!("\nThe probe runs on staging before production is touched and on production before commit; the manual check needs a spare machine, leaves a node behind until the ephemeral timeout, and proves nothing about a candidate that is not running yet.\n");
+    let (o, t) = (
+        ours_all.iter().copied().fold(0.0, f64::max),
+        theirs_all.iter().copied().fold(0.0, f64::max),
+    );
+    summary(
+        "connectivity probe, real server (slowest version)",
+        format!("{:.2}× manual", o / t.max(1.0)),
+        format!("{o:.0} ms"),
+        format!("{t:.0} ms (a real tailscaled joining)"),
+    );
+}
+
 fn real_fleet() -> Sandbox {
     let sb = Sandbox::new_real("0.28.0");
-    sb.prod_cmd(&["users", "create", "fleet"]);
-    let out = sb.prod_cmd(&["users", "list", "-o", "json"]);
-    let users: serde_json::Value = serde_json::from_str(&out).expect("users");
-    let id = users[0]["id"].to_string();
-    let key: serde_json::Value = serde_json::from_str(&sb.prod_cmd(&[
-        "preauthkeys",
-        "create",
-        "--user",
-        &id,
-        "--expiration",
-        "1h",
-        "-o",
-        "json",
-    ]))
-    .expect("key");
-    let client = support::Client::join(&sb, "template", key["key"].as_str().expect("key"));
+    let key = real_user_key(&sb, "fleet", &[]);
+    let client = support::Client::join(&sb, "template", &key);
     sb.real_bulk_nodes(1_000);
     drop(client);
     sb.release_real("0.29.3");

@@ -448,7 +448,8 @@ fn compose_candidate_that_loses_the_data_is_rejected_on_staging() {
 
 /// A candidate that generates a noise key of its own (its image points
 /// `HEADSCALE_NOISE_PRIVATE_KEY_PATH` elsewhere): every client would fail the handshake, and
-/// staging's noise-key check rejects it.
+/// staging rejects it twice: the noise-key check, and the connectivity probe, whose ts2021
+/// handshake with production's key the container refuses.
 #[test]
 fn compose_candidate_with_another_noise_key_is_rejected_on_staging() {
     compose_row(
@@ -468,7 +469,11 @@ fn compose_candidate_with_another_noise_key_is_rejected_on_staging() {
             end: End::Old,
             bad: true,
             events: &["upgrade.staging_failed"],
-            says: &["staging REJECTED 0.28.0", "noise"],
+            says: &[
+                "staging REJECTED 0.28.0",
+                "noise",
+                "connectivity probe failed at handshake",
+            ],
         },
     );
 }
