@@ -352,6 +352,34 @@ mod tests {
     use serde_json::json;
 
     #[test]
+    fn a_promotion_says_what_the_probe_and_the_bake_saw() {
+        let p = json!({"run": 3, "from": "0.28.0", "to": "0.29.3", "downtime_ms": 70,
+            "connectivity": "ts2021 handshake, registration and map: 1 DERP region(s), 2 peer(s) of 2 node(s)",
+            "reconnect": "reconnect: 2 of 2 nodes online before the stop are back after 3s (2 needed)"});
+        let m = build(1, "upgrade.promoted", Severity::Info, &p, 0);
+        let fact = |k: &str| {
+            m.facts
+                .iter()
+                .find(|(n, _)| n == k)
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!(
+            fact("Protocol probe"),
+            Some(
+                "ts2021 handshake, registration and map: 1 DERP region(s), 2 peer(s) of 2 node(s)"
+            )
+        );
+        assert_eq!(
+            fact("Clients"),
+            Some("2 of 2 nodes online before the stop are back after 3s (2 needed)")
+        );
+        // Without the probe in smoke.checks the fact is absent, not empty.
+        let p = json!({"from": "0.28.0", "to": "0.29.3", "connectivity": null, "reconnect": "r"});
+        let m = build(1, "upgrade.promoted", Severity::Info, &p, 0);
+        assert!(m.facts.iter().all(|(n, _)| n != "Protocol probe"));
+    }
+
+    #[test]
     fn reminder_and_template() {
         let p = json!({"node": {"name": "laptop", "user": "alice"}, "deadline": "2026-12-01T00:00:00Z",
             "command": "tailscale up --auth-key K --force-reauth", "warning": "run it locally", "key_expires": "x"});

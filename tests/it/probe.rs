@@ -71,6 +71,12 @@ fn candidate_with_another_noise_key_fails_the_probe_at_the_handshake() {
         ),
     );
     let before = identities(&sb);
+    let plan = sb.hw(&["check"]);
+    assert!(
+        text(&plan).contains("smoke checks, on staging and on production before commit: health, version, noise_key, data_parity, connectivity (connectivity: ts2021 handshake with production's key"),
+        "check names the probe: {}",
+        text(&plan)
+    );
     let out = sb.hw(&["upgrade", "--yes"]);
     let t = text(&out);
     assert_eq!(code(&out), 1, "{t}");
