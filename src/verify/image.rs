@@ -7,6 +7,8 @@
 //! asset and cannot be checked against `checksums.txt` (ARCHITECTURE.md); the digest pin is the
 //! check: a tag that later resolves to another digest was replaced after publication.
 
+use std::time::Duration;
+
 use semver::Version;
 
 use crate::compose::{Engine, EngineError};
@@ -85,26 +87,38 @@ pub async fn pull_verified(
     version: &Version,
 ) -> Result<VerifiedImage, ImageError> {
     let reference = format!("{repository}:{version}");
-    engine
-        .pull(&reference)
-        .await
-        .map_err(|source| ImageError::Pull {
-            reference: reference.clone(),
-            source,
-        })?;
-    let info = engine
-        .image(&reference)
-        .await
-        .map_err(|source| ImageError::Pull {
-            reference: reference.clone(),
-            source,
-        })?;
-    let digest =
-        info.and_then(|i| i.digest_for(repository))
-            .ok_or_else(|| ImageError::NoDigest {
+    // Podman 4.3 once listed no digest for this repository right after a successful pull, in a
+    // CI run where other pulls and untags of the same image ran at the same time. Pulling again
+    // is harmless (the digest is still compared with the recorded one); a third miss is an error.
+    let mut digest = None;
+    for attempt in 0..3 {
+        if attempt > 0 {
+            tracing::warn!(%reference, attempt, "no registry digest after the pull; pulling again");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        engine
+            .pull(&reference)
+            .await
+            .map_err(|source| ImageError::Pull {
                 reference: reference.clone(),
-                repository: repository.to_string(),
+                source,
             })?;
+        let info = engine
+            .image(&reference)
+            .await
+            .map_err(|source| ImageError::Pull {
+                reference: reference.clone(),
+                source,
+            })?;
+        digest = info.and_then(|i| i.digest_for(repository));
+        if digest.is_some() {
+            break;
+        }
+    }
+    let digest = digest.ok_or_else(|| ImageError::NoDigest {
+        reference: reference.clone(),
+        repository: repository.to_string(),
+    })?;
     match recorded_digest(store, &reference)? {
         Some(first) if first != digest => {
             tracing::error!(%reference, %first, now = %digest, "image tag replaced after publication");
