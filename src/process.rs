@@ -46,41 +46,95 @@ impl Output {
     }
 }
 
-/// The `HEADSCALE_*` variables of the first running process for which `is_it(cmdline, exe)`
-/// holds (read from `/proc/<pid>/environ`): the environment production's service manager gave
-/// it, which Headscale reads as config (viper's `AutomaticEnv`). `None` when no process matches
-/// or its environment cannot be read.
-pub fn headscale_env_of(
-    is_it: impl Fn(&str, &Path) -> bool,
-) -> Option<std::collections::BTreeMap<String, String>> {
-    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let name = entry.file_name();
-        if !name.to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
-            continue;
-        }
-        let dir = entry.path();
-        let Ok(cmdline) = std::fs::read(dir.join("cmdline")) else {
-            continue;
-        };
-        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        let exe = std::fs::read_link(dir.join("exe")).unwrap_or_default();
-        if !is_it(cmdline.trim(), &exe) {
-            continue;
-        }
-        let environ = std::fs::read(dir.join("environ")).ok()?;
-        return Some(
-            environ
-                .split(|b| *b == 0)
-                .filter_map(|kv| {
-                    let kv = String::from_utf8_lossy(kv);
-                    let (k, v) = kv.split_once('=')?;
-                    k.starts_with("HEADSCALE_")
-                        .then(|| (k.to_string(), v.to_string()))
-                })
-                .collect(),
-        );
+/// What `/proc/<pid>` says about a process, for telling production's server from a look-alike.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcInfo {
+    pub pid: i32,
+    /// The effective uid (`/proc/<pid>/status`, `Uid:`'s second field).
+    pub uid: u32,
+    /// What `/proc/<pid>/exe` links to (`<path> (deleted)` once the file was replaced).
+    pub exe: std::path::PathBuf,
+    /// Device and inode of the executable it runs (the deleted file's too).
+    pub exe_id: (u64, u64),
+    /// The start time in clock ticks since boot (`/proc/<pid>/stat` field 22): with the pid it
+    /// names one process, even after the pid is reused.
+    pub start_time: u64,
+}
+
+/// Why `/proc/<pid>` could not tell.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcError {
+    #[error("no process {0} runs")]
+    Gone(i32),
+    #[error("cannot read /proc/{pid}/{what}")]
+    Unreadable {
+        pid: i32,
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Reads `/proc/<pid>`: account, executable and start time. A zombie counts as gone.
+pub fn proc_info(pid: i32) -> Result<ProcInfo, ProcError> {
+    use std::os::unix::fs::MetadataExt;
+    let dir = Path::new("/proc").join(pid.to_string());
+    let unreadable = |what| move |source| ProcError::Unreadable { pid, what, source };
+    let stat = match std::fs::read_to_string(dir.join("stat")) {
+        Ok(s) => s,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(ProcError::Gone(pid)),
+        Err(e) => return Err(unreadable("stat")(e)),
+    };
+    // Fields after the command name (which may hold spaces and parentheses).
+    let fields: Vec<&str> = stat
+        .rsplit_once(") ")
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    if fields.first().is_none_or(|state| *state == "Z") {
+        return Err(ProcError::Gone(pid));
     }
-    None
+    let start_time = fields.get(19).and_then(|t| t.parse().ok()).unwrap_or(0);
+    let status = std::fs::read_to_string(dir.join("status")).map_err(unreadable("status"))?;
+    let uid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|ids| ids.split_whitespace().nth(1))
+        .and_then(|id| id.parse().ok())
+        .ok_or_else(|| {
+            unreadable("status")(std::io::Error::other("no Uid line"))
+        })?;
+    let exe = std::fs::read_link(dir.join("exe")).map_err(unreadable("exe"))?;
+    let meta = std::fs::metadata(dir.join("exe")).map_err(unreadable("exe"))?;
+    Ok(ProcInfo {
+        pid,
+        uid,
+        exe,
+        exe_id: (meta.dev(), meta.ino()),
+        start_time,
+    })
+}
+
+/// The `HEADSCALE_*` variables of process `pid` (`/proc/<pid>/environ`): the environment its
+/// service manager gave it, which Headscale reads as config (viper's `AutomaticEnv`).
+pub fn headscale_env(
+    pid: i32,
+) -> Result<std::collections::BTreeMap<String, String>, ProcError> {
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).map_err(|source| {
+        ProcError::Unreadable {
+            pid,
+            what: "environ",
+            source,
+        }
+    })?;
+    Ok(environ
+        .split(|b| *b == 0)
+        .filter_map(|kv| {
+            let kv = String::from_utf8_lossy(kv);
+            let (k, v) = kv.split_once('=')?;
+            k.starts_with("HEADSCALE_")
+                .then(|| (k.to_string(), v.to_string()))
+        })
+        .collect())
 }
 
 fn clean_command<S: AsRef<OsStr>>(program: S) -> Command {

@@ -8,7 +8,7 @@ use crate::compose::{ImageFacts, TagKind};
 use crate::deploy::container;
 use crate::deploy::staging::{self, StageOutcome};
 use crate::deploy::transaction::{self, HopOutcome, Prod, Recovered};
-use crate::deploy::{self, Artifact, Installed, Service};
+use crate::deploy::{self, Artifact, Installed, Production, Service};
 use crate::error::error_chain;
 use crate::event::{Event, Severity};
 use crate::headscale::config;
@@ -236,8 +236,9 @@ async fn external_report(
     s: &Settings,
     e: &ExternalInstall,
 ) -> Result<(CheckReport, Vec<Release>), PipelineError> {
+    let production = Production::find(s).await?;
     let facts =
-        deploy::external::facts(s, e)
+        deploy::external::facts(s, e, &production)
             .await
             .map_err(|source| deploy::CurrentVersionError {
                 binary: s.headscale.binary.display().to_string(),
@@ -249,7 +250,7 @@ async fn external_report(
         .running
         .clone()
         .unwrap_or_else(|| facts.on_disk.clone());
-    let prod_config = deploy::production_config(s).await?;
+    let prod_config = production.config;
     let plan = plan::restart_plan(&current, &facts.on_disk);
     let config_problems = watch::config_problems(&prod_config, &plan);
     let report = CheckReport {

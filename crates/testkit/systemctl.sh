@@ -1,7 +1,8 @@
 #!/bin/sh
 # systemctl stand-in for the deb tests' throwaway root (testkit::deb): the part of systemd that
 # upstream's package and headwarden use, for a machine where systemd is not PID 1.
-#   start|stop|restart|is-active|is-enabled|enable|disable|daemon-reload|list-units|--version
+#   start|stop|restart|is-active|is-enabled|enable|disable|daemon-reload|list-units|--version,
+#   and show (MainPID, ActiveState and User, whatever -p asks: what headwarden asks)
 # A unit is read from /etc/systemd/system or /usr/lib/systemd/system: ExecStart, User, Group,
 # WorkingDirectory, StateDirectory(+Mode), RuntimeDirectory(+Mode) and Environment= are honoured
 # (the service runs as its User=, as upstream's unit runs it); the sandboxing lines are not.
@@ -13,9 +14,12 @@ mkdir -p "$S"
 
 action=
 unit=
+skip=
 for a in "$@"; do
+    if [ -n "$skip" ]; then skip=; continue; fi
     case "$a" in
         --version) echo "systemd 252 (252.0-stand-in)"; exit 0 ;;
+        -p|--property) skip=1 ;;
         --*|-*) ;;
         *) if [ -z "$action" ]; then action=$a; elif [ -z "$unit" ]; then unit=$a; fi ;;
     esac
@@ -92,6 +96,11 @@ case "$action" in
     stop) stop ;;
     restart|try-restart) stop; start ;;
     is-active) if running; then echo active; else echo inactive; exit 3; fi ;;
+    show)
+        file=$(unit_file) || { echo "Unit $unit not found." >&2; exit 5; }
+        if running; then echo "MainPID=$pid"; echo ActiveState=active
+        else echo MainPID=0; echo ActiveState=inactive; fi
+        echo "User=$(key User)" ;;
     is-enabled)
         for l in /etc/systemd/system/*.wants/"$unit"; do
             [ -e "$l" ] && { echo enabled; exit 0; }

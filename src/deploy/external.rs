@@ -17,6 +17,7 @@ use std::time::Duration;
 use semver::Version;
 
 use crate::deploy::package;
+use crate::deploy::production::Production;
 use crate::headscale::cli::{binary_version, CliError};
 use crate::process;
 use crate::release::watch::ExternalFacts;
@@ -24,11 +25,16 @@ use crate::settings::{ExternalInstall, PackageManager, Settings};
 
 const QUERY_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The binary on disk, the running server's version and a pending update.
-pub async fn facts(s: &Settings, e: &ExternalInstall) -> Result<ExternalFacts, CliError> {
+/// The binary on disk, the running server's version and a pending update. The running server
+/// is the one its service manager names ([`Production::find`]), never one found by looking.
+pub async fn facts(
+    s: &Settings,
+    e: &ExternalInstall,
+    production: &Production,
+) -> Result<ExternalFacts, CliError> {
     let binary = &s.headscale.binary;
     let on_disk = binary_version(binary, QUERY_TIMEOUT).await?;
-    let running = match running_server(binary) {
+    let running = match production.pid() {
         Some(pid) => Some(running_version(pid).await?),
         None => None,
     };
@@ -39,40 +45,6 @@ pub async fn facts(s: &Settings, e: &ExternalInstall) -> Result<ExternalFacts, C
         pending: pending(m, &e.package).await,
         manager: manager_name(m),
     })
-}
-
-/// The running server of `binary`: a process serving whose executable is `binary`, or was (a
-/// package manager replaced the file: the link then reads `<path> (deleted)`), and which sees
-/// the same file at that path (its `/proc/<pid>/root`): a server in another mount namespace
-/// with its own `/usr` (a container, a chroot) is not this one, while a unit's private mounts
-/// over the same file system are.
-pub fn running_server(binary: &Path) -> Option<i32> {
-    use std::os::unix::fs::MetadataExt;
-    let path = std::fs::canonicalize(binary).unwrap_or_else(|_| binary.to_path_buf());
-    let deleted = format!("{} (deleted)", path.display());
-    let ours = std::fs::metadata(&path).ok()?;
-    let same_file = |pid: i32| {
-        let theirs = format!("/proc/{pid}/root{}", path.display());
-        std::fs::metadata(theirs).is_ok_and(|m| m.dev() == ours.dev() && m.ino() == ours.ino())
-    };
-    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(exe) = std::fs::read_link(entry.path().join("exe")) else {
-            continue;
-        };
-        if exe != path && exe.as_os_str() != deleted.as_str() {
-            continue;
-        }
-        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        let serving = cmdline.split(|b| *b == 0).any(|w| w == b"serve");
-        let staging = cmdline.split(|b| *b == 0).any(|w| w == b"-c");
-        if serving && !staging && same_file(pid) {
-            return Some(pid);
-        }
-    }
-    None
 }
 
 /// The running server's version, asked of its own executable (which stays reachable through

@@ -17,6 +17,7 @@
 pub mod container;
 pub mod external;
 pub mod package;
+pub mod production;
 pub mod service;
 pub mod staging;
 pub mod transaction;
@@ -32,7 +33,6 @@ use crate::files::{self, FileMeta};
 use crate::headscale::cli::{self, binary_version, Cli, CliError};
 use crate::headscale::config;
 use crate::headscale::config::HeadscaleConfig;
-use crate::process;
 use crate::release::{asset_name, AssetKind};
 use crate::settings::{Install, Settings};
 use crate::state;
@@ -42,6 +42,7 @@ use crate::verify;
 use crate::verify::Verified;
 
 use package::PackageError;
+pub use production::{IdentityError, Production, Server};
 pub use service::Service;
 
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +68,8 @@ pub enum DeployError {
     Engine(#[from] EngineError),
     #[error(transparent)]
     Package(#[from] PackageError),
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
     #[error("{0}")]
     Other(String),
 }
@@ -98,7 +101,16 @@ pub async fn current_version(s: &Settings) -> Result<Version, CurrentVersionErro
         // The running server's own executable: after a package manager replaced the binary it
         // still runs the old version until restarted.
         Install::External(_) => {
-            if let Some(pid) = external::running_server(&s.headscale.binary) {
+            let found = Production::find(s)
+                .await
+                .map_err(|e| CurrentVersionError {
+                    binary: s.headscale.binary.display().to_string(),
+                    source: CliError::Failed {
+                        command: "finding the running server".into(),
+                        detail: error_chain(&e),
+                    },
+                })?;
+            if let Some(pid) = found.pid() {
                 return external::running_version(pid).await.map_err(|source| {
                     CurrentVersionError {
                         binary: format!("the running server (pid {pid})"),
@@ -471,7 +483,7 @@ pub async fn adopt_current(
         Install::Compose(_) => return current_slot(s).await,
         // The running server's executable, copied before the restart replaces it in memory.
         Install::External(_) => {
-            let pid = external::running_server(&s.headscale.binary).ok_or_else(|| {
+            let pid = Production::find(s).await?.pid().ok_or_else(|| {
                 DeployError::Other(format!(
                     "no server of {} runs: nothing to guard",
                     s.headscale.binary.display()
@@ -541,36 +553,10 @@ pub fn prune_versions(
 }
 
 /// Production's Headscale config as it really runs: the file plus the `HEADSCALE_*`
-/// environment of the running server (systemd `Environment=`/`EnvironmentFile=`, a compose
-/// `environment:`, whatever its service manager gave it), read from `/proc`. The running server
-/// is the process serving with this config file, or executing production's binary.
-///
-/// A compose install's config is read through the service's volumes and environment
-/// ([`container::Discovered::config`]).
+/// environment of the server its service manager names ([`Production::find`]); a compose
+/// install's through the service's volumes and environment ([`container::Discovered::config`]).
 pub async fn production_config(s: &Settings) -> Result<HeadscaleConfig, DeployError> {
-    match &s.headscale.install {
-        Install::Binary | Install::Deb(_) | Install::External(_) => binary_production_config(s),
-        Install::Compose(c) => container::discover(c).await?.config(&s.headscale.config),
-    }
-}
-
-fn binary_production_config(s: &Settings) -> Result<HeadscaleConfig, DeployError> {
-    let file = HeadscaleConfig::load(&s.headscale.config)?;
-    let config = s.headscale.config.display().to_string();
-    let binary = std::fs::canonicalize(current_target(&s.headscale.binary)).ok();
-    let env = process::headscale_env_of(|cmdline, exe| {
-        let serving = cmdline.split_whitespace().any(|w| w == "serve");
-        // A package manager may have replaced the file under the running server.
-        let exe = exe
-            .to_str()
-            .and_then(|e| e.strip_suffix(" (deleted)"))
-            .map_or(exe.to_path_buf(), PathBuf::from);
-        serving && (cmdline.contains(&config) || binary.as_deref() == Some(exe.as_path()))
-    });
-    match env {
-        Some(env) if !env.is_empty() => Ok(file.with_env(env)?),
-        _ => Ok(file),
-    }
+    Ok(Production::find(s).await?.config)
 }
 
 /// Refuses to start a promotion that could not finish its backup: the state directory's file

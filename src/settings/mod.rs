@@ -218,6 +218,11 @@ pub enum ServiceSettings {
         start: Vec<String>,
         stop: Vec<String>,
         status: Option<Vec<String>>,
+        /// The file the start command writes the server's pid to (`pid`, optionally followed by
+        /// its start time in clock ticks, as `/proc/<pid>/stat` field 22): how headwarden finds
+        /// production's process. Without it the process is not looked for, and production's
+        /// environment is not read (the config file alone is production's config).
+        pidfile: Option<PathBuf>,
     },
     /// The compose install's own service: `stop` / `up -d --force-recreate` of that service.
     Compose(ComposeInstall),

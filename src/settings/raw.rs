@@ -273,6 +273,7 @@ struct RawService {
     start: Vec<String>,
     stop: Vec<String>,
     status: Vec<String>,
+    pidfile: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -888,10 +889,18 @@ fn headscale(cx: &Ctx<'_>, h: RawHeadscale) -> Result<HeadscaleSettings, ConfigE
                     ));
                 }
             }
+            if let Some(p) = h.service.pidfile.as_ref().filter(|p| !p.is_absolute()) {
+                return Err(cx.err(
+                    "headscale.service.pidfile",
+                    format!("{} is not an absolute path", p.display()),
+                    "give the full path of the file the service writes the server's pid to",
+                ));
+            }
             ServiceSettings::Command {
                 start: h.service.start,
                 stop: h.service.stop,
                 status: Some(h.service.status).filter(|s| !s.is_empty()),
+                pidfile: h.service.pidfile,
             }
         }
         other => {

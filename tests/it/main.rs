@@ -10,6 +10,7 @@ mod compose;
 mod deb;
 mod faults;
 mod fuzz;
+mod identity;
 mod keys;
 mod notify;
 mod playbook;

@@ -421,13 +421,71 @@ pub fn host_asset_name(version: &str) -> String {
     format!("headscale_{version}_{}_{arch}", std::env::consts::OS)
 }
 
-pub fn launcher_script(version: &str, fault: &str, counter: &Path) -> Result<String> {
-    let sim = std::env::current_exe()?;
-    Ok(format!(
-        "#!/bin/sh\n# headscale {version} (simulated release; fault: {fault})\nexec '{}' --release '{version}' --fault '{fault}' --start-counter '{}' \"$@\"\n",
-        sim.display(),
+/// A release of the stand-in: a copy of this executable with the release identity, the fault
+/// mode and the start counter appended after the ELF image (see [`launch_trailer`]). A real
+/// executable, not a script, so that `/proc/<pid>/exe` of a running "release" is the installed
+/// file itself, as it is for real Headscale: headwarden checks exactly that.
+pub fn launcher(version: &str, fault: &str, counter: &Path, pad: usize) -> Result<Vec<u8>> {
+    let mut bytes = std::fs::read(std::env::current_exe()?)?;
+    if let Some(own) = trailer_start(&bytes) {
+        bytes.truncate(own);
+    }
+    let mut payload = format!(
+        "release={version}\nfault={fault}\ncounter={}\n",
         counter.display()
-    ))
+    );
+    if pad > 0 {
+        let line = format!("# {}\n", "x".repeat(77));
+        payload.push_str(&line.repeat(pad / line.len() + 1));
+    }
+    bytes.extend_from_slice(payload.as_bytes());
+    bytes.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    bytes.extend_from_slice(TRAILER_MAGIC);
+    Ok(bytes)
+}
+
+const TRAILER_MAGIC: &[u8; 8] = b"HSSIM01\n";
+
+/// Where an appended launch trailer starts in `bytes`, if it has one.
+fn trailer_start(bytes: &[u8]) -> Option<usize> {
+    let end = bytes.len().checked_sub(16)?;
+    if &bytes[end + 8..] != TRAILER_MAGIC {
+        return None;
+    }
+    let len = u64::from_le_bytes(bytes[end..end + 8].try_into().ok()?) as usize;
+    end.checked_sub(len)
+}
+
+/// The `--release`, `--fault` and `--start-counter` arguments appended to this executable by
+/// [`launcher`], read from its own file (`/proc/self/exe`); empty for the plain stand-in.
+pub fn launch_trailer() -> Vec<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = std::fs::File::open("/proc/self/exe") else {
+        return vec![];
+    };
+    let mut tail = [0u8; 16];
+    if f.seek(SeekFrom::End(-16)).is_err() || f.read_exact(&mut tail).is_err() {
+        return vec![];
+    }
+    if &tail[8..] != TRAILER_MAGIC {
+        return vec![];
+    }
+    let len = u64::from_le_bytes(tail[..8].try_into().unwrap_or_default());
+    let mut payload = vec![0u8; len as usize];
+    if f.seek(SeekFrom::End(-16 - len as i64)).is_err() || f.read_exact(&mut payload).is_err() {
+        return vec![];
+    }
+    let mut args = vec![];
+    for line in String::from_utf8_lossy(&payload).lines() {
+        let flag = match line.split_once('=') {
+            Some(("release", v)) => ("--release", v),
+            Some(("fault", v)) => ("--fault", v),
+            Some(("counter", v)) => ("--start-counter", v),
+            _ => continue,
+        };
+        args.extend([flag.0.to_string(), flag.1.to_string()]);
+    }
+    args
 }
 
 pub fn make_release(a: MakeRelease) -> Result<()> {
@@ -444,12 +502,8 @@ pub fn make_release(a: MakeRelease) -> Result<()> {
                 .with_context(|| format!("publishing {}", real.display()))?;
         }
         None => {
-            let mut script = launcher_script(&a.version, &a.fault, &counter)?;
-            if a.pad > 0 {
-                let line = format!("# {}\n", "x".repeat(77));
-                script.push_str(&line.repeat(a.pad / line.len() + 1));
-            }
-            std::fs::write(assets.join(&name), &script)?;
+            let bytes = launcher(&a.version, &a.fault, &counter, a.pad)?;
+            std::fs::write(assets.join(&name), bytes)?;
         }
     }
     // A second artifact so checksums.txt has more than one line, sorted by name as goreleaser does.
@@ -597,7 +651,7 @@ pub fn testbed(a: Testbed) -> Result<()> {
         }
         None => std::fs::write(
             &launcher,
-            launcher_script(&a.version, "none", &d.join("starts"))?,
+            self::launcher(&a.version, "none", &d.join("starts"), 0)?,
         )?,
     }
     start_counter(&d.join("starts"))?;

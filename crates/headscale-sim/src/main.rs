@@ -10,8 +10,9 @@
 //! - `debug seed --users N --nodes-per-user M`: acts as clients registering nodes.
 //! - `github-feed`, `make-release`, `keygen`, `testbed`: test fixtures (see `fixtures.rs`).
 //!
-//! The release identity (`--release`) and fault mode (`--fault`) are baked into each release's
-//! launcher script, so a "release" is a small shell script that execs this binary.
+//! The release identity (`--release`) and fault mode (`--fault`) are appended to each release's
+//! copy of this executable (`fixtures::launcher`), so a "release" is a real executable whose
+//! `/proc/<pid>/exe` is the installed file, as for real Headscale.
 
 mod api;
 mod chat;
@@ -186,7 +187,13 @@ enum DebugCmd {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // A release's identity rides on its own executable (fixtures::launcher), before the
+    // arguments it was started with.
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let rest = args.split_off(1.min(args.len()));
+    args.extend(fixtures::launch_trailer().into_iter().map(Into::into));
+    args.extend(rest);
+    let cli = Cli::parse_from(args);
     let _ = rustls::crypto::ring::default_provider().install_default();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

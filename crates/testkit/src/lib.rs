@@ -10,6 +10,7 @@
 
 pub mod compose;
 pub mod deb;
+pub mod lookalike;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -549,7 +550,7 @@ impl Sandbox {
     pub fn write_config(&self) {
         let r = self.dir.path().display();
         let text = format!(
-            "state_dir: {r}/state\nrelease:\n  api_url: http://{addr}\n  allow_insecure_http: true\n  min_age: 1d\n  minisign_public_key: {key}\n{extra}headscale:\n  binary: {r}/prod/bin/headscale\n  config: {r}/prod/etc/config.yaml\n  service:\n    kind: command\n    start: [{r}/prod/service.sh, start]\n    stop: [{r}/prod/service.sh, stop]\n    status: [{r}/prod/service.sh, status]\n{api}smoke:\n  timeout: 5s\n{checks}{smoke}{top}",
+            "state_dir: {r}/state\nrelease:\n  api_url: http://{addr}\n  allow_insecure_http: true\n  min_age: 1d\n  minisign_public_key: {key}\n{extra}headscale:\n  binary: {r}/prod/bin/headscale\n  config: {r}/prod/etc/config.yaml\n  service:\n    kind: command\n    start: [{r}/prod/service.sh, start]\n    stop: [{r}/prod/service.sh, stop]\n    status: [{r}/prod/service.sh, status]\n    pidfile: {r}/prod/headscale.pid\n{api}smoke:\n  timeout: 5s\n{checks}{smoke}{top}",
             checks = self.checks,
             addr = self.feed_addr,
             key = self.pubkey,

@@ -2,6 +2,7 @@
 
 use crate::compose::ImageFacts;
 use crate::deploy;
+use crate::error::error_chain;
 use crate::exit;
 use crate::headscale::http;
 use crate::release::watch::ExternalFacts;
@@ -29,6 +30,8 @@ struct Facts {
     external: Option<ExternalFacts>,
     /// `kind: binary` over a path dpkg owns.
     conflict: Option<String>,
+    /// Production's server as its service manager names it (or why it is not production).
+    server: String,
     health: String,
     open: Vec<RunRow>,
     last: Vec<RunRow>,
@@ -66,14 +69,21 @@ async fn facts(s: &Settings, store: &Store) -> Result<Facts, Failure> {
         _ => None,
     };
     let conflict = deploy::install_conflict(s).await;
-    let external = match &s.headscale.install {
-        Install::External(e) => deploy::external::facts(s, e).await.ok(),
+    let production = deploy::Production::find(s).await;
+    let external = match (&s.headscale.install, &production) {
+        (Install::External(e), Ok(production)) => {
+            deploy::external::facts(s, e, production).await.ok()
+        }
         _ => None,
     };
-    let health = match deploy::production_config(s).await {
-        Ok(c) => {
+    let server = match &production {
+        Ok(p) => p.describe(),
+        Err(e) => format!("NOT CONFIRMED: {}", error_chain(e)),
+    };
+    let health = match &production {
+        Ok(p) => {
             let client = http::client(std::time::Duration::from_secs(5));
-            match http::health(&client, &c.http_base()).await {
+            match http::health(&client, &p.config.http_base()).await {
                 Ok(()) => "healthy".to_string(),
                 Err(e) => format!("unhealthy: {e}"),
             }
@@ -92,6 +102,7 @@ async fn facts(s: &Settings, store: &Store) -> Result<Facts, Failure> {
         package,
         external,
         conflict,
+        server,
         health,
         open,
         last,
@@ -110,6 +121,7 @@ fn json(s: &Settings, store: &Store, f: &Facts) -> Result<(), Failure> {
         package,
         external,
         conflict,
+        server,
         health,
         open,
         last,
@@ -138,9 +150,9 @@ fn json(s: &Settings, store: &Store, f: &Facts) -> Result<(), Failure> {
         },
         "jobs_last_start": jobs,
         "production": match image {
-            None => serde_json::json!({"version": current, "binary": s.headscale.binary, "target": target, "package": package, "external": external, "install_conflict": conflict, "health": health}),
+            None => serde_json::json!({"version": current, "binary": s.headscale.binary, "target": target, "package": package, "external": external, "install_conflict": conflict, "server": server, "health": health}),
             // A compose install has no binary or symlink of its own: those keys stay, null.
-            Some(image) => serde_json::json!({"version": current, "binary": null, "target": null, "image": image, "health": health}),
+            Some(image) => serde_json::json!({"version": current, "binary": null, "target": null, "image": image, "server": server, "health": health}),
         },
         "interrupted_runs": open,
         "last_run": last.first(),
@@ -163,6 +175,7 @@ fn text(s: &Settings, store: &Store, f: &Facts) -> Result<(), Failure> {
         package,
         external,
         conflict,
+        server,
         health,
         open,
         last,
@@ -199,6 +212,7 @@ fn text(s: &Settings, store: &Store, f: &Facts) -> Result<(), Failure> {
     if let Some(e) = external {
         println!("  kind external ({}): {}", e.manager, e.describe());
     }
+    println!("  server: {server}");
     if let Some(c) = conflict {
         println!("  WARNING: {c}");
     }

@@ -1,0 +1,356 @@
+//! Production, found once: the server process its service manager names, checked, and the
+//! Headscale config as *that* process runs it. Nothing is ever taken for production because it
+//! looks like Headscale (a local account can start a process with any command line and any
+//! `HEADSCALE_*` environment; whatever it says would steer the health checks, the probe's
+//! one-time key and later restores).
+//!
+//! 1. Ask the service manager which process is production:
+//!    - systemd: `systemctl show -p MainPID -p ActiveState -p User <unit>`;
+//!    - `kind: command`: its `pidfile` (root's or headwarden's own, writable by nobody else;
+//!      `pid [start time]`, the start time guarding against a reused pid); without a pidfile the
+//!      process is not looked for and the config file alone is production's config;
+//!    - compose: the engine names the service's container by its compose labels
+//!      (`container::discover`), and the engine gives its environment.
+//! 2. Check the named process: its account is the unit's `User=` (systemd; root when none) or,
+//!    for `kind: command`, root or the owner of the data directory; and its executable is the
+//!    installed binary (same device and inode as `headscale.binary`'s target or a binary kept
+//!    under `versions/`, or that file as a package manager replaced it: `<path> (deleted)`).
+//! 3. Read production's config: the file plus the `HEADSCALE_*` environment of that process.
+//!
+//! A named process that fails a check is not production: [`IdentityError::NotProduction`] stops
+//! the run before anything is read from it, sent to it or changed.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::deploy::{container, current_target, versions_dir, DeployError};
+use crate::headscale::config::HeadscaleConfig;
+use crate::process::{self, ProcError, ProcInfo};
+use crate::settings::{Install, ServiceSettings, Settings};
+
+const ASK_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why production's process could not be confirmed.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error("cannot ask systemd which process is {unit}: {detail}")]
+    Systemd { unit: String, detail: String },
+    #[error("cannot use pidfile {}: {detail}", path.display())]
+    Pidfile { path: PathBuf, detail: String },
+    #[error("process {pid}, which {named_by} names as production, {why}: it is not production, and nothing was read from it or sent to it")]
+    NotProduction {
+        pid: i32,
+        named_by: String,
+        why: String,
+    },
+    #[error("cannot check process {pid}, which {named_by} names as production")]
+    Unchecked {
+        pid: i32,
+        named_by: String,
+        #[source]
+        source: ProcError,
+    },
+}
+
+impl IdentityError {
+    pub fn hint(&self) -> &'static str {
+        match self {
+            Self::NotProduction { .. } => "see which unit or pidfile names that process, and why it runs as another account or another binary; headwarden changes nothing until production is what its service manager says",
+            Self::Unchecked { .. } => "headwarden reads /proc/<pid>/exe, status and environ of Headscale's process: run it as root (with CAP_SYS_PTRACE when capabilities are bounded)",
+            Self::Pidfile { .. } => "the pidfile must be a regular file owned by root (or headwarden's account) and writable by no one else, holding the server's pid",
+            Self::Systemd { .. } => "check headscale.service.unit and that systemctl answers",
+        }
+    }
+}
+
+/// Production's server as its service manager has it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Server {
+    /// The service manager names this process, and it passed the checks.
+    Process(ProcInfo),
+    /// The service manager says no production process runs.
+    Stopped,
+    /// `kind: command` without a pidfile: production's process is not looked for.
+    Unnamed,
+    /// A compose service: the engine names its container (and gives its environment).
+    Container,
+}
+
+/// Production, read once: its server and its Headscale config as that server runs it.
+#[derive(Debug, Clone)]
+pub struct Production {
+    pub config: HeadscaleConfig,
+    pub server: Server,
+    /// Who named the server: `systemd unit headscale.service`, `pidfile /run/headscale.pid`, …
+    pub named_by: String,
+}
+
+impl Production {
+    /// Finds production through its service manager, checks it, and reads its config.
+    pub async fn find(s: &Settings) -> Result<Self, DeployError> {
+        if let Install::Compose(c) = &s.headscale.install {
+            let config = container::discover(c).await?.config(&s.headscale.config)?;
+            return Ok(Self {
+                config,
+                server: Server::Container,
+                named_by: format!("compose service {} of {}", c.service, c.file.display()),
+            });
+        }
+        let file = HeadscaleConfig::load(&s.headscale.config)?;
+        let (server, named_by) = named_server(s, &file).await?;
+        let config = match &server {
+            Server::Process(p) => {
+                let env = process::headscale_env(p.pid).map_err(|source| {
+                    IdentityError::Unchecked {
+                        pid: p.pid,
+                        named_by: named_by.clone(),
+                        source,
+                    }
+                })?;
+                file.with_env(env)?
+            }
+            Server::Stopped | Server::Unnamed | Server::Container => file,
+        };
+        Ok(Self {
+            config,
+            server,
+            named_by,
+        })
+    }
+
+    /// The confirmed server process's pid.
+    pub fn pid(&self) -> Option<i32> {
+        match &self.server {
+            Server::Process(p) => Some(p.pid),
+            Server::Stopped | Server::Unnamed | Server::Container => None,
+        }
+    }
+
+    /// One line for `status`, `check` and `config check`.
+    pub fn describe(&self) -> String {
+        match &self.server {
+            Server::Process(p) => format!(
+                "process {} (uid {}, {}), named by {}",
+                p.pid,
+                p.uid,
+                p.exe.display(),
+                self.named_by
+            ),
+            Server::Stopped => format!("not running ({})", self.named_by),
+            Server::Unnamed => "not looked for (kind: command without pidfile: production's environment is not read, only its config file)".to_string(),
+            Server::Container => format!("the container of {}", self.named_by),
+        }
+    }
+}
+
+/// The process the service manager names as production, checked; who named it.
+async fn named_server(
+    s: &Settings,
+    file: &HeadscaleConfig,
+) -> Result<(Server, String), DeployError> {
+    match &s.headscale.service {
+        ServiceSettings::Systemd { unit } => {
+            let named_by = format!("systemd unit {unit}");
+            let Some((pid, user)) = systemd_main_pid(unit).await? else {
+                return Ok((Server::Stopped, named_by));
+            };
+            let uid = uid_of(&user).ok_or_else(|| IdentityError::NotProduction {
+                pid,
+                named_by: named_by.clone(),
+                why: format!("runs for User={user}, which is no account here"),
+            })?;
+            let server = checked(s, pid, None, &[uid], &named_by)?;
+            Ok((server, named_by))
+        }
+        ServiceSettings::Command {
+            pidfile: Some(path),
+            ..
+        } => {
+            let named_by = format!("pidfile {}", path.display());
+            let Some((pid, started)) = read_pidfile(path)? else {
+                return Ok((Server::Stopped, named_by));
+            };
+            let mut uids = vec![0, nix::unistd::geteuid().as_raw()];
+            uids.extend(data_owner(file));
+            let server = checked(s, pid, started, &uids, &named_by)?;
+            Ok((server, named_by))
+        }
+        ServiceSettings::Command { pidfile: None, .. } => {
+            Ok((Server::Unnamed, "service commands".to_string()))
+        }
+        ServiceSettings::Compose(c) => Ok((
+            Server::Container,
+            format!("compose service {} of {}", c.service, c.file.display()),
+        )),
+    }
+}
+
+/// `MainPID` and `User` of a running unit (`None` when it runs no process).
+async fn systemd_main_pid(unit: &str) -> Result<Option<(i32, String)>, IdentityError> {
+    let argv: Vec<String> = [
+        "systemctl",
+        "show",
+        "-p",
+        "MainPID",
+        "-p",
+        "ActiveState",
+        "-p",
+        "User",
+        unit,
+    ]
+    .map(String::from)
+    .to_vec();
+    let err = |detail: String| IdentityError::Systemd {
+        unit: unit.to_string(),
+        detail,
+    };
+    let out = process::run(&argv, ASK_TIMEOUT)
+        .await
+        .map_err(|e| err(e.to_string()))?;
+    if !out.success() {
+        return Err(err(out.tail()));
+    }
+    let (mut pid, mut user) = (None, String::new());
+    for line in out.stdout.lines() {
+        match line.split_once('=') {
+            Some(("MainPID", v)) => pid = v.trim().parse::<i32>().ok(),
+            Some(("User", v)) => user = v.trim().to_string(),
+            _ => {}
+        }
+    }
+    match pid {
+        None => Err(err(format!("no MainPID in {:?}", out.stdout.trim()))),
+        Some(0) => Ok(None),
+        Some(pid) => Ok(Some((pid, user))),
+    }
+}
+
+/// The uid of a unit's `User=` (a name or a number; empty is root).
+fn uid_of(user: &str) -> Option<u32> {
+    if user.is_empty() {
+        return Some(0);
+    }
+    if let Ok(uid) = user.parse() {
+        return Some(uid);
+    }
+    nix::unistd::User::from_name(user)
+        .ok()
+        .flatten()
+        .map(|u| u.uid.as_raw())
+}
+
+/// `pid [start time]` from a pidfile that only root (or headwarden's account) can have written;
+/// `None` when there is none, or it names a process that is gone or was since replaced.
+fn read_pidfile(path: &Path) -> Result<Option<(i32, Option<u64>)>, IdentityError> {
+    let err = |detail: String| IdentityError::Pidfile {
+        path: path.to_path_buf(),
+        detail,
+    };
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(err(e.to_string())),
+    };
+    let me = nix::unistd::geteuid().as_raw();
+    if !meta.file_type().is_file() {
+        return Err(err("not a regular file".into()));
+    }
+    if meta.uid() != 0 && meta.uid() != me {
+        return Err(err(format!(
+            "owned by uid {}, who could name any process as production",
+            meta.uid()
+        )));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(err(format!(
+            "writable by others (mode {:o})",
+            meta.mode() & 0o7777
+        )));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+    let mut words = text.split_whitespace();
+    let Some(pid) = words.next() else {
+        return Ok(None);
+    };
+    let pid: i32 = pid
+        .parse()
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(|| err(format!("{pid:?} is not a pid")))?;
+    let started = words.next().and_then(|t| t.parse().ok());
+    Ok(Some((pid, started)))
+}
+
+/// The owner of the directory holding production's database (as the file says: the
+/// environment is not read before the process is confirmed).
+fn data_owner(file: &HeadscaleConfig) -> Option<u32> {
+    let dir = file.database_path.parent()?;
+    std::fs::metadata(dir).ok().map(|m| m.uid())
+}
+
+/// The checks of step 2 on the named process.
+fn checked(
+    s: &Settings,
+    pid: i32,
+    started: Option<u64>,
+    uids: &[u32],
+    named_by: &str,
+) -> Result<Server, IdentityError> {
+    let info = match process::proc_info(pid) {
+        Ok(info) => info,
+        Err(ProcError::Gone(_)) => return Ok(Server::Stopped),
+        Err(source) => {
+            return Err(IdentityError::Unchecked {
+                pid,
+                named_by: named_by.to_string(),
+                source,
+            })
+        }
+    };
+    if started.is_some_and(|t| t != info.start_time) {
+        // The pid was reused: the process the file named is gone.
+        return Ok(Server::Stopped);
+    }
+    let not = |why: String| IdentityError::NotProduction {
+        pid,
+        named_by: named_by.to_string(),
+        why,
+    };
+    if !uids.contains(&info.uid) {
+        let allowed: Vec<String> = uids.iter().map(u32::to_string).collect();
+        return Err(not(format!(
+            "runs as uid {} (production's account: {})",
+            info.uid,
+            allowed.join(" or ")
+        )));
+    }
+    if !runs_installed_binary(s, &info) {
+        return Err(not(format!(
+            "runs {}, not the installed binary {}",
+            info.exe.display(),
+            current_target(&s.headscale.binary).display()
+        )));
+    }
+    Ok(Server::Process(info))
+}
+
+/// Whether the process executes production's binary: the same file (device and inode) as
+/// `headscale.binary`'s target or one headwarden keeps under `versions/`, or that binary's
+/// path as a package manager replaced it under the running server.
+fn runs_installed_binary(s: &Settings, info: &ProcInfo) -> bool {
+    let installed = std::fs::canonicalize(current_target(&s.headscale.binary))
+        .unwrap_or_else(|_| s.headscale.binary.clone());
+    let same = |p: &Path| {
+        std::fs::metadata(p).is_ok_and(|m| (m.dev(), m.ino()) == info.exe_id)
+    };
+    if same(&installed) {
+        return true;
+    }
+    let versions = std::fs::canonicalize(versions_dir(s)).unwrap_or_else(|_| versions_dir(s));
+    if info.exe.starts_with(&versions) && same(&info.exe) {
+        return true;
+    }
+    let deleted = format!("{} (deleted)", installed.display());
+    info.exe.as_os_str() == deleted.as_str()
+}
