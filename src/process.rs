@@ -100,9 +100,7 @@ pub fn proc_info(pid: i32) -> Result<ProcInfo, ProcError> {
         .find_map(|l| l.strip_prefix("Uid:"))
         .and_then(|ids| ids.split_whitespace().nth(1))
         .and_then(|id| id.parse().ok())
-        .ok_or_else(|| {
-            unreadable("status")(std::io::Error::other("no Uid line"))
-        })?;
+        .ok_or_else(|| unreadable("status")(std::io::Error::other("no Uid line")))?;
     let exe = std::fs::read_link(dir.join("exe")).map_err(unreadable("exe"))?;
     let meta = std::fs::metadata(dir.join("exe")).map_err(unreadable("exe"))?;
     Ok(ProcInfo {
@@ -116,16 +114,13 @@ pub fn proc_info(pid: i32) -> Result<ProcInfo, ProcError> {
 
 /// The `HEADSCALE_*` variables of process `pid` (`/proc/<pid>/environ`): the environment its
 /// service manager gave it, which Headscale reads as config (viper's `AutomaticEnv`).
-pub fn headscale_env(
-    pid: i32,
-) -> Result<std::collections::BTreeMap<String, String>, ProcError> {
-    let environ = std::fs::read(format!("/proc/{pid}/environ")).map_err(|source| {
-        ProcError::Unreadable {
+pub fn headscale_env(pid: i32) -> Result<std::collections::BTreeMap<String, String>, ProcError> {
+    let environ =
+        std::fs::read(format!("/proc/{pid}/environ")).map_err(|source| ProcError::Unreadable {
             pid,
             what: "environ",
             source,
-        }
-    })?;
+        })?;
     Ok(environ
         .split(|b| *b == 0)
         .filter_map(|kv| {

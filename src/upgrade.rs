@@ -4,26 +4,26 @@
 use semver::Version;
 use serde::Serialize;
 
-use crate::compose::{ImageFacts, TagKind};
-use crate::deploy::container;
+use crate::deploy::prepare::Prep;
+use crate::deploy::production;
 use crate::deploy::staging::{self, StageOutcome};
 use crate::deploy::transaction::{self, HopOutcome, Prod, Recovered};
-use crate::deploy::{self, Artifact, Installed, Production, Service};
+use crate::deploy::{self, Installed, Production, Service};
 use crate::error::error_chain;
 use crate::event::{Event, Severity};
 use crate::headscale::config;
 use crate::hook;
 use crate::notify;
 use crate::release::feed;
-use crate::release::plan::{self, Hop, Plan};
+use crate::release::plan::{self, Plan};
 use crate::release::watch::{
-    self, awaiting_approval, estimate_secs, hold_reason, CheckReport, WatchError,
+    self, awaiting_approval, estimate_secs, hold_reason, CheckReport, ExternalFacts, WatchError,
 };
 pub use crate::release::watch::{approve, set_hold, UpgradeOptions};
-use crate::release::{asset_name, AssetKind, Release};
+use crate::release::Release;
 use crate::settings::cron;
 use crate::settings::playbook::{self, OnFailure, StepKind};
-use crate::settings::{ComposeInstall, ExternalInstall, Install, Settings};
+use crate::settings::Settings;
 use crate::smoke;
 use crate::state;
 use crate::state::Store;
@@ -132,11 +132,16 @@ impl PipelineError {
                 "headwarden only upgrades a healthy server; fix production first, then run again"
                     .into(),
             ),
-            PipelineError::Verify(e) if e.release_is_bad() => Some(
-                "the release was recorded as bad and will be skipped; `headwarden status` lists it"
-                    .into(),
-            ),
-            PipelineError::Verify(_) => {
+            PipelineError::Deploy(deploy::DeployError::Identity(e)) => Some(e.hint().into()),
+            PipelineError::Verify(e) | PipelineError::Deploy(deploy::DeployError::Verify(e))
+                if e.release_is_bad() =>
+            {
+                Some(
+                    "the release was recorded as bad and will be skipped; `headwarden status` lists it"
+                        .into(),
+                )
+            }
+            PipelineError::Verify(_) | PipelineError::Deploy(deploy::DeployError::Verify(_)) => {
                 Some("a transient download problem; the release was not recorded as bad and is retried on the next run".into())
             }
             PipelineError::NotStopped(_) => Some(
@@ -209,50 +214,43 @@ pub async fn check(
     Ok(fetch_and_plan(s, store, opts).await?.0)
 }
 
-/// The feed read and the path planned from the version production runs now.
+/// The feed read and the path planned from the version production runs now, and production as
+/// found for this run (read once: staging, the backup check and the promotion use it).
 async fn fetch_and_plan(
     s: &Settings,
     store: &Store,
     opts: &UpgradeOptions,
-) -> Result<(CheckReport, Vec<Release>), PipelineError> {
+) -> Result<(CheckReport, Vec<Release>, Production), PipelineError> {
     if let Some(conflict) = deploy::install_conflict(s).await {
         return Err(PipelineError::Other(conflict));
     }
-    if let Install::External(e) = &s.headscale.install {
-        return external_report(s, e).await;
+    let production = Production::find(s).await?;
+    if let Some(facts) = production::external_facts(s, &production).await? {
+        let (report, releases) = external_report(facts, &production.config);
+        return Ok((report, releases, production));
     }
     let current = current_version(s).await?;
-    let prod_config = deploy::production_config(s).await?;
-    let image = image_facts(s, &current)?;
+    let image = production::image_facts(s, &current)?;
     let (mut report, releases) =
-        watch::fetch_and_plan(s, store, current, &prod_config, opts).await?;
+        watch::fetch_and_plan(s, store, current, &production.config, opts).await?;
     report.image = image;
-    Ok((report, releases))
+    Ok((report, releases, production))
 }
 
 /// An external install's plan: no feed (the package manager decides the version); the restart
 /// onto the binary on disk, guarded one minor at a time.
-async fn external_report(
-    s: &Settings,
-    e: &ExternalInstall,
-) -> Result<(CheckReport, Vec<Release>), PipelineError> {
-    let production = Production::find(s).await?;
-    let facts =
-        deploy::external::facts(s, e, &production)
-            .await
-            .map_err(|source| deploy::CurrentVersionError {
-                binary: s.headscale.binary.display().to_string(),
-                source,
-            })?;
+fn external_report(
+    facts: ExternalFacts,
+    prod_config: &config::HeadscaleConfig,
+) -> (CheckReport, Vec<Release>) {
     // What production runs: the running server, or (none running) the binary on disk, as
     // `deploy::current_version` has it; read once here with the rest of the facts.
     let current = facts
         .running
         .clone()
         .unwrap_or_else(|| facts.on_disk.clone());
-    let prod_config = production.config;
     let plan = plan::restart_plan(&current, &facts.on_disk);
-    let config_problems = watch::config_problems(&prod_config, &plan);
+    let config_problems = watch::config_problems(prod_config, &plan);
     let report = CheckReport {
         current,
         plan,
@@ -265,15 +263,7 @@ async fn external_report(
         image: None,
         external: Some(facts),
     };
-    Ok((report, vec![]))
-}
-
-/// A compose install's image and, when its tag floats, what the next upgrade pins it to.
-pub fn image_facts(s: &Settings, current: &Version) -> Result<Option<ImageFacts>, PipelineError> {
-    match &s.headscale.install {
-        Install::Binary | Install::Deb(_) | Install::External(_) => Ok(None),
-        Install::Compose(c) => Ok(Some(ImageFacts::of(&container::current_image(c)?, current))),
-    }
+    (report, vec![])
 }
 
 /// Finishes interrupted runs first and says what recovery did (start of every locked command).
@@ -301,7 +291,7 @@ pub async fn upgrade(
     say: Say<'_>,
 ) -> Result<UpgradeOutcome, PipelineError> {
     recover_and_report(s, store, say).await?;
-    let (report, releases) = fetch_and_plan(s, store, opts).await?;
+    let (report, releases, production) = fetch_and_plan(s, store, opts).await?;
     if let Some(out) = nothing_to_run(store, &report)? {
         return Ok(out);
     }
@@ -356,6 +346,7 @@ pub async fn upgrade(
     let ctx = RunCtx {
         s,
         store,
+        production: &production,
         opts,
         say,
         run,
@@ -611,6 +602,8 @@ fn gate(
 struct RunCtx<'a> {
     s: &'a Settings,
     store: &'a Store,
+    /// Production as found at the start of the run.
+    production: &'a Production,
     opts: &'a UpgradeOptions,
     say: Say<'a>,
     run: i64,
@@ -683,8 +676,7 @@ impl RunCtx<'_> {
                     }
                 }
                 StepKind::Backup => {
-                    let config = deploy::production_config(self.s).await?;
-                    deploy::check_backup_space(self.s, &config)?;
+                    deploy::check_backup_space(self.s, &self.production.config)?;
                 }
                 StepKind::Promote => {
                     if let Some(out) = self.promote(&mut progress).await? {
@@ -770,248 +762,32 @@ impl RunCtx<'_> {
         }
     }
 
+    /// The install kind's preparation for this run (`deploy::prepare`).
+    fn prep(&self) -> Prep<'_> {
+        Prep {
+            s: self.s,
+            store: self.store,
+            run: self.run,
+            current: self.current,
+            say: self.say,
+        }
+    }
+
     /// `fetch`: download and verify every hop before touching anything.
     async fn fetch(&self, progress: &mut Progress) -> Result<(), PipelineError> {
-        let (s, store, run) = (self.s, self.store, self.run);
-        let mut downloader = Downloader::new(&s.release);
+        let mut downloader = Downloader::new(&self.s.release);
         downloader.progress = self.opts.progress;
-        let kind = watch::asset_kind(s);
-        match &s.headscale.install {
-            Install::Deb(d) => self.keep_running_package(&downloader, &d.package).await?,
-            Install::External(_) => {
-                // Nothing to download: the candidate is what the package manager installed.
-                for hop in &self.plan.hops {
-                    progress.installed.push(deploy::on_disk(s, &hop.version)?);
-                }
-                return Ok(());
-            }
-            Install::Binary | Install::Compose(_) => {}
-        }
-        for (i, hop) in self.plan.hops.iter().enumerate() {
-            if let Install::Compose(c) = &s.headscale.install {
-                self.fetch_image(c, i, hop, progress).await?;
-                continue;
-            }
-            let release = self
-                .releases
-                .iter()
-                .find(|r| r.tag == hop.tag)
-                .ok_or_else(|| {
-                    PipelineError::Other(format!("{} vanished from the feed", hop.tag))
-                })?;
-            let step = store.step_start(
-                run,
-                i as i64,
-                "download",
-                &serde_json::json!({"tag": hop.tag}),
-            )?;
-            let t = std::time::Instant::now();
-            match downloader
-                .fetch_verified(release, kind, &deploy::downloads_dir(s))
-                .await
-            {
-                Ok(v) => {
-                    store.step_finish(
-                        step,
-                        true,
-                        &format!(
-                            "sha256 {}{}",
-                            v.sha256(),
-                            if v.signed() { ", signature ok" } else { "" }
-                        ),
-                        t.elapsed().as_millis(),
-                    )?;
-                    (self.say)(&format!(
-                        "verified {}: sha256 matches checksums.txt{}{}",
-                        hop.tag,
-                        if v.digest_checked() {
-                            " and GitHub's asset digest"
-                        } else {
-                            " (GitHub published no asset digest)"
-                        },
-                        if v.signed() {
-                            "; minisign signature valid"
-                        } else {
-                            ""
-                        }
-                    ));
-                    let sha = v.sha256().to_string();
-                    let installed = match kind {
-                        AssetKind::Deb => deploy::install_package(s, store, v).await?,
-                        AssetKind::Binary => deploy::install(s, store, v)?,
-                    };
-                    progress.installed.push((installed, sha));
-                }
-                Err(e) => {
-                    store.step_finish(step, false, &e.to_string(), t.elapsed().as_millis())?;
-                    if e.release_is_bad() {
-                        store.mark_release_bad(&hop.tag, &e.to_string())?;
-                    }
-                    return Err(e.into());
-                }
-            }
-        }
+        let fetched = self
+            .prep()
+            .fetch(&downloader, self.releases, &self.plan.hops)
+            .await?;
+        progress.installed.extend(fetched);
         Ok(())
     }
 
-    /// Before a deb install's first download: the package of the version running now is the
-    /// way back, so it is kept under `versions/` first (fetched from its release and verified
-    /// like any other), and dpkg must record that version as installed and configured.
-    async fn keep_running_package(
-        &self,
-        downloader: &Downloader,
-        package: &str,
-    ) -> Result<(), PipelineError> {
-        let (s, current) = (self.s, self.current);
-        let state = deploy::package::installed(package)
-            .await
-            .map_err(|e| PipelineError::Other(e.to_string()))?;
-        match &state {
-            Some(st) if st.configured() && st.release().as_ref() == Some(current) => {}
-            other => {
-                return Err(PipelineError::Other(format!(
-                    "headscale.install.kind is deb, but dpkg records {package} {} while {} runs {current}; install the release's package (apt install ./{}) or fix headscale.binary",
-                    other.as_ref().map_or("not installed".to_string(), |st| format!("{} ({})", st.version, st.status)),
-                    s.headscale.binary.display(),
-                    asset_name(&format!("v{current}"), AssetKind::Deb)
-                )))
-            }
-        }
-        if deploy::package_path(s, current).exists() {
-            return Ok(());
-        }
-        let tag = format!("v{current}");
-        let release = self
-            .releases
-            .iter()
-            .find(|r| r.version == *current)
-            .ok_or_else(|| {
-                PipelineError::Other(format!(
-                    "the feed has no release {tag}, whose package a rollback would reinstall; nothing was changed"
-                ))
-            })?;
-        let step = self.store.step_start(
-            self.run,
-            -1,
-            "download",
-            &serde_json::json!({"tag": tag, "keep": "rollback package"}),
-        )?;
-        let t = std::time::Instant::now();
-        let result = downloader
-            .fetch_verified(release, AssetKind::Deb, &deploy::downloads_dir(s))
-            .await;
-        match result {
-            Ok(v) => {
-                let deb = deploy::keep_package(s, &v)?;
-                self.store.step_finish(
-                    step,
-                    true,
-                    &format!("sha256 {}", v.sha256()),
-                    t.elapsed().as_millis(),
-                )?;
-                (self.say)(&format!(
-                    "kept the package of the running {current} for a rollback: {} (verified)",
-                    deb.display()
-                ));
-                Ok(())
-            }
-            Err(e) => {
-                self.store
-                    .step_finish(step, false, &e.to_string(), t.elapsed().as_millis())?;
-                Err(PipelineError::Other(format!(
-                    "cannot keep the package of the running {current} for a rollback: {e}; nothing was changed"
-                )))
-            }
-        }
-    }
-
-    /// `fetch` for a compose install: pull `image:X.Y.Z` and hold it to the digest first
-    /// recorded for that tag.
-    async fn fetch_image(
-        &self,
-        c: &ComposeInstall,
-        i: usize,
-        hop: &Hop,
-        progress: &mut Progress,
-    ) -> Result<(), PipelineError> {
-        let (store, run) = (self.store, self.run);
-        let reference = format!("{}:{}", c.image, hop.version);
-        let step = store.step_start(
-            run,
-            i as i64,
-            "download",
-            &serde_json::json!({"tag": hop.tag, "image": reference}),
-        )?;
-        let t = std::time::Instant::now();
-        let engine = container::engine(c);
-        match verify::image::pull_verified(&engine, store, &c.image, &hop.version).await {
-            Ok(v) => {
-                store.step_finish(
-                    step,
-                    true,
-                    &format!("digest {}", v.digest()),
-                    t.elapsed().as_millis(),
-                )?;
-                (self.say)(&format!(
-                    "pulled {}: digest {} (the first seen for this tag)",
-                    v.reference(),
-                    v.digest()
-                ));
-                let digest = v.digest().to_string();
-                progress.installed.push((Installed::image(v), digest));
-                Ok(())
-            }
-            Err(e) => {
-                store.step_finish(step, false, &e.to_string(), t.elapsed().as_millis())?;
-                if e.release_is_bad() {
-                    store.mark_release_bad(&hop.tag, &e.to_string())?;
-                }
-                Err(PipelineError::Other(e.to_string()))
-            }
-        }
-    }
-
-    /// `verify`: the installed binaries still hash to what was verified, and pulled images
-    /// still carry the digest they were verified at (nothing swapped them between fetch and
-    /// use).
+    /// `verify`: nothing swapped an artifact between fetch and use.
     async fn verify_installed(&self, progress: &Progress) -> Result<(), PipelineError> {
-        for (inst, sha) in &progress.installed {
-            match (inst.artifact(), &self.s.headscale.install) {
-                (Artifact::Binary(path), _) | (Artifact::Package { deb: path, .. }, _) => {
-                    let now = verify::sha256_file(path).map_err(|e| {
-                        PipelineError::Other(format!("re-hashing {}: {e}", path.display()))
-                    })?;
-                    if &now != sha {
-                        return Err(PipelineError::Other(format!(
-                            "{} changed on disk after verification (sha256 {now}, verified {sha}); refusing to run it",
-                            path.display()
-                        )));
-                    }
-                }
-                (Artifact::Image { reference, digest }, Install::Compose(c)) => {
-                    let now = container::engine(c)
-                        .image(reference)
-                        .await
-                        .map_err(|e| PipelineError::Other(e.to_string()))?
-                        .and_then(|i| i.digest_for(&c.image));
-                    if now.as_deref() != Some(digest.as_str()) {
-                        return Err(PipelineError::Other(format!(
-                            "{reference} changed in the engine's storage after verification (digest {}, verified {digest}); refusing to run it",
-                            now.unwrap_or_else(|| "none".into())
-                        )));
-                    }
-                }
-                (
-                    Artifact::Image { reference, .. },
-                    Install::Binary | Install::Deb(_) | Install::External(_),
-                ) => {
-                    return Err(PipelineError::Other(format!(
-                        "{reference} is an image, but headscale.install.kind is not compose"
-                    )))
-                }
-            }
-        }
-        Ok(())
+        Ok(self.prep().recheck(&progress.installed).await?)
     }
 
     /// `stage` (+ `smoke`): every hop on staging, on a copy of production's database.
@@ -1021,8 +797,8 @@ impl RunCtx<'_> {
         full_checks: bool,
     ) -> Result<Option<UpgradeOutcome>, PipelineError> {
         let s = self.s;
-        let config = deploy::production_config(s).await?;
-        let p = prod(s, self.store, &config).await?;
+        let config = &self.production.config;
+        let p = prod(s, self.store, config).await?;
         smoke::wait_healthy(
             &config.http_base(),
             std::time::Duration::from_secs(5),
@@ -1087,88 +863,17 @@ impl RunCtx<'_> {
         }
     }
 
-    /// Before a compose install's first hop: a floating tag (`latest`, `0.29`, …) is pinned to
-    /// the exact version running now, so that the backup, the rollback and every later run name
-    /// one release. Refused when the image running is not that release's image.
-    async fn pin_floating(&self, c: &ComposeInstall) -> Result<(), PipelineError> {
-        let image = container::current_image(c)?;
-        let TagKind::Floating(tag) = image.tag_kind() else {
-            return Ok(());
-        };
-        if !image.same_repository(&c.image) {
-            return Err(PipelineError::Other(format!(
-                "the compose file runs {image}, but headscale.install.image is {}; make them name the same repository",
-                c.image
-            )));
-        }
-        let engine = container::engine(c);
-        let step = self.store.step_start(
-            self.run,
-            0,
-            "pin",
-            &serde_json::json!({"from": image.to_string(), "to": c.image.clone() + ":" + &self.current.to_string()}),
-        )?;
-        let t = std::time::Instant::now();
-        let result = async {
-            let pinned = verify::image::pull_verified(&engine, self.store, &c.image, self.current)
-                .await
-                .map_err(|e| PipelineError::Other(e.to_string()))?;
-            let running = container::discover(c)
-                .await?
-                .container
-                .map(|i| i.image_id)
-                .unwrap_or_default();
-            let pinned_id = engine
-                .image(pinned.reference())
-                .await
-                .map_err(|e| PipelineError::Other(e.to_string()))?
-                .map(|i| i.id)
-                .unwrap_or_default();
-            if running.is_empty() || running != pinned_id {
-                return Err(PipelineError::Other(format!(
-                    "the compose file names {image} (tag {tag}), but the image running ({}) is not {} ({pinned_id}); pin the tag by hand to the image that runs, then run again",
-                    if running.is_empty() { "none" } else { &running },
-                    pinned.reference()
-                )));
-            }
-            deploy::switch_to(self.s, &deploy::Slot::Image(pinned.reference().to_string())).await?;
-            Ok::<String, PipelineError>(pinned.reference().to_string())
-        }
-        .await;
-        match &result {
-            Ok(to) => {
-                self.store.step_finish(
-                    step,
-                    true,
-                    &format!("pinned to {to}"),
-                    t.elapsed().as_millis(),
-                )?;
-                (self.say)(&format!(
-                    "pinned the compose file's floating {image} to {to} (the version running now; previous file kept as {})",
-                    container::previous_copy(&c.file).display()
-                ));
-            }
-            Err(e) => {
-                self.store
-                    .step_finish(step, false, &e.to_string(), t.elapsed().as_millis())?
-            }
-        }
-        result.map(drop)
-    }
-
     /// `promote`: hop by hop; each hop is its own transaction with its own backup.
     async fn promote(
         &self,
         progress: &mut Progress,
     ) -> Result<Option<UpgradeOutcome>, PipelineError> {
         let (s, store, run, current) = (self.s, self.store, self.run, self.current);
-        let config = deploy::production_config(s).await?;
-        deploy::check_backup_space(s, &config)?;
-        let p = prod(s, store, &config).await?;
+        let config = &self.production.config;
+        deploy::check_backup_space(s, config)?;
+        let p = prod(s, store, config).await?;
         let mut from = current.clone();
-        if let Install::Compose(c) = &s.headscale.install {
-            self.pin_floating(c).await?;
-        }
+        self.prep().before_promote().await?;
         let mut old_target = deploy::adopt_current(s, store, current).await?;
         for (i, (hop, _)) in progress.installed.iter().enumerate() {
             let baseline = smoke::baseline(&p.target(), s.smoke.timeout)

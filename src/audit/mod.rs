@@ -15,9 +15,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::compose::ImageFacts;
 use crate::deploy;
-use crate::deploy::container;
 use crate::error::error_chain;
 use crate::event::{Event, Severity};
 use crate::headscale::api;
@@ -30,7 +28,7 @@ use crate::release::notes;
 use crate::release::watch::{self, UpgradeOptions};
 use crate::settings;
 use crate::settings::playbook::{self, OnFailure, StepKind};
-use crate::settings::{Install, Settings};
+use crate::settings::Settings;
 use crate::state;
 use crate::state::{now, Store};
 use crate::verify;
@@ -181,13 +179,7 @@ impl Ctx<'_> {
 
 /// Runs the audit playbook. `Ok` even when some checks were skipped (they are listed).
 pub async fn run(s: &Settings, store: &Store) -> Result<Report, AuditError> {
-    let config = match &s.headscale.install {
-        Install::Binary | Install::Deb(_) | Install::External(_) => {
-            HeadscaleConfig::load(&s.headscale.config).ok()
-        }
-        // Read through the service's volumes and environment.
-        Install::Compose(_) => deploy::production_config(s).await.ok(),
-    };
+    let config = deploy::production::audited_config(s).await;
     let version = deploy::current_version(s).await.ok();
     let mut ctx = Ctx {
         s,
@@ -475,9 +467,9 @@ async fn version_checks(ctx: &Ctx<'_>) -> Result<Vec<Finding>, Unavailable> {
     let current = deploy::current_version(s)
         .await
         .map_err(|e| error_chain(&e))?;
-    if let Install::Compose(c) = &s.headscale.install {
-        let image = container::current_image(c).map_err(|e| error_chain(&e))?;
-        let facts = ImageFacts::of(&image, &current);
+    if let Some(facts) =
+        deploy::production::image_facts(s, &current).map_err(|e| error_chain(&e))?
+    {
         if let Some(tag) = &facts.floating {
             out.push(finding(
                 "version.floating_image_tag",

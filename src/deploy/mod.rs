@@ -17,6 +17,7 @@
 pub mod container;
 pub mod external;
 pub mod package;
+pub mod prepare;
 pub mod production;
 pub mod service;
 pub mod staging;
@@ -70,6 +71,10 @@ pub enum DeployError {
     Package(#[from] PackageError),
     #[error(transparent)]
     Identity(#[from] IdentityError),
+    #[error(transparent)]
+    Verify(#[from] verify::VerifyError),
+    #[error(transparent)]
+    Image(#[from] verify::image::ImageError),
     #[error("{0}")]
     Other(String),
 }
@@ -101,15 +106,13 @@ pub async fn current_version(s: &Settings) -> Result<Version, CurrentVersionErro
         // The running server's own executable: after a package manager replaced the binary it
         // still runs the old version until restarted.
         Install::External(_) => {
-            let found = Production::find(s)
-                .await
-                .map_err(|e| CurrentVersionError {
-                    binary: s.headscale.binary.display().to_string(),
-                    source: CliError::Failed {
-                        command: "finding the running server".into(),
-                        detail: error_chain(&e),
-                    },
-                })?;
+            let found = Production::find(s).await.map_err(|e| CurrentVersionError {
+                binary: s.headscale.binary.display().to_string(),
+                source: CliError::Failed {
+                    command: "finding the running server".into(),
+                    detail: error_chain(&e),
+                },
+            })?;
             if let Some(pid) = found.pid() {
                 return external::running_version(pid).await.map_err(|source| {
                     CurrentVersionError {

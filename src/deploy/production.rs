@@ -24,9 +24,16 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::deploy::{container, current_target, versions_dir, DeployError};
+use semver::Version;
+
+use crate::compose::ImageFacts;
+use crate::deploy::{
+    container, current_target, external, install_conflict, package, versions_dir,
+    CurrentVersionError, DeployError,
+};
 use crate::headscale::config::HeadscaleConfig;
 use crate::process::{self, ProcError, ProcInfo};
+use crate::release::watch::ExternalFacts;
 use crate::settings::{Install, ServiceSettings, Settings};
 
 const ASK_TIMEOUT: Duration = Duration::from_secs(30);
@@ -101,13 +108,12 @@ impl Production {
         let (server, named_by) = named_server(s, &file).await?;
         let config = match &server {
             Server::Process(p) => {
-                let env = process::headscale_env(p.pid).map_err(|source| {
-                    IdentityError::Unchecked {
+                let env =
+                    process::headscale_env(p.pid).map_err(|source| IdentityError::Unchecked {
                         pid: p.pid,
                         named_by: named_by.clone(),
                         source,
-                    }
-                })?;
+                    })?;
                 file.with_env(env)?
             }
             Server::Stopped | Server::Unnamed | Server::Container => file,
@@ -341,9 +347,7 @@ fn checked(
 fn runs_installed_binary(s: &Settings, info: &ProcInfo) -> bool {
     let installed = std::fs::canonicalize(current_target(&s.headscale.binary))
         .unwrap_or_else(|_| s.headscale.binary.clone());
-    let same = |p: &Path| {
-        std::fs::metadata(p).is_ok_and(|m| (m.dev(), m.ino()) == info.exe_id)
-    };
+    let same = |p: &Path| std::fs::metadata(p).is_ok_and(|m| (m.dev(), m.ino()) == info.exe_id);
     if same(&installed) {
         return true;
     }
@@ -353,4 +357,221 @@ fn runs_installed_binary(s: &Settings, info: &ProcInfo) -> bool {
     }
     let deleted = format!("{} (deleted)", installed.display());
     info.exe.as_os_str() == deleted.as_str()
+}
+
+/// What `status` shows of the install kind, read once.
+#[derive(Debug, Clone)]
+pub enum KindFacts {
+    /// `headscale.binary` and where it points; a conflict with dpkg when it owns the path.
+    Binary {
+        binary: PathBuf,
+        target: PathBuf,
+        conflict: Option<String>,
+    },
+    /// What dpkg records of the package (`0.29.3 (ii)`, `not installed`).
+    Deb {
+        package: String,
+        binary: PathBuf,
+        dpkg: String,
+    },
+    /// The binary on disk against the running server.
+    External {
+        package: String,
+        binary: PathBuf,
+        facts: Option<ExternalFacts>,
+    },
+    /// The compose service and its image.
+    Compose {
+        service: String,
+        file: PathBuf,
+        image: Option<ImageFacts>,
+    },
+}
+
+impl KindFacts {
+    /// Reads the kind's facts; `running` is the version production runs, when known.
+    pub async fn read(
+        s: &Settings,
+        production: Option<&Production>,
+        running: Option<&Version>,
+    ) -> Self {
+        let binary = s.headscale.binary.clone();
+        match &s.headscale.install {
+            Install::Binary => KindFacts::Binary {
+                target: current_target(&binary),
+                conflict: install_conflict(s).await,
+                binary,
+            },
+            Install::Deb(d) => KindFacts::Deb {
+                package: d.package.clone(),
+                dpkg: match package::installed(&d.package).await {
+                    Ok(Some(st)) => format!("{} ({})", st.version, st.status),
+                    Ok(None) => "not installed".to_string(),
+                    Err(e) => format!("unknown: {e}"),
+                },
+                binary,
+            },
+            Install::External(e) => KindFacts::External {
+                package: e.package.clone(),
+                facts: match production {
+                    Some(p) => external::facts(s, e, p).await.ok(),
+                    None => None,
+                },
+                binary,
+            },
+            Install::Compose(c) => KindFacts::Compose {
+                service: c.service.clone(),
+                file: c.file.clone(),
+                image: running.and_then(|v| image_facts(s, v).ok().flatten()),
+            },
+        }
+    }
+
+    /// The lines `status` prints under production's version.
+    pub fn lines(&self) -> Vec<String> {
+        match self {
+            KindFacts::Binary {
+                binary,
+                target,
+                conflict,
+            } => {
+                let mut out = vec![format!(
+                    "binary {} -> {}",
+                    binary.display(),
+                    target.display()
+                )];
+                out.extend(conflict.iter().map(|c| format!("WARNING: {c}")));
+                out
+            }
+            KindFacts::Deb {
+                package,
+                binary,
+                dpkg,
+            } => vec![format!(
+                "Debian package {package}: dpkg records {dpkg}; binary {}",
+                binary.display()
+            )],
+            KindFacts::External {
+                package,
+                binary,
+                facts,
+            } => {
+                let mut out = vec![format!(
+                    "binary {} (package {package}, installed by the package manager)",
+                    binary.display()
+                )];
+                out.extend(
+                    facts
+                        .iter()
+                        .map(|e| format!("kind external ({}): {}", e.manager, e.describe())),
+                );
+                out
+            }
+            KindFacts::Compose {
+                service,
+                file,
+                image,
+            } => {
+                let mut out = vec![format!("compose service {service} of {}", file.display())];
+                out.extend(image.iter().map(ImageFacts::describe));
+                out
+            }
+        }
+    }
+
+    /// `status --json`'s `production` keys of the kind (schema headwarden.status/v1: a compose
+    /// install has no binary or symlink of its own, so those keys stay, null).
+    pub fn json(&self) -> serde_json::Value {
+        match self {
+            KindFacts::Binary {
+                binary,
+                target,
+                conflict,
+            } => {
+                serde_json::json!({"binary": binary, "target": target, "package": null, "external": null, "install_conflict": conflict})
+            }
+            KindFacts::Deb { binary, dpkg, .. } => {
+                serde_json::json!({"binary": binary, "target": current_target(binary), "package": dpkg, "external": null, "install_conflict": null})
+            }
+            KindFacts::External { binary, facts, .. } => {
+                serde_json::json!({"binary": binary, "target": current_target(binary), "package": null, "external": facts, "install_conflict": null})
+            }
+            KindFacts::Compose { image, .. } => {
+                serde_json::json!({"binary": null, "target": null, "image": image})
+            }
+        }
+    }
+}
+
+/// A compose install's image and, when its tag floats, what the next upgrade pins it to.
+pub fn image_facts(s: &Settings, current: &Version) -> Result<Option<ImageFacts>, DeployError> {
+    match &s.headscale.install {
+        Install::Binary | Install::Deb(_) | Install::External(_) => Ok(None),
+        Install::Compose(c) => Ok(Some(ImageFacts::of(&container::current_image(c)?, current))),
+    }
+}
+
+/// `config check`'s line for the install.
+pub fn describe_install(s: &Settings) -> String {
+    let config = s.headscale.config.display();
+    let binary = s.headscale.binary.display();
+    match &s.headscale.install {
+        Install::Binary => format!("{binary} with {config}"),
+        Install::Deb(d) => format!("Debian package {} ({binary}) with {config}", d.package),
+        Install::External(e) => format!(
+            "{binary} from package {} (kind external: the package manager installs it; headwarden stages and guards the restart) with {config}",
+            e.package
+        ),
+        Install::Compose(c) => format!(
+            "compose service {} of {} ({}), image {}, config {config} inside the container",
+            c.service,
+            c.file.display(),
+            c.command.join(" "),
+            c.image
+        ),
+    }
+}
+
+/// Production's config file as written (a compose install's through the compose file's bind
+/// mounts), asking neither the service manager nor the engine: for readers that only need what
+/// the file says (`server_url` in reminders).
+pub fn config_file(s: &Settings) -> Option<HeadscaleConfig> {
+    let path = match &s.headscale.install {
+        Install::Binary | Install::Deb(_) | Install::External(_) => {
+            Some(s.headscale.config.clone())
+        }
+        Install::Compose(c) => container::host_config_path(c, &s.headscale.config),
+    };
+    path.and_then(|p| HeadscaleConfig::load(&p).ok())
+}
+
+/// The config the audit reads: the file the admin maintains, for a host install (a finding
+/// names a key of that file; the environment's overrides are the service's business), and
+/// for a compose install the config as the container runs it (read through the service's
+/// volumes and environment, the only way to its file).
+pub async fn audited_config(s: &Settings) -> Option<HeadscaleConfig> {
+    match &s.headscale.install {
+        Install::Binary | Install::Deb(_) | Install::External(_) => {
+            HeadscaleConfig::load(&s.headscale.config).ok()
+        }
+        Install::Compose(_) => Production::find(s).await.ok().map(|p| p.config),
+    }
+}
+
+/// An external install's facts (the binary on disk against the server its service manager
+/// names); `None` for every other kind, whose next version comes from the release feed.
+pub async fn external_facts(
+    s: &Settings,
+    production: &Production,
+) -> Result<Option<ExternalFacts>, CurrentVersionError> {
+    let Install::External(e) = &s.headscale.install else {
+        return Ok(None);
+    };
+    external::facts(s, e, production)
+        .await
+        .map(Some)
+        .map_err(|source| CurrentVersionError {
+            binary: s.headscale.binary.display().to_string(),
+            source,
+        })
 }

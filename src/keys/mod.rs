@@ -22,20 +22,19 @@ use std::collections::HashMap;
 use serde::Serialize;
 use serde_json::json;
 
-use crate::deploy::container;
+use crate::deploy::production;
 use crate::event::{Event, Severity};
 use crate::files::{self, FileError};
 use crate::headscale::api;
 use crate::headscale::api::{ApiClient, ApiError, Node};
 use crate::headscale::config;
-use crate::headscale::config::HeadscaleConfig;
 use crate::hook;
 use crate::hook::HookError;
 use crate::notify;
 use crate::settings;
 use crate::settings::playbook::{OnFailure, StepKind};
 use crate::settings::Secret;
-use crate::settings::{Install, Settings};
+use crate::settings::Settings;
 use crate::state;
 use crate::state::{now, KeyObservation, MintedKey, StateError, Store};
 use plan::{Action, KeyState, NodePlan, Observed, Policy};
@@ -142,13 +141,7 @@ pub async fn plan_now(
 }
 
 fn server_url(s: &Settings) -> String {
-    let path = match &s.headscale.install {
-        Install::Binary | Install::Deb(_) | Install::External(_) => {
-            Some(s.headscale.config.clone())
-        }
-        Install::Compose(c) => container::host_config_path(c, &s.headscale.config),
-    };
-    path.and_then(|p| HeadscaleConfig::load(&p).ok())
+    production::config_file(s)
         .map(|c| c.server_url)
         .unwrap_or_default()
 }

@@ -18,7 +18,7 @@ use super::{AssetKind, Release};
 use crate::compose::ImageFacts;
 use crate::event::{Event, Severity};
 use crate::headscale::config::{incompatibilities, HeadscaleConfig};
-use crate::settings::{Install, Settings};
+use crate::settings::Settings;
 use crate::state::{now, StateError, Store};
 
 #[derive(Debug, thiserror::Error)]
@@ -127,9 +127,10 @@ pub fn policy(s: &Settings, opts: &UpgradeOptions) -> Policy {
 
 /// The release file `s`'s install kind installs.
 pub fn asset_kind(s: &Settings) -> AssetKind {
-    match s.headscale.install {
-        Install::Deb(_) => AssetKind::Deb,
-        Install::Binary | Install::Compose(_) | Install::External(_) => AssetKind::Binary,
+    if s.headscale.install.installs_package() {
+        AssetKind::Deb
+    } else {
+        AssetKind::Binary
     }
 }
 

@@ -243,6 +243,14 @@ pub enum Install {
     External(ExternalInstall),
 }
 
+impl Install {
+    /// Whether a release is installed as upstream's `.deb` (else as the raw binary, or an
+    /// image, or not at all).
+    pub fn installs_package(&self) -> bool {
+        matches!(self, Install::Deb(_))
+    }
+}
+
 /// Who installs Headscale's binary when headwarden does not (`kind: external`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PackageManager {

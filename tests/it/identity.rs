@@ -7,6 +7,7 @@
 use std::path::Path;
 use std::process::Command;
 
+use crate::support::compose::ComposeSandbox;
 use crate::support::deb::DebHost;
 use crate::support::lookalike::LookAlike;
 use crate::support::{code, text, Sandbox};
@@ -31,7 +32,10 @@ fn service(sb: &Sandbox, action: &str) {
     let sock = sb.path("prod/run/headscale.sock");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while action == "start" && !sock.exists() {
-        assert!(std::time::Instant::now() < deadline, "production did not start");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "production did not start"
+        );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
@@ -127,6 +131,28 @@ fn a_planted_lookalike_is_never_production_deb_kind() {
     assert!(
         text(&status).contains(&format!("process {pid} ("))
             && text(&status).contains("named by systemd unit headscale.service"),
+        "{}",
+        text(&status)
+    );
+    assert_eq!(fake.connections(), 0, "nothing was sent to the look-alike");
+}
+
+/// Compose kind (the engine names the service's container by its labels, and gives its
+/// environment): a look-alike on the host, started before the container, changes nothing.
+#[test]
+fn a_planted_lookalike_is_never_production_compose_kind() {
+    let sb = ComposeSandbox::new("0.28.0", "0.28.0");
+    sb.compose(&["stop", "headscale"]);
+    let fake = LookAlike::start(&sb.headscale_config(), &sb.path("lookalike.log"));
+    sb.compose(&["up", "-d", "headscale"]);
+    sb.wait_healthy();
+    let out = sb.hw(&["smoke"]);
+    let t = text(&out);
+    assert_eq!(code(&out), 0, "{t}");
+    assert!(t.contains("connectivity"), "the probe ran: {t}");
+    let status = sb.hw(&["status"]);
+    assert!(
+        text(&status).contains("server: the container of compose service headscale"),
         "{}",
         text(&status)
     );

@@ -26,6 +26,7 @@ fn settings(root: &str) -> insta::Settings {
     s.add_filter(r"hskey-(auth|api)-[A-Za-z0-9_-]+", "hskey-$1-[KEY]");
     s.add_filter(r"\brun \d+\b", "run [N]");
     s.add_filter(r"#\d+\b", "#[N]");
+    s.add_filter(r"\bprocess \d+ \(uid \d+,", "process [PID] (uid [UID],");
     s
 }
 

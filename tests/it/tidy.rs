@@ -3,7 +3,10 @@
 //!   order; a module imports only modules of lower layers, or of its own layer declared above it,
 //!   so the module graph has no cycle;
 //! - cross-module items come in through `use crate::…` lines, never as inline `crate::x::y`
-//!   paths in code (tests excepted), so the graph can be read from the imports.
+//!   paths in code (tests excepted), so the graph can be read from the imports; a grouped
+//!   `use crate::{…}` would hide its targets from this check and is refused;
+//! - only `deploy` knows the install kinds: `Install::` appears nowhere else but in `settings`
+//!   (which parses them), so a new kind is added in `deploy` and nowhere above it.
 //!
 //! Each rule is checked on the real tree and, to show it can fail, on a small bad tree.
 
@@ -107,6 +110,24 @@ fn violations(lib: &str, files: &BTreeMap<PathBuf, String>) -> Vec<String> {
             continue;
         };
         let code = without_tests(text);
+        let kinds_allowed = module == "deploy" || module == "settings";
+        for (n, line) in code.lines().enumerate() {
+            let line = line.split("//").next().unwrap_or("");
+            if line.contains("use crate::{") {
+                problems.push(format!(
+                    "src/{}:{}: grouped import `use crate::{{…}}` (one `use crate::module::…` line per module)",
+                    path.display(),
+                    n + 1
+                ));
+            }
+            if !kinds_allowed && line.contains("Install::") {
+                problems.push(format!(
+                    "src/{}:{}: {module} branches on the install kind (only deploy knows the kinds: add a deploy function)",
+                    path.display(),
+                    n + 1
+                ));
+            }
+        }
         for (line, target, is_use) in crate_refs(code) {
             if !is_use {
                 problems.push(format!(
@@ -187,6 +208,11 @@ fn the_rules_catch_an_upward_import_an_inline_path_and_a_missing_module() {
             "state.rs",
             "#[cfg(test)]\nmod tests { use crate::cli::X; }\n",
         ),
+        (
+            "cli/status.rs",
+            "use crate::{settings::Install, error::x};\nfn f(i: &Install) -> bool { matches!(i, Install::Binary) }\n",
+        ),
+        ("settings/raw.rs", "fn g() -> Install { Install::Binary }\n"),
     ]
     .into_iter()
     .map(|(p, t)| (PathBuf::from(p), t.to_string()))
@@ -209,6 +235,11 @@ fn the_rules_catch_an_upward_import_an_inline_path_and_a_missing_module() {
         has("src/state.rs: module state is missing"),
         "{problems:#?}"
     );
-    assert_eq!(problems.len(), 4, "{problems:#?}");
+    assert!(has("src/cli/status.rs:1: grouped import"), "{problems:#?}");
+    assert!(
+        has("src/cli/status.rs:2: cli branches on the install kind"),
+        "{problems:#?}"
+    );
+    assert_eq!(problems.len(), 6, "{problems:#?}");
     assert!(layer_table("pub mod x;\n").is_err());
 }

@@ -2,7 +2,6 @@
 
 use crate::deploy;
 use crate::exit;
-use crate::settings::Install;
 
 use crate::cli::{load, print_json, Cli, Failure};
 
@@ -21,33 +20,7 @@ pub async fn check(cli: &Cli) -> Result<u8, Failure> {
             "  release feed: {}/{} at {}",
             s.release.owner, s.release.repo, s.release.api_url
         );
-        match &s.headscale.install {
-            Install::Binary => println!(
-                "  headscale: {} with {}",
-                s.headscale.binary.display(),
-                s.headscale.config.display()
-            ),
-            Install::Deb(d) => println!(
-                "  headscale: Debian package {} ({}) with {}",
-                d.package,
-                s.headscale.binary.display(),
-                s.headscale.config.display()
-            ),
-            Install::External(e) => println!(
-                "  headscale: {} from package {} (kind external: the package manager installs it; headwarden stages and guards the restart) with {}",
-                s.headscale.binary.display(),
-                e.package,
-                s.headscale.config.display()
-            ),
-            Install::Compose(c) => println!(
-                "  headscale: compose service {} of {} ({}), image {}, config {} inside the container",
-                c.service,
-                c.file.display(),
-                c.command.join(" "),
-                c.image,
-                s.headscale.config.display()
-            ),
-        }
+        println!("  headscale: {}", deploy::production::describe_install(&s));
         if s.release.token.is_some() {
             println!("  github token: set (not shown)");
         }

@@ -1,12 +1,11 @@
 //! `headwarden status [--json]`: production, the last runs, pending approvals, open findings.
 
-use crate::compose::ImageFacts;
-use crate::deploy;
+use crate::deploy::production::KindFacts;
+use crate::deploy::Production;
 use crate::error::error_chain;
 use crate::exit;
 use crate::headscale::http;
-use crate::release::watch::ExternalFacts;
-use crate::settings::{Install, Settings};
+use crate::settings::Settings;
 use crate::state::{BackupRow, InstallRow, RunRow, Store};
 use crate::upgrade;
 
@@ -21,15 +20,8 @@ pub async fn run(cli: &Cli) -> Result<u8, Failure> {
 /// What both renderings show.
 struct Facts {
     current: String,
-    /// A compose install's image.
-    image: Option<ImageFacts>,
-    target: std::path::PathBuf,
-    /// A deb install: what dpkg records (`0.29.3 (ii)`).
-    package: Option<String>,
-    /// An external install: the binary on disk against the running server.
-    external: Option<ExternalFacts>,
-    /// `kind: binary` over a path dpkg owns.
-    conflict: Option<String>,
+    /// The install kind's facts (binary and symlink, package, image, binary on disk).
+    kind: KindFacts,
     /// Production's server as its service manager names it (or why it is not production).
     server: String,
     health: String,
@@ -43,39 +35,20 @@ struct Facts {
 async fn show(cli: &Cli, s: &Settings, store: &Store) -> Result<u8, Failure> {
     let f = facts(s, store).await?;
     if cli.json {
-        json(s, store, &f)?;
+        json(store, &f)?;
     } else {
-        text(s, store, &f)?;
+        text(store, &f)?;
     }
     Ok(exit::OK)
 }
 
 async fn facts(s: &Settings, store: &Store) -> Result<Facts, Failure> {
+    let production = Production::find(s).await;
     let running = upgrade::current_version(s).await;
-    let image = match &running {
-        Ok(v) => upgrade::image_facts(s, v).unwrap_or_default(),
-        Err(_) => None,
-    };
+    let kind = KindFacts::read(s, production.as_ref().ok(), running.as_ref().ok()).await;
     let current = running
         .map(|v| v.to_string())
         .unwrap_or_else(|e| format!("unknown ({e})"));
-    let target = deploy::current_target(&s.headscale.binary);
-    let package = match &s.headscale.install {
-        Install::Deb(d) => Some(match deploy::package::installed(&d.package).await {
-            Ok(Some(st)) => format!("{} ({})", st.version, st.status),
-            Ok(None) => "not installed".to_string(),
-            Err(e) => format!("unknown: {e}"),
-        }),
-        _ => None,
-    };
-    let conflict = deploy::install_conflict(s).await;
-    let production = deploy::Production::find(s).await;
-    let external = match (&s.headscale.install, &production) {
-        (Install::External(e), Ok(production)) => {
-            deploy::external::facts(s, e, production).await.ok()
-        }
-        _ => None,
-    };
     let server = match &production {
         Ok(p) => p.describe(),
         Err(e) => format!("NOT CONFIRMED: {}", error_chain(e)),
@@ -97,11 +70,7 @@ async fn facts(s: &Settings, store: &Store) -> Result<Facts, Failure> {
     let bad = store.bad_releases()?;
     Ok(Facts {
         current,
-        image,
-        target,
-        package,
-        external,
-        conflict,
+        kind,
         server,
         health,
         open,
@@ -113,14 +82,10 @@ async fn facts(s: &Settings, store: &Store) -> Result<Facts, Failure> {
 }
 
 /// `status --json` (schema headwarden.status/v1).
-fn json(s: &Settings, store: &Store, f: &Facts) -> Result<(), Failure> {
+fn json(store: &Store, f: &Facts) -> Result<(), Failure> {
     let Facts {
         current,
-        image,
-        target,
-        package,
-        external,
-        conflict,
+        kind,
         server,
         health,
         open,
@@ -149,11 +114,7 @@ fn json(s: &Settings, store: &Store, f: &Facts) -> Result<(), Failure> {
             "open": store.kv_get("audit.counts")?.and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok()),
         },
         "jobs_last_start": jobs,
-        "production": match image {
-            None => serde_json::json!({"version": current, "binary": s.headscale.binary, "target": target, "package": package, "external": external, "install_conflict": conflict, "server": server, "health": health}),
-            // A compose install has no binary or symlink of its own: those keys stay, null.
-            Some(image) => serde_json::json!({"version": current, "binary": null, "target": null, "image": image, "server": server, "health": health}),
-        },
+        "production": production_json(current, kind, server, health),
         "interrupted_runs": open,
         "last_run": last.first(),
         "installed": installs,
@@ -167,14 +128,26 @@ fn json(s: &Settings, store: &Store, f: &Facts) -> Result<(), Failure> {
     Ok(())
 }
 
-fn text(s: &Settings, store: &Store, f: &Facts) -> Result<(), Failure> {
+/// `production` of `status --json`: version, the kind's keys, server and health.
+fn production_json(
+    current: &str,
+    kind: &KindFacts,
+    server: &str,
+    health: &str,
+) -> serde_json::Value {
+    let mut out = serde_json::json!({"version": current});
+    if let (Some(out), serde_json::Value::Object(keys)) = (out.as_object_mut(), kind.json()) {
+        out.extend(keys);
+        out.insert("server".into(), server.into());
+        out.insert("health".into(), health.into());
+    }
+    out
+}
+
+fn text(store: &Store, f: &Facts) -> Result<(), Failure> {
     let Facts {
         current,
-        image,
-        target,
-        package,
-        external,
-        conflict,
+        kind,
         server,
         health,
         open,
@@ -187,35 +160,10 @@ fn text(s: &Settings, store: &Store, f: &Facts) -> Result<(), Failure> {
     if let Some(reason) = store.kv_get("hold")? {
         println!("  upgrades ON HOLD: {reason} (`headwarden unhold` releases them)");
     }
-    match (image, &s.headscale.install) {
-        (Some(image), Install::Compose(c)) => {
-            println!("  compose service {} of {}", c.service, c.file.display());
-            println!("  {}", image.describe());
-        }
-        (_, Install::External(e)) => println!(
-            "  binary {} (package {}, installed by the package manager)",
-            s.headscale.binary.display(),
-            e.package
-        ),
-        (_, Install::Deb(d)) => println!(
-            "  Debian package {}: dpkg records {}; binary {}",
-            d.package,
-            package.as_deref().unwrap_or("?"),
-            s.headscale.binary.display()
-        ),
-        _ => println!(
-            "  binary {} -> {}",
-            s.headscale.binary.display(),
-            target.display()
-        ),
-    }
-    if let Some(e) = external {
-        println!("  kind external ({}): {}", e.manager, e.describe());
+    for line in kind.lines() {
+        println!("  {line}");
     }
     println!("  server: {server}");
-    if let Some(c) = conflict {
-        println!("  WARNING: {c}");
-    }
     for r in open {
         println!(
             "INTERRUPTED run {} ({} {} -> {}): the next upgrade/rollback finishes it",
