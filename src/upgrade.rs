@@ -820,7 +820,7 @@ impl RunCtx<'_> {
             s,
             self.store,
             self.run,
-            &config,
+            config,
             &installed,
             &baseline,
             full_checks,
