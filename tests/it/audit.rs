@@ -362,9 +362,7 @@ fn a_pending_security_fix_and_a_swapped_binary_are_critical() {
 
     // Someone swaps the binary headwarden installed.
     let link = std::fs::read_link(sb.path("prod/bin/headscale")).expect("symlink");
-    let mut bytes = std::fs::read(&link).expect("binary");
-    bytes.extend_from_slice(b"\n# patched by hand\n");
-    std::fs::write(&link, bytes).expect("tamper");
+    crate::support::patch_executable(&link);
     let (rc, v) = audit(&sb, &["--fail-on", "critical"]);
     assert_eq!(rc, 1);
     assert!(ids(&v, "findings").contains(&"version.binary_changed".to_string()));

@@ -1090,3 +1090,24 @@ impl Sandbox {
         .expect("collect")
     }
 }
+
+/// Changes an installed executable the way a hand edit would, and puts it in place by rename
+/// (a running executable cannot be written to: ETXTBSY). Bytes go in before the stand-in's
+/// appended release identity (headscale-sim's `fixtures::launcher`), so the file still runs as
+/// the same release, only with other contents.
+pub fn patch_executable(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let mut bytes = std::fs::read(path).expect("executable");
+    let n = bytes.len();
+    let at = if n >= 16 && &bytes[n - 8..] == b"HSSIM01\n" {
+        let len = u64::from_le_bytes(bytes[n - 16..n - 8].try_into().expect("8 bytes")) as usize;
+        n - 16 - len
+    } else {
+        n
+    };
+    bytes.splice(at..at, b"\n# patched by hand\n".iter().copied());
+    let tmp = path.with_extension("patched");
+    std::fs::write(&tmp, bytes).expect("patched copy");
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    std::fs::rename(&tmp, path).expect("swap");
+}
