@@ -6,7 +6,7 @@ use crate::headscale::config::HeadscaleConfig;
 
 use crate::audit::{finding, mitigation, Finding};
 
-pub(in crate::audit) fn host_of(addr: &str) -> &str {
+pub(crate) fn host_of(addr: &str) -> &str {
     let a = addr.trim();
     if let Some(rest) = a.strip_prefix('[') {
         return rest.split(']').next().unwrap_or("");
@@ -14,18 +14,18 @@ pub(in crate::audit) fn host_of(addr: &str) -> &str {
     a.rsplit_once(':').map_or(a, |(h, _)| h)
 }
 
-pub(in crate::audit) fn is_loopback_host(h: &str) -> bool {
+pub(crate) fn is_loopback_host(h: &str) -> bool {
     h == "localhost"
         || h.parse::<std::net::IpAddr>()
             .is_ok_and(|ip| ip.is_loopback())
 }
 
-pub(in crate::audit) fn str_at(root: &serde_yaml_ng::Value, key: &str) -> Option<String> {
+pub(crate) fn str_at(root: &serde_yaml_ng::Value, key: &str) -> Option<String> {
     config::get_str(root, key)
 }
 
 /// `version`: production's, for defaults that changed (unknown: the older default).
-pub(in crate::audit) fn config_checks(
+pub(crate) fn config_checks(
     c: &HeadscaleConfig,
     version: Option<&semver::Version>,
 ) -> Vec<Finding> {
@@ -131,7 +131,7 @@ pub(in crate::audit) fn config_checks(
 }
 
 /// Keys in `c` that the next minor release refuses to start with.
-pub(in crate::audit) fn next_minor_checks(
+pub(crate) fn next_minor_checks(
     c: &HeadscaleConfig,
     current: &semver::Version,
 ) -> Vec<Finding> {

@@ -7,7 +7,7 @@ use crate::headscale::config::HeadscaleConfig;
 use crate::audit::checks::config::str_at;
 use crate::audit::{finding, mitigation, Finding};
 
-pub(in crate::audit) fn dns_checks(
+pub(crate) fn dns_checks(
     c: &HeadscaleConfig,
     allowed_nameservers: Option<&[String]>,
 ) -> Vec<Finding> {

@@ -12,12 +12,12 @@ use crate::state::now;
 
 use crate::audit::{finding, mitigation, Ctx, Finding, Unavailable};
 
-pub(in crate::audit) fn days(secs: i64) -> i64 {
+pub(crate) fn days(secs: i64) -> i64 {
     secs / 86400
 }
 
 /// API keys that never expire or that nothing uses.
-pub(in crate::audit) fn api_key_findings(
+pub(crate) fn api_key_findings(
     s: &Settings,
     api_keys: &[ApiKeyInfo],
     t: i64,
@@ -63,7 +63,7 @@ pub(in crate::audit) fn api_key_findings(
     out
 }
 
-pub(in crate::audit) async fn enrollment_checks(
+pub(crate) async fn enrollment_checks(
     ctx: &mut Ctx<'_>,
 ) -> Result<Vec<Finding>, Unavailable> {
     let s = ctx.s;

@@ -8,7 +8,7 @@ use crate::headscale::config::HeadscaleConfig;
 use crate::audit::checks::config::str_at;
 use crate::audit::{finding, mitigation, Finding, Unavailable};
 
-pub(in crate::audit) fn resolve(c: &HeadscaleConfig, p: &str) -> PathBuf {
+pub(crate) fn resolve(c: &HeadscaleConfig, p: &str) -> PathBuf {
     let p = PathBuf::from(p);
     if p.is_absolute() {
         p
@@ -17,7 +17,7 @@ pub(in crate::audit) fn resolve(c: &HeadscaleConfig, p: &str) -> PathBuf {
     }
 }
 
-pub(in crate::audit) fn file_checks(
+pub(crate) fn file_checks(
     c: &HeadscaleConfig,
     api_key_file: Option<&Path>,
     service_user: Option<&str>,

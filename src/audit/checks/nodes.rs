@@ -11,7 +11,7 @@ use crate::state::now;
 use crate::audit::checks::enrollment::days;
 use crate::audit::{finding, mitigation, Ctx, Finding, Unavailable};
 
-pub(in crate::audit) fn inventory(
+pub(crate) fn inventory(
     path: &Path,
 ) -> Result<Vec<(String, Option<String>)>, Unavailable> {
     let text = std::fs::read_to_string(path)
@@ -40,7 +40,7 @@ pub(in crate::audit) fn inventory(
         .collect()
 }
 
-pub(in crate::audit) async fn node_checks(ctx: &mut Ctx<'_>) -> Result<Vec<Finding>, Unavailable> {
+pub(crate) async fn node_checks(ctx: &mut Ctx<'_>) -> Result<Vec<Finding>, Unavailable> {
     let s = ctx.s;
     let expected = s.audit.inventory.as_deref().map(inventory).transpose()?;
     let api = ctx.api().await?;

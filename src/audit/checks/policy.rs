@@ -13,7 +13,7 @@ use crate::audit::{finding, mitigation, Ctx, Finding, Unavailable};
 
 /// The policy's text (none when there is none) and where it came from: the database
 /// (`policy.mode: database`, through the API) or `policy.path`.
-pub(in crate::audit) async fn policy_text(
+pub(crate) async fn policy_text(
     ctx: &mut Ctx<'_>,
     c: &HeadscaleConfig,
     mode: &str,
@@ -48,7 +48,7 @@ pub(in crate::audit) async fn policy_text(
 }
 
 /// Allow-all rules, and groups and tags that no rule uses.
-pub(in crate::audit) fn rule_findings(p: &Value, source: &str) -> Vec<Finding> {
+pub(crate) fn rule_findings(p: &Value, source: &str) -> Vec<Finding> {
     let mut out = Vec::new();
     for i in policy::allow_all_rules(p) {
         out.push(finding(
@@ -87,7 +87,7 @@ pub(in crate::audit) fn rule_findings(p: &Value, source: &str) -> Vec<Finding> {
     out
 }
 
-pub(in crate::audit) async fn policy_checks(
+pub(crate) async fn policy_checks(
     ctx: &mut Ctx<'_>,
 ) -> Result<Vec<Finding>, Unavailable> {
     let c = ctx.config()?.clone();

@@ -11,7 +11,7 @@ use crate::verify;
 
 use crate::audit::{finding, mitigation, Ctx, Finding, Unavailable};
 
-pub(in crate::audit) async fn version_checks(ctx: &Ctx<'_>) -> Result<Vec<Finding>, Unavailable> {
+pub(crate) async fn version_checks(ctx: &Ctx<'_>) -> Result<Vec<Finding>, Unavailable> {
     let s = ctx.s;
     let mut out = Vec::new();
     // Tampering: the running binary is not what headwarden installed for that version.
