@@ -9,6 +9,8 @@ pub mod cron;
 pub mod notify_url;
 pub mod playbook;
 mod raw;
+mod resolve;
+mod url;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -19,7 +21,8 @@ use semver::{Version, VersionReq};
 use self::cron::{Cron, Zone};
 use self::notify_url::Target;
 use crate::event::Severity;
-pub use raw::{parse_duration, url_allowed, DurationError, DurationValue};
+pub use raw::{parse_duration, DurationError, DurationValue};
+pub use url::url_allowed;
 
 /// Default location of the config file.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/headwarden/headwarden.yaml";
@@ -629,7 +632,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Settings, ConfigError> {
         };
         ConfigError { file: path.to_path_buf(), key, line, message, hint }
     })?;
-    raw::resolve(path, text, raw)
+    resolve::resolve(path, text, raw)
 }
 
 fn strip_location(msg: &str) -> String {

@@ -1,22 +1,13 @@
-//! Raw YAML shapes (exactly the file's keys) and the one `resolve` step into `Settings`.
+//! Raw YAML shapes (exactly the file's keys) and the value types parsed while deserializing;
+//! `resolve.rs` turns them into `Settings`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use semver::{Version, VersionReq};
 use serde::{Deserialize, Deserializer};
 
-use super::cron::{Cron, Zone};
-use super::notify_url;
-use super::playbook::{self, PlaybookName};
-use super::{
-    line_of, Accept, Approval, AuditSettings, Channel, ComposeInstall, ConfigError, DebInstall,
-    Enforce, ExternalInstall, HeadscaleSettings, Install, KeyDelivery, KeySettings, LoadedPlaybook,
-    MetricsSettings, NotifyTarget, PackageManager, Playbooks, Reach, Reconnect, ReconnectPolicy,
-    ReleaseSettings, ReminderRouting, ScheduleSettings, Secret, ServiceSettings, Settings,
-    SmokeCheck, SmokeSettings, StagingSettings, UserDestination, Window,
-};
-use crate::event::{self, Severity};
+use super::cron::Cron;
 
 /// Why a duration was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -83,7 +74,7 @@ impl<'de> Deserialize<'de> for DurationValue {
 }
 
 #[derive(Debug, Clone)]
-struct ReqValue(VersionReq);
+pub(super) struct ReqValue(pub(super) VersionReq);
 
 impl<'de> Deserialize<'de> for ReqValue {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -95,7 +86,7 @@ impl<'de> Deserialize<'de> for ReqValue {
 }
 
 #[derive(Debug, Clone)]
-struct VersionValue(Version);
+pub(super) struct VersionValue(pub(super) Version);
 
 impl<'de> Deserialize<'de> for VersionValue {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -107,7 +98,7 @@ impl<'de> Deserialize<'de> for VersionValue {
 }
 
 #[derive(Debug, Clone)]
-struct CronValue(Cron);
+pub(super) struct CronValue(pub(super) Cron);
 
 impl<'de> Deserialize<'de> for CronValue {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -121,115 +112,115 @@ impl<'de> Deserialize<'de> for CronValue {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawConfig {
-    state_dir: Option<PathBuf>,
+    pub(super) state_dir: Option<PathBuf>,
     #[serde(default)]
-    release: RawRelease,
-    headscale: RawHeadscale,
+    pub(super) release: RawRelease,
+    pub(super) headscale: RawHeadscale,
     #[serde(default)]
-    staging: RawStaging,
+    pub(super) staging: RawStaging,
     #[serde(default)]
-    smoke: RawSmoke,
+    pub(super) smoke: RawSmoke,
     #[serde(default)]
-    keys: RawKeys,
+    pub(super) keys: RawKeys,
     #[serde(default)]
-    notify: Vec<RawNotify>,
+    pub(super) notify: Vec<RawNotify>,
     #[serde(default)]
-    notify_users: std::collections::BTreeMap<String, String>,
+    pub(super) notify_users: std::collections::BTreeMap<String, String>,
     #[serde(default)]
-    schedule: RawSchedule,
+    pub(super) schedule: RawSchedule,
     #[serde(default)]
-    metrics: RawMetrics,
+    pub(super) metrics: RawMetrics,
     #[serde(default)]
-    playbooks: RawPlaybooks,
+    pub(super) playbooks: RawPlaybooks,
     #[serde(default)]
-    audit: RawAudit,
+    pub(super) audit: RawAudit,
 }
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
-struct RawAudit {
-    max_preauth_key_lifetime: Option<DurationValue>,
-    unused_preauth_key_after: Option<DurationValue>,
-    api_key_unused_after: Option<DurationValue>,
-    inactive_after: Option<DurationValue>,
-    allowed_tags: Option<Vec<String>>,
-    allowed_nameservers: Option<Vec<String>>,
-    inventory: Option<PathBuf>,
-    service_user: Option<String>,
-    reachability: Vec<RawReach>,
-    accept: Vec<RawAccept>,
-    playbook: Option<PathBuf>,
+pub(super) struct RawAudit {
+    pub(super) max_preauth_key_lifetime: Option<DurationValue>,
+    pub(super) unused_preauth_key_after: Option<DurationValue>,
+    pub(super) api_key_unused_after: Option<DurationValue>,
+    pub(super) inactive_after: Option<DurationValue>,
+    pub(super) allowed_tags: Option<Vec<String>>,
+    pub(super) allowed_nameservers: Option<Vec<String>>,
+    pub(super) inventory: Option<PathBuf>,
+    pub(super) service_user: Option<String>,
+    pub(super) reachability: Vec<RawReach>,
+    pub(super) accept: Vec<RawAccept>,
+    pub(super) playbook: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawReach {
-    from: String,
-    to: String,
-    port: u16,
-    expect: String,
+pub(super) struct RawReach {
+    pub(super) from: String,
+    pub(super) to: String,
+    pub(super) port: u16,
+    pub(super) expect: String,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawAccept {
-    id: String,
-    until: String,
-    reason: String,
+pub(super) struct RawAccept {
+    pub(super) id: String,
+    pub(super) until: String,
+    pub(super) reason: String,
 }
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
-struct RawPlaybooks {
-    upgrade: Option<PathBuf>,
-    rotate_keys: Option<PathBuf>,
+pub(super) struct RawPlaybooks {
+    pub(super) upgrade: Option<PathBuf>,
+    pub(super) rotate_keys: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
-struct RawMetrics {
-    textfile: Option<PathBuf>,
-    listen: Option<String>,
+pub(super) struct RawMetrics {
+    pub(super) textfile: Option<PathBuf>,
+    pub(super) listen: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
-struct RawRelease {
-    repo: Option<String>,
-    api_url: Option<String>,
-    token_file: Option<PathBuf>,
-    channel: Option<String>,
-    constraint: Option<ReqValue>,
-    min_age: Option<DurationValue>,
-    skip: Vec<VersionValue>,
-    pin: Option<VersionValue>,
-    require_signature: Option<bool>,
-    minisign_public_key: Option<String>,
-    allow_insecure_http: bool,
-    keep_versions: Option<usize>,
-    max_asset_size_mb: Option<u64>,
-    feed_timeout: Option<DurationValue>,
-    download_timeout: Option<DurationValue>,
-    approval: Option<RawApproval>,
-    window: Option<RawWindow>,
-    blackout: Vec<String>,
+pub(super) struct RawRelease {
+    pub(super) repo: Option<String>,
+    pub(super) api_url: Option<String>,
+    pub(super) token_file: Option<PathBuf>,
+    pub(super) channel: Option<String>,
+    pub(super) constraint: Option<ReqValue>,
+    pub(super) min_age: Option<DurationValue>,
+    pub(super) skip: Vec<VersionValue>,
+    pub(super) pin: Option<VersionValue>,
+    pub(super) require_signature: Option<bool>,
+    pub(super) minisign_public_key: Option<String>,
+    pub(super) allow_insecure_http: bool,
+    pub(super) keep_versions: Option<usize>,
+    pub(super) max_asset_size_mb: Option<u64>,
+    pub(super) feed_timeout: Option<DurationValue>,
+    pub(super) download_timeout: Option<DurationValue>,
+    pub(super) approval: Option<RawApproval>,
+    pub(super) window: Option<RawWindow>,
+    pub(super) blackout: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawWindow {
+pub(super) struct RawWindow {
     #[serde(default)]
-    days: Vec<String>,
-    start: String,
-    duration: DurationValue,
+    pub(super) days: Vec<String>,
+    pub(super) start: String,
+    pub(super) duration: DurationValue,
     #[serde(default)]
-    timezone: Option<String>,
+    pub(super) timezone: Option<String>,
 }
 
 /// `approval: auto | manual`, or per level: `{patch: auto, minor: manual}`.
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
-enum RawApproval {
+pub(super) enum RawApproval {
     All(String),
     Levels {
         #[serde(default)]
@@ -241,1130 +232,120 @@ enum RawApproval {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawHeadscale {
+pub(super) struct RawHeadscale {
     #[serde(default)]
-    install: RawInstall,
-    binary: Option<PathBuf>,
-    config: Option<PathBuf>,
+    pub(super) install: RawInstall,
+    pub(super) binary: Option<PathBuf>,
+    pub(super) config: Option<PathBuf>,
     #[serde(default)]
-    service: RawService,
+    pub(super) service: RawService,
     #[serde(default)]
-    api: RawApi,
+    pub(super) api: RawApi,
 }
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
-struct RawInstall {
-    kind: Option<String>,
-    file: Option<PathBuf>,
-    service: Option<String>,
-    command: Vec<String>,
-    engine: Vec<String>,
-    image: Option<String>,
-    package: Option<String>,
-    manager: Option<String>,
+pub(super) struct RawInstall {
+    pub(super) kind: Option<String>,
+    pub(super) file: Option<PathBuf>,
+    pub(super) service: Option<String>,
+    pub(super) command: Vec<String>,
+    pub(super) engine: Vec<String>,
+    pub(super) image: Option<String>,
+    pub(super) package: Option<String>,
+    pub(super) manager: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
-struct RawService {
-    kind: Option<String>,
-    unit: Option<String>,
-    start: Vec<String>,
-    stop: Vec<String>,
-    status: Vec<String>,
-    pidfile: Option<PathBuf>,
+pub(super) struct RawService {
+    pub(super) kind: Option<String>,
+    pub(super) unit: Option<String>,
+    pub(super) start: Vec<String>,
+    pub(super) stop: Vec<String>,
+    pub(super) status: Vec<String>,
+    pub(super) pidfile: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
-struct RawApi {
-    url: Option<String>,
-    api_key_file: Option<PathBuf>,
-    ca_file: Option<PathBuf>,
+pub(super) struct RawApi {
+    pub(super) url: Option<String>,
+    pub(super) api_key_file: Option<PathBuf>,
+    pub(super) ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
-struct RawStaging {
-    overlay: Option<PathBuf>,
+pub(super) struct RawStaging {
+    pub(super) overlay: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
-struct RawSmoke {
-    timeout: Option<DurationValue>,
-    checks: Option<Vec<String>>,
-    commands: Vec<Vec<String>>,
-    reconnect: RawReconnect,
+pub(super) struct RawSmoke {
+    pub(super) timeout: Option<DurationValue>,
+    pub(super) checks: Option<Vec<String>>,
+    pub(super) commands: Vec<Vec<String>>,
+    pub(super) reconnect: RawReconnect,
 }
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
-struct RawReconnect {
-    within: Option<DurationValue>,
-    min_ratio: Option<f64>,
-    min_nodes: Option<usize>,
-    on_failure: Option<String>,
+pub(super) struct RawReconnect {
+    pub(super) within: Option<DurationValue>,
+    pub(super) min_ratio: Option<f64>,
+    pub(super) min_nodes: Option<usize>,
+    pub(super) on_failure: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
-struct RawKeys {
-    max_age: Option<DurationValue>,
-    remind_before: Option<Vec<DurationValue>>,
-    grace: Option<DurationValue>,
-    enforce: Option<String>,
-    exempt_tags: Option<Vec<String>>,
-    exempt_users: Vec<String>,
-    exempt_nodes: Vec<String>,
-    per_tag: std::collections::BTreeMap<String, DurationValue>,
-    key_lifetime: Option<DurationValue>,
-    remove_stale_duplicates: bool,
-    inactive_after: Option<DurationValue>,
-    api_key_rotate_before: Option<DurationValue>,
-    api_key_lifetime: Option<DurationValue>,
+pub(super) struct RawKeys {
+    pub(super) max_age: Option<DurationValue>,
+    pub(super) remind_before: Option<Vec<DurationValue>>,
+    pub(super) grace: Option<DurationValue>,
+    pub(super) enforce: Option<String>,
+    pub(super) exempt_tags: Option<Vec<String>>,
+    pub(super) exempt_users: Vec<String>,
+    pub(super) exempt_nodes: Vec<String>,
+    pub(super) per_tag: std::collections::BTreeMap<String, DurationValue>,
+    pub(super) key_lifetime: Option<DurationValue>,
+    pub(super) remove_stale_duplicates: bool,
+    pub(super) inactive_after: Option<DurationValue>,
+    pub(super) api_key_rotate_before: Option<DurationValue>,
+    pub(super) api_key_lifetime: Option<DurationValue>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawNotify {
-    url: String,
+pub(super) struct RawNotify {
+    pub(super) url: String,
     #[serde(default)]
-    events: Vec<String>,
-    min_severity: Option<String>,
-    reminders: Option<String>,
-    one_time_keys: Option<String>,
+    pub(super) events: Vec<String>,
+    pub(super) min_severity: Option<String>,
+    pub(super) reminders: Option<String>,
+    pub(super) one_time_keys: Option<String>,
     #[serde(default)]
-    mentions: std::collections::BTreeMap<String, String>,
-    endpoint: Option<String>,
-    secret: Option<String>,
-    secret_file: Option<PathBuf>,
-    template: Option<String>,
-    min_interval: Option<DurationValue>,
-    timeout: Option<DurationValue>,
-    backoff: Option<DurationValue>,
-    give_up_after: Option<DurationValue>,
+    pub(super) mentions: std::collections::BTreeMap<String, String>,
+    pub(super) endpoint: Option<String>,
+    pub(super) secret: Option<String>,
+    pub(super) secret_file: Option<PathBuf>,
+    pub(super) template: Option<String>,
+    pub(super) min_interval: Option<DurationValue>,
+    pub(super) timeout: Option<DurationValue>,
+    pub(super) backoff: Option<DurationValue>,
+    pub(super) give_up_after: Option<DurationValue>,
 }
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
-struct RawSchedule {
-    upgrade: Option<CronValue>,
-    keys: Option<CronValue>,
-    audit: Option<CronValue>,
-    timezone: Option<String>,
-    jitter: Option<DurationValue>,
-}
-
-struct Ctx<'a> {
-    file: &'a Path,
-    text: &'a str,
-}
-
-impl Ctx<'_> {
-    fn err(&self, key: &str, message: impl Into<String>, hint: impl Into<String>) -> ConfigError {
-        ConfigError {
-            file: self.file.to_path_buf(),
-            key: Some(key.to_string()),
-            line: line_of(self.text, key),
-            message: message.into(),
-            hint: Some(hint.into()).filter(|h: &String| !h.is_empty()),
-        }
-    }
-    /// Relative paths are relative to the config file's directory.
-    fn path(&self, p: PathBuf) -> PathBuf {
-        if p.is_absolute() {
-            p
-        } else {
-            self.file.parent().unwrap_or(Path::new(".")).join(p)
-        }
-    }
-    fn read_secret_file(
-        &self,
-        key: &str,
-        p: &Path,
-        check_mode: bool,
-    ) -> Result<Secret, ConfigError> {
-        use std::os::unix::fs::PermissionsExt;
-        let meta = std::fs::metadata(p).map_err(|e| {
-            self.err(
-                key,
-                format!("cannot read {}: {e}", p.display()),
-                "create the file or remove the key",
-            )
-        })?;
-        if check_mode && meta.permissions().mode() & 0o077 != 0 {
-            return Err(self.err(
-                key,
-                format!("{} is readable by group or others", p.display()),
-                format!("chmod 600 {}", p.display()),
-            ));
-        }
-        let text = std::fs::read_to_string(p).map_err(|e| {
-            self.err(
-                key,
-                format!("cannot read {}: {e}", p.display()),
-                "check the file's permissions",
-            )
-        })?;
-        let value = text.trim();
-        if value.is_empty() {
-            return Err(self.err(
-                key,
-                format!("{} is empty", p.display()),
-                "put the secret on the file's first line",
-            ));
-        }
-        Ok(Secret::new(value))
-    }
-}
-
-/// Parsed the way the HTTP client parses it (WHATWG URL): `http://a#@127.0.0.1` has host `a`,
-/// `http://a\\@127.0.0.1` too. Only a loopback host counts.
-fn is_loopback_url(url: &url::Url) -> bool {
-    match url.host() {
-        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        None => false,
-    }
-}
-
-/// `https://` anywhere; `http://` only to a loopback host and only when allowed. URLs with a
-/// backslash or a fragment are refused outright: parsers disagree about where their host ends.
-pub fn url_allowed(url: &str, allow_insecure_http: bool) -> bool {
-    if url.contains('\\') || url.contains('#') {
-        return false;
-    }
-    let Ok(parsed) = url::Url::parse(url) else {
-        return false;
-    };
-    match parsed.scheme() {
-        "https" => parsed.host().is_some(),
-        "http" => allow_insecure_http && is_loopback_url(&parsed),
-        _ => false,
-    }
-}
-
-pub(super) fn resolve(file: &Path, text: &str, raw: RawConfig) -> Result<Settings, ConfigError> {
-    let cx = Ctx { file, text };
-    let state_dir = cx.path(
-        raw.state_dir
-            .unwrap_or_else(|| PathBuf::from("/var/lib/headwarden")),
-    );
-    // One section per function, in the file's order (the first error found is the one reported).
-    let release = release(&cx, raw.release)?;
-    let headscale = headscale(&cx, raw.headscale)?;
-    let smoke = smoke(&cx, raw.smoke)?;
-    let keys = keys(&cx, raw.keys)?;
-    let notify = raw
-        .notify
-        .into_iter()
-        .map(|n| resolve_notify(&cx, n))
-        .collect::<Result<Vec<_>, _>>()?;
-    let notify_users = notify_users(&cx, raw.notify_users)?;
-    let schedule = schedule(&cx, raw.schedule)?;
-    let audit = audit(&cx, raw.audit)?;
-    let playbooks = playbooks(&cx, raw.playbooks)?;
-    let metrics = metrics(&cx, raw.metrics)?;
-    let staging = staging(&cx, raw.staging)?;
-    Ok(Settings {
-        source: file.to_path_buf(),
-        state_dir,
-        release,
-        headscale,
-        staging,
-        smoke,
-        keys,
-        notify,
-        notify_users,
-        schedule,
-        metrics,
-        playbooks,
-        audit,
-    })
-}
-
-fn release(cx: &Ctx<'_>, r: RawRelease) -> Result<ReleaseSettings, ConfigError> {
-    let repo = r.repo.unwrap_or_else(|| "juanfont/headscale".into());
-    let (owner, name) = repo
-        .split_once('/')
-        .filter(|(o, n)| !o.is_empty() && !n.is_empty() && !n.contains('/'))
-        .ok_or_else(|| {
-            cx.err(
-                "release.repo",
-                format!("invalid repository {repo:?}"),
-                "write it as owner/name, e.g. juanfont/headscale",
-            )
-        })?;
-    let api_url = r
-        .api_url
-        .unwrap_or_else(|| "https://api.github.com".into())
-        .trim_end_matches('/')
-        .to_string();
-    if !url_allowed(&api_url, r.allow_insecure_http) {
-        return Err(cx.err(
-            "release.api_url",
-            format!("{api_url} is not https"),
-            "use https; plain http is only accepted for loopback addresses with release.allow_insecure_http: true",
-        ));
-    }
-    let token = match r.token_file {
-        Some(p) => Some(cx.read_secret_file("release.token_file", &cx.path(p), true)?),
-        None => None,
-    };
-    let channel = match r.channel.as_deref().unwrap_or("stable") {
-        "stable" => Channel::Stable,
-        "prerelease" => Channel::Prerelease,
-        other => {
-            return Err(cx.err(
-                "release.channel",
-                format!("unknown channel {other:?}"),
-                "use stable or prerelease",
-            ))
-        }
-    };
-    let minisign_public_key = minisign_key(cx, r.minisign_public_key)?;
-    // A configured key means signatures are required, unless the admin says otherwise.
-    let require_signature = r.require_signature.unwrap_or(minisign_public_key.is_some());
-    if require_signature && minisign_public_key.is_none() {
-        return Err(cx.err(
-            "release.require_signature",
-            "require_signature is true but no minisign_public_key is set",
-            "set release.minisign_public_key",
-        ));
-    }
-    let approval = approval(cx, r.approval.as_ref())?;
-    let window = r.window.as_ref().map(|w| window(cx, w)).transpose()?;
-    let blackout = r
-        .blackout
-        .iter()
-        .map(|d| {
-            chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").map_err(|_| {
-                cx.err(
-                    "release.blackout",
-                    format!("{d:?} is not a date"),
-                    "dates as YYYY-MM-DD",
-                )
-            })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(ReleaseSettings {
-        approval,
-        window,
-        blackout,
-        owner: owner.to_string(),
-        repo: name.to_string(),
-        api_url,
-        token,
-        channel,
-        constraint: r
-            .constraint
-            .map(|c| c.0)
-            .unwrap_or_else(|| VersionReq::parse(">=0.26, <1.0").unwrap_or(VersionReq::STAR)),
-        min_age: r.min_age.map_or(Duration::from_secs(3 * 86400), |d| d.0),
-        skip: r.skip.into_iter().map(|v| v.0).collect(),
-        pin: r.pin.map(|v| v.0),
-        require_signature,
-        minisign_public_key,
-        allow_insecure_http: r.allow_insecure_http,
-        keep_versions: r.keep_versions.unwrap_or(3).max(2),
-        max_asset_size: r.max_asset_size_mb.unwrap_or(512) * 1024 * 1024,
-        feed_timeout: r.feed_timeout.map_or(Duration::from_secs(30), |d| d.0),
-        download_timeout: r.download_timeout.map_or(Duration::from_secs(600), |d| d.0),
-    })
-}
-
-/// `release.minisign_public_key`: the key itself (`RW…`) or the path of a minisign `.pub` file.
-fn minisign_key(cx: &Ctx<'_>, key: Option<String>) -> Result<Option<String>, ConfigError> {
-    let minisign_public_key = match key {
-        None => None,
-        Some(k) if k.trim_start().starts_with("RW") => Some(k.trim().to_string()),
-        Some(p) => {
-            let path = cx.path(PathBuf::from(&p));
-            let content = std::fs::read_to_string(&path).map_err(|e| {
-                cx.err(
-                    "release.minisign_public_key",
-                    format!("cannot read {}: {e}", path.display()),
-                    "give the key itself (RW…) or the path of a minisign .pub file",
-                )
-            })?;
-            let key = content
-                .lines()
-                .map(str::trim)
-                .find(|l| l.starts_with("RW"))
-                .ok_or_else(|| {
-                    cx.err(
-                        "release.minisign_public_key",
-                        format!("{} holds no minisign public key", path.display()),
-                        "a .pub file has a comment line and a line starting with RW",
-                    )
-                })?;
-            Some(key.to_string())
-        }
-    };
-    if let Some(k) = &minisign_public_key {
-        if minisign_verify::PublicKey::from_base64(k).is_err() {
-            return Err(cx.err(
-                "release.minisign_public_key",
-                "not a valid minisign public key",
-                "copy the RW… line from the signer's .pub file",
-            ));
-        }
-    }
-    Ok(minisign_public_key)
-}
-
-fn approval(cx: &Ctx<'_>, approval: Option<&RawApproval>) -> Result<Approval, ConfigError> {
-    let manual = |v: Option<&str>| -> Result<bool, ConfigError> {
-        match v {
-            None | Some("auto") => Ok(false),
-            Some("manual") => Ok(true),
-            Some(other) => Err(cx.err(
-                "release.approval",
-                format!("unknown approval mode {other:?}"),
-                "auto, manual, or per level: {patch: auto, minor: manual}",
-            )),
-        }
-    };
-    Ok(match approval {
-        None => Approval::default(),
-        Some(RawApproval::All(m)) => {
-            let m = manual(Some(m))?;
-            Approval {
-                patch_manual: m,
-                minor_manual: m,
-            }
-        }
-        Some(RawApproval::Levels { patch, minor }) => Approval {
-            patch_manual: manual(patch.as_deref())?,
-            minor_manual: manual(minor.as_deref())?,
-        },
-    })
-}
-
-fn window(cx: &Ctx<'_>, w: &RawWindow) -> Result<Window, ConfigError> {
-    let days = if w.days.is_empty() {
-        vec![
-            chrono::Weekday::Mon,
-            chrono::Weekday::Tue,
-            chrono::Weekday::Wed,
-            chrono::Weekday::Thu,
-            chrono::Weekday::Fri,
-            chrono::Weekday::Sat,
-            chrono::Weekday::Sun,
-        ]
-    } else {
-        w.days
-            .iter()
-            .map(|d| {
-                d.parse::<chrono::Weekday>().map_err(|_| {
-                    cx.err(
-                        "release.window",
-                        format!("unknown day {d:?}"),
-                        "days are mon, tue, wed, thu, fri, sat, sun",
-                    )
-                })
-            })
-            .collect::<Result<_, _>>()?
-    };
-    let start = chrono::NaiveTime::parse_from_str(&w.start, "%H:%M").map_err(|_| {
-        cx.err(
-            "release.window",
-            format!("start {:?} is not HH:MM", w.start),
-            "e.g. start: \"02:00\"",
-        )
-    })?;
-    if w.duration.0.is_zero() || w.duration.0 > Duration::from_secs(7 * 86400) {
-        return Err(cx.err(
-            "release.window",
-            "duration must be between 1s and 7d",
-            "e.g. duration: 4h",
-        ));
-    }
-    let timezone = match &w.timezone {
-        None => None,
-        Some(z) => Some(Zone::parse(Some(z)).map_err(|e| {
-            cx.err(
-                "release.window",
-                e.to_string(),
-                "an IANA zone name such as Europe/Berlin; unset: schedule.timezone",
-            )
-        })?),
-    };
-    Ok(Window {
-        days,
-        start,
-        duration: w.duration.0,
-        timezone,
-    })
-}
-
-/// Where a program named without a path is looked for: the system's own directories, never the
-/// caller's PATH (headwarden runs as root).
-const PROGRAM_DIRS: &[&str] = &[
-    "/usr/local/sbin",
-    "/usr/local/bin",
-    "/usr/sbin",
-    "/usr/bin",
-    "/sbin",
-    "/bin",
-];
-
-fn program(cx: &Ctx<'_>, key: &str, name: &str) -> Result<String, ConfigError> {
-    if name.starts_with('/') {
-        return Ok(name.to_string());
-    }
-    if name.contains('/') || name.is_empty() {
-        return Err(cx.err(
-            key,
-            format!("{name:?} is neither a program name nor an absolute path"),
-            "e.g. podman-compose or /usr/bin/podman-compose",
-        ));
-    }
-    PROGRAM_DIRS
-        .iter()
-        .map(|d| Path::new(d).join(name))
-        .find(|p| p.is_file())
-        .map(|p| p.display().to_string())
-        .ok_or_else(|| {
-            cx.err(
-                key,
-                format!("{name} is not installed in {}", PROGRAM_DIRS.join(", ")),
-                "install it, or give its absolute path",
-            )
-        })
-}
-
-/// `headscale.install.package`: a package name as dpkg, apk and pacman spell them.
-fn package_name(cx: &Ctx<'_>, package: Option<String>) -> Result<String, ConfigError> {
-    let package = package.unwrap_or_else(|| "headscale".into());
-    if package.is_empty()
-        || !package
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-._".contains(c))
-    {
-        return Err(cx.err(
-            "headscale.install.package",
-            format!("{package:?} is not a package name"),
-            "the package's name as the package manager lists it, e.g. headscale",
-        ));
-    }
-    Ok(package)
-}
-
-fn install(cx: &Ctx<'_>, i: RawInstall) -> Result<Install, ConfigError> {
-    match i.kind.as_deref().unwrap_or("binary") {
-        "binary" => Ok(Install::Binary),
-        "compose" => {
-            let file = i.file.ok_or_else(|| {
-                cx.err(
-                    "headscale.install.file",
-                    "kind: compose needs the compose file",
-                    "e.g. file: /srv/headscale/compose.yaml",
-                )
-            })?;
-            let mut command = if i.command.is_empty() {
-                vec!["docker".to_string(), "compose".to_string()]
-            } else {
-                i.command
-            };
-            command[0] = program(cx, "headscale.install.command", &command[0])?;
-            let engine = if i.engine.is_empty() {
-                let base = Path::new(&command[0])
-                    .file_name()
-                    .map(|n| n.to_string_lossy().to_string())
-                    .unwrap_or_default();
-                match base.as_str() {
-                    "podman" | "docker" => vec![command[0].clone()],
-                    "podman-compose" => vec![program(cx, "headscale.install.engine", "podman")?],
-                    "docker-compose" => vec![program(cx, "headscale.install.engine", "docker")?],
-                    other => {
-                        return Err(cx.err(
-                            "headscale.install.engine",
-                            format!("cannot tell which engine {other} drives"),
-                            "set engine: [/usr/bin/podman] or [/usr/bin/docker]",
-                        ))
-                    }
-                }
-            } else {
-                let mut e = i.engine;
-                e[0] = program(cx, "headscale.install.engine", &e[0])?;
-                e
-            };
-            let image = i
-                .image
-                .unwrap_or_else(|| "docker.io/headscale/headscale".into());
-            if image.contains('@')
-                || image
-                    .rsplit('/')
-                    .next()
-                    .is_some_and(|last| last.contains(':'))
-            {
-                return Err(cx.err(
-                    "headscale.install.image",
-                    format!("{image:?} names a tag or digest"),
-                    "give the repository only (docker.io/headscale/headscale); headwarden pins the tag",
-                ));
-            }
-            Ok(Install::Compose(ComposeInstall {
-                file: cx.path(file),
-                service: i.service.unwrap_or_else(|| "headscale".into()),
-                command,
-                engine,
-                image,
-            }))
-        }
-        "external" => {
-            let manager = match i.manager.as_deref().unwrap_or("auto") {
-                "auto" => PackageManager::Auto,
-                "apt" => PackageManager::Apt,
-                "apk" => PackageManager::Apk,
-                "pacman" => PackageManager::Pacman,
-                "nix" => PackageManager::Nix,
-                "other" => PackageManager::Other,
-                m => {
-                    return Err(cx.err(
-                        "headscale.install.manager",
-                        format!("unknown package manager {m:?}"),
-                        "use auto, apt, apk, pacman, nix or other",
-                    ))
-                }
-            };
-            Ok(Install::External(ExternalInstall {
-                manager,
-                package: package_name(cx, i.package)?,
-            }))
-        }
-        "deb" => Ok(Install::Deb(DebInstall {
-            package: package_name(cx, i.package)?,
-        })),
-        other => Err(cx.err(
-            "headscale.install.kind",
-            format!("unknown install kind {other:?}"),
-            "use binary, deb, compose or external",
-        )),
-    }
-}
-
-fn headscale(cx: &Ctx<'_>, h: RawHeadscale) -> Result<HeadscaleSettings, ConfigError> {
-    let install = install(cx, h.install)?;
-    let default_kind = match &install {
-        Install::Binary | Install::Deb(_) | Install::External(_) => "systemd",
-        Install::Compose(_) => "compose",
-    };
-    let service = match h.service.kind.as_deref().unwrap_or(default_kind) {
-        "compose" => match &install {
-            Install::Compose(c) => ServiceSettings::Compose(c.clone()),
-            Install::Binary | Install::Deb(_) | Install::External(_) => {
-                return Err(cx.err(
-                    "headscale.service.kind",
-                    "service kind compose needs headscale.install.kind: compose",
-                    "",
-                ))
-            }
-        },
-        "systemd" => ServiceSettings::Systemd {
-            unit: h.service.unit.unwrap_or_else(|| "headscale.service".into()),
-        },
-        "command" => {
-            if h.service.start.is_empty() || h.service.stop.is_empty() {
-                return Err(cx.err(
-                    "headscale.service",
-                    "kind: command needs start and stop argv lists",
-                    "e.g. start: [/usr/local/sbin/hs-ctl, start]",
-                ));
-            }
-            for (key, argv) in [
-                ("headscale.service.start", &h.service.start),
-                ("headscale.service.stop", &h.service.stop),
-                ("headscale.service.status", &h.service.status),
-            ] {
-                if argv.first().is_some_and(|p| !p.starts_with('/')) {
-                    return Err(cx.err(
-                        key,
-                        format!("{:?} is not an absolute path", argv[0]),
-                        "give the program's full path: headwarden runs as root and does not search PATH for it",
-                    ));
-                }
-            }
-            if let Some(p) = h.service.pidfile.as_ref().filter(|p| !p.is_absolute()) {
-                return Err(cx.err(
-                    "headscale.service.pidfile",
-                    format!("{} is not an absolute path", p.display()),
-                    "give the full path of the file the service writes the server's pid to",
-                ));
-            }
-            ServiceSettings::Command {
-                start: h.service.start,
-                stop: h.service.stop,
-                status: Some(h.service.status).filter(|s| !s.is_empty()),
-                pidfile: h.service.pidfile,
-            }
-        }
-        other => {
-            return Err(cx.err(
-                "headscale.service.kind",
-                format!("unknown service kind {other:?}"),
-                "use systemd, command or (with install kind compose) compose",
-            ))
-        }
-    };
-    let api_url = h
-        .api
-        .url
-        .unwrap_or_else(|| "unix:///var/run/headscale/headscale.sock".into());
-    if !(api_url.starts_with("unix://")
-        || api_url.starts_with("grpcs://")
-        || url_allowed(&api_url, true))
-    {
-        return Err(cx.err(
-            "headscale.api.url",
-            format!("unsupported API address {api_url:?}"),
-            "use unix:///path/to.sock, https://host, grpcs://host:port (remote gRPC, ≤0.29), or http:// to a loopback address (the API key must not cross a network in clear text)",
-        ));
-    }
-    // Where upstream's package puts it (nFPM `bindir`), or where admins copy the binary.
-    let binary = cx.path(h.binary.unwrap_or_else(|| {
-        PathBuf::from(match &install {
-            Install::Deb(_) | Install::External(_) => "/usr/bin/headscale",
-            _ => "/usr/local/bin/headscale",
-        })
-    }));
-    Ok(HeadscaleSettings {
-        install,
-        binary,
-        config: cx.path(
-            h.config
-                .unwrap_or_else(|| PathBuf::from("/etc/headscale/config.yaml")),
-        ),
-        service,
-        api_url,
-        api_key_file: h.api.api_key_file.map(|p| cx.path(p)),
-        api_ca_file: h.api.ca_file.map(|p| cx.path(p)),
-    })
-}
-
-fn smoke(cx: &Ctx<'_>, s: RawSmoke) -> Result<SmokeSettings, ConfigError> {
-    let checks = match s.checks {
-        None => SmokeCheck::ALL.to_vec(),
-        Some(list) => list
-            .iter()
-            .map(|c| {
-                SmokeCheck::ALL
-                    .into_iter()
-                    .find(|k| k.name() == c)
-                    .ok_or_else(|| {
-                        cx.err(
-                            "smoke.checks",
-                            format!("unknown check {c:?}"),
-                            "known checks: health, version, noise_key, data_parity, connectivity",
-                        )
-                    })
-            })
-            .collect::<Result<_, _>>()?,
-    };
-    if s.commands.iter().any(Vec::is_empty) {
-        return Err(cx.err(
-            "smoke.commands",
-            "an empty command",
-            "each command is an argv list, e.g. [/usr/bin/tailscale, ping, -c, '1', node]",
-        ));
-    }
-    if let Some(c) = s.commands.iter().find(|c| !c[0].starts_with('/')) {
-        return Err(cx.err(
-            "smoke.commands",
-            format!("{:?} is not an absolute path", c[0]),
-            "give the program's full path, e.g. [/usr/bin/tailscale, ping, -c, '1', node]",
-        ));
-    }
-    let r = s.reconnect;
-    let min_ratio = r.min_ratio.unwrap_or(0.9);
-    if !(0.0..=1.0).contains(&min_ratio) {
-        return Err(cx.err(
-            "smoke.reconnect.min_ratio",
-            format!("{min_ratio} is not a ratio"),
-            "a number from 0 (off) to 1, e.g. 0.9",
-        ));
-    }
-    let on_failure = match r.on_failure.as_deref().unwrap_or("rollback") {
-        "rollback" => ReconnectPolicy::Rollback,
-        "alert" => ReconnectPolicy::Alert,
-        other => {
-            return Err(cx.err(
-                "smoke.reconnect.on_failure",
-                format!("unknown policy {other:?}"),
-                "rollback (the default) or alert",
-            ))
-        }
-    };
-    Ok(SmokeSettings {
-        timeout: s.timeout.map_or(Duration::from_secs(60), |d| d.0),
-        checks,
-        commands: s.commands,
-        reconnect: Reconnect {
-            within: r.within.map_or(Duration::from_secs(180), |d| d.0),
-            min_ratio,
-            min_nodes: r.min_nodes.unwrap_or(3),
-            on_failure,
-        },
-    })
-}
-
-fn keys(cx: &Ctx<'_>, k: RawKeys) -> Result<KeySettings, ConfigError> {
-    let keys = KeySettings {
-        max_age: k.max_age.map_or(Duration::from_secs(90 * 86400), |d| d.0),
-        remind_before: k.remind_before.map_or_else(
-            || {
-                vec![
-                    Duration::from_secs(14 * 86400),
-                    Duration::from_secs(7 * 86400),
-                    Duration::from_secs(86400),
-                ]
-            },
-            |v| v.into_iter().map(|d| d.0).collect(),
-        ),
-        grace: k.grace.map_or(Duration::from_secs(7 * 86400), |d| d.0),
-        enforce: match k.enforce.as_deref().unwrap_or("remind") {
-            "remind" => Enforce::Remind,
-            "expire" => Enforce::Expire,
-            other => {
-                return Err(cx.err(
-                    "keys.enforce",
-                    format!("unknown enforcement {other:?}"),
-                    "use remind or expire",
-                ))
-            }
-        },
-        exempt_tags: k.exempt_tags.unwrap_or_else(|| vec!["tag:server".into()]),
-        exempt_users: k.exempt_users,
-        exempt_nodes: k.exempt_nodes,
-        per_tag: k.per_tag.into_iter().map(|(t, d)| (t, d.0)).collect(),
-        key_lifetime: k
-            .key_lifetime
-            .map_or(Duration::from_secs(7 * 86400), |d| d.0),
-        remove_stale_duplicates: k.remove_stale_duplicates,
-        inactive_after: k
-            .inactive_after
-            .map_or(Duration::from_secs(30 * 86400), |d| d.0),
-        api_key_rotate_before: k
-            .api_key_rotate_before
-            .map_or(Duration::from_secs(14 * 86400), |d| d.0),
-        api_key_lifetime: k
-            .api_key_lifetime
-            .map_or(Duration::from_secs(90 * 86400), |d| d.0),
-    };
-    if keys.max_age.is_zero() {
-        return Err(cx.err(
-            "keys.max_age",
-            "max_age must be longer than zero",
-            "e.g. max_age: 90d",
-        ));
-    }
-    if keys.remind_before.iter().any(|r| *r >= keys.max_age) {
-        return Err(cx.err(
-            "keys.remind_before",
-            "a reminder stage is not shorter than max_age",
-            "stages count back from the deadline, e.g. [14d, 7d, 1d] with max_age: 90d",
-        ));
-    }
-    Ok(keys)
-}
-
-fn notify_users(
-    cx: &Ctx<'_>,
-    users: std::collections::BTreeMap<String, String>,
-) -> Result<std::collections::BTreeMap<String, UserDestination>, ConfigError> {
-    let mut notify_users = std::collections::BTreeMap::new();
-    for (user, url) in users {
-        let targets = notify_url::targets(&url, None).map_err(|e| {
-            cx.err(
-                "notify_users",
-                format!("destination for user {user:?}: {e}"),
-                e.hint(),
-            )
-        })?;
-        notify_users.insert(
-            user,
-            UserDestination {
-                url: Secret::new(url),
-                targets,
-            },
-        );
-    }
-    Ok(notify_users)
-}
-
-fn schedule(cx: &Ctx<'_>, s: RawSchedule) -> Result<ScheduleSettings, ConfigError> {
-    let timezone = Zone::parse(s.timezone.as_deref()).map_err(|e| {
-        cx.err(
-            "schedule.timezone",
-            e.to_string(),
-            "use an IANA zone name (Europe/Berlin, America/New_York, UTC), or leave it unset (or `local`) for the host's time zone, as crontab does",
-        )
-    })?;
-    Ok(ScheduleSettings {
-        upgrade: s.upgrade.map(|c| c.0),
-        keys: s.keys.map(|c| c.0),
-        audit: s.audit.map(|c| c.0),
-        timezone,
-        jitter: s.jitter.map_or(Duration::ZERO, |d| d.0),
-    })
-}
-
-/// A playbook from `path` (or the built-in `default`), checked, and named `name`.
-fn load_playbook(
-    cx: &Ctx<'_>,
-    key: &str,
-    path: Option<PathBuf>,
-    name: PlaybookName,
-    default: &str,
-) -> Result<LoadedPlaybook, ConfigError> {
-    let (text, shown) = match path {
-        None => (default.to_string(), None),
-        Some(p) => {
-            let p = cx.path(p);
-            let text = std::fs::read_to_string(&p)
-                .map_err(|e| cx.err(key, format!("cannot read {}: {e}", p.display()), ""))?;
-            (text, Some(p))
-        }
-    };
-    let pb = playbook::check(&text).map_err(|refused| {
-        cx.err(
-            key,
-            format!("playbook refused: {refused}"),
-            "`headwarden playbook check FILE` explains each refusal",
-        )
-    })?;
-    if pb.name != name {
-        return Err(cx.err(
-            key,
-            format!(
-                "this is the {:?} playbook, not {:?}",
-                pb.name.as_str(),
-                name.as_str()
-            ),
-            "",
-        ));
-    }
-    Ok(LoadedPlaybook {
-        playbook: pb,
-        path: shown,
-    })
-}
-
-fn audit(cx: &Ctx<'_>, a: RawAudit) -> Result<AuditSettings, ConfigError> {
-    let mut reachability = Vec::new();
-    for (i, r) in a.reachability.into_iter().enumerate() {
-        let allow = match r.expect.as_str() {
-            "allow" => true,
-            "deny" => false,
-            other => {
-                return Err(cx.err(
-                    "audit.reachability",
-                    format!("entry {}: expect {other:?} is not allow or deny", i + 1),
-                    "each entry: {from: group:dev, to: tag:server, port: 22, expect: deny}",
-                ))
-            }
-        };
-        reachability.push(Reach {
-            from: r.from,
-            to: r.to,
-            port: r.port,
-            allow,
-        });
-    }
-    let mut accept = Vec::new();
-    for r in a.accept {
-        let until = chrono::NaiveDate::parse_from_str(&r.until, "%Y-%m-%d").map_err(|_| {
-            cx.err(
-                "audit.accept",
-                format!("{}: until {:?} is not a date", r.id, r.until),
-                "every acceptance expires: until: YYYY-MM-DD",
-            )
-        })?;
-        if r.reason.trim().is_empty() {
-            return Err(cx.err(
-                "audit.accept",
-                format!("{}: an acceptance needs a reason", r.id),
-                "say why the risk is accepted, so the next admin knows",
-            ));
-        }
-        accept.push(Accept {
-            id: r.id,
-            until,
-            reason: r.reason,
-        });
-    }
-    let days = |d: Option<DurationValue>, n: u64| d.map_or(Duration::from_secs(n * 86400), |d| d.0);
-    let audit_playbook = load_playbook(
-        cx,
-        "audit.playbook",
-        a.playbook,
-        PlaybookName::Audit,
-        playbook::DEFAULT_AUDIT,
-    )?;
-    Ok(AuditSettings {
-        max_preauth_key_lifetime: days(a.max_preauth_key_lifetime, 7),
-        unused_preauth_key_after: days(a.unused_preauth_key_after, 3),
-        api_key_unused_after: days(a.api_key_unused_after, 90),
-        inactive_after: days(a.inactive_after, 30),
-        allowed_tags: a.allowed_tags,
-        allowed_nameservers: a.allowed_nameservers,
-        inventory: a.inventory.map(|p| cx.path(p)),
-        service_user: a.service_user,
-        reachability,
-        accept,
-        playbook: audit_playbook,
-    })
-}
-
-fn playbooks(cx: &Ctx<'_>, p: RawPlaybooks) -> Result<Playbooks, ConfigError> {
-    Ok(Playbooks {
-        upgrade: load_playbook(
-            cx,
-            "playbooks.upgrade",
-            p.upgrade,
-            PlaybookName::Upgrade,
-            playbook::DEFAULT_UPGRADE,
-        )?,
-        rotate_keys: load_playbook(
-            cx,
-            "playbooks.rotate_keys",
-            p.rotate_keys,
-            PlaybookName::RotateKeys,
-            playbook::DEFAULT_ROTATE_KEYS,
-        )?,
-    })
-}
-
-fn metrics(cx: &Ctx<'_>, m: RawMetrics) -> Result<MetricsSettings, ConfigError> {
-    Ok(MetricsSettings {
-        textfile: m.textfile.map(|p| cx.path(p)),
-        listen: match &m.listen {
-            None => None,
-            Some(a) => {
-                let addr: std::net::SocketAddr = a.parse().map_err(|_| {
-                    cx.err(
-                        "metrics.listen",
-                        format!("{a:?} is not an address with a port"),
-                        "e.g. 127.0.0.1:9841",
-                    )
-                })?;
-                if !addr.ip().is_loopback() {
-                    return Err(cx.err(
-                        "metrics.listen",
-                        format!("{a} is not a loopback address"),
-                        "metrics are served on 127.0.0.1 or [::1] only; put a reverse proxy in front to expose them",
-                    ));
-                }
-                Some(addr)
-            }
-        },
-    })
-}
-
-fn staging(cx: &Ctx<'_>, s: RawStaging) -> Result<StagingSettings, ConfigError> {
-    let staging = StagingSettings {
-        overlay: s.overlay.map(|p| cx.path(p)),
-    };
-    if let Some(o) = &staging.overlay {
-        if !o.exists() {
-            return Err(cx.err(
-                "staging.overlay",
-                format!("{} does not exist", o.display()),
-                "create it or remove staging.overlay",
-            ));
-        }
-    }
-    Ok(staging)
-}
-
-fn resolve_notify(cx: &Ctx<'_>, n: RawNotify) -> Result<NotifyTarget, ConfigError> {
-    if let Some(e) = &n.endpoint {
-        if !url_allowed(e, true) {
-            return Err(cx.err(
-                "notify.endpoint",
-                format!("endpoint {e:?} is neither https nor plain http to a loopback address"),
-                "use https://…, or http://127.0.0.1:PORT for a local relay",
-            ));
-        }
-    }
-    let targets = notify_url::targets(&n.url, n.endpoint.as_deref())
-        .map_err(|e| cx.err("notify.url", e.to_string(), e.hint()))?;
-    for ev in &n.events {
-        if !event::known_event(ev) {
-            return Err(cx.err(
-                "notify.events",
-                format!("unknown event {ev:?}"),
-                format!(
-                    "use families {} or exact events such as keys.reminder",
-                    event::FAMILIES.join(", ")
-                ),
-            ));
-        }
-    }
-    let min_severity = match n.min_severity.as_deref() {
-        None => Severity::Info,
-        Some(v) => Severity::parse(v).ok_or_else(|| {
-            cx.err(
-                "notify.min_severity",
-                format!("unknown severity {v:?}"),
-                "info, warning or critical",
-            )
-        })?,
-    };
-    let reminders = match n.reminders.as_deref() {
-        None | Some("all") => ReminderRouting::All,
-        Some("unrouted") => ReminderRouting::Unrouted,
-        Some(v) => {
-            return Err(cx.err(
-                "notify.reminders",
-                format!("unknown value {v:?}"),
-                "all (every reminder) or unrouted (only users without a notify_users entry)",
-            ))
-        }
-    };
-    let one_time_keys = match n.one_time_keys.as_deref() {
-        None | Some("withhold") => KeyDelivery::Withhold,
-        Some("include") => KeyDelivery::Include,
-        Some(v) => {
-            return Err(cx.err(
-                "notify.one_time_keys",
-                format!("unknown value {v:?}"),
-                "withhold (the default: keys go only to the owner's notify_users destination) or include",
-            ))
-        }
-    };
-    let secret = match (n.secret, n.secret_file) {
-        (Some(_), Some(_)) => {
-            return Err(cx.err(
-                "notify.secret_file",
-                "both secret and secret_file are set",
-                "keep one",
-            ))
-        }
-        (Some(v), None) => Some(Secret::new(v)),
-        (None, Some(p)) => Some(cx.read_secret_file("notify.secret_file", &cx.path(p), true)?),
-        (None, None) => None,
-    };
-    Ok(NotifyTarget {
-        url: Secret::new(n.url),
-        targets,
-        events: n.events,
-        min_severity,
-        reminders,
-        one_time_keys,
-        mentions: n.mentions,
-        endpoint: n.endpoint,
-        secret,
-        template: n.template,
-        min_interval: n.min_interval.map(|d| d.0),
-        timeout: n.timeout.map_or(Duration::from_secs(10), |d| d.0),
-        backoff: n.backoff.map_or(Duration::from_secs(30), |d| d.0),
-        give_up_after: n.give_up_after.map_or(Duration::from_secs(86400), |d| d.0),
-    })
+pub(super) struct RawSchedule {
+    pub(super) upgrade: Option<CronValue>,
+    pub(super) keys: Option<CronValue>,
+    pub(super) audit: Option<CronValue>,
+    pub(super) timezone: Option<String>,
+    pub(super) jitter: Option<DurationValue>,
 }
 
 #[cfg(test)]
@@ -1390,31 +371,5 @@ mod tests {
         for bad in ["", "3", "d", "3x", "-1d", "99999999999999999999w"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn loopback_urls() {
-        assert!(url_allowed("http://127.0.0.1:8080/x", true));
-        assert!(url_allowed("http://localhost/x", true));
-        assert!(url_allowed("http://[::1]:9/x", true));
-        assert!(!url_allowed("http://127.0.0.1:8080/x", false));
-        assert!(!url_allowed("http://example.com/x", true));
-        assert!(!url_allowed("http://127.0.0.1.evil.com/x", true));
-        assert!(!url_allowed("http://user@evil.com/x", true));
-        assert!(url_allowed("https://api.github.com", false));
-        // The review's bypasses: the host the client would dial is not loopback.
-        assert!(!url_allowed("http://example.invalid#@127.0.0.1", true));
-        assert!(!url_allowed(
-            "http://example.invalid\\@127.0.0.1:8/files/x",
-            true
-        ));
-        assert!(!url_allowed(
-            "http://headscale.example.invalid\\@127.0.0.1:8080",
-            true
-        ));
-        assert!(!url_allowed("http://a?@127.0.0.1/", true));
-        assert!(!url_allowed("http://127.0.0.1.nip.io/", true));
-        assert!(!url_allowed("http://[::ffff:127.0.0.1]/", true));
-        assert!(url_allowed("http://LOCALHOST:9/", true));
     }
 }

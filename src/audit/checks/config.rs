@@ -131,10 +131,7 @@ pub(crate) fn config_checks(
 }
 
 /// Keys in `c` that the next minor release refuses to start with.
-pub(crate) fn next_minor_checks(
-    c: &HeadscaleConfig,
-    current: &semver::Version,
-) -> Vec<Finding> {
+pub(crate) fn next_minor_checks(c: &HeadscaleConfig, current: &semver::Version) -> Vec<Finding> {
     let next = semver::Version::new(current.major, current.minor + 1, 0);
     config::incompatibilities(c, &next)
         .into_iter()

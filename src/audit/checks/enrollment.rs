@@ -17,11 +17,7 @@ pub(crate) fn days(secs: i64) -> i64 {
 }
 
 /// API keys that never expire or that nothing uses.
-pub(crate) fn api_key_findings(
-    s: &Settings,
-    api_keys: &[ApiKeyInfo],
-    t: i64,
-) -> Vec<Finding> {
+pub(crate) fn api_key_findings(s: &Settings, api_keys: &[ApiKeyInfo], t: i64) -> Vec<Finding> {
     let mut out = Vec::new();
     for k in api_keys {
         let live = k.expiration.is_none_or(|x| x > t);
@@ -63,9 +59,7 @@ pub(crate) fn api_key_findings(
     out
 }
 
-pub(crate) async fn enrollment_checks(
-    ctx: &mut Ctx<'_>,
-) -> Result<Vec<Finding>, Unavailable> {
+pub(crate) async fn enrollment_checks(ctx: &mut Ctx<'_>) -> Result<Vec<Finding>, Unavailable> {
     let s = ctx.s;
     let minted: BTreeSet<i64> = ctx
         .store

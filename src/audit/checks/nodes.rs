@@ -11,9 +11,7 @@ use crate::state::now;
 use crate::audit::checks::enrollment::days;
 use crate::audit::{finding, mitigation, Ctx, Finding, Unavailable};
 
-pub(crate) fn inventory(
-    path: &Path,
-) -> Result<Vec<(String, Option<String>)>, Unavailable> {
+pub(crate) fn inventory(path: &Path) -> Result<Vec<(String, Option<String>)>, Unavailable> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read the inventory {}: {e}", path.display()))?;
     settings::yaml_guard(&text).map_err(|e| format!("inventory {}: {e}", path.display()))?;

@@ -87,9 +87,7 @@ pub(crate) fn rule_findings(p: &Value, source: &str) -> Vec<Finding> {
     out
 }
 
-pub(crate) async fn policy_checks(
-    ctx: &mut Ctx<'_>,
-) -> Result<Vec<Finding>, Unavailable> {
+pub(crate) async fn policy_checks(ctx: &mut Ctx<'_>) -> Result<Vec<Finding>, Unavailable> {
     let c = ctx.config()?.clone();
     let s = ctx.s;
     let mode = str_at(&c.root, "policy.mode").unwrap_or_else(|| "file".into());
