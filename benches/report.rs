@@ -17,6 +17,7 @@
 //!
 //! Everything runs on 127.0.0.1 against the stand-in or the rig's real server; the numbers are
 //! for this machine only.
+#![allow(clippy::disallowed_methods)] // spawns the real binaries and reads the rig's environment
 
 use testkit as support;
 

@@ -3,6 +3,7 @@
 //! Children of headwarden never inherit `HEADSCALE_*` variables: Headscale reads every config key
 //! from them, so a stray `HEADSCALE_DATABASE_SQLITE_PATH` in an admin's shell could point a
 //! staging instance at the production database.
+#![allow(clippy::disallowed_methods)] // the one home of spawning and of the environment
 
 use std::ffi::OsStr;
 use std::path::Path;

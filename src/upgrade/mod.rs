@@ -1,5 +1,6 @@
 //! The upgrade job: watch → plan → download+verify → stage → promote (or roll back).
-//! `headwarden upgrade`, `headwarden check` and (later) the daemon's job all call these functions.
+//! `headwarden upgrade`, `headwarden check`, the timer's and the daemon's jobs (child processes) and the
+//! playbook steps all call these functions.
 
 mod outcome;
 mod rollback;

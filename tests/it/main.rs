@@ -2,12 +2,14 @@
 //! talking over 127.0.0.1 only (a local GitHub releases API, stand-in Headscale instances), and
 //! real Headscale and Tailscale builds from the rig (`scripts/rig`, module `real`). The sandbox
 //! and fixtures live in `crates/testkit`, shared with the benchmarks.
+#![allow(clippy::disallowed_methods)] // spawns the real binaries and reads the rig's environment
 
 use testkit as support;
 
 mod audit;
 mod compose;
 mod deb;
+mod external;
 mod faults;
 mod fuzz;
 mod identity;

@@ -5,6 +5,8 @@
 //! - cross-module items come in through `use crate::…` lines, never as inline `crate::x::y`
 //!   paths in code (tests excepted), so the graph can be read from the imports; a grouped
 //!   `use crate::{…}` would hide its targets from this check and is refused;
+//! - imports sit at the top of a file, never inside a function (`use crate::…` indented);
+//! - only `process` spawns processes or reads the environment (`Command::new`, `env::var*`);
 //! - only `deploy` knows the install kinds: `Install::` appears nowhere else but in `settings`
 //!   (which parses them), so a new kind is added in `deploy` and nowhere above it.
 //!
@@ -120,6 +122,25 @@ fn violations(lib: &str, files: &BTreeMap<PathBuf, String>) -> Vec<String> {
                     n + 1
                 ));
             }
+            if line.starts_with(char::is_whitespace) && line.trim_start().starts_with("use crate::")
+            {
+                problems.push(format!(
+                    "src/{}:{}: import inside a function (imports go at the top of the file)",
+                    path.display(),
+                    n + 1
+                ));
+            }
+            if module != "process"
+                && ["Command::new", "env::var", "env::vars"]
+                    .iter()
+                    .any(|m| line.contains(m))
+            {
+                problems.push(format!(
+                    "src/{}:{}: {module} spawns or reads the environment (only process does)",
+                    path.display(),
+                    n + 1
+                ));
+            }
             if !kinds_allowed && line.contains("Install::") {
                 problems.push(format!(
                     "src/{}:{}: {module} branches on the install kind (only deploy knows the kinds: add a deploy function)",
@@ -213,6 +234,10 @@ fn the_rules_catch_an_upward_import_an_inline_path_and_a_missing_module() {
             "use crate::{settings::Install, error::x};\nfn f(i: &Install) -> bool { matches!(i, Install::Binary) }\n",
         ),
         ("settings/raw.rs", "fn g() -> Install { Install::Binary }\n"),
+        (
+            "settings/cron.rs",
+            "fn h() {\n    use crate::error::x;\n    let _ = std::env::var(\"HOME\");\n}\n",
+        ),
     ]
     .into_iter()
     .map(|(p, t)| (PathBuf::from(p), t.to_string()))
@@ -240,6 +265,14 @@ fn the_rules_catch_an_upward_import_an_inline_path_and_a_missing_module() {
         has("src/cli/status.rs:2: cli branches on the install kind"),
         "{problems:#?}"
     );
-    assert_eq!(problems.len(), 6, "{problems:#?}");
+    assert!(
+        has("src/settings/cron.rs:2: import inside a function"),
+        "{problems:#?}"
+    );
+    assert!(
+        has("src/settings/cron.rs:3: settings spawns or reads the environment"),
+        "{problems:#?}"
+    );
+    assert_eq!(problems.len(), 8, "{problems:#?}");
     assert!(layer_table("pub mod x;\n").is_err());
 }

@@ -3,13 +3,13 @@
 use crate::exit;
 use crate::headscale::api::ApiClient;
 use crate::keys;
+use crate::keys::plan::{Action, KeyState};
 use crate::lock::RunLock;
 use crate::state::Store;
 
 use crate::cli::{load, print_json, Cli, Failure, KeysCmd};
 
 pub async fn run(cli: &Cli, cmd: &KeysCmd) -> Result<u8, Failure> {
-    use crate::keys::plan::{Action, KeyState};
     let s = load(cli)?;
     let store = Store::open(&s.state_dir)?;
     let api = ApiClient::connect(&s).await?;
