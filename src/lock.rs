@@ -11,7 +11,13 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
     #[error("another headwarden run holds the lock {path}: {holder}")]
-    Held { path: PathBuf, holder: String },
+    Held {
+        path: PathBuf,
+        /// What the holder wrote: `pid N (command) since <RFC 3339>`.
+        holder: String,
+        /// When the holder took it (Unix time), read from `holder`'s `since`.
+        since: Option<i64>,
+    },
     #[error("cannot open lock file {path}")]
     Io {
         path: PathBuf,
@@ -73,7 +79,19 @@ impl RunLock {
                 } else {
                     holder.trim().to_string()
                 };
-                return Err(LockError::Held { path, holder });
+                let since = holder.rsplit_once("since ").and_then(|(_, t)| {
+                    time::OffsetDateTime::parse(
+                        t.trim(),
+                        &time::format_description::well_known::Rfc3339,
+                    )
+                    .ok()
+                    .map(|t| t.unix_timestamp())
+                });
+                return Err(LockError::Held {
+                    path,
+                    holder,
+                    since,
+                });
             }
             Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
         }

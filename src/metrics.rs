@@ -7,7 +7,7 @@ use std::fmt::Write;
 use crate::deploy;
 use crate::files::{self, FileError};
 use crate::settings::{Job, Settings};
-use crate::state::{StateError, Store};
+use crate::state::{RunKind, RunOutcome, StateError, Store};
 
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP headwarden_{name} {help}");
@@ -158,7 +158,7 @@ fn run_metrics(out: &mut String, store: &Store) -> Result<(), StateError> {
     );
     if let Some(r) = runs
         .iter()
-        .find(|r| r.kind == "upgrade" && r.finished_at.is_some())
+        .find(|r| r.kind == RunKind::Upgrade && r.finished_at.is_some())
     {
         let _ = writeln!(
             out,
@@ -168,7 +168,7 @@ fn run_metrics(out: &mut String, store: &Store) -> Result<(), StateError> {
         let _ = writeln!(
             out,
             "headwarden_last_upgrade_success {}",
-            u8::from(r.outcome.as_deref() == Some("upgraded"))
+            u8::from(r.outcome == Some(RunOutcome::Upgraded))
         );
     }
     family(
@@ -177,18 +177,18 @@ fn run_metrics(out: &mut String, store: &Store) -> Result<(), StateError> {
         "counter",
         "Finished runs by kind and outcome.",
     );
-    let mut counts: std::collections::BTreeMap<(String, String), u64> = Default::default();
+    let mut counts: std::collections::BTreeMap<(RunKind, RunOutcome), u64> = Default::default();
     for r in &runs {
-        if let Some(o) = &r.outcome {
-            *counts.entry((r.kind.clone(), o.clone())).or_default() += 1;
+        if let Some(o) = r.outcome {
+            *counts.entry((r.kind, o)).or_default() += 1;
         }
     }
     for ((kind, outcome), n) in &counts {
         let _ = writeln!(
             out,
             "headwarden_runs_total{{kind=\"{}\",outcome=\"{}\"}} {n}",
-            label(kind),
-            label(outcome)
+            label(kind.as_str()),
+            label(outcome.as_str())
         );
     }
     family(
@@ -199,7 +199,7 @@ fn run_metrics(out: &mut String, store: &Store) -> Result<(), StateError> {
     );
     let rollbacks = runs
         .iter()
-        .filter(|r| r.outcome.as_deref() == Some("rolled_back"))
+        .filter(|r| r.outcome == Some(RunOutcome::RolledBack))
         .count();
     let _ = writeln!(out, "headwarden_rollbacks_total {rollbacks}");
     Ok(())

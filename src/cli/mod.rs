@@ -302,18 +302,13 @@ async fn report_health(cli: &Cli, f: &Failure) {
     let Ok(s) = settings::load(&cli.config) else {
         return;
     };
-    if let Some(LockError::Held { holder, path }) = f.error.downcast_ref::<LockError>() {
-        let since = holder
-            .rsplit_once("since ")
-            .and_then(|(_, t)| {
-                time::OffsetDateTime::parse(
-                    t.trim(),
-                    &time::format_description::well_known::Rfc3339,
-                )
-                .ok()
-            })
-            .map(|t| t.unix_timestamp());
-        if let (Some(since), Ok(store)) = (since, Store::open(&s.state_dir)) {
+    if let Some(LockError::Held {
+        holder,
+        path,
+        since,
+    }) = f.error.downcast_ref::<LockError>()
+    {
+        if let (Some(since), Ok(store)) = (*since, Store::open(&s.state_dir)) {
             let hours = (state::now() - since) / 3600;
             if hours >= 6 {
                 let _ = store.push_event_once(

@@ -44,7 +44,7 @@ use crate::process;
 use crate::settings::{Install, ReconnectPolicy, Settings, SmokeCheck};
 use crate::smoke::{self, Baseline, SmokeError, Target};
 use crate::state;
-use crate::state::{sqlite_files, RunId, RunRow, StepRow, Store};
+use crate::state::{sqlite_files, RunId, RunKind, RunOutcome, RunRow, StepRow, Store};
 use crate::verify;
 
 #[derive(Debug)]
@@ -512,7 +512,7 @@ async fn ensure_running(p: &Prod<'_>) -> Result<(), StepError> {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Recovered {
     pub run: RunId,
-    pub outcome: String,
+    pub outcome: RunOutcome,
     pub detail: String,
 }
 
@@ -557,7 +557,7 @@ async fn finish_rollback(
     backup: Option<PathBuf>,
     to: Option<Slot>,
     done: &str,
-) -> (String, String) {
+) -> (RunOutcome, String) {
     match rollback(
         p,
         run,
@@ -568,8 +568,8 @@ async fn finish_rollback(
     )
     .await
     {
-        Ok(()) => ("rolled_back".into(), done.to_string()),
-        Err(e) => ("rollback_failed".into(), e.to_string()),
+        Ok(()) => (RunOutcome::RolledBack, done.to_string()),
+        Err(e) => (RunOutcome::RollbackFailed, e.to_string()),
     }
 }
 
@@ -627,33 +627,36 @@ async fn settle(
     steps: &[StepRow],
     hop: i64,
     touched: bool,
-) -> (String, String) {
-    if run.kind == "smoke" {
+) -> (RunOutcome, String) {
+    if run.kind == RunKind::Smoke {
         // `headwarden smoke` changes nothing but the probe's node, which recovery sweeps.
         return (
-            "aborted".into(),
+            RunOutcome::Aborted,
             "the smoke checks were interrupted; production was not changed".into(),
         );
     }
-    if run.kind == "rollback" && touched {
+    if run.kind == RunKind::Rollback && touched {
         let st = last(steps, hop, "manual_rollback");
         if st.is_none() {
             // Stopped (maybe with a safety backup) but nothing restored yet.
             match ensure_running(p).await {
                 Ok(()) => (
-                    "aborted".into(),
+                    RunOutcome::Aborted,
                     "interrupted before the restore; production restarted unchanged".into(),
                 ),
                 Err(e) => (
-                    "failed".into(),
+                    RunOutcome::Failed,
                     format!("restarting production failed: {e}"),
                 ),
             }
         } else if st.is_some_and(|st| st.status == "done") {
             match ensure_running(p).await {
-                Ok(()) => ("rolled_back".into(), "manual rollback had completed".into()),
+                Ok(()) => (
+                    RunOutcome::RolledBack,
+                    "manual rollback had completed".into(),
+                ),
                 Err(e) => (
-                    "failed".into(),
+                    RunOutcome::Failed,
                     format!("restarting production failed: {e}"),
                 ),
             }
@@ -670,23 +673,23 @@ async fn settle(
             .await
         }
     } else if last(steps, hop, "commit").is_some() {
-        ("upgraded".into(), "the promotion had committed".into())
+        (RunOutcome::Upgraded, "the promotion had committed".into())
     } else if last(steps, hop, "smoke").is_some_and(|st| st.status == "done") {
         let _ = p
             .store
             .step_start(run.id, hop, "commit", &json!({"recovered": true}))
             .and_then(|id| p.store.step_finish(id, true, "committed by recovery", 0));
         (
-            "upgraded".into(),
+            RunOutcome::Upgraded,
             "promotion had passed its smoke checks; committed".into(),
         )
     } else if last(steps, hop, "rollback").is_some_and(|st| st.status == "done") {
         // The rollback finished before the crash: repeating it would throw away what
         // production wrote since. Only make sure it runs.
         match ensure_running(p).await {
-            Ok(()) => ("rolled_back".into(), "the rollback had completed".into()),
+            Ok(()) => (RunOutcome::RolledBack, "the rollback had completed".into()),
             Err(e) => (
-                "failed".into(),
+                RunOutcome::Failed,
                 format!("restarting production failed: {e}"),
             ),
         }
@@ -715,17 +718,17 @@ async fn settle(
         let started = ensure_running(p).await;
         match started {
             Ok(()) => (
-                "aborted".into(),
+                RunOutcome::Aborted,
                 "interrupted before the switch; restarted the unchanged production".into(),
             ),
             Err(e) => (
-                "failed".into(),
+                RunOutcome::Failed,
                 format!("restarting production failed: {e}"),
             ),
         }
     } else {
         (
-            "aborted".into(),
+            RunOutcome::Aborted,
             "interrupted before production was touched".into(),
         )
     }
@@ -744,10 +747,10 @@ pub async fn recover(p: &Prod<'_>) -> Result<Vec<Recovered>, DeployError> {
         let hop = prod_steps.last().map_or(0, |st| st.hop);
         let (outcome, detail) = settle(p, &run, &steps, hop, !prod_steps.is_empty()).await;
         p.store
-            .finish_run(run.id, &outcome, &format!("recovered: {detail}"))?;
+            .finish_run(run.id, outcome, &format!("recovered: {detail}"))?;
         // Chat hears how an interrupted run ended: nothing else would tell it.
-        let severity = match outcome.as_str() {
-            "rollback_failed" | "failed" => Severity::Critical,
+        let severity = match outcome {
+            RunOutcome::RollbackFailed | RunOutcome::Failed => Severity::Critical,
             _ => Severity::Warning,
         };
         p.store.push_event(

@@ -19,7 +19,7 @@ use crate::compose::ImageFacts;
 use crate::event::{Event, Severity};
 use crate::headscale::config::{incompatibilities, HeadscaleConfig};
 use crate::settings::Settings;
-use crate::state::{now, StateError, Store};
+use crate::state::{now, RunKind, RunOutcome, StateError, Store};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WatchError {
@@ -265,7 +265,7 @@ pub fn estimate_secs(store: &Store, hops: usize) -> Result<i64, WatchError> {
     let durations: Vec<i64> = store
         .recent_runs(200)?
         .into_iter()
-        .filter(|r| r.kind == "upgrade" && r.outcome.as_deref() == Some("upgraded"))
+        .filter(|r| r.kind == RunKind::Upgrade && r.outcome == Some(RunOutcome::Upgraded))
         .filter_map(|r| r.finished_at.map(|f| f - r.started_at))
         .take(5)
         .collect();

@@ -164,13 +164,101 @@ pub struct Store {
 pub type RunId = i64;
 pub type StepId = i64;
 
+/// Declares a closed vocabulary stored as text: `as_str` is what the database holds (no schema
+/// change), `FromSql` refuses text outside it, `Serialize` writes the same text.
+macro_rules! stored_text {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident = $text:literal,)+ }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum $name {
+            $($(#[$vdoc])* $variant,)+
+        }
+        impl $name {
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text,)+
+                }
+            }
+            pub fn parse(text: &str) -> Option<Self> {
+                match text {
+                    $($text => Some($name::$variant),)+
+                    _ => None,
+                }
+            }
+        }
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.as_str())
+            }
+        }
+        impl rusqlite::types::ToSql for $name {
+            fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+                Ok(self.as_str().into())
+            }
+        }
+        impl rusqlite::types::FromSql for $name {
+            fn column_result(v: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+                let text = v.as_str()?;
+                $name::parse(text).ok_or_else(|| {
+                    rusqlite::types::FromSqlError::Other(
+                        format!("unknown {} {text:?}", stringify!($name)).into(),
+                    )
+                })
+            }
+        }
+    };
+}
+
+stored_text! {
+    /// What a journaled run is (`runs.kind`).
+    RunKind {
+        /// `headwarden upgrade` (and the timer's and daemon's upgrade job).
+        Upgrade = "upgrade",
+        /// `headwarden rollback`, or the one a hook after promote asked for.
+        Rollback = "rollback",
+        /// `headwarden smoke`: the checks against production (journaled for the probe's sweep).
+        Smoke = "smoke",
+    }
+}
+
+stored_text! {
+    /// How a run ended (`runs.outcome`; open runs have none).
+    RunOutcome {
+        /// Production is on the target (or recovery committed the promotion).
+        Upgraded = "upgraded",
+        /// Staging refused a hop; production untouched.
+        StagingFailed = "staging_failed",
+        /// Production failed and was rolled back with its data (or a rollback run completed).
+        RolledBack = "rolled_back",
+        /// The rollback itself failed.
+        RollbackFailed = "rollback_failed",
+        /// A hook step stopped the run.
+        HookFailed = "hook_failed",
+        /// Staging passed; the promotion waits for an approval or a window.
+        Staged = "staged",
+        /// Decided before anything ran (nothing to do, blocked, on hold).
+        Ok = "ok",
+        /// A step failed (production unchanged), or recovery could not restart production.
+        Failed = "failed",
+        /// Interrupted before production was touched; recovery left it (or restarted it) unchanged.
+        Aborted = "aborted",
+        /// `headwarden smoke`: every check passed.
+        Passed = "passed",
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct RunRow {
     pub id: RunId,
-    pub kind: String,
+    pub kind: RunKind,
     pub started_at: i64,
     pub finished_at: Option<i64>,
-    pub outcome: Option<String>,
+    pub outcome: Option<RunOutcome>,
     pub from_version: Option<String>,
     pub to_version: Option<String>,
     pub detail: Option<String>,
@@ -356,7 +444,7 @@ impl Store {
 
     pub fn begin_run(
         &self,
-        kind: &str,
+        kind: RunKind,
         from: Option<&str>,
         to: Option<&str>,
     ) -> Result<RunId, StateError> {
@@ -367,7 +455,12 @@ impl Store {
         Ok(self.conn.last_insert_rowid())
     }
 
-    pub fn finish_run(&self, run: RunId, outcome: &str, detail: &str) -> Result<(), StateError> {
+    pub fn finish_run(
+        &self,
+        run: RunId,
+        outcome: RunOutcome,
+        detail: &str,
+    ) -> Result<(), StateError> {
         self.conn.execute(
             "UPDATE runs SET finished_at = ?2, outcome = ?3, detail = ?4 WHERE id = ?1",
             params![run, now(), outcome, detail],
@@ -922,6 +1015,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::error_chain;
 
     #[test]
     fn migrates_and_reopens() {
@@ -929,7 +1023,7 @@ mod tests {
         let s = Store::open(dir.path()).expect("open");
         assert_eq!(s.schema_version().expect("v"), MIGRATIONS.len() as i64);
         let run = s
-            .begin_run("upgrade", Some("0.26.1"), Some("0.27.1"))
+            .begin_run(RunKind::Upgrade, Some("0.26.1"), Some("0.27.1"))
             .expect("run");
         let step = s
             .step_start(run, 0, "stop", &serde_json::json!({"a": 1}))
@@ -938,9 +1032,36 @@ mod tests {
         let s = Store::open(dir.path()).expect("reopen");
         assert_eq!(s.open_runs().expect("runs").len(), 1);
         s.step_finish(step, true, "ok", 5).expect("finish");
-        s.finish_run(run, "upgraded", "").expect("finish run");
+        s.finish_run(run, RunOutcome::Upgraded, "")
+            .expect("finish run");
         assert!(s.open_runs().expect("runs").is_empty());
         assert_eq!(s.steps(run).expect("steps")[0].status, "done");
+    }
+
+    #[test]
+    fn run_kinds_and_outcomes_are_stored_as_their_text_and_unknown_text_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = Store::open(dir.path()).expect("open");
+        for kind in [RunKind::Upgrade, RunKind::Rollback, RunKind::Smoke] {
+            assert_eq!(RunKind::parse(kind.as_str()), Some(kind));
+            let run = s.begin_run(kind, None, None).expect("run");
+            s.finish_run(run, RunOutcome::Aborted, "").expect("finish");
+        }
+        let kinds: Vec<String> = s
+            .conn
+            .prepare("SELECT kind FROM runs ORDER BY id")
+            .and_then(|mut st| st.query_map([], |r| r.get(0))?.collect())
+            .expect("kinds");
+        assert_eq!(kinds, ["upgrade", "rollback", "smoke"]);
+        s.conn
+            .execute("UPDATE runs SET outcome = 'exploded' WHERE id = 1", [])
+            .expect("update");
+        let err = s.recent_runs(5).expect_err("unknown outcome");
+        assert!(
+            error_chain(&err).contains("unknown RunOutcome \"exploded\""),
+            "{}",
+            error_chain(&err)
+        );
     }
 
     #[test]

@@ -26,7 +26,7 @@ use crate::settings::playbook::StepKind;
 use crate::settings::Settings;
 use crate::smoke;
 use crate::state;
-use crate::state::Store;
+use crate::state::{RunKind, RunOutcome, Store};
 use crate::verify;
 
 use outcome::{outcome_event, run_outcome};
@@ -189,12 +189,12 @@ pub async fn smoke_production(s: &Settings, store: &Store) -> Result<smoke::Repo
         .await
         .map_err(|e| PipelineError::Other(format!("production does not answer its CLI: {e}")))?;
     // Journaled, so that recovery sweeps the probe's node after a crash.
-    let run = store.begin_run("smoke", Some(&current.to_string()), None)?;
+    let run = store.begin_run(RunKind::Smoke, Some(&current.to_string()), None)?;
     let report = smoke::run(&p.target(), &current, &baseline, &s.smoke).await;
     let (outcome, detail) = if report.passed() {
-        ("passed", "all checks passed".to_string())
+        (RunOutcome::Passed, "all checks passed".to_string())
     } else {
-        ("failed", report.failures())
+        (RunOutcome::Failed, report.failures())
     };
     store.finish_run(run, outcome, &detail)?;
     Ok(report)
@@ -339,7 +339,7 @@ pub async fn upgrade(
     if opts.dry_run {
         return Ok(UpgradeOutcome::DryRun { plan });
     }
-    let run = store.begin_run("upgrade", Some(&current.to_string()), Some(&target))?;
+    let run = store.begin_run(RunKind::Upgrade, Some(&current.to_string()), Some(&target))?;
     if !stage_early {
         store.push_event(
             Event::UpgradeStarted,
@@ -364,7 +364,7 @@ pub async fn upgrade(
     }
     let (outcome, detail) = run_outcome(&result, &target);
     store.finish_run(run, outcome, &detail)?;
-    if outcome == "staged" {
+    if outcome == RunOutcome::Staged {
         // Staged once per target: the next run that must wait does not stage it again.
         store.kv_set("staged_early", &target)?;
     }

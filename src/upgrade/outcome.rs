@@ -4,6 +4,7 @@ use semver::Version;
 
 use crate::error::error_chain;
 use crate::event::{Event, Severity};
+use crate::state::RunOutcome;
 
 use super::{PipelineError, UpgradeOutcome};
 
@@ -76,28 +77,31 @@ pub(super) fn outcome_event(
 pub(super) fn run_outcome(
     result: &Result<UpgradeOutcome, PipelineError>,
     target: &str,
-) -> (&'static str, String) {
+) -> (RunOutcome, String) {
     match result {
-        Ok(UpgradeOutcome::Upgraded { to, .. }) => ("upgraded", format!("now on {to}")),
+        Ok(UpgradeOutcome::Upgraded { to, .. }) => (RunOutcome::Upgraded, format!("now on {to}")),
         Ok(UpgradeOutcome::StagingFailed { version, reason }) => {
-            ("staging_failed", format!("{version}: {reason}"))
+            (RunOutcome::StagingFailed, format!("{version}: {reason}"))
         }
         Ok(UpgradeOutcome::RolledBack { failed, reason, .. }) => {
-            ("rolled_back", format!("{failed}: {reason}"))
+            (RunOutcome::RolledBack, format!("{failed}: {reason}"))
         }
         Ok(UpgradeOutcome::RollbackFailed {
             failed,
             rollback_error,
             ..
-        }) => ("rollback_failed", format!("{failed}: {rollback_error}")),
+        }) => (
+            RunOutcome::RollbackFailed,
+            format!("{failed}: {rollback_error}"),
+        ),
         Ok(UpgradeOutcome::HookFailed { step, reason, .. }) => {
-            ("hook_failed", format!("step {step}: {reason}"))
+            (RunOutcome::HookFailed, format!("step {step}: {reason}"))
         }
         Ok(UpgradeOutcome::AwaitingApproval { .. } | UpgradeOutcome::OutsideWindow { .. }) => (
-            "staged",
+            RunOutcome::Staged,
             format!("{target} passed staging; waiting to promote"),
         ),
-        Ok(_) => ("ok", String::new()),
-        Err(e) => ("failed", error_chain(e)),
+        Ok(_) => (RunOutcome::Ok, String::new()),
+        Err(e) => (RunOutcome::Failed, error_chain(e)),
     }
 }

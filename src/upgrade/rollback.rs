@@ -8,7 +8,7 @@ use crate::deploy::transaction;
 use crate::event::{Event, Severity};
 use crate::settings::Settings;
 use crate::state;
-use crate::state::Store;
+use crate::state::{RunKind, RunOutcome, Store};
 
 use super::{current_version, prod, recover_and_report, PipelineError, Say, UpgradeOutcome};
 
@@ -93,7 +93,7 @@ async fn restore(
     let config = deploy::production_config(s).await?;
     let p = prod(s, store, &config).await?;
     let run = store.begin_run(
-        "rollback",
+        RunKind::Rollback,
         Some(&current.to_string()),
         Some(&backup.version),
     )?;
@@ -108,7 +108,11 @@ async fn restore(
     };
     match transaction::manual_rollback(&p, run, backup).await {
         Ok(()) => {
-            store.finish_run(run, "rolled_back", &format!("restored {}", backup.dir))?;
+            store.finish_run(
+                run,
+                RunOutcome::RolledBack,
+                &format!("restored {}", backup.dir),
+            )?;
             if manual {
                 store.push_event(
                     Event::UpgradeRolledBack,
@@ -120,7 +124,7 @@ async fn restore(
         }
         Err(e) => {
             let e = e.to_string();
-            store.finish_run(run, "rollback_failed", &e)?;
+            store.finish_run(run, RunOutcome::RollbackFailed, &e)?;
             store.push_event(
                 Event::UpgradeRollbackFailed,
                 Severity::Critical,

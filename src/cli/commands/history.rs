@@ -1,7 +1,7 @@
 //! `headwarden history`: the journal of recent runs and their steps.
 
 use crate::exit;
-use crate::state::Store;
+use crate::state::{RunOutcome, Store};
 
 use crate::cli::{load, print_json, Cli, Failure};
 
@@ -23,7 +23,7 @@ pub fn run(cli: &Cli, limit: &i64) -> Result<u8, Failure> {
             r.kind,
             r.from_version.as_deref().unwrap_or("?"),
             r.to_version.as_deref().unwrap_or("?"),
-            r.outcome.as_deref().unwrap_or("INTERRUPTED"),
+            r.outcome.map_or("INTERRUPTED", RunOutcome::as_str),
             r.detail.as_deref().unwrap_or("")
         );
         for st in store.steps(r.id)? {

@@ -6,7 +6,7 @@ use crate::error::error_chain;
 use crate::exit;
 use crate::headscale::http;
 use crate::settings::Settings;
-use crate::state::{BackupRow, InstallRow, RunRow, Store};
+use crate::state::{BackupRow, InstallRow, RunOutcome, RunRow, Store};
 use crate::upgrade;
 
 use crate::cli::{fmt_local, load, print_json, Cli, Failure};
@@ -179,7 +179,7 @@ fn text(store: &Store, f: &Facts) -> Result<(), Failure> {
             r.kind,
             r.from_version.as_deref().unwrap_or("?"),
             r.to_version.as_deref().unwrap_or("?"),
-            r.outcome.as_deref().unwrap_or("in progress")
+            r.outcome.map_or("in progress", RunOutcome::as_str)
         );
     }
     println!(
