@@ -68,29 +68,10 @@ pub async fn stage(
     baseline: &Baseline,
     full_checks: bool,
 ) -> Result<StageOutcome, DeployError> {
-    let dir = staging_dir(s);
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir).map_err(io_err("clearing", &dir))?;
-    }
-    verify::create_private_dir(&dir).map_err(io_err("creating", &dir))?;
-    let derp = dir.join("derp.yaml");
-    std::fs::write(&derp, OFFLINE_DERP_MAP).map_err(io_err("writing", &derp))?;
     let overlay = read_overlay(s)?;
-    let mut layout = StagingLayout {
-        dir: dir.clone(),
-        http_port: 0,
-        metrics_port: 0,
-        grpc_port: 0,
-        derp_map: derp,
-    };
+    let mut layout = fresh_layout(s)?;
     copy_production(store, run, prod, &layout)?;
-    let host = match &s.headscale.install {
-        Install::Binary | Install::Deb(_) | Install::External(_) => Host::Process,
-        Install::Compose(c) => Host::Container {
-            engine: container::engine(c),
-            production: Box::new(container::discover(c).await?),
-        },
-    };
+    let host = staging_host(s).await?;
 
     let mut reports = Vec::new();
     for (i, hop) in hops.iter().enumerate() {
@@ -174,6 +155,36 @@ pub async fn stage(
         }
     }
     Ok(StageOutcome::Passed(reports))
+}
+
+/// A new, private staging directory with the offline DERP map (ports chosen per hop).
+fn fresh_layout(s: &Settings) -> Result<StagingLayout, DeployError> {
+    let dir = staging_dir(s);
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).map_err(io_err("clearing", &dir))?;
+    }
+    verify::create_private_dir(&dir).map_err(io_err("creating", &dir))?;
+    let derp = dir.join("derp.yaml");
+    std::fs::write(&derp, OFFLINE_DERP_MAP).map_err(io_err("writing", &derp))?;
+    Ok(StagingLayout {
+        dir,
+        http_port: 0,
+        metrics_port: 0,
+        grpc_port: 0,
+        derp_map: derp,
+    })
+}
+
+/// Where the candidates run: as headwarden's children, or in throwaway containers beside the
+/// compose service.
+async fn staging_host(s: &Settings) -> Result<Host, DeployError> {
+    Ok(match &s.headscale.install {
+        Install::Binary | Install::Deb(_) | Install::External(_) => Host::Process,
+        Install::Compose(c) => Host::Container {
+            engine: container::engine(c),
+            production: Box::new(container::discover(c).await?),
+        },
+    })
 }
 
 /// `staging.overlay`: YAML merged over the derived staging config.

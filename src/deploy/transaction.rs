@@ -636,42 +636,7 @@ async fn settle(
         );
     }
     if run.kind == RunKind::Rollback && touched {
-        let st = last(steps, hop, "manual_rollback");
-        if st.is_none() {
-            // Stopped (maybe with a safety backup) but nothing restored yet.
-            match ensure_running(p).await {
-                Ok(()) => (
-                    RunOutcome::Aborted,
-                    "interrupted before the restore; production restarted unchanged".into(),
-                ),
-                Err(e) => (
-                    RunOutcome::Failed,
-                    format!("restarting production failed: {e}"),
-                ),
-            }
-        } else if st.is_some_and(|st| st.status == "done") {
-            match ensure_running(p).await {
-                Ok(()) => (
-                    RunOutcome::RolledBack,
-                    "manual rollback had completed".into(),
-                ),
-                Err(e) => (
-                    RunOutcome::Failed,
-                    format!("restarting production failed: {e}"),
-                ),
-            }
-        } else {
-            let (backup, to) = (path_in(st, "backup"), slot_in(p.settings, st, "to"));
-            finish_rollback(
-                p,
-                run.id,
-                hop,
-                backup,
-                to,
-                "finished the interrupted manual rollback",
-            )
-            .await
-        }
+        settle_manual_rollback(p, run, steps, hop).await
     } else if last(steps, hop, "commit").is_some() {
         (RunOutcome::Upgraded, "the promotion had committed".into())
     } else if last(steps, hop, "smoke").is_some_and(|st| st.status == "done") {
@@ -686,13 +651,7 @@ async fn settle(
     } else if last(steps, hop, "rollback").is_some_and(|st| st.status == "done") {
         // The rollback finished before the crash: repeating it would throw away what
         // production wrote since. Only make sure it runs.
-        match ensure_running(p).await {
-            Ok(()) => (RunOutcome::RolledBack, "the rollback had completed".into()),
-            Err(e) => (
-                RunOutcome::Failed,
-                format!("restarting production failed: {e}"),
-            ),
-        }
+        restarted(p, RunOutcome::RolledBack, "the rollback had completed").await
     } else if let Some(sw) = last(steps, hop, "switch") {
         let backup = path_in(last(steps, hop, "backup"), "dir");
         let detail = "interrupted after the switch; restored the backup and the previous binary";
@@ -715,22 +674,61 @@ async fn settle(
     } else if last(steps, hop, "stop").is_some() {
         // Stopped (maybe backed up) but nothing switched: the old version on untouched data.
         // The crash may have come before the stop took effect: never start a second server.
-        let started = ensure_running(p).await;
-        match started {
-            Ok(()) => (
-                RunOutcome::Aborted,
-                "interrupted before the switch; restarted the unchanged production".into(),
-            ),
-            Err(e) => (
-                RunOutcome::Failed,
-                format!("restarting production failed: {e}"),
-            ),
-        }
+        restarted(
+            p,
+            RunOutcome::Aborted,
+            "interrupted before the switch; restarted the unchanged production",
+        )
+        .await
     } else {
         (
             RunOutcome::Aborted,
             "interrupted before production was touched".into(),
         )
+    }
+}
+
+/// An interrupted `headwarden rollback`: restart the untouched production when nothing was
+/// restored yet, only make sure it runs when the restore had completed, else finish it.
+async fn settle_manual_rollback(
+    p: &Prod<'_>,
+    run: &RunRow,
+    steps: &[StepRow],
+    hop: i64,
+) -> (RunOutcome, String) {
+    let st = last(steps, hop, "manual_rollback");
+    if st.is_none() {
+        // Stopped (maybe with a safety backup) but nothing restored yet.
+        restarted(
+            p,
+            RunOutcome::Aborted,
+            "interrupted before the restore; production restarted unchanged",
+        )
+        .await
+    } else if st.is_some_and(|st| st.status == "done") {
+        restarted(p, RunOutcome::RolledBack, "manual rollback had completed").await
+    } else {
+        let (backup, to) = (path_in(st, "backup"), slot_in(p.settings, st, "to"));
+        finish_rollback(
+            p,
+            run.id,
+            hop,
+            backup,
+            to,
+            "finished the interrupted manual rollback",
+        )
+        .await
+    }
+}
+
+/// `outcome` with `detail` once production runs (started when it does not), else `Failed`.
+async fn restarted(p: &Prod<'_>, outcome: RunOutcome, detail: &str) -> (RunOutcome, String) {
+    match ensure_running(p).await {
+        Ok(()) => (outcome, detail.to_string()),
+        Err(e) => (
+            RunOutcome::Failed,
+            format!("restarting production failed: {e}"),
+        ),
     }
 }
 
@@ -778,18 +776,17 @@ pub async fn recover(p: &Prod<'_>) -> Result<Vec<Recovered>, DeployError> {
     Ok(out)
 }
 
-/// `headwarden rollback`: restore the backup taken before an upgrade and its binary.
-pub async fn manual_rollback(
-    p: &Prod<'_>,
-    run: RunId,
+/// What a manual rollback to `version` switches production back to: that version's binary,
+/// image or package, which must still be kept. A package manager's binary (`kind: external`)
+/// cannot be put back by headwarden.
+async fn kept_slot(
+    s: &Settings,
+    version: &semver::Version,
     backup: &state::BackupRow,
-) -> Result<(), StepError> {
-    let s = p.settings;
-    let version = semver::Version::parse(&backup.version)
-        .map_err(|e| StepError::Refused(format!("{:?} is not a version: {e}", backup.version)))?;
-    let target = match &s.headscale.install {
+) -> Result<Slot, StepError> {
+    let slot = match &s.headscale.install {
         Install::Binary => {
-            let path = deploy::version_path(s, &version);
+            let path = deploy::version_path(s, version);
             if !path.exists() {
                 return Err(StepError::Refused(format!(
                     "the binary for {} is no longer installed at {}",
@@ -822,7 +819,7 @@ pub async fn manual_rollback(
             )))
         }
         Install::Deb(_) => {
-            let path = deploy::package_path(s, &version);
+            let path = deploy::package_path(s, version);
             if !path.exists() {
                 return Err(StepError::Refused(format!(
                     "the package for {} is no longer kept at {}",
@@ -833,6 +830,19 @@ pub async fn manual_rollback(
             Slot::Package(path)
         }
     };
+    Ok(slot)
+}
+
+/// `headwarden rollback`: restore the backup taken before an upgrade and its binary.
+pub async fn manual_rollback(
+    p: &Prod<'_>,
+    run: RunId,
+    backup: &state::BackupRow,
+) -> Result<(), StepError> {
+    let s = p.settings;
+    let version = semver::Version::parse(&backup.version)
+        .map_err(|e| StepError::Refused(format!("{:?} is not a version: {e}", backup.version)))?;
+    let target = kept_slot(s, &version, backup).await?;
     let dir = PathBuf::from(&backup.dir);
     let mut timings = Vec::new();
     // Keep what is being replaced, so the rollback itself can be undone by hand.

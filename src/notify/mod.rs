@@ -384,28 +384,19 @@ pub async fn flush(
                 continue;
             }
             let Some(dest) = by_id.get(d.dest.as_str()) else {
-                store.set_delivery(
-                    d.event_id,
-                    &d.dest,
-                    "failed",
-                    None,
-                    Some("destination no longer configured"),
-                )?;
-                report.failed += 1;
+                give_up(store, &d, "destination no longer configured", &mut report)?;
                 continue;
             };
-            let give_up = dest
+            let give_up_after = dest
                 .entry
                 .map_or(Duration::from_secs(86400), |e| e.give_up_after);
-            if now - d.created_at > give_up.as_secs() as i64 {
-                store.set_delivery(
-                    d.event_id,
-                    &d.dest,
-                    "failed",
-                    None,
-                    Some("gave up: undelivered past give_up_after"),
+            if now - d.created_at > give_up_after.as_secs() as i64 {
+                give_up(
+                    store,
+                    &d,
+                    "gave up: undelivered past give_up_after",
+                    &mut report,
                 )?;
-                report.failed += 1;
                 progressed = true;
                 continue;
             }
@@ -496,6 +487,18 @@ fn settle_interrupted(
 
 /// Records what one send came to: sent, retried later (with backoff or the service's
 /// Retry-After; the destination rests for this flush), or failed for good.
+/// Marks a delivery that can no longer be sent as failed, saying why.
+fn give_up(
+    store: &Store,
+    d: &DeliveryRow,
+    why: &str,
+    report: &mut FlushReport,
+) -> Result<(), state::StateError> {
+    store.set_delivery(d.event_id, &d.dest, "failed", None, Some(why))?;
+    report.failed += 1;
+    Ok(())
+}
+
 fn record(
     store: &Store,
     d: &DeliveryRow,

@@ -330,31 +330,7 @@ impl RunCtx<'_> {
                     reconnect,
                     connectivity,
                 } => {
-                    let downtime: u128 = timings
-                        .iter()
-                        .filter(|(n, _)| {
-                            matches!(n.as_str(), "stop" | "backup" | "switch" | "start")
-                        })
-                        .map(|(_, ms)| *ms)
-                        .sum();
-                    store.push_event(
-                        Event::UpgradePromoted,
-                        Severity::Info,
-                        &serde_json::json!({"run": run, "from": from.to_string(), "to": hop.version().to_string(), "downtime_ms": downtime, "reconnect": reconnect, "connectivity": connectivity}),
-                    )?;
-                    (self.say)(&format!(
-                        "production now on {} ({})",
-                        hop.version(),
-                        timings
-                            .iter()
-                            .map(|(n, ms)| format!("{n} {ms} ms"))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ));
-                    if let Some(c) = &connectivity {
-                        (self.say)(&format!("  connectivity: {c}"));
-                    }
-                    (self.say)(&format!("  {reconnect}"));
+                    self.report_promoted(&from, hop.version(), &timings, &reconnect, connectivity)?;
                     progress.timings.push(timings);
                     from = hop.version().clone();
                     old_target = hop.slot();
@@ -398,5 +374,39 @@ impl RunCtx<'_> {
             }
         }
         Ok(None)
+    }
+
+    /// A hop promoted: its event (with the downtime: stop to start) and its lines.
+    fn report_promoted(
+        &self,
+        from: &Version,
+        to: &Version,
+        timings: &[(String, u128)],
+        reconnect: &str,
+        connectivity: Option<String>,
+    ) -> Result<(), PipelineError> {
+        let downtime: u128 = timings
+            .iter()
+            .filter(|(n, _)| matches!(n.as_str(), "stop" | "backup" | "switch" | "start"))
+            .map(|(_, ms)| *ms)
+            .sum();
+        self.store.push_event(
+            Event::UpgradePromoted,
+            Severity::Info,
+            &serde_json::json!({"run": self.run, "from": from.to_string(), "to": to.to_string(), "downtime_ms": downtime, "reconnect": reconnect, "connectivity": connectivity}),
+        )?;
+        (self.say)(&format!(
+            "production now on {to} ({})",
+            timings
+                .iter()
+                .map(|(n, ms)| format!("{n} {ms} ms"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        if let Some(c) = &connectivity {
+            (self.say)(&format!("  connectivity: {c}"));
+        }
+        (self.say)(&format!("  {reconnect}"));
+        Ok(())
     }
 }

@@ -25,10 +25,8 @@ pub(crate) fn str_at(root: &serde_yaml_ng::Value, key: &str) -> Option<String> {
 }
 
 /// `version`: production's, for defaults that changed (unknown: the older default).
-pub(crate) fn config_checks(
-    c: &HeadscaleConfig,
-    version: Option<&semver::Version>,
-) -> Vec<Finding> {
+/// Listeners reachable from other hosts: the HTTP listener without TLS, metrics, gRPC.
+fn listener_checks(c: &HeadscaleConfig, version: Option<&semver::Version>) -> Vec<Finding> {
     let r = &c.root;
     let file = c.path.display().to_string();
     let mut out = Vec::new();
@@ -85,6 +83,16 @@ pub(crate) fn config_checks(
             "grpc_listen_addr: 127.0.0.1:50443 and grpc_allow_insecure: false; manage through the unix socket",
         ));
     }
+    out
+}
+
+pub(crate) fn config_checks(
+    c: &HeadscaleConfig,
+    version: Option<&semver::Version>,
+) -> Vec<Finding> {
+    let r = &c.root;
+    let file = c.path.display().to_string();
+    let mut out = listener_checks(c, version);
     let url = &c.server_url;
     if !url.starts_with("https://") {
         let local = is_loopback_host(host_of(

@@ -17,15 +17,14 @@ pub(crate) fn resolve(c: &HeadscaleConfig, p: &str) -> PathBuf {
     }
 }
 
-pub(crate) fn file_checks(
+/// The files whose owner and mode the audit checks: `(path, what, secret)`.
+fn guarded_files<'a>(
     c: &HeadscaleConfig,
     api_key_file: Option<&Path>,
-    service_user: Option<&str>,
-) -> Result<Vec<Finding>, Unavailable> {
-    use std::os::unix::fs::MetadataExt;
+) -> Vec<(PathBuf, &'a str, bool)> {
     let r = &c.root;
     // (path, what, secret)
-    let mut files: Vec<(PathBuf, &str, bool)> = vec![
+    let mut files: Vec<(PathBuf, &'a str, bool)> = vec![
         (c.path.clone(), "Headscale config", false),
         (c.noise_key_path.clone(), "Noise private key", true),
         (c.database_path.clone(), "database", true),
@@ -49,6 +48,16 @@ pub(crate) fn file_checks(
     if let Some(p) = api_key_file {
         files.push((p.to_path_buf(), "headwarden's API key file", true));
     }
+    files
+}
+
+pub(crate) fn file_checks(
+    c: &HeadscaleConfig,
+    api_key_file: Option<&Path>,
+    service_user: Option<&str>,
+) -> Result<Vec<Finding>, Unavailable> {
+    use std::os::unix::fs::MetadataExt;
+    let files = guarded_files(c, api_key_file);
     let owner = match service_user {
         Some(u) => Some((
             u.to_string(),

@@ -51,38 +51,7 @@ pub async fn run(keep: bool) -> Result<u8, Failure> {
     println!("   directory: {}", root.display());
     let d = |p: &str| root.join(p).display().to_string();
 
-    let pubkey = sim(&sim_bin, &["keygen", "--out", &d("keys")]).await?;
-    for v in ["0.27.1", "0.28.0"] {
-        sim(
-            &sim_bin,
-            &[
-                "make-release",
-                "--feed",
-                &d("feed"),
-                "--version",
-                v,
-                "--sign",
-                &d("keys/minisign.key"),
-            ],
-        )
-        .await?;
-    }
-    sim(
-        &sim_bin,
-        &[
-            "testbed",
-            "--dir",
-            &d("prod"),
-            "--version",
-            "0.26.1",
-            "--start",
-            "--users",
-            "3",
-            "--nodes-per-user",
-            "2",
-        ],
-    )
-    .await?;
+    let pubkey = lay_out(&sim_bin, &root).await?;
     println!("-- production stand-in 0.26.1 started with 3 users and 6 nodes; feed publishes v0.27.1 and v0.28.0 (signed)");
 
     let feed_log = root.join("feed.log");
@@ -153,6 +122,45 @@ pub async fn run(keep: bool) -> Result<u8, Failure> {
         println!("kept {}", kept.display());
     }
     result
+}
+
+/// The demo's world: a minisign key, two signed releases in the feed, and production 0.26.1
+/// with 3 users and 6 nodes. Returns the public key.
+async fn lay_out(sim_bin: &Path, root: &Path) -> Result<String, Failure> {
+    let d = |p: &str| root.join(p).display().to_string();
+    let pubkey = sim(sim_bin, &["keygen", "--out", &d("keys")]).await?;
+    for v in ["0.27.1", "0.28.0"] {
+        sim(
+            sim_bin,
+            &[
+                "make-release",
+                "--feed",
+                &d("feed"),
+                "--version",
+                v,
+                "--sign",
+                &d("keys/minisign.key"),
+            ],
+        )
+        .await?;
+    }
+    sim(
+        sim_bin,
+        &[
+            "testbed",
+            "--dir",
+            &d("prod"),
+            "--version",
+            "0.26.1",
+            "--start",
+            "--users",
+            "3",
+            "--nodes-per-user",
+            "2",
+        ],
+    )
+    .await?;
+    Ok(pubkey)
 }
 
 /// What the story's steps share.
