@@ -8,6 +8,9 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
+use crate::error::Hinted;
+use crate::exit;
+
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
     #[error("another headwarden run holds the lock {path}: {holder}")]
@@ -24,6 +27,17 @@ pub enum LockError {
         #[source]
         source: std::io::Error,
     },
+}
+
+impl Hinted for LockError {
+    fn hint(&self) -> Option<String> {
+        matches!(self, LockError::Held { .. }).then(|| {
+            "wait for it to finish; a run killed with SIGKILL releases the lock by itself".into()
+        })
+    }
+    fn exit_code(&self) -> u8 {
+        exit::LOCKED
+    }
 }
 
 /// Held for the life of the value.

@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use tokio::process::{Child, Command};
 
+use crate::error::Hinted;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ProcessError {
     #[error("cannot run {program}")]
@@ -23,6 +25,8 @@ pub enum ProcessError {
     #[error("{program} did not finish within {}s", timeout.as_secs())]
     Timeout { program: String, timeout: Duration },
 }
+
+impl Hinted for ProcessError {}
 
 #[derive(Debug)]
 pub struct Output {

@@ -10,18 +10,16 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use semver::Version;
 
+use crate::error::Hinted;
 use crate::event::{Event, Severity};
 use crate::exit;
-use crate::headscale::api;
-use crate::keys;
 use crate::lock::LockError;
 use crate::notify;
 use crate::process;
 use crate::schedule::daemon;
-use crate::settings::{self, ConfigError, Settings};
+use crate::settings::{self, Settings};
 use crate::state;
 use crate::state::Store;
-use crate::upgrade::PipelineError;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -190,23 +188,24 @@ pub struct Failure {
     hint: Option<String>,
 }
 
-impl<E: Into<anyhow::Error>> From<E> for Failure {
+impl<E: Hinted> From<E> for Failure {
     fn from(e: E) -> Self {
-        let error = e.into();
-        let (code, hint) = if let Some(c) = error.downcast_ref::<ConfigError>() {
-            (exit::USAGE, c.hint().map(String::from))
-        } else if let Some(l) = error.downcast_ref::<LockError>() {
-            (exit::LOCKED, matches!(l, LockError::Held { .. }).then(|| "wait for it to finish; a run killed with SIGKILL releases the lock by itself".to_string()))
-        } else if let Some(p) = error.downcast_ref::<PipelineError>() {
-            (exit::FAILURE, p.hint())
-        } else if let Some(k) = error.downcast_ref::<keys::KeysError>() {
-            (exit::FAILURE, k.hint())
-        } else if let Some(a) = error.downcast_ref::<api::ApiError>() {
-            (exit::FAILURE, a.hint())
-        } else {
-            (exit::FAILURE, None)
-        };
-        Failure { code, error, hint }
+        Failure {
+            code: e.exit_code(),
+            hint: e.hint(),
+            error: anyhow::Error::new(e),
+        }
+    }
+}
+
+/// The demo's own plumbing (temporary directories, fixtures): no hint to give.
+impl From<anyhow::Error> for Failure {
+    fn from(error: anyhow::Error) -> Self {
+        Failure {
+            code: exit::FAILURE,
+            hint: None,
+            error,
+        }
     }
 }
 

@@ -30,6 +30,7 @@ use semver::Version;
 
 use crate::compose::{ComposeError, EngineError};
 use crate::error::error_chain;
+use crate::error::Hinted;
 use crate::files::{self, FileMeta};
 use crate::headscale::cli::{self, binary_version, Cli, CliError};
 use crate::headscale::config;
@@ -77,6 +78,15 @@ pub enum DeployError {
     Image(#[from] verify::image::ImageError),
     #[error("{0}")]
     Other(String),
+}
+
+impl Hinted for DeployError {
+    fn hint(&self) -> Option<String> {
+        match self {
+            DeployError::Identity(e) => Some(e.hint().into()),
+            _ => None,
+        }
+    }
 }
 
 pub(crate) fn io_err<'a>(

@@ -22,6 +22,7 @@ use serde_json::{json, Value};
 use super::cli;
 use super::http as hs_http;
 use crate::error::error_chain;
+use crate::error::Hinted;
 use crate::settings::{Secret, Settings};
 use crate::state;
 
@@ -53,8 +54,8 @@ pub enum ApiError {
     KeyFile { path: PathBuf, detail: String },
 }
 
-impl ApiError {
-    pub fn hint(&self) -> Option<String> {
+impl Hinted for ApiError {
+    fn hint(&self) -> Option<String> {
         Some(match self {
             ApiError::Unreachable { .. } => "check headscale.api.url and that headscale is running".into(),
             ApiError::SocketPermission { path } => format!("run headwarden as a user in the socket's group, or widen unix_socket_permission for {}", path.display()),

@@ -23,6 +23,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::deploy::production;
+use crate::error::Hinted;
 use crate::event::{Event, Severity};
 use crate::files::{self, FileError};
 use crate::headscale::api;
@@ -57,8 +58,8 @@ pub enum KeysError {
     NeedsPlan(usize, &'static str),
 }
 
-impl KeysError {
-    pub fn hint(&self) -> Option<String> {
+impl Hinted for KeysError {
+    fn hint(&self) -> Option<String> {
         match self {
             KeysError::Api(e) => e.hint(),
             KeysError::NoSuchNode(_) => Some("`headwarden keys plan` lists the nodes".into()),

@@ -16,6 +16,7 @@ use super::notes;
 use super::plan::{self, Plan, Policy};
 use super::{AssetKind, Release};
 use crate::compose::ImageFacts;
+use crate::error::Hinted;
 use crate::event::{Event, Severity};
 use crate::headscale::config::{incompatibilities, HeadscaleConfig};
 use crate::settings::Settings;
@@ -27,6 +28,15 @@ pub enum WatchError {
     Feed(#[from] FeedError),
     #[error(transparent)]
     State(#[from] StateError),
+}
+
+impl Hinted for WatchError {
+    fn hint(&self) -> Option<String> {
+        match self {
+            WatchError::Feed(e) => e.hint().map(String::from),
+            WatchError::State(_) => None,
+        }
+    }
 }
 
 #[derive(Debug, Default, Clone)]

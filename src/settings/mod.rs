@@ -20,7 +20,9 @@ use semver::{Version, VersionReq};
 
 use self::cron::{Cron, Zone};
 use self::notify_url::Target;
+use crate::error::Hinted;
 use crate::event::Severity;
+use crate::exit;
 pub use raw::{parse_duration, DurationError, DurationValue};
 pub use url::url_allowed;
 
@@ -528,6 +530,15 @@ fn location(line: Option<usize>, key: &Option<String>) -> String {
 impl ConfigError {
     pub fn hint(&self) -> Option<&str> {
         self.hint.as_deref()
+    }
+}
+
+impl Hinted for ConfigError {
+    fn hint(&self) -> Option<String> {
+        self.hint.clone()
+    }
+    fn exit_code(&self) -> u8 {
+        exit::USAGE
     }
 }
 

@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 
+use crate::error::Hinted;
 use crate::event::{Event, Severity};
 use crate::files::{self, FileError};
 
@@ -48,6 +49,9 @@ pub enum StateError {
         source: FileError,
     },
 }
+
+/// No hint: the message names the state file and what failed.
+impl Hinted for StateError {}
 
 /// Forward-only schema migrations; index + 1 is the schema version they produce.
 const MIGRATIONS: &[&str] = &[

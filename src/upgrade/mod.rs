@@ -12,6 +12,7 @@ use serde::Serialize;
 use crate::deploy::production;
 use crate::deploy::transaction::{self, Prod, Recovered};
 use crate::deploy::{self, Production, Service};
+use crate::error::Hinted;
 use crate::event::{Event, Severity};
 use crate::headscale::config;
 use crate::release::feed;
@@ -128,8 +129,8 @@ impl From<WatchError> for PipelineError {
     }
 }
 
-impl PipelineError {
-    pub fn hint(&self) -> Option<String> {
+impl Hinted for PipelineError {
+    fn hint(&self) -> Option<String> {
         match self {
             PipelineError::Feed(e) => e.hint().map(String::from),
             PipelineError::ProductionUnhealthy(_) => Some(
