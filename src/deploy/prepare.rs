@@ -25,7 +25,7 @@ use crate::release::plan::Hop;
 use crate::release::watch;
 use crate::release::{asset_name, AssetKind, Release};
 use crate::settings::{ComposeInstall, Install, Settings};
-use crate::state::Store;
+use crate::state::{Step, Store};
 use crate::verify;
 use crate::verify::Downloader;
 
@@ -48,7 +48,7 @@ impl Prep<'_> {
     async fn journaled<T, E: std::fmt::Display>(
         &self,
         hop: i64,
-        name: &str,
+        name: Step,
         data: &serde_json::Value,
         work: impl Future<Output = Result<(T, String), E>>,
     ) -> Result<Result<T, E>, DeployError> {
@@ -105,7 +105,7 @@ impl Prep<'_> {
             let fetched = self
                 .journaled(
                     i as i64,
-                    "download",
+                    Step::Download,
                     &serde_json::json!({"tag": hop.tag}),
                     async {
                         let v = downloader
@@ -190,7 +190,7 @@ impl Prep<'_> {
         let kept = self
             .journaled(
                 -1,
-                "download",
+                Step::Download,
                 &serde_json::json!({"tag": tag, "keep": "rollback package"}),
                 async {
                     let v = downloader
@@ -229,7 +229,7 @@ impl Prep<'_> {
         let pulled = self
             .journaled(
                 i as i64,
-                "download",
+                Step::Download,
                 &serde_json::json!({"tag": hop.tag, "image": reference}),
                 async {
                     let v =
@@ -325,7 +325,7 @@ impl Prep<'_> {
         let pinned = self
             .journaled(
                 0,
-                "pin",
+                Step::Pin,
                 &serde_json::json!({"from": image.to_string(), "to": c.image.clone() + ":" + &self.current.to_string()}),
                 async {
                     let pinned =

@@ -23,7 +23,7 @@ use crate::process;
 use crate::settings;
 use crate::settings::{Install, Settings};
 use crate::smoke::{self, Baseline, Report, SmokeError, Target};
-use crate::state::{sqlite_files, RunId, Store};
+use crate::state::{sqlite_files, RunId, Step, Store};
 use crate::verify;
 
 pub const OFFLINE_DERP_MAP: &str = include_str!("../../staging/derp.yaml");
@@ -113,7 +113,7 @@ pub async fn stage(
         let step = store.step_start(
             run,
             i as i64,
-            "stage_smoke",
+            Step::StageSmoke,
             &serde_json::json!({"version": hop.version.to_string()}),
         )?;
         let t = std::time::Instant::now();
@@ -210,7 +210,7 @@ fn copy_production(
     let step = store.step_start(
         run,
         0,
-        "stage_copy",
+        Step::StageCopy,
         &serde_json::json!({"from": prod.database_path}),
     )?;
     let t = std::time::Instant::now();
@@ -400,7 +400,7 @@ async fn start_hop(
             // An image that cannot even be started is the release's failure, as a crash is.
             Err(e) => return Ok(Err((error_chain(&e), false))),
         };
-        let step = store.step_start(h.run, h.i as i64, "stage_start", &data)?;
+        let step = store.step_start(h.run, h.i as i64, Step::StageStart, &data)?;
         process::crash_point("stage_start:after");
         let t = std::time::Instant::now();
         tracing::info!(version = %hop.version, url = %base_url, attempt, "staging instance starting");

@@ -44,7 +44,7 @@ use crate::process;
 use crate::settings::{Install, ReconnectPolicy, Settings, SmokeCheck};
 use crate::smoke::{self, Baseline, SmokeError, Target};
 use crate::state;
-use crate::state::{sqlite_files, RunId, RunKind, RunOutcome, RunRow, StepRow, Store};
+use crate::state::{sqlite_files, RunId, RunKind, RunOutcome, RunRow, Step, StepRow, Store};
 use crate::verify;
 
 #[derive(Debug)]
@@ -94,7 +94,7 @@ impl Prod<'_> {
         &self,
         run: RunId,
         hop: i64,
-        name: &str,
+        name: Step,
         data: serde_json::Value,
         timings: &mut Vec<(String, u128)>,
         f: impl std::future::Future<Output = Result<T, E>>,
@@ -102,13 +102,13 @@ impl Prod<'_> {
         let id = self.store.step_start(run, hop, name, &data)?;
         process::crash_point(&format!("{name}:before"));
         let t = Instant::now();
-        let r = match process::fail_point(name) {
+        let r = match process::fail_point(name.as_str()) {
             Some(injected) => Err(StepError::Injected(injected)),
             None => f.await.map_err(Into::into),
         };
         process::crash_point(&format!("{name}:after"));
         let ms = t.elapsed().as_millis();
-        timings.push((name.to_string(), ms));
+        timings.push((name.as_str().to_string(), ms));
         let msg = match &r {
             Ok(_) => "ok".to_string(),
             Err(e) => e.to_string(),
@@ -286,7 +286,7 @@ pub async fn promote_hop(
         .step(
             run,
             hop,
-            "stop",
+            Step::Stop,
             json!({"service": p.service.describe()}),
             &mut timings,
             p.service.stop(),
@@ -299,7 +299,7 @@ pub async fn promote_hop(
         .step(
             run,
             hop,
-            "backup",
+            Step::Backup,
             json!({"dir": bdir}),
             &mut timings,
             async {
@@ -323,7 +323,7 @@ pub async fn promote_hop(
         Ok((connectivity, reconnect)) => {
             let _ = p
                 .store
-                .step_start(run, hop, "commit", &json!({}))
+                .step_start(run, hop, Step::Commit, &json!({}))
                 .and_then(|id| p.store.step_finish(id, true, "committed", 0));
             HopOutcome::Promoted {
                 timings,
@@ -393,13 +393,13 @@ async fn switch_and_start(
     p.step(
         run,
         hop,
-        "switch",
+        Step::Switch,
         json!({"from": old_target.journal(), "to": to.slot().journal()}),
         timings,
         switch_to(s, &to.slot()),
     )
     .await?;
-    p.step(run, hop, "start", json!({}), timings, async {
+    p.step(run, hop, Step::Start, json!({}), timings, async {
         p.service.start().await?;
         p.wait_healthy().await?;
         Ok::<(), StepError>(())
@@ -412,7 +412,7 @@ async fn switch_and_start(
         .step(
             run,
             hop,
-            "verify_backup",
+            Step::VerifyBackup,
             json!({"dir": bdir}),
             timings,
             async { verify_backup(bdir) },
@@ -428,7 +428,7 @@ async fn switch_and_start(
     }
     // The reconnect bake is part of the smoke step: a crash while it waits is not a passed
     // smoke step, so recovery rolls back rather than committing an unjudged promotion.
-    p.step(run, hop, "smoke", json!({}), timings, async {
+    p.step(run, hop, Step::Smoke, json!({}), timings, async {
         let report = smoke::run(&p.target(), &to.version, baseline, &s.smoke).await;
         if !report.passed() {
             return Err(StepError::SmokeFailed(report.failures()));
@@ -471,7 +471,7 @@ pub async fn rollback(
     p.step(
         run,
         hop,
-        "rollback",
+        Step::Rollback,
         json!({"reason": reason, "backup": backup, "to": old_target.map(Slot::journal)}),
         &mut timings,
         async {
@@ -516,20 +516,7 @@ pub struct Recovered {
     pub detail: String,
 }
 
-/// Journal steps that act on production (the others — download, stage_* — touch only state_dir).
-const PRODUCTION_STEPS: &[&str] = &[
-    "stop",
-    "backup",
-    "switch",
-    "start",
-    "smoke",
-    "commit",
-    "rollback",
-    "safety_backup",
-    "manual_rollback",
-];
-
-fn last<'a>(steps: &'a [StepRow], hop: i64, name: &str) -> Option<&'a StepRow> {
+fn last(steps: &[StepRow], hop: i64, name: Step) -> Option<&StepRow> {
     steps
         .iter()
         .rev()
@@ -580,7 +567,7 @@ async fn stop_orphaned_staging(s: &Settings, run: RunId, steps: &[StepRow]) {
         let engine = container::engine(c);
         let mut names: Vec<String> = steps
             .iter()
-            .filter(|st| st.name == "stage_start")
+            .filter(|st| st.name == Step::StageStart)
             .filter_map(|st| st.data.get("container").and_then(|v| v.as_str()))
             .map(str::to_string)
             .collect();
@@ -606,7 +593,7 @@ async fn stop_orphaned_staging(s: &Settings, run: RunId, steps: &[StepRow]) {
         }
         return;
     }
-    for st in steps.iter().filter(|st| st.name == "stage_start") {
+    for st in steps.iter().filter(|st| st.name == Step::StageStart) {
         if let (Some(pid), Some(marker)) = (
             st.data.get("pid").and_then(|v| v.as_u64()),
             st.data.get("marker").and_then(|v| v.as_str()),
@@ -637,27 +624,27 @@ async fn settle(
     }
     if run.kind == RunKind::Rollback && touched {
         settle_manual_rollback(p, run, steps, hop).await
-    } else if last(steps, hop, "commit").is_some() {
+    } else if last(steps, hop, Step::Commit).is_some() {
         (RunOutcome::Upgraded, "the promotion had committed".into())
-    } else if last(steps, hop, "smoke").is_some_and(|st| st.status == "done") {
+    } else if last(steps, hop, Step::Smoke).is_some_and(|st| st.status == "done") {
         let _ = p
             .store
-            .step_start(run.id, hop, "commit", &json!({"recovered": true}))
+            .step_start(run.id, hop, Step::Commit, &json!({"recovered": true}))
             .and_then(|id| p.store.step_finish(id, true, "committed by recovery", 0));
         (
             RunOutcome::Upgraded,
             "promotion had passed its smoke checks; committed".into(),
         )
-    } else if last(steps, hop, "rollback").is_some_and(|st| st.status == "done") {
+    } else if last(steps, hop, Step::Rollback).is_some_and(|st| st.status == "done") {
         // The rollback finished before the crash: repeating it would throw away what
         // production wrote since. Only make sure it runs.
         restarted(p, RunOutcome::RolledBack, "the rollback had completed").await
-    } else if let Some(sw) = last(steps, hop, "switch") {
-        let backup = path_in(last(steps, hop, "backup"), "dir");
+    } else if let Some(sw) = last(steps, hop, Step::Switch) {
+        let backup = path_in(last(steps, hop, Step::Backup), "dir");
         let detail = "interrupted after the switch; restored the backup and the previous binary";
         let from = slot_in(p.settings, Some(sw), "from");
         finish_rollback(p, run.id, hop, backup, from, detail).await
-    } else if let Some(rb) = last(steps, hop, "rollback") {
+    } else if let Some(rb) = last(steps, hop, Step::Rollback) {
         let (backup, to) = (
             path_in(Some(rb), "backup"),
             slot_in(p.settings, Some(rb), "to"),
@@ -671,7 +658,7 @@ async fn settle(
             "finished an interrupted rollback",
         )
         .await
-    } else if last(steps, hop, "stop").is_some() {
+    } else if last(steps, hop, Step::Stop).is_some() {
         // Stopped (maybe backed up) but nothing switched: the old version on untouched data.
         // The crash may have come before the stop took effect: never start a second server.
         restarted(
@@ -696,7 +683,7 @@ async fn settle_manual_rollback(
     steps: &[StepRow],
     hop: i64,
 ) -> (RunOutcome, String) {
-    let st = last(steps, hop, "manual_rollback");
+    let st = last(steps, hop, Step::ManualRollback);
     if st.is_none() {
         // Stopped (maybe with a safety backup) but nothing restored yet.
         restarted(
@@ -740,7 +727,7 @@ pub async fn recover(p: &Prod<'_>) -> Result<Vec<Recovered>, DeployError> {
         stop_orphaned_staging(p.settings, run.id, &steps).await;
         let prod_steps: Vec<&StepRow> = steps
             .iter()
-            .filter(|st| PRODUCTION_STEPS.contains(&st.name.as_str()))
+            .filter(|st| st.name.acts_on_production())
             .collect();
         let hop = prod_steps.last().map_or(0, |st| st.hop);
         let (outcome, detail) = settle(p, &run, &steps, hop, !prod_steps.is_empty()).await;
@@ -850,8 +837,15 @@ pub async fn manual_rollback(
         .state_dir
         .join("backups")
         .join(format!("run{run}-before-rollback"));
-    p.step(run, 0, "stop", json!({}), &mut timings, p.service.stop())
-        .await?;
+    p.step(
+        run,
+        0,
+        Step::Stop,
+        json!({}),
+        &mut timings,
+        p.service.stop(),
+    )
+    .await?;
     if p.service.state().await == ServiceState::Running {
         return Err(StepError::Refused(format!(
             "production still runs after `stop` ({}); nothing was restored: stop Headscale by hand and run `headwarden rollback` again",
@@ -862,7 +856,7 @@ pub async fn manual_rollback(
         .step(
             run,
             0,
-            "safety_backup",
+            Step::SafetyBackup,
             json!({"dir": safety}),
             &mut timings,
             async { take_backup(s, p.config, &safety).and_then(|()| verify_backup(&safety)) },
@@ -886,7 +880,7 @@ pub async fn manual_rollback(
     p.step(
         run,
         0,
-        "manual_rollback",
+        Step::ManualRollback,
         json!({"backup": dir, "to": target.journal()}),
         &mut timings,
         async {

@@ -10,7 +10,7 @@
 pub mod sqlite_files;
 mod vocab;
 
-pub use vocab::{RunKind, RunOutcome};
+pub use vocab::{RunKind, RunOutcome, Step};
 
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -188,7 +188,7 @@ pub struct StepRow {
     pub id: StepId,
     pub run_id: RunId,
     pub hop: i64,
-    pub name: String,
+    pub name: Step,
     pub data: serde_json::Value,
     pub status: String,
     pub message: Option<String>,
@@ -400,7 +400,7 @@ impl Store {
         &self,
         run: RunId,
         hop: i64,
-        name: &str,
+        name: Step,
         data: &serde_json::Value,
     ) -> Result<StepId, StateError> {
         self.conn.execute(
@@ -945,7 +945,7 @@ mod tests {
             .begin_run(RunKind::Upgrade, Some("0.26.1"), Some("0.27.1"))
             .expect("run");
         let step = s
-            .step_start(run, 0, "stop", &serde_json::json!({"a": 1}))
+            .step_start(run, 0, Step::Stop, &serde_json::json!({"a": 1}))
             .expect("step");
         drop(s);
         let s = Store::open(dir.path()).expect("reopen");

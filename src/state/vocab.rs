@@ -27,7 +27,7 @@ macro_rules! stored_text {
         }
         impl std::fmt::Display for $name {
             fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str(self.as_str())
+                f.pad(self.as_str())
             }
         }
         impl Serialize for $name {
@@ -88,5 +88,60 @@ stored_text! {
         Aborted = "aborted",
         /// `headwarden smoke`: every check passed.
         Passed = "passed",
+    }
+}
+
+stored_text! {
+    /// A journaled step (`steps.name`): what is about to act, written before it acts.
+    Step {
+        /// A release file downloaded and verified (or an image pulled), hop by hop.
+        Download = "download",
+        /// A compose file's floating tag pinned to the running version.
+        Pin = "pin",
+        /// Production's database copied online for staging.
+        StageCopy = "stage_copy",
+        /// A candidate started on the staging copy.
+        StageStart = "stage_start",
+        /// The smoke checks on staging.
+        StageSmoke = "stage_smoke",
+        /// Production stopped.
+        Stop = "stop",
+        /// The stopped database, config and noise key backed up.
+        Backup = "backup",
+        /// The backup's integrity check, once production answers again.
+        VerifyBackup = "verify_backup",
+        /// Production pointed at the candidate (symlink, dpkg, image line).
+        Switch = "switch",
+        /// Production started.
+        Start = "start",
+        /// The smoke checks (and the reconnect bake) on production.
+        Smoke = "smoke",
+        /// The promotion kept.
+        Commit = "commit",
+        /// A failed promotion undone: data restored, previous slot, started.
+        Rollback = "rollback",
+        /// `headwarden rollback`: what it replaces, kept first.
+        SafetyBackup = "safety_backup",
+        /// `headwarden rollback`: the restore and the switch back.
+        ManualRollback = "manual_rollback",
+    }
+}
+
+impl Step {
+    /// Whether the step acts on production (the others touch only `state_dir`): recovery
+    /// settles a run from its last such step.
+    pub fn acts_on_production(self) -> bool {
+        matches!(
+            self,
+            Step::Stop
+                | Step::Backup
+                | Step::Switch
+                | Step::Start
+                | Step::Smoke
+                | Step::Commit
+                | Step::Rollback
+                | Step::SafetyBackup
+                | Step::ManualRollback
+        )
     }
 }

@@ -8,7 +8,7 @@ use crate::deploy::transaction;
 use crate::event::{Event, Severity};
 use crate::settings::Settings;
 use crate::state;
-use crate::state::{RunKind, RunOutcome, Store};
+use crate::state::{RunKind, RunOutcome, Step, Store};
 
 use super::{current_version, prod, recover_and_report, PipelineError, Say, UpgradeOutcome};
 
@@ -59,7 +59,7 @@ pub async fn rollback(
     let committed = |b: &&state::BackupRow| {
         store
             .steps(b.run_id)
-            .map(|st| st.iter().any(|x| x.hop == b.hop && x.name == "commit"))
+            .map(|st| st.iter().any(|x| x.hop == b.hop && x.name == Step::Commit))
             .unwrap_or(false)
     };
     let backup = match to {
