@@ -16,6 +16,7 @@ use crate::files;
 use crate::headscale::cli::Cli;
 use crate::headscale::config::HeadscaleConfig;
 use crate::settings::ComposeInstall;
+use crate::state::RunId;
 
 /// The program ko-built images (upstream's) run, used when an image declares no entrypoint.
 const DEFAULT_ENTRYPOINT: &str = "/ko-app/headscale";
@@ -265,7 +266,7 @@ fn instance(state_dir: &Path) -> String {
 }
 
 /// The name of the staging container of `run`, hop `hop` (the journal records it).
-pub fn staging_name(state_dir: &Path, run: i64, hop: usize) -> String {
+pub fn staging_name(state_dir: &Path, run: RunId, hop: usize) -> String {
     format!(
         "headwarden-staging-{}-run{run}-hop{hop}",
         instance(state_dir)
@@ -273,6 +274,6 @@ pub fn staging_name(state_dir: &Path, run: i64, hop: usize) -> String {
 }
 
 /// The label value every staging container of `run` carries (`io.headwarden.staging=…`).
-pub fn staging_label(state_dir: &Path, run: i64) -> String {
+pub fn staging_label(state_dir: &Path, run: RunId) -> String {
     format!("{}-run{run}", instance(state_dir))
 }

@@ -25,7 +25,7 @@ use crate::release::plan::Hop;
 use crate::release::watch;
 use crate::release::{asset_name, AssetKind, Release};
 use crate::settings::{ComposeInstall, Install, Settings};
-use crate::state::{Step, Store};
+use crate::state::{RunId, Step, Store};
 use crate::verify;
 use crate::verify::Downloader;
 
@@ -33,7 +33,7 @@ use crate::verify::Downloader;
 pub struct Prep<'a> {
     pub s: &'a Settings,
     pub store: &'a Store,
-    pub run: i64,
+    pub run: RunId,
     /// The version production runs now.
     pub current: &'a Version,
     /// Progress lines for the admin.

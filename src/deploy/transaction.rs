@@ -467,7 +467,7 @@ pub async fn rollback(
     old_target: Option<&Slot>,
 ) -> Result<(), StepError> {
     let mut timings = Vec::new();
-    tracing::warn!(run, hop, reason, "rolling back production");
+    tracing::warn!(run = run.0, hop, reason, "rolling back production");
     p.step(
         run,
         hop,
@@ -743,7 +743,7 @@ pub async fn recover(p: &Prod<'_>) -> Result<Vec<Recovered>, DeployError> {
             severity,
             &json!({"run": run.id, "kind": run.kind, "outcome": outcome, "detail": detail}),
         )?;
-        tracing::warn!(run = run.id, outcome = %outcome, detail = %detail, "recovered an interrupted run");
+        tracing::warn!(run = run.id.0, outcome = %outcome, detail = %detail, "recovered an interrupted run");
         out.push(Recovered {
             run: run.id,
             outcome,

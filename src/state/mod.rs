@@ -10,7 +10,7 @@
 pub mod sqlite_files;
 mod vocab;
 
-pub use vocab::{RunKind, RunOutcome, Step};
+pub use vocab::{RunId, RunKind, RunOutcome, Step};
 
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -168,7 +168,6 @@ pub struct Store {
     conn: Connection,
 }
 
-pub type RunId = i64;
 pub type StepId = i64;
 
 #[derive(Debug, Clone, Serialize)]
@@ -371,7 +370,7 @@ impl Store {
             "INSERT INTO runs (kind, started_at, from_version, to_version, pid) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![kind, now(), from, to, std::process::id()],
         )?;
-        Ok(self.conn.last_insert_rowid())
+        Ok(RunId(self.conn.last_insert_rowid()))
     }
 
     pub fn finish_run(

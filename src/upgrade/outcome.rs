@@ -4,14 +4,14 @@ use semver::Version;
 
 use crate::error::error_chain;
 use crate::event::{Event, Severity};
-use crate::state::RunOutcome;
+use crate::state::{RunId, RunOutcome};
 
 use super::{PipelineError, UpgradeOutcome};
 
 /// The event an upgrade run's result sends to chat (`None`: nothing worth telling).
 pub(super) fn outcome_event(
     result: &Result<UpgradeOutcome, PipelineError>,
-    run: i64,
+    run: RunId,
     current: &Version,
     target: &str,
     path: &[String],

@@ -8,7 +8,7 @@ use crate::deploy::transaction;
 use crate::event::{Event, Severity};
 use crate::settings::Settings;
 use crate::state;
-use crate::state::{RunKind, RunOutcome, Step, Store};
+use crate::state::{RunId, RunKind, RunOutcome, Step, Store};
 
 use super::{current_version, prod, recover_and_report, PipelineError, Say, UpgradeOutcome};
 
@@ -18,7 +18,7 @@ use super::{current_version, prod, recover_and_report, PipelineError, Say, Upgra
 pub(super) async fn roll_back_run(
     s: &Settings,
     store: &Store,
-    run: i64,
+    run: RunId,
     current: &Version,
     target: &str,
     why: String,

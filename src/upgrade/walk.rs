@@ -16,7 +16,7 @@ use crate::release::Release;
 use crate::settings::playbook::{self, OnFailure, StepKind};
 use crate::settings::Settings;
 use crate::smoke;
-use crate::state::Store;
+use crate::state::{RunId, Store};
 use crate::verify::Downloader;
 
 use super::{gate, prod, PipelineError, Say, UpgradeOutcome};
@@ -29,7 +29,7 @@ pub(super) struct RunCtx<'a> {
     pub(super) production: &'a Production,
     pub(super) opts: &'a UpgradeOptions,
     pub(super) say: Say<'a>,
-    pub(super) run: i64,
+    pub(super) run: RunId,
     pub(super) current: &'a Version,
     pub(super) plan: &'a Plan,
     pub(super) releases: &'a [Release],
