@@ -479,28 +479,64 @@ impl KindFacts {
         }
     }
 
-    /// `status --json`'s `production` keys of the kind (schema headwarden.status/v1: a compose
-    /// install has no binary or symlink of its own, so those keys stay, null).
-    pub fn json(&self) -> serde_json::Value {
+    /// `status --json`'s `production` keys of the kind (schema headwarden.status/v1): every key
+    /// for every kind, null where it does not apply (a compose install has no binary or symlink
+    /// of its own; only a compose install has an image).
+    pub fn doc(&self) -> KindDoc<'_> {
+        let none = KindDoc {
+            binary: None,
+            target: None,
+            package: None,
+            external: None,
+            install_conflict: None,
+            image: None,
+        };
         match self {
             KindFacts::Binary {
                 binary,
                 target,
                 conflict,
-            } => {
-                serde_json::json!({"binary": binary, "target": target, "package": null, "external": null, "install_conflict": conflict})
-            }
-            KindFacts::Deb { binary, dpkg, .. } => {
-                serde_json::json!({"binary": binary, "target": current_target(binary), "package": dpkg, "external": null, "install_conflict": null})
-            }
-            KindFacts::External { binary, facts, .. } => {
-                serde_json::json!({"binary": binary, "target": current_target(binary), "package": null, "external": facts, "install_conflict": null})
-            }
-            KindFacts::Compose { image, .. } => {
-                serde_json::json!({"binary": null, "target": null, "image": image})
-            }
+            } => KindDoc {
+                binary: Some(binary),
+                target: Some(target.clone()),
+                install_conflict: conflict.as_deref(),
+                ..none
+            },
+            KindFacts::Deb { binary, dpkg, .. } => KindDoc {
+                binary: Some(binary),
+                target: Some(current_target(binary)),
+                package: Some(dpkg),
+                ..none
+            },
+            KindFacts::External { binary, facts, .. } => KindDoc {
+                binary: Some(binary),
+                target: Some(current_target(binary)),
+                external: facts.as_ref(),
+                ..none
+            },
+            KindFacts::Compose { image, .. } => KindDoc {
+                image: image.as_ref(),
+                ..none
+            },
         }
     }
+}
+
+/// The kind's keys of `status --json`'s `production`.
+#[derive(Debug, serde::Serialize)]
+pub struct KindDoc<'a> {
+    /// `headscale.binary` (null for compose).
+    pub binary: Option<&'a Path>,
+    /// Where it points (null for compose).
+    pub target: Option<PathBuf>,
+    /// What dpkg records (deb).
+    pub package: Option<&'a str>,
+    /// The binary on disk against the running server (external).
+    pub external: Option<&'a ExternalFacts>,
+    /// `kind: binary` over a path dpkg owns.
+    pub install_conflict: Option<&'a str>,
+    /// The compose file's image, its floating tag, what the next upgrade pins it to (compose).
+    pub image: Option<&'a ImageFacts>,
 }
 
 /// A compose install's image and, when its tag floats, what the next upgrade pins it to.

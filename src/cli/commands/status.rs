@@ -1,6 +1,10 @@
 //! `headwarden status [--json]`: production, the last runs, pending approvals, open findings.
 
-use crate::deploy::production::KindFacts;
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::deploy::production::{KindDoc, KindFacts};
 use crate::deploy::Production;
 use crate::error::error_chain;
 use crate::exit;
@@ -81,20 +85,45 @@ async fn facts(s: &Settings, store: &Store) -> Result<Facts, Failure> {
     })
 }
 
-/// `status --json` (schema headwarden.status/v1).
+/// `status --json` (schema headwarden.status/v1; README lists the keys).
+#[derive(Serialize)]
+struct StatusDoc<'a> {
+    schema: &'static str,
+    newest_release: Option<String>,
+    pending_approvals: u64,
+    audit: AuditDoc,
+    jobs_last_start: BTreeMap<&'static str, Option<i64>>,
+    production: ProductionDoc<'a>,
+    interrupted_runs: &'a [RunRow],
+    last_run: Option<&'a RunRow>,
+    installed: &'a [InstallRow],
+    backups: &'a [BackupRow],
+    bad_releases: &'a [(String, String)],
+    state_schema: i64,
+    hold: Option<String>,
+    notifications_queued: usize,
+    notifications: BTreeMap<String, i64>,
+}
+
+#[derive(Serialize)]
+struct AuditDoc {
+    /// Unix time of the last audit.
+    last: Option<i64>,
+    /// Its open findings by severity.
+    open: Option<serde_json::Value>,
+}
+
+#[derive(Serialize)]
+struct ProductionDoc<'a> {
+    version: &'a str,
+    #[serde(flatten)]
+    kind: KindDoc<'a>,
+    server: &'a str,
+    health: &'a str,
+}
+
 fn json(store: &Store, f: &Facts) -> Result<(), Failure> {
-    let Facts {
-        current,
-        kind,
-        server,
-        health,
-        open,
-        last,
-        installs,
-        backups,
-        bad,
-    } = f;
-    let jobs: std::collections::BTreeMap<&str, Option<i64>> = ["upgrade", "keys", "audit"]
+    let jobs = ["upgrade", "keys", "audit"]
         .into_iter()
         .map(|j| {
             let last = store
@@ -105,43 +134,42 @@ fn json(store: &Store, f: &Facts) -> Result<(), Failure> {
             (j, last)
         })
         .collect();
-    print_json(&serde_json::json!({
-        "schema": "headwarden.status/v1",
-        "newest_release": store.kv_get("feed.newest")?,
-        "pending_approvals": store.kv_get("approvals.pending")?.and_then(|v| v.parse::<u64>().ok()).unwrap_or(0),
-        "audit": {
-            "last": store.kv_get("audit.last_at")?.and_then(|v| v.parse::<i64>().ok()),
-            "open": store.kv_get("audit.counts")?.and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok()),
+    let doc = StatusDoc {
+        schema: "headwarden.status/v1",
+        newest_release: store.kv_get("feed.newest")?,
+        pending_approvals: store
+            .kv_get("approvals.pending")?
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
+        audit: AuditDoc {
+            last: store.kv_get("audit.last_at")?.and_then(|v| v.parse().ok()),
+            open: store
+                .kv_get("audit.counts")?
+                .and_then(|t| serde_json::from_str(&t).ok()),
         },
-        "jobs_last_start": jobs,
-        "production": production_json(current, kind, server, health),
-        "interrupted_runs": open,
-        "last_run": last.first(),
-        "installed": installs,
-        "backups": backups,
-        "bad_releases": bad,
-        "state_schema": store.schema_version()?,
-        "hold": store.kv_get("hold")?,
-        "notifications_queued": store.outbox()?.iter().filter(|r| r.state == "pending").count(),
-        "notifications": store.delivery_counts()?.into_iter().collect::<std::collections::BTreeMap<_, _>>(),
-    }))?;
+        jobs_last_start: jobs,
+        production: ProductionDoc {
+            version: &f.current,
+            kind: f.kind.doc(),
+            server: &f.server,
+            health: &f.health,
+        },
+        interrupted_runs: &f.open,
+        last_run: f.last.first(),
+        installed: &f.installs,
+        backups: &f.backups,
+        bad_releases: &f.bad,
+        state_schema: store.schema_version()?,
+        hold: store.kv_get("hold")?,
+        notifications_queued: store
+            .outbox()?
+            .iter()
+            .filter(|r| r.state == "pending")
+            .count(),
+        notifications: store.delivery_counts()?.into_iter().collect(),
+    };
+    print_json(&doc)?;
     Ok(())
-}
-
-/// `production` of `status --json`: version, the kind's keys, server and health.
-fn production_json(
-    current: &str,
-    kind: &KindFacts,
-    server: &str,
-    health: &str,
-) -> serde_json::Value {
-    let mut out = serde_json::json!({"version": current});
-    if let (Some(out), serde_json::Value::Object(keys)) = (out.as_object_mut(), kind.json()) {
-        out.extend(keys);
-        out.insert("server".into(), server.into());
-        out.insert("health".into(), health.into());
-    }
-    out
 }
 
 fn text(store: &Store, f: &Facts) -> Result<(), Failure> {
