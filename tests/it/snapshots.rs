@@ -4,6 +4,10 @@
 //! (temp paths, ports, times, durations, keys) is filtered to placeholders first; everything
 //! else must match byte for byte.
 
+use std::process::Output;
+
+use crate::support::compose::ComposeSandbox;
+use crate::support::deb::DebHost;
 use crate::support::{code, Sandbox};
 
 /// Replaces what differs between runs; `root` is the sandbox directory.
@@ -44,7 +48,10 @@ fn regex_escape(s: &str) -> String {
 
 /// stdout and stderr as an admin sees them, with the exit code.
 fn shown(sb: &Sandbox, args: &[&str]) -> String {
-    let out = sb.hw(args);
+    shown_out(args, sb.hw(args))
+}
+
+fn shown_out(args: &[&str], out: Output) -> String {
     format!(
         "$ headwarden {}\nexit: {}\n--- stdout\n{}--- stderr\n{}",
         args.join(" "),
@@ -91,5 +98,47 @@ fn the_text_admins_read() {
         assert_eq!(code(&sb.hw(&["upgrade", "--yes"])), 0);
         insta::assert_snapshot!("history", shown(&sb, &["history"]));
         insta::assert_snapshot!("status_after", shown(&sb, &["status"]));
+    });
+}
+
+/// `config check`, `check` and `status` of the other install kinds: a deb install (real dpkg in
+/// a throwaway root), the same host as `kind: external`, and a compose service (Podman).
+#[test]
+fn the_text_admins_read_for_every_install_kind() {
+    let deb = DebHost::new("0.28.0");
+    deb.release("0.28.0");
+    deb.release("0.29.3");
+    let root = deb.path("").display().to_string();
+    settings(root.trim_end_matches('/')).bind(|| {
+        for args in [&["config", "check"][..], &["check"], &["status"]] {
+            let name = format!("deb_{}", args.join("_"));
+            insta::assert_snapshot!(name, shown_out(args, deb.hw(args)));
+        }
+    });
+    let mut external = deb;
+    external.kind = "external".into();
+    external.write_config();
+    settings(root.trim_end_matches('/')).bind(|| {
+        for args in [&["config", "check"][..], &["check"], &["status"]] {
+            let name = format!("external_{}", args.join("_"));
+            insta::assert_snapshot!(name, shown_out(args, external.hw(args)));
+        }
+    });
+    let compose = ComposeSandbox::new("0.28.0", "0.28.0");
+    compose.release("0.29.3");
+    let root = compose.path("").display().to_string();
+    let mut st = settings(root.trim_end_matches('/'));
+    // The compose project (`hs<unique>`) and the image repository are named after the sandbox.
+    let project = compose.project_dir();
+    let base = project
+        .file_name()
+        .map(|n| n.to_string_lossy().trim_start_matches("hs").to_string())
+        .unwrap_or_default();
+    st.add_filter(&regex_escape(&base), "[TMP]");
+    st.bind(|| {
+        for args in [&["config", "check"][..], &["check"], &["status"]] {
+            let name = format!("compose_{}", args.join("_"));
+            insta::assert_snapshot!(name, shown_out(args, compose.hw(args)));
+        }
     });
 }
