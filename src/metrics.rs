@@ -7,7 +7,7 @@ use std::fmt::Write;
 use crate::deploy;
 use crate::files::{self, FileError};
 use crate::settings::{Job, Settings};
-use crate::state::{RunKind, RunOutcome, StateError, Store};
+use crate::state::{Key, RunKind, RunOutcome, StateError, Store};
 
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP headwarden_{name} {help}");
@@ -43,7 +43,7 @@ fn version_metrics(
     store: &Store,
     running: Option<&str>,
 ) -> Result<(), StateError> {
-    let kv = |k: &str| store.kv_get(k);
+    let kv = |k: Key<'_>| store.kv_get(k);
     family(
         out,
         "headscale_version_info",
@@ -63,7 +63,7 @@ fn version_metrics(
         "gauge",
         "Newest stable Headscale release in the feed.",
     );
-    if let Some(v) = kv("feed.newest")? {
+    if let Some(v) = kv(Key::FeedNewest)? {
         let _ = writeln!(
             out,
             "headwarden_newest_release_info{{version=\"{}\"}} 1",
@@ -76,20 +76,25 @@ fn version_metrics(
         "gauge",
         "Planned versions waiting for `headwarden approve`.",
     );
-    let pending: u64 = kv("approvals.pending")?
+    let pending: u64 = kv(Key::ApprovalsPending)?
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
     let _ = writeln!(out, "headwarden_pending_approvals {pending}");
     family(out, "hold", "gauge", "1 when upgrades are on hold.");
-    let _ = writeln!(out, "headwarden_hold {}", u8::from(kv("hold")?.is_some()));
+    let _ = writeln!(
+        out,
+        "headwarden_hold {}",
+        u8::from(kv(Key::Hold)?.is_some())
+    );
     family(
         out,
         "job_last_start_timestamp_seconds",
         "gauge",
         "When a scheduled job last started.",
     );
-    for job in Job::ALL.map(Job::as_str) {
-        if let Some(t) = kv(&format!("job.{job}.last"))? {
+    for job in Job::ALL {
+        if let Some(t) = kv(Key::JobLast(job))? {
+            let job = job.as_str();
             let _ = writeln!(
                 out,
                 "headwarden_job_last_start_timestamp_seconds{{job=\"{job}\"}} {t}"
@@ -101,15 +106,15 @@ fn version_metrics(
 
 /// The last audit.
 fn audit_metrics(out: &mut String, store: &Store) -> Result<(), StateError> {
-    let kv = |k: &str| store.kv_get(k);
+    let kv = |k: Key<'_>| store.kv_get(k);
     family(
         out,
         "audit_findings",
         "gauge",
         "Open (not accepted) findings of the last audit, by severity.",
     );
-    if kv("audit.last_at")?.is_some() {
-        let counts: serde_json::Value = kv("audit.counts")?
+    if kv(Key::AuditLastAt)?.is_some() {
+        let counts: serde_json::Value = kv(Key::AuditCounts)?
             .and_then(|t| serde_json::from_str(&t).ok())
             .unwrap_or_default();
         for sev in ["info", "warning", "critical"] {
@@ -126,7 +131,7 @@ fn audit_metrics(out: &mut String, store: &Store) -> Result<(), StateError> {
         "gauge",
         "When the last audit finished.",
     );
-    if let Some(t) = kv("audit.last_at")? {
+    if let Some(t) = kv(Key::AuditLastAt)? {
         let _ = writeln!(out, "headwarden_audit_last_timestamp_seconds {t}");
     }
     family(
@@ -135,7 +140,7 @@ fn audit_metrics(out: &mut String, store: &Store) -> Result<(), StateError> {
         "gauge",
         "When the release feed was last read successfully.",
     );
-    if let Some(t) = kv("feed.last_ok")? {
+    if let Some(t) = kv(Key::FeedLastOk)? {
         let _ = writeln!(out, "headwarden_last_release_check_timestamp_seconds {t}");
     }
     Ok(())
@@ -207,14 +212,14 @@ fn run_metrics(out: &mut String, store: &Store) -> Result<(), StateError> {
 
 /// Key states, chat deliveries and the feed's rate limit.
 fn delivery_metrics(out: &mut String, store: &Store) -> Result<(), StateError> {
-    let kv = |k: &str| store.kv_get(k);
+    let kv = |k: Key<'_>| store.kv_get(k);
     family(
         out,
         "nodes",
         "gauge",
         "Nodes per key state at the last key job.",
     );
-    if let Some(states) = kv("keys.states")?
+    if let Some(states) = kv(Key::KeysStates)?
         .and_then(|v| serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&v).ok())
     {
         for (state, n) in states {
@@ -245,7 +250,7 @@ fn delivery_metrics(out: &mut String, store: &Store) -> Result<(), StateError> {
         "gauge",
         "GitHub API requests left at the last feed poll.",
     );
-    if let Some(v) = kv("feed.rate_remaining")? {
+    if let Some(v) = kv(Key::FeedRateRemaining)? {
         let _ = writeln!(out, "headwarden_github_rate_limit_remaining {v}");
     }
     Ok(())

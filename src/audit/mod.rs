@@ -25,7 +25,7 @@ use crate::notify;
 use crate::settings::playbook::{self, OnFailure, StepKind};
 use crate::settings::Settings;
 use crate::state;
-use crate::state::{now, Store};
+use crate::state::{now, Key, Store};
 
 use checks::config::{config_checks, next_minor_checks};
 use checks::dns::dns_checks;
@@ -374,7 +374,7 @@ fn finish(
     // time are carried over, so an unreachable API does not read as "everything resolved".
     let err = |e: state::StateError| e.to_string();
     let previous: BTreeMap<String, Value> = store
-        .kv_get("audit.last")
+        .kv_get(Key::AuditLast)
         .map_err(err)?
         .and_then(|t| serde_json::from_str(&t).ok())
         .unwrap_or_default();
@@ -405,7 +405,7 @@ fn finish(
             .collect()
     };
     let (prev_open, cur_open) = (open(&previous), open(&current));
-    let first = store.kv_get("audit.last_at").map_err(err)?.is_none();
+    let first = store.kv_get(Key::AuditLastAt).map_err(err)?.is_none();
     report.new = cur_open.difference(&prev_open).cloned().collect();
     report.resolved = prev_open
         .iter()
@@ -414,19 +414,19 @@ fn finish(
         .collect();
     store
         .kv_set(
-            "audit.last",
+            Key::AuditLast,
             &serde_json::to_string(&current).map_err(|e| e.to_string())?,
         )
         .map_err(err)?;
     store
-        .kv_set("audit.last_at", &now().to_string())
+        .kv_set(Key::AuditLastAt, &now().to_string())
         .map_err(err)?;
     let mut counts = BTreeMap::new();
     for f in &report.findings {
         *counts.entry(f.severity.as_str()).or_insert(0u64) += 1;
     }
     store
-        .kv_set("audit.counts", &json!(counts).to_string())
+        .kv_set(Key::AuditCounts, &json!(counts).to_string())
         .map_err(err)?;
     if report.new.is_empty() && report.resolved.is_empty() {
         return Ok(());

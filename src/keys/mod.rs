@@ -37,7 +37,7 @@ use crate::settings::playbook::{OnFailure, StepKind};
 use crate::settings::Secret;
 use crate::settings::Settings;
 use crate::state;
-use crate::state::{now, KeyObservation, MintedKey, StateError, Store};
+use crate::state::{now, Key, KeyObservation, MintedKey, StateError, Store};
 use plan::{Action, KeyState, NodePlan, Observed, Policy};
 
 #[derive(Debug, thiserror::Error)]
@@ -364,7 +364,7 @@ pub async fn run(
                 .unwrap_or_default();
             *states.entry(st).or_default() += 1;
         }
-        store.kv_set("keys.states", &json!(states).to_string())?;
+        store.kv_set(Key::KeysStates, &json!(states).to_string())?;
         report.plans = p.plans;
     }
     Ok(report)

@@ -20,7 +20,7 @@ use crate::error::Hinted;
 use crate::event::{Event, Severity};
 use crate::headscale::config::{incompatibilities, HeadscaleConfig};
 use crate::settings::Settings;
-use crate::state::{now, RunKind, RunOutcome, StateError, Store};
+use crate::state::{now, Key, RunKind, RunOutcome, StateError, Store};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WatchError {
@@ -159,7 +159,7 @@ pub async fn fetch_and_plan(
         ignored,
     } = match feed::fetch(&s.release, store).await {
         Ok(f) => {
-            store.kv_set("feed.last_ok", &now().to_string())?;
+            store.kv_set(Key::FeedLastOk, &now().to_string())?;
             f
         }
         Err(e) => {
@@ -173,10 +173,10 @@ pub async fn fetch_and_plan(
         .map(|r| &r.version)
         .max()
     {
-        store.kv_set("feed.newest", &newest.to_string())?;
+        store.kv_set(Key::FeedNewest, &newest.to_string())?;
     }
     if let Some(rem) = rate_remaining {
-        store.kv_set("feed.rate_remaining", &rem.to_string())?;
+        store.kv_set(Key::FeedRateRemaining, &rem.to_string())?;
     }
     artifacts_replaced(store, &releases)?;
     let mut new_releases = Vec::new();
@@ -224,7 +224,7 @@ pub async fn fetch_and_plan(
 /// and the release is recorded bad so it is not installed.
 fn artifacts_replaced(store: &Store, releases: &[Release]) -> Result<(), WatchError> {
     for r in releases {
-        let key = format!("assets.{}", r.tag);
+        let key = Key::Assets(&r.tag);
         let now: std::collections::BTreeMap<&str, &str> = r
             .assets
             .iter()
@@ -232,7 +232,7 @@ fn artifacts_replaced(store: &Store, releases: &[Release]) -> Result<(), WatchEr
             .filter_map(|a| a.sha256.as_deref().map(|d| (a.name.as_str(), d)))
             .collect();
         let before: std::collections::BTreeMap<String, String> = store
-            .kv_get(&key)?
+            .kv_get(key)?
             .and_then(|t| serde_json::from_str(&t).ok())
             .unwrap_or_default();
         let mut merged = before.clone();
@@ -263,7 +263,7 @@ fn artifacts_replaced(store: &Store, releases: &[Release]) -> Result<(), WatchEr
             }
         }
         if merged != before {
-            store.kv_set(&key, &serde_json::to_string(&merged).unwrap_or_default())?;
+            store.kv_set(key, &serde_json::to_string(&merged).unwrap_or_default())?;
         }
     }
     Ok(())
@@ -289,19 +289,19 @@ pub fn estimate_secs(store: &Store, hops: usize) -> Result<i64, WatchError> {
 
 /// The reason upgrades are on hold (`headwarden hold`), if they are.
 pub fn hold_reason(store: &Store) -> Result<Option<String>, WatchError> {
-    Ok(store.kv_get("hold")?)
+    Ok(store.kv_get(Key::Hold)?)
 }
 
 pub fn set_hold(store: &Store, reason: Option<&str>) -> Result<(), WatchError> {
     match reason {
-        Some(r) => store.kv_set("hold", r)?,
-        None => store.kv_delete("hold")?,
+        Some(r) => store.kv_set(Key::Hold, r)?,
+        None => store.kv_delete(Key::Hold)?,
     }
     Ok(())
 }
 
 pub fn approve(store: &Store, version: &Version) -> Result<(), WatchError> {
-    store.kv_set(&format!("approved.{version}"), &now().to_string())?;
+    store.kv_set(Key::Approved(&version.to_string()), &now().to_string())?;
     Ok(())
 }
 
@@ -327,7 +327,7 @@ pub fn awaiting_approval(
         };
         if manual
             && store
-                .kv_get(&format!("approved.{}", hop.version))?
+                .kv_get(Key::Approved(&hop.version.to_string()))?
                 .is_none()
         {
             waiting.push(hop.version.to_string());
@@ -404,12 +404,12 @@ fn announce_releases(
 /// After a day without a successful feed poll, one `health.feed_unreachable` event per day.
 fn feed_unreachable(store: &Store, e: &FeedError) -> Result<(), WatchError> {
     let now = now();
-    let since = match store.kv_get("feed.last_ok")? {
+    let since = match store.kv_get(Key::FeedLastOk)? {
         Some(v) => v.parse().unwrap_or(now),
-        None => match store.kv_get("feed.first_fail")? {
+        None => match store.kv_get(Key::FeedFirstFail)? {
             Some(v) => v.parse().unwrap_or(now),
             None => {
-                store.kv_set("feed.first_fail", &now.to_string())?;
+                store.kv_set(Key::FeedFirstFail, &now.to_string())?;
                 now
             }
         },

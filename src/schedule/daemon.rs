@@ -22,7 +22,7 @@ use crate::metrics;
 use crate::process;
 use crate::settings::cron;
 use crate::settings::{self, Job, Settings};
-use crate::state::{now, Store};
+use crate::state::{now, Key, Store};
 
 const FLUSH_EVERY: i64 = 30;
 const LOCKED_RETRY: i64 = 60;
@@ -88,12 +88,11 @@ pub async fn run(config: PathBuf) -> anyhow::Result<u8> {
                     wake = wake.min(*r);
                     continue;
                 }
-                let name = job.as_str();
                 let last = store
-                    .kv_get(&format!("job.{name}.last"))?
+                    .kv_get(Key::JobLast(job))?
                     .and_then(|v| v.parse().ok());
                 // Due at the schedule's time plus this occurrence's jitter.
-                let offset = cron::jitter_offset(name, last, s.schedule.jitter);
+                let offset = cron::jitter_offset(job.as_str(), last, s.schedule.jitter);
                 match cron::next_due(Some(schedule), s.schedule.timezone, last, t - offset) {
                     Some(next) => wake = wake.min(next + offset),
                     None => start(Task::Job(job), &config, t, &tx, &mut running),
@@ -129,7 +128,7 @@ pub async fn run(config: PathBuf) -> anyhow::Result<u8> {
                     tracing::info!(job, "its lock is held by another run; retrying in a minute");
                     retry_at.insert(j, now() + LOCKED_RETRY);
                 } else {
-                    Store::open(&s.state_dir)?.kv_set(&format!("job.{job}.last"), &started.to_string())?;
+                    Store::open(&s.state_dir)?.kv_set(Key::JobLast(j), &started.to_string())?;
                 }
             }
         }

@@ -10,7 +10,7 @@
 pub mod sqlite_files;
 mod vocab;
 
-pub use vocab::{RunId, RunKind, RunOutcome, Step};
+pub use vocab::{Key, RunId, RunKind, RunOutcome, Step};
 
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -861,14 +861,16 @@ impl Store {
         Ok(rows)
     }
 
-    pub fn kv_get(&self, key: &str) -> Result<Option<String>, StateError> {
+    pub fn kv_get(&self, key: Key<'_>) -> Result<Option<String>, StateError> {
+        let key = key.name();
         Ok(self
             .conn
             .query_row("SELECT value FROM kv WHERE key = ?1", [key], |r| r.get(0))
             .optional()?)
     }
 
-    pub fn kv_set(&self, key: &str, value: &str) -> Result<(), StateError> {
+    pub fn kv_set(&self, key: Key<'_>, value: &str) -> Result<(), StateError> {
+        let key = key.name();
         self.conn.execute(
             "INSERT INTO kv (key, value, updated_at) VALUES (?1, ?2, ?3)
              ON CONFLICT(key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
@@ -877,7 +879,8 @@ impl Store {
         Ok(())
     }
 
-    pub fn kv_delete(&self, key: &str) -> Result<(), StateError> {
+    pub fn kv_delete(&self, key: Key<'_>) -> Result<(), StateError> {
+        let key = key.name();
         self.conn.execute("DELETE FROM kv WHERE key = ?1", [key])?;
         Ok(())
     }

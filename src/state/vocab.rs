@@ -3,6 +3,8 @@
 
 use serde::Serialize;
 
+use crate::settings::Job;
+
 /// Declares a closed vocabulary stored as text: `as_str` is what the database holds (no schema
 /// change), `FromSql` refuses text outside it, `Serialize` writes the same text.
 macro_rules! stored_text {
@@ -166,5 +168,101 @@ impl rusqlite::types::ToSql for RunId {
 impl rusqlite::types::FromSql for RunId {
     fn column_result(v: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
         i64::column_result(v).map(RunId)
+    }
+}
+
+/// A key of the state store's `kv` table, stored as the same text it always was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Key<'a> {
+    /// How many planned versions wait for `headwarden approve`.
+    ApprovalsPending,
+    /// `headwarden approve VERSION` was given for this version.
+    Approved(&'a str),
+    /// The last audit's open findings (JSON), for drift.
+    AuditLast,
+    /// The last audit's open findings by severity (JSON).
+    AuditCounts,
+    /// When the last audit ran (Unix time).
+    AuditLastAt,
+    /// When the feed first failed in a row of failures (Unix time).
+    FeedFirstFail,
+    /// When the feed last answered (Unix time).
+    FeedLastOk,
+    /// The newest stable release seen in the feed.
+    FeedNewest,
+    /// GitHub's rate limit left at the last poll.
+    FeedRateRemaining,
+    /// Every uploaded asset's GitHub digest of a release tag (JSON), to notice replaced files.
+    Assets(&'a str),
+    /// The digest first pulled for an image reference.
+    Image(&'a str),
+    /// The reason upgrades are held.
+    Hold,
+    /// The target staged early while the promotion waits.
+    StagedEarly,
+    /// Nodes per key state at the last key job (JSON).
+    KeysStates,
+    /// When a scheduled job last started (Unix time).
+    JobLast(Job),
+}
+
+impl Key<'_> {
+    /// The text the `kv` table holds.
+    pub fn name(&self) -> String {
+        match self {
+            Key::ApprovalsPending => "approvals.pending".into(),
+            Key::Approved(v) => format!("approved.{v}"),
+            Key::AuditLast => "audit.last".into(),
+            Key::AuditCounts => "audit.counts".into(),
+            Key::AuditLastAt => "audit.last_at".into(),
+            Key::FeedFirstFail => "feed.first_fail".into(),
+            Key::FeedLastOk => "feed.last_ok".into(),
+            Key::FeedNewest => "feed.newest".into(),
+            Key::FeedRateRemaining => "feed.rate_remaining".into(),
+            Key::Assets(tag) => format!("assets.{tag}"),
+            Key::Image(reference) => format!("image.{reference}"),
+            Key::Hold => "hold".into(),
+            Key::StagedEarly => "staged_early".into(),
+            Key::KeysStates => "keys.states".into(),
+            Key::JobLast(job) => format!("job.{}.last", job.as_str()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The `kv` table keeps the text earlier versions wrote: a state store carries over.
+    #[test]
+    fn keys_keep_their_stored_text() {
+        for (key, text) in [
+            (Key::ApprovalsPending, "approvals.pending"),
+            (Key::Approved("0.28.1"), "approved.0.28.1"),
+            (Key::AuditLast, "audit.last"),
+            (Key::AuditCounts, "audit.counts"),
+            (Key::AuditLastAt, "audit.last_at"),
+            (Key::FeedFirstFail, "feed.first_fail"),
+            (Key::FeedLastOk, "feed.last_ok"),
+            (Key::FeedNewest, "feed.newest"),
+            (Key::FeedRateRemaining, "feed.rate_remaining"),
+            (Key::Assets("v0.29.3"), "assets.v0.29.3"),
+            (Key::Image("r/h:0.29.3"), "image.r/h:0.29.3"),
+            (Key::Hold, "hold"),
+            (Key::StagedEarly, "staged_early"),
+            (Key::KeysStates, "keys.states"),
+            (Key::JobLast(Job::Upgrade), "job.upgrade.last"),
+        ] {
+            assert_eq!(key.name(), text);
+        }
+        for step in [
+            "download",
+            "stop",
+            "switch",
+            "manual_rollback",
+            "stage_start",
+        ] {
+            assert_eq!(Step::parse(step).map(Step::as_str), Some(step));
+        }
     }
 }

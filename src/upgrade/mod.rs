@@ -27,7 +27,7 @@ use crate::settings::playbook::StepKind;
 use crate::settings::Settings;
 use crate::smoke;
 use crate::state;
-use crate::state::{RunKind, RunOutcome, Store};
+use crate::state::{Key, RunKind, RunOutcome, Store};
 use crate::verify;
 
 use outcome::{outcome_event, run_outcome};
@@ -319,7 +319,7 @@ pub async fn upgrade(
                 .position(StepKind::Approve)
                 .zip(pb.position(StepKind::Stage))
                 .is_some_and(|(a, st)| a > st);
-            approve_after_stage && store.kv_get("staged_early")?.as_deref() != Some(&target)
+            approve_after_stage && store.kv_get(Key::StagedEarly)?.as_deref() != Some(&target)
         }
     };
     if let Some(w) = wait {
@@ -367,7 +367,7 @@ pub async fn upgrade(
     store.finish_run(run, outcome, &detail)?;
     if outcome == RunOutcome::Staged {
         // Staged once per target: the next run that must wait does not stage it again.
-        store.kv_set("staged_early", &target)?;
+        store.kv_set(Key::StagedEarly, &target)?;
     }
     // A hook after promote asked for a rollback: restore this run's first backup in a run of its
     // own (the upgrade run is closed first, so recovery never mixes the two journals).
@@ -439,7 +439,7 @@ fn gate(
     current: &Version,
 ) -> Result<Option<UpgradeOutcome>, PipelineError> {
     let waiting = awaiting_approval(s, store, plan, opts)?;
-    store.kv_set("approvals.pending", &waiting.len().to_string())?;
+    store.kv_set(Key::ApprovalsPending, &waiting.len().to_string())?;
     if !waiting.is_empty() && !opts.dry_run {
         for v in &waiting {
             store.push_event_once(

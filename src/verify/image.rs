@@ -13,7 +13,7 @@ use semver::Version;
 
 use crate::compose::{Engine, EngineError};
 use crate::event::{Event, Severity};
-use crate::state::{StateError, Store};
+use crate::state::{Key, StateError, Store};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
@@ -69,13 +69,9 @@ impl VerifiedImage {
     }
 }
 
-fn key(reference: &str) -> String {
-    format!("image.{reference}")
-}
-
 /// The digest recorded for `reference` when it was first pulled.
 fn recorded_digest(store: &Store, reference: &str) -> Result<Option<String>, StateError> {
-    store.kv_get(&key(reference))
+    store.kv_get(Key::Image(reference))
 }
 
 /// Pulls `repository:version` and checks its digest against the one recorded for that tag; a
@@ -140,7 +136,7 @@ pub async fn pull_verified(
             });
         }
         Some(_) => {}
-        None => store.kv_set(&key(&reference), &digest)?,
+        None => store.kv_set(Key::Image(&reference), &digest)?,
     }
     Ok(VerifiedImage {
         version: version.clone(),

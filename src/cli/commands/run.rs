@@ -5,7 +5,7 @@ use crate::metrics;
 use crate::settings::cron;
 use crate::settings::Job;
 use crate::state;
-use crate::state::Store;
+use crate::state::{Key, Store};
 
 use crate::cli::{fmt_local, load, run_command, Cli, Command, Failure, KeysCmd};
 
@@ -18,8 +18,8 @@ pub async fn run(cli: &Cli) -> Result<u8, Failure> {
     let now = state::now();
     let mut result = exit::OK;
     for job in Job::ALL {
-        let key = format!("job.{}.last", job.as_str());
-        let last = store.kv_get(&key)?.and_then(|v| v.parse().ok());
+        let key = Key::JobLast(job);
+        let last = store.kv_get(key)?.and_then(|v| v.parse().ok());
         let next = cron::next_due(s.schedule.of(job), s.schedule.timezone, last, now);
         let job_name = job.as_str();
         if let Some(next) = next {
@@ -59,7 +59,7 @@ pub async fn run(cli: &Cli) -> Result<u8, Failure> {
                 f.code
             }
         };
-        store.kv_set(&key, &now.to_string())?;
+        store.kv_set(key, &now.to_string())?;
         if result == exit::OK {
             result = code;
         }

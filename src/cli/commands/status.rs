@@ -9,8 +9,8 @@ use crate::deploy::Production;
 use crate::error::error_chain;
 use crate::exit;
 use crate::headscale::http;
-use crate::settings::Settings;
-use crate::state::{BackupRow, InstallRow, RunOutcome, RunRow, Store};
+use crate::settings::{Job, Settings};
+use crate::state::{BackupRow, InstallRow, Key, RunOutcome, RunRow, Store};
 use crate::upgrade;
 
 use crate::cli::{fmt_local, load, print_json, Cli, Failure};
@@ -123,28 +123,28 @@ struct ProductionDoc<'a> {
 }
 
 fn json(store: &Store, f: &Facts) -> Result<(), Failure> {
-    let jobs = ["upgrade", "keys", "audit"]
+    let jobs = Job::ALL
         .into_iter()
         .map(|j| {
             let last = store
-                .kv_get(&format!("job.{j}.last"))
+                .kv_get(Key::JobLast(j))
                 .ok()
                 .flatten()
                 .and_then(|v| v.parse().ok());
-            (j, last)
+            (j.as_str(), last)
         })
         .collect();
     let doc = StatusDoc {
         schema: "headwarden.status/v1",
-        newest_release: store.kv_get("feed.newest")?,
+        newest_release: store.kv_get(Key::FeedNewest)?,
         pending_approvals: store
-            .kv_get("approvals.pending")?
+            .kv_get(Key::ApprovalsPending)?
             .and_then(|v| v.parse().ok())
             .unwrap_or(0),
         audit: AuditDoc {
-            last: store.kv_get("audit.last_at")?.and_then(|v| v.parse().ok()),
+            last: store.kv_get(Key::AuditLastAt)?.and_then(|v| v.parse().ok()),
             open: store
-                .kv_get("audit.counts")?
+                .kv_get(Key::AuditCounts)?
                 .and_then(|t| serde_json::from_str(&t).ok()),
         },
         jobs_last_start: jobs,
@@ -160,7 +160,7 @@ fn json(store: &Store, f: &Facts) -> Result<(), Failure> {
         backups: &f.backups,
         bad_releases: &f.bad,
         state_schema: store.schema_version()?,
-        hold: store.kv_get("hold")?,
+        hold: store.kv_get(Key::Hold)?,
         notifications_queued: store
             .outbox()?
             .iter()
@@ -185,7 +185,7 @@ fn text(store: &Store, f: &Facts) -> Result<(), Failure> {
         bad,
     } = f;
     println!("production: {current} ({health})");
-    if let Some(reason) = store.kv_get("hold")? {
+    if let Some(reason) = store.kv_get(Key::Hold)? {
         println!("  upgrades ON HOLD: {reason} (`headwarden unhold` releases them)");
     }
     for line in kind.lines() {
@@ -228,18 +228,18 @@ fn text(store: &Store, f: &Facts) -> Result<(), Failure> {
         println!("bad release: {tag}: {reason}");
     }
     if let Some(n) = store
-        .kv_get("approvals.pending")?
+        .kv_get(Key::ApprovalsPending)?
         .and_then(|v| v.parse::<u64>().ok())
         .filter(|n| *n > 0)
     {
         println!("waiting for approval: {n} version(s) (`headwarden check` names them)");
     }
     if let Some(at) = store
-        .kv_get("audit.last_at")?
+        .kv_get(Key::AuditLastAt)?
         .and_then(|v| v.parse::<i64>().ok())
     {
         let counts: serde_json::Value = store
-            .kv_get("audit.counts")?
+            .kv_get(Key::AuditCounts)?
             .and_then(|t| serde_json::from_str(&t).ok())
             .unwrap_or_default();
         let n = |k: &str| {
