@@ -10,7 +10,7 @@ use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Uri};
 
-use super::api::{ApiError, ApiKeyInfo, Node, PreAuthKey, User};
+use super::model::{ApiError, ApiKeyInfo, Node, PreAuthKey, User};
 use crate::error::error_chain;
 use crate::settings::Secret;
 

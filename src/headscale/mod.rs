@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod grpc;
 pub mod http;
+pub mod model;
 
 use semver::Version;
 
