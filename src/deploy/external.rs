@@ -15,15 +15,48 @@ use std::path::Path;
 use std::time::Duration;
 
 use semver::Version;
+use serde::Serialize;
 
 use crate::deploy::package;
 use crate::deploy::production::Production;
 use crate::headscale::cli::{binary_version, CliError};
 use crate::process;
-use crate::release::watch::ExternalFacts;
 use crate::settings::{ExternalInstall, PackageManager, Settings};
 
 const QUERY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What `check` and `status` report of an external install .
+#[derive(Debug, Clone, Serialize)]
+pub struct ExternalFacts {
+    /// `headscale.binary version`.
+    pub on_disk: Version,
+    /// The running server's own version (`/proc/<pid>/exe version`), when one runs.
+    pub running: Option<Version>,
+    /// The package manager's update waiting to be installed, when it can tell (APT).
+    pub pending: Option<String>,
+    pub manager: &'static str,
+}
+
+impl ExternalFacts {
+    /// A line for admins.
+    pub fn describe(&self) -> String {
+        let mut line = match &self.running {
+            Some(r) if *r != self.on_disk => format!(
+                "the binary on disk is {} but the server still runs {r}: the next restart migrates the database; `headwarden upgrade` stages {} and guards that restart",
+                self.on_disk, self.on_disk
+            ),
+            Some(r) => format!("the server runs the binary on disk ({r})"),
+            None => format!("no server runs; the binary on disk is {}", self.on_disk),
+        };
+        if let Some(p) = &self.pending {
+            line.push_str(&format!(
+                "; {} has an update to {p} pending: once it is installed, `headwarden upgrade` stages and guards the restart",
+                self.manager
+            ));
+        }
+        line
+    }
+}
 
 /// The binary on disk, the running server's version and a pending update. The running server
 /// is the one its service manager names ([`Production::find`]), never one found by looking.

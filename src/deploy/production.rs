@@ -28,12 +28,11 @@ use semver::Version;
 
 use crate::compose::ImageFacts;
 use crate::deploy::{
-    container, current_target, external, install_conflict, package, versions_dir,
-    CurrentVersionError, DeployError,
+    container, current_target, external, external::ExternalFacts, install_conflict, package,
+    versions_dir, CurrentVersionError, DeployError,
 };
 use crate::headscale::config::HeadscaleConfig;
 use crate::process::{self, ProcError, ProcInfo};
-use crate::release::watch::ExternalFacts;
 use crate::settings::{Install, ServiceSettings, Settings};
 
 const ASK_TIMEOUT: Duration = Duration::from_secs(30);

@@ -15,7 +15,6 @@ use super::feed::{self, FeedError, FeedResult};
 use super::notes;
 use super::plan::{self, Plan, Policy};
 use super::{AssetKind, Release};
-use crate::compose::ImageFacts;
 use crate::error::Hinted;
 use crate::event::{Event, Severity};
 use crate::headscale::config::{incompatibilities, HeadscaleConfig};
@@ -49,8 +48,10 @@ pub struct UpgradeOptions {
     pub ignore_window: bool,
 }
 
+/// What the feed says: the plan from the version production runs, and how the feed answered.
+/// (`upgrade::CheckReport` adds what the install kind shows.)
 #[derive(Debug, Serialize)]
-pub struct CheckReport {
+pub struct FeedReport {
     pub current: Version,
     pub plan: Plan,
     pub feed_not_modified: bool,
@@ -60,45 +61,6 @@ pub struct CheckReport {
     pub new_releases: Vec<String>,
     /// Keys in production's Headscale config that a planned version refuses to start with.
     pub config_problems: Vec<String>,
-    /// A compose install's image (absent for other install kinds).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub image: Option<ImageFacts>,
-    /// An external install's binary on disk and running server (absent for other kinds).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub external: Option<ExternalFacts>,
-}
-
-/// What `check` and `status` report of an external install (`deploy::external` reads it).
-#[derive(Debug, Clone, Serialize)]
-pub struct ExternalFacts {
-    /// `headscale.binary version`.
-    pub on_disk: Version,
-    /// The running server's own version (`/proc/<pid>/exe version`), when one runs.
-    pub running: Option<Version>,
-    /// The package manager's update waiting to be installed, when it can tell (APT).
-    pub pending: Option<String>,
-    pub manager: &'static str,
-}
-
-impl ExternalFacts {
-    /// A line for admins.
-    pub fn describe(&self) -> String {
-        let mut line = match &self.running {
-            Some(r) if *r != self.on_disk => format!(
-                "the binary on disk is {} but the server still runs {r}: the next restart migrates the database; `headwarden upgrade` stages {} and guards that restart",
-                self.on_disk, self.on_disk
-            ),
-            Some(r) => format!("the server runs the binary on disk ({r})"),
-            None => format!("no server runs; the binary on disk is {}", self.on_disk),
-        };
-        if let Some(p) = &self.pending {
-            line.push_str(&format!(
-                "; {} has an update to {p} pending: once it is installed, `headwarden upgrade` stages and guards the restart",
-                self.manager
-            ));
-        }
-        line
-    }
 }
 
 /// The keys of production's config that a planned version refuses to start with.
@@ -150,7 +112,7 @@ pub async fn fetch_and_plan(
     current: Version,
     prod_config: &HeadscaleConfig,
     opts: &UpgradeOptions,
-) -> Result<(CheckReport, Vec<Release>), WatchError> {
+) -> Result<(FeedReport, Vec<Release>), WatchError> {
     let FeedResult {
         releases,
         not_modified,
@@ -202,7 +164,7 @@ pub async fn fetch_and_plan(
     }
     let config_problems = config_problems(prod_config, &plan);
     Ok((
-        CheckReport {
+        FeedReport {
             current,
             plan,
             feed_not_modified: not_modified,
@@ -211,8 +173,6 @@ pub async fn fetch_and_plan(
             ignored,
             new_releases,
             config_problems,
-            image: None,
-            external: None,
         },
         releases,
     ))

@@ -9,6 +9,8 @@ mod walk;
 use semver::Version;
 use serde::Serialize;
 
+use crate::compose::ImageFacts;
+use crate::deploy::external::ExternalFacts;
 use crate::deploy::production;
 use crate::deploy::transaction::{self, Prod, Recovered};
 use crate::deploy::{self, Production, Service};
@@ -18,7 +20,7 @@ use crate::headscale::config;
 use crate::release::feed;
 use crate::release::plan::{self, Plan};
 use crate::release::watch::{
-    self, awaiting_approval, estimate_secs, hold_reason, CheckReport, ExternalFacts, WatchError,
+    self, awaiting_approval, estimate_secs, hold_reason, FeedReport, WatchError,
 };
 pub use crate::release::watch::{approve, set_hold, UpgradeOptions};
 use crate::release::Release;
@@ -160,6 +162,54 @@ impl Hinted for PipelineError {
     }
 }
 
+/// `headwarden check` (and `check --json`): what the feed planned, with what the install kind
+/// shows beside it.
+#[derive(Debug, Serialize)]
+pub struct CheckReport {
+    pub current: Version,
+    pub plan: Plan,
+    pub feed_not_modified: bool,
+    pub feed_requests: u32,
+    pub rate_remaining: Option<u64>,
+    pub ignored: Vec<String>,
+    pub new_releases: Vec<String>,
+    /// Keys in production's Headscale config that a planned version refuses to start with.
+    pub config_problems: Vec<String>,
+    /// A compose install's image (absent for other install kinds).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<ImageFacts>,
+    /// An external install's binary on disk and running server (absent for other kinds).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub external: Option<ExternalFacts>,
+}
+
+impl CheckReport {
+    fn of(feed: FeedReport, image: Option<ImageFacts>, external: Option<ExternalFacts>) -> Self {
+        let FeedReport {
+            current,
+            plan,
+            feed_not_modified,
+            feed_requests,
+            rate_remaining,
+            ignored,
+            new_releases,
+            config_problems,
+        } = feed;
+        CheckReport {
+            current,
+            plan,
+            feed_not_modified,
+            feed_requests,
+            rate_remaining,
+            ignored,
+            new_releases,
+            config_problems,
+            image,
+            external,
+        }
+    }
+}
+
 pub async fn prod<'a>(
     s: &'a Settings,
     store: &'a Store,
@@ -236,10 +286,9 @@ async fn fetch_and_plan(
     }
     let current = current_version(s).await?;
     let image = production::image_facts(s, &current)?;
-    let (mut report, releases) =
+    let (feed, releases) =
         watch::fetch_and_plan(s, store, current, &production.config, opts).await?;
-    report.image = image;
-    Ok((report, releases, production))
+    Ok((CheckReport::of(feed, image, None), releases, production))
 }
 
 /// An external install's plan: no feed (the package manager decides the version); the restart
@@ -256,7 +305,7 @@ fn external_report(
         .unwrap_or_else(|| facts.on_disk.clone());
     let plan = plan::restart_plan(&current, &facts.on_disk);
     let config_problems = watch::config_problems(prod_config, &plan);
-    let report = CheckReport {
+    let feed = FeedReport {
         current,
         plan,
         feed_not_modified: false,
@@ -265,10 +314,8 @@ fn external_report(
         ignored: vec![],
         new_releases: vec![],
         config_problems,
-        image: None,
-        external: Some(facts),
     };
-    (report, vec![])
+    (CheckReport::of(feed, None, Some(facts)), vec![])
 }
 
 /// Finishes interrupted runs first and says what recovery did (start of every locked command).
