@@ -80,6 +80,46 @@ pub fn env_name(key: &str) -> String {
     format!("HEADSCALE_{}", key.replace('.', "_").to_uppercase())
 }
 
+/// Config keys the audit reads from the admin's file (what the file says, not the service's
+/// environment: a finding names a line the admin can change).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKey {
+    DerpServerEnabled,
+    DerpServerPrivateKeyPath,
+    DnsMagicDns,
+    DnsOverrideLocalDns,
+    DnsNameserversGlobal,
+    GrpcAllowInsecure,
+    GrpcListenAddr,
+    LogLevel,
+    MetricsListenAddr,
+    PolicyMode,
+    PolicyPath,
+    TlsKeyPath,
+    UnixSocketPermission,
+}
+
+impl FileKey {
+    /// The key as Headscale's config names it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FileKey::DerpServerEnabled => "derp.server.enabled",
+            FileKey::DerpServerPrivateKeyPath => "derp.server.private_key_path",
+            FileKey::DnsMagicDns => "dns.magic_dns",
+            FileKey::DnsOverrideLocalDns => "dns.override_local_dns",
+            FileKey::DnsNameserversGlobal => "dns.nameservers.global",
+            FileKey::GrpcAllowInsecure => "grpc_allow_insecure",
+            FileKey::GrpcListenAddr => "grpc_listen_addr",
+            FileKey::LogLevel => "log.level",
+            FileKey::MetricsListenAddr => "metrics_listen_addr",
+            FileKey::PolicyMode => "policy.mode",
+            FileKey::PolicyPath => "policy.path",
+            FileKey::TlsKeyPath => "tls_key_path",
+            FileKey::UnixSocketPermission => "unix_socket_permission",
+        }
+    }
+}
+
 pub fn get<'a>(root: &'a Value, key: &str) -> Option<&'a Value> {
     key.split('.').try_fold(root, |cur, part| cur.get(part))
 }
@@ -130,6 +170,24 @@ impl HeadscaleConfig {
             .get(&env_name(key))
             .cloned()
             .or_else(|| get_str(&self.root, key))
+    }
+
+    /// What the file says of `key` (a string, number or boolean, as text).
+    pub fn file_value(&self, key: FileKey) -> Option<String> {
+        get_str(&self.root, key.as_str())
+    }
+
+    /// What the file lists under `key` (the strings of a sequence).
+    pub fn file_list(&self, key: FileKey) -> Vec<String> {
+        get(&self.root, key.as_str())
+            .and_then(Value::as_sequence)
+            .map(|items| {
+                items
+                    .iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// Whether `key` is set, in the file or in the environment.

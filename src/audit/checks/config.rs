@@ -2,7 +2,7 @@
 
 use crate::event::Severity;
 use crate::headscale::config;
-use crate::headscale::config::HeadscaleConfig;
+use crate::headscale::config::{FileKey, HeadscaleConfig};
 
 use crate::audit::{finding, mitigation, Finding};
 
@@ -20,14 +20,9 @@ pub(crate) fn is_loopback_host(h: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
-pub(crate) fn str_at(root: &serde_yaml_ng::Value, key: &str) -> Option<String> {
-    config::get_str(root, key)
-}
-
 /// `version`: production's, for defaults that changed (unknown: the older default).
 /// Listeners reachable from other hosts: the HTTP listener without TLS, metrics, gRPC.
 fn listener_checks(c: &HeadscaleConfig, version: Option<&semver::Version>) -> Vec<Finding> {
-    let r = &c.root;
     let file = c.path.display().to_string();
     let mut out = Vec::new();
     let exposed = |addr: &str| -> bool {
@@ -45,7 +40,10 @@ fn listener_checks(c: &HeadscaleConfig, version: Option<&semver::Version>) -> Ve
             "bind to 127.0.0.1:8080 behind the TLS reverse proxy (or configure tls_cert_path / Let's Encrypt)",
         ));
     }
-    if let Some(m) = str_at(r, "metrics_listen_addr").filter(|m| exposed(m)) {
+    if let Some(m) = c
+        .file_value(FileKey::MetricsListenAddr)
+        .filter(|m| exposed(m))
+    {
         out.push(finding(
             "config.metrics_exposed",
             None,
@@ -56,14 +54,14 @@ fn listener_checks(c: &HeadscaleConfig, version: Option<&semver::Version>) -> Ve
             "metrics_listen_addr: 127.0.0.1:9090 (scrape locally or through a tunnel)",
         ));
     }
-    let insecure = str_at(r, "grpc_allow_insecure").as_deref() == Some("true");
+    let insecure = c.file_value(FileKey::GrpcAllowInsecure).as_deref() == Some("true");
     // Upstream's default is `:50443` (all interfaces) when the key is absent (removed in 0.30).
-    let grpc = str_at(r, "grpc_listen_addr").or_else(|| {
+    let grpc = c.file_value(FileKey::GrpcListenAddr).or_else(|| {
         version
             .is_none_or(|v| (v.major, v.minor) < (0, 30))
             .then(|| ":50443".to_string())
     });
-    let shown = if str_at(r, "grpc_listen_addr").is_some() {
+    let shown = if c.file_value(FileKey::GrpcListenAddr).is_some() {
         ""
     } else {
         " (the default: the key is absent)"
@@ -90,7 +88,6 @@ pub(crate) fn config_checks(
     c: &HeadscaleConfig,
     version: Option<&semver::Version>,
 ) -> Vec<Finding> {
-    let r = &c.root;
     let file = c.path.display().to_string();
     let mut out = listener_checks(c, version);
     let url = &c.server_url;
@@ -109,7 +106,10 @@ pub(crate) fn config_checks(
             "serve Headscale over https (reverse proxy or tls_cert_path) and set server_url to the https URL",
         ));
     }
-    let level = str_at(r, "log.level").unwrap_or_default().to_lowercase();
+    let level = c
+        .file_value(FileKey::LogLevel)
+        .unwrap_or_default()
+        .to_lowercase();
     if matches!(level.as_str(), "debug" | "trace") {
         out.push(finding(
             "config.log_verbose",
@@ -121,7 +121,7 @@ pub(crate) fn config_checks(
             "log.level: info (debug logs carry node and key details)",
         ));
     }
-    if let Some(p) = str_at(r, "unix_socket_permission") {
+    if let Some(p) = c.file_value(FileKey::UnixSocketPermission) {
         match u32::from_str_radix(p.trim_start_matches("0o"), 8) {
             Ok(mode) if mode & 0o007 != 0 => out.push(finding(
                 "config.socket_permission",

@@ -1,20 +1,18 @@
 //! The dns step: nameservers and MagicDNS.
 
 use crate::event::Severity;
-use crate::headscale::config;
 use crate::headscale::config::HeadscaleConfig;
 
-use crate::audit::checks::config::str_at;
 use crate::audit::{finding, mitigation, Finding};
+use crate::headscale::config::FileKey;
 
 pub(crate) fn dns_checks(
     c: &HeadscaleConfig,
     allowed_nameservers: Option<&[String]>,
 ) -> Vec<Finding> {
-    let r = &c.root;
     let file = c.path.display().to_string();
     let mut out = Vec::new();
-    if str_at(r, "dns.magic_dns").as_deref() == Some("false") {
+    if c.file_value(FileKey::DnsMagicDns).as_deref() == Some("false") {
         out.push(finding(
             "dns.magic_dns_off",
             None,
@@ -26,7 +24,7 @@ pub(crate) fn dns_checks(
             "dns.magic_dns: true with a base_domain",
         ));
     }
-    if str_at(r, "dns.override_local_dns").as_deref() == Some("false") {
+    if c.file_value(FileKey::DnsOverrideLocalDns).as_deref() == Some("false") {
         out.push(finding(
             "dns.local_dns_not_overridden",
             None,
@@ -39,11 +37,8 @@ pub(crate) fn dns_checks(
         ));
     }
     if let Some(allowed) = allowed_nameservers {
-        let global = config::get(r, "dns.nameservers.global")
-            .and_then(|v| v.as_sequence())
-            .cloned()
-            .unwrap_or_default();
-        for ns in global.iter().filter_map(|v| v.as_str()) {
+        for ns in c.file_list(FileKey::DnsNameserversGlobal) {
+            let ns = ns.as_str();
             if !allowed.iter().any(|a| a == ns) {
                 out.push(finding(
                     "dns.nameserver_not_allowed",

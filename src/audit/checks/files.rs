@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use crate::event::Severity;
 use crate::headscale::config::HeadscaleConfig;
 
-use crate::audit::checks::config::str_at;
 use crate::audit::{finding, mitigation, Finding, Unavailable};
+use crate::headscale::config::FileKey;
 
 pub(crate) fn resolve(c: &HeadscaleConfig, p: &str) -> PathBuf {
     let p = PathBuf::from(p);
@@ -22,7 +22,6 @@ fn guarded_files<'a>(
     c: &HeadscaleConfig,
     api_key_file: Option<&Path>,
 ) -> Vec<(PathBuf, &'a str, bool)> {
-    let r = &c.root;
     // (path, what, secret)
     let mut files: Vec<(PathBuf, &'a str, bool)> = vec![
         (c.path.clone(), "Headscale config", false),
@@ -34,15 +33,15 @@ fn guarded_files<'a>(
         p.push(suffix);
         files.push((PathBuf::from(p), "database journal", true));
     }
-    if str_at(r, "derp.server.enabled").as_deref() == Some("true") {
-        if let Some(p) = str_at(r, "derp.server.private_key_path") {
+    if c.file_value(FileKey::DerpServerEnabled).as_deref() == Some("true") {
+        if let Some(p) = c.file_value(FileKey::DerpServerPrivateKeyPath) {
             files.push((resolve(c, &p), "DERP private key", true));
         }
     }
-    if let Some(p) = str_at(r, "tls_key_path").filter(|p| !p.is_empty()) {
+    if let Some(p) = c.file_value(FileKey::TlsKeyPath).filter(|p| !p.is_empty()) {
         files.push((resolve(c, &p), "TLS private key", true));
     }
-    if let Some(p) = str_at(r, "policy.path").filter(|p| !p.is_empty()) {
+    if let Some(p) = c.file_value(FileKey::PolicyPath).filter(|p| !p.is_empty()) {
         files.push((resolve(c, &p), "policy file", false));
     }
     if let Some(p) = api_key_file {

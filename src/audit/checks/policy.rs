@@ -6,10 +6,10 @@ use crate::error::error_chain;
 use crate::event::Severity;
 use crate::headscale::config::HeadscaleConfig;
 
-use crate::audit::checks::config::str_at;
 use crate::audit::checks::files::resolve;
 use crate::audit::policy;
 use crate::audit::{finding, mitigation, Ctx, Finding, Unavailable};
+use crate::headscale::config::FileKey;
 
 /// The policy's text (none when there is none) and where it came from: the database
 /// (`policy.mode: database`, through the API) or `policy.path`.
@@ -35,7 +35,7 @@ pub(crate) async fn policy_text(
             }
         }
     } else {
-        match str_at(&c.root, "policy.path").filter(|p| !p.is_empty()) {
+        match c.file_value(FileKey::PolicyPath).filter(|p| !p.is_empty()) {
             None => (None, format!("{} (policy.path is empty)", c.path.display())),
             Some(p) => {
                 let path = resolve(c, &p);
@@ -90,7 +90,9 @@ pub(crate) fn rule_findings(p: &Value, source: &str) -> Vec<Finding> {
 pub(crate) async fn policy_checks(ctx: &mut Ctx<'_>) -> Result<Vec<Finding>, Unavailable> {
     let c = ctx.config()?.clone();
     let s = ctx.s;
-    let mode = str_at(&c.root, "policy.mode").unwrap_or_else(|| "file".into());
+    let mode = c
+        .file_value(FileKey::PolicyMode)
+        .unwrap_or_else(|| "file".into());
     let (text, source) = policy_text(ctx, &c, &mode).await?;
     let mut out = Vec::new();
     let parsed = match &text {
