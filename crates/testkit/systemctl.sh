@@ -100,7 +100,8 @@ case "$action" in
         file=$(unit_file) || { echo "Unit $unit not found." >&2; exit 5; }
         if running; then echo "MainPID=$pid"; echo ActiveState=active
         else echo MainPID=0; echo ActiveState=inactive; fi
-        echo "User=$(key User)" ;;
+        echo "User=$(key User)"
+        echo "DynamicUser=no" ;;
     is-enabled)
         for l in /etc/systemd/system/*.wants/"$unit"; do
             [ -e "$l" ] && { echo enabled; exit 0; }

@@ -36,6 +36,8 @@ use crate::process::{self, ProcError, ProcInfo};
 use crate::settings::{Install, ServiceSettings, Settings};
 
 const ASK_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a named process may take to become what it execs.
+const EXEC_GRACE: Duration = Duration::from_secs(2);
 
 /// Why production's process could not be confirmed.
 #[derive(Debug, thiserror::Error)]
@@ -165,7 +167,7 @@ async fn named_server(
                 named_by: named_by.clone(),
                 why: format!("runs for User={user}, which is no account here"),
             })?;
-            let server = checked(s, pid, None, &[uid], &named_by)?;
+            let server = checked(s, pid, None, &[uid], &named_by).await?;
             Ok((server, named_by))
         }
         ServiceSettings::Command {
@@ -178,7 +180,7 @@ async fn named_server(
             };
             let mut uids = vec![0, nix::unistd::geteuid().as_raw()];
             uids.extend(data_owner(file));
-            let server = checked(s, pid, started, &uids, &named_by)?;
+            let server = checked(s, pid, started, &uids, &named_by).await?;
             Ok((server, named_by))
         }
         ServiceSettings::Command { pidfile: None, .. } => {
@@ -202,6 +204,8 @@ async fn systemd_main_pid(unit: &str) -> Result<Option<(i32, String)>, IdentityE
         "ActiveState",
         "-p",
         "User",
+        "-p",
+        "DynamicUser",
         unit,
     ]
     .map(String::from)
@@ -216,13 +220,18 @@ async fn systemd_main_pid(unit: &str) -> Result<Option<(i32, String)>, IdentityE
     if !out.success() {
         return Err(err(out.tail()));
     }
-    let (mut pid, mut user) = (None, String::new());
+    let (mut pid, mut user, mut dynamic) = (None, String::new(), false);
     for line in out.stdout.lines() {
         match line.split_once('=') {
             Some(("MainPID", v)) => pid = v.trim().parse::<i32>().ok(),
             Some(("User", v)) => user = v.trim().to_string(),
+            Some(("DynamicUser", v)) => dynamic = v.trim() == "yes",
             _ => {}
         }
+    }
+    if dynamic && user.is_empty() {
+        // systemd names a dynamic user after the unit (resolvable while it runs).
+        user = unit.trim_end_matches(".service").to_string();
     }
     match pid {
         None => Err(err(format!("no MainPID in {:?}", out.stdout.trim()))),
@@ -295,7 +304,29 @@ fn data_owner(file: &HeadscaleConfig) -> Option<u32> {
 }
 
 /// The checks of step 2 on the named process.
-fn checked(
+async fn checked(
+    s: &Settings,
+    pid: i32,
+    started: Option<u64>,
+    uids: &[u32],
+    named_by: &str,
+) -> Result<Server, IdentityError> {
+    // A process the service manager has just forked is not yet what it will exec (systemd's
+    // `Type=simple` reports the child at fork, a start script the shell before `exec`): a
+    // mismatch is asked again for a moment before it counts. A look-alike never turns into
+    // production's binary run by production's account.
+    let deadline = tokio::time::Instant::now() + EXEC_GRACE;
+    loop {
+        match checked_once(s, pid, started, uids, named_by) {
+            Err(IdentityError::NotProduction { .. }) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+fn checked_once(
     s: &Settings,
     pid: i32,
     started: Option<u64>,
