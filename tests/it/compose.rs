@@ -5,9 +5,9 @@
 use std::os::unix::fs::PermissionsExt;
 use std::process::Output;
 
-use crate::rows::{check_output, check_records, End, Expect, CRASHED};
-use crate::support::compose::{podman, ComposeSandbox};
-use crate::support::{code, dump_sqlite, sqlite_column, text, Client};
+use crate::rows::{row, End, Expect, CRASHED};
+use crate::support::compose::ComposeSandbox;
+use crate::support::{code, sqlite_column, text, Client};
 
 /// The users, nodes and pre-auth keys in production's database (columns every version has).
 /// The connectivity probe's own user and its used one-time keys, which it keeps, are left out.
@@ -194,29 +194,8 @@ fn compose_failure_after_the_switch_restores_data_config_and_compose_file() {
 // the compose file byte for byte; no run left open; no staging container left; whether the
 // release was recorded bad; the events in the outbox; what the output says.
 
-struct Before {
-    dump: Vec<String>,
-    noise: Vec<u8>,
-    config: Vec<u8>,
-    compose: Vec<u8>,
-    users: Vec<String>,
-}
-
-fn before(sb: &ComposeSandbox) -> Before {
-    Before {
-        dump: dump_sqlite(&sb.db()).expect("dump"),
-        noise: std::fs::read(sb.data_dir().join("noise_private.key")).expect("noise"),
-        config: std::fs::read(sb.headscale_config()).expect("config"),
-        compose: std::fs::read(sb.compose_file()).expect("compose"),
-        users: identities(sb)
-            .into_iter()
-            .filter(|l| l.starts_with("user "))
-            .collect(),
-    }
-}
-
 /// One row: production on `from`, release `to` published (its image pushed by `prepare`
-/// unless the row makes its own), then `run`, then every end-state check.
+/// unless the row makes its own), then `run`, then every end-state check (`rows::row`).
 fn compose_row(
     from: &str,
     to: &str,
@@ -228,70 +207,7 @@ fn compose_row(
     key_for(&sb, "alice");
     sb.release(to);
     prepare(&mut sb);
-    let was = before(&sb);
-    let out = run(&sb);
-    let said = check_output(&out, &e);
-    let running = podman(&[
-        "ps",
-        "--filter",
-        &format!("label=com.docker.compose.project={}", sb.project),
-        "--format",
-        "{{.Names}}",
-    ]);
-    assert_eq!(
-        running.lines().count(),
-        1,
-        "one production container runs: {running:?}; {said}"
-    );
-    assert_eq!(sb.containers().len(), 1, "{said}");
-    match e.end {
-        End::Old => {
-            assert_eq!(sb.served_version(), format!("v{from}"), "{said}");
-            assert_eq!(
-                dump_sqlite(&sb.db()).expect("dump"),
-                was.dump,
-                "database unchanged: {said}"
-            );
-            assert_eq!(
-                std::fs::read(sb.data_dir().join("noise_private.key")).expect("noise"),
-                was.noise
-            );
-            assert_eq!(
-                std::fs::read(sb.headscale_config()).expect("config"),
-                was.config
-            );
-            assert_eq!(
-                std::fs::read(sb.compose_file()).expect("compose"),
-                was.compose,
-                "{said}"
-            );
-        }
-        End::New => {
-            assert_eq!(sb.served_version(), format!("v{to}"), "{said}");
-            let users: Vec<String> = identities(&sb)
-                .into_iter()
-                .filter(|l| l.starts_with("user "))
-                .collect();
-            assert_eq!(users, was.users, "every user kept");
-            assert!(
-                sb.image_line().contains(&format!(":{to} ")),
-                "{}",
-                sb.image_line()
-            );
-        }
-    }
-    assert!(
-        sb.staging_containers().is_empty(),
-        "{:?}",
-        sb.staging_containers()
-    );
-    check_records(
-        &sb.path("state"),
-        &sb.hw(&["status", "--json"]),
-        to,
-        &said,
-        &e,
-    );
+    row(&sb, from, to, run, e);
 }
 
 fn upgrade(sb: &ComposeSandbox) -> Output {

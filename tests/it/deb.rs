@@ -3,7 +3,7 @@
 //! namespace over overlays of the machine's /usr, /etc, /var and /run), their maintainer scripts
 //! run for real, the unit run as its `User=headscale` by a systemctl stand-in.
 
-use crate::rows::{check_output, check_records, End, Expect, CRASHED};
+use crate::rows::{row, End, Expect, CRASHED};
 use crate::support::deb::{package, DebHost};
 use crate::support::{code, dump_sqlite, sqlite_column, text, Client};
 
@@ -76,13 +76,7 @@ pub(crate) fn assert_pings_again(a: &Client, b: &Client) {
 
 /// The headscale account the package's postinst created, as the throwaway root's passwd has it.
 pub(crate) fn headscale_uid(sb: &DebHost) -> u32 {
-    let passwd = std::fs::read_to_string(sb.root("/etc/passwd")).expect("passwd");
-    passwd
-        .lines()
-        .find_map(|l| l.strip_prefix("headscale:"))
-        .and_then(|rest| rest.split(':').nth(1))
-        .and_then(|uid| uid.parse().ok())
-        .expect("a headscale account")
+    sb.headscale_uid()
 }
 
 /// Upstream's package of 0.26.1, installed with dpkg, goes to the newest 0.29.x in one upgrade:
@@ -166,15 +160,8 @@ fn deb_upgrade_goes_hop_by_hop_through_dpkg_to_the_newest_0_29() {
 // the conffile byte for byte; no run left open; whether the release was recorded bad; the events
 // in the outbox; what the output says.
 
-fn users(sb: &DebHost) -> Vec<String> {
-    identities(sb)
-        .into_iter()
-        .filter(|l| l.starts_with("user "))
-        .collect()
-}
-
 /// One row: production on `from` from its package, release `to` published by `prepare`, then
-/// `run`, then every end-state check.
+/// `run`, then every end-state check (`rows::row`).
 fn deb_row(
     from: &str,
     to: &str,
@@ -183,54 +170,10 @@ fn deb_row(
     e: Expect,
 ) {
     let sb = DebHost::new(from);
-    let uid = headscale_uid(&sb);
     key_for(&sb, "alice");
     sb.release(from);
     prepare(&sb);
-    let dump = dump_sqlite(&sb.db()).expect("dump");
-    let noise = std::fs::read(sb.root("/var/lib/headscale/noise_private.key")).expect("noise");
-    let config = std::fs::read(sb.root("/etc/headscale/config.yaml")).expect("config");
-    let before_users = users(&sb);
-    let out = run(&sb);
-    let said = check_output(&out, &e);
-    sb.wait_healthy();
-    assert_eq!(
-        sb.service_process().map(|p| p.1),
-        Some(uid),
-        "one server, as headscale: {said}"
-    );
-    assert_eq!(sb.servers(), 1, "one production server: {said}");
-    let want = match e.end {
-        End::Old => from,
-        End::New => to,
-    };
-    assert_eq!(sb.dpkg_state("headscale"), format!("{want} ii"), "{said}");
-    assert_eq!(sb.cli_version(), want, "{said}");
-    match e.end {
-        End::Old => {
-            assert_eq!(
-                dump_sqlite(&sb.db()).expect("dump"),
-                dump,
-                "database unchanged: {said}"
-            );
-            assert_eq!(
-                std::fs::read(sb.root("/var/lib/headscale/noise_private.key")).expect("noise"),
-                noise
-            );
-            assert_eq!(
-                std::fs::read(sb.root("/etc/headscale/config.yaml")).expect("config"),
-                config
-            );
-        }
-        End::New => assert_eq!(users(&sb), before_users, "every user kept: {said}"),
-    }
-    check_records(
-        &sb.path("state"),
-        &sb.hw(&["status", "--json"]),
-        to,
-        &said,
-        &e,
-    );
+    row(&sb, from, to, run, e);
 }
 
 fn upgrade(sb: &DebHost) -> std::process::Output {

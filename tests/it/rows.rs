@@ -1,8 +1,11 @@
-//! What the fault rows of every install kind (compose, deb) share: the expected end state, and
-//! reading headwarden's journal, outbox and bad-release list after a row ran.
+//! What the fault rows of every install kind (compose, deb) share: the expected end state, one
+//! runner over any [`Host`] that checks it, and reading headwarden's journal, outbox and
+//! bad-release list after a row ran.
 
 use std::path::Path;
 use std::process::Output;
+
+use crate::support::{dump_sqlite, sqlite_column, Host};
 
 #[derive(Clone, Copy, PartialEq, Debug)]
 pub enum End {
@@ -92,4 +95,83 @@ pub fn check_output(out: &Output, e: &Expect) -> String {
         );
     }
     said
+}
+
+/// What an "old" end is compared with, read before the row runs.
+struct Before {
+    dump: Vec<String>,
+    noise: Vec<u8>,
+    config: Vec<u8>,
+    install: Vec<Vec<u8>>,
+    users: Vec<String>,
+}
+
+/// Production's users (the probe's own left out).
+fn users(db: &Path) -> Vec<String> {
+    sqlite_column(
+        db,
+        "SELECT id || ' ' || name FROM users WHERE name <> 'headwarden-probe' ORDER BY id",
+    )
+}
+
+fn before<H: Host>(sb: &H) -> Before {
+    Before {
+        dump: dump_sqlite(&sb.db()).expect("dump"),
+        noise: std::fs::read(sb.noise_key()).expect("noise"),
+        config: std::fs::read(sb.headscale_config()).expect("config"),
+        install: sb
+            .install_files()
+            .iter()
+            .map(|p| std::fs::read(p).expect("install file"))
+            .collect(),
+        users: users(&sb.db()),
+    }
+}
+
+/// One row on a prepared host: production on `from`, `run`, then every end-state check — the
+/// exit code and what the output says; one production server; the version it answers with; for
+/// an old end the database row by row and the noise key, config and the kind's install files
+/// byte for byte, for a new end every user kept; the kind's own checks; no run left open;
+/// whether the release was recorded bad; the events in the outbox.
+pub fn row<H: Host>(sb: &H, from: &str, to: &str, run: impl FnOnce(&H) -> Output, e: Expect) {
+    let was = before(sb);
+    let out = run(sb);
+    let said = check_output(&out, &e);
+    let want = match e.end {
+        End::Old => from,
+        End::New => to,
+    };
+    assert_eq!(sb.serving(), want, "{said}");
+    sb.one_server(&said);
+    match e.end {
+        End::Old => {
+            assert_eq!(
+                dump_sqlite(&sb.db()).expect("dump"),
+                was.dump,
+                "database unchanged: {said}"
+            );
+            assert_eq!(std::fs::read(sb.noise_key()).expect("noise"), was.noise);
+            assert_eq!(
+                std::fs::read(sb.headscale_config()).expect("config"),
+                was.config
+            );
+            for (path, bytes) in sb.install_files().iter().zip(&was.install) {
+                assert_eq!(
+                    &std::fs::read(path).expect("install file"),
+                    bytes,
+                    "{} unchanged: {said}",
+                    path.display()
+                );
+            }
+        }
+        End::New => assert_eq!(users(&sb.db()), was.users, "every user kept: {said}"),
+    }
+    sb.check_kind(want, &said);
+    check_records(
+        &sb.state_dir(),
+        &sb.hw(&["status", "--json"]),
+        to,
+        &said,
+        &e,
+    );
 }

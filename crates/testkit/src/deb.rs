@@ -334,6 +334,17 @@ impl DebHost {
         serde_json::from_str(&self.ns_ok(&argv)).expect("headscale json")
     }
 
+    /// The uid of the `headscale` account the package created in this root.
+    pub fn headscale_uid(&self) -> u32 {
+        let passwd = std::fs::read_to_string(self.root("/etc/passwd")).expect("passwd");
+        passwd
+            .lines()
+            .find_map(|l| l.strip_prefix("headscale:"))
+            .and_then(|rest| rest.split(':').nth(1))
+            .and_then(|uid| uid.parse().ok())
+            .expect("a headscale account")
+    }
+
     /// The unit's main process: its pid and the account it runs as.
     pub fn service_process(&self) -> Option<(i32, u32)> {
         let pid: i32 =
