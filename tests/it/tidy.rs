@@ -7,6 +7,7 @@
 //!   `use crate::{…}` would hide its targets from this check and is refused;
 //! - imports sit at the top of a file, never inside a function (`use crate::…` indented);
 //! - only `process` spawns processes or reads the environment (`Command::new`, `env::var*`);
+//! - no product file over 1,000 lines and no function over 100 (the rooms stay readable);
 //! - only `deploy` knows the install kinds: `Install::` appears nowhere else but in `settings`
 //!   (which parses them), so a new kind is added in `deploy` and nowhere above it.
 //!
@@ -175,6 +176,93 @@ fn violations(lib: &str, files: &BTreeMap<PathBuf, String>) -> Vec<String> {
         }
     }
     problems
+}
+
+/// The most lines a product file and a product function may have.
+const MAX_FILE_LINES: usize = 1000;
+const MAX_FN_LINES: usize = 100;
+
+/// Whether a trimmed line starts a function item (`pub(crate) async fn name(`…).
+fn starts_fn(trimmed: &str) -> bool {
+    let mut rest = trimmed;
+    for word in [
+        "pub(crate) ",
+        "pub(super) ",
+        "pub ",
+        "const ",
+        "async ",
+        "unsafe ",
+    ] {
+        rest = rest.strip_prefix(word).unwrap_or(rest);
+    }
+    rest.starts_with("fn ")
+}
+
+/// Files and functions over the limits, unit tests left out.
+fn sizes(files: &BTreeMap<PathBuf, String>) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (path, text) in files {
+        let code = without_tests(text);
+        let lines: Vec<&str> = code.lines().collect();
+        if lines.len() > MAX_FILE_LINES {
+            problems.push(format!(
+                "src/{}: {} lines (at most {MAX_FILE_LINES}: split it along its seams)",
+                path.display(),
+                lines.len()
+            ));
+        }
+        for (start, line) in lines.iter().enumerate() {
+            if !starts_fn(line.trim_start()) {
+                continue;
+            }
+            let mut depth = 0i64;
+            let mut opened = false;
+            let mut end = start;
+            for (n, l) in lines.iter().enumerate().skip(start) {
+                let code = l.split("//").next().unwrap_or("");
+                depth += code.matches('{').count() as i64 - code.matches('}').count() as i64;
+                opened |= code.contains('{');
+                end = n;
+                if (opened && depth <= 0) || (!opened && code.trim_end().ends_with(';')) {
+                    break;
+                }
+            }
+            let length = end - start + 1;
+            if length > MAX_FN_LINES {
+                problems.push(format!(
+                    "src/{}:{}: a function of {length} lines (at most {MAX_FN_LINES})",
+                    path.display(),
+                    start + 1
+                ));
+            }
+        }
+    }
+    problems
+}
+
+#[test]
+fn no_product_file_over_1000_lines_and_no_function_over_100() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let problems = sizes(&read_tree(&src));
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    let long_fn = format!("pub async fn f() {{\n{}}}\n", "    x();\n".repeat(100));
+    let long_file = "const X: u8 = 0;\n".repeat(1001);
+    let bad: BTreeMap<PathBuf, String> = [("a.rs", long_fn), ("b.rs", long_file)]
+        .into_iter()
+        .map(|(p, t)| (PathBuf::from(p), t))
+        .collect();
+    let found = sizes(&bad);
+    assert!(
+        found
+            .iter()
+            .any(|p| p.starts_with("src/a.rs:1: a function of 102 lines")),
+        "{found:?}"
+    );
+    assert!(
+        found.iter().any(|p| p.starts_with("src/b.rs: 1001 lines")),
+        "{found:?}"
+    );
+    assert_eq!(found.len(), 2, "{found:?}");
 }
 
 fn read_tree(src: &Path) -> BTreeMap<PathBuf, String> {
