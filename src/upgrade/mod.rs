@@ -163,51 +163,17 @@ impl Hinted for PipelineError {
 }
 
 /// `headwarden check` (and `check --json`): what the feed planned, with what the install kind
-/// shows beside it.
+/// shows beside it (the same keys at the top level of the JSON document).
 #[derive(Debug, Serialize)]
 pub struct CheckReport {
-    pub current: Version,
-    pub plan: Plan,
-    pub feed_not_modified: bool,
-    pub feed_requests: u32,
-    pub rate_remaining: Option<u64>,
-    pub ignored: Vec<String>,
-    pub new_releases: Vec<String>,
-    /// Keys in production's Headscale config that a planned version refuses to start with.
-    pub config_problems: Vec<String>,
+    #[serde(flatten)]
+    pub feed: FeedReport,
     /// A compose install's image (absent for other install kinds).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub image: Option<ImageFacts>,
     /// An external install's binary on disk and running server (absent for other kinds).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub external: Option<ExternalFacts>,
-}
-
-impl CheckReport {
-    fn of(feed: FeedReport, image: Option<ImageFacts>, external: Option<ExternalFacts>) -> Self {
-        let FeedReport {
-            current,
-            plan,
-            feed_not_modified,
-            feed_requests,
-            rate_remaining,
-            ignored,
-            new_releases,
-            config_problems,
-        } = feed;
-        CheckReport {
-            current,
-            plan,
-            feed_not_modified,
-            feed_requests,
-            rate_remaining,
-            ignored,
-            new_releases,
-            config_problems,
-            image,
-            external,
-        }
-    }
 }
 
 pub async fn prod<'a>(
@@ -288,7 +254,15 @@ async fn fetch_and_plan(
     let image = production::image_facts(s, &current)?;
     let (feed, releases) =
         watch::fetch_and_plan(s, store, current, &production.config, opts).await?;
-    Ok((CheckReport::of(feed, image, None), releases, production))
+    Ok((
+        CheckReport {
+            feed,
+            image,
+            external: None,
+        },
+        releases,
+        production,
+    ))
 }
 
 /// An external install's plan: no feed (the package manager decides the version); the restart
@@ -315,7 +289,14 @@ fn external_report(
         new_releases: vec![],
         config_problems,
     };
-    (CheckReport::of(feed, None, Some(facts)), vec![])
+    (
+        CheckReport {
+            feed,
+            image: None,
+            external: Some(facts),
+        },
+        vec![],
+    )
 }
 
 /// Finishes interrupted runs first and says what recovery did (start of every locked command).
@@ -347,8 +328,8 @@ pub async fn upgrade(
     if let Some(out) = nothing_to_run(store, &report)? {
         return Ok(out);
     }
-    let plan = report.plan;
-    let current = report.current;
+    let plan = report.feed.plan;
+    let current = report.feed.current;
     let pb = &s.playbooks.upgrade.playbook;
     let target = plan
         .hops
@@ -439,12 +420,12 @@ fn nothing_to_run(
     store: &Store,
     report: &CheckReport,
 ) -> Result<Option<UpgradeOutcome>, PipelineError> {
-    let current = report.current.clone();
-    let plan = &report.plan;
+    let current = report.feed.current.clone();
+    let plan = &report.feed.plan;
     if let Some(reason) = plan.blocked.clone() {
         return Ok(Some(UpgradeOutcome::Blocked { current, reason }));
     }
-    if !report.config_problems.is_empty() {
+    if !report.feed.config_problems.is_empty() {
         let to = plan
             .target
             .as_ref()
@@ -453,13 +434,13 @@ fn nothing_to_run(
         store.push_event_once(
             Event::UpgradeBlocked,
             Severity::Warning,
-            &serde_json::json!({"from": current.to_string(), "to": to, "problems": report.config_problems}),
+            &serde_json::json!({"from": current.to_string(), "to": to, "problems": report.feed.config_problems}),
             &format!("upgrade.blocked:{to}"),
             86400,
         )?;
         return Ok(Some(UpgradeOutcome::ConfigIncompatible {
             current,
-            problems: report.config_problems.clone(),
+            problems: report.feed.config_problems.clone(),
         }));
     }
     if plan.is_noop() {

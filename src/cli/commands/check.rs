@@ -20,8 +20,8 @@ pub async fn run(cli: &Cli, to: &Option<Version>) -> Result<u8, Failure> {
     if cli.json {
         print_json(&report)?;
     } else {
-        let p = &report.plan;
-        println!("production runs {}", report.current);
+        let p = &report.feed.plan;
+        println!("production runs {}", report.feed.current);
         if let Some(image) = &report.image {
             println!("{}", image.describe());
         }
@@ -32,14 +32,19 @@ pub async fn run(cli: &Cli, to: &Option<Version>) -> Result<u8, Failure> {
             ),
             None => println!(
                 "release feed: {} ({} request{}, rate limit remaining: {})",
-                if report.feed_not_modified {
+                if report.feed.feed_not_modified {
                     "unchanged since last poll (304)"
                 } else {
                     "fetched"
                 },
-                report.feed_requests,
-                if report.feed_requests == 1 { "" } else { "s" },
+                report.feed.feed_requests,
+                if report.feed.feed_requests == 1 {
+                    ""
+                } else {
+                    "s"
+                },
                 report
+                    .feed
                     .rate_remaining
                     .map_or("unknown".to_string(), |r| r.to_string())
             ),
@@ -49,7 +54,7 @@ pub async fn run(cli: &Cli, to: &Option<Version>) -> Result<u8, Failure> {
             (None, true) => println!("up to date: nothing to do"),
             (None, false) => {
                 let path: Vec<String> = p.hops.iter().map(|h| h.version.to_string()).collect();
-                println!("plan: {} -> {}", report.current, path.join(" -> "));
+                println!("plan: {} -> {}", report.feed.current, path.join(" -> "));
                 println!("  (Headscale cannot skip a minor version: one hop per minor, newest patch of each)");
                 let checks: Vec<&str> = s.smoke.checks.iter().map(|c| c.name()).collect();
                 println!(
@@ -79,7 +84,7 @@ pub async fn run(cli: &Cli, to: &Option<Version>) -> Result<u8, Failure> {
         for n in &p.notes {
             println!("  skipped {n}");
         }
-        for c in &report.config_problems {
+        for c in &report.feed.config_problems {
             println!("  config: {c}");
         }
     }

@@ -183,6 +183,7 @@ async fn upgrade_steps(st: &Story<'_>) -> Result<semver::Version, Failure> {
     println!("\n-- step 1: check (changes nothing)");
     let report = upgrade::check(settings, store, &opts).await?;
     let path: Vec<String> = report
+        .feed
         .plan
         .hops
         .iter()
@@ -190,7 +191,7 @@ async fn upgrade_steps(st: &Story<'_>) -> Result<semver::Version, Failure> {
         .collect();
     println!(
         "   production runs {}; plan: {}",
-        report.current,
+        report.feed.current,
         path.join(" -> ")
     );
 

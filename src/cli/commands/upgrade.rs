@@ -52,14 +52,19 @@ pub async fn run(
 /// Shows the plan and asks on the terminal; `false`: nothing to do, or the admin said no.
 async fn confirmed(s: &Settings, store: &Store, opts: &UpgradeOptions) -> Result<bool, Failure> {
     let report = upgrade::check(s, store, opts).await?;
-    if report.plan.hops.is_empty() {
+    if report.feed.plan.hops.is_empty() {
         println!(
             "nothing to do ({})",
-            report.plan.blocked.unwrap_or_else(|| "up to date".into())
+            report
+                .feed
+                .plan
+                .blocked
+                .unwrap_or_else(|| "up to date".into())
         );
         return Ok(false);
     }
     let path: Vec<String> = report
+        .feed
         .plan
         .hops
         .iter()
@@ -73,7 +78,7 @@ async fn confirmed(s: &Settings, store: &Store, opts: &UpgradeOptions) -> Result
     }
     eprint!(
         "upgrade production {} -> {}? [y/N] ",
-        report.current,
+        report.feed.current,
         path.join(" -> ")
     );
     let mut answer = String::new();
