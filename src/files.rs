@@ -56,7 +56,7 @@ pub struct FileMeta {
 }
 
 impl FileMeta {
-    fn of(m: &std::fs::Metadata) -> FileMeta {
+    pub fn of(m: &std::fs::Metadata) -> FileMeta {
         FileMeta {
             uid: m.uid(),
             gid: m.gid(),
@@ -174,16 +174,17 @@ pub fn restore_copy(source: &Path, target: &Path) -> Result<(), FileError> {
     stage_copy(source, target)?.commit()
 }
 
-/// Writes `bytes` over `target` (temp file + rename, see [`replace_with`]).
+/// Writes headwarden's own file `target` (temp file + rename, see [`replace_with`]): owned by
+/// headwarden's account with exactly `mode`, both set on the open temporary file before the
+/// rename. Nothing is taken from whatever is at `target` now (another account that may write
+/// the directory chooses that), and nothing is changed by path afterwards.
 pub fn write_atomic(target: &Path, bytes: &[u8], mode: u32) -> Result<(), FileError> {
-    replace_with(target, &mut &bytes[..], None, mode)?;
-    // A replaced file keeps its old metadata, but a secret file must never be wider than asked.
-    let meta = regular_meta(target)?;
-    if meta.is_some_and(|m| m.mode & !mode != 0) {
-        std::fs::set_permissions(target, std::fs::Permissions::from_mode(mode))
-            .map_err(io("setting the mode of", target))?;
-    }
-    Ok(())
+    let own = FileMeta {
+        uid: nix::unistd::geteuid().as_raw(),
+        gid: nix::unistd::getegid().as_raw(),
+        mode,
+    };
+    replace_with(target, &mut &bytes[..], Some(own), mode)
 }
 
 /// Copies the regular file `source` (in a directory another account may write) to the new file
@@ -314,6 +315,29 @@ mod tests {
             "root secret"
         );
         assert_eq!(std::fs::read_to_string(&target).expect("read"), "new");
+    }
+
+    #[test]
+    fn own_files_get_headwarden_s_owner_and_exact_mode_never_what_was_there() {
+        // Security review N5: another account that may write the directory leaves its own
+        // file, mode 0666, at the name; the write must not inherit either.
+        let d = tempfile::tempdir().expect("tempdir");
+        let target = d.path().join("headwarden.prom");
+        std::fs::write(&target, "planted").expect("plant");
+        std::os::unix::fs::chown(&target, Some(4242), Some(4242))
+            .expect("chown (tests run as root)");
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o666)).expect("chmod");
+        write_atomic(&target, b"metrics", 0o644).expect("write");
+        let m = regular_meta(&target).expect("meta").expect("written");
+        let me = nix::unistd::geteuid().as_raw();
+        assert_eq!((m.uid, m.mode), (me, 0o644), "owner and mode");
+        // A narrower file there does not narrow headwarden's either: the mode is exactly asked.
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o400)).expect("chmod");
+        write_atomic(&target, b"metrics", 0o644).expect("write");
+        assert_eq!(
+            regular_meta(&target).expect("meta").map(|m| m.mode),
+            Some(0o644)
+        );
     }
 
     #[test]

@@ -16,6 +16,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::deploy;
+use crate::deploy::Production;
 use crate::error::error_chain;
 use crate::event::{Event, Severity};
 use crate::headscale::api::ApiClient;
@@ -152,8 +153,10 @@ pub enum AuditError {
 struct Ctx<'a> {
     s: &'a Settings,
     store: &'a Store,
+    /// Production as found once for this audit (through its service manager).
+    production: Result<Production, Unavailable>,
     config: Option<HeadscaleConfig>,
-    version: Option<semver::Version>,
+    version: Result<semver::Version, Unavailable>,
     api: Option<Result<ApiClient, Unavailable>>,
 }
 
@@ -181,11 +184,19 @@ impl Ctx<'_> {
 
 /// Runs the audit playbook. `Ok` even when some checks were skipped (they are listed).
 pub async fn run(s: &Settings, store: &Store) -> Result<Report, AuditError> {
-    let config = deploy::production::audited_config(s).await;
-    let version = deploy::current_version(s).await.ok();
+    let production = Production::find(s)
+        .await
+        .map_err(|e| Unavailable(error_chain(&e)));
+    let config = deploy::production::audited_config(s, production.as_ref().ok());
+    let version = match &production {
+        Ok(p) => p.version(s).await,
+        Err(_) => deploy::current_version(s).await,
+    }
+    .map_err(|e| Unavailable(error_chain(&e)));
     let mut ctx = Ctx {
         s,
         store,
+        production,
         config,
         version: version.clone(),
         api: None,
@@ -193,7 +204,7 @@ pub async fn run(s: &Settings, store: &Store) -> Result<Report, AuditError> {
     let mut report = Report {
         schema: "headwarden.audit/v1",
         generated_at: state::rfc3339(now()),
-        headscale_version: version.map(|v| v.to_string()),
+        headscale_version: version.ok().map(|v| v.to_string()),
         ..Report::default()
     };
     let mut found: Vec<Finding> = Vec::new();
@@ -204,9 +215,9 @@ pub async fn run(s: &Settings, store: &Store) -> Result<Report, AuditError> {
         let result = match step.kind {
             StepKind::Version => version_checks(&ctx).await,
             StepKind::Config => ctx.config().map(|c| {
-                let mut f = config_checks(c, ctx.version.as_ref());
+                let mut f = config_checks(c, ctx.version.as_ref().ok());
                 // What the next minor refuses (the planner's knowledge table).
-                if let Some(v) = &ctx.version {
+                if let Ok(v) = &ctx.version {
                     f.extend(next_minor_checks(c, v));
                 }
                 f

@@ -3,7 +3,7 @@
 //! running version) is read here through the service's volumes, environment, published ports
 //! and container; "switching" changes only that service's `image:` line.
 
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use semver::Version;
 use sha2::{Digest, Sha256};
@@ -68,6 +68,16 @@ pub fn host_config_path(c: &ComposeInstall, inside: &Path) -> Option<PathBuf> {
         mounts,
     }
     .host_path(inside)
+    .ok()
+    .flatten()
+}
+
+/// A container path refused as a way onto the host.
+fn escape(inside: &Path, why: &str) -> DeployError {
+    DeployError::Other(format!(
+        "the container's path {} is refused: {why}; headwarden writes only inside the service's volumes",
+        inside.display()
+    ))
 }
 
 /// `(host, container)` of the service's bind mounts (named volumes need the engine).
@@ -82,24 +92,52 @@ fn bind_mounts(spec: &ServiceSpec) -> Vec<(PathBuf, PathBuf)> {
 }
 
 impl Discovered {
-    /// The host path behind a path inside the container (the longest mount that holds it).
-    pub fn host_path(&self, inside: &Path) -> Option<PathBuf> {
-        self.mounts
+    /// The host path behind a path inside the container (the longest mount that holds it);
+    /// `Ok(None)` when no mount holds it. The container's config names these paths, and the
+    /// container may write that config and its volumes: a path with `..` or `.` in it, or one
+    /// that leaves the mount's source through a link, is refused rather than mapped onto the host.
+    pub fn host_path(&self, inside: &Path) -> Result<Option<PathBuf>, DeployError> {
+        if inside
+            .components()
+            .any(|c| matches!(c, Component::ParentDir | Component::CurDir))
+        {
+            return Err(escape(inside, "it has `..` or `.` in it"));
+        }
+        let Some((src, dst)) = self
+            .mounts
             .iter()
             .filter(|(_, dst)| inside.starts_with(dst))
             .max_by_key(|(_, dst)| dst.as_os_str().len())
-            .map(|(src, dst)| {
-                let rest = inside.strip_prefix(dst).unwrap_or(Path::new(""));
-                if rest.as_os_str().is_empty() {
-                    src.clone()
-                } else {
-                    src.join(rest)
-                }
-            })
+        else {
+            return Ok(None);
+        };
+        let rest = inside.strip_prefix(dst).unwrap_or(Path::new(""));
+        let host = if rest.as_os_str().is_empty() {
+            src.clone()
+        } else {
+            src.join(rest)
+        };
+        // The deepest part that exists must resolve inside the mount's source.
+        let root = std::fs::canonicalize(src).unwrap_or_else(|_| src.clone());
+        let mut probe = host.clone();
+        while std::fs::symlink_metadata(&probe).is_err() && probe.pop() {}
+        if let Ok(real) = std::fs::canonicalize(&probe) {
+            if !real.starts_with(&root) {
+                return Err(escape(
+                    inside,
+                    &format!(
+                        "on the host it resolves to {}, outside {}",
+                        real.display(),
+                        root.display()
+                    ),
+                ));
+            }
+        }
+        Ok(Some(host))
     }
 
     fn must_host(&self, what: &str, inside: &Path) -> Result<PathBuf, DeployError> {
-        self.host_path(inside).ok_or_else(|| {
+        self.host_path(inside)?.ok_or_else(|| {
             DeployError::Other(format!(
                 "{what} {} is not on a volume of compose service {}: headwarden cannot back it up or stage a copy; mount it from the host",
                 inside.display(),
@@ -129,7 +167,7 @@ impl Discovered {
         cfg.path = host;
         cfg.database_path = self.must_host("the database", &cfg.database_path)?;
         cfg.noise_key_path = self.must_host("the noise key", &cfg.noise_key_path)?;
-        if let Some(sock) = self.host_path(&cfg.unix_socket) {
+        if let Some(sock) = self.host_path(&cfg.unix_socket)? {
             cfg.unix_socket = sock;
         }
         let port = listen_port(&cfg.listen_addr).ok_or_else(|| {
@@ -276,4 +314,67 @@ pub fn staging_name(state_dir: &Path, run: RunId, hop: usize) -> String {
 /// The label value every staging container of `run` carries (`io.headwarden.staging=…`).
 pub fn staging_label(state_dir: &Path, run: RunId) -> String {
     format!("{}-run{run}", instance(state_dir))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A service with `<dir>/data` mounted at `/var/lib/headscale`.
+    fn discovered(dir: &Path) -> Discovered {
+        let data = dir.join("data");
+        std::fs::create_dir_all(&data).expect("data");
+        let text = format!(
+            "services:\n  headscale:\n    image: headscale/headscale:0.28.0\n    volumes:\n      - {}:/var/lib/headscale\n",
+            data.display()
+        );
+        let file = ComposeFile::parse(&dir.join("compose.yaml"), text).expect("compose");
+        let spec = file.service("headscale").expect("service");
+        let mounts = bind_mounts(&spec);
+        Discovered {
+            file,
+            spec,
+            container: None,
+            mounts,
+        }
+    }
+
+    #[test]
+    fn container_paths_never_map_outside_their_volume() {
+        // Security review N2: the container's own config names the paths a restore writes.
+        let d = tempfile::tempdir().expect("tempdir");
+        let found = discovered(d.path());
+        assert_eq!(
+            found
+                .host_path(Path::new("/var/lib/headscale/db.sqlite"))
+                .expect("inside"),
+            Some(d.path().join("data/db.sqlite"))
+        );
+        assert_eq!(
+            found
+                .host_path(Path::new("/etc/headscale/config.yaml"))
+                .expect("no mount"),
+            None
+        );
+        let dotdot = found.host_path(Path::new(
+            "/var/lib/headscale/../../../../etc/ld.so.preload",
+        ));
+        assert!(
+            dotdot
+                .as_ref()
+                .is_err_and(|e| e.to_string().contains("`..`")),
+            "{dotdot:?}"
+        );
+        // A link the container made inside its volume, pointing out of it.
+        let outside = d.path().join("outside");
+        std::fs::create_dir(&outside).expect("outside");
+        std::os::unix::fs::symlink(&outside, d.path().join("data/sub")).expect("link");
+        let linked = found.host_path(Path::new("/var/lib/headscale/sub/db.sqlite"));
+        assert!(
+            linked
+                .as_ref()
+                .is_err_and(|e| e.to_string().contains("outside")),
+            "{linked:?}"
+        );
+    }
 }

@@ -14,6 +14,7 @@
 //! staging/                       the staging instance: config, db copy, socket, logs
 //! ```
 
+pub mod backup;
 pub mod container;
 pub mod external;
 pub mod package;
@@ -29,6 +30,7 @@ use std::time::Duration;
 use semver::Version;
 
 use crate::compose::{ComposeError, EngineError};
+use crate::deploy::backup::RestoreRefused;
 use crate::error::error_chain;
 use crate::error::Hinted;
 use crate::files::{self, FileMeta};
@@ -76,6 +78,8 @@ pub enum DeployError {
     Verify(#[from] verify::VerifyError),
     #[error(transparent)]
     Image(#[from] verify::image::ImageError),
+    #[error(transparent)]
+    RestoreRefused(#[from] RestoreRefused),
     #[error("{0}")]
     Other(String),
 }
@@ -84,6 +88,7 @@ impl Hinted for DeployError {
     fn hint(&self) -> Option<String> {
         match self {
             DeployError::Identity(e) => Some(e.hint().into()),
+            DeployError::RestoreRefused(_) => Some("a backup is restored only to the paths it was taken from; production's config, its service's environment or its directories changed since: find out who changed them".into()),
             _ => None,
         }
     }
@@ -110,20 +115,33 @@ pub struct CurrentVersionError {
 }
 
 /// The version production runs: `<headscale.binary> version`, or `headscale version` inside the
-/// compose service's container.
+/// compose service's container. For an external install this finds production first (its
+/// running server's own executable): a run that has found it already asks
+/// [`Production::version`].
 pub async fn current_version(s: &Settings) -> Result<Version, CurrentVersionError> {
+    if let Install::External(_) = &s.headscale.install {
+        let found = Production::find(s).await.map_err(|e| CurrentVersionError {
+            binary: s.headscale.binary.display().to_string(),
+            source: CliError::Failed {
+                command: "finding the running server".into(),
+                detail: error_chain(&e),
+            },
+        })?;
+        return found.version(s).await;
+    }
+    version_of(s, None).await
+}
+
+/// The version of production's CLI, or (external install) of the running server `running`.
+pub(crate) async fn version_of(
+    s: &Settings,
+    running: Option<i32>,
+) -> Result<Version, CurrentVersionError> {
     let (cli, what) = match &s.headscale.install {
         // The running server's own executable: after a package manager replaced the binary it
         // still runs the old version until restarted.
         Install::External(_) => {
-            let found = Production::find(s).await.map_err(|e| CurrentVersionError {
-                binary: s.headscale.binary.display().to_string(),
-                source: CliError::Failed {
-                    command: "finding the running server".into(),
-                    detail: error_chain(&e),
-                },
-            })?;
-            if let Some(pid) = found.pid() {
+            if let Some(pid) = running {
                 return external::running_version(pid).await.map_err(|source| {
                     CurrentVersionError {
                         binary: format!("the running server (pid {pid})"),

@@ -29,8 +29,9 @@ use semver::Version;
 use crate::compose::ImageFacts;
 use crate::deploy::{
     container, current_target, external, external::ExternalFacts, install_conflict, package,
-    versions_dir, CurrentVersionError, DeployError,
+    production_cli, version_of, versions_dir, CurrentVersionError, DeployError,
 };
+use crate::headscale::cli::Cli;
 use crate::headscale::config::HeadscaleConfig;
 use crate::process::{self, ProcError, ProcInfo};
 use crate::settings::{Install, ServiceSettings, Settings};
@@ -124,6 +125,17 @@ impl Production {
             server,
             named_by,
         })
+    }
+
+    /// The version production runs: its CLI's, or for an external install the version of the
+    /// server process found here (it runs the old version until restarted).
+    pub async fn version(&self, s: &Settings) -> Result<Version, CurrentVersionError> {
+        version_of(s, self.pid()).await
+    }
+
+    /// Production's `headscale` CLI (the binary, or the one in the compose service's container).
+    pub async fn cli(&self, s: &Settings) -> Result<Cli, DeployError> {
+        production_cli(s).await
     }
 
     /// The confirmed server process's pid.
@@ -354,7 +366,8 @@ fn checked_once(
         why,
     };
     if !uids.contains(&info.uid) {
-        let allowed: Vec<String> = uids.iter().map(u32::to_string).collect();
+        let allowed: std::collections::BTreeSet<u32> = uids.iter().copied().collect();
+        let allowed: Vec<String> = allowed.iter().map(u32::to_string).collect();
         return Err(not(format!(
             "runs as uid {} (production's account: {})",
             info.uid,
@@ -615,12 +628,12 @@ pub fn config_file(s: &Settings) -> Option<HeadscaleConfig> {
 /// names a key of that file; the environment's overrides are the service's business), and
 /// for a compose install the config as the container runs it (read through the service's
 /// volumes and environment, the only way to its file).
-pub async fn audited_config(s: &Settings) -> Option<HeadscaleConfig> {
+pub fn audited_config(s: &Settings, production: Option<&Production>) -> Option<HeadscaleConfig> {
     match &s.headscale.install {
         Install::Binary | Install::Deb(_) | Install::External(_) => {
             HeadscaleConfig::load(&s.headscale.config).ok()
         }
-        Install::Compose(_) => Production::find(s).await.ok().map(|p| p.config),
+        Install::Compose(_) => production.map(|p| p.config.clone()),
     }
 }
 

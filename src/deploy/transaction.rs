@@ -32,20 +32,21 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use crate::deploy;
+use crate::deploy::backup::{
+    backup_dir, check_restorable, restore_backup, take_backup, verify_backup,
+};
 use crate::deploy::container;
 use crate::deploy::service::{ServiceError, ServiceState};
-use crate::deploy::{current_slot, io_err, switch_to, DeployError, Installed, Service, Slot};
+use crate::deploy::{current_slot, switch_to, DeployError, Installed, Service, Slot};
 use crate::error::error_chain;
 use crate::event::{Event, Severity};
-use crate::files;
 use crate::headscale::cli::{Cli, CliError};
 use crate::headscale::config::HeadscaleConfig;
 use crate::process;
 use crate::settings::{Install, ReconnectPolicy, Settings, SmokeCheck};
 use crate::smoke::{self, Baseline, SmokeError, Target};
 use crate::state;
-use crate::state::{sqlite_files, RunId, RunKind, RunOutcome, RunRow, Step, StepRow, Store};
-use crate::verify;
+use crate::state::{RunId, RunKind, RunOutcome, RunRow, Step, StepRow, Store};
 
 #[derive(Debug)]
 pub enum HopOutcome {
@@ -178,60 +179,6 @@ pub enum StepError {
     /// Refused to go on, with what to do instead.
     #[error("{0}")]
     Refused(String),
-}
-
-pub fn backup_dir(s: &Settings, run: RunId, hop: i64, from: &str) -> PathBuf {
-    s.state_dir
-        .join("backups")
-        .join(format!("run{run}-hop{hop}-{from}"))
-}
-
-/// Stopped production → verified backup directory. Each file keeps the owner, group and mode
-/// of the original (so a restore can put them back), and none is read through a link.
-///
-/// The copy's `PRAGMA integrity_check` is [`verify_backup`], run by a promotion right after the
-/// new version's start (outside the downtime window): the copy comes from SQLite's backup API
-/// on a stopped database, and a restore checks it again before it writes anything.
-///
-/// A compose install's compose file is kept beside them (`compose.yaml`).
-pub fn take_backup(s: &Settings, config: &HeadscaleConfig, dir: &Path) -> Result<(), DeployError> {
-    verify::create_private_dir(dir).map_err(io_err("creating", dir))?;
-    sqlite_files::online_copy(&config.database_path, &dir.join("db.sqlite"))?;
-    files::copy_preserving(&config.path, &dir.join("config.yaml"))?;
-    if let Install::Compose(c) = &s.headscale.install {
-        files::copy_preserving(&c.file, &dir.join("compose.yaml"))?;
-    }
-    if files::regular_meta(&config.noise_key_path)?.is_some() {
-        files::copy_preserving(&config.noise_key_path, &dir.join("noise_private.key"))?;
-    }
-    Ok(())
-}
-
-/// `PRAGMA integrity_check` of a backup's database copy.
-pub fn verify_backup(dir: &Path) -> Result<(), DeployError> {
-    Ok(sqlite_files::integrity_check(&dir.join("db.sqlite"))?)
-}
-
-/// Puts a backup back: database, noise key, config (and a compose install's compose file); each
-/// through a fresh file renamed into place, with the owner and mode the backup recorded.
-fn restore_backup(s: &Settings, config: &HeadscaleConfig, dir: &Path) -> Result<(), DeployError> {
-    sqlite_files::integrity_check(&dir.join("db.sqlite"))?;
-    sqlite_files::restore(&dir.join("db.sqlite"), &config.database_path)?;
-    let key = dir.join("noise_private.key");
-    if files::regular_meta(&key)?.is_some() {
-        files::restore_copy(&key, &config.noise_key_path)?;
-    }
-    let cfg = dir.join("config.yaml");
-    if files::regular_meta(&cfg)?.is_some() {
-        files::restore_copy(&cfg, &config.path)?;
-    }
-    let compose = dir.join("compose.yaml");
-    if let Install::Compose(c) = &s.headscale.install {
-        if files::regular_meta(&compose)?.is_some() {
-            files::restore_copy(&compose, &c.file)?;
-        }
-    }
-    Ok(())
 }
 
 /// Stops production for a rollback and makes sure it is down: a rollback must never replace
@@ -475,6 +422,10 @@ pub async fn rollback(
         json!({"reason": reason, "backup": backup, "to": old_target.map(Slot::journal)}),
         &mut timings,
         async {
+            // Where the backup came from is checked before production is stopped.
+            if let Some(dir) = backup {
+                check_restorable(p.settings, p.config, dir)?;
+            }
             stop_for_rollback(&p.service).await?;
             if let Some(dir) = backup {
                 if let Some(injected) = process::fail_point("restore") {
@@ -831,6 +782,9 @@ pub async fn manual_rollback(
         .map_err(|e| StepError::Refused(format!("{:?} is not a version: {e}", backup.version)))?;
     let target = kept_slot(s, &version, backup).await?;
     let dir = PathBuf::from(&backup.dir);
+    // Refused here, before production is stopped, when the backup would not go back where it
+    // came from.
+    check_restorable(s, p.config, &dir)?;
     let mut timings = Vec::new();
     // Keep what is being replaced, so the rollback itself can be undone by hand.
     let safety = s

@@ -23,6 +23,8 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::deploy::production;
+use crate::deploy::Production;
+use crate::error::error_chain;
 use crate::error::Hinted;
 use crate::event::{Event, Severity};
 use crate::files::{self, FileError};
@@ -141,10 +143,19 @@ pub async fn plan_now(
     ))
 }
 
-fn server_url(s: &Settings) -> String {
-    production::config_file(s)
-        .map(|c| c.server_url)
-        .unwrap_or_default()
+/// The URL clients register with: `server_url` as production runs it (its file and its
+/// process's environment, [`Production::find`]); the file alone when production cannot be
+/// confirmed now (the reminder still goes out; the API key job does not depend on the process).
+async fn server_url(s: &Settings) -> String {
+    match Production::find(s).await {
+        Ok(p) => p.config.server_url,
+        Err(e) => {
+            tracing::warn!(error = %error_chain(&e), "production not confirmed: server_url read from its config file alone");
+            production::config_file(s)
+                .map(|c| c.server_url)
+                .unwrap_or_default()
+        }
+    }
 }
 
 /// Mints a one-time key for `node`, retiring any earlier one, and returns the key's secret.
@@ -484,7 +495,7 @@ async fn rotate_step(
     settle_duplicates(s, store, api, planned, &by_id, report).await?;
 
     let (nodes, plans) = (&planned.nodes, &planned.plans);
-    let server = server_url(s);
+    let server = server_url(s).await;
     for p in plans {
         let Some(node) = nodes.iter().find(|n| n.id == p.node_id) else {
             continue;
@@ -591,7 +602,7 @@ pub async fn rotate(
         tracing::warn!(node = %p.name, %reason, "rotating an exempt node on request");
     }
     let (key, key_expires) = mint_for(s, store, api, node).await?;
-    let mut payload = reminder_payload(s, p, node, 0, &key, key_expires, &server_url(s));
+    let mut payload = reminder_payload(s, p, node, 0, &key, key_expires, &server_url(s).await);
     payload["requested"] = json!(true);
     store.push_event(Event::KeysRotationRequested, Severity::Warning, &payload)?;
     Ok(node.given_name.clone())

@@ -10,6 +10,7 @@
 //!   otherwise replay newer frames over the restored file), then the copy is renamed over the
 //!   target. A target that is a symbolic link is refused.
 
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OpenFlags};
@@ -36,6 +37,10 @@ pub enum SqliteFileError {
     },
     #[error("database {path} does not exist")]
     Missing { path: PathBuf },
+    #[error(
+        "database {path} was replaced by another file while it was copied; the copy was discarded"
+    )]
+    Swapped { path: PathBuf },
     #[error(transparent)]
     File(#[from] FileError),
 }
@@ -48,12 +53,31 @@ pub fn online_copy(src: &Path, dst: &Path) -> Result<(), SqliteFileError> {
         to: dst.to_path_buf(),
         source,
     };
-    let meta = files::regular_meta(src)?.ok_or_else(|| SqliteFileError::Missing {
+    // The admin's own links on the way to the directory are resolved once; then the file as it
+    // is now, by an open that does not follow a link; SQLite opens it again by name, told not to
+    // follow links anywhere on the path, and the name must still be that file afterwards
+    // (another account that may write the directory can swap names in between).
+    let src = &resolved_dir(src)?;
+    let pinned = match files::open_nofollow(src) {
+        Ok(f) => f,
+        Err(FileError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            return Err(SqliteFileError::Missing {
+                path: src.to_path_buf(),
+            })
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let pinned_meta = pinned.metadata().map_err(|source| FileError::Io {
+        what: "reading",
         path: src.to_path_buf(),
+        source,
     })?;
+    let meta = files::FileMeta::of(&pinned_meta);
     let source = Connection::open_with_flags(
         src,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_NOFOLLOW,
     )
     .map_err(err)?;
     source
@@ -71,6 +95,15 @@ pub fn online_copy(src: &Path, dst: &Path) -> Result<(), SqliteFileError> {
     dest.execute_batch("PRAGMA journal_mode=DELETE;")
         .map_err(err)?;
     drop(dest);
+    drop(source);
+    let same = std::fs::symlink_metadata(src)
+        .is_ok_and(|m| (m.dev(), m.ino()) == (pinned_meta.dev(), pinned_meta.ino()));
+    if !same {
+        let _ = std::fs::remove_file(dst);
+        return Err(SqliteFileError::Swapped {
+            path: src.to_path_buf(),
+        });
+    }
     let f = files::open_nofollow(dst)?;
     files::apply_meta(&f, dst, meta)?;
     let _ = f.sync_all();
@@ -119,6 +152,20 @@ pub fn restore(backup: &Path, target: &Path) -> Result<(), SqliteFileError> {
     Ok(())
 }
 
+/// `path` with its directory's links resolved (the file name itself is kept, never followed).
+fn resolved_dir(path: &Path) -> Result<PathBuf, SqliteFileError> {
+    let missing = || SqliteFileError::Missing {
+        path: path.to_path_buf(),
+    };
+    let name = path.file_name().ok_or_else(missing)?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let dir = std::fs::canonicalize(dir).map_err(|_| missing())?;
+    Ok(dir.join(name))
+}
+
 fn sibling(path: &Path, suffix: &str) -> PathBuf {
     let mut s = path.as_os_str().to_owned();
     s.push(suffix);
@@ -157,6 +204,60 @@ mod tests {
             n, 2,
             "the stale WAL frame must not be replayed over the restored file"
         );
+    }
+
+    /// Security review N6: another account that may write the database's directory swaps its
+    /// name with a link to a root-only database, over and over, while copies are taken. No copy
+    /// may ever hold the other database (SQLite used to follow the link it opened by name).
+    #[test]
+    fn a_database_name_swapped_for_a_link_is_never_copied_through() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let make = |path: &Path, marker: &str| {
+            let c = Connection::open(path).expect("open");
+            c.execute_batch(&format!(
+                "CREATE TABLE t(x); INSERT INTO t VALUES ('{marker}');"
+            ))
+            .expect("fill");
+        };
+        let db = dir.path().join("db.sqlite");
+        make(&db, "production");
+        let victim = dir.path().join("root-only.sqlite");
+        make(&victim, "secret");
+        let link = dir.path().join("swap");
+        std::os::unix::fs::symlink(&victim, &link).expect("link");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let swapper = {
+            let (stop, db, link) = (stop.clone(), db.clone(), link.clone());
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = nix::fcntl::renameat2(
+                        nix::fcntl::AT_FDCWD,
+                        &db,
+                        nix::fcntl::AT_FDCWD,
+                        &link,
+                        nix::fcntl::RenameFlags::RENAME_EXCHANGE,
+                    );
+                }
+            })
+        };
+        let (mut copied, mut refused) = (0, 0);
+        for i in 0..400 {
+            let copy = dir.path().join(format!("copy{i}.sqlite"));
+            match online_copy(&db, &copy) {
+                Ok(()) => {
+                    copied += 1;
+                    let x: String = Connection::open(&copy)
+                        .expect("copy")
+                        .query_row("SELECT x FROM t", [], |r| r.get(0))
+                        .expect("row");
+                    assert_eq!(x, "production", "copy {i} holds the linked database");
+                }
+                Err(_) => refused += 1,
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        swapper.join().expect("swapper");
+        assert_eq!(copied + refused, 400);
     }
 
     #[test]

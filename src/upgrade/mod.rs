@@ -250,7 +250,7 @@ async fn fetch_and_plan(
         let (report, releases) = external_report(facts, &production.config);
         return Ok((report, releases, production));
     }
-    let current = current_version(s).await?;
+    let current = production.version(s).await?;
     let image = production::image_facts(s, &current)?;
     let (feed, releases) =
         watch::fetch_and_plan(s, store, current, &production.config, opts).await?;

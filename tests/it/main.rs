@@ -18,6 +18,7 @@ mod notify;
 mod playbook;
 mod probe;
 mod real;
+mod restore;
 mod rows;
 mod schedule;
 mod snapshots;

@@ -35,9 +35,7 @@ pub(crate) async fn version_checks(ctx: &Ctx<'_>) -> Result<Vec<Finding>, Unavai
             Err(e) => return Err(format!("hashing {}: {e}", target.display()).into()),
         }
     }
-    let current = deploy::current_version(s)
-        .await
-        .map_err(|e| error_chain(&e))?;
+    let current = ctx.version.clone()?;
     if let Some(facts) =
         deploy::production::image_facts(s, &current).map_err(|e| error_chain(&e))?
     {
@@ -53,14 +51,12 @@ pub(crate) async fn version_checks(ctx: &Ctx<'_>) -> Result<Vec<Finding>, Unavai
             ));
         }
     }
-    let prod_config = deploy::production_config(s)
-        .await
-        .map_err(|e| error_chain(&e))?;
+    let prod_config = &ctx.production.as_ref().map_err(Clone::clone)?.config;
     let (report, releases) = watch::fetch_and_plan(
         s,
         ctx.store,
         current,
-        &prod_config,
+        prod_config,
         &UpgradeOptions::default(),
     )
     .await

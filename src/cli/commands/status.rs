@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use crate::deploy;
 use crate::deploy::production::{KindDoc, KindFacts};
 use crate::deploy::Production;
 use crate::error::error_chain;
@@ -11,7 +12,6 @@ use crate::exit;
 use crate::headscale::http;
 use crate::settings::{Job, Settings};
 use crate::state::{BackupRow, InstallRow, Key, RunOutcome, RunRow, Store};
-use crate::upgrade;
 
 use crate::cli::{fmt_local, load, print_json, Cli, Failure};
 
@@ -48,7 +48,10 @@ async fn show(cli: &Cli, s: &Settings, store: &Store) -> Result<u8, Failure> {
 
 async fn facts(s: &Settings, store: &Store) -> Result<Facts, Failure> {
     let production = Production::find(s).await;
-    let running = upgrade::current_version(s).await;
+    let running = match &production {
+        Ok(p) => p.version(s).await,
+        Err(_) => deploy::current_version(s).await,
+    };
     let kind = KindFacts::read(s, production.as_ref().ok(), running.as_ref().ok()).await;
     let current = running
         .map(|v| v.to_string())
