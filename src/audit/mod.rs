@@ -160,7 +160,28 @@ struct Ctx<'a> {
     api: Option<Result<ApiClient, Unavailable>>,
 }
 
-impl Ctx<'_> {
+impl<'a> Ctx<'a> {
+    /// Production found once for the whole audit, and its config and version.
+    async fn new(s: &'a Settings, store: &'a Store) -> Ctx<'a> {
+        let production = Production::find(s)
+            .await
+            .map_err(|e| Unavailable(error_chain(&e)));
+        let config = deploy::production::audited_config(s, production.as_ref().ok());
+        let version = match &production {
+            Ok(p) => p.version(s).await,
+            Err(_) => deploy::current_version(s).await,
+        }
+        .map_err(|e| Unavailable(error_chain(&e)));
+        Ctx {
+            s,
+            store,
+            production,
+            config,
+            version,
+            api: None,
+        }
+    }
+
     fn config(&self) -> Result<&HeadscaleConfig, Unavailable> {
         self.config
             .as_ref()
@@ -184,23 +205,8 @@ impl Ctx<'_> {
 
 /// Runs the audit playbook. `Ok` even when some checks were skipped (they are listed).
 pub async fn run(s: &Settings, store: &Store) -> Result<Report, AuditError> {
-    let production = Production::find(s)
-        .await
-        .map_err(|e| Unavailable(error_chain(&e)));
-    let config = deploy::production::audited_config(s, production.as_ref().ok());
-    let version = match &production {
-        Ok(p) => p.version(s).await,
-        Err(_) => deploy::current_version(s).await,
-    }
-    .map_err(|e| Unavailable(error_chain(&e)));
-    let mut ctx = Ctx {
-        s,
-        store,
-        production,
-        config,
-        version: version.clone(),
-        api: None,
-    };
+    let mut ctx = Ctx::new(s, store).await;
+    let version = ctx.version.clone();
     let mut report = Report {
         schema: "headwarden.audit/v1",
         generated_at: state::rfc3339(now()),

@@ -23,6 +23,7 @@ pub mod production;
 pub mod service;
 pub mod staging;
 pub mod transaction;
+pub mod unit;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -254,6 +254,16 @@ impl Install {
     pub fn installs_package(&self) -> bool {
         matches!(self, Install::Deb(_))
     }
+
+    /// The config's name of the kind (`headscale.install.kind`).
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            Install::Binary => "binary",
+            Install::Compose(_) => "compose",
+            Install::Deb(_) => "deb",
+            Install::External(_) => "external",
+        }
+    }
 }
 
 /// Who installs Headscale's binary when headwarden does not (`kind: external`).

@@ -14,6 +14,7 @@ use crate::deploy::external::ExternalFacts;
 use crate::deploy::production;
 use crate::deploy::transaction::{self, Prod, Recovered};
 use crate::deploy::{self, Production, Service};
+use crate::error::error_chain;
 use crate::error::Hinted;
 use crate::event::{Event, Severity};
 use crate::headscale::config;
@@ -116,10 +117,25 @@ pub enum PipelineError {
     CurrentVersion(#[from] deploy::CurrentVersionError),
     #[error("production is not healthy before the upgrade: {0}")]
     ProductionUnhealthy(smoke::SmokeError),
+    /// headwarden itself was refused (its own account or capabilities), not production.
+    #[error("headwarden could not reach production, which may well be healthy: {0}")]
+    NoAccess(smoke::SmokeError),
     #[error("{0}")]
     NotStopped(String),
     #[error("{0}")]
     Other(String),
+}
+
+impl PipelineError {
+    /// Production's health check failed: production's fault, or headwarden's own when the
+    /// failure is a permission headwarden was refused (a socket or directory it cannot enter).
+    pub fn unhealthy(e: smoke::SmokeError) -> Self {
+        if error_chain(&e).to_lowercase().contains("permission denied") {
+            PipelineError::NoAccess(e)
+        } else {
+            PipelineError::ProductionUnhealthy(e)
+        }
+    }
 }
 
 impl From<WatchError> for PipelineError {
@@ -135,6 +151,10 @@ impl Hinted for PipelineError {
     fn hint(&self) -> Option<String> {
         match self {
             PipelineError::Feed(e) => e.hint().map(String::from),
+            PipelineError::NoAccess(_) => Some(
+                "the refusal is headwarden's own: run it as root, and under the shipped unit keep its capabilities (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH for Headscale's 0750 socket and data directories); `headwarden config check` says what the running unit lacks"
+                    .into(),
+            ),
             PipelineError::ProductionUnhealthy(_) => Some(
                 "headwarden only upgrades a healthy server; fix production first, then run again"
                     .into(),

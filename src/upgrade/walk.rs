@@ -231,10 +231,10 @@ impl RunCtx<'_> {
             || Ok(()),
         )
         .await
-        .map_err(PipelineError::ProductionUnhealthy)?;
+        .map_err(PipelineError::unhealthy)?;
         let baseline = smoke::baseline(&p.target(), s.smoke.timeout)
             .await
-            .map_err(PipelineError::ProductionUnhealthy)?;
+            .map_err(PipelineError::unhealthy)?;
         (self.say)(&format!(
             "production {}: healthy, {} users, {} nodes",
             self.current,
@@ -304,7 +304,7 @@ impl RunCtx<'_> {
         for (i, (hop, _)) in progress.installed.iter().enumerate() {
             let baseline = smoke::baseline(&p.target(), s.smoke.timeout)
                 .await
-                .map_err(PipelineError::ProductionUnhealthy)?;
+                .map_err(PipelineError::unhealthy)?;
             if let Some(busy) = deploy::switch_blocked(s) {
                 return Err(PipelineError::Other(format!(
                     "{busy}; nothing was changed, production stays on {from}; run again once it is done"

@@ -430,6 +430,7 @@ fn headwardens_own_package_installs_next_to_headscales() {
         "/usr/share/fish/vendor_completions.d/headwarden.fish",
         "/usr/share/doc/headwarden/examples/headwarden.example.yaml",
         "/usr/share/doc/headwarden/examples/deb-install.conf",
+        "/usr/share/doc/headwarden/examples/compose-install.conf",
         "/usr/lib/systemd/system/headwarden.service",
         "/usr/lib/systemd/system/headwarden.timer",
         "/usr/lib/systemd/system/headwarden-daemon.service",

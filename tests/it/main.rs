@@ -21,6 +21,7 @@ mod real;
 mod restore;
 mod rows;
 mod schedule;
+mod systemd;
 mod snapshots;
 mod tidy;
 mod upgrade;

@@ -9,6 +9,7 @@
 //! same profile and target directory; seconds when it is up to date) so it is never stale.
 
 mod bins;
+pub mod booted;
 pub mod compose;
 mod db;
 pub mod deb;

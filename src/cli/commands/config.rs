@@ -28,5 +28,8 @@ pub async fn check(cli: &Cli) -> Result<u8, Failure> {
     for w in s.warnings() {
         eprintln!("warning: {w}");
     }
+    for gap in deploy::unit::gaps(&s).await {
+        eprintln!("warning: {gap}");
+    }
     Ok(exit::OK)
 }

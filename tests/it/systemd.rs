@@ -1,0 +1,139 @@
+//! headwarden's shipped units under a real systemd (PID 1 of a booted Debian container), against
+//! upstream's packaged Headscale (`User=headscale`, 0750 runtime and data directories): the
+//! units and drop-ins exactly as the package ships them and README installs them.
+//! ../shared/reviews/systemd-2026-12.md found each of these broken; each test reproduces one.
+
+use std::time::Duration;
+
+use crate::support::booted::{backdate, Booted};
+
+const DEB_DROP_IN: &str = include_str!("../../systemd/deb-install.conf");
+const RUN: Duration = Duration::from_secs(300);
+
+/// Upstream's package of 0.28.0 installed and running under its own unit, a user in its
+/// database, and headwarden's package beside it with the deb drop-in README names.
+fn packaged(drop_ins: &[(&str, &str)]) -> Booted {
+    let host = Booted::boot();
+    host.install_headscale("0.28.0");
+    host.x_ok(&["headscale", "users", "create", "alice"]);
+    let mut all = vec![("deb-install.conf", DEB_DROP_IN)];
+    all.extend_from_slice(drop_ins);
+    host.install_headwarden(&all);
+    host
+}
+
+/// `headwarden config check` inside: its stderr (the warnings).
+fn config_check(host: &Booted) -> String {
+    let out = host.x(&[
+        "headwarden",
+        "--config",
+        "/etc/headwarden/headwarden.yaml",
+        "config",
+        "check",
+    ]);
+    assert!(out.status.success(), "{}", crate::support::text(&out));
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
+
+fn users(host: &Booted) -> String {
+    host.x_ok(&["headscale", "users", "list", "-o", "json"])
+}
+
+#[test]
+fn the_timer_upgrades_a_packaged_headscale_under_the_shipped_hardened_unit() {
+    let host = packaged(&[]);
+    // A first `dpkg -i` of upstream's package enables and starts its unit (README said it
+    // only records the enable state); it runs as its own account.
+    assert_eq!(
+        host.show("headscale.service", &["ActiveState", "UnitFileState"])["UnitFileState"],
+        "enabled"
+    );
+    assert_eq!(host.main_user("headscale.service"), "headscale");
+    let before = users(&host);
+    let warned = config_check(&host);
+    assert!(!warned.contains("headwarden.service:"), "{warned}");
+    host.release("0.29.3");
+    // headwarden's timer, as shipped, catching up a missed run (Persistent=true). Its random
+    // delay is set to 0 for the test: it would otherwise wait up to 30 minutes.
+    host.write(
+        "/etc/systemd/system/headwarden.timer.d/now.conf",
+        "[Timer]\nRandomizedDelaySec=0\n",
+    );
+    backdate(&host.root("/var/lib/systemd/timers/stamp-headwarden.timer"));
+    host.x_ok(&["systemctl", "daemon-reload"]);
+    host.x_ok(&["systemctl", "start", "headwarden.timer"]);
+    let (result, status, journal) = host.wait_done("headwarden.service", RUN);
+    assert_eq!(
+        (result.as_str(), status.as_str()),
+        ("success", "0"),
+        "{journal}"
+    );
+    assert!(journal.contains("0.28.0 -> 0.29.3"), "{journal}");
+    // What runs now: the new package, under its unit, as its account, on the same data.
+    assert_eq!(host.dpkg_state("headscale"), "0.29.3 ii");
+    assert_eq!(host.served_version(), "v0.29.3");
+    assert_eq!(host.main_user("headscale.service"), "headscale");
+    assert_eq!(users(&host), before, "every user kept");
+    assert_eq!(
+        host.owner_mode("/var/lib/headscale"),
+        "headscale:headscale 750"
+    );
+    assert!(
+        host.owner_mode("/var/lib/headscale/db.sqlite")
+            .starts_with("headscale:headscale "),
+        "the migrated database stays the service account's"
+    );
+    // Production was found through the real systemd's MainPID and checked.
+    let status = host.x_ok(&[
+        "headwarden",
+        "--config",
+        "/etc/headwarden/headwarden.yaml",
+        "status",
+    ]);
+    let pid = &host.show("headscale.service", &["MainPID"])["MainPID"];
+    assert!(
+        status.contains(&format!("process {pid} (uid "))
+            && status.contains("named by systemd unit headscale.service"),
+        "{status}"
+    );
+}
+
+#[test]
+fn a_unit_without_capabilities_is_reported_as_headwarden_s_own_refusal() {
+    // The units as they shipped before: root with an empty bounding set cannot enter
+    // Headscale's 0750 directories. The failure must name headwarden, not production.
+    let host = packaged(&[("empty-caps.conf", "[Service]\nCapabilityBoundingSet=\n")]);
+    // `config check` says so before any run.
+    let warned = config_check(&host);
+    assert!(
+        warned.contains(
+            "headwarden.service: its CapabilityBoundingSet lacks CAP_CHOWN CAP_DAC_OVERRIDE"
+        ),
+        "{warned}"
+    );
+    host.release("0.29.3");
+    let (result, _, journal) = host.run_unit("headwarden.service", RUN);
+    assert_eq!(result, "exit-code", "{journal}");
+    assert!(
+        journal.contains("headwarden could not reach production"),
+        "{journal}"
+    );
+    assert!(!journal.contains("fix production first"), "{journal}");
+    assert_eq!(host.dpkg_state("headscale"), "0.28.0 ii");
+    assert_eq!(host.served_version(), "v0.28.0");
+}
+
+#[test]
+fn the_unit_starts_while_headscale_is_stopped() {
+    // Upstream's unit removes /run/headscale on stop; the unit named it without `-` and could
+    // not start at all (226/NAMESPACE), exactly when a recovery is needed.
+    let host = packaged(&[]);
+    host.x_ok(&["systemctl", "stop", "headscale.service"]);
+    assert!(!host.root("/run/headscale").exists());
+    let (_, status, journal) = host.run_unit("headwarden.service", RUN);
+    assert_ne!(status, "226", "{journal}");
+    assert!(
+        journal.contains("upgrade: due"),
+        "headwarden ran: {journal}"
+    );
+}
