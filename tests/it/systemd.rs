@@ -35,8 +35,17 @@ fn config_check(host: &Booted) -> String {
     String::from_utf8_lossy(&out.stderr).to_string()
 }
 
-fn users(host: &Booted) -> String {
-    host.x_ok(&["headscale", "users", "list", "-o", "json"])
+/// Production's users (id and name; the connectivity probe's own left out).
+fn users(host: &Booted) -> Vec<String> {
+    let list: serde_json::Value =
+        serde_json::from_str(&host.x_ok(&["headscale", "users", "list", "-o", "json"]))
+            .expect("users json");
+    list.as_array()
+        .expect("users")
+        .iter()
+        .filter(|u| u["name"] != "headwarden-probe")
+        .map(|u| format!("{} {}", u["id"], u["name"]))
+        .collect()
 }
 
 #[test]
@@ -52,6 +61,8 @@ fn the_timer_upgrades_a_packaged_headscale_under_the_shipped_hardened_unit() {
     let before = users(&host);
     let warned = config_check(&host);
     assert!(!warned.contains("headwarden.service:"), "{warned}");
+    // The running version's package too: it is the way back.
+    host.release("0.28.0");
     host.release("0.29.3");
     // headwarden's timer, as shipped, catching up a missed run (Persistent=true). Its random
     // delay is set to 0 for the test: it would otherwise wait up to 30 minutes.
@@ -111,14 +122,19 @@ fn a_unit_without_capabilities_is_reported_as_headwarden_s_own_refusal() {
         ),
         "{warned}"
     );
+    host.release("0.28.0");
     host.release("0.29.3");
     let (result, _, journal) = host.run_unit("headwarden.service", RUN);
     assert_eq!(result, "exit-code", "{journal}");
+    // The first thing it cannot do is check production's process (/proc/<pid>/exe of another
+    // account): it says that it was refused, and that its capabilities are why.
     assert!(
-        journal.contains("headwarden could not reach production"),
+        journal.contains("cannot check process") && journal.contains("Permission denied"),
         "{journal}"
     );
+    assert!(journal.contains("CAP_SYS_PTRACE"), "{journal}");
     assert!(!journal.contains("fix production first"), "{journal}");
+    assert!(!journal.contains("not healthy"), "{journal}");
     assert_eq!(host.dpkg_state("headscale"), "0.28.0 ii");
     assert_eq!(host.served_version(), "v0.28.0");
 }
