@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use crate::support::booted::{backdate, Booted};
+use crate::support::deb::package_failing_on_production_at;
 
 const DEB_DROP_IN: &str = include_str!("../../systemd/deb-install.conf");
 const RUN: Duration = Duration::from_secs(300);
@@ -72,8 +73,9 @@ fn the_timer_upgrades_a_packaged_headscale_under_the_shipped_hardened_unit() {
     );
     backdate(&host.root("/var/lib/systemd/timers/stamp-headwarden.timer"));
     host.x_ok(&["systemctl", "daemon-reload"]);
+    let since = host.left_inactive("headwarden.service");
     host.x_ok(&["systemctl", "start", "headwarden.timer"]);
-    let (result, status, journal) = host.wait_done("headwarden.service", RUN);
+    let (result, status, journal) = host.wait_done("headwarden.service", &since, RUN);
     assert_eq!(
         (result.as_str(), status.as_str()),
         ("success", "0"),
@@ -151,5 +153,83 @@ fn the_unit_starts_while_headscale_is_stopped() {
     assert!(
         journal.contains("upgrade: due"),
         "headwarden ran: {journal}"
+    );
+}
+
+#[test]
+fn a_release_failing_only_on_production_is_rolled_back_with_data_owners_and_modes() {
+    let host = packaged(&[]);
+    let before = users(&host);
+    let files = [
+        "/var/lib/headscale",
+        "/var/lib/headscale/db.sqlite",
+        "/var/lib/headscale/noise_private.key",
+        "/etc/headscale/config.yaml",
+    ];
+    let owners: Vec<String> = files.iter().map(|f| host.owner_mode(f)).collect();
+    let config = std::fs::read(host.root("/etc/headscale/config.yaml")).expect("config");
+    let noise = host.x_ok(&["sha256sum", "/var/lib/headscale/noise_private.key"]);
+    host.release("0.28.0");
+    // 0.29.3 passes staging, then fails as production after its postinst migrated the data.
+    // Its real binary lives inside the booted system (headwarden's unit has its own /tmp).
+    let real = "/opt/real-headscale-0.29.3";
+    std::fs::copy(crate::support::headscale("0.29.3"), host.root(real)).expect("copy");
+    host.x_ok(&["chmod", "0755", real]);
+    let deb =
+        package_failing_on_production_at(host.dir.path(), "0.29.3", std::path::Path::new(real));
+    host.release_package("0.29.3", &deb);
+    let (result, status, journal) = host.run_unit("headwarden.service", RUN);
+    assert_eq!(
+        (result.as_str(), status.as_str()),
+        ("exit-code", "3"),
+        "{journal}"
+    );
+    assert!(journal.contains("production FAILED on 0.29.3"), "{journal}");
+    assert!(journal.contains("rolled back to 0.28.0"), "{journal}");
+    // What runs: the previous package, under its unit, as its account, on the restored data.
+    assert_eq!(host.dpkg_state("headscale"), "0.28.0 ii");
+    host.wait_healthy();
+    assert_eq!(host.served_version(), "v0.28.0");
+    assert_eq!(host.main_user("headscale.service"), "headscale");
+    assert_eq!(users(&host), before, "every user kept");
+    let after: Vec<String> = files.iter().map(|f| host.owner_mode(f)).collect();
+    assert_eq!(after, owners, "owners and modes of {files:?}");
+    assert_eq!(
+        std::fs::read(host.root("/etc/headscale/config.yaml")).expect("config"),
+        config
+    );
+    assert_eq!(
+        host.x_ok(&["sha256sum", "/var/lib/headscale/noise_private.key"]),
+        noise
+    );
+}
+
+#[test]
+fn the_shipped_unit_upgrades_a_binary_install_run_by_upstream_s_unit() {
+    // kind: binary, as admins install it by hand: the release binary at /usr/local/bin,
+    // upstream's unit (User=headscale), headwarden's unit without any drop-in.
+    let host = Booted::boot();
+    host.install_headscale_binary("0.28.0");
+    host.x_ok(&["headscale", "users", "create", "alice"]);
+    host.install_headwarden_for("  binary: /usr/local/bin/headscale\n", &[]);
+    assert!(!config_check(&host).contains("headwarden.service:"));
+    let before = users(&host);
+    host.release("0.29.3");
+    let (result, status, journal) = host.run_unit("headwarden.service", RUN);
+    assert_eq!(
+        (result.as_str(), status.as_str()),
+        ("success", "0"),
+        "{journal}"
+    );
+    assert_eq!(host.served_version(), "v0.29.3");
+    assert_eq!(host.main_user("headscale.service"), "headscale");
+    assert_eq!(
+        host.x_ok(&["readlink", "/usr/local/bin/headscale"]),
+        "/var/lib/headwarden/versions/0.29.3/headscale"
+    );
+    assert_eq!(users(&host), before, "every user kept");
+    assert_eq!(
+        host.owner_mode("/var/lib/headscale"),
+        "headscale:headscale 750"
     );
 }

@@ -146,10 +146,8 @@ impl Booted {
         self.x_ok(&["journalctl", "--no-pager", "-o", "cat", "-u", unit])
     }
 
-    /// Upstream's package of Headscale `version` installed as an admin does: the admin's config
-    /// written first (this host's loopback ports, an offline DERP map), then `dpkg -i`, whose
-    /// postinst enables and starts the unit under the real systemd. Waits for health.
-    pub fn install_headscale(&self, version: &str) {
+    /// The admin's Headscale config: this host's loopback ports, an offline DERP map.
+    fn write_headscale_config(&self) {
         self.write(
             "/etc/headscale/config.yaml",
             &upstream_config(
@@ -160,6 +158,13 @@ impl Booted {
             ),
         );
         self.write("/etc/headscale/derp.yaml", OFFLINE_DERP);
+    }
+
+    /// Upstream's package of Headscale `version` installed as an admin does: the admin's config
+    /// written first, then `dpkg -i`, whose postinst enables and starts the unit under the real
+    /// systemd. Waits for health.
+    pub fn install_headscale(&self, version: &str) {
+        self.write_headscale_config();
         let deb = format!(
             "/opt/rig-deb/{}",
             package(version)
@@ -171,9 +176,54 @@ impl Booted {
         self.wait_healthy();
     }
 
+    /// Headscale `version` as a raw binary at /usr/local/bin/headscale, run by upstream's unit
+    /// (the one its package ships, `ExecStart` pointed there) as the `headscale` account the
+    /// admin created. Waits for health.
+    pub fn install_headscale_binary(&self, version: &str) {
+        self.write_headscale_config();
+        let unpacked = self.path(&format!("unpacked-{version}"));
+        let out = Command::new("dpkg-deb")
+            .arg("-x")
+            .arg(package(version))
+            .arg(&unpacked)
+            .output()
+            .expect("dpkg-deb");
+        assert!(out.status.success(), "dpkg-deb -x: {}", text(&out));
+        let unit =
+            std::fs::read_to_string(unpacked.join("usr/lib/systemd/system/headscale.service"))
+                .expect("upstream's unit");
+        self.write(
+            "/etc/systemd/system/headscale.service",
+            &unit.replace("/usr/bin/headscale", "/usr/local/bin/headscale"),
+        );
+        std::fs::copy(
+            crate::headscale(version),
+            self.root("/usr/local/bin/headscale"),
+        )
+        .expect("binary");
+        self.x_ok(&["chmod", "0755", "/usr/local/bin/headscale"]);
+        self.x_ok(&[
+            "useradd",
+            "--system",
+            "--home-dir",
+            "/var/lib/headscale",
+            "--shell",
+            "/usr/sbin/nologin",
+            "headscale",
+        ]);
+        self.x_ok(&["systemctl", "daemon-reload"]);
+        self.x_ok(&["systemctl", "enable", "--now", "headscale.service"]);
+        self.wait_healthy();
+    }
+
     /// headwarden's own package, its config (`kind: deb` against the systemd unit, this test's
     /// feed) and the given drop-ins for headwarden.service (`name` → text).
     pub fn install_headwarden(&self, drop_ins: &[(&str, &str)]) {
+        self.install_headwarden_for("  install:\n    kind: deb\n", drop_ins);
+    }
+
+    /// [`Booted::install_headwarden`] with `headscale:` lines of its own (`install`, `binary`).
+    pub fn install_headwarden_for(&self, headscale: &str, drop_ins: &[(&str, &str)]) {
         let own = own_package();
         let deb = format!(
             "/opt/hw-deb/{}",
@@ -183,7 +233,7 @@ impl Booted {
         self.write(
             "/etc/headwarden/headwarden.yaml",
             &format!(
-                "release:\n  api_url: http://{}\n  allow_insecure_http: true\n  min_age: 1d\n  minisign_public_key: {}\nheadscale:\n  install:\n    kind: deb\n  service:\n    kind: systemd\n    unit: headscale.service\nsmoke:\n  timeout: 60s\n",
+                "release:\n  api_url: http://{}\n  allow_insecure_http: true\n  min_age: 1d\n  minisign_public_key: {}\nheadscale:\n{headscale}  service:\n    kind: systemd\n    unit: headscale.service\nsmoke:\n  timeout: 30s\n",
                 self.feed_addr, self.pubkey
             ),
         );
@@ -206,15 +256,55 @@ impl Booted {
         );
     }
 
-    /// Starts `unit` and waits until it is no longer starting or running (a oneshot's run);
-    /// its `Result`, `ExecMainStatus` and journal.
-    pub fn run_unit(&self, unit: &str, timeout: Duration) -> (String, String, String) {
-        self.x(&["systemctl", "start", "--no-block", unit]);
-        self.wait_done(unit, timeout)
+    /// Publishes release `version` with `deb` as its package (the real binary beside it).
+    pub fn release_package(&self, version: &str, deb: &Path) {
+        publish(
+            self.dir.path(),
+            version,
+            &crate::headscale(version),
+            Some(deb),
+        );
     }
 
-    /// Waits until `unit` has run (inactive or failed after being started).
-    pub fn wait_done(&self, unit: &str, timeout: Duration) -> (String, String, String) {
+    /// Starts `unit` and waits until it is no longer starting or running (a oneshot's run);
+    /// its `Result`, `ExecMainStatus` and journal. `systemctl start` waits for a oneshot to finish; a unit that ended well and nothing
+    /// references is unloaded at once (its properties read as defaults), so success is taken
+    /// from `start`'s own exit, and a failure (which keeps the unit loaded) from the unit.
+    pub fn run_unit(&self, unit: &str, timeout: Duration) -> (String, String, String) {
+        let secs = timeout.as_secs().to_string();
+        let out = self.x(&["timeout", &secs, "systemctl", "start", unit]);
+        if out.status.success() {
+            return ("success".into(), "0".into(), self.journal(unit));
+        }
+        assert_ne!(
+            out.status.code(),
+            Some(124),
+            "{unit} did not finish in {timeout:?}: {}",
+            self.journal(unit)
+        );
+        let s = self.show(unit, &["Result", "ExecMainStatus"]);
+        (
+            s.get("Result").cloned().unwrap_or_default(),
+            s.get("ExecMainStatus").cloned().unwrap_or_default(),
+            self.journal(unit),
+        )
+    }
+
+    /// When `unit` last left the inactive state (systemd's monotonic µs; "0" when never).
+    pub fn left_inactive(&self, unit: &str) -> String {
+        self.show(unit, &["InactiveExitTimestampMonotonic"])
+            .remove("InactiveExitTimestampMonotonic")
+            .unwrap_or_default()
+    }
+
+    /// Waits until `unit` has been started (after `since`, [`Booted::left_inactive`]) and is
+    /// inactive or failed again.
+    pub fn wait_done(
+        &self,
+        unit: &str,
+        since: &str,
+        timeout: Duration,
+    ) -> (String, String, String) {
         let deadline = Instant::now() + timeout;
         loop {
             let s = self.show(
@@ -223,14 +313,14 @@ impl Booted {
                     "ActiveState",
                     "Result",
                     "ExecMainStatus",
-                    "ExecMainExitTimestampMonotonic",
+                    "InactiveExitTimestampMonotonic",
                 ],
             );
-            let ran = s
-                .get("ExecMainExitTimestampMonotonic")
-                .is_some_and(|t| t != "0");
+            let started = s
+                .get("InactiveExitTimestampMonotonic")
+                .is_some_and(|t| t != since && t != "0");
             let state = s.get("ActiveState").cloned().unwrap_or_default();
-            if state == "failed" || ran && state == "inactive" {
+            if started && (state == "inactive" || state == "failed") {
                 return (
                     s.get("Result").cloned().unwrap_or_default(),
                     s.get("ExecMainStatus").cloned().unwrap_or_default(),

@@ -40,6 +40,59 @@ pub fn package(version: &str) -> PathBuf {
     p
 }
 
+/// Upstream's package of `version` rebuilt in `dir` after `edit` changed its tree (`dpkg-deb -R`
+/// layout: the files, and DEBIAN/ with control and maintainer scripts).
+pub fn variant(dir: &Path, version: &str, name: &str, edit: impl FnOnce(&Path)) -> PathBuf {
+    let tree = dir.join(format!("variant-{name}"));
+    let run = |args: &[&str]| {
+        let out = Command::new("dpkg-deb")
+            .args(args)
+            .output()
+            .expect("dpkg-deb");
+        assert!(out.status.success(), "dpkg-deb {args:?}: {}", text(&out));
+    };
+    let upstream = package(version).display().to_string();
+    let t = tree.display().to_string();
+    run(&["-R", &upstream, &t]);
+    edit(&tree);
+    let out = dir.join(format!("headscale-{version}-{name}.deb"));
+    run(&[
+        "--build",
+        "--root-owner-group",
+        &t,
+        &out.display().to_string(),
+    ]);
+    out
+}
+
+/// Upstream's package of `version` whose binary fails only as production, after migrating
+/// production's database: started by the unit (`headscale serve`, the package's config) it
+/// cannot bind its port (127.0.0.1:1 as `headscale`); staging (`serve -c <staging config>`)
+/// passes. The real binary it runs is kept in `dir` (which the service account must reach).
+pub fn package_failing_on_production(dir: &Path, version: &str) -> PathBuf {
+    let real = dir.join(format!("real-headscale-{version}"));
+    std::fs::copy(crate::headscale(version), &real).expect("copy");
+    std::fs::set_permissions(&real, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    package_failing_on_production_at(dir, version, &real)
+}
+
+/// [`package_failing_on_production`] whose wrapper runs the real binary at `real` (where the
+/// host that installs it has put it).
+pub fn package_failing_on_production_at(dir: &Path, version: &str, real: &Path) -> PathBuf {
+    variant(dir, version, "prod-fails", |tree| {
+        let bin = tree.join("usr/bin/headscale");
+        std::fs::write(
+            &bin,
+            format!(
+                "#!/bin/sh\n# headscale {version}, failing after migration when the unit serves production\n[ \"$*\" = serve ] && export HEADSCALE_LISTEN_ADDR=127.0.0.1:1\nexec '{real}' \"$@\"\n",
+                real = real.display()
+            ),
+        )
+        .expect("wrapper");
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    })
+}
+
 pub struct DebHost {
     pub dir: tempfile::TempDir,
     holder: Child,
@@ -234,51 +287,14 @@ impl DebHost {
         );
     }
 
-    /// Upstream's package of `version` rebuilt after `edit` changed its tree (`dpkg-deb -R`
-    /// layout: the files, and DEBIAN/ with control and maintainer scripts).
+    /// Upstream's package of `version` rebuilt after `edit` changed its tree ([`variant`]).
     pub fn variant(&self, version: &str, name: &str, edit: impl FnOnce(&Path)) -> PathBuf {
-        let tree = self.path(&format!("variant-{name}"));
-        let run = |args: &[&str]| {
-            let out = Command::new("dpkg-deb")
-                .args(args)
-                .output()
-                .expect("dpkg-deb");
-            assert!(out.status.success(), "dpkg-deb {args:?}: {}", text(&out));
-        };
-        let upstream = package(version).display().to_string();
-        let t = tree.display().to_string();
-        run(&["-R", &upstream, &t]);
-        edit(&tree);
-        let out = self.path(&format!("headscale-{version}-{name}.deb"));
-        run(&[
-            "--build",
-            "--root-owner-group",
-            &t,
-            &out.display().to_string(),
-        ]);
-        out
+        variant(self.dir.path(), version, name, edit)
     }
 
-    /// Upstream's package of `version` whose binary fails only as production, after migrating
-    /// production's database: started by the unit (`headscale serve`, the package's config) it
-    /// cannot bind its port (127.0.0.1:1 as `headscale`); staging (`serve -c <staging config>`)
-    /// passes.
+    /// [`package_failing_on_production`], built in this host's directory.
     pub fn package_failing_on_production(&self, version: &str) -> PathBuf {
-        let real = self.path(&format!("real-headscale-{version}"));
-        std::fs::copy(crate::headscale(version), &real).expect("copy");
-        std::fs::set_permissions(&real, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-        self.variant(version, "prod-fails", |tree| {
-            let bin = tree.join("usr/bin/headscale");
-            std::fs::write(
-                &bin,
-                format!(
-                    "#!/bin/sh\n# headscale {version}, failing after migration when the unit serves production\n[ \"$*\" = serve ] && export HEADSCALE_LISTEN_ADDR=127.0.0.1:1\nexec '{real}' \"$@\"\n",
-                    real = real.display()
-                ),
-            )
-            .expect("wrapper");
-            std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-        })
+        package_failing_on_production(self.dir.path(), version)
     }
 
     /// headwarden inside the throwaway root (it runs dpkg and systemctl there).
