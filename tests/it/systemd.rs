@@ -207,7 +207,10 @@ fn a_release_failing_only_on_production_is_rolled_back_with_data_owners_and_mode
 #[test]
 fn the_shipped_unit_upgrades_a_binary_install_run_by_upstream_s_unit() {
     // kind: binary, as admins install it by hand: the release binary at /usr/local/bin,
-    // upstream's unit (User=headscale), headwarden's unit without any drop-in.
+    // upstream's unit (User=headscale) with an EnvironmentFile= that moves the listen address
+    // away from the config file's, headwarden's unit without any drop-in. Health is only
+    // reachable where the real unit's environment says: production's environment is read
+    // from the process the real systemd names.
     let host = Booted::boot();
     host.install_headscale_binary("0.28.0");
     host.x_ok(&["headscale", "users", "create", "alice"]);

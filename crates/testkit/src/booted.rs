@@ -146,13 +146,14 @@ impl Booted {
         self.x_ok(&["journalctl", "--no-pager", "-o", "cat", "-u", unit])
     }
 
-    /// The admin's Headscale config: this host's loopback ports, an offline DERP map.
-    fn write_headscale_config(&self) {
+    /// The admin's Headscale config: this host's loopback ports (the listen address `listen`),
+    /// an offline DERP map.
+    fn write_headscale_config(&self, listen: &str) {
         self.write(
             "/etc/headscale/config.yaml",
             &upstream_config(
                 &format!("http://{}", self.addr()),
-                &self.addr(),
+                listen,
                 &format!("127.0.0.1:{}", free_port()),
                 &format!("127.0.0.1:{}", free_port()),
             ),
@@ -164,7 +165,7 @@ impl Booted {
     /// written first, then `dpkg -i`, whose postinst enables and starts the unit under the real
     /// systemd. Waits for health.
     pub fn install_headscale(&self, version: &str) {
-        self.write_headscale_config();
+        self.write_headscale_config(&self.addr());
         let deb = format!(
             "/opt/rig-deb/{}",
             package(version)
@@ -178,9 +179,19 @@ impl Booted {
 
     /// Headscale `version` as a raw binary at /usr/local/bin/headscale, run by upstream's unit
     /// (the one its package ships, `ExecStart` pointed there) as the `headscale` account the
-    /// admin created. Waits for health.
+    /// admin created. The listen address is the unit's `EnvironmentFile=`
+    /// (`HEADSCALE_LISTEN_ADDR`): the config file names a port nothing listens on. Waits for
+    /// health.
     pub fn install_headscale_binary(&self, version: &str) {
-        self.write_headscale_config();
+        self.write_headscale_config(&format!("127.0.0.1:{}", free_port()));
+        self.write(
+            "/etc/default/headscale",
+            &format!("HEADSCALE_LISTEN_ADDR={}\n", self.addr()),
+        );
+        self.write(
+            "/etc/systemd/system/headscale.service.d/environment.conf",
+            "[Service]\nEnvironmentFile=/etc/default/headscale\n",
+        );
         let unpacked = self.path(&format!("unpacked-{version}"));
         let out = Command::new("dpkg-deb")
             .arg("-x")
