@@ -255,6 +255,66 @@ fn expected_name(c: &ComposeInstall, d: &Discovered) -> String {
     format!("{project}{sep}{}{sep}1", c.service)
 }
 
+/// After a start: the service's container runs the image `reference` names. For a reference
+/// pinned by digest (`repo:X.Y.Z@sha256:…`, what headwarden writes) that is the verified image
+/// itself; a tag re-pointed by another pull or an auto-updater, or an engine that resolved the
+/// name elsewhere, is refused.
+pub async fn check_running_image(c: &ComposeInstall, reference: &str) -> Result<(), DeployError> {
+    let wanted = engine(c).image(reference).await?.ok_or_else(|| {
+        DeployError::Other(format!(
+            "the image {reference} is not in the engine's storage after the start"
+        ))
+    })?;
+    let found = discover(c).await?;
+    let running = found.container.as_ref().ok_or_else(|| {
+        DeployError::Other(format!(
+            "compose service {} has no container after the start",
+            c.service
+        ))
+    })?;
+    if !same_image_id(&running.image_id, &wanted.id) {
+        return Err(DeployError::Other(format!(
+            "compose service {}'s container {} runs image {}, not {reference} (image {}): production does not run what was verified",
+            c.service, running.name, running.image_id, wanted.id
+        )));
+    }
+    Ok(())
+}
+
+/// Image ids as engines print them (`sha256:` prefixed or not, full or short).
+fn same_image_id(a: &str, b: &str) -> bool {
+    let (a, b) = (
+        a.trim_start_matches("sha256:"),
+        b.trim_start_matches("sha256:"),
+    );
+    !a.is_empty() && !b.is_empty() && (a.starts_with(b) || b.starts_with(a))
+}
+
+/// The digest headwarden recorded for `repo:X.Y.Z` when it first pulled it, checked against what
+/// the engine holds under that tag now: the reference pinned by that digest. `None` when
+/// headwarden never pulled the tag (the admin's own image: trusted as found, README says so).
+pub async fn kept_image(
+    c: &ComposeInstall,
+    reference: &str,
+    recorded: Option<String>,
+) -> Result<Option<String>, DeployError> {
+    let Some(recorded) = recorded else {
+        return Ok(None);
+    };
+    let now = engine(c)
+        .image(reference)
+        .await?
+        .and_then(|i| i.digest_for(&ImageRef::parse(reference).repository));
+    if now.as_deref() != Some(recorded.as_str()) {
+        return Err(DeployError::Other(format!(
+            "the image {reference} in the engine's storage has digest {}, but headwarden verified {recorded} for it: not rolling back onto it; pull {}@{recorded} and run `headwarden rollback` again",
+            now.as_deref().unwrap_or("none"),
+            ImageRef::parse(reference).repository
+        )));
+    }
+    Ok(Some(format!("{reference}@{recorded}")))
+}
+
 /// The image reference the compose file names now.
 pub fn current_image(c: &ComposeInstall) -> Result<ImageRef, DeployError> {
     Ok(ComposeFile::load(&c.file)?.service(&c.service)?.image)

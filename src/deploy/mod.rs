@@ -183,6 +183,15 @@ pub(crate) async fn version_of(
         })
 }
 
+/// After production started on `slot`: what runs is that slot (for a compose install, the
+/// container's image is the pinned one). Other kinds are checked by the version they answer.
+pub async fn check_running(s: &Settings, slot: &Slot) -> Result<(), DeployError> {
+    match (&s.headscale.install, slot) {
+        (Install::Compose(c), Slot::Image(r)) => container::check_running_image(c, r).await,
+        _ => Ok(()),
+    }
+}
+
 /// Production's `headscale` CLI: the binary, or the one in the compose service's container.
 pub async fn production_cli(s: &Settings) -> Result<Cli, DeployError> {
     match &s.headscale.install {
@@ -354,7 +363,9 @@ impl Installed {
     pub fn slot(&self) -> Slot {
         match &self.artifact {
             Artifact::Binary(p) => Slot::Binary(p.clone()),
-            Artifact::Image { reference, .. } => Slot::Image(reference.clone()),
+            // Pinned by the verified digest: production runs exactly what staging tested,
+            // whatever the tag resolves to later.
+            Artifact::Image { reference, digest } => Slot::Image(format!("{reference}@{digest}")),
             Artifact::Package { deb, .. } => Slot::Package(deb.clone()),
         }
     }

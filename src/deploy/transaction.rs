@@ -200,6 +200,7 @@ async fn stop_for_rollback(service: &Service) -> Result<(), StepError> {
 
 /// After a rollback's start: the server that answers must be the version rolled back to.
 async fn check_rolled_back_version(p: &Prod<'_>, target: &Slot) -> Result<(), StepError> {
+    deploy::check_running(p.settings, target).await?;
     let timeout = p.settings.smoke.timeout;
     let expected = target
         .version(timeout)
@@ -349,6 +350,7 @@ async fn switch_and_start(
     p.step(run, hop, Step::Start, json!({}), timings, async {
         p.service.start().await?;
         p.wait_healthy().await?;
+        deploy::check_running(s, &to.slot()).await?;
         Ok::<(), StepError>(())
     })
     .await?;
@@ -719,6 +721,7 @@ pub async fn recover(p: &Prod<'_>) -> Result<Vec<Recovered>, DeployError> {
 /// cannot be put back by headwarden.
 async fn kept_slot(
     s: &Settings,
+    store: &Store,
     version: &semver::Version,
     backup: &state::BackupRow,
 ) -> Result<Slot, StepError> {
@@ -746,7 +749,10 @@ async fn kept_slot(
                     "the image {reference} is no longer in the engine's storage; pull it, then run `headwarden rollback` again"
                 )));
             }
-            Slot::Image(reference)
+            // Re-checked against the digest verified when it was pulled, and pinned by it.
+            let recorded = store.kv_get(state::Key::Image(&reference))?;
+            let pinned = container::kept_image(c, &reference, recorded).await?;
+            Slot::Image(pinned.unwrap_or(reference))
         }
         Install::External(_) => {
             return Err(StepError::Refused(format!(
@@ -780,7 +786,7 @@ pub async fn manual_rollback(
     let s = p.settings;
     let version = semver::Version::parse(&backup.version)
         .map_err(|e| StepError::Refused(format!("{:?} is not a version: {e}", backup.version)))?;
-    let target = kept_slot(s, &version, backup).await?;
+    let target = kept_slot(s, p.store, &version, backup).await?;
     let dir = PathBuf::from(&backup.dir);
     // Refused here, before production is stopped, when the backup would not go back where it
     // came from.

@@ -127,9 +127,17 @@ fn compose_upgrade_pins_a_floating_tag_then_goes_hop_by_hop_to_the_newest_0_29()
         assert!(said.contains(&format!("production now on {v}")), "{said}");
     }
     assert_eq!(sb.served_version(), "v0.29.3");
+    // Pinned by the digest headwarden verified (and staged), not by the tag: a tag re-pointed
+    // later (another pull, an auto-updater) cannot change what production runs.
+    let pulled = format!("pulled {}:0.29.3: digest ", sb.repo);
+    let digest = said
+        .split(&pulled)
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no digest said for 0.29.3: {said}"));
     assert_eq!(
         sb.image_line(),
-        format!("    image: {}:0.29.3  # upgraded by headwarden", sb.repo)
+        format!("    image: {}:0.29.3@{digest}  # upgraded by headwarden", sb.repo)
     );
     assert_eq!(identities(&sb), before, "every user, node and key kept");
     assert_eq!(

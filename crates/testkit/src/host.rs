@@ -97,10 +97,11 @@ impl Host for ComposeSandbox {
         assert_eq!(self.containers().len(), 1, "{said}");
     }
     fn check_kind(&self, want: &str, said: &str) {
+        // The exact tag, pinned by its digest once headwarden wrote the line.
+        let line = self.image_line();
         assert!(
-            self.image_line().contains(&format!(":{want} ")),
-            "{}: {said}",
-            self.image_line()
+            line.contains(&format!(":{want} ")) || line.contains(&format!(":{want}@sha256:")),
+            "{line}: {said}"
         );
         assert!(
             self.staging_containers().is_empty(),
