@@ -137,7 +137,10 @@ fn compose_upgrade_pins_a_floating_tag_then_goes_hop_by_hop_to_the_newest_0_29()
         .unwrap_or_else(|| panic!("no digest said for 0.29.3: {said}"));
     assert_eq!(
         sb.image_line(),
-        format!("    image: {}:0.29.3@{digest}  # upgraded by headwarden", sb.repo)
+        format!(
+            "    image: {}:0.29.3@{digest}  # upgraded by headwarden",
+            sb.repo
+        )
     );
     assert_eq!(identities(&sb), before, "every user, node and key kept");
     assert_eq!(
@@ -517,6 +520,66 @@ fn compose_image_replaced_after_publication_is_refused() {
             bad: true,
             events: &["release.artifact_replaced"],
             says: &["was replaced after publication"],
+        },
+    );
+}
+
+/// A tag re-pointed after headwarden verified and staged it — an auto-updater's pull, another
+/// admin's `podman tag` — right before the promotion (a pre-promote hook does it here): the
+/// compose file names the image by the verified digest, so production still runs exactly what
+/// staging tested, and the running container's image is checked after the start (security
+/// review N4; by tag, production came up on the re-pointed 0.27.1 image and was rolled back).
+#[test]
+fn compose_tag_re_pointed_before_the_promotion_does_not_reach_production() {
+    compose_row(
+        "0.27.1",
+        "0.28.0",
+        |sb| {
+            sb.push("0.28.0", "0.28.0");
+            let hook = sb.path("re-point.sh");
+            let env: String = [
+                "CONTAINERS_CONF",
+                "CONTAINERS_STORAGE_CONF",
+                "CONTAINERS_REGISTRIES_CONF",
+            ]
+            .iter()
+            .filter_map(|k| std::env::var(k).ok().map(|v| format!("export {k}='{v}'\n")))
+            .collect();
+            std::fs::write(
+                &hook,
+                format!(
+                    "#!/bin/sh\n{env}exec podman tag {repo}:0.27.1 {repo}:0.28.0\n",
+                    repo = sb.repo
+                ),
+            )
+            .expect("hook");
+            std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                .expect("chmod");
+            let default = std::fs::read_to_string(format!(
+                "{}/playbooks/upgrade.yaml",
+                env!("CARGO_MANIFEST_DIR")
+            ))
+            .expect("default playbook");
+            let playbook = default.replacen(
+                "  - step: promote",
+                &format!(
+                    "  - step: hook\n    argv: [{}]\n    timeout: 30s\n  - step: promote",
+                    hook.display()
+                ),
+                1,
+            );
+            let file = sb.path("upgrade-playbook.yaml");
+            std::fs::write(&file, playbook).expect("playbook");
+            sb.extra_top = format!("playbooks:\n  upgrade: {}\n", file.display());
+            sb.write_config();
+        },
+        upgrade,
+        Expect {
+            exit: &[0],
+            end: End::New,
+            bad: false,
+            events: &["upgrade.succeeded"],
+            says: &["production now on 0.28.0"],
         },
     );
 }
