@@ -393,7 +393,9 @@ async fn start_hop(
         let config_path = layout.config();
         let text = serde_yaml_ng::to_string(&config)
             .map_err(|e| DeployError::Other(format!("serialising staging config: {e}")))?;
-        std::fs::write(&config_path, text).map_err(io_err("writing", &config_path))?;
+        // A fresh file renamed into place: a link an earlier hop's container left in the
+        // read-write staging directory is replaced, never written through (security review N9).
+        files::write_atomic(&config_path, text.as_bytes(), 0o644)?;
         let base_url = format!("http://127.0.0.1:{}", layout.http_port);
         let (mut instance, cli, data) = match launch(h, layout, &config_path, &log).await {
             Ok(started) => started,

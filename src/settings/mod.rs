@@ -76,6 +76,14 @@ impl Settings {
     /// Valid but risky choices that `config check` points out.
     pub fn warnings(&self) -> Vec<String> {
         let mut out = Vec::new();
+        if let Install::Compose(c) = &self.headscale.install {
+            if self.release.minisign_public_key.is_some() || self.release.require_signature {
+                out.push(format!(
+                    "release.minisign_public_key and require_signature cover release files, not images: upstream signs no image, so {} is trusted on first pull and then pinned by its digest (README, \"What covers images\")",
+                    c.image
+                ));
+            }
+        }
         for (i, n) in self.notify.iter().enumerate() {
             if n.one_time_keys == KeyDelivery::Include {
                 out.push(format!(
