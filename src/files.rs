@@ -14,7 +14,7 @@
 //!    writable by nobody else, or a swapped binary would run as root.
 
 use std::fs::File;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -37,6 +37,8 @@ pub enum FileError {
     },
     #[error("{path} is writable by other users (mode {mode:04o})")]
     OpenToOthers { path: PathBuf, mode: u32 },
+    #[error("{path} is larger than {max} bytes, more than such a file ever holds; refusing to copy it")]
+    TooLarge { path: PathBuf, max: u64 },
 }
 
 fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> FileError + 'a {
@@ -187,10 +189,15 @@ pub fn write_atomic(target: &Path, bytes: &[u8], mode: u32) -> Result<(), FileEr
     replace_with(target, &mut &bytes[..], Some(own), mode)
 }
 
+/// The most headwarden copies of a small file another account writes (a noise key, a config, a
+/// compose file): a sparse multi-GB file there must not fill `state_dir` during the downtime.
+pub const SMALL_FILE_MAX: u64 = 4 << 20;
+
 /// Copies the regular file `source` (in a directory another account may write) to the new file
 /// `dest` in headwarden's own directory, keeping its owner, group and mode there. Returns them.
+/// A file over [`SMALL_FILE_MAX`] is refused (and nothing is left at `dest`).
 pub fn copy_preserving(source: &Path, dest: &Path) -> Result<FileMeta, FileError> {
-    let mut f = open_nofollow(source)?;
+    let f = open_nofollow(source)?;
     let meta = FileMeta::of(&f.metadata().map_err(io("reading", source))?);
     let _ = std::fs::remove_file(dest);
     let mut out = std::fs::OpenOptions::new()
@@ -200,7 +207,16 @@ pub fn copy_preserving(source: &Path, dest: &Path) -> Result<FileMeta, FileError
         .custom_flags(libc::O_NOFOLLOW)
         .open(dest)
         .map_err(io("creating", dest))?;
-    std::io::copy(&mut f, &mut out).map_err(io("copying into", dest))?;
+    let copied = std::io::copy(&mut f.take(SMALL_FILE_MAX + 1), &mut out)
+        .map_err(io("copying into", dest))?;
+    if copied > SMALL_FILE_MAX {
+        drop(out);
+        let _ = std::fs::remove_file(dest);
+        return Err(FileError::TooLarge {
+            path: source.to_path_buf(),
+            max: SMALL_FILE_MAX,
+        });
+    }
     apply_meta(&out, dest, meta)?;
     out.flush().map_err(io("writing", dest))?;
     out.sync_all().map_err(io("fsync", dest))?;
@@ -364,6 +380,23 @@ mod tests {
             copy_preserving(&link, &d.path().join("x")),
             Err(FileError::NotRegular { .. })
         ));
+    }
+
+    #[test]
+    fn an_oversized_small_file_is_refused_and_leaves_nothing() {
+        // Security review N11: a sparse multi-GB noise key must not fill state_dir.
+        let d = tempfile::tempdir().expect("tempdir");
+        let key = d.path().join("noise_private.key");
+        let f = File::create(&key).expect("key");
+        f.set_len(SMALL_FILE_MAX + 1).expect("sparse");
+        let copy = d.path().join("copy");
+        assert!(matches!(
+            copy_preserving(&key, &copy),
+            Err(FileError::TooLarge { .. })
+        ));
+        assert!(!copy.exists());
+        f.set_len(100).expect("truncate");
+        copy_preserving(&key, &copy).expect("a normal key is copied");
     }
 
     #[test]
