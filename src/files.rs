@@ -37,7 +37,9 @@ pub enum FileError {
     },
     #[error("{path} is writable by other users (mode {mode:04o})")]
     OpenToOthers { path: PathBuf, mode: u32 },
-    #[error("{path} is larger than {max} bytes, more than such a file ever holds; refusing to copy it")]
+    #[error(
+        "{path} is larger than {max} bytes, more than such a file ever holds; refusing to copy it"
+    )]
     TooLarge { path: PathBuf, max: u64 },
 }
 

@@ -17,6 +17,7 @@
 pub mod backup;
 pub mod container;
 pub mod external;
+pub mod inputs;
 pub mod package;
 pub mod prepare;
 pub mod production;

@@ -204,6 +204,44 @@ fn without_the_expire_step_overdue_nodes_are_never_expired() {
     assert!(text(&plan).contains("\"overdue\""), "{}", text(&plan));
 }
 
+/// Security review N8: what root runs or reads must not be another account's to change. A hook
+/// owned by another account, and a playbook in a directory others may write, are named by
+/// `config check`.
+#[test]
+fn config_check_names_inputs_another_account_could_change() {
+    let mut sb = Sandbox::new("0.27.1");
+    let hook = script(&sb, "their-hook.sh", "true");
+    std::os::unix::fs::chown(&hook, Some(4242), Some(4242)).expect("chown");
+    let pb = upgrade_playbook(
+        "promote",
+        &format!("  - step: hook\n    argv: [{hook}]\n    timeout: 10s\n"),
+    );
+    let open = sb.path("open");
+    std::fs::create_dir(&open).expect("dir");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let file = open.join("upgrade.yaml");
+    std::fs::write(&file, pb).expect("playbook");
+    sb.extra_top = format!("playbooks:\n  upgrade: {}\n", file.display());
+    sb.write_config();
+    let out = sb.hw(&["config", "check"]);
+    let said = text(&out);
+    assert_eq!(code(&out), 0, "a warning, not a refusal: {said}");
+    assert!(
+        said.contains(&format!("the hook {hook}: the file is owned by uid 4242")),
+        "{said}"
+    );
+    assert!(
+        said.contains(&format!(
+            "the playbook {}: its directory is writable by others (mode 0777)",
+            file.display()
+        )),
+        "{said}"
+    );
+    // headwarden's own config in the sandbox is root's: not named.
+    assert!(!said.contains("headwarden's config"), "{said}");
+}
+
 #[test]
 fn unsafe_playbooks_in_the_config_are_refused_with_the_reason() {
     let mut sb = Sandbox::new("0.27.1");

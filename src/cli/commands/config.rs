@@ -31,5 +31,8 @@ pub async fn check(cli: &Cli) -> Result<u8, Failure> {
     for gap in deploy::unit::gaps(&s).await {
         eprintln!("warning: {gap}");
     }
+    for input in deploy::inputs::foreign_writable(&s) {
+        eprintln!("warning: {input}");
+    }
     Ok(exit::OK)
 }
