@@ -150,6 +150,20 @@ pub fn sim(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// Waits up to a minute for `GET /health` on `addr`; panics naming `what` with `log()` (what the
+/// server wrote) when it never answers.
+pub fn wait_for_health(addr: &str, what: &str, log: impl Fn() -> String) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while http_get(addr, "/health").is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what} never became healthy: {}",
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// A plain HTTP/1.0 GET on 127.0.0.1 (no client crate needed for one status line).
 pub fn http_get(addr: &str, path: &str) -> Option<String> {
     use std::io::{Read, Write};

@@ -352,15 +352,7 @@ impl Booted {
     }
 
     pub fn wait_healthy(&self) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while crate::http_get(&self.addr(), "/health").is_none() {
-            assert!(
-                Instant::now() < deadline,
-                "the packaged Headscale never became healthy: {}",
-                self.journal("headscale.service")
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        crate::wait_for_health(&self.addr(), "the packaged Headscale", || self.journal("headscale.service"));
     }
 
     /// The version the server answering on Headscale's address reports.

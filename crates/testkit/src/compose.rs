@@ -7,7 +7,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
 
 use crate::{free_port, publish, run_hw, sim, start_feed, text, upstream_config, OFFLINE_DERP};
 
@@ -229,15 +228,7 @@ impl ComposeSandbox {
     }
 
     pub fn wait_healthy(&self) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while crate::http_get(&self.addr(), "/health").is_none() {
-            assert!(
-                Instant::now() < deadline,
-                "compose production never became healthy: {}",
-                self.logs()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        crate::wait_for_health(&self.addr(), "compose production", || self.logs());
     }
 
     /// `/version` of what answers on production's port ("none" when nothing answers; 0.26 has

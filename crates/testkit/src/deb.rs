@@ -314,15 +314,7 @@ impl DebHost {
     }
 
     pub fn wait_healthy(&self) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while crate::http_get(&self.addr(), "/health").is_none() {
-            assert!(
-                Instant::now() < deadline,
-                "the deb-installed Headscale never became healthy: {}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        crate::wait_for_health(&self.addr(), "the deb-installed Headscale", || self.log());
     }
 
     /// What the unit wrote (the stand-in's journal).
