@@ -352,7 +352,9 @@ impl Booted {
     }
 
     pub fn wait_healthy(&self) {
-        crate::wait_for_health(&self.addr(), "the packaged Headscale", || self.journal("headscale.service"));
+        crate::wait_for_health(&self.addr(), "the packaged Headscale", || {
+            self.journal("headscale.service")
+        });
     }
 
     /// The version the server answering on Headscale's address reports.
