@@ -9,7 +9,7 @@ use semver::Version;
 use sha2::{Digest, Sha256};
 
 use crate::compose::{
-    ComposeFile, ContainerInfo, Engine, ImageRef, MountSource, ServiceSpec, TagKind,
+    ComposeError, ComposeFile, ContainerInfo, Engine, ImageRef, MountSource, ServiceSpec, TagKind,
 };
 use crate::deploy::{io_err, DeployError};
 use crate::files;
@@ -59,17 +59,11 @@ pub async fn discover(c: &ComposeInstall) -> Result<Discovered, DeployError> {
 /// asked): for readers that only need `server_url`.
 pub fn host_config_path(c: &ComposeInstall, inside: &Path) -> Option<PathBuf> {
     let file = ComposeFile::load(&c.file).ok()?;
-    let spec = file.service(&c.service).ok()?;
-    let mounts = bind_mounts(&spec);
-    Discovered {
-        file,
-        spec,
-        container: None,
-        mounts,
-    }
-    .host_path(inside)
-    .ok()
-    .flatten()
+    Discovered::from_file(file, &c.service)
+        .ok()?
+        .host_path(inside)
+        .ok()
+        .flatten()
 }
 
 /// A container path refused as a way onto the host.
@@ -92,6 +86,18 @@ fn bind_mounts(spec: &ServiceSpec) -> Vec<(PathBuf, PathBuf)> {
 }
 
 impl Discovered {
+    /// The service as the compose file alone has it (no engine asked): its bind mounts only.
+    fn from_file(file: ComposeFile, service: &str) -> Result<Self, ComposeError> {
+        let spec = file.service(service)?;
+        let mounts = bind_mounts(&spec);
+        Ok(Discovered {
+            file,
+            spec,
+            container: None,
+            mounts,
+        })
+    }
+
     /// The host path behind a path inside the container (the longest mount that holds it);
     /// `Ok(None)` when no mount holds it. The container's config names these paths, and the
     /// container may write that config and its volumes: a path with `..` or `.` in it, or one
@@ -389,14 +395,7 @@ mod tests {
             data.display()
         );
         let file = ComposeFile::parse(&dir.join("compose.yaml"), text).expect("compose");
-        let spec = file.service("headscale").expect("service");
-        let mounts = bind_mounts(&spec);
-        Discovered {
-            file,
-            spec,
-            container: None,
-            mounts,
-        }
+        Discovered::from_file(file, "headscale").expect("service")
     }
 
     #[test]

@@ -367,14 +367,7 @@ impl Booted {
 
     /// What dpkg records for `package`: `<version> <status>`.
     pub fn dpkg_state(&self, package: &str) -> String {
-        let out = self.x(&[
-            "dpkg-query",
-            "-W",
-            "-f",
-            "${Version} ${db:Status-Abbrev}",
-            package,
-        ]);
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
+        crate::deb::dpkg_state(|argv| self.x(argv), package)
     }
 
     /// Owner, group and mode of `path` inside (`stat -c '%U:%G %a'`).

@@ -93,6 +93,19 @@ pub fn package_failing_on_production_at(dir: &Path, version: &str, real: &Path) 
     })
 }
 
+/// What dpkg records for `package` (`<version> <status>`, or "" when unknown), asked through
+/// `run` (inside whichever root the host runs commands in).
+pub fn dpkg_state(run: impl Fn(&[&str]) -> Output, package: &str) -> String {
+    let out = run(&[
+        "dpkg-query",
+        "-W",
+        "-f",
+        "${Version} ${db:Status-Abbrev}",
+        package,
+    ]);
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 pub struct DebHost {
     pub dir: tempfile::TempDir,
     holder: Child,
@@ -226,14 +239,7 @@ impl DebHost {
 
     /// What dpkg records for `package`: `<version> <status>`, or "" when unknown.
     pub fn dpkg_state(&self, package: &str) -> String {
-        let out = self.ns(&[
-            "dpkg-query",
-            "-W",
-            "-f",
-            "${Version} ${db:Status-Abbrev}",
-            package,
-        ]);
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
+        dpkg_state(|argv| self.ns(argv), package)
     }
 
     /// Writes the admin's config and DERP map, enables and starts the unit, waits for health.
