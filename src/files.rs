@@ -15,7 +15,7 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
@@ -236,10 +236,30 @@ pub fn apply_meta(f: &File, path: &Path, meta: FileMeta) -> Result<(), FileError
         .map_err(io("setting the mode of", path))
 }
 
+/// Gives `dir` and the entries directly in it to `uid:gid`, each through its own descriptor
+/// opened without following a link (a link in it is refused). For a directory only we could
+/// write until now: the staging data the candidate runs on as production's account.
+pub fn hand_over(dir: &Path, uid: u32, gid: u32) -> Result<(), FileError> {
+    let open = |p: &Path| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(p)
+            .map_err(io("opening", p))
+    };
+    let chown = |f: &File, p: &Path| {
+        std::os::unix::fs::fchown(f, Some(uid), Some(gid)).map_err(io("handing over", p))
+    };
+    for entry in std::fs::read_dir(dir).map_err(io("listing", dir))? {
+        let path = entry.map_err(io("listing", dir))?.path();
+        chown(&open(&path)?, &path)?;
+    }
+    chown(&open(dir)?, dir)
+}
+
 /// Creates `dir` (and missing parents) and sets exactly `mode` on it; refuses an existing
 /// directory that another account owns or may write.
 pub fn owned_dir(dir: &Path, mode: u32) -> Result<(), FileError> {
-    use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(mode)

@@ -6,6 +6,7 @@
 #![allow(clippy::disallowed_methods)] // the one home of spawning and of the environment
 
 use std::ffi::OsStr;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
@@ -57,6 +58,8 @@ pub struct ProcInfo {
     pub pid: i32,
     /// The effective uid (`/proc/<pid>/status`, `Uid:`'s second field).
     pub uid: u32,
+    /// The effective gid (`Gid:`'s second field).
+    pub gid: u32,
     /// What `/proc/<pid>/exe` links to (`<path> (deleted)` once the file was replaced).
     pub exe: std::path::PathBuf,
     /// Device and inode of the executable it runs (the deleted file's too).
@@ -100,17 +103,21 @@ pub fn proc_info(pid: i32) -> Result<ProcInfo, ProcError> {
     }
     let start_time = fields.get(19).and_then(|t| t.parse().ok()).unwrap_or(0);
     let status = std::fs::read_to_string(dir.join("status")).map_err(unreadable("status"))?;
-    let uid = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|ids| ids.split_whitespace().nth(1))
-        .and_then(|id| id.parse().ok())
-        .ok_or_else(|| unreadable("status")(std::io::Error::other("no Uid line")))?;
+    let effective = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|ids| ids.split_whitespace().nth(1))
+            .and_then(|id| id.parse::<u32>().ok())
+            .ok_or_else(|| unreadable("status")(std::io::Error::other(format!("no {key} line"))))
+    };
+    let (uid, gid) = (effective("Uid:")?, effective("Gid:")?);
     let exe = std::fs::read_link(dir.join("exe")).map_err(unreadable("exe"))?;
     let meta = std::fs::metadata(dir.join("exe")).map_err(unreadable("exe"))?;
     Ok(ProcInfo {
         pid,
         uid,
+        gid,
         exe,
         exe_id: (meta.dev(), meta.ino()),
         start_time,
@@ -204,17 +211,27 @@ async fn collect(
     }
 }
 
-/// Starts a long-running child (a staging server) with output appended to `log`.
-pub fn spawn_logged(program: &Path, args: &[&str], log: &Path) -> Result<Child, ProcessError> {
-    spawn_logged_env(program, args, log, &[])
+/// An account a child runs as (its uid and primary gid; supplementary groups are dropped).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Account {
+    pub uid: u32,
+    pub gid: u32,
 }
 
-/// [`spawn_logged`] with `env` given to the child (and nothing else of ours named `HEADSCALE_*`).
+/// Starts a long-running child (a staging server) with output appended to `log`.
+pub fn spawn_logged(program: &Path, args: &[&str], log: &Path) -> Result<Child, ProcessError> {
+    spawn_logged_env(program, args, log, &[], None)
+}
+
+/// [`spawn_logged`] with `env` given to the child (and nothing else of ours named `HEADSCALE_*`),
+/// run as `account` when given (root only: it needs `CAP_SETUID` and `CAP_SETGID`). The log is
+/// opened by us, never through a link.
 pub fn spawn_logged_env(
     program: &Path,
     args: &[&str],
     log: &Path,
     env: &[(String, String)],
+    account: Option<Account>,
 ) -> Result<Child, ProcessError> {
     let name = program.display().to_string();
     let err = |source| ProcessError::Spawn {
@@ -224,6 +241,7 @@ pub fn spawn_logged_env(
     let out = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .custom_flags(nix::libc::O_NOFOLLOW)
         .open(log)
         .map_err(err)?;
     let errf = out.try_clone().map_err(err)?;
@@ -233,6 +251,10 @@ pub fn spawn_logged_env(
         .stdout(out)
         .stderr(errf)
         .kill_on_drop(true);
+    if let Some(a) = account {
+        // std drops the supplementary groups before setuid when it runs as root.
+        cmd.uid(a.uid).gid(a.gid);
+    }
     cmd.spawn().map_err(err)
 }
 

@@ -25,6 +25,26 @@ pub enum EngineError {
     },
     #[error("`{argv}` printed output headwarden cannot read: {detail}")]
     Output { argv: String, detail: String },
+    #[error("{} cannot be bind-mounted: a comma or a line break in a path would change what `--mount` says", path.display())]
+    Unmountable { path: PathBuf },
+}
+
+/// `--mount`'s value for a bind mount; a path with a comma or a line break is refused rather
+/// than quoted (both engines read the value as one CSV record).
+fn bind_mount(src: &Path, dst: &Path, read_only: bool) -> Result<String, EngineError> {
+    for p in [src, dst] {
+        if p.to_string_lossy().contains([',', '\n', '\r', '"']) {
+            return Err(EngineError::Unmountable {
+                path: p.to_path_buf(),
+            });
+        }
+    }
+    Ok(format!(
+        "type=bind,source={},target={}{}",
+        src.display(),
+        dst.display(),
+        if read_only { ",readonly" } else { "" }
+    ))
 }
 
 /// The engine binary (first element) and any fixed arguments.
@@ -123,14 +143,14 @@ impl Engine {
     }
 
     pub async fn pull(&self, reference: &str) -> Result<(), EngineError> {
-        self.run(&["pull", "--quiet", reference], PULL_TIMEOUT)
+        self.run(&["pull", "--quiet", "--", reference], PULL_TIMEOUT)
             .await
             .map(drop)
     }
 
     /// The first object `<kind> inspect <name>` prints, or `None` when there is no such object.
     async fn inspect(&self, kind: &str, name: &str) -> Result<Option<Value>, EngineError> {
-        match self.json(&[kind, "inspect", name]).await {
+        match self.json(&[kind, "inspect", "--", name]).await {
             Ok(Value::Array(mut a)) if !a.is_empty() => Ok(Some(a.swap_remove(0))),
             Ok(_) | Err(EngineError::Exited { .. }) => Ok(None),
             Err(e) => Err(e),
@@ -242,7 +262,7 @@ impl Engine {
 
     /// The argv that runs `program` inside `container` (the image has no shell).
     pub fn exec(&self, container: &str, program: &str) -> Vec<String> {
-        self.argv(["exec", container, program])
+        self.argv(["exec", "--", container, program])
     }
 
     /// Starts a throwaway container on the host's network: `mounts` as `(host, inside, read
@@ -263,13 +283,8 @@ impl Engine {
             .map(str::to_string)
             .collect();
         for (src, dst, ro) in mounts {
-            a.push("-v".into());
-            a.push(format!(
-                "{}:{}{}",
-                src.display(),
-                dst.display(),
-                if *ro { ":ro" } else { "" }
-            ));
+            a.push("--mount".into());
+            a.push(bind_mount(src, dst, *ro)?);
         }
         for (k, _) in env {
             a.push("-e".into());
@@ -279,6 +294,7 @@ impl Engine {
             a.push("--label".into());
             a.push(format!("{k}={v}"));
         }
+        a.push("--".into());
         a.push(image.into());
         a.extend(args.iter().map(|s| s.to_string()));
         let refs: Vec<&str> = a.iter().map(String::as_str).collect();
@@ -288,7 +304,7 @@ impl Engine {
     /// Stops and removes a container; one that is already gone is not an error.
     pub async fn remove(&self, name: &str) -> Result<(), EngineError> {
         match self
-            .run(&["rm", "-f", "-t", "10", name], ENGINE_TIMEOUT)
+            .run(&["rm", "-f", "-t", "10", "--", name], ENGINE_TIMEOUT)
             .await
         {
             Ok(_) => Ok(()),
@@ -302,7 +318,7 @@ impl Engine {
 
     /// The last lines a container printed (for error messages).
     pub async fn logs_tail(&self, name: &str) -> String {
-        let argv = self.argv(["logs", "--tail", "5", name]);
+        let argv = self.argv(["logs", "--tail", "5", "--", name]);
         match process::run(&argv, ENGINE_TIMEOUT).await {
             Ok(out) => {
                 let text = format!("{}{}", out.stdout, out.stderr);
@@ -316,5 +332,24 @@ impl Engine {
     /// Containers carrying `label` (`key=value`), running or not.
     pub async fn labelled(&self, label: &str) -> Result<Vec<String>, EngineError> {
         self.names(&[&format!("label={label}")]).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A path cannot add options to `--mount` (security review N11).
+    #[test]
+    fn bind_mounts_refuse_what_would_change_their_meaning() {
+        let ok = bind_mount(Path::new("/s"), Path::new("/s"), true).expect("plain");
+        assert_eq!(ok, "type=bind,source=/s,target=/s,readonly");
+        for bad in ["/s,target=/etc", "/s\nx", "/s\"x"] {
+            let refused = bind_mount(Path::new(bad), Path::new("/s"), false);
+            assert!(
+                matches!(refused, Err(EngineError::Unmountable { .. })),
+                "{bad}: {refused:?}"
+            );
+        }
     }
 }

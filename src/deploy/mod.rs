@@ -382,6 +382,15 @@ impl Installed {
     }
 }
 
+/// The probe's user headwarden created in production (security review N10), as recorded.
+pub fn probe_user(store: &Store) -> Option<u64> {
+    store
+        .kv_get(state::Key::ProbeUser)
+        .ok()
+        .flatten()
+        .and_then(|v| v.parse().ok())
+}
+
 pub fn versions_dir(s: &Settings) -> PathBuf {
     s.state_dir.join("versions")
 }

@@ -33,7 +33,7 @@ use crate::deploy::{
 };
 use crate::headscale::cli::Cli;
 use crate::headscale::config::HeadscaleConfig;
-use crate::process::{self, ProcError, ProcInfo};
+use crate::process::{self, Account, ProcError, ProcInfo};
 use crate::settings::{Install, ServiceSettings, Settings};
 
 const ASK_TIMEOUT: Duration = Duration::from_secs(30);
@@ -143,6 +143,26 @@ impl Production {
         match &self.server {
             Server::Process(p) => Some(p.pid),
             Server::Stopped | Server::Unnamed | Server::Container => None,
+        }
+    }
+
+    /// The account production's server runs as: the confirmed process's effective uid and gid,
+    /// else (stopped, or not looked for) the owner of the directory holding its database. `None`
+    /// for a compose service (its containers run as their image says).
+    pub fn account(&self) -> Option<Account> {
+        match &self.server {
+            Server::Process(p) => Some(Account {
+                uid: p.uid,
+                gid: p.gid,
+            }),
+            Server::Stopped | Server::Unnamed => {
+                let dir = self.config.database_path.parent()?;
+                std::fs::metadata(dir).ok().map(|m| Account {
+                    uid: m.uid(),
+                    gid: m.gid(),
+                })
+            }
+            Server::Container => None,
         }
     }
 

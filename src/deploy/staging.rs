@@ -1,25 +1,31 @@
 //! The staging instance: the candidate binary on a consistent copy of production's database.
 //!
 //! Procedure:
-//! 1. Wipe and recreate `state_dir/staging` (0700); write the offline DERP map.
-//! 2. Online-copy production's SQLite database (backup API) and copy its Noise key.
+//! 1. Wipe and recreate `state_dir/staging` (root's: config, DERP map, logs) and its `data/`
+//!    (the candidate's: database, key, socket); write the offline DERP map.
+//! 2. Online-copy production's SQLite database (backup API) and copy its Noise key into `data/`,
+//!    then hand `data/` to production's account (security review N7: the candidate runs as
+//!    production's account, never as root on data that account wrote).
 //! 3. For each hop in order, on the same database copy (so migrations chain like production's
 //!    will): pick free loopback ports, derive the config, start `<binary> serve -c …` as our
-//!    own child (pid journaled so recovery can stop an orphan), wait for `/health`, run the smoke
-//!    checks against the production baseline, stop it.
+//!    own child running as production's account (pid journaled so recovery can stop an orphan),
+//!    wait for `/health`, run the smoke checks against the production baseline, stop it.
 //! 4. Any failure stops the child and reports the checks plus the last lines of its log.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::compose::{Engine, ImageRef};
+use crate::deploy;
 use crate::deploy::container::{self, Discovered};
+use crate::deploy::production::Production;
 use crate::deploy::{io_err, Artifact, DeployError, Installed};
 use crate::error::error_chain;
 use crate::files;
 use crate::headscale::cli::Cli;
 use crate::headscale::config::{derive_staging, staging_env, HeadscaleConfig, StagingLayout};
-use crate::process;
+use crate::process::{self, Account};
 use crate::settings;
 use crate::settings::{Install, Settings};
 use crate::smoke::{self, Baseline, Report, SmokeError, Target};
@@ -63,14 +69,19 @@ pub async fn stage(
     s: &Settings,
     store: &Store,
     run: RunId,
-    prod: &HeadscaleConfig,
+    production: &Production,
     hops: &[Installed],
     baseline: &Baseline,
     full_checks: bool,
 ) -> Result<StageOutcome, DeployError> {
+    let prod = &production.config;
     let overlay = read_overlay(s)?;
-    let mut layout = fresh_layout(s)?;
+    let account = candidate_account(production);
+    let mut layout = fresh_layout(s, account)?;
     copy_production(store, run, prod, &layout)?;
+    if let Some(a) = account {
+        files::hand_over(&layout.data(), a.uid, a.gid)?;
+    }
     let host = staging_host(s).await?;
 
     let mut reports = Vec::new();
@@ -84,6 +95,7 @@ pub async fn stage(
             prod,
             overlay: overlay.as_ref(),
             host: &host,
+            account,
         };
         let started = match start_hop(&hop_env, &mut layout).await? {
             Ok(started) => started,
@@ -123,6 +135,7 @@ pub async fn stage(
             cli,
             config: config_path.clone(),
             open_policy: prod.open_policy(),
+            probe_user: deploy::probe_user(store),
         };
         // Without the playbook's smoke step staging only proves the candidate starts, migrates
         // the copy and answers /health (checked above).
@@ -157,22 +170,37 @@ pub async fn stage(
     Ok(StageOutcome::Passed(reports))
 }
 
-/// A new, private staging directory with the offline DERP map (ports chosen per hop).
-fn fresh_layout(s: &Settings) -> Result<StagingLayout, DeployError> {
+/// Whom the candidate runs as on staging: production's account when that is not root and we
+/// are; unprivileged, headwarden runs it as itself (it can be no one else).
+fn candidate_account(production: &Production) -> Option<Account> {
+    let me = nix::unistd::geteuid().as_raw();
+    production.account().filter(|a| me == 0 && a.uid != 0)
+}
+
+/// A new staging directory with the offline DERP map (ports chosen per hop): private, or only
+/// traversable (0711) when the candidate runs as another account, which owns just `data/`.
+fn fresh_layout(s: &Settings, account: Option<Account>) -> Result<StagingLayout, DeployError> {
     let dir = staging_dir(s);
     if dir.exists() {
         std::fs::remove_dir_all(&dir).map_err(io_err("clearing", &dir))?;
     }
     verify::create_private_dir(&dir).map_err(io_err("creating", &dir))?;
+    if account.is_some() {
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711))
+            .map_err(io_err("setting the mode of", &dir))?;
+    }
     let derp = dir.join("derp.yaml");
-    std::fs::write(&derp, OFFLINE_DERP_MAP).map_err(io_err("writing", &derp))?;
-    Ok(StagingLayout {
+    files::write_atomic(&derp, OFFLINE_DERP_MAP.as_bytes(), 0o644)?;
+    let layout = StagingLayout {
         dir,
         http_port: 0,
         metrics_port: 0,
         grpc_port: 0,
         derp_map: derp,
-    })
+    };
+    let data = layout.data();
+    verify::create_private_dir(&data).map_err(io_err("creating", &data))?;
+    Ok(layout)
 }
 
 /// Where the candidates run: as headwarden's children, or in throwaway containers beside the
@@ -307,6 +335,8 @@ struct HopEnv<'a> {
     prod: &'a HeadscaleConfig,
     overlay: Option<&'a serde_yaml_ng::Value>,
     host: &'a Host,
+    /// Whom a candidate process runs as (`None`: as headwarden).
+    account: Option<Account>,
 }
 
 /// Starts the hop's candidate (process or container) with the staging config written at
@@ -326,6 +356,7 @@ async fn launch(
                 &["serve", "-c", &config_arg],
                 log,
                 &staging_env(h.prod),
+                h.account,
             )
             .map_err(|e| DeployError::Other(e.to_string()))?;
             let pid = child.id().unwrap_or(0);
@@ -335,7 +366,13 @@ async fn launch(
         (Artifact::Image { reference, digest }, Host::Container { engine, production }) => {
             let name = container::staging_name(&h.s.state_dir, h.run, h.i);
             engine.remove(&name).await?;
-            let mut mounts = vec![(layout.dir.clone(), layout.dir.clone(), false)];
+            // The container writes only `data/`: the config and DERP map beside it are
+            // root's, read only, so it leaves nothing there that root later writes through.
+            let data = layout.data();
+            let mut mounts = vec![
+                (layout.dir.clone(), layout.dir.clone(), true),
+                (data.clone(), data, false),
+            ];
             mounts.extend(
                 production
                     .shared_mounts(&h.prod.database_path)

@@ -44,6 +44,7 @@ use crate::headscale::cli::{Cli, CliError};
 use crate::headscale::config::HeadscaleConfig;
 use crate::process;
 use crate::settings::{Install, ReconnectPolicy, Settings, SmokeCheck};
+use crate::smoke::probe::{self, ProbeUser};
 use crate::smoke::{self, Baseline, SmokeError, Target};
 use crate::state;
 use crate::state::{RunId, RunKind, RunOutcome, RunRow, Step, StepRow, Store};
@@ -88,7 +89,34 @@ impl Prod<'_> {
             cli: self.cli.clone(),
             config: self.settings.headscale.config.clone(),
             open_policy: self.config.open_policy(),
+            probe_user: deploy::probe_user(self.store),
         }
+    }
+
+    /// [`Prod::target`] for the smoke checks. With the connectivity check on, the probe's user
+    /// is made sure of in production first and its id recorded before any node registers
+    /// under it (security review N10); a user the probe refuses is left for it to report.
+    pub async fn smoke_target(&self) -> Target {
+        let mut t = self.target();
+        if !self
+            .settings
+            .smoke
+            .checks
+            .contains(&SmokeCheck::Connectivity)
+        {
+            return t;
+        }
+        match probe::ensure_user(&t, self.settings.smoke.timeout).await {
+            Ok(ProbeUser::Created(id)) => {
+                if let Err(e) = self.store.kv_set(state::Key::ProbeUser, &id.to_string()) {
+                    tracing::warn!(error = %e, "cannot record the probe's user");
+                }
+                t.probe_user = Some(id);
+            }
+            Ok(ProbeUser::Recorded(_)) => {}
+            Err(e) => tracing::debug!(error = %e, "the probe will report its user"),
+        }
+        t
     }
 
     async fn step<T, E: Into<StepError>>(
@@ -378,7 +406,7 @@ async fn switch_and_start(
     // The reconnect bake is part of the smoke step: a crash while it waits is not a passed
     // smoke step, so recovery rolls back rather than committing an unjudged promotion.
     p.step(run, hop, Step::Smoke, json!({}), timings, async {
-        let report = smoke::run(&p.target(), &to.version, baseline, &s.smoke).await;
+        let report = smoke::run(&p.smoke_target().await, &to.version, baseline, &s.smoke).await;
         if !report.passed() {
             return Err(StepError::SmokeFailed(report.failures()));
         }
@@ -706,7 +734,7 @@ pub async fn recover(p: &Prod<'_>) -> Result<Vec<Recovered>, DeployError> {
     if !out.is_empty() {
         // A crash inside the connectivity probe can leave its node and user behind when the
         // run did not roll production's data back (on staging they go with the copy).
-        match smoke::probe::sweep(&p.target(), p.settings.smoke.timeout).await {
+        match probe::sweep(&p.target(), p.settings.smoke.timeout).await {
             Ok(_) => {}
             Err(e) => {
                 tracing::warn!(error = %e, "could not look for the connectivity probe's node")

@@ -4,7 +4,8 @@
 //! As root headwarden enters Headscale's 0750 runtime and data directories (upstream's unit runs
 //! Headscale as `headscale`), creates and restores files there with their owner and mode, reads
 //! the server process's `/proc/<pid>/{exe,environ}` and stops stand-alone servers: every kind
-//! needs the base capabilities. dpkg writes /usr, /etc and /var/lib/dpkg (`ProtectSystem=no`);
+//! needs the base capabilities. The binary, deb and external kinds run the candidate on staging
+//! as production's account (`CAP_SETUID`, `CAP_SETGID`). dpkg writes /usr, /etc and /var/lib/dpkg (`ProtectSystem=no`);
 //! rootful Podman mounts and makes namespaces (`CAP_SYS_ADMIN` and more).
 
 use crate::process;
@@ -21,6 +22,9 @@ const BASE: [(&str, u32); 6] = [
 ];
 /// What a compose install adds (rootful Podman; Docker needs only its socket).
 const COMPOSE: [(&str, u32); 1] = [("CAP_SYS_ADMIN", 21)];
+/// What kinds whose candidate runs on staging as headwarden's child add: it runs as
+/// production's account (security review N7).
+const STAGING_CHILD: [(&str, u32); 2] = [("CAP_SETGID", 6), ("CAP_SETUID", 7)];
 
 /// The units headwarden ships.
 const UNITS: [&str; 2] = ["headwarden.service", "headwarden-daemon.service"];
@@ -29,7 +33,7 @@ fn needed(s: &Settings) -> Vec<(&'static str, u32)> {
     let mut caps = BASE.to_vec();
     match &s.headscale.install {
         Install::Compose(_) => caps.extend(COMPOSE),
-        Install::Binary | Install::Deb(_) | Install::External(_) => {}
+        Install::Binary | Install::Deb(_) | Install::External(_) => caps.extend(STAGING_CHILD),
     }
     caps
 }

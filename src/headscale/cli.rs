@@ -152,6 +152,7 @@ pub async fn list_nodes(
                     .and_then(|s| s.as_str())
                     .unwrap_or("")
                     .to_string(),
+                user_id: n.get("user").and_then(id_of).unwrap_or(0),
                 name: field(n, "given_name", "givenName")
                     .or_else(|| n.get("name"))
                     .and_then(|s| s.as_str())

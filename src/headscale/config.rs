@@ -289,14 +289,20 @@ pub struct StagingLayout {
 }
 
 impl StagingLayout {
+    /// What the candidate writes (its database, key and socket): owned by the account it runs
+    /// as. Everything else in `dir` (config, DERP map, logs) is root's, so nothing the candidate
+    /// leaves behind is later written through.
+    pub fn data(&self) -> PathBuf {
+        self.dir.join("data")
+    }
     pub fn database(&self) -> PathBuf {
-        self.dir.join("db.sqlite")
+        self.data().join("db.sqlite")
     }
     pub fn noise_key(&self) -> PathBuf {
-        self.dir.join("noise_private.key")
+        self.data().join("noise_private.key")
     }
     pub fn socket(&self) -> PathBuf {
-        self.dir.join("headscale.sock")
+        self.data().join("headscale.sock")
     }
     pub fn config(&self) -> PathBuf {
         self.dir.join("config.yaml")
@@ -440,9 +446,12 @@ mod tests {
             "http://127.0.0.1:1",
             "staging serves plain http on loopback"
         );
-        assert_eq!(staged.database_path, PathBuf::from("/s/db.sqlite"));
-        assert_eq!(staged.unix_socket, PathBuf::from("/s/headscale.sock"));
-        assert_eq!(staged.noise_key_path, PathBuf::from("/s/noise_private.key"));
+        assert_eq!(staged.database_path, PathBuf::from("/s/data/db.sqlite"));
+        assert_eq!(staged.unix_socket, PathBuf::from("/s/data/headscale.sock"));
+        assert_eq!(
+            staged.noise_key_path,
+            PathBuf::from("/s/data/noise_private.key")
+        );
         assert_eq!(
             get_str(&staged.root, "tls_letsencrypt_hostname").as_deref(),
             Some("")
@@ -450,7 +459,7 @@ mod tests {
         assert_eq!(get_str(&staged.root, "log.level").as_deref(), Some("debug"));
         assert_eq!(
             get_str(&staged.root, "database.sqlite.path").as_deref(),
-            Some("/s/db.sqlite")
+            Some("/s/data/db.sqlite")
         );
     }
 

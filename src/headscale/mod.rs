@@ -28,6 +28,8 @@ pub struct NodeRef {
     pub id: u64,
     pub machine_key: String,
     pub user: String,
+    /// The owner's id (0 when the server does not say).
+    pub user_id: u64,
     /// The given name (or hostname), for messages.
     pub name: String,
     pub online: bool,

@@ -143,11 +143,22 @@ pub async fn plan_now(
     ))
 }
 
-/// The URL clients register with: `server_url` as production runs it (its file and its
-/// process's environment, [`Production::find`]); the file alone when production cannot be
+/// The URL clients register with: `keys.login_server` when pinned (production's `server_url`
+/// saying otherwise is logged: a Headscale config another account can write must not steer
+/// owners to another login server); else `server_url` as production runs it (its file and its
+/// process's environment, [`Production::find`]), the file alone when production cannot be
 /// confirmed now (the reminder still goes out; the API key job does not depend on the process).
 async fn server_url(s: &Settings) -> String {
-    match Production::find(s).await {
+    let found = Production::find(s).await;
+    if let Some(pinned) = &s.keys.login_server {
+        if let Ok(p) = &found {
+            if p.config.server_url.trim_end_matches('/') != pinned {
+                tracing::warn!(pinned = %pinned, production = %p.config.server_url, "production's server_url differs from keys.login_server; reminders name keys.login_server");
+            }
+        }
+        return pinned.clone();
+    }
+    match found {
         Ok(p) => p.config.server_url,
         Err(e) => {
             tracing::warn!(error = %error_chain(&e), "production not confirmed: server_url read from its config file alone");

@@ -423,6 +423,9 @@ pub struct KeySettings {
     pub api_key_rotate_before: Duration,
     /// Lifetime of an API key headwarden creates for itself.
     pub api_key_lifetime: Duration,
+    /// The login server reminders name (`tailscale up --login-server …`), pinned here rather
+    /// than read from a Headscale config another account may be able to change.
+    pub login_server: Option<String>,
 }
 
 /// Which key reminders a chat destination receives.

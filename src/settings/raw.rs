@@ -315,6 +315,7 @@ pub(super) struct RawKeys {
     pub(super) inactive_after: Option<DurationValue>,
     pub(super) api_key_rotate_before: Option<DurationValue>,
     pub(super) api_key_lifetime: Option<DurationValue>,
+    pub(super) login_server: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -65,6 +65,8 @@ pub struct Target {
     pub config: PathBuf,
     /// No ACL policy restricts what a node sees: the probe must see every node as a peer.
     pub open_policy: bool,
+    /// The probe's user as headwarden recorded it in production (`None`: not yet created).
+    pub probe_user: Option<u64>,
 }
 
 /// What production looked like before the change.

@@ -14,6 +14,10 @@
 //! 6. `cleanup`    the probe's nodes are deleted, also after a failed step. [`sweep`] is what
 //!    recovery runs after a crash. The user `headwarden-probe` stays (see [`sweep`]).
 //!
+//! The probe's user is known by the id headwarden recorded when it created it in production
+//! (`Target::probe_user`), never by its name alone: with OIDC a person can be called
+//! `headwarden-probe` too, and their user is neither used nor swept ([`ensure_user`]).
+//!
 //! The protocol is tailscale-rs's (`ts_control`, `ts_control_noise`); the key fetch is
 //! headwarden's own (`headscale::http`), so it honours loopback http like every other check.
 
@@ -132,9 +136,10 @@ pub async fn probe(
             e
         })?;
 
-    let result = registered(t, &base, &state, &conn, timeout).await;
+    let user = within(timeout, Step::MintKey, ensure_user(t, timeout)).await?;
+    let result = registered(t, user.id(), &base, &state, &conn, timeout).await;
     drop(conn);
-    let cleanup = sweep(t, timeout).await;
+    let cleanup = sweep_user(t, Some(user.id()), timeout).await;
     let (probed, listed) = match (result, cleanup) {
         (Err(e), _) => return Err(e),
         (Ok(_), Err(e)) => return Err(fail(Step::Cleanup, e)),
@@ -148,15 +153,18 @@ pub async fn probe(
     )
 }
 
-/// Steps 3 to 5: mint a key, register, read the first map response.
+/// Steps 3 to 5: mint a key for `user`, register, read the first map response.
 async fn registered(
     t: &Target,
+    user: u64,
     base: &Url,
     state: &NodeState,
     conn: &Http2<BytesBody>,
     timeout: Duration,
 ) -> Result<StateUpdate, ProbeError> {
-    let key = mint(t, timeout).await.map_err(|e| fail(Step::MintKey, e))?;
+    let key = cli::ephemeral_key(&t.cli, &t.config, user, KEY_EXPIRATION, timeout)
+        .await
+        .map_err(|e| fail(Step::MintKey, e))?;
     let hostname = hostname(state);
     within(
         timeout,
@@ -234,14 +242,48 @@ fn hostname(state: &NodeState) -> String {
     format!("{PROBE_HOST_PREFIX}{}", &hex[..hex.len().min(8)])
 }
 
-/// The probe's user (created when missing) and a one-time ephemeral key for it.
-async fn mint(t: &Target, timeout: Duration) -> Result<Secret, CliError> {
-    let users = cli::list_users(&t.cli, &t.config, timeout).await?;
-    let user = match users.into_iter().find(|u| u.name == PROBE_USER) {
-        Some(u) => u,
-        None => cli::create_user(&t.cli, &t.config, PROBE_USER, timeout).await?,
-    };
-    cli::ephemeral_key(&t.cli, &t.config, user.id, KEY_EXPIRATION, timeout).await
+/// The probe's user in an instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProbeUser {
+    /// The user headwarden recorded, still there under its name.
+    Recorded(u64),
+    /// Created just now (production's caller records it; staging's goes with the copy).
+    Created(u64),
+}
+
+impl ProbeUser {
+    pub fn id(self) -> u64 {
+        match self {
+            ProbeUser::Recorded(id) | ProbeUser::Created(id) => id,
+        }
+    }
+}
+
+/// The probe's user: the one recorded in `t.probe_user` when the instance still has it under
+/// [`PROBE_USER`], else a new one. A user of that name headwarden did not create is refused,
+/// never used or swept (security review N10).
+pub async fn ensure_user(t: &Target, timeout: Duration) -> Result<ProbeUser, ProbeError> {
+    let users = cli::list_users(&t.cli, &t.config, timeout)
+        .await
+        .map_err(|e| fail(Step::MintKey, e))?;
+    let named: Vec<u64> = users
+        .iter()
+        .filter(|u| u.name == PROBE_USER)
+        .map(|u| u.id)
+        .collect();
+    if let Some(id) = t.probe_user.filter(|id| named.contains(id)) {
+        return Ok(ProbeUser::Recorded(id));
+    }
+    if let Some(id) = named.first() {
+        return Err(fail(
+            Step::MintKey,
+            format!("user {id} is named {PROBE_USER}, but headwarden did not create it (it may be a person's, from OIDC): it is neither used nor swept; rename it (`headscale users rename --identifier {id} --new-name …`) and run again"),
+        ));
+    }
+    let created = cli::create_user(&t.cli, &t.config, PROBE_USER, timeout)
+        .await
+        .map_err(|e| fail(Step::MintKey, e))?;
+    Ok(ProbeUser::Created(created.id))
 }
 
 /// `POST /machine/register` with the one-time key. The server's answer (never the key) is in
@@ -305,9 +347,19 @@ async fn register(
 /// `users destroy` deletes the pre-auth keys of *every* user (measured on the rig's 0.28.0;
 /// 0.29.3 deletes only the user's own).
 pub async fn sweep(t: &Target, timeout: Duration) -> Result<Vec<NodeRef>, CliError> {
+    sweep_user(t, t.probe_user, timeout).await
+}
+
+/// [`sweep`] for the probe user `user` (none: nothing is the probe's).
+async fn sweep_user(
+    t: &Target,
+    user: Option<u64>,
+    timeout: Duration,
+) -> Result<Vec<NodeRef>, CliError> {
     let nodes = cli::list_nodes(&t.cli, &t.config, timeout).await?;
-    let (probes, others): (Vec<NodeRef>, Vec<NodeRef>) =
-        nodes.into_iter().partition(|n| n.user == PROBE_USER);
+    let (probes, others): (Vec<NodeRef>, Vec<NodeRef>) = nodes
+        .into_iter()
+        .partition(|n| Some(n.user_id) == user && n.user == PROBE_USER);
     for n in &probes {
         cli::delete_node(&t.cli, &t.config, n.id, timeout).await?;
     }
@@ -421,6 +473,7 @@ mod tests {
             id,
             machine_key: format!("mkey:{id}"),
             user: "alice".into(),
+            user_id: 1,
             name: name.into(),
             online: false,
         }

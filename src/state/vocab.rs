@@ -204,6 +204,8 @@ pub enum Key<'a> {
     KeysStates,
     /// When a scheduled job last started (Unix time).
     JobLast(Job),
+    /// The id of the Headscale user headwarden created in production for the connectivity probe.
+    ProbeUser,
 }
 
 impl Key<'_> {
@@ -225,6 +227,7 @@ impl Key<'_> {
             Key::StagedEarly => "staged_early".into(),
             Key::KeysStates => "keys.states".into(),
             Key::JobLast(job) => format!("job.{}.last", job.as_str()),
+            Key::ProbeUser => "probe.user_id".into(),
         }
     }
 }
@@ -252,6 +255,7 @@ mod tests {
             (Key::StagedEarly, "staged_early"),
             (Key::KeysStates, "keys.states"),
             (Key::JobLast(Job::Upgrade), "job.upgrade.last"),
+            (Key::ProbeUser, "probe.user_id"),
         ] {
             assert_eq!(key.name(), text);
         }

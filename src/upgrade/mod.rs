@@ -227,7 +227,7 @@ pub async fn smoke_production(s: &Settings, store: &Store) -> Result<smoke::Repo
         .map_err(|e| PipelineError::Other(format!("production does not answer its CLI: {e}")))?;
     // Journaled, so that recovery sweeps the probe's node after a crash.
     let run = store.begin_run(RunKind::Smoke, Some(&current.to_string()), None)?;
-    let report = smoke::run(&p.target(), &current, &baseline, &s.smoke).await;
+    let report = smoke::run(&p.smoke_target().await, &current, &baseline, &s.smoke).await;
     let (outcome, detail) = if report.passed() {
         (RunOutcome::Passed, "all checks passed".to_string())
     } else {

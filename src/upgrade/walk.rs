@@ -246,7 +246,7 @@ impl RunCtx<'_> {
             s,
             self.store,
             self.run,
-            config,
+            self.production,
             &installed,
             &baseline,
             full_checks,

@@ -214,6 +214,36 @@ fn reminders_are_sent_once_per_stage_across_restarts_and_keys_are_never_printed(
     );
 }
 
+/// `keys.login_server` pins what reminders tell owners to log in to: a Headscale config that
+/// says otherwise (another account may be able to write it) is logged, not followed (security
+/// review N11).
+#[test]
+fn reminders_name_the_pinned_login_server_not_the_headscale_config() {
+    let mut sb = mixed("0.29.2", false);
+    sb.extra_top
+        .push_str("keys:\n  login_server: https://login.example.com/\n");
+    let sink = key_channel(&mut sb);
+    let out = sb.hw(&["keys", "run"]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    let commands: Vec<String> = key_messages(&sink)
+        .into_iter()
+        .filter(|(e, _)| e == "keys.reminder")
+        .filter_map(|(_, p)| p["command"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(commands.len(), 3, "{commands:?}");
+    for c in &commands {
+        assert!(
+            c.contains("tailscale up --login-server https://login.example.com --auth-key"),
+            "{c}"
+        );
+    }
+    assert!(
+        text(&out).contains("differs from keys.login_server"),
+        "{}",
+        text(&out)
+    );
+}
+
 #[test]
 fn re_registering_with_the_minted_key_counts_as_rotation() {
     for (version, socket) in [("0.26.1", true), ("0.28.0", true), ("0.30.0", false)] {

@@ -47,6 +47,46 @@ fn probe_passes_on_every_rig_version() {
     }
 }
 
+/// The probe's user is the one headwarden created and recorded, never a user that merely has its
+/// name (with OIDC a person can be called `headwarden-probe`): that one is refused, and its node
+/// is not swept (security review N10). headwarden's own user is reused run after run.
+#[test]
+fn a_user_merely_named_like_the_probe_is_neither_used_nor_swept() {
+    let versions = headscale_versions();
+    let newest = versions.last().expect("versions");
+    let sb = Sandbox::new_real(newest);
+    let _alice = one_client(&sb);
+    sb.prod_cmd(&["users", "create", "headwarden-probe"]);
+    let key = preauth_key(&sb, "headwarden-probe", &[]);
+    let _person = Client::join(&sb, "person", &key);
+    let before = probe_leftovers(&sb);
+    assert_eq!(before.len(), 1, "{before:?}");
+    let out = sb.hw(&["smoke"]);
+    assert_ne!(code(&out), 0, "{}", text(&out));
+    assert!(
+        text(&out).contains("is named headwarden-probe, but headwarden did not create it"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(probe_leftovers(&sb), before, "the person's node is kept");
+
+    let sb = Sandbox::new_real(newest);
+    let _alice = one_client(&sb);
+    for round in 0..2 {
+        let out = sb.hw(&["smoke"]);
+        assert_eq!(code(&out), 0, "round {round}: {}", text(&out));
+    }
+    let probes: Vec<String> = cli_json(&sb, &["users", "list"])
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|u| u["name"] == "headwarden-probe")
+        .map(|u| u["id"].to_string())
+        .collect();
+    assert_eq!(probes.len(), 1, "one probe user, reused: {probes:?}");
+    assert_eq!(probe_leftovers(&sb), Vec::<String>::new());
+}
+
 fn assert_untouched(sb: &Sandbox, before: &[String], version: &str) {
     assert_eq!(sb.served_version(), format!("v{version}"));
     assert_eq!(identities(sb), before, "production's data");

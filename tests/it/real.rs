@@ -6,11 +6,15 @@
 //! 127.0.0.1. A missing binary fails the test with the command that builds it: nothing here is
 //! skipped.
 
+use std::collections::BTreeSet;
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::{code, hw, journal_has, sqlite_column, text, Client, Sandbox};
+use crate::support::{
+    code, hw, journal_has, sqlite_column, text, Client, Sandbox, UidWatch, PROD_UID,
+};
 
 /// Every headscale version of the rig, oldest first.
 pub fn headscale_versions() -> Vec<String> {
@@ -200,6 +204,10 @@ fn real_upgrade_through_every_minor_keeps_the_tailnet() {
 }
 
 /// The ids of the migrations applied to production's database (gormigrate's table).
+fn fs_uid(path: &Path) -> u32 {
+    std::fs::symlink_metadata(path).expect("stat").uid()
+}
+
 fn migrations(sb: &Sandbox) -> Vec<String> {
     sqlite_column(
         &sb.path("prod/lib/db.sqlite"),
@@ -247,7 +255,10 @@ fn real_patch_upgrade_within_0_29() {
     let sb = Sandbox::new_real("0.29.2");
     let net = tailnet(&sb);
     sb.release_real(newest);
+    let staging = sb.path("state/staging");
+    let watch = UidWatch::start(&staging, "serve");
     let out = sb.hw(&["upgrade", "--yes"]);
+    let uids = watch.stop();
     assert_eq!(code(&out), 0, "{}", text(&out));
     assert!(
         text(&out).contains("Noise public key unchanged"),
@@ -255,6 +266,11 @@ fn real_patch_upgrade_within_0_29() {
         text(&out)
     );
     assert_eq!(sb.served_version(), format!("v{newest}"));
+    // The candidate ran on staging as production's account, never as root (security review
+    // N7); only its data directory is that account's.
+    assert_eq!(uids, BTreeSet::from([PROD_UID]), "staging server uids");
+    assert_eq!(fs_uid(&staging.join("data")), PROD_UID);
+    assert_eq!(fs_uid(&staging), 0);
     assert!(net.bob.pings(&net.alice));
 }
 

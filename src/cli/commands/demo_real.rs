@@ -123,6 +123,7 @@ async fn join(
         &["--tun=userspace-networking", &state, &sock, &port_arg],
         &dir.join("tailscaled.log"),
         &env,
+        None,
     )?;
     for _ in 0..1000 {
         if socket.exists() {

@@ -448,6 +448,16 @@ fn keys(cx: &Ctx<'_>, k: RawKeys) -> Result<KeySettings, ConfigError> {
         api_key_lifetime: k
             .api_key_lifetime
             .map_or(Duration::from_secs(90 * 86400), |d| d.0),
+        login_server: match k.login_server {
+            Some(u) if !url_allowed(&u, true) => {
+                return Err(cx.err(
+                    "keys.login_server",
+                    format!("{u:?} is not an https URL (http only on loopback)"),
+                    "the URL clients log in to, as in `tailscale up --login-server https://headscale.example.com`",
+                ))
+            }
+            other => other.map(|u| u.trim_end_matches('/').to_string()),
+        },
     };
     if keys.max_age.is_zero() {
         return Err(cx.err(
