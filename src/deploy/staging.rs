@@ -28,6 +28,7 @@ use crate::headscale::config::{derive_staging, staging_env, HeadscaleConfig, Sta
 use crate::process::{self, Account};
 use crate::settings;
 use crate::settings::{Install, Settings};
+use crate::smoke::probe;
 use crate::smoke::{self, Baseline, Report, SmokeError, Target};
 use crate::state::{sqlite_files, RunId, Step, Store};
 use crate::verify;
@@ -85,6 +86,9 @@ pub async fn stage(
     let host = staging_host(s).await?;
 
     let mut reports = Vec::new();
+    // The probe's user as production has it; one the probe creates on the copy is the
+    // probe's for the later hops on that copy too.
+    let mut probe_user = deploy::probe_user(store);
     for (i, hop) in hops.iter().enumerate() {
         let hop_env = HopEnv {
             s,
@@ -112,51 +116,8 @@ pub async fn stage(
                 });
             }
         };
-        let Started {
-            mut instance,
-            step,
-            t,
-            base_url,
-            config_path,
-            cli,
-        } = started;
-        store.step_finish(step, true, "healthy", t.elapsed().as_millis())?;
-
-        let step = store.step_start(
-            run,
-            i as i64,
-            Step::StageSmoke,
-            &serde_json::json!({"version": hop.version.to_string()}),
-        )?;
-        let t = std::time::Instant::now();
-        let target = Target {
-            name: "staging",
-            base_url,
-            cli,
-            config: config_path.clone(),
-            open_policy: prod.open_policy(),
-            probe_user: deploy::probe_user(store),
-        };
-        // Without the playbook's smoke step staging only proves the candidate starts, migrates
-        // the copy and answers /health (checked above).
-        let report = if full_checks {
-            smoke::run(&target, &hop.version, baseline, &s.smoke).await
-        } else {
-            Report::default()
-        };
-        instance.stop().await;
-        let passed = report.passed();
-        let failures = report.failures();
-        store.step_finish(
-            step,
-            passed,
-            if passed {
-                "all checks passed"
-            } else {
-                &failures
-            },
-            t.elapsed().as_millis(),
-        )?;
+        let report = smoke_hop(&hop_env, started, baseline, full_checks, &mut probe_user).await?;
+        let (passed, failures) = (report.passed(), report.failures());
         reports.push(report);
         if !passed {
             return Ok(StageOutcome::Failed {
@@ -168,6 +129,66 @@ pub async fn stage(
         }
     }
     Ok(StageOutcome::Passed(reports))
+}
+
+/// The smoke checks on a hop's healthy instance (journaled), which is then stopped. Without the
+/// playbook's smoke step staging only proves the candidate starts, migrates the copy and
+/// answers /health.
+async fn smoke_hop(
+    h: &HopEnv<'_>,
+    started: Started,
+    baseline: &Baseline,
+    full_checks: bool,
+    probe_user: &mut Option<u64>,
+) -> Result<Report, DeployError> {
+    let Started {
+        mut instance,
+        step,
+        t,
+        base_url,
+        config_path,
+        cli,
+    } = started;
+    let (store, hop) = (h.store, h.hop);
+    store.step_finish(step, true, "healthy", t.elapsed().as_millis())?;
+    let step = store.step_start(
+        h.run,
+        h.i as i64,
+        Step::StageSmoke,
+        &serde_json::json!({"version": hop.version.to_string()}),
+    )?;
+    let t = std::time::Instant::now();
+    let mut target = Target {
+        name: "staging",
+        base_url,
+        cli,
+        config: config_path,
+        open_policy: h.prod.open_policy(),
+        probe_user: *probe_user,
+    };
+    let report = if full_checks {
+        let smoke = &h.s.smoke;
+        if let Some(id) = probe::prepare(&mut target, &smoke.checks, smoke.timeout).await {
+            *probe_user = Some(id);
+        }
+        smoke::run(&target, &hop.version, baseline, smoke).await
+    } else {
+        Report::default()
+    };
+    instance.stop().await;
+    let passed = report.passed();
+    let failures = report.failures();
+    store.step_finish(
+        step,
+        passed,
+        if passed {
+            "all checks passed"
+        } else {
+            &failures
+        },
+        t.elapsed().as_millis(),
+    )?;
+    Ok(report)
 }
 
 /// Whom the candidate runs as on staging: production's account when that is not root and we

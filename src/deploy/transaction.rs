@@ -44,7 +44,7 @@ use crate::headscale::cli::{Cli, CliError};
 use crate::headscale::config::HeadscaleConfig;
 use crate::process;
 use crate::settings::{Install, ReconnectPolicy, Settings, SmokeCheck};
-use crate::smoke::probe::{self, ProbeUser};
+use crate::smoke::probe;
 use crate::smoke::{self, Baseline, SmokeError, Target};
 use crate::state;
 use crate::state::{RunId, RunKind, RunOutcome, RunRow, Step, StepRow, Store};
@@ -98,23 +98,11 @@ impl Prod<'_> {
     /// under it (security review N10); a user the probe refuses is left for it to report.
     pub async fn smoke_target(&self) -> Target {
         let mut t = self.target();
-        if !self
-            .settings
-            .smoke
-            .checks
-            .contains(&SmokeCheck::Connectivity)
-        {
-            return t;
-        }
-        match probe::ensure_user(&t, self.settings.smoke.timeout).await {
-            Ok(ProbeUser::Created(id)) => {
-                if let Err(e) = self.store.kv_set(state::Key::ProbeUser, &id.to_string()) {
-                    tracing::warn!(error = %e, "cannot record the probe's user");
-                }
-                t.probe_user = Some(id);
+        let (checks, timeout) = (&self.settings.smoke.checks, self.settings.smoke.timeout);
+        if let Some(id) = probe::prepare(&mut t, checks, timeout).await {
+            if let Err(e) = self.store.kv_set(state::Key::ProbeUser, &id.to_string()) {
+                tracing::warn!(error = %e, "cannot record the probe's user");
             }
-            Ok(ProbeUser::Recorded(_)) => {}
-            Err(e) => tracing::debug!(error = %e, "the probe will report its user"),
         }
         t
     }

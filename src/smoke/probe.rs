@@ -41,7 +41,7 @@ use crate::headscale::cli::{self, CliError};
 use crate::headscale::http;
 use crate::headscale::NodeRef;
 use crate::process;
-use crate::settings::Secret;
+use crate::settings::{Secret, SmokeCheck};
 
 /// The user the probe registers under; its nodes are the probe's.
 pub const PROBE_USER: &str = "headwarden-probe";
@@ -255,6 +255,26 @@ impl ProbeUser {
     pub fn id(self) -> u64 {
         match self {
             ProbeUser::Recorded(id) | ProbeUser::Created(id) => id,
+        }
+    }
+}
+
+/// Before checks on `t`: when they include the probe, makes sure of its user and points `t` at
+/// it; `Some(id)` when it was created just now (production's caller records it, staging's
+/// carries it to the next hop on the same copy). A refusal is left for the probe to report.
+pub async fn prepare(t: &mut Target, checks: &[SmokeCheck], timeout: Duration) -> Option<u64> {
+    if !checks.contains(&SmokeCheck::Connectivity) {
+        return None;
+    }
+    match ensure_user(t, timeout).await {
+        Ok(ProbeUser::Created(id)) => {
+            t.probe_user = Some(id);
+            Some(id)
+        }
+        Ok(ProbeUser::Recorded(_)) => None,
+        Err(e) => {
+            tracing::debug!(error = %e, "the probe will report its user");
+            None
         }
     }
 }

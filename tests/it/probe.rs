@@ -7,7 +7,7 @@
 use std::path::Path;
 
 use crate::real::{cli_json, headscale_versions, identities, preauth_key};
-use crate::support::{code, text, Client, Sandbox};
+use crate::support::{code, text, Client, Sandbox, PROD_UID};
 
 /// The probe's nodes production still lists (its user is kept by design).
 fn probe_leftovers(sb: &Sandbox) -> Vec<String> {
@@ -101,7 +101,12 @@ fn candidate_with_another_noise_key_fails_the_probe_at_the_handshake() {
     let newest = versions.last().expect("versions");
     let sb = Sandbox::new_real("0.28.0");
     let _alice = one_client(&sb);
-    let other = sb.path("other-noise.key");
+    // The candidate runs on staging as production's account: it makes its key where that
+    // account may write.
+    let own = sb.path("other");
+    std::fs::create_dir(&own).expect("dir");
+    std::os::unix::fs::chown(&own, Some(PROD_UID), Some(PROD_UID)).expect("chown");
+    let other = own.join("other-noise.key");
     sb.release_wrapped(
         newest,
         "with another noise key",

@@ -236,3 +236,60 @@ fn the_shipped_unit_upgrades_a_binary_install_run_by_upstream_s_unit() {
         "headscale:headscale 750"
     );
 }
+
+/// The daemon unit as shipped, with the deb drop-in: a job that never ran is due at once, so
+/// its upgrade runs under the daemon's hardening and promotes; `systemctl stop` then ends the
+/// daemon cleanly (nothing left running in its cgroup).
+#[test]
+fn the_daemon_unit_upgrades_on_its_schedule_and_stops_cleanly() {
+    let host = packaged(&[]);
+    host.write(
+        "/etc/systemd/system/headwarden-daemon.service.d/deb-install.conf",
+        DEB_DROP_IN,
+    );
+    let config = "/etc/headwarden/headwarden.yaml";
+    let text = std::fs::read_to_string(host.root(config)).expect("config");
+    host.write(
+        config,
+        &format!("{text}schedule:\n  upgrade: \"@daily\"\n  jitter: 0s\n"),
+    );
+    host.x_ok(&["systemctl", "daemon-reload"]);
+    let before = users(&host);
+    host.release("0.28.0");
+    host.release("0.29.3");
+    host.x_ok(&["systemctl", "start", "headwarden-daemon.service"]);
+    let deadline = std::time::Instant::now() + RUN;
+    let journal = loop {
+        let journal = host.journal("headwarden-daemon.service");
+        if journal.contains("job finished") {
+            break journal;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no job finished: {journal}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(journal.contains("0.28.0 -> 0.29.3"), "{journal}");
+    assert!(journal.contains("code=Some(0)"), "{journal}");
+    assert_eq!(host.dpkg_state("headscale"), "0.29.3 ii");
+    assert_eq!(host.served_version(), "v0.29.3");
+    assert_eq!(host.main_user("headscale.service"), "headscale");
+    assert_eq!(users(&host), before, "every user kept");
+    // Still running (the daemon waits for the next time), then stopped by systemd.
+    let unit = "headwarden-daemon.service";
+    assert_eq!(host.show(unit, &["ActiveState"])["ActiveState"], "active");
+    host.x_ok(&["systemctl", "stop", unit]);
+    let s = host.show(unit, &["ActiveState", "Result", "MainPID"]);
+    assert_eq!(
+        (
+            s["ActiveState"].as_str(),
+            s["Result"].as_str(),
+            s["MainPID"].as_str()
+        ),
+        ("inactive", "success", "0"),
+        "{}",
+        host.journal(unit)
+    );
+    assert!(host.journal(unit).contains("daemon stopped"));
+}
