@@ -1,7 +1,7 @@
 //! Deb installs of real Headscale: upstream-shaped packages of the rig's real binaries
-//! (scripts/debs), installed with real dpkg in a throwaway root (testkit::deb: a private mount
-//! namespace over overlays of the machine's /usr, /etc, /var and /run), their maintainer scripts
-//! run for real, the unit run as its `User=headscale` by a systemctl stand-in.
+//! (scripts/debs), installed with real dpkg on a booted Debian with a real systemd as PID 1
+//! (testkit::deb over testkit::booted), their maintainer scripts run for real, the unit run as
+//! its `User=headscale` by the real systemd.
 
 use crate::rows::{row, End, Expect, CRASHED};
 use crate::support::deb::{package, DebHost};
@@ -74,7 +74,7 @@ pub(crate) fn assert_pings_again(a: &Client, b: &Client) {
     }
 }
 
-/// The headscale account the package's postinst created, as the throwaway root's passwd has it.
+/// The headscale account the package's postinst created, as the booted host's passwd has it.
 pub(crate) fn headscale_uid(sb: &DebHost) -> u32 {
     sb.headscale_uid()
 }
@@ -417,6 +417,14 @@ fn headwardens_own_package_installs_next_to_headscales() {
         panic!("HEADWARDEN_OWN_DEB is not set: run the suite through scripts/test (scripts/package --dev builds the package)")
     });
     let sb = DebHost::new("0.27.1");
+    // The booted host has the package's directory at /opt/hw-deb.
+    let own = format!(
+        "/opt/hw-deb/{}",
+        std::path::Path::new(&own)
+            .file_name()
+            .expect("name")
+            .to_string_lossy()
+    );
     let out = sb.ns(&["dpkg", "-i", &own]);
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(sb.dpkg_state("headwarden"), "0.1.0-1 ii");
@@ -447,15 +455,17 @@ fn headwardens_own_package_installs_next_to_headscales() {
         unit.contains("ExecStart=/usr/bin/headwarden --config /etc/headwarden/headwarden.yaml run"),
         "{unit}"
     );
-    for unit in [
-        "headwarden.timer",
-        "headwarden.service",
-        "headwarden-daemon.service",
+    // Nothing enabled by the install, as the real systemd has it: the service is `static`
+    // (no [Install]: the timer starts it; the stand-in systemctl used to call it "disabled").
+    for (unit, state) in [
+        ("headwarden.timer", "disabled"),
+        ("headwarden.service", "static"),
+        ("headwarden-daemon.service", "disabled"),
     ] {
         let enabled = sb.ns(&["systemctl", "is-enabled", unit]);
         assert_eq!(
             String::from_utf8_lossy(&enabled.stdout).trim(),
-            "disabled",
+            state,
             "{unit}"
         );
     }

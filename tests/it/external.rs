@@ -1,4 +1,4 @@
-//! `kind: external` against real dpkg and APT in the deb tests' throwaway root: a package manager
+//! `kind: external` against real dpkg and APT on the deb tests' booted host: a package manager
 //! (here APT and dpkg, standing in for Alpine's and Arch's, which do not restart the service)
 //! replaces the binary under the running server; headwarden stages the binary on disk and guards
 //! the restart.

@@ -112,7 +112,9 @@ fn a_pidfile_others_may_write_is_refused() {
 fn a_planted_lookalike_is_never_production_deb_kind() {
     let sb = DebHost::new("0.28.0");
     sb.ns_ok(&["systemctl", "stop", "headscale.service"]);
-    let fake = LookAlike::start(
+    // Inside the booted system, where headwarden looks.
+    let fake = LookAlike::start_via(
+        |argv| sb.command(argv),
         Path::new("/etc/headscale/config.yaml"),
         &sb.path("lookalike.log"),
     );

@@ -102,7 +102,7 @@ fn the_text_admins_read() {
 }
 
 /// `config check`, `check` and `status` of the other install kinds: a deb install (real dpkg in
-/// a throwaway root), the same host as `kind: external`, and a compose service (Podman).
+/// a booted host with a real systemd), the same host as `kind: external`, and a compose service (Podman).
 #[test]
 fn the_text_admins_read_for_every_install_kind() {
     let deb = DebHost::new("0.28.0");

@@ -61,13 +61,18 @@ impl Booted {
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
         let own = own_package();
+        let hw_dir = Path::new(crate::hw()).parent().expect("profile dir");
+        // The test's directory read-write (headwarden run inside keeps its state there, where
+        // the test reads it); the rig and the headwarden under test read only, at their paths.
         let binds = [
             format!("--bind-ro={}:/opt/rig-deb", rig_dir().join("deb").display()),
             format!(
                 "--bind-ro={}:/opt/hw-deb",
                 own.parent().expect("package dir").display()
             ),
-            format!("--bind-ro={d}:{d}", d = dir.path().display()),
+            format!("--bind={d}:{d}", d = dir.path().display()),
+            format!("--bind-ro={d}:{d}", d = rig_dir().display()),
+            format!("--bind-ro={d}:{d}", d = hw_dir.display()),
         ];
         let out = Command::new(format!("{SCRIPTS}/sdboot.sh"))
             .arg(&base)
@@ -100,12 +105,27 @@ impl Booted {
 
     /// Runs `argv` inside (every namespace of the container's PID 1).
     pub fn x(&self, argv: &[&str]) -> Output {
-        Command::new("nsenter")
-            .args(["-t", &self.leader.to_string(), "-a", "--"])
+        self.x_env(argv, &[])
+    }
+
+    /// [`Booted::x`] with `env` added (and no fault injection of the test's own).
+    pub fn x_env(&self, argv: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut cmd = self.command(argv);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().expect("nsenter")
+    }
+
+    /// The command that runs `argv` inside, to be started by the caller.
+    pub fn command(&self, argv: &[&str]) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.args(["-t", &self.leader.to_string(), "-a", "--"])
             .args(argv)
             .stdin(Stdio::null())
-            .output()
-            .expect("nsenter")
+            .env_remove("HEADWARDEN_CRASH_AT")
+            .env_remove("HEADWARDEN_FAIL_AT");
+        cmd
     }
 
     /// [`Booted::x`], panicking with its output unless it succeeds; its stdout.
@@ -148,7 +168,7 @@ impl Booted {
 
     /// The admin's Headscale config: this host's loopback ports (the listen address `listen`),
     /// an offline DERP map.
-    fn write_headscale_config(&self, listen: &str) {
+    pub(crate) fn write_headscale_config(&self, listen: &str) {
         self.write(
             "/etc/headscale/config.yaml",
             &upstream_config(

@@ -1,28 +1,23 @@
-//! A deb install of real Headscale for the tests, in a throwaway root: a private mount namespace
-//! (`unshare --mount`) in which /usr, /etc, /var and /run are overlays of the machine's own
-//! (lower: read only; upper: this sandbox's directory). Real dpkg installs upstream-shaped
-//! packages (scripts/debs) into the machine's real dpkg database *as the namespace sees it*: its
-//! maintainer scripts run for real (useradd, deb-systemd-helper, deb-systemd-invoke), every write
-//! lands in the upper directories, and the machine's /usr/bin, /etc and dpkg database are never
-//! touched. systemd is not PID 1 here, so `/usr/bin/systemctl` inside is a stand-in
-//! (crates/testkit/systemctl.sh) that runs the package's unit as its `User=headscale`.
+//! A deb install of real Headscale for the tests, on a booted Debian system with a real systemd
+//! as PID 1 ([`Booted`]: `systemd-nspawn -b` over an overlay of the cached rootfs). Real dpkg
+//! installs upstream-shaped packages (scripts/debs): their maintainer scripts run for real
+//! (useradd, deb-systemd-helper, deb-systemd-invoke), and the real systemd runs the package's
+//! unit as its `User=headscale`, sandboxed as upstream wrote it. headwarden under test runs
+//! inside (as root, through `nsenter`), with its config and state in the test's directory, which
+//! the container shares at the same path.
 //!
-//! Commands run inside with `nsenter --mount`; the test reads files inside through
-//! `/proc/<holder>/root`. Dropping the sandbox kills every process in the namespace, and the
-//! namespace (with its mounts) goes with the last of them.
+//! The test reads files inside through `/proc/<PID 1>/root`; production's database as a copy
+//! ([`DebHost::db`]). Dropping the host powers the container off.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
 
-use crate::{
-    free_port, hw, publish, rig_dir, sim, start_feed, text, upstream_config, OFFLINE_DERP,
-};
+use crate::booted::Booted;
+use crate::{free_port, hw, rig_dir, text, upstream_config, OFFLINE_DERP};
 
-const OVERLAID: [&str; 4] = ["usr", "etc", "var", "run"];
-
-const SYSTEMCTL: &str = include_str!("../systemctl.sh");
+static SNAPSHOT: AtomicU32 = AtomicU32::new(0);
 
 /// `$RIG/deb/headscale_<version>_linux_<arch>.deb` (scripts/debs builds it).
 pub fn package(version: &str) -> PathBuf {
@@ -107,12 +102,7 @@ pub fn dpkg_state(run: impl Fn(&[&str]) -> Output, package: &str) -> String {
 }
 
 pub struct DebHost {
-    pub dir: tempfile::TempDir,
-    holder: Child,
-    feed: Child,
-    pub feed_addr: String,
-    pub pubkey: String,
-    pub port: u16,
+    host: Booted,
     /// Appended to headwarden's config (top level).
     pub extra_top: String,
     /// Appended under `headscale:`.
@@ -122,113 +112,71 @@ pub struct DebHost {
 }
 
 impl DebHost {
-    /// A host with upstream's package of real Headscale `version` installed by dpkg, its config
-    /// edited by the admin, the unit enabled and started (running as `headscale`).
+    /// A host with upstream's package of real Headscale `version` installed by dpkg (the
+    /// admin's config written first), its unit enabled and started by the real systemd (running
+    /// as `headscale`). Packages before 0.27 only enable the unit in postinst; the admin starts it.
     pub fn new(version: &str) -> Self {
         let sb = Self::bare();
+        sb.host.write_headscale_config(&sb.addr());
         sb.dpkg_install(&package(version));
-        sb.configure_and_start();
+        sb.ns_ok(&["systemctl", "enable", "--now", "headscale.service"]);
+        sb.wait_healthy();
         sb
     }
 
-    /// The throwaway root alone: nothing installed.
+    /// The booted system alone: nothing installed.
     pub fn bare() -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        // The service account reaches the binaries some tests keep here.
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
-            .expect("chmod");
-        let mut mounts = String::new();
-        for d in OVERLAID {
-            for layer in ["upper", "work"] {
-                std::fs::create_dir_all(dir.path().join(layer).join(d)).expect("layer dir");
-            }
-            mounts.push_str(&format!(
-                "mount -t overlay overlay -o lowerdir=/{d},upperdir={r}/upper/{d},workdir={r}/work/{d} /{d} || exit 1; ",
-                r = dir.path().display()
-            ));
-        }
-        let ready = dir.path().join("ready");
-        let holder = Command::new("unshare")
-            .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
-            .arg(format!(
-                "{mounts}echo ok > {}; exec sleep 86400",
-                ready.display()
-            ))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("unshare (util-linux)");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !ready.exists() {
-            assert!(
-                Instant::now() < deadline,
-                "the throwaway root did not come up"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let p = |s: &str| dir.path().join(s).display().to_string();
-        let pubkey = sim(&["keygen", "--out", &p("keys")]);
-        let (feed, feed_addr) = start_feed(dir.path());
         let sb = DebHost {
-            dir,
-            holder,
-            feed,
-            feed_addr,
-            pubkey,
-            port: free_port(),
+            host: Booted::boot(),
             extra_top: String::new(),
             extra_headscale: String::new(),
             kind: "deb".into(),
         };
-        let systemctl = sb.root("/usr/bin/systemctl");
-        std::fs::write(&systemctl, SYSTEMCTL).expect("systemctl stand-in");
-        std::fs::set_permissions(&systemctl, std::fs::Permissions::from_mode(0o755))
-            .expect("chmod");
-        // What postinst looks for before it bounces the unit.
-        std::fs::create_dir_all(sb.root("/run/systemd/system")).expect("/run/systemd/system");
         sb.write_config();
         sb
     }
 
     pub fn path(&self, s: &str) -> PathBuf {
-        self.dir.path().join(s)
+        self.host.path(s)
     }
 
-    /// `path` (absolute) as the throwaway root has it, seen from outside.
+    /// `path` (absolute) inside, seen from outside.
     pub fn root(&self, path: &str) -> PathBuf {
-        PathBuf::from(format!("/proc/{}/root{path}", self.holder.id()))
+        self.host.root(path)
     }
 
-    /// Production's database, read where the overlay keeps what the root wrote (SQLite resolves
-    /// the `/proc/<pid>/root` link to the machine's own `/` and would miss it).
+    /// A copy of production's database as it is now (with its WAL), in the test's directory:
+    /// SQLite resolves the `/proc/<pid>/root` link to the machine's own `/` and would miss it.
     pub fn db(&self) -> PathBuf {
-        self.path("upper/var/lib/headscale/db.sqlite")
+        let n = SNAPSHOT.fetch_add(1, Ordering::Relaxed);
+        let dir = self.path(&format!("db-copy-{n}"));
+        std::fs::create_dir_all(&dir).expect("db copy dir");
+        for suffix in ["", "-wal", "-shm"] {
+            let from = self.root(&format!("/var/lib/headscale/db.sqlite{suffix}"));
+            if from.exists() {
+                std::fs::copy(&from, dir.join(format!("db.sqlite{suffix}"))).expect("db copy");
+            }
+        }
+        dir.join("db.sqlite")
     }
 
-    /// Runs `argv` inside the throwaway root.
+    /// Runs `argv` inside.
     pub fn ns(&self, argv: &[&str]) -> Output {
         self.ns_env(argv, &[])
     }
 
     pub fn ns_env(&self, argv: &[&str], env: &[(&str, &str)]) -> Output {
-        let mut cmd = Command::new("nsenter");
-        cmd.args(["--target", &self.holder.id().to_string(), "--mount", "--"])
-            .args(argv)
-            .stdin(Stdio::null())
-            .env_remove("HEADWARDEN_CRASH_AT")
-            .env_remove("HEADWARDEN_FAIL_AT");
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        cmd.output().expect("nsenter")
+        self.host.x_env(argv, env)
     }
 
     /// [`DebHost::ns`], panicking with its output unless it succeeds; its stdout.
     pub fn ns_ok(&self, argv: &[&str]) -> String {
-        let out = self.ns(argv);
-        assert!(out.status.success(), "{argv:?}: {}", text(&out));
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
+        self.host.x_ok(argv)
+    }
+
+    /// The command that runs `argv` inside, for the caller to start.
+    pub fn command(&self, argv: &[&str]) -> Command {
+        self.host.command(argv)
     }
 
     /// `dpkg -i` as an admin runs it (`apt install ./headscale.deb` does the same for a file).
@@ -239,14 +187,14 @@ impl DebHost {
 
     /// What dpkg records for `package`: `<version> <status>`, or "" when unknown.
     pub fn dpkg_state(&self, package: &str) -> String {
-        dpkg_state(|argv| self.ns(argv), package)
+        self.host.dpkg_state(package)
     }
 
     /// Writes the admin's config and DERP map, enables and starts the unit, waits for health.
     pub fn configure_and_start(&self) {
         std::fs::write(
             self.root("/etc/headscale/config.yaml"),
-            // The admin's edits to the package's conffile: this sandbox's loopback ports.
+            // The admin's edits to the package's conffile: this host's loopback ports.
             upstream_config(
                 &format!("http://{}", self.addr()),
                 &self.addr(),
@@ -256,8 +204,7 @@ impl DebHost {
         )
         .expect("config");
         std::fs::write(self.root("/etc/headscale/derp.yaml"), OFFLINE_DERP).expect("derp");
-        self.ns_ok(&["systemctl", "enable", "headscale.service"]);
-        self.ns_ok(&["systemctl", "start", "headscale.service"]);
+        self.ns_ok(&["systemctl", "enable", "--now", "headscale.service"]);
         self.wait_healthy();
     }
 
@@ -266,11 +213,11 @@ impl DebHost {
     }
 
     pub fn write_config(&self) {
-        let r = self.dir.path().display();
+        let r = self.host.dir.path().display();
         let text = format!(
             "state_dir: {r}/state\nrelease:\n  api_url: http://{addr}\n  allow_insecure_http: true\n  min_age: 1d\n  minisign_public_key: {key}\nheadscale:\n  install:\n    kind: {kind}\n{extra}smoke:\n  timeout: 30s\n{top}",
-            addr = self.feed_addr,
-            key = self.pubkey,
+            addr = self.host.feed_addr,
+            key = self.host.pubkey,
             kind = self.kind,
             extra = self.extra_headscale,
             top = self.extra_top
@@ -280,30 +227,25 @@ impl DebHost {
 
     /// Publishes release `version`: the real binary and its package, checksummed and signed.
     pub fn release(&self, version: &str) {
-        self.release_package(version, &package(version));
+        self.host.release(version);
     }
 
     /// Publishes release `version` with `deb` as its package.
     pub fn release_package(&self, version: &str, deb: &Path) {
-        publish(
-            self.dir.path(),
-            version,
-            &crate::headscale(version),
-            Some(deb),
-        );
+        self.host.release_package(version, deb);
     }
 
     /// Upstream's package of `version` rebuilt after `edit` changed its tree ([`variant`]).
     pub fn variant(&self, version: &str, name: &str, edit: impl FnOnce(&Path)) -> PathBuf {
-        variant(self.dir.path(), version, name, edit)
+        variant(self.host.dir.path(), version, name, edit)
     }
 
     /// [`package_failing_on_production`], built in this host's directory.
     pub fn package_failing_on_production(&self, version: &str) -> PathBuf {
-        package_failing_on_production(self.dir.path(), version)
+        package_failing_on_production(self.host.dir.path(), version)
     }
 
-    /// headwarden inside the throwaway root (it runs dpkg and systemctl there).
+    /// headwarden inside (it runs dpkg and systemctl there).
     pub fn hw(&self, args: &[&str]) -> Output {
         self.hw_env(args, &[])
     }
@@ -316,17 +258,16 @@ impl DebHost {
     }
 
     pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        self.host.addr()
     }
 
     pub fn wait_healthy(&self) {
-        crate::wait_for_health(&self.addr(), "the deb-installed Headscale", || self.log());
+        self.host.wait_healthy();
     }
 
-    /// What the unit wrote (the stand-in's journal).
+    /// What the unit wrote (its journal).
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.root("/run/systemctl-stand-in/headscale.service.log"))
-            .unwrap_or_default()
+        self.host.journal("headscale.service")
     }
 
     /// The version the running server's CLI reports (`headscale version` as root inside).
@@ -359,85 +300,25 @@ impl DebHost {
             .expect("a headscale account")
     }
 
-    /// The unit's main process: its pid and the account it runs as.
+    /// The unit's main process as systemd names it: its pid (inside) and its real uid.
     pub fn service_process(&self) -> Option<(i32, u32)> {
-        let pid: i32 =
-            std::fs::read_to_string(self.root("/run/systemctl-stand-in/headscale.service.pid"))
-                .ok()?
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()?;
-        // The unit's process, alive, and in this root (a stale pid may be reused by now).
-        if !crate::alive(pid) || !self.processes().contains(&pid) {
-            return None;
-        }
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-        let uid = status
-            .lines()
-            .find_map(|l| l.strip_prefix("Uid:"))?
-            .split_whitespace()
-            .next()?
+        let pid: i32 = self.host.show("headscale.service", &["MainPID"])["MainPID"]
             .parse()
-            .ok()?;
+            .ok()
+            .filter(|p| *p != 0)?;
+        let out = self.ns(&["ps", "-o", "ruid=", "-p", &pid.to_string()]);
+        let uid = String::from_utf8_lossy(&out.stdout).trim().parse().ok()?;
         Some((pid, uid))
     }
 
-    /// Production servers running in the throwaway root (`… serve` without a staging `-c`).
+    /// Production servers running inside (`… serve` without a staging `-c`).
     pub fn servers(&self) -> usize {
-        self.processes()
-            .into_iter()
-            .filter(|pid| {
-                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-                let words: Vec<String> = cmdline
-                    .split(|b| *b == 0)
-                    .map(|w| String::from_utf8_lossy(w).to_string())
-                    .collect();
-                words.iter().any(|w| w == "serve") && !words.iter().any(|w| w == "-c")
+        self.ns_ok(&["ps", "-eo", "args="])
+            .lines()
+            .filter(|args| {
+                let words: Vec<&str> = args.split_whitespace().collect();
+                words.contains(&"serve") && !words.contains(&"-c")
             })
             .count()
-    }
-
-    /// Processes in the namespace but the holder.
-    fn processes(&self) -> Vec<i32> {
-        let ns = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/mnt")).ok();
-        let ours = ns(&self.holder.id().to_string());
-        // Never the test's own namespace (a holder gone and its pid reused would name it).
-        if ours.is_none() || ours == ns("self") {
-            return Vec::new();
-        }
-        let mut pids = Vec::new();
-        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let name = entry.file_name().to_string_lossy().to_string();
-            let Ok(pid) = name.parse::<i32>() else {
-                continue;
-            };
-            if pid as u32 != self.holder.id() && ours.is_some() && ns(&name) == ours {
-                pids.push(pid);
-            }
-        }
-        pids
-    }
-}
-
-impl Drop for DebHost {
-    fn drop(&mut self) {
-        for _ in 0..50 {
-            let pids = self.processes();
-            if pids.is_empty() {
-                break;
-            }
-            for pid in pids {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.holder.kill();
-        let _ = self.holder.wait();
-        let _ = self.feed.kill();
-        let _ = self.feed.wait();
     }
 }

@@ -18,7 +18,8 @@ s = socket.socket()
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind(("127.0.0.1", int(sys.argv[1])))
 s.listen(64)
-print("ready", flush=True)
+import os
+print("ready", os.getpid(), flush=True)
 while True:
     c, _ = s.accept()
     print("connection", flush=True)
@@ -29,50 +30,84 @@ pub struct LookAlike {
     child: Child,
     log: PathBuf,
     pub port: u16,
+    pid: u32,
 }
 
 impl LookAlike {
     /// Starts it with `serve -c <config>` in its command line, `HEADSCALE_LISTEN_ADDR`,
     /// `HEADSCALE_SERVER_URL` and `HEADSCALE_UNIX_SOCKET` of its own, logging to `log`.
     pub fn start(config: &Path, log: &Path) -> LookAlike {
+        Self::start_via(
+            |argv| {
+                let mut c = Command::new(argv[0]);
+                c.args(&argv[1..]);
+                c
+            },
+            config,
+            log,
+        )
+    }
+
+    /// [`LookAlike::start`] through `command`, which makes the command that runs an argv (on a
+    /// booted host: inside it).
+    pub fn start_via(
+        command: impl FnOnce(&[&str]) -> Command,
+        config: &Path,
+        log: &Path,
+    ) -> LookAlike {
         let port = crate::free_port();
         let out = std::fs::File::create(log).expect("look-alike log");
-        let mut cmd = if nix::unistd::geteuid().is_root() {
-            let mut c = Command::new("setpriv");
-            c.args([
-                &format!("--reuid={LOOKALIKE_UID}"),
-                &format!("--regid={LOOKALIKE_UID}"),
-                "--clear-groups",
-                "/usr/bin/python3",
-            ]);
-            c
+        let (uid, port_arg, config) = (
+            format!("{LOOKALIKE_UID}"),
+            port.to_string(),
+            config.display().to_string(),
+        );
+        let (reuid, regid) = (format!("--reuid={uid}"), format!("--regid={uid}"));
+        let mut argv: Vec<&str> = if nix::unistd::geteuid().is_root() {
+            vec!["setpriv", &reuid, &regid, "--clear-groups"]
         } else {
-            Command::new("/usr/bin/python3")
+            vec![]
         };
-        let config = config.display().to_string();
-        cmd.args(["-c", LISTENER, &port.to_string(), "serve", "-c", &config])
-            .env("HEADSCALE_LISTEN_ADDR", format!("127.0.0.1:{port}"))
+        argv.extend([
+            "/usr/bin/python3",
+            "-c",
+            LISTENER,
+            &port_arg,
+            "serve",
+            "-c",
+            &config,
+        ]);
+        let mut cmd = command(&argv);
+        cmd.env("HEADSCALE_LISTEN_ADDR", format!("127.0.0.1:{port}"))
             .env("HEADSCALE_SERVER_URL", format!("http://127.0.0.1:{port}"))
             .env("HEADSCALE_UNIX_SOCKET", "/tmp/headwarden-lookalike.sock")
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(Stdio::null());
         let child = cmd.spawn().expect("look-alike");
-        let l = LookAlike {
+        let mut l = LookAlike {
             child,
             log: log.to_path_buf(),
             port,
+            pid: 0,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         while !l.log().contains("ready") {
             assert!(Instant::now() < deadline, "look-alike did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
+        l.pid = l
+            .log()
+            .lines()
+            .find_map(|line| line.strip_prefix("ready "))
+            .and_then(|p| p.trim().parse().ok())
+            .expect("the look-alike's pid");
         l
     }
 
+    /// Its pid, as its own pid namespace has it.
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.pid
     }
 
     fn log(&self) -> String {
