@@ -142,18 +142,49 @@ fn a_unit_without_capabilities_is_reported_as_headwarden_s_own_refusal() {
 }
 
 #[test]
-fn the_unit_starts_while_headscale_is_stopped() {
+fn the_unit_starts_while_headscale_is_stopped_and_recovers_it() {
     // Upstream's unit removes /run/headscale on stop; the unit named it without `-` and could
-    // not start at all (226/NAMESPACE), exactly when a recovery is needed.
+    // not start at all (226/NAMESPACE), exactly when a recovery is needed: a run killed after
+    // it stopped production.
     let host = packaged(&[]);
-    host.x_ok(&["systemctl", "stop", "headscale.service"]);
-    assert!(!host.root("/run/headscale").exists());
-    let (_, status, journal) = host.run_unit("headwarden.service", RUN);
-    assert_ne!(status, "226", "{journal}");
-    assert!(
-        journal.contains("upgrade: due"),
-        "headwarden ran: {journal}"
+    let before = users(&host);
+    host.release("0.28.0");
+    host.release("0.29.3");
+    let killed = host.x_env(
+        &[
+            "headwarden",
+            "--config",
+            "/etc/headwarden/headwarden.yaml",
+            "upgrade",
+            "--yes",
+        ],
+        &[("HEADWARDEN_CRASH_AT", "backup:after")],
     );
+    assert_eq!(
+        killed.status.code(),
+        None,
+        "{}",
+        crate::support::text(&killed)
+    );
+    assert_eq!(
+        host.show("headscale.service", &["ActiveState"])["ActiveState"],
+        "inactive",
+        "the killed run left production stopped"
+    );
+    assert!(!host.root("/run/headscale").exists());
+    let (result, status, journal) = host.run_unit("headwarden.service", RUN);
+    assert_ne!(status, "226", "{journal}");
+    assert_eq!(
+        (result.as_str(), status.as_str()),
+        ("success", "0"),
+        "{journal}"
+    );
+    assert!(journal.contains("recovered"), "{journal}");
+    // Recovered (the interrupted promotion rolled back), then upgraded by the same run.
+    assert_eq!(host.served_version(), "v0.29.3");
+    assert_eq!(host.dpkg_state("headscale"), "0.29.3 ii");
+    assert_eq!(host.main_user("headscale.service"), "headscale");
+    assert_eq!(users(&host), before, "every user kept");
 }
 
 #[test]
