@@ -73,10 +73,11 @@ impl Part {
         }
     }
 
-    /// Where production's config (and install) says this part lives now.
+    /// Where production's config (and install) says this part lives now (a PostgreSQL
+    /// database is refused before a backup is taken or restored).
     fn current_path(self, s: &Settings, config: &HeadscaleConfig) -> Option<PathBuf> {
         match self {
-            Part::Database => Some(config.database_path.clone()),
+            Part::Database => config.sqlite_path().ok().map(Path::to_path_buf),
             Part::NoiseKey => Some(config.noise_key_path.clone()),
             Part::Config => Some(config.path.clone()),
             Part::ComposeFile => match &s.headscale.install {
@@ -120,6 +121,8 @@ pub fn backup_dir(s: &Settings, run: RunId, hop: i64, from: &str) -> PathBuf {
 /// new version's start (outside the downtime window): the copy comes from SQLite's backup API
 /// on a stopped database, and a restore checks it again before it writes anything.
 pub fn take_backup(s: &Settings, config: &HeadscaleConfig, dir: &Path) -> Result<(), DeployError> {
+    // Never a backup without the database.
+    config.sqlite_path()?;
     verify::create_private_dir(dir).map_err(io_err("creating", dir))?;
     let mut origins = Origins { files: Vec::new() };
     for part in Part::ALL {

@@ -14,7 +14,7 @@ use crate::compose::{
 use crate::deploy::{io_err, DeployError};
 use crate::files;
 use crate::headscale::cli::Cli;
-use crate::headscale::config::HeadscaleConfig;
+use crate::headscale::config::{Database, HeadscaleConfig};
 use crate::settings::ComposeInstall;
 use crate::state::RunId;
 
@@ -171,7 +171,9 @@ impl Discovered {
         let text = std::fs::read_to_string(&host).map_err(io_err("reading", &host))?;
         let mut cfg = HeadscaleConfig::parse(inside, &text)?.with_env(self.headscale_env())?;
         cfg.path = host;
-        cfg.database_path = self.must_host("the database", &cfg.database_path)?;
+        if let Database::Sqlite(path) = &cfg.database {
+            cfg.database = Database::Sqlite(self.must_host("the database", path)?);
+        }
         cfg.noise_key_path = self.must_host("the noise key", &cfg.noise_key_path)?;
         if let Some(sock) = self.host_path(&cfg.unix_socket)? {
             cfg.unix_socket = sock;

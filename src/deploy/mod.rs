@@ -615,7 +615,7 @@ pub async fn production_config(s: &Settings) -> Result<HeadscaleConfig, DeployEr
 /// Refuses to start a promotion that could not finish its backup: the state directory's file
 /// system needs room for two copies of the database (backup + staging copy) plus slack.
 pub fn check_backup_space(s: &Settings, config: &HeadscaleConfig) -> Result<(), DeployError> {
-    let db = &config.database_path;
+    let db = config.sqlite_path()?;
     let size = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
     let mut wal = db.as_os_str().to_owned();
     wal.push("-wal");

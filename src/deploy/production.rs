@@ -156,7 +156,7 @@ impl Production {
                 gid: p.gid,
             }),
             Server::Stopped | Server::Unnamed => {
-                let dir = self.config.database_path.parent()?;
+                let dir = self.config.data_dir()?;
                 std::fs::metadata(dir).ok().map(|m| Account {
                     uid: m.uid(),
                     gid: m.gid(),
@@ -166,9 +166,9 @@ impl Production {
         }
     }
 
-    /// One line for `status`, `check` and `config check`.
+    /// One line for `status`, `check` and `config check`: the server and its database.
     pub fn describe(&self) -> String {
-        match &self.server {
+        let server = match &self.server {
             Server::Process(p) => format!(
                 "process {} (uid {}, {}), named by {}",
                 p.pid,
@@ -179,7 +179,8 @@ impl Production {
             Server::Stopped => format!("not running ({})", self.named_by),
             Server::Unnamed => "not looked for (kind: command without pidfile: production's environment is not read, only its config file)".to_string(),
             Server::Container => format!("the container of {}", self.named_by),
-        }
+        };
+        format!("{server}; database: {}", self.config.database)
     }
 }
 
@@ -331,7 +332,7 @@ fn read_pidfile(path: &Path) -> Result<Option<(i32, Option<u64>)>, IdentityError
 /// The owner of the directory holding production's database (as the file says: the
 /// environment is not read before the process is confirmed).
 fn data_owner(file: &HeadscaleConfig) -> Option<u32> {
-    let dir = file.database_path.parent()?;
+    let dir = file.data_dir()?;
     std::fs::metadata(dir).ok().map(|m| m.uid())
 }
 

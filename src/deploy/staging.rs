@@ -260,10 +260,10 @@ fn copy_production(
         run,
         0,
         Step::StageCopy,
-        &serde_json::json!({"from": prod.database_path}),
+        &serde_json::json!({"from": prod.sqlite_path()?}),
     )?;
     let t = std::time::Instant::now();
-    sqlite_files::online_copy(&prod.database_path, &layout.database())?;
+    sqlite_files::online_copy(prod.sqlite_path()?, &layout.database())?;
     if files::regular_meta(&prod.noise_key_path)?.is_some() {
         files::copy_preserving(&prod.noise_key_path, &layout.noise_key())?;
     }
@@ -396,7 +396,7 @@ async fn launch(
             ];
             mounts.extend(
                 production
-                    .shared_mounts(&h.prod.database_path)
+                    .shared_mounts(h.prod.sqlite_path()?)
                     .into_iter()
                     .map(|(src, dst)| (src, dst, true)),
             );

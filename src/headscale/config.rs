@@ -25,6 +25,45 @@ pub enum HeadscaleConfigError {
     Unsupported { path: PathBuf, detail: String },
 }
 
+/// Where Headscale keeps its data (`database.*`, the file and the environment as viper reads
+/// them; relative SQLite paths against the config file's directory).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Database {
+    Sqlite(PathBuf),
+    Postgres(Postgres),
+}
+
+/// `database.postgres.*` as Headscale builds its connection from them (the password is not
+/// kept: headwarden does not connect yet).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Postgres {
+    /// A host name, or a directory holding the server's unix socket.
+    pub host: String,
+    /// `None` when unset or 0: not in Headscale's DSN (the driver's default or `PGPORT`).
+    pub port: Option<u16>,
+    pub name: String,
+    pub user: String,
+}
+
+impl std::fmt::Display for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Database::Sqlite(path) => write!(f, "sqlite {}", path.display()),
+            Database::Postgres(p) => {
+                write!(
+                    f,
+                    "postgres database {} as {} at {}",
+                    p.name, p.user, p.host
+                )?;
+                match p.port {
+                    Some(port) => write!(f, ":{port}"),
+                    None => Ok(()),
+                }
+            }
+        }
+    }
+}
+
 /// What headwarden needs to know about a Headscale instance's config.
 #[derive(Debug, Clone)]
 pub struct HeadscaleConfig {
@@ -32,7 +71,7 @@ pub struct HeadscaleConfig {
     pub root: Value,
     pub listen_addr: String,
     pub unix_socket: PathBuf,
-    pub database_path: PathBuf,
+    pub database: Database,
     pub noise_key_path: PathBuf,
     /// Headscale terminates TLS itself (cert files or Let's Encrypt): check it through server_url.
     pub serves_tls: bool,
@@ -209,12 +248,6 @@ impl HeadscaleConfig {
             path: path.to_path_buf(),
             detail,
         };
-        let db_type = lookup("database.type").unwrap_or_else(|| "sqlite".into());
-        if db_type != "sqlite" && db_type != "sqlite3" {
-            return Err(unsupported(format!(
-                "database.type is {db_type:?}; headwarden stages and backs up SQLite only (upstream discourages Postgres)"
-            )));
-        }
         let required = |key: &str, default: &str| {
             lookup(key)
                 .filter(|s| !s.is_empty())
@@ -224,6 +257,25 @@ impl HeadscaleConfig {
         // (`AbsolutePathFromConfigPath`), not against the working directory.
         let config_dir = path.parent().unwrap_or(Path::new("/"));
         let data_path = |key: &str, default: &str| config_dir.join(required(key, default));
+        let database = match lookup("database.type").as_deref().unwrap_or("sqlite") {
+            "sqlite" | "sqlite3" => Database::Sqlite(data_path(
+                "database.sqlite.path",
+                "/var/lib/headscale/db.sqlite",
+            )),
+            "postgres" => Database::Postgres(Postgres {
+                host: required("database.postgres.host", ""),
+                port: lookup("database.postgres.port")
+                    .and_then(|p| p.trim().parse::<u16>().ok())
+                    .filter(|p| *p != 0),
+                name: required("database.postgres.name", ""),
+                user: required("database.postgres.user", ""),
+            }),
+            other => {
+                return Err(unsupported(format!(
+                "database.type is {other:?}, which Headscale itself refuses (sqlite or postgres)"
+            )))
+            }
+        };
         Ok(Self {
             path: path.to_path_buf(),
             listen_addr: required("listen_addr", "127.0.0.1:8080"),
@@ -231,7 +283,7 @@ impl HeadscaleConfig {
                 "unix_socket",
                 "/var/run/headscale/headscale.sock",
             )),
-            database_path: data_path("database.sqlite.path", "/var/lib/headscale/db.sqlite"),
+            database,
             noise_key_path: data_path(
                 "noise.private_key_path",
                 "/var/lib/headscale/noise_private.key",
@@ -244,6 +296,30 @@ impl HeadscaleConfig {
             root,
             env,
         })
+    }
+
+    /// Production's SQLite database; a PostgreSQL one is refused with the reason (staging,
+    /// backups and restores copy a SQLite file).
+    pub fn sqlite_path(&self) -> Result<&Path, HeadscaleConfigError> {
+        match &self.database {
+            Database::Sqlite(path) => Ok(path),
+            Database::Postgres(_) => Err(HeadscaleConfigError::Unsupported {
+                path: self.path.clone(),
+                detail: format!(
+                    "{}: headwarden stages, backs up and restores SQLite databases only so far; it does not upgrade this server (status, keys and the audit work)",
+                    self.database
+                ),
+            }),
+        }
+    }
+
+    /// The directory production's own data lives in: the SQLite database's, else the noise
+    /// key's (its owner is production's account).
+    pub fn data_dir(&self) -> Option<&Path> {
+        match &self.database {
+            Database::Sqlite(path) => path.parent(),
+            Database::Postgres(_) => self.noise_key_path.parent(),
+        }
     }
 
     /// No ACL policy restricts what nodes see: no policy file (`policy.path`, before 0.23
@@ -446,7 +522,10 @@ mod tests {
             "http://127.0.0.1:1",
             "staging serves plain http on loopback"
         );
-        assert_eq!(staged.database_path, PathBuf::from("/s/data/db.sqlite"));
+        assert_eq!(
+            staged.database,
+            Database::Sqlite(PathBuf::from("/s/data/db.sqlite"))
+        );
         assert_eq!(staged.unix_socket, PathBuf::from("/s/data/headscale.sock"));
         assert_eq!(
             staged.noise_key_path,
@@ -464,10 +543,40 @@ mod tests {
     }
 
     #[test]
-    fn postgres_is_refused_with_reason() {
-        let e = HeadscaleConfig::parse(Path::new("c.yaml"), "database:\n  type: postgres\n")
-            .expect_err("postgres");
-        assert!(e.to_string().contains("postgres"));
+    fn postgres_is_read_as_headscale_reads_it_and_refused_for_copies() {
+        let c = HeadscaleConfig::parse(
+            Path::new("/etc/headscale/config.yaml"),
+            "database:\n  type: postgres\n  postgres:\n    host: db\n    port: 5432\n    name: hs\n    user: headscale\n    pass: secret\n",
+        )
+        .expect("postgres");
+        let mut env = std::collections::BTreeMap::new();
+        env.insert(
+            "HEADSCALE_DATABASE_POSTGRES_NAME".to_string(),
+            "prod".to_string(),
+        );
+        env.insert(
+            "HEADSCALE_DATABASE_POSTGRES_PORT".to_string(),
+            "0".to_string(),
+        );
+        let c = c.with_env(env).expect("env");
+        assert_eq!(
+            c.database,
+            Database::Postgres(Postgres {
+                host: "db".into(),
+                port: None,
+                name: "prod".into(),
+                user: "headscale".into(),
+            })
+        );
+        let refused = c.sqlite_path().expect_err("no file to copy").to_string();
+        assert!(
+            refused.contains("postgres database prod as headscale at db"),
+            "{refused}"
+        );
+        assert!(!refused.contains("secret"));
+        let e = HeadscaleConfig::parse(Path::new("c.yaml"), "database:\n  type: mysql\n")
+            .expect_err("mysql");
+        assert!(e.to_string().contains("mysql"), "{e}");
     }
 }
 

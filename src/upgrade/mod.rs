@@ -160,6 +160,12 @@ impl Hinted for PipelineError {
                     .into(),
             ),
             PipelineError::Deploy(deploy::DeployError::Identity(e)) => Some(e.hint().into()),
+            PipelineError::Deploy(deploy::DeployError::Config(
+                config::HeadscaleConfigError::Unsupported { .. },
+            )) => Some(
+                "nothing was downloaded, staged or stopped; upgrade this server by hand (stop, pg_dump, swap the binary, start) until headwarden stages PostgreSQL"
+                    .into(),
+            ),
             PipelineError::Verify(e) | PipelineError::Deploy(deploy::DeployError::Verify(e))
                 if e.release_is_bad() =>
             {
@@ -194,6 +200,9 @@ pub struct CheckReport {
     /// An external install's binary on disk and running server (absent for other kinds).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub external: Option<ExternalFacts>,
+    /// Why `upgrade` would refuse this server before it starts (a PostgreSQL database).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
 }
 
 pub async fn prod<'a>(
@@ -266,8 +275,10 @@ async fn fetch_and_plan(
         return Err(PipelineError::Other(conflict));
     }
     let production = Production::find(s).await?;
+    let refused = production.config.sqlite_path().err().map(|e| e.to_string());
     if let Some(facts) = production::external_facts(s, &production).await? {
-        let (report, releases) = external_report(facts, &production.config);
+        let (mut report, releases) = external_report(facts, &production.config);
+        report.refused = refused;
         return Ok((report, releases, production));
     }
     let current = production.version(s).await?;
@@ -279,6 +290,7 @@ async fn fetch_and_plan(
             feed,
             image,
             external: None,
+            refused,
         },
         releases,
         production,
@@ -314,6 +326,7 @@ fn external_report(
             feed,
             image: None,
             external: Some(facts),
+            refused: None,
         },
         vec![],
     )
@@ -348,6 +361,12 @@ pub async fn upgrade(
     if let Some(out) = nothing_to_run(store, &report)? {
         return Ok(out);
     }
+    // A PostgreSQL-backed server is read (status, keys, the audit) but not staged, backed up or
+    // restored yet: refused here, before anything is downloaded, staged or stopped.
+    production
+        .config
+        .sqlite_path()
+        .map_err(deploy::DeployError::from)?;
     let plan = report.feed.plan;
     let current = report.feed.current;
     let pb = &s.playbooks.upgrade.playbook;

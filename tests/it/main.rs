@@ -16,6 +16,7 @@ mod identity;
 mod keys;
 mod notify;
 mod playbook;
+mod postgres;
 mod probe;
 mod real;
 mod restore;

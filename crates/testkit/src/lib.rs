@@ -16,6 +16,7 @@ pub mod deb;
 mod fixtures;
 mod host;
 pub mod lookalike;
+pub mod pg;
 mod procs;
 mod rig;
 mod sandbox;

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::event::Severity;
-use crate::headscale::config::HeadscaleConfig;
+use crate::headscale::config::{Database, HeadscaleConfig};
 
 use crate::audit::{finding, mitigation, Finding, Unavailable};
 use crate::headscale::config::FileKey;
@@ -26,12 +26,14 @@ fn guarded_files<'a>(
     let mut files: Vec<(PathBuf, &'a str, bool)> = vec![
         (c.path.clone(), "Headscale config", false),
         (c.noise_key_path.clone(), "Noise private key", true),
-        (c.database_path.clone(), "database", true),
     ];
-    for suffix in ["-wal", "-shm"] {
-        let mut p = c.database_path.as_os_str().to_owned();
-        p.push(suffix);
-        files.push((PathBuf::from(p), "database journal", true));
+    if let Database::Sqlite(db) = &c.database {
+        files.push((db.clone(), "database", true));
+        for suffix in ["-wal", "-shm"] {
+            let mut p = db.as_os_str().to_owned();
+            p.push(suffix);
+            files.push((PathBuf::from(p), "database journal", true));
+        }
     }
     if c.file_value(FileKey::DerpServerEnabled).as_deref() == Some("true") {
         if let Some(p) = c.file_value(FileKey::DerpServerPrivateKeyPath) {

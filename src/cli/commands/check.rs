@@ -22,6 +22,9 @@ pub async fn run(cli: &Cli, to: &Option<Version>) -> Result<u8, Failure> {
     } else {
         let p = &report.feed.plan;
         println!("production runs {}", report.feed.current);
+        if let Some(why) = &report.refused {
+            println!("upgrade refused: {why}");
+        }
         if let Some(image) = &report.image {
             println!("{}", image.describe());
         }

@@ -1,6 +1,7 @@
 //! `headwarden config check`: loads and validates the config, prints what it resolved to.
 
 use crate::deploy;
+use crate::deploy::production::{self, Production};
 use crate::exit;
 
 use crate::cli::{load, print_json, Cli, Failure};
@@ -20,9 +21,23 @@ pub async fn check(cli: &Cli) -> Result<u8, Failure> {
             "  release feed: {}/{} at {}",
             s.release.owner, s.release.repo, s.release.api_url
         );
-        println!("  headscale: {}", deploy::production::describe_install(&s));
+        println!("  headscale: {}", production::describe_install(&s));
         if s.release.token.is_some() {
             println!("  github token: set (not shown)");
+        }
+    }
+    // The database as production runs it (its file and its service's environment), else as
+    // the file alone says.
+    let config = match Production::find(&s).await {
+        Ok(p) => Some(p.config),
+        Err(_) => production::config_file(&s),
+    };
+    if let Some(c) = &config {
+        if !cli.json {
+            println!("  database: {}", c.database);
+        }
+        if let Err(refused) = c.sqlite_path() {
+            eprintln!("warning: {refused}");
         }
     }
     for w in s.warnings() {
