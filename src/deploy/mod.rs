@@ -19,6 +19,7 @@ pub mod container;
 pub mod external;
 pub mod inputs;
 pub mod package;
+pub mod postgres;
 pub mod prepare;
 pub mod production;
 pub mod service;

@@ -9,6 +9,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::settings;
+use crate::settings::Secret;
 use serde_yaml_ng::{Mapping, Value};
 
 #[derive(Debug, thiserror::Error)]
@@ -33,8 +34,7 @@ pub enum Database {
     Postgres(Postgres),
 }
 
-/// `database.postgres.*` as Headscale builds its connection from them (the password is not
-/// kept: headwarden does not connect yet).
+/// `database.postgres.*` as Headscale builds its connection from them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Postgres {
     /// A host name, or a directory holding the server's unix socket.
@@ -43,6 +43,11 @@ pub struct Postgres {
     pub port: Option<u16>,
     pub name: String,
     pub user: String,
+    /// `pass` (never printed; headwarden's own clients get it as `PGPASSWORD`).
+    pub password: Option<Secret>,
+    /// The `sslmode` Headscale's DSN carries: `false` is `disable`, `true` adds none (the
+    /// driver's `prefer`), anything else is passed through.
+    pub sslmode: Option<String>,
 }
 
 impl std::fmt::Display for Database {
@@ -269,6 +274,14 @@ impl HeadscaleConfig {
                     .filter(|p| *p != 0),
                 name: required("database.postgres.name", ""),
                 user: required("database.postgres.user", ""),
+                password: lookup("database.postgres.pass")
+                    .filter(|p| !p.is_empty())
+                    .map(Secret::new),
+                sslmode: match lookup("database.postgres.ssl").as_deref() {
+                    None | Some("false") => Some("disable".to_string()),
+                    Some("true") => None,
+                    Some(mode) => Some(mode.to_string()),
+                },
             }),
             other => {
                 return Err(unsupported(format!(
@@ -566,6 +579,8 @@ mod tests {
                 port: None,
                 name: "prod".into(),
                 user: "headscale".into(),
+                password: Some(Secret::new("secret")),
+                sslmode: Some("disable".into()),
             })
         );
         let refused = c.sqlite_path().expect_err("no file to copy").to_string();
@@ -573,7 +588,7 @@ mod tests {
             refused.contains("postgres database prod as headscale at db"),
             "{refused}"
         );
-        assert!(!refused.contains("secret"));
+        assert!(!refused.contains("secret") && !format!("{:?}", c.database).contains("secret"));
         let e = HeadscaleConfig::parse(Path::new("c.yaml"), "database:\n  type: mysql\n")
             .expect_err("mysql");
         assert!(e.to_string().contains("mysql"), "{e}");

@@ -38,9 +38,26 @@ fn a_postgres_backed_server_is_read_and_its_upgrade_refused_before_anything_is_t
         "{}",
         text(&audit)
     );
+    // What headwarden may do there, asked as production's role (password through the
+    // client's environment): the owner, without CREATEDB, and production's own session.
     let checked = sb.hw(&["config", "check"]);
     assert_eq!(code(&checked), 0, "{}", text(&checked));
     assert!(text(&checked).contains(&database), "{}", text(&checked));
+    assert!(
+        text(&checked).contains(&format!(
+            "postgres: reachable as {ROLE} (owner of {DATABASE}, no CREATEDB); server "
+        )) && text(&checked).contains("; pg_dump ")
+            && !text(&checked).contains("older than the server"),
+        "{}",
+        text(&checked)
+    );
+    pg.sql(&format!("ALTER ROLE {ROLE} CREATEDB"));
+    let granted = sb.hw(&["config", "check"]);
+    assert!(
+        text(&granted).contains(&format!("(owner of {DATABASE}, with CREATEDB)")),
+        "{}",
+        text(&granted)
+    );
     assert!(
         text(&checked).contains("warning: Headscale config")
             && text(&checked).contains("stages, backs up and restores SQLite databases only"),
@@ -73,4 +90,17 @@ fn a_postgres_backed_server_is_read_and_its_upgrade_refused_before_anything_is_t
         .map(|d| d.count())
         .unwrap_or(0);
     assert_eq!(downloads, 0, "nothing downloaded");
+
+    // The server gone: said plainly, without the password.
+    drop(pg);
+    let gone = sb.hw(&["config", "check"]);
+    assert_eq!(code(&gone), 0, "{}", text(&gone));
+    assert!(
+        text(&gone).contains(&format!(
+            "warning: postgres: cannot reach database {DATABASE} as {ROLE}"
+        )),
+        "{}",
+        text(&gone)
+    );
+    assert!(!text(&gone).contains(crate::support::pg::PASSWORD));
 }

@@ -1,8 +1,10 @@
 //! `headwarden config check`: loads and validates the config, prints what it resolved to.
 
 use crate::deploy;
+use crate::deploy::postgres;
 use crate::deploy::production::{self, Production};
 use crate::exit;
+use crate::headscale::config::Database;
 
 use crate::cli::{load, print_json, Cli, Failure};
 
@@ -35,6 +37,13 @@ pub async fn check(cli: &Cli) -> Result<u8, Failure> {
     if let Some(c) = &config {
         if !cli.json {
             println!("  database: {}", c.database);
+        }
+        if let Database::Postgres(pg) = &c.database {
+            match postgres::preflight(pg).await {
+                Ok(facts) if !cli.json => println!("  postgres: {}", facts.describe()),
+                Ok(_) => {}
+                Err(e) => eprintln!("warning: postgres: {e}"),
+            }
         }
         if let Err(refused) = c.sqlite_path() {
             eprintln!("warning: {refused}");
