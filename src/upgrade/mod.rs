@@ -347,6 +347,16 @@ async fn recover_and_report(
     Ok(())
 }
 
+/// A production database headwarden cannot stage, back up or restore yet (PostgreSQL): the
+/// upgrade is refused before anything is downloaded, staged or stopped.
+fn unstaged(production: &Production) -> Result<(), PipelineError> {
+    production
+        .config
+        .sqlite_path()
+        .map(drop)
+        .map_err(|e| deploy::DeployError::from(e).into())
+}
+
 /// Progress callback: one line per notable step (the CLI prints them; the demo narrates them).
 pub type Say<'a> = &'a (dyn Fn(&str) + Sync);
 
@@ -361,12 +371,7 @@ pub async fn upgrade(
     if let Some(out) = nothing_to_run(store, &report)? {
         return Ok(out);
     }
-    // A PostgreSQL-backed server is read (status, keys, the audit) but not staged, backed up or
-    // restored yet: refused here, before anything is downloaded, staged or stopped.
-    production
-        .config
-        .sqlite_path()
-        .map_err(deploy::DeployError::from)?;
+    unstaged(&production)?;
     let plan = report.feed.plan;
     let current = report.feed.current;
     let pb = &s.playbooks.upgrade.playbook;
