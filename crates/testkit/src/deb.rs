@@ -114,7 +114,7 @@ pub struct DebHost {
 impl DebHost {
     /// A host with upstream's package of real Headscale `version` installed by dpkg (the
     /// admin's config written first), its unit enabled and started by the real systemd (running
-    /// as `headscale`). Packages before 0.27 only enable the unit in postinst; the admin starts it.
+    /// as `headscale`). 0.26.1's package only enables the unit in postinst; the admin starts it.
     pub fn new(version: &str) -> Self {
         let sb = Self::bare();
         sb.host.write_headscale_config(&sb.addr());
