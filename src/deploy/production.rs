@@ -155,13 +155,7 @@ impl Production {
                 uid: p.uid,
                 gid: p.gid,
             }),
-            Server::Stopped | Server::Unnamed => {
-                let dir = self.config.data_dir()?;
-                std::fs::metadata(dir).ok().map(|m| Account {
-                    uid: m.uid(),
-                    gid: m.gid(),
-                })
-            }
+            Server::Stopped | Server::Unnamed => data_owner(&self.config),
             Server::Container => None,
         }
     }
@@ -212,7 +206,7 @@ async fn named_server(
                 return Ok((Server::Stopped, named_by));
             };
             let mut uids = vec![0, nix::unistd::geteuid().as_raw()];
-            uids.extend(data_owner(file));
+            uids.extend(data_owner(file).map(|a| a.uid));
             let server = checked(s, pid, started, &uids, &named_by).await?;
             Ok((server, named_by))
         }
@@ -329,11 +323,14 @@ fn read_pidfile(path: &Path) -> Result<Option<(i32, Option<u64>)>, IdentityError
     Ok(Some((pid, started)))
 }
 
-/// The owner of the directory holding production's database (as the file says: the
-/// environment is not read before the process is confirmed).
-fn data_owner(file: &HeadscaleConfig) -> Option<u32> {
-    let dir = file.data_dir()?;
-    std::fs::metadata(dir).ok().map(|m| m.uid())
+/// The owner of the directory holding production's data (as `config` says: before the process
+/// is confirmed, the file alone).
+fn data_owner(config: &HeadscaleConfig) -> Option<Account> {
+    let dir = config.data_dir()?;
+    std::fs::metadata(dir).ok().map(|m| Account {
+        uid: m.uid(),
+        gid: m.gid(),
+    })
 }
 
 /// The checks of step 2 on the named process.
